@@ -1,0 +1,62 @@
+// swift-tools-version:6.0
+// vsa: a virtual enterprise storage array on FUSE. One target per layer of the architecture
+// (see docs/ARCHITECTURE.md); dependencies point down the diagram, never up.
+import PackageDescription
+
+let package = Package(
+    name: "vsa",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "vsa", targets: ["CLI"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+    ],
+    targets: [
+        // C libraries at the edge: a modulemap and a shim header each.
+        .systemLibrary(
+            name: "CFuse3", path: "Sources/CFuse3", pkgConfig: "fuse3",
+            providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(
+            name: "CURing", path: "Sources/CURing", pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(
+            name: "CISAL", path: "Sources/CISAL", pkgConfig: "libisal",
+            providers: [.apt(["libisal-dev"])]),
+        // Swift wrappers: the only code that calls C.
+        .target(name: "SysPosix", path: "Sources/SysPosix"),
+        .target(name: "SysURing", dependencies: ["CURing", "SysPosix"], path: "Sources/SysURing"),
+        .target(name: "SysISAL", dependencies: ["CISAL"], path: "Sources/SysISAL"),
+        .target(name: "SysFuse", dependencies: ["CFuse3", "SysPosix"], path: "Sources/SysFuse"),
+        // The array, top to bottom.
+        .target(name: "ArrayModel", path: "Sources/ArrayModel"),
+        .target(name: "Buffers", dependencies: ["SysPosix"], path: "Sources/Buffers"),
+        .target(name: "MemoryServices", dependencies: ["SysISAL", "Buffers"], path: "Sources/MemoryServices"),
+        .target(name: "Drives", dependencies: ["SysURing", "SysPosix", "ArrayModel", "Buffers"], path: "Sources/Drives"),
+        .target(name: "Metadata", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers"], path: "Sources/Metadata"),
+        .target(name: "BackEnd", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers", "Metadata"], path: "Sources/BackEnd"),
+        .target(name: "GlobalMemory", dependencies: ["ArrayModel", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/GlobalMemory"),
+        .target(name: "Directors", dependencies: ["ArrayModel", "GlobalMemory", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/Directors"),
+        .target(name: "FrontEnd", dependencies: ["SysFuse", "Directors", "ArrayModel", "Buffers"], path: "Sources/FrontEnd"),
+        .target(
+            name: "Daemon",
+            dependencies: [
+                "FrontEnd", "Directors", "GlobalMemory", "BackEnd", "Metadata", "Drives",
+                "MemoryServices", "ArrayModel", "Buffers", "SysPosix",
+            ], path: "Sources/Daemon"),
+        .executableTarget(
+            name: "CLI",
+            dependencies: [
+                "Daemon", "ArrayModel", "Metadata",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/CLI"),
+        .testTarget(
+            name: "UnitTests",
+            dependencies: [
+                "ArrayModel", "MemoryServices", "Metadata", "BackEnd", "GlobalMemory",
+                "Directors", "Drives", "Buffers", "SysISAL", "Daemon",
+            ], path: "Tests/UnitTests"),
+        .testTarget(name: "IntegrationTests", dependencies: ["CLI"], path: "Tests/IntegrationTests"),
+    ]
+)

@@ -1,0 +1,394 @@
+// The `vsa` command. Every failure prints exactly one line on stderr naming the problem and the fix, and exits
+// non-zero; usage text is for --help only. Commands that take DIR|MOUNTPOINT talk to the running daemon over its
+// control socket when the array is mounted, and to the drives directly when it is not.
+import ArgumentParser
+import ArrayModel
+import Daemon
+import Foundation
+import Metadata
+import SysPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data("vsa: \(line)\n".utf8))
+}
+
+func size(_ text: String, _ option: String) throws(VSAError) -> UInt64 {
+    guard let v = parseSize(text) else {
+        throw VSAError("invalid size '\(text)' for \(option): use a number with an optional K, M, G or T suffix")
+    }
+    return v
+}
+
+func absolutePath(_ path: String) -> String {
+    if let real = realpath(path, nil) {
+        defer { free(real) }
+        return String(cString: real)
+    }
+    if path.hasPrefix("/") { return path }
+    return FileManager.default.currentDirectoryPath + "/" + path
+}
+
+/// A vsa mount in /proc/self/mountinfo: mount point and array folder.
+struct VSAMount {
+    var mountpoint: String
+    var directory: String
+}
+
+func unescapeMountField(_ s: Substring) -> String {
+    var out = ""
+    var chars = Array(s)
+    var i = 0
+    while i < chars.count {
+        if chars[i] == "\\", i + 3 < chars.count, let code = UInt8(String(chars[(i + 1)...(i + 3)]), radix: 8) {
+            out.append(Character(UnicodeScalar(code)))
+            i += 4
+        } else {
+            out.append(chars[i])
+            i += 1
+        }
+    }
+    chars.removeAll()
+    return out
+}
+
+func vsaMounts() -> [VSAMount] {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+    var result: [VSAMount] = []
+    for line in text.split(separator: "\n") {
+        let fields = line.split(separator: " ")
+        guard let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count, fields.count > 4 else { continue }
+        guard fields[dash + 1] == "fuse.vsa" else { continue }
+        result.append(VSAMount(mountpoint: unescapeMountField(fields[4]), directory: unescapeMountField(fields[dash + 2])))
+    }
+    return result
+}
+
+/// DIR|MOUNTPOINT -> the array folder (and the mount point when the path is one).
+func resolveArray(_ path: String) throws(VSAError) -> (directory: String, mountpoint: String?) {
+    let real = absolutePath(path)
+    if let m = vsaMounts().first(where: { $0.mountpoint == real }) { return (m.directory, m.mountpoint) }
+    var st = stat()
+    guard stat(real, &st) == 0 else { throw VSAError("\(path) does not exist; give the array folder or its mount point") }
+    guard (st.st_mode & S_IFMT) == S_IFDIR else { throw VSAError("\(path) is not a folder; give the array folder or its mount point") }
+    return (real, nil)
+}
+
+/// Sends one control request to the running daemon; returns its payload or throws its error line.
+func control(_ directory: String, _ words: [String]) throws(VSAError) -> String {
+    let path = ArrayStore.socketPath(directory: directory)
+    let fd: Int32
+    do { fd = try UnixSocket.connect(path: path) } catch {
+        throw VSAError("cannot reach the daemon of \(directory) at \(path) (\(error)); is it still running? see \(ArrayStore.logPath(directory: directory))")
+    }
+    defer { Posix.close(fd) }
+    let reply: String
+    do {
+        try UnixSocket.send(fd, words.joined(separator: "\t") + "\n")
+        reply = try UnixSocket.receive(fd, untilNewline: false)
+    } catch { throw VSAError("talking to the daemon failed: \(error)") }
+    if reply.hasPrefix("ok\n") { return String(reply.dropFirst(3)) }
+    if reply.hasPrefix("error ") { throw VSAError(String(reply.dropFirst(6)).trimmingWhitespace()) }
+    throw VSAError("the daemon gave no answer; see \(ArrayStore.logPath(directory: directory))")
+}
+
+/// Runs `body` with the array's lock held, so no mount starts meanwhile (offline changes).
+func withOfflineLock<T>(_ directory: String, _ body: () throws(VSAError) -> T) throws(VSAError) -> T {
+    let lock = try ArrayLock(directory: directory, mountpoint: "(vsa \(CommandLine.arguments.dropFirst().first ?? ""))")
+    defer { withExtendedLifetime(lock) {} }
+    return try body()
+}
+
+func statusReport(_ target: String) throws(VSAError) -> StatusReport {
+    let (dir, _) = try resolveArray(target)
+    if ArrayLock.holder(directory: dir) != nil {
+        let json = try control(dir, ["status"])
+        guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)) else {
+            throw VSAError("the daemon's status could not be read; see \(ArrayStore.logPath(directory: dir))")
+        }
+        return report
+    }
+    let store = try ArrayStore.assemble(directory: dir)
+    return StatusReport.offline(store: store, cacheBytes: store.superblock.cacheBytes)
+}
+
+func json<T: Encodable>(_ value: T) -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
+}
+
+protocol VSACommand: ParsableCommand {
+    func execute() throws(VSAError)
+}
+
+extension VSACommand {
+    func run() throws { try execute() }
+}
+
+struct VSA: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vsa",
+        abstract: "A virtual enterprise storage array: LUNs as fixed-size files on a FUSE mount.",
+        subcommands: [Create.self, LUN.self, Mount.self, Unmount.self, Status.self])
+}
+
+struct Create: VSACommand {
+    static let configuration = CommandConfiguration(abstract: "Create an array: drive files in DIR, or existing drives (--drive).")
+    @Argument(help: "The array folder.") var dir: String
+    @Option(help: "Number of drive files to create in DIR.") var drives: Int?
+    @Option(help: "Size of each drive file (K, M, G, T).") var driveSize: String?
+    @Option(name: .customLong("drive"), help: "An existing file or block device to use as a drive (repeat).") var drivePaths: [String] = []
+    @Option(help: "RAID level: 0, 1, 5, 6 or 10.") var raid: String = "5"
+    @Option(help: "How many of the drives are hot spares.") var spares: Int = 0
+    @Option(help: "Stripe unit (strip) size.") var stripeUnit: String = "64K"
+    @Option(help: "Global memory (cache) size used when mounting.") var cache: String = "256M"
+    @Option(help: "Number of engines (two directors each).") var engines: Int = 1
+    @Flag(help: "Destroy an existing array in DIR or on the drives.") var force = false
+
+    func execute() throws(VSAError) {
+        guard let level = RAIDLevel(name: raid) else { throw VSAError("unknown RAID level '\(raid)': use 0, 1, 5, 6 or 10") }
+        let su = try size(stripeUnit, "--stripe-unit")
+        guard su <= UInt64(Int32.max) else { throw VSAError("--stripe-unit must be a power of two from 4K to 16M") }
+        let options = CreateOptions(
+            directory: absolutePath(dir), driveCount: drives, driveSizeBytes: try driveSize.map { s throws(VSAError) in try size(s, "--drive-size") },
+            drivePaths: drivePaths, raidLevel: level, spareCount: spares, stripUnitBytes: Int(su),
+            cacheBytes: try size(cache, "--cache"), engineCount: engines, force: force)
+        if let n = drives, n < 1 { throw VSAError("--drives must be at least 1") }
+        let store = try ArrayStore.create(options)
+        let sb = store.superblock
+        print(
+            "created \(sb.raidLevel) array \(sb.arrayUUID) in \(store.directory): \(sb.memberCount) members, \(sb.spareCount) spares, capacity \(formatSize(store.geometry.capacityBytes))"
+        )
+    }
+}
+
+struct LUN: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lun", abstract: "Create, list and delete LUNs.",
+        subcommands: [LUNCreate.self, LUNList.self, LUNDelete.self])
+}
+
+struct LUNCreate: VSACommand {
+    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a LUN.")
+    @Argument(help: "The array folder or its mount point.") var target: String
+    @Argument(help: "The LUN's name (its file name on the mount).") var name: String
+    @Option(help: "The LUN's size (K, M, G, T); a multiple of 512 bytes.") var size: String
+
+    func execute() throws(VSAError) {
+        let bytes = try CLI.size(size, "--size")
+        if let problem = validateLUNName(name) { throw VSAError("\(problem): '\(name)'") }
+        let (dir, _) = try resolveArray(target)
+        if ArrayLock.holder(directory: dir) != nil {
+            _ = try control(dir, ["lun-create", name, String(bytes)])
+        } else {
+            _ = try withOfflineLock(dir) { () throws(VSAError) in
+                let store = try ArrayStore.assemble(directory: dir)
+                return try store.createLUN(name: name, sizeBytes: bytes)
+            }
+        }
+        print("created LUN \(name) (\(formatSize(bytes)))")
+    }
+}
+
+struct LUNDelete: VSACommand {
+    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a LUN and zero its space.")
+    @Argument(help: "The array folder or its mount point.") var target: String
+    @Argument(help: "The LUN's name.") var name: String
+
+    func execute() throws(VSAError) {
+        let (dir, _) = try resolveArray(target)
+        if ArrayLock.holder(directory: dir) != nil {
+            _ = try control(dir, ["lun-delete", name])
+        } else {
+            _ = try withOfflineLock(dir) { () throws(VSAError) in
+                let store = try ArrayStore.assemble(directory: dir)
+                return try store.deleteLUN(name: name)
+            }
+        }
+        print("deleted LUN \(name)")
+    }
+}
+
+struct LUNList: VSACommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the LUNs.")
+    @Argument(help: "The array folder or its mount point.") var target: String
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func execute() throws(VSAError) {
+        let report = try statusReport(target)
+        if json {
+            struct Listing: Encodable { var luns: [StatusReport.LUNInfo] }
+            print(CLI.json(Listing(luns: report.luns)))
+            return
+        }
+        if report.luns.isEmpty {
+            print("no LUNs; create one with `vsa lun create \(target) NAME --size SIZE`")
+            return
+        }
+        let width = max(4, report.luns.map(\.name.count).max() ?? 4)
+        print("NAME".padding(toLength: width, withPad: " ", startingAt: 0) + "  SIZE        BYTES")
+        for l in report.luns {
+            print(
+                l.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+                    + formatSize(l.sizeBytes).padding(toLength: 10, withPad: " ", startingAt: 0) + "  \(l.sizeBytes)")
+        }
+    }
+}
+
+struct Mount: VSACommand {
+    static let configuration = CommandConfiguration(abstract: "Mount an array: its LUNs appear as files in MOUNTPOINT.")
+    @Argument(help: "The array folder.") var dir: String
+    @Argument(help: "An existing empty folder to mount on.") var mountpoint: String
+    @Flag(help: "Stay in the foreground and log to stderr.") var foreground = false
+    @Option(name: .short, help: "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE), comma-separated.") var o: [String] = []
+    @Flag(help: .hidden) var daemonChild = false
+
+    func execute() throws(VSAError) {
+        let directory = absolutePath(dir)
+        let mp = absolutePath(mountpoint)
+        var fuseOptions: [String] = []
+        var cacheBytes: UInt64? = nil
+        for item in o.flatMap({ $0.split(separator: ",").map(String.init) }) {
+            if item.hasPrefix("cache=") {
+                cacheBytes = try size(String(item.dropFirst(6)), "-o cache")
+            } else if [
+                "rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "dev", "suid", "exec", "nodev", "nosuid", "noexec", "async", "atime",
+                "noatime", "relatime",
+            ].contains(item) {
+                continue  // mount(8)/fstab words that mean nothing to a FUSE session
+            } else {
+                fuseOptions.append(item)
+            }
+        }
+        guard ArrayStore.holdsArray(directory: directory) else {
+            throw VSAError("\(dir) holds no vsa array; create one with `vsa create \(dir) --drives 4 --drive-size 1G`")
+        }
+        if let holder = ArrayLock.holder(directory: directory) {
+            throw VSAError("array \(directory) is already mounted at \(holder.mountpoint) (pid \(holder.pid)); unmount it first")
+        }
+        let options = MountOptions(directory: directory, mountpoint: mp, fuseOptions: fuseOptions, cacheBytes: cacheBytes)
+        if foreground || daemonChild {
+            if daemonChild { setsid() }
+            let daemon: ArrayDaemon
+            do { daemon = try ArrayDaemon(options: options) } catch {
+                if daemonChild { print("error \(error.message)"); fflush(nil) }
+                throw error
+            }
+            if daemonChild {
+                print("ready")
+                fflush(nil)
+                // From here on, the parent is gone: stdout and stderr go to the log.
+                let log = open(ArrayStore.logPath(directory: directory), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+                if log >= 0 {
+                    dup2(log, 1)
+                    dup2(log, 2)
+                    close(log)
+                }
+            }
+            Foundation.exit(daemon.serve())
+        }
+        try spawnDaemon(directory: directory, mountpoint: mp)
+    }
+
+    private func spawnDaemon(directory: String, mountpoint: String) throws(VSAError) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        var arguments = ["mount", directory, mountpoint, "--daemon-child"]
+        for item in o { arguments += ["-o", item] }
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardInput = FileHandle.nullDevice
+        let logPath = ArrayStore.logPath(directory: directory)
+        let logFD = open(logPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        if logFD >= 0 { process.standardError = FileHandle(fileDescriptor: logFD, closeOnDealloc: true) }
+        do { try process.run() } catch { throw VSAError("cannot start the daemon: \(error)") }
+        pipe.fileHandleForWriting.closeFile()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let first = output.split(separator: "\n").first.map(String.init) ?? ""
+        if first == "ready" {
+            print("mounted \(directory) at \(mountpoint)")
+            return
+        }
+        if first.hasPrefix("error ") { throw VSAError(String(first.dropFirst(6))) }
+        process.waitUntilExit()
+        throw VSAError("the daemon exited while starting (status \(process.terminationStatus)); see \(logPath)")
+    }
+}
+
+struct Unmount: VSACommand {
+    static let configuration = CommandConfiguration(abstract: "Destage everything, mark the array clean and unmount it.")
+    @Argument(help: "The mount point.") var mountpoint: String
+
+    func execute() throws(VSAError) {
+        let mp = absolutePath(mountpoint)
+        guard let mount = vsaMounts().first(where: { $0.mountpoint == mp }) else {
+            throw VSAError("\(mountpoint) is not a mounted vsa array; `mount -t fuse.vsa` lists them")
+        }
+        let pid = ArrayLock.holder(directory: mount.directory)?.pid
+        if getuid() == 0 {
+            if umount2(mp, 0) != 0 {
+                let code = errno
+                if code == EBUSY { throw VSAError("\(mountpoint) is busy: close the LUN files and detach their loop devices (vsa-loop detach) first") }
+                throw VSAError("cannot unmount \(mountpoint): \(Posix.errnoDescription(code))")
+            }
+        } else {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "exec fusermount3 -u \"$0\" 2>&1", mp]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            do { try process.run() } catch { throw VSAError("cannot run fusermount3: \(error)") }
+            let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            if process.terminationStatus != 0 {
+                if text.contains("busy") { throw VSAError("\(mountpoint) is busy: close the LUN files and detach their loop devices first") }
+                throw VSAError("fusermount3 -u \(mountpoint) failed: \(text.split(separator: "\n").first ?? "")")
+            }
+        }
+        // The daemon destages and marks the array clean once the kernel lets go; wait for it.
+        if let pid {
+            var waited = 0
+            while Posix.isProcessAlive(pid) && ArrayLock.holder(directory: mount.directory) != nil {
+                usleep(20_000)
+                waited += 1
+                if waited == 15_000 {
+                    throw VSAError("the daemon (pid \(pid)) has not finished destaging after 5 minutes; see \(ArrayStore.logPath(directory: mount.directory))")
+                }
+            }
+        }
+        if let sb = try? ArrayStore.assemble(directory: mount.directory).superblock, !sb.clean {
+            throw VSAError("unmounted, but the array was not marked clean; see \(ArrayStore.logPath(directory: mount.directory))")
+        }
+        print("unmounted \(mount.directory) from \(mp); array clean")
+    }
+}
+
+struct Status: VSACommand {
+    static let configuration = CommandConfiguration(abstract: "Show engines, directors, drives, LUNs and cache.")
+    @Argument(help: "The array folder or its mount point.") var target: String
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func execute() throws(VSAError) {
+        let report = try statusReport(target)
+        print(json ? CLI.json(report) : report.text)
+    }
+}
+
+// Entry point: parse, run, and turn every failure into one line.
+do {
+    var command = try VSA.parseAsRoot()
+    try command.run()
+} catch let error as VSAError {
+    printError(error.message)
+    exit(1)
+} catch {
+    if VSA.exitCode(for: error) == .success { VSA.exit(withError: error) }
+    let message = VSA.message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+    printError("\(message.trimmingWhitespace()); see `vsa --help`")
+    exit(64)
+}

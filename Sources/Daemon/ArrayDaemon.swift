@@ -1,0 +1,337 @@
+// Daemon: the composition root. It is the only code that knows every layer and the only code that makes threads:
+// one per director, one for the control socket, and libfuse's workers. Life cycle of a mount:
+//   lock the array folder -> assemble from the drives -> resync parity if the last stop was unclean -> mark dirty ->
+//   build directors (cache portions, back-end adapters) -> mount FUSE -> tell the parent "ready" -> serve ->
+//   (unmount or signal) -> destage everything -> flush drives -> mark clean -> exit.
+import ArrayModel
+import BackEnd
+import Buffers
+import Directors
+import Drives
+import Foundation
+import FrontEnd
+import GlobalMemory
+import MemoryServices
+import Metadata
+import Synchronization
+import SysFuse
+import SysPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+public struct MountOptions: Sendable {
+    public var directory: String
+    public var mountpoint: String
+    /// -o options passed through to FUSE (allow_other, ...), vsa's own (cache=SIZE) removed.
+    public var fuseOptions: [String]
+    public var cacheBytes: UInt64?
+    public init(directory: String, mountpoint: String, fuseOptions: [String], cacheBytes: UInt64?) {
+        self.directory = directory
+        self.mountpoint = mountpoint
+        self.fuseOptions = fuseOptions
+        self.cacheBytes = cacheBytes
+    }
+}
+
+/// Writes one timestamped line to the daemon's log (its stderr, which is DIR/vsa.log once it runs in background).
+public func daemonLog(_ message: String) {
+    var t = time(nil)
+    var tmv = tm()
+    gmtime_r(&t, &tmv)
+    let stamp = String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", tmv.tm_year + 1900, tmv.tm_mon + 1, tmv.tm_mday, tmv.tm_hour, tmv.tm_min, tmv.tm_sec)
+    FileHandle.standardError.write(Data("\(stamp) vsa[\(getpid())] \(message)\n".utf8))
+}
+
+/// Holds the array folder's lock for the life of the mount: a second mount of the same array is refused.
+public final class ArrayLock {
+    public let fd: Int32
+    public init(directory: String, mountpoint: String) throws(VSAError) {
+        let path = ArrayStore.lockPath(directory: directory)
+        let fd: Int32
+        do { fd = try Posix.open(path, flags: O_RDWR | O_CREAT | O_CLOEXEC, mode: 0o600) } catch {
+            throw VSAError("cannot open \(path): \(error)")
+        }
+        let locked: Bool
+        do { locked = try Posix.tryLockExclusive(fd) } catch {
+            Posix.close(fd)
+            throw VSAError("cannot lock \(path): \(error)")
+        }
+        guard locked else {
+            Posix.close(fd)
+            let holder = ArrayLock.holder(directory: directory)
+            throw VSAError("array \(directory) is already mounted\(holder.map { " at \($0.mountpoint) (pid \($0.pid))" } ?? ""); unmount it first")
+        }
+        self.fd = fd
+        let text = "\(getpid()) \(mountpoint)\n"
+        _ = Glibc.ftruncate(fd, 0)
+        _ = text.withCString { Glibc.pwrite(fd, $0, strlen($0), 0) }
+    }
+
+    /// Who holds the lock: (pid, mountpoint), or nil when nobody does.
+    public static func holder(directory: String) -> (pid: Int32, mountpoint: String)? {
+        let path = ArrayStore.lockPath(directory: directory)
+        guard let fd = try? Posix.open(path, flags: O_RDWR | O_CLOEXEC) else { return nil }
+        defer { Posix.close(fd) }
+        if (try? Posix.tryLockExclusive(fd)) == true { return nil }  // nobody holds it (closing fd releases ours)
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        let parts = text.trimmingWhitespace().split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, let pid = Int32(parts[0]) else { return nil }
+        return (pid, String(parts[1]))
+    }
+
+    deinit { Posix.close(fd) }
+}
+
+public final class ArrayDaemon: @unchecked Sendable {
+    let options: MountOptions
+    let store: ArrayStore
+    let engines: Engines
+    let frontEnd: LUNFrontEnd
+    let cacheBytes: UInt64
+    private let controlLock = Mutex<Void>(())
+    private var session: FuseSession?
+    private var messages: [String] = []
+    private let lock: ArrayLock
+
+    /// Builds the whole stack and mounts it. Throws a one-line user error; nothing is written before assembly succeeds.
+    public init(options: MountOptions) throws(VSAError) {
+        self.options = options
+        var st = stat()
+        guard stat(options.mountpoint, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw VSAError("mount point \(options.mountpoint) is not a folder; create it with mkdir")
+        }
+        lock = try ArrayLock(directory: options.directory, mountpoint: options.mountpoint)
+        store = try ArrayStore.assemble(directory: options.directory)
+        let sb = store.superblock
+        let geometry = store.geometry
+        cacheBytes = options.cacheBytes ?? sb.cacheBytes
+        let directorCount = sb.engineCount * 2
+        let slotsPerDirector = Int(cacheBytes / UInt64(sb.stripUnitBytes)) / directorCount
+        guard slotsPerDirector >= 2 * geometry.dataStripsPerStripe + 2 else {
+            throw VSAError(
+                "cache of \(formatSize(cacheBytes)) is too small for this array: give at least \(formatSize(UInt64((2 * geometry.dataStripsPerStripe + 2) * directorCount * sb.stripUnitBytes)))"
+            )
+        }
+        if !store.wasClean {
+            messages.append("the array was not stopped cleanly; parity was resynchronised at mount")
+            daemonLog("array was not stopped cleanly: resynchronising parity of every LUN")
+            try ArrayDaemon.resync(store: store)
+        }
+        try store.writeSuperblocks(clean: false)
+        var directors: [Director] = []
+        for i in 0..<directorCount {
+            let memory = MemoryServices()
+            let marks = BackEndMarks()
+            let backEnd: RAIDBackEnd
+            do { backEnd = try RAIDBackEnd(geometry: geometry, drives: store.drives, memory: memory, marks: marks) } catch {
+                throw VSAError("cannot set up the back end: \(error)")
+            }
+            directors.append(
+                Director(
+                    id: DirectorID(index: i), cacheSlots: slotsPerDirector, queueCapacity: 1024, backEnd: backEnd,
+                    memory: memory, counters: CacheCounters(), marks: marks))
+        }
+        engines = Engines(directors: directors, geometry: geometry, engineCount: sb.engineCount)
+        let files = store.lunTable.entries.map {
+            LUNFile(name: $0.name, ref: LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: $0.sizeBytes))
+        }
+        let capacityBytes = geometry.capacityBytes
+        let freeBox = FreeBytesBox()
+        frontEnd = LUNFrontEnd(port: engines, luns: files, userID: getuid(), groupID: getgid()) {
+            (capacityBytes, freeBox.value.load(ordering: .relaxed))
+        }
+        freeBox.value.store(store.freeBytes, ordering: .relaxed)
+        self.freeBox = freeBox
+        for director in directors {
+            let thread = Thread { director.run() }
+            thread.name = "director-\(director.id)"
+            thread.start()
+        }
+        let fuseOptions = ["fsname=\(options.directory)", "subtype=vsa", "default_permissions"] + options.fuseOptions
+        do { session = try FuseSession(handler: frontEnd, mountpoint: options.mountpoint, options: fuseOptions) } catch {
+            engines.stopAll()
+            try? store.writeSuperblocks(clean: true)
+            throw VSAError("cannot mount \(options.mountpoint): \(error)")
+        }
+        daemonLog(
+            "mounted array \(sb.arrayUUID) (\(sb.raidLevel), \(sb.memberCount) members) from \(options.directory) at \(options.mountpoint); cache \(formatSize(cacheBytes)), \(directorCount) directors"
+        )
+    }
+
+    private let freeBox: FreeBytesBox
+
+    /// Serves until unmounted, then shuts down cleanly. Returns the process exit status.
+    public func serve() -> Int32 {
+        startControlSocket()
+        let rc = session!.run(threadsMax: 16)
+        daemonLog("file system unmounted (loop status \(rc)); destaging")
+        return shutdown()
+    }
+
+    private func shutdown() -> Int32 {
+        unlink(ArrayStore.socketPath(directory: options.directory))
+        let flushed = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
+        engines.stopAll()
+        session?.close()
+        if flushed != 0 {
+            daemonLog("destage failed (\(Posix.errnoDescription(flushed))); the array stays marked not clean")
+            return 1
+        }
+        controlLock.withLock { _ in
+            do { try store.writeSuperblocks(clean: true) } catch { daemonLog("marking clean failed: \(error)") }
+        }
+        daemonLog("array marked clean; daemon exits")
+        return 0
+    }
+
+    // MARK: Resync after an unclean stop
+
+    static func resync(store: ArrayStore) throws(VSAError) {
+        let geometry = store.geometry
+        guard geometry.raidLevel != .raid0 else { return }
+        let backEnd: RAIDBackEnd
+        do { backEnd = try RAIDBackEnd(geometry: geometry, drives: store.drives, memory: MemoryServices(), marks: BackEndMarks()) } catch {
+            throw VSAError("cannot set up the back end for resync: \(error)")
+        }
+        let d = geometry.dataStripsPerStripe
+        let strips = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: d)
+        let table = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: d)
+        defer { table.deallocate() }
+        for i in 0..<d { table[i] = strips.slice(i) }
+        let all: UInt64 = d == 64 ? ~0 : (1 << UInt64(d)) - 1
+        for lun in store.lunTable.entries {
+            for stripe in lun.startStripe..<(lun.startStripe + lun.stripeCount) {
+                guard backEnd.readStrips(stripe: stripe, stripMask: all, targets: table) else {
+                    throw VSAError("resync: stripe \(stripe) unreadable; the array cannot be mounted safely")
+                }
+                // Parity levels rewrite P/Q only; mirrors copy the primary to the other copies.
+                let rewrite: UInt64 = geometry.parityStripsPerStripe > 0 ? 0 : all
+                _ = backEnd.writeStripe(stripe: stripe, strips: table, dirtyMask: rewrite)
+            }
+        }
+        _ = backEnd.flush()
+    }
+
+    // MARK: Control socket
+
+    private func startControlSocket() {
+        let path = ArrayStore.socketPath(directory: options.directory)
+        let listener: Int32
+        do { listener = try UnixSocket.listen(path: path) } catch {
+            daemonLog("control socket \(path) unavailable: \(error)")
+            return
+        }
+        let thread = Thread { [self] in
+            while true {
+                guard let client = try? UnixSocket.accept(listener) else { continue }
+                let request = (try? UnixSocket.receive(client, untilNewline: true)) ?? ""
+                let reply = handle(request.trimmingWhitespace())
+                try? UnixSocket.send(client, reply)
+                Posix.close(client)
+            }
+        }
+        thread.name = "control"
+        thread.start()
+    }
+
+    /// One control request: a command word and arguments, separated by tabs. Reply: "ok\n" + payload, or "error <line>".
+    func handle(_ request: String) -> String {
+        let words = request.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+        do throws(VSAError) {
+            switch words.first ?? "" {
+            case "status":
+                return "ok\n" + statusJSON()
+            case "lun-create" where words.count == 3:
+                guard let size = UInt64(words[2]) else { throw VSAError("bad size") }
+                let entry = try controlLock.withLock { _ throws(VSAError) in try store.createLUN(name: words[1], sizeBytes: size) }
+                frontEnd.add(LUNFile(name: entry.name, ref: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)))
+                freeBox.value.store(store.freeBytes, ordering: .relaxed)
+                session?.invalidateEntry(name: entry.name, inode: 0)
+                daemonLog("LUN \(entry.name) created, \(entry.sizeBytes) bytes")
+                return "ok\n"
+            case "lun-delete" where words.count == 2:
+                let name = words[1]
+                guard let entry = store.lunTable.entries.first(where: { $0.name == name }) else {
+                    throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
+                }
+                guard frontEnd.remove(lunID: entry.lunID) else {
+                    throw VSAError("LUN \(name) is open; close it (and detach any loop device on it) first")
+                }
+                engines.discard(lunID: entry.lunID)
+                _ = try controlLock.withLock { _ throws(VSAError) in try store.deleteLUN(name: name) }
+                freeBox.value.store(store.freeBytes, ordering: .relaxed)
+                session?.invalidateEntry(name: name, inode: UInt64(entry.lunID) + 1)
+                daemonLog("LUN \(name) deleted")
+                return "ok\n"
+            case "flush":
+                let rc = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
+                if rc != 0 { throw VSAError("flush failed: \(Posix.errnoDescription(rc))") }
+                return "ok\n"
+            default:
+                throw VSAError("unknown control request")
+            }
+        } catch {
+            return "error \(error.message)"
+        }
+    }
+
+    func statusJSON() -> String {
+        var report = controlLock.withLock { _ in StatusReport.offline(store: store, cacheBytes: cacheBytes) }
+        report.array.clean = false
+        report.daemon = .init(pid: getpid(), mountpoint: options.mountpoint)
+        var hits: UInt64 = 0, misses: UInt64 = 0, whits: UInt64 = 0, wmisses: UInt64 = 0
+        var used = 0, pending = 0
+        var destaged: UInt64 = 0, readAhead: UInt64 = 0
+        var memory = MemoryServices.Counters()
+        var backEnd = StatusReport.BackEndInfo(fullStripeWrites: 0, reconstructWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0)
+        report.directors = engines.directors.map { d in
+            let c = d.counters
+            hits += c.readHits.load(ordering: .relaxed)
+            misses += c.readMisses.load(ordering: .relaxed)
+            whits += c.writeHits.load(ordering: .relaxed)
+            wmisses += c.writeMisses.load(ordering: .relaxed)
+            used += c.usedSlots.load(ordering: .relaxed)
+            let dp = c.dirtySlots.load(ordering: .relaxed)
+            pending += dp
+            destaged += c.destagedStripes.load(ordering: .relaxed)
+            readAhead += c.readAheadTracks.load(ordering: .relaxed)
+            memory = memory + d.memory.counters
+            backEnd.fullStripeWrites += d.marks.fullStripeWrites.load(ordering: .relaxed)
+            backEnd.reconstructWrites += d.marks.reconstructWrites.load(ordering: .relaxed)
+            backEnd.degradedReads += d.marks.degradedReads.load(ordering: .relaxed)
+            backEnd.degradedWrites += d.marks.degradedWrites.load(ordering: .relaxed)
+            backEnd.stripReads += d.marks.stripReads.load(ordering: .relaxed)
+            backEnd.stripWrites += d.marks.stripWrites.load(ordering: .relaxed)
+            return StatusReport.DirectorInfo(
+                id: d.id.description, engine: d.id.engine, state: d.state.description,
+                cacheSlots: d.cache.slotCount, writePendingSlots: dp,
+                requests: d.requestsServed.load(ordering: .relaxed))
+        }
+        let lookups = hits + misses + whits + wmisses
+        report.cache.slotCount = engines.directors.reduce(0) { $0 + $1.cache.slotCount }
+        report.cache.usedSlots = used
+        report.cache.writePendingSlots = pending
+        report.cache.dirtyBytes = UInt64(pending) * UInt64(store.geometry.stripUnitBytes)
+        report.cache.readHits = hits
+        report.cache.readMisses = misses
+        report.cache.writeHits = whits
+        report.cache.writeMisses = wmisses
+        report.cache.hitRatio = lookups == 0 ? 0 : Double(hits + whits) / Double(lookups)
+        report.cache.destagedStripes = destaged
+        report.cache.readAheadTracks = readAhead
+        report.memoryServices = .init(
+            copies: memory.copyCount, copyBytes: memory.copyBytes, xorOps: memory.xorCount, pqOps: memory.pqCount,
+            parityBytes: memory.parityBytes)
+        report.backEnd = backEnd
+        report.messages = messages
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(report)) ?? Data(), as: UTF8.self)
+    }
+}
+
+final class FreeBytesBox: Sendable {
+    let value = Atomic<UInt64>(0)
+}

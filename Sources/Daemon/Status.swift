@@ -1,0 +1,159 @@
+// The status report: one structure for `vsa status` (human and --json) and `vsa lun list`, built from the drives
+// when the array is not mounted and from the live daemon when it is. docs/CLI.md documents the JSON.
+import ArrayModel
+import Drives
+import Metadata
+
+public struct StatusReport: Codable, Sendable {
+    public struct ArrayInfo: Codable, Sendable {
+        public var uuid: String
+        public var raidLevel: String
+        public var state: String
+        public var clean: Bool
+        public var stripeUnitBytes: Int
+        public var capacityBytes: UInt64
+        public var freeBytes: UInt64
+        public var memberCount: Int
+        public var spareCount: Int
+        public var engineCount: Int
+        public var directory: String
+    }
+    public struct DaemonInfo: Codable, Sendable {
+        public var pid: Int32
+        public var mountpoint: String
+    }
+    public struct DriveInfo: Codable, Sendable {
+        public var index: Int
+        public var path: String
+        public var role: String
+        public var state: String
+        public var sizeBytes: UInt64
+        public var directIO: Bool
+        public var errors: UInt64
+    }
+    public struct LUNInfo: Codable, Sendable {
+        public var name: String
+        public var sizeBytes: UInt64
+        public var id: UInt32
+        public var startStripe: UInt64
+        public var stripeCount: UInt64
+    }
+    public struct CacheInfo: Codable, Sendable {
+        public var sizeBytes: UInt64
+        public var slotBytes: Int
+        public var slotCount: Int
+        public var usedSlots: Int
+        public var writePendingSlots: Int
+        public var dirtyBytes: UInt64
+        public var hitRatio: Double
+        public var readHits: UInt64
+        public var readMisses: UInt64
+        public var writeHits: UInt64
+        public var writeMisses: UInt64
+        public var destagedStripes: UInt64
+        public var readAheadTracks: UInt64
+    }
+    public struct DirectorInfo: Codable, Sendable {
+        public var id: String
+        public var engine: Int
+        public var state: String
+        public var cacheSlots: Int
+        public var writePendingSlots: Int
+        public var requests: UInt64
+    }
+    public struct MemoryServicesInfo: Codable, Sendable {
+        public var copies: UInt64
+        public var copyBytes: UInt64
+        public var xorOps: UInt64
+        public var pqOps: UInt64
+        public var parityBytes: UInt64
+    }
+    public struct BackEndInfo: Codable, Sendable {
+        public var fullStripeWrites: UInt64
+        public var reconstructWrites: UInt64
+        public var degradedReads: UInt64
+        public var degradedWrites: UInt64
+        public var stripReads: UInt64
+        public var stripWrites: UInt64
+    }
+
+    public var array: ArrayInfo
+    public var daemon: DaemonInfo?
+    public var drives: [DriveInfo]
+    public var luns: [LUNInfo]
+    public var cache: CacheInfo
+    public var directors: [DirectorInfo]
+    public var memoryServices: MemoryServicesInfo?
+    public var backEnd: BackEndInfo?
+    public var messages: [String]
+
+    /// The parts that come from the drives alone.
+    public static func offline(store: ArrayStore, cacheBytes: UInt64) -> StatusReport {
+        let sb = store.superblock
+        let failed = store.drives.prefix(sb.memberCount).filter { $0.state == .failed }.count
+        let tolerance = sb.raidLevel.faultTolerance(memberCount: sb.memberCount)
+        let state = failed == 0 ? "optimal" : (failed <= tolerance ? "degraded" : "failed")
+        let array = ArrayInfo(
+            uuid: sb.arrayUUID.description, raidLevel: sb.raidLevel.description, state: state, clean: sb.clean,
+            stripeUnitBytes: sb.stripUnitBytes, capacityBytes: store.geometry.capacityBytes, freeBytes: store.freeBytes,
+            memberCount: sb.memberCount, spareCount: sb.spareCount, engineCount: sb.engineCount,
+            directory: store.directory)
+        let drives = store.drives.enumerated().map { i, d in
+            DriveInfo(
+                index: i, path: store.drivePaths[i], role: i < sb.memberCount ? "member" : "spare", state: d.state.description,
+                sizeBytes: d.sizeBytes, directIO: d.usesDirectIO, errors: d.errorCount.load(ordering: .relaxed))
+        }
+        let luns = store.lunTable.entries.sorted { $0.name < $1.name }.map {
+            LUNInfo(name: $0.name, sizeBytes: $0.sizeBytes, id: $0.lunID, startStripe: $0.startStripe, stripeCount: $0.stripeCount)
+        }
+        let slotCount = Int(cacheBytes / UInt64(sb.stripUnitBytes))
+        let cache = CacheInfo(
+            sizeBytes: cacheBytes, slotBytes: sb.stripUnitBytes, slotCount: slotCount, usedSlots: 0, writePendingSlots: 0,
+            dirtyBytes: 0, hitRatio: 0, readHits: 0, readMisses: 0, writeHits: 0, writeMisses: 0, destagedStripes: 0,
+            readAheadTracks: 0)
+        let directors = (0..<(sb.engineCount * 2)).map { i in
+            let id = DirectorID(index: i)
+            return DirectorInfo(
+                id: id.description, engine: id.engine, state: "offline", cacheSlots: slotCount / (sb.engineCount * 2),
+                writePendingSlots: 0, requests: 0)
+        }
+        return StatusReport(
+            array: array, daemon: nil, drives: drives, luns: luns, cache: cache, directors: directors,
+            memoryServices: nil, backEnd: nil, messages: [])
+    }
+
+    /// The human form of `vsa status`.
+    public var text: String {
+        var lines: [String] = []
+        lines.append("array \(array.uuid)  \(array.raidLevel)  \(array.state)  \(array.clean ? "clean" : "not clean")")
+        lines.append("  folder \(array.directory)")
+        lines.append(
+            "  capacity \(formatSize(array.capacityBytes)), free \(formatSize(array.freeBytes)), stripe unit \(formatSize(UInt64(array.stripeUnitBytes)))")
+        if let d = daemon { lines.append("  mounted at \(d.mountpoint) (daemon pid \(d.pid))") } else { lines.append("  not mounted") }
+        lines.append("engines: \(array.engineCount)")
+        for d in directors {
+            lines.append("  director \(d.id)  \(d.state)  cache slots \(d.cacheSlots)  write-pending \(d.writePendingSlots)  requests \(d.requests)")
+        }
+        lines.append("drives:")
+        for d in drives {
+            lines.append(
+                "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")"
+            )
+        }
+        lines.append("luns:")
+        if luns.isEmpty { lines.append("  (none; create one with `vsa lun create`)") }
+        for l in luns { lines.append("  \(l.name)  \(formatSize(l.sizeBytes))") }
+        let ratio = String(Int((cache.hitRatio * 1000).rounded()) / 10) + "." + String(Int((cache.hitRatio * 1000).rounded()) % 10) + "%"
+        lines.append(
+            "cache: \(formatSize(cache.sizeBytes)) in \(cache.slotCount) slots of \(formatSize(UInt64(cache.slotBytes))), used \(cache.usedSlots), dirty \(formatSize(cache.dirtyBytes)), hit ratio \(ratio)"
+        )
+        if let b = backEnd {
+            lines.append("back end: full-stripe writes \(b.fullStripeWrites), reconstruct writes \(b.reconstructWrites), degraded reads \(b.degradedReads)")
+        }
+        if let m = memoryServices {
+            lines.append("memory services: copies \(m.copies) (\(formatSize(m.copyBytes))), xor \(m.xorOps), p+q \(m.pqOps)")
+        }
+        for m in messages { lines.append("note: \(m)") }
+        return lines.joined(separator: "\n")
+    }
+}

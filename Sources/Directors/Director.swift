@@ -1,0 +1,191 @@
+// Directors: an engine is a pair of directors (1a, 1b) in a failover relationship; an array has one or more engines.
+// Each director owns a portion of global memory (its TrackCache), a back-end adapter (its RAIDBackEnd with its own
+// io_uring), and a front-end queue. Every (LUN, stripe) has one owning director, and every host request for it runs
+// on that director's thread, so a director's cache portion and its stripes' parity need no lock.
+//
+// Director states (transition(to:) asserts the edge):
+//   online -> stopping -> stopped      (unmount)
+// Failover (online -> failed, partner takes over, mirrored write-pending) comes with the failover issue; the
+// ownership function and the front-end queue are built so a partner can take a failed director's work.
+import ArrayModel
+import BackEnd
+import Foundation
+import GlobalMemory
+import MemoryServices
+import Synchronization
+
+public enum DirectorState: UInt8, Sendable, CustomStringConvertible {
+    case online = 0, stopping = 1, stopped = 2
+    public var description: String {
+        switch self {
+        case .online: return "online"
+        case .stopping: return "stopping"
+        case .stopped: return "stopped"
+        }
+    }
+}
+
+/// What a request asks of its owning director.
+public enum RequestKind: UInt8, Sendable {
+    case read, write, zero
+    /// Destage every write-pending slot of `lun` (or every LUN when lunID == 0) and flush the drives.
+    case flush
+    /// Forget the LUN's slots (the LUN is being deleted).
+    case discard
+}
+
+/// Completion of one host I/O that may span several directors: the last sub-request to finish wakes the waiter.
+public final class CompletionGroup: @unchecked Sendable {
+    let remaining = Atomic<Int>(0)
+    let firstError = Atomic<Int32>(0)
+    let done = DispatchSemaphore(value: 0)
+
+    public init() {}
+
+    func arm(_ count: Int) {
+        firstError.store(0, ordering: .relaxed)
+        remaining.store(count, ordering: .releasing)
+    }
+
+    func complete(error: Int32) {
+        if error != 0 { _ = firstError.compareExchange(expected: 0, desired: error, ordering: .relaxed) }
+        if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { done.signal() }
+    }
+
+    /// Blocks until every sub-request completed; returns 0 or the first errno.
+    func wait() -> Int32 {
+        done.wait()
+        return firstError.load(ordering: .acquiring)
+    }
+}
+
+/// One piece of a host request that lies in a single stripe: what the owning director executes.
+public final class SubRequest: @unchecked Sendable {
+    public var kind: RequestKind = .read
+    public var lun = LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)
+    public var offsetBytes: UInt64 = 0
+    public var count = 0
+    public var data: UnsafeMutableRawPointer? = nil
+    public unowned(unsafe) var group: CompletionGroup
+    init(group: CompletionGroup) { self.group = group }
+}
+
+public final class Director: @unchecked Sendable {
+    public let id: DirectorID
+    public let cache: TrackCache
+    public let backEnd: RAIDBackEnd
+    public let memory: MemoryServices
+    public let counters: CacheCounters
+    public let marks: BackEndMarks
+    private let stateRaw = Atomic<UInt8>(DirectorState.online.rawValue)
+    public let requestsServed = Atomic<UInt64>(0)
+
+    // Front-end queue: a bounded ring guarded by this director's own condition (not a global lock).
+    private let queueCondition = NSCondition()
+    private var queue: [SubRequest?]
+    private var queueHead = 0
+    private var queueCount = 0
+    private var batch: [SubRequest?]
+    /// Destage starts when this many slots are write-pending, and runs whenever the director is idle.
+    private let destageHighWater: Int
+
+    public var state: DirectorState { DirectorState(rawValue: stateRaw.load(ordering: .acquiring))! }
+
+    public func transition(to next: DirectorState) {
+        let current = state
+        let legal = (current == .online && next == .stopping) || (current == .stopping && next == .stopped)
+        precondition(legal, "director \(id): illegal \(current) -> \(next)")
+        stateRaw.store(next.rawValue, ordering: .releasing)
+    }
+
+    public init(
+        id: DirectorID, cacheSlots: Int, queueCapacity: Int, backEnd: RAIDBackEnd, memory: MemoryServices,
+        counters: CacheCounters, marks: BackEndMarks
+    ) {
+        self.id = id
+        self.backEnd = backEnd
+        self.memory = memory
+        self.counters = counters
+        self.marks = marks
+        self.cache = TrackCache(slotCount: cacheSlots, store: backEnd, memory: memory, counters: counters)
+        self.queue = Array(repeating: nil, count: queueCapacity)
+        self.batch = Array(repeating: nil, count: 64)
+        self.destageHighWater = max(1, cacheSlots / 2)
+    }
+
+    /// Called by a front-end thread: queue `request` for this director. Blocks while the queue is full.
+    public func enqueue(_ request: SubRequest) {
+        queueCondition.lock()
+        while queueCount == queue.count { queueCondition.wait() }
+        queue[(queueHead + queueCount) % queue.count] = request
+        queueCount += 1
+        queueCondition.signal()
+        queueCondition.unlock()
+    }
+
+    /// The director's thread body: serve the queue; destage when write-pending is high or the director is idle.
+    public func run() {
+        while true {
+            queueCondition.lock()
+            while queueCount == 0 {
+                if state != .online {
+                    queueCondition.unlock()
+                    return
+                }
+                if cache.writePendingSlots > 0 {
+                    // Idle with write-pending data: give new requests 20 ms to arrive, then destage a little.
+                    if !queueCondition.wait(until: Date(timeIntervalSinceNow: 0.02)) && queueCount == 0 {
+                        queueCondition.unlock()
+                        cache.destage(stripeBudget: 16)
+                        queueCondition.lock()
+                    }
+                } else {
+                    queueCondition.wait()
+                }
+            }
+            var taken = 0
+            while queueCount > 0 && taken < batch.count {
+                batch[taken] = queue[queueHead]
+                queue[queueHead] = nil
+                queueHead = (queueHead + 1) % queue.count
+                queueCount -= 1
+                taken += 1
+            }
+            queueCondition.broadcast()  // room for blocked producers
+            queueCondition.unlock()
+            for i in 0..<taken {
+                let request = batch[i]!
+                batch[i] = nil
+                execute(request)
+            }
+            if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
+        }
+    }
+
+    /// Asks the thread to finish: it drains its queue, then returns from `run()`.
+    public func stop() {
+        queueCondition.lock()
+        if state == .online { transition(to: .stopping) }
+        queueCondition.broadcast()
+        queueCondition.unlock()
+    }
+
+    private func execute(_ request: SubRequest) {
+        var error: Int32 = 0
+        switch request.kind {
+        case .read:
+            if !cache.read(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, into: request.data!) { error = EIO }
+        case .write:
+            if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: request.data!) { error = EIO }
+        case .zero:
+            if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: nil) { error = EIO }
+        case .flush:
+            let lunID: UInt32? = request.lun.lunID == 0 ? nil : request.lun.lunID
+            if !cache.destageAll(lunID: lunID) || !backEnd.flush() { error = EIO }
+        case .discard:
+            cache.discard(lunID: request.lun.lunID)
+        }
+        requestsServed.add(1, ordering: .relaxed)
+        request.group.complete(error: error)
+    }
+}

@@ -1,0 +1,136 @@
+// Engines: all the array's directors, and the `HostIOPort` the front end talks to. A host I/O is cut at stripe
+// boundaries; each piece goes to the front-end queue of the director that owns that (LUN, stripe); the calling
+// thread waits until the last piece completes. Ownership spreads a LUN's consecutive stripes round the directors,
+// so sequential I/O keeps every director busy.
+//
+// Each front-end thread has its own RequestContext (completion group and sub-request records), created the first
+// time that thread issues I/O and reused for its lifetime: no allocation and no shared lock per I/O.
+import ArrayModel
+import BackEnd
+import Foundation
+import GlobalMemory
+import MemoryServices
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The port the front end uses. Thread: any front-end thread; calls block until the array answered.
+/// Preconditions: the range lies inside the LUN (the front end checks sizes). Returns 0 or an errno.
+public protocol HostIOPort: AnyObject, Sendable {
+    func read(lun: LUNRef, offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Int32
+    func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer) -> Int32
+    func zero(lun: LUNRef, offsetBytes: UInt64, count: UInt64) -> Int32
+    /// Destages the LUN's write-pending data (every LUN for lunID 0) and flushes the drives.
+    func flush(lun: LUNRef) -> Int32
+}
+
+final class RequestContext: @unchecked Sendable {
+    let group = CompletionGroup()
+    let pieces: [SubRequest]
+    init(capacity: Int) {
+        var pieces: [SubRequest] = []
+        for _ in 0..<capacity { pieces.append(SubRequest(group: group)) }
+        self.pieces = pieces
+    }
+}
+
+public final class Engines: HostIOPort, @unchecked Sendable {
+    public let directors: [Director]
+    public let geometry: ArrayGeometry
+    public let engineCount: Int
+    private let piecesPerContext = 64
+    private var contextKey = pthread_key_t()
+
+    public init(directors: [Director], geometry: ArrayGeometry, engineCount: Int) {
+        precondition(directors.count == engineCount * 2, "an engine is two directors")
+        self.directors = directors
+        self.geometry = geometry
+        self.engineCount = engineCount
+        let rc = pthread_key_create(&contextKey) { raw in
+            if let raw { Unmanaged<RequestContext>.fromOpaque(raw).release() }
+        }
+        precondition(rc == 0, "pthread_key_create failed")
+    }
+
+    /// The director that owns stripe `lunStripe` (counted from the LUN's start) of `lunID`.
+    @inline(__always)
+    public func owner(lunID: UInt32, lunStripe: UInt64) -> Director {
+        directors[Int((lunStripe &+ UInt64(lunID)) % UInt64(directors.count))]
+    }
+
+    private func context() -> RequestContext {
+        if let raw = pthread_getspecific(contextKey) { return Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue() }
+        let ctx = RequestContext(capacity: piecesPerContext)
+        pthread_setspecific(contextKey, Unmanaged.passRetained(ctx).toOpaque())
+        return ctx
+    }
+
+    /// Cuts [offset, offset+count) at stripe boundaries and runs the pieces on their owners, a batch at a time.
+    private func run(kind: RequestKind, lun: LUNRef, offsetBytes: UInt64, count: UInt64, data: UnsafeMutableRawPointer?) -> Int32 {
+        let ctx = context()
+        let stripeBytes = geometry.stripeDataBytes
+        var position = offsetBytes
+        let end = offsetBytes + count
+        while position < end {
+            var n = 0
+            var cursor = position
+            while cursor < end && n < piecesPerContext {
+                let lunStripe = cursor / stripeBytes
+                let pieceEnd = min(end, (lunStripe + 1) * stripeBytes)
+                let piece = ctx.pieces[n]
+                piece.kind = kind
+                piece.lun = lun
+                piece.offsetBytes = cursor
+                piece.count = Int(pieceEnd - cursor)
+                piece.data = data.map { $0 + Int(cursor - offsetBytes) }
+                n += 1
+                cursor = pieceEnd
+            }
+            ctx.group.arm(n)
+            for i in 0..<n {
+                let piece = ctx.pieces[i]
+                owner(lunID: lun.lunID, lunStripe: piece.offsetBytes / stripeBytes).enqueue(piece)
+            }
+            let error = ctx.group.wait()
+            if error != 0 { return error }
+            position = cursor
+        }
+        return 0
+    }
+
+    public func read(lun: LUNRef, offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Int32 {
+        run(kind: .read, lun: lun, offsetBytes: offsetBytes, count: UInt64(count), data: target)
+    }
+
+    public func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer) -> Int32 {
+        run(kind: .write, lun: lun, offsetBytes: offsetBytes, count: UInt64(count), data: UnsafeMutableRawPointer(mutating: source))
+    }
+
+    public func zero(lun: LUNRef, offsetBytes: UInt64, count: UInt64) -> Int32 {
+        run(kind: .zero, lun: lun, offsetBytes: offsetBytes, count: count, data: nil)
+    }
+
+    /// Sends one control request to every director and waits for all.
+    private func broadcast(kind: RequestKind, lun: LUNRef) -> Int32 {
+        let ctx = context()
+        ctx.group.arm(directors.count)
+        for (i, director) in directors.enumerated() {
+            let piece = ctx.pieces[i]
+            piece.kind = kind
+            piece.lun = lun
+            piece.offsetBytes = 0
+            piece.count = 0
+            piece.data = nil
+            director.enqueue(piece)
+        }
+        return ctx.group.wait()
+    }
+
+    public func flush(lun: LUNRef) -> Int32 { broadcast(kind: .flush, lun: lun) }
+
+    /// Drops every cached track of a LUN on every director (before the LUN's stripes are zeroed and reused).
+    public func discard(lunID: UInt32) { _ = broadcast(kind: .discard, lun: LUNRef(lunID: lunID, startStripe: 0, sizeBytes: 0)) }
+
+    public func stopAll() { for d in directors { d.stop() } }
+}

@@ -1,0 +1,121 @@
+// DriveIO: one thread's batch of drive operations over its own io_uring. Callers queue reads, writes and flushes
+// against drives, then `submit()` hands the batch to the kernel in one call and reaps every completion. Short
+// transfers are continued; an error fails the operation and the drive it was for (an operating error becomes array
+// state). The operation table is preallocated: queuing allocates nothing.
+import ArrayModel
+import SysPosix
+import SysURing
+
+public final class DriveIO {
+    private struct Operation {
+        var kind: UInt8 = 0  // 0 read, 1 write, 2 flush, 3 punch
+        var driveIndex: Int32 = 0
+        var pointer: UnsafeMutableRawPointer? = nil
+        var count: Int = 0
+        var offsetBytes: UInt64 = 0
+        var done: Int = 0
+    }
+
+    private let ring: IORing
+    private let drives: [Drive]
+    private var operations: [Operation]
+    private var operationCount = 0
+    public let capacity: Int
+
+    public init(drives: [Drive], capacity: Int = 256) throws(SysError) {
+        self.drives = drives
+        self.capacity = capacity
+        self.ring = try IORing(entries: UInt32(min(capacity, 4096)).nextPowerOfTwo)
+        self.operations = Array(repeating: Operation(), count: capacity)
+    }
+
+    public var pendingCount: Int { operationCount }
+
+    private func append(_ op: Operation) {
+        if operationCount == capacity { preconditionFailure("DriveIO: more than \(capacity) operations in one batch") }
+        operations[operationCount] = op
+        let tag = UInt64(operationCount)
+        operationCount += 1
+        issue(tag)
+    }
+
+    private func issue(_ tag: UInt64) {
+        let op = operations[Int(tag)]
+        let drive = drives[Int(op.driveIndex)]
+        switch op.kind {
+        case 0: ring.queueRead(fd: drive.fd, into: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
+        case 1: ring.queueWrite(fd: drive.fd, from: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
+        case 2: ring.queueFsync(fd: drive.fd, dataOnly: !drive.isBlockDevice, tag: tag)
+        default: ring.queuePunchHole(fd: drive.fd, offsetBytes: op.offsetBytes, count: UInt64(op.count), tag: tag)
+        }
+    }
+
+    public func queueRead(drive: Int, into pointer: UnsafeMutableRawPointer, count: Int, offsetBytes: UInt64) {
+        precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive reads are whole sectors")
+        append(Operation(kind: 0, driveIndex: Int32(drive), pointer: pointer, count: count, offsetBytes: offsetBytes))
+    }
+
+    public func queueWrite(drive: Int, from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64) {
+        precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive writes are whole sectors")
+        append(Operation(kind: 1, driveIndex: Int32(drive), pointer: UnsafeMutableRawPointer(mutating: pointer), count: count, offsetBytes: offsetBytes))
+    }
+
+    public func queueFlush(drive: Int) {
+        append(Operation(kind: 2, driveIndex: Int32(drive)))
+    }
+
+    /// Makes the byte range read back as zeroes (files: punch a hole).
+    public func queueZeroRange(drive: Int, offsetBytes: UInt64, count: Int) {
+        append(Operation(kind: 3, driveIndex: Int32(drive), count: count, offsetBytes: offsetBytes))
+    }
+
+    /// Submits the batch and waits for all of it. Returns a bit set of the drives whose operations failed
+    /// (bit i = drive index i); those drives have been moved to `failed`.
+    @discardableResult
+    public func submit() -> UInt64 {
+        var failedDrives: UInt64 = 0
+        while true {
+            var again = false
+            ring.submitAndReapAll { tag, result in
+                let index = Int(tag)
+                let op = operations[index]
+                if result < 0 {
+                    // Punching holes is best effort on drives that cannot (block devices take zero writes instead).
+                    if op.kind == 3 && (result == -95 || result == -19) { return }
+                    failedDrives |= 1 << UInt64(op.driveIndex)
+                    return
+                }
+                if op.kind <= 1 {
+                    if result == 0 && op.kind == 0 {
+                        // End of file inside a drive: sparse tail of a short file reads as zeroes.
+                        (op.pointer! + op.done).initializeMemory(as: UInt8.self, repeating: 0, count: op.count - op.done)
+                        operations[index].done = op.count
+                        return
+                    }
+                    operations[index].done += Int(result)
+                    if operations[index].done < op.count {
+                        issue(tag)
+                        again = true
+                    }
+                }
+            }
+            if !again { break }
+        }
+        operationCount = 0
+        if failedDrives != 0 {
+            for i in 0..<drives.count where failedDrives & (1 << UInt64(i)) != 0 {
+                drives[i].errorCount.add(1, ordering: .relaxed)
+                drives[i].transition(to: .failed)
+            }
+        }
+        return failedDrives
+    }
+}
+
+extension UInt32 {
+    var nextPowerOfTwo: UInt32 {
+        var v: UInt32 = 1
+        while v < self { v <<= 1 }
+        return v
+    }
+}

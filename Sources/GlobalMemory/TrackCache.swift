@@ -1,0 +1,511 @@
+// GlobalMemory: the write-back cache. Global memory is split into one portion per director; a `TrackCache` is one
+// portion. Every (LUN, track) belongs to exactly one director (see Directors/Ownership), so a portion is touched only
+// by its director's thread: lookups take no lock. A track is one data strip (stripe unit) of a LUN; a slot holds one
+// track, with per-sector (512 B) valid and dirty (write-pending) bits.
+//
+// Slot states (transition happens in `install`, `markDirty`, `markClean`, `evict`):
+//   free -> clean (installed, some sectors valid) -> dirty (write-pending) -> clean (destaged) -> free (evicted)
+// Invariants: a dirty slot is never evicted; dirty bits are a subset of valid bits; the index maps each (LUN, track)
+// to at most one slot.
+//
+// Destage works a stripe at a time: all the stripe's dirty tracks go down together, and when every data strip of the
+// stripe is in cache the write needs no reads (full-stripe write); otherwise the missing strips are read first
+// (reconstruct-write). Reads that miss fetch the whole track, and a sequential pattern (previous track cached)
+// fetches the rest of the stripe in the same batch (read-ahead).
+import ArrayModel
+import BackEnd
+import Buffers
+import MemoryServices
+import Synchronization
+
+/// Where a LUN sits: its table identity and its first stripe.
+public struct LUNRef: Sendable, Equatable {
+    public let lunID: UInt32
+    public let startStripe: UInt64
+    public let sizeBytes: UInt64
+    public init(lunID: UInt32, startStripe: UInt64, sizeBytes: UInt64) {
+        self.lunID = lunID
+        self.startStripe = startStripe
+        self.sizeBytes = sizeBytes
+    }
+}
+
+/// Counters a portion publishes for `vsa status`.
+public final class CacheCounters: Sendable {
+    public let readHits = Atomic<UInt64>(0)
+    public let readMisses = Atomic<UInt64>(0)
+    public let writeHits = Atomic<UInt64>(0)
+    public let writeMisses = Atomic<UInt64>(0)
+    public let dirtySlots = Atomic<Int>(0)
+    public let usedSlots = Atomic<Int>(0)
+    public let destagedStripes = Atomic<UInt64>(0)
+    public let readAheadTracks = Atomic<UInt64>(0)
+    public init() {}
+}
+
+public final class TrackCache {
+    public let slotCount: Int
+    public let trackBytes: Int
+    public let sectorsPerTrack: Int
+    private let wordsPerSlot: Int
+    private let dataStripsPerStripe: Int
+    private let store: any StripeStore
+    private let memory: MemoryServices
+    public let counters: CacheCounters
+
+    // Slot table (structure of arrays, allocated once).
+    private let arena: Arena
+    private var slotLUN: [UInt32]
+    private var slotTrack: [UInt64]
+    private var slotStripe: [UInt64]
+    private var slotInUse: [Bool]
+    private var slotDirty: [Bool]
+    private var slotReferenced: [Bool]
+    private var slotInDirtyQueue: [Bool]
+    private var validBits: [UInt64]
+    private var dirtyBits: [UInt64]
+    private var hashNext: [Int32]
+    private var buckets: [Int32]
+    private let bucketMask: Int
+    private var freeSlots: [Int32]
+    private var freeCount: Int
+    private var clockHand = 0
+    // Dirty queue: slots in the order they became dirty (a ring of slot indices).
+    private var dirtyQueue: [Int32]
+    private var dirtyHead = 0
+    private var dirtyTail = 0
+    private var dirtyQueued = 0
+    public private(set) var dirtyCount = 0
+
+    // Destage and fill scratch: pointer table and staging strips (one per data strip of a stripe).
+    private let stripTable: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    private let staging: Arena
+    private var stripeSlots: [Int32]
+    // Destage has its own scratch: a slot install during a read miss may destage to make room.
+    private let destageTable: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    private let destageStaging: Arena
+    private var destageSlots: [Int32]
+    private var slotPinned: [Bool]
+
+    public init(slotCount: Int, store: any StripeStore, memory: MemoryServices, counters: CacheCounters) {
+        let geometry = store.geometry
+        let d = geometry.dataStripsPerStripe
+        precondition(slotCount >= 2 * d + 2, "cache portion too small: \(slotCount) slots for \(d)-strip stripes")
+        self.slotCount = slotCount
+        self.trackBytes = geometry.stripUnitBytes
+        self.sectorsPerTrack = trackBytes / sectorBytes
+        self.wordsPerSlot = (sectorsPerTrack + 63) / 64
+        self.dataStripsPerStripe = d
+        self.store = store
+        self.memory = memory
+        self.counters = counters
+        self.arena = Arena(sliceBytes: trackBytes, sliceCount: slotCount)
+        slotLUN = Array(repeating: 0, count: slotCount)
+        slotTrack = Array(repeating: 0, count: slotCount)
+        slotStripe = Array(repeating: 0, count: slotCount)
+        slotInUse = Array(repeating: false, count: slotCount)
+        slotDirty = Array(repeating: false, count: slotCount)
+        slotReferenced = Array(repeating: false, count: slotCount)
+        slotInDirtyQueue = Array(repeating: false, count: slotCount)
+        validBits = Array(repeating: 0, count: slotCount * wordsPerSlot)
+        dirtyBits = Array(repeating: 0, count: slotCount * wordsPerSlot)
+        hashNext = Array(repeating: -1, count: slotCount)
+        var bucketCount = 1
+        while bucketCount < slotCount * 2 { bucketCount <<= 1 }
+        buckets = Array(repeating: -1, count: bucketCount)
+        bucketMask = bucketCount - 1
+        freeSlots = (0..<slotCount).reversed().map { Int32($0) }
+        freeCount = slotCount
+        dirtyQueue = Array(repeating: -1, count: slotCount)
+        stripTable = .allocate(capacity: d + 2)
+        stripTable.initialize(repeating: nil, count: d + 2)
+        staging = Arena(sliceBytes: trackBytes, sliceCount: d)
+        stripeSlots = Array(repeating: -1, count: d)
+        destageTable = .allocate(capacity: d + 2)
+        destageTable.initialize(repeating: nil, count: d + 2)
+        destageStaging = Arena(sliceBytes: trackBytes, sliceCount: d)
+        destageSlots = Array(repeating: -1, count: d)
+        slotPinned = Array(repeating: false, count: slotCount)
+    }
+
+    deinit {
+        stripTable.deallocate()
+        destageTable.deallocate()
+    }
+
+    // MARK: Index
+
+    @inline(__always)
+    private func bucket(_ lun: UInt32, _ track: UInt64) -> Int {
+        var h = track &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(lun) &* 0xC2B2_AE3D_27D4_EB4F
+        h ^= h >> 29
+        return Int(truncatingIfNeeded: h) & bucketMask
+    }
+
+    @inline(__always)
+    public func lookup(lun: UInt32, track: UInt64) -> Int? {
+        var s = buckets[bucket(lun, track)]
+        while s >= 0 {
+            let i = Int(s)
+            if slotTrack[i] == track && slotLUN[i] == lun { return i }
+            s = hashNext[i]
+        }
+        return nil
+    }
+
+    private func unlinkFromIndex(_ slot: Int) {
+        let b = bucket(slotLUN[slot], slotTrack[slot])
+        var prev: Int32 = -1
+        var s = buckets[b]
+        while s >= 0 {
+            if Int(s) == slot {
+                if prev < 0 { buckets[b] = hashNext[slot] } else { hashNext[Int(prev)] = hashNext[slot] }
+                hashNext[slot] = -1
+                return
+            }
+            prev = s
+            s = hashNext[Int(s)]
+        }
+        preconditionFailure("slot \(slot) missing from the cache index")
+    }
+
+    @inline(__always)
+    public func slotData(_ slot: Int) -> UnsafeMutableRawPointer { arena.slice(slot) }
+
+    // MARK: Bitmaps
+
+    @inline(__always) private func testBit(_ bits: [UInt64], _ slot: Int, _ sector: Int) -> Bool {
+        bits[slot * wordsPerSlot + sector >> 6] & (1 << UInt64(sector & 63)) != 0
+    }
+
+    private func setBits(_ bits: inout [UInt64], _ slot: Int, _ first: Int, _ last: Int) {
+        var s = first
+        while s <= last {
+            let word = s >> 6
+            let lo = s & 63
+            let hi = min(63, last - (word << 6))
+            let mask: UInt64 = (hi == 63 ? ~0 : ((1 << UInt64(hi + 1)) - 1)) & ~((1 << UInt64(lo)) - 1)
+            bits[slot * wordsPerSlot + word] |= mask
+            s = (word + 1) << 6
+        }
+    }
+
+    private func allValid(_ slot: Int, _ first: Int, _ last: Int) -> Bool {
+        for s in first...last where !testBit(validBits, slot, s) { return false }
+        return true
+    }
+
+    private func fullyValid(_ slot: Int) -> Bool {
+        let base = slot * wordsPerSlot
+        for w in 0..<wordsPerSlot {
+            let bitsInWord = min(64, sectorsPerTrack - w * 64)
+            let full: UInt64 = bitsInWord == 64 ? ~0 : (1 << UInt64(bitsInWord)) - 1
+            if validBits[base + w] != full { return false }
+        }
+        return true
+    }
+
+    private func setFullyValid(_ slot: Int) { setBits(&validBits, slot, 0, sectorsPerTrack - 1) }
+
+    // MARK: Slot life cycle
+
+    private func install(lun: UInt32, track: UInt64, stripe: UInt64) -> Int {
+        let slot = allocateSlot()
+        slotLUN[slot] = lun
+        slotTrack[slot] = track
+        slotStripe[slot] = stripe
+        slotInUse[slot] = true
+        slotDirty[slot] = false
+        slotReferenced[slot] = true
+        for w in 0..<wordsPerSlot {
+            validBits[slot * wordsPerSlot + w] = 0
+            dirtyBits[slot * wordsPerSlot + w] = 0
+        }
+        let b = bucket(lun, track)
+        hashNext[slot] = buckets[b]
+        buckets[b] = Int32(slot)
+        counters.usedSlots.store(slotCount - freeCount, ordering: .relaxed)
+        return slot
+    }
+
+    private func evict(_ slot: Int) {
+        precondition(slotInUse[slot] && !slotDirty[slot], "evicting a dirty or free slot")
+        unlinkFromIndex(slot)
+        slotInUse[slot] = false
+        freeSlots[freeCount] = Int32(slot)
+        freeCount += 1
+        counters.usedSlots.store(slotCount - freeCount, ordering: .relaxed)
+    }
+
+    /// A free slot: from the free list, else CLOCK over clean slots, else destage until one is clean.
+    private func allocateSlot() -> Int {
+        while true {
+            if freeCount > 0 {
+                freeCount -= 1
+                return Int(freeSlots[freeCount])
+            }
+            for _ in 0..<(2 * slotCount) {
+                let s = clockHand
+                clockHand = (clockHand + 1) % slotCount
+                if !slotInUse[s] || slotDirty[s] || slotPinned[s] { continue }
+                if slotReferenced[s] {
+                    slotReferenced[s] = false
+                    continue
+                }
+                evict(s)
+                freeCount -= 1
+                return Int(freeSlots[freeCount])
+            }
+            // Every slot is write-pending: destage synchronously (backpressure on the host).
+            precondition(destage(stripeBudget: 4) > 0, "cache full of write-pending slots and nothing to destage")
+        }
+    }
+
+    private func markDirty(_ slot: Int, _ first: Int, _ last: Int) {
+        setBits(&dirtyBits, slot, first, last)
+        if !slotDirty[slot] {
+            slotDirty[slot] = true
+            dirtyCount += 1
+            counters.dirtySlots.store(dirtyCount, ordering: .relaxed)
+        }
+        if !slotInDirtyQueue[slot] {
+            slotInDirtyQueue[slot] = true
+            dirtyQueue[dirtyTail] = Int32(slot)
+            dirtyTail = (dirtyTail + 1) % slotCount
+            dirtyQueued += 1
+        }
+    }
+
+    private func markClean(_ slot: Int) {
+        guard slotDirty[slot] else { return }
+        slotDirty[slot] = false
+        for w in 0..<wordsPerSlot { dirtyBits[slot * wordsPerSlot + w] = 0 }
+        dirtyCount -= 1
+        counters.dirtySlots.store(dirtyCount, ordering: .relaxed)
+    }
+
+    // MARK: Fill
+
+    /// Makes `slot` fully valid by reading its strip and merging the sectors the cache does not already hold.
+    private func fill(_ slot: Int) -> Bool {
+        let d = dataStripsPerStripe
+        let strip = Int(slotTrack[slot] % UInt64(d))
+        let anyValid = (0..<wordsPerSlot).contains { validBits[slot * wordsPerSlot + $0] != 0 }
+        let target = anyValid ? staging.slice(strip) : slotData(slot)
+        stripTable[strip] = target
+        guard store.readStrips(stripe: slotStripe[slot], stripMask: 1 << UInt64(strip), targets: stripTable) else { return false }
+        if anyValid { mergeInvalid(slot, from: target) }
+        setFullyValid(slot)
+        return true
+    }
+
+    /// Copies into `slot` the sectors that are not valid there, from a freshly read strip.
+    private func mergeInvalid(_ slot: Int, from source: UnsafeMutableRawPointer) {
+        var s = 0
+        while s < sectorsPerTrack {
+            if testBit(validBits, slot, s) { s += 1; continue }
+            var e = s
+            while e + 1 < sectorsPerTrack && !testBit(validBits, slot, e + 1) { e += 1 }
+            memory.copy(from: source + s * sectorBytes, to: slotData(slot) + s * sectorBytes, byteCount: (e - s + 1) * sectorBytes)
+            s = e + 1
+        }
+    }
+
+    // MARK: Host I/O (called by the owning director)
+
+    /// Copies `count` bytes of the LUN at `offsetBytes` into `target`. The range must lie in one stripe.
+    public func read(lun: LUNRef, offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Bool {
+        var done = 0
+        while done < count {
+            let position = offsetBytes + UInt64(done)
+            let track = position / UInt64(trackBytes)
+            let inTrack = Int(position % UInt64(trackBytes))
+            let length = min(count - done, trackBytes - inTrack)
+            let first = inTrack / sectorBytes
+            let last = (inTrack + length - 1) / sectorBytes
+            var slot = lookup(lun: lun.lunID, track: track)
+            if let s = slot, allValid(s, first, last) {
+                counters.readHits.add(1, ordering: .relaxed)
+                slotReferenced[s] = true
+            } else {
+                counters.readMisses.add(1, ordering: .relaxed)
+                guard let filled = readMiss(lun: lun, track: track, existing: slot) else { return false }
+                slot = filled
+            }
+            memory.copy(from: slotData(slot!) + inTrack, to: target + done, byteCount: length)
+            done += length
+        }
+        return true
+    }
+
+    /// Fetches a missed track, and on a sequential pattern the rest of its stripe, in one batch.
+    private func readMiss(lun: LUNRef, track: UInt64, existing: Int?) -> Int? {
+        let d = UInt64(dataStripsPerStripe)
+        let stripe = lun.startStripe + track / d
+        let firstStrip = Int(track % d)
+        let sequential = track > 0 && lookup(lun: lun.lunID, track: track - 1) != nil
+        let lastStrip = sequential ? dataStripsPerStripe - 1 : firstStrip
+        let lunTracks = (lun.sizeBytes + UInt64(trackBytes) - 1) / UInt64(trackBytes)
+        var mask: UInt64 = 0
+        var merge: UInt64 = 0
+        // First claim the slots (an install may destage to make room, so pin what is claimed), then aim the reads.
+        if let existing { slotPinned[existing] = true }
+        for strip in firstStrip...lastStrip {
+            let t = track - UInt64(firstStrip) + UInt64(strip)
+            if t >= lunTracks { break }
+            var slot = strip == firstStrip ? existing : lookup(lun: lun.lunID, track: t)
+            if strip != firstStrip && slot != nil { continue }  // already cached: read-ahead skips it
+            if slot == nil { slot = install(lun: lun.lunID, track: t, stripe: stripe) }
+            slotPinned[slot!] = true
+            stripeSlots[strip] = Int32(slot!)
+            mask |= 1 << UInt64(strip)
+        }
+        for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 {
+            let slot = Int(stripeSlots[strip])
+            slotPinned[slot] = false
+            let anyValid = (0..<wordsPerSlot).contains { validBits[slot * wordsPerSlot + $0] != 0 }
+            stripTable[strip] = anyValid ? staging.slice(strip) : slotData(slot)
+            if anyValid { merge |= 1 << UInt64(strip) }
+        }
+        if mask.nonzeroBitCount > 1 { counters.readAheadTracks.add(UInt64(mask.nonzeroBitCount - 1), ordering: .relaxed) }
+        let ok = store.readStrips(stripe: stripe, stripMask: mask, targets: stripTable)
+        for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 {
+            let slot = Int(stripeSlots[strip])
+            if ok {
+                if merge & (1 << UInt64(strip)) != 0 { mergeInvalid(slot, from: staging.slice(strip)) }
+                setFullyValid(slot)
+            } else if !slotDirty[slot] && !(0..<wordsPerSlot).contains(where: { validBits[slot * wordsPerSlot + $0] != 0 }) {
+                evict(slot)
+            }
+        }
+        return ok ? Int(stripeSlots[firstStrip]) : nil
+    }
+
+    /// Copies `count` bytes from `source` (or zeroes when nil) into the LUN at `offsetBytes`; write-back.
+    public func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer?) -> Bool {
+        var done = 0
+        while done < count {
+            let position = offsetBytes + UInt64(done)
+            let track = position / UInt64(trackBytes)
+            let inTrack = Int(position % UInt64(trackBytes))
+            let length = min(count - done, trackBytes - inTrack)
+            let first = inTrack / sectorBytes
+            let last = (inTrack + length - 1) / sectorBytes
+            let slot: Int
+            if let s = lookup(lun: lun.lunID, track: track) {
+                slot = s
+                counters.writeHits.add(1, ordering: .relaxed)
+                slotReferenced[s] = true
+            } else {
+                counters.writeMisses.add(1, ordering: .relaxed)
+                slot = install(lun: lun.lunID, track: track, stripe: lun.startStripe + track / UInt64(dataStripsPerStripe))
+            }
+            // A write that covers part of a sector needs the rest of that sector first.
+            let headPartial = inTrack % sectorBytes != 0 && !testBit(validBits, slot, first)
+            let tailPartial = (inTrack + length) % sectorBytes != 0 && !testBit(validBits, slot, last)
+            if headPartial || tailPartial {
+                guard fill(slot) else { return false }
+            }
+            if let source {
+                memory.copy(from: source + done, to: slotData(slot) + inTrack, byteCount: length)
+            } else {
+                memory.zero(slotData(slot) + inTrack, byteCount: length)
+            }
+            setBits(&validBits, slot, first, last)
+            markDirty(slot, first, last)
+            done += length
+        }
+        return true
+    }
+
+    // MARK: Destage
+
+    /// Destages up to `stripeBudget` stripes, oldest write-pending first. Returns how many went down.
+    @discardableResult
+    public func destage(stripeBudget: Int) -> Int {
+        var destaged = 0
+        while destaged < stripeBudget && dirtyQueued > 0 {
+            let slot = Int(dirtyQueue[dirtyHead])
+            dirtyHead = (dirtyHead + 1) % slotCount
+            dirtyQueued -= 1
+            slotInDirtyQueue[slot] = false
+            guard slotInUse[slot] && slotDirty[slot] else { continue }
+            if destageStripe(containing: slot) {
+                destaged += 1
+            } else {
+                // Could not destage (too many failed drives): keep it write-pending and stop for now.
+                slotInDirtyQueue[slot] = true
+                dirtyQueue[dirtyTail] = Int32(slot)
+                dirtyTail = (dirtyTail + 1) % slotCount
+                dirtyQueued += 1
+                break
+            }
+        }
+        return destaged
+    }
+
+    /// Destages every write-pending slot (of one LUN, or all). Returns false if some could not go down.
+    public func destageAll(lunID: UInt32? = nil) -> Bool {
+        var ok = true
+        for slot in 0..<slotCount where slotInUse[slot] && slotDirty[slot] && (lunID == nil || slotLUN[slot] == lunID!) {
+            if !destageStripe(containing: slot) { ok = false }
+        }
+        return ok
+    }
+
+    /// Writes one stripe: all its write-pending tracks together, parity from the whole stripe.
+    private func destageStripe(containing slot: Int) -> Bool {
+        let d = dataStripsPerStripe
+        let lun = slotLUN[slot]
+        let stripe = slotStripe[slot]
+        let baseTrack = slotTrack[slot] - slotTrack[slot] % UInt64(d)
+        var dirtyMask: UInt64 = 0
+        var readMask: UInt64 = 0
+        var mergeMask: UInt64 = 0
+        let needWhole = store.writesNeedWholeStripe
+        for strip in 0..<d {
+            let s = lookup(lun: lun, track: baseTrack + UInt64(strip)) ?? -1
+            destageSlots[strip] = Int32(s)
+            if s >= 0 && slotDirty[s] { dirtyMask |= 1 << UInt64(strip) }
+            let mustBeWhole = needWhole || (s >= 0 && slotDirty[s])
+            if s >= 0 {
+                if mustBeWhole && !fullyValid(s) {
+                    destageTable[strip] = destageStaging.slice(strip)
+                    readMask |= 1 << UInt64(strip)
+                    mergeMask |= 1 << UInt64(strip)
+                } else {
+                    destageTable[strip] = slotData(s)
+                }
+            } else if needWhole {
+                destageTable[strip] = destageStaging.slice(strip)
+                readMask |= 1 << UInt64(strip)
+            } else {
+                destageTable[strip] = nil
+            }
+        }
+        precondition(dirtyMask != 0, "destaging a stripe with nothing write-pending")
+        if readMask != 0 {
+            guard store.readStrips(stripe: stripe, stripMask: readMask, targets: destageTable) else { return false }
+            for strip in 0..<d where mergeMask & (1 << UInt64(strip)) != 0 {
+                let s = Int(destageSlots[strip])
+                mergeInvalid(s, from: destageStaging.slice(strip))
+                setFullyValid(s)
+                destageTable[strip] = slotData(s)
+            }
+        }
+        guard store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: dirtyMask) else { return false }
+        for strip in 0..<d where dirtyMask & (1 << UInt64(strip)) != 0 { markClean(Int(destageSlots[strip])) }
+        counters.destagedStripes.add(1, ordering: .relaxed)
+        return true
+    }
+
+    /// Forgets every slot of a LUN, write-pending or not (the LUN is being deleted).
+    public func discard(lunID: UInt32) {
+        for slot in 0..<slotCount where slotInUse[slot] && slotLUN[slot] == lunID {
+            markClean(slot)
+            evict(slot)
+        }
+    }
+
+    public var writePendingSlots: Int { dirtyCount }
+}

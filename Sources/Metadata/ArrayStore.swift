@@ -1,0 +1,324 @@
+// ArrayStore: the array's metadata on its drives. It formats new arrays, assembles an array from its drives alone
+// (the folder only says where the drives are: entries named drive-N, files or symlinks to block devices), and
+// updates superblocks and the LUN table. Updates are ordered so that a crash leaves a readable state: copy A on every
+// drive, flush, then copy B, flush; the reader takes the valid copy with the highest generation.
+//
+// Control plane only: callers serialise access (the daemon holds a lock around it).
+import ArrayModel
+import Buffers
+import Drives
+import SysPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+public struct CreateOptions: Sendable {
+    public var directory: String
+    public var driveCount: Int?
+    public var driveSizeBytes: UInt64?
+    public var drivePaths: [String]
+    public var raidLevel: RAIDLevel
+    public var spareCount: Int
+    public var stripUnitBytes: Int
+    public var cacheBytes: UInt64
+    public var engineCount: Int
+    public var force: Bool
+    public init(
+        directory: String, driveCount: Int?, driveSizeBytes: UInt64?, drivePaths: [String], raidLevel: RAIDLevel,
+        spareCount: Int, stripUnitBytes: Int, cacheBytes: UInt64, engineCount: Int, force: Bool
+    ) {
+        self.directory = directory
+        self.driveCount = driveCount
+        self.driveSizeBytes = driveSizeBytes
+        self.drivePaths = drivePaths
+        self.raidLevel = raidLevel
+        self.spareCount = spareCount
+        self.stripUnitBytes = stripUnitBytes
+        self.cacheBytes = cacheBytes
+        self.engineCount = engineCount
+        self.force = force
+    }
+}
+
+public final class ArrayStore: @unchecked Sendable {
+    public let directory: String
+    public let drives: [Drive]
+    public let drivePaths: [String]
+    public private(set) var superblock: Superblock
+    public private(set) var lunTable: LUNTable
+    public let geometry: ArrayGeometry
+    /// Whether the superblocks said "clean" when the array was assembled.
+    public let wasClean: Bool
+    private let io: DriveIO
+    private let recordBuffer: Arena
+
+    public var memberCount: Int { superblock.memberCount }
+
+    init(directory: String, drives: [Drive], drivePaths: [String], superblock: Superblock, lunTable: LUNTable) throws(SysError) {
+        self.directory = directory
+        self.drives = drives
+        self.drivePaths = drivePaths
+        self.superblock = superblock
+        self.lunTable = lunTable
+        self.wasClean = superblock.clean
+        self.geometry = ArrayGeometry(
+            raidLevel: superblock.raidLevel, memberCount: superblock.memberCount,
+            stripUnitBytes: superblock.stripUnitBytes,
+            stripeCount: superblock.dataBytesPerDrive / UInt64(superblock.stripUnitBytes),
+            dataOffsetBytes: superblock.dataOffsetBytes)
+        self.io = try DriveIO(drives: drives, capacity: 4 * drives.count + 8)
+        self.recordBuffer = Arena(sliceBytes: Layout.lunTableBytes, sliceCount: drives.count)
+    }
+
+    // MARK: Paths
+
+    public static func drivePath(directory: String, index: Int) -> String { "\(directory)/drive-\(index)" }
+    public static func lockPath(directory: String) -> String { "\(directory)/array.lock" }
+    public static func socketPath(directory: String) -> String { "\(directory)/control.sock" }
+    public static func logPath(directory: String) -> String { "\(directory)/vsa.log" }
+
+    /// The drive entries in `directory`, in index order.
+    static func driveEntries(directory: String) -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var names: [(Int, String)] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name.hasPrefix("drive-"), let n = Int(name.dropFirst(6)) { names.append((n, name)) }
+        }
+        return names.sorted { $0.0 < $1.0 }.map { "\(directory)/\($0.1)" }
+    }
+
+    public static func holdsArray(directory: String) -> Bool { !driveEntries(directory: directory).isEmpty }
+
+    // MARK: Reading records
+
+    /// Reads both superblock copies of one drive with plain reads (used for probing foreign devices too).
+    static func readSuperblockCopies(path: String) -> (valid: Superblock?, sawMagic: Bool, firstBytesNonZero: Bool, problem: String?) {
+        let fd: Int32
+        do { fd = try Posix.open(path, flags: O_RDONLY | O_CLOEXEC) } catch { return (nil, false, false, "\(error)") }
+        defer { Posix.close(fd) }
+        var best: Superblock? = nil
+        var sawMagic = false
+        var problem: String? = nil
+        var nonZero = false
+        var block = [UInt8](repeating: 0, count: 64 << 10)
+        let n = (try? block.withUnsafeMutableBytes { raw in try Posix.pread(fd, raw.baseAddress!, count: raw.count, offset: 0) }) ?? 0
+        nonZero = block[0..<n].contains { $0 != 0 }
+        for offset in Layout.superblockCopyOffsets {
+            let bytes = Array(block[Int(offset)..<(Int(offset) + Layout.superblockRecordBytes)])
+            if Superblock.hasMagic(bytes) { sawMagic = true }
+            do {
+                let sb = try Superblock.decode(bytes)
+                if best == nil || sb.generation > best!.generation { best = sb }
+            } catch { problem = error.reason }
+        }
+        return (best, sawMagic, nonZero, problem)
+    }
+
+    private func readLUNTables() -> LUNTable? {
+        var best: LUNTable? = nil
+        for copy in Layout.lunTableCopyOffsets {
+            for i in 0..<drives.count where drives[i].state == .online {
+                io.queueRead(drive: i, into: recordBuffer.slice(i), count: Layout.lunTableBytes, offsetBytes: copy)
+            }
+            io.submit()
+            for i in 0..<drives.count where drives[i].state == .online {
+                let bytes = Array(UnsafeRawBufferPointer(start: recordBuffer.slice(i), count: Layout.lunTableBytes))
+                if let t = try? LUNTable.decode(bytes), t.arrayUUID == superblock.arrayUUID,
+                    best == nil || t.generation > best!.generation
+                {
+                    best = t
+                }
+            }
+        }
+        return best
+    }
+
+    // MARK: Assembly
+
+    /// Assembles the array in `directory` from its drives alone. Nothing is written.
+    public static func assemble(directory: String) throws(VSAError) -> ArrayStore {
+        let paths = driveEntries(directory: directory)
+        guard !paths.isEmpty else {
+            throw VSAError("\(directory) holds no vsa array (no drive-N entries); create one with `vsa create \(directory) --drives 4 --drive-size 1G`")
+        }
+        var found: [(path: String, sb: Superblock)] = []
+        for path in paths {
+            let probe = readSuperblockCopies(path: path)
+            guard let sb = probe.valid else {
+                if probe.sawMagic {
+                    throw VSAError(
+                        "\(path): vsa superblock damaged in both copies (\(probe.problem ?? "unreadable")); refusing to assemble, nothing was written")
+                }
+                throw VSAError("\(path): not a vsa drive (\(probe.problem ?? "no superblock")); refusing to assemble, nothing was written")
+            }
+            found.append((path, sb))
+        }
+        let reference = found.max { $0.sb.generation < $1.sb.generation }!.sb
+        for f in found where f.sb.arrayUUID != reference.arrayUUID {
+            throw VSAError("\(f.path) belongs to another vsa array (uuid \(f.sb.arrayUUID), expected \(reference.arrayUUID)); remove it from \(directory)")
+        }
+        let total = reference.memberCount + reference.spareCount
+        var ordered = [(path: String, sb: Superblock)?](repeating: nil, count: total)
+        for f in found {
+            guard f.sb.driveIndex < total else { throw VSAError("\(f.path): drive index \(f.sb.driveIndex) is outside the array's \(total) drives") }
+            if let other = ordered[f.sb.driveIndex] {
+                throw VSAError("\(f.path) and \(other.path) both claim drive index \(f.sb.driveIndex); remove the duplicate from \(directory)")
+            }
+            ordered[f.sb.driveIndex] = f
+        }
+        for (i, entry) in ordered.enumerated() where entry == nil {
+            throw VSAError(
+                "drive index \(i) of array \(reference.arrayUUID) is missing from \(directory); restore it (degraded assembly comes with rebuild support)")
+        }
+        var drives: [Drive] = []
+        for entry in ordered {
+            do { drives.append(try Drive(path: entry!.path)) } catch {
+                throw VSAError("cannot open drive \(entry!.path): \(error); check its permissions")
+            }
+        }
+        let expectedSize = reference.dataOffsetBytes + reference.dataBytesPerDrive
+        for d in drives where d.sizeBytes < expectedSize {
+            throw VSAError("\(d.path) is \(d.sizeBytes) bytes, smaller than the array's \(expectedSize); it was truncated or replaced")
+        }
+        var sb = reference
+        sb.clean = ordered.allSatisfy { $0!.sb.clean }
+        let store: ArrayStore
+        do {
+            store = try ArrayStore(
+                directory: directory, drives: drives, drivePaths: ordered.map { $0!.path }, superblock: sb,
+                lunTable: LUNTable(generation: 0, arrayUUID: sb.arrayUUID, entries: []))
+        } catch { throw VSAError("cannot set up io_uring for metadata I/O: \(error)") }
+        guard let table = store.readLUNTables() else {
+            throw VSAError("array \(sb.arrayUUID): no readable LUN table on any drive; refusing to mount")
+        }
+        store.lunTable = table
+        return store
+    }
+
+    // MARK: Writing records
+
+    private func writeCopies(offsets: [UInt64], record: (Int) -> [UInt8]) throws(VSAError) {
+        for copy in offsets {
+            for i in 0..<drives.count where drives[i].state == .online {
+                let bytes = record(i)
+                let padded = (bytes.count + 4095) & ~4095
+                let slice = recordBuffer.slice(i)
+                slice.initializeMemory(as: UInt8.self, repeating: 0, count: padded)
+                bytes.withUnsafeBytes { slice.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+                io.queueWrite(drive: i, from: slice, count: padded, offsetBytes: copy)
+            }
+            io.submit()
+            for i in 0..<drives.count where drives[i].state == .online { io.queueFlush(drive: i) }
+            let failed = io.submit()
+            if failed != 0 && drives.allSatisfy({ $0.state == .failed }) {
+                throw VSAError("metadata write failed on every drive")
+            }
+        }
+    }
+
+    /// Writes the superblocks with a new generation and the given clean flag.
+    public func writeSuperblocks(clean: Bool) throws(VSAError) {
+        superblock.clean = clean
+        superblock.generation += 1
+        let base = superblock
+        try writeCopies(offsets: Layout.superblockCopyOffsets) { i in
+            var sb = base
+            sb.driveIndex = i
+            sb.role = i < base.memberCount ? .member : .spare
+            sb.driveUUID = ArrayStore.driveUUID(array: base.arrayUUID, index: i)
+            return sb.encode()
+        }
+    }
+
+    public func writeLUNTable(_ table: LUNTable) throws(VSAError) {
+        var next = table
+        next.generation = lunTable.generation + 1
+        next.arrayUUID = superblock.arrayUUID
+        let bytes = next.encode()
+        try writeCopies(offsets: Layout.lunTableCopyOffsets) { _ in bytes }
+        lunTable = next
+    }
+
+    static func driveUUID(array: UUID128, index: Int) -> UUID128 {
+        UUID128(high: array.bytes.0 ^ 0x5A5A_0000_0000_0000, low: array.bytes.1 &+ UInt64(index + 1))
+    }
+
+    // MARK: LUNs
+
+    /// Places a new LUN in the first free run of stripes big enough (first fit) and writes the LUN table.
+    public func createLUN(name: String, sizeBytes: UInt64) throws(VSAError) -> LUNEntry {
+        if let problem = validateLUNName(name) { throw VSAError("\(problem): \(name)") }
+        guard lunTable.entries.first(where: { $0.name == name }) == nil else {
+            throw VSAError("a LUN named \(name) already exists; pick another name or delete it first")
+        }
+        guard sizeBytes > 0, sizeBytes % UInt64(sectorBytes) == 0 else {
+            throw VSAError("LUN size must be a positive multiple of 512 bytes (got \(sizeBytes))")
+        }
+        guard lunTable.entries.count < Layout.lunCountMax else { throw VSAError("the array already holds \(Layout.lunCountMax) LUNs; delete one first") }
+        let needed = geometry.stripesFor(sizeBytes: sizeBytes)
+        let used = lunTable.entries.sorted { $0.startStripe < $1.startStripe }
+        var cursor: UInt64 = 0
+        var start: UInt64? = nil
+        for e in used {
+            if e.startStripe - cursor >= needed { start = cursor; break }
+            cursor = e.startStripe + e.stripeCount
+        }
+        if start == nil, geometry.stripeCount - cursor >= needed { start = cursor }
+        guard let placed = start else {
+            throw VSAError(
+                "not enough free space for \(formatSize(sizeBytes)): \(formatSize(freeBytes)) free in the largest runs; delete a LUN or use a smaller size")
+        }
+        let lunID = (lunTable.entries.map(\.lunID).max() ?? 0) + 1
+        let entry = LUNEntry(lunID: lunID, name: name, sizeBytes: sizeBytes, startStripe: placed, stripeCount: needed)
+        var table = lunTable
+        table.entries.append(entry)
+        try writeLUNTable(table)
+        return entry
+    }
+
+    /// Removes a LUN from the table, then zeroes its stripes on every drive so a later LUN reads zeroes there
+    /// (zeroed data has zero parity, so parity stays consistent).
+    public func deleteLUN(name: String) throws(VSAError) -> LUNEntry {
+        guard let entry = lunTable.entries.first(where: { $0.name == name }) else {
+            throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
+        }
+        var table = lunTable
+        table.entries.removeAll { $0.name == name }
+        try writeLUNTable(table)
+        zeroStripes(start: entry.startStripe, count: entry.stripeCount)
+        return entry
+    }
+
+    /// Zeroes whole stripes on every drive: punch holes in drive files, write zeroes on block devices.
+    public func zeroStripes(start: UInt64, count: UInt64) {
+        let offset = geometry.driveOffset(stripe: start)
+        let length = count * UInt64(geometry.stripUnitBytes)
+        for i in 0..<drives.count where drives[i].state == .online {
+            if drives[i].isBlockDevice {
+                var range: (UInt64, UInt64) = (offset, length)
+                // BLKZEROOUT = _IO(0x12, 127)
+                _ = ioctl(drives[i].fd, 0x127F, &range)
+            } else {
+                var done: UInt64 = 0
+                while done < length {
+                    let step = min(length - done, 1 << 30)
+                    io.queueZeroRange(drive: i, offsetBytes: offset + done, count: Int(step))
+                    done += step
+                }
+            }
+        }
+        io.submit()
+        for i in 0..<drives.count where drives[i].state == .online { io.queueFlush(drive: i) }
+        io.submit()
+    }
+
+    public var freeBytes: UInt64 {
+        let used = lunTable.entries.reduce(UInt64(0)) { $0 + $1.stripeCount }
+        return (geometry.stripeCount - used) * geometry.stripeDataBytes
+    }
+}

@@ -1,0 +1,259 @@
+// Metadata records: the superblock (one per drive, two copies) and the LUN table (on every drive, two copies).
+// Both are little-endian, versioned, carry their own length and generation, and end in reserved zero bytes; a CRC32C
+// covers the whole record with the CRC field taken as zero. docs/FORMAT.md is the reference for these layouts.
+import ArrayModel
+import MemoryServices
+
+public enum Layout {
+    public static let superblockCopyOffsets: [UInt64] = [0, 4096]
+    public static let superblockRecordBytes = 512
+    public static let lunTableCopyOffsets: [UInt64] = [64 << 10, 128 << 10]
+    public static let lunTableBytes = 64 << 10
+    public static let dataOffsetBytes: UInt64 = 1 << 20
+    public static let lunCountMax = 256
+    public static let lunEntryBytes = 128
+    public static let lunHeaderBytes = 64
+}
+
+/// Little-endian writer and reader over a fixed-size byte array.
+struct RecordWriter {
+    var bytes: [UInt8]
+    init(size: Int) { bytes = [UInt8](repeating: 0, count: size) }
+    mutating func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        var v = value.littleEndian
+        withUnsafeBytes(of: &v) { raw in for i in 0..<raw.count { bytes[offset + i] = raw[i] } }
+    }
+    mutating func put(bytes source: [UInt8], at offset: Int) {
+        for i in 0..<source.count { bytes[offset + i] = source[i] }
+    }
+    mutating func put(uuid: UUID128, at offset: Int) {
+        put(uuid.bytes.0, at: offset)
+        put(uuid.bytes.1, at: offset + 8)
+    }
+}
+
+struct RecordReader {
+    let bytes: [UInt8]
+    func get<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
+        var v: T = 0
+        withUnsafeMutableBytes(of: &v) { raw in for i in 0..<raw.count { raw[i] = bytes[offset + i] } }
+        return T(littleEndian: v)
+    }
+    func uuid(at offset: Int) -> UUID128 { UUID128(high: get(UInt64.self, at: offset), low: get(UInt64.self, at: offset + 8)) }
+}
+
+/// CRC32C of `bytes` with the 4-byte field at `crcOffset` taken as zero.
+func recordCRC(_ bytes: [UInt8], crcOffset: Int) -> UInt32 {
+    var copy = bytes
+    for i in 0..<4 { copy[crcOffset + i] = 0 }
+    return crc32c(copy)
+}
+
+/// Why a record was rejected; the message names the field.
+public struct RecordRejection: Error, Equatable, CustomStringConvertible {
+    public let reason: String
+    public var description: String { reason }
+}
+
+public struct Superblock: Equatable, Sendable {
+    public static let magic: [UInt8] = Array("VSA-SB01".utf8)
+    public static let formatVersion: UInt32 = 1
+
+    public var clean: Bool
+    public var generation: UInt64
+    public var arrayUUID: UUID128
+    public var driveUUID: UUID128
+    public var driveIndex: Int
+    public var memberCount: Int
+    public var spareCount: Int
+    public var raidLevel: RAIDLevel
+    public var role: DriveRole
+    public var stripUnitBytes: Int
+    public var engineCount: Int
+    public var dataOffsetBytes: UInt64
+    public var dataBytesPerDrive: UInt64
+    public var cacheBytes: UInt64
+    public var createdUnixSeconds: UInt64
+
+    public init(
+        clean: Bool, generation: UInt64, arrayUUID: UUID128, driveUUID: UUID128, driveIndex: Int,
+        memberCount: Int, spareCount: Int, raidLevel: RAIDLevel, role: DriveRole, stripUnitBytes: Int,
+        engineCount: Int, dataOffsetBytes: UInt64, dataBytesPerDrive: UInt64, cacheBytes: UInt64,
+        createdUnixSeconds: UInt64
+    ) {
+        self.clean = clean
+        self.generation = generation
+        self.arrayUUID = arrayUUID
+        self.driveUUID = driveUUID
+        self.driveIndex = driveIndex
+        self.memberCount = memberCount
+        self.spareCount = spareCount
+        self.raidLevel = raidLevel
+        self.role = role
+        self.stripUnitBytes = stripUnitBytes
+        self.engineCount = engineCount
+        self.dataOffsetBytes = dataOffsetBytes
+        self.dataBytesPerDrive = dataBytesPerDrive
+        self.cacheBytes = cacheBytes
+        self.createdUnixSeconds = createdUnixSeconds
+    }
+
+    // Field offsets (docs/FORMAT.md).
+    static let crcOffset = 16
+
+    public func encode() -> [UInt8] {
+        var w = RecordWriter(size: Layout.superblockRecordBytes)
+        w.put(bytes: Superblock.magic, at: 0)
+        w.put(Superblock.formatVersion, at: 8)
+        w.put(UInt32(Layout.superblockRecordBytes), at: 12)
+        w.put(UInt32(clean ? 1 : 0), at: 20)
+        w.put(generation, at: 24)
+        w.put(uuid: arrayUUID, at: 32)
+        w.put(uuid: driveUUID, at: 48)
+        w.put(UInt32(driveIndex), at: 64)
+        w.put(UInt32(memberCount), at: 68)
+        w.put(UInt32(spareCount), at: 72)
+        w.put(raidLevel.rawValue, at: 76)
+        w.put(role.rawValue, at: 77)
+        w.put(UInt32(stripUnitBytes), at: 80)
+        w.put(UInt32(engineCount), at: 84)
+        w.put(dataOffsetBytes, at: 88)
+        w.put(dataBytesPerDrive, at: 96)
+        w.put(cacheBytes, at: 104)
+        w.put(createdUnixSeconds, at: 112)
+        w.put(recordCRC(w.bytes, crcOffset: Superblock.crcOffset), at: Superblock.crcOffset)
+        return w.bytes
+    }
+
+    /// Whether the bytes begin with a vsa superblock magic (used to tell "foreign" from "damaged vsa").
+    public static func hasMagic(_ bytes: [UInt8]) -> Bool {
+        bytes.count >= 8 && Array(bytes[0..<8]) == magic
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RecordRejection) -> Superblock {
+        guard bytes.count >= Layout.superblockRecordBytes else { throw RecordRejection(reason: "superblock truncated (\(bytes.count) bytes)") }
+        let record = Array(bytes[0..<Layout.superblockRecordBytes])
+        let r = RecordReader(bytes: record)
+        guard Array(record[0..<8]) == magic else { throw RecordRejection(reason: "no vsa superblock magic") }
+        let version = r.get(UInt32.self, at: 8)
+        guard version == formatVersion else {
+            throw RecordRejection(reason: "superblock format version \(version) is not supported (this vsa reads version \(formatVersion))")
+        }
+        let length = r.get(UInt32.self, at: 12)
+        guard length == UInt32(Layout.superblockRecordBytes) else { throw RecordRejection(reason: "superblock length \(length) is wrong") }
+        let stored = r.get(UInt32.self, at: crcOffset)
+        guard stored == recordCRC(record, crcOffset: crcOffset) else { throw RecordRejection(reason: "superblock checksum mismatch") }
+        let flags = r.get(UInt32.self, at: 20)
+        guard flags <= 1 else { throw RecordRejection(reason: "superblock flags \(flags) unknown") }
+        guard let raid = RAIDLevel(rawValue: r.get(UInt8.self, at: 76)) else { throw RecordRejection(reason: "superblock RAID level unknown") }
+        guard let role = DriveRole(rawValue: r.get(UInt8.self, at: 77)) else { throw RecordRejection(reason: "superblock drive role unknown") }
+        let sb = Superblock(
+            clean: flags == 1, generation: r.get(UInt64.self, at: 24), arrayUUID: r.uuid(at: 32), driveUUID: r.uuid(at: 48),
+            driveIndex: Int(r.get(UInt32.self, at: 64)), memberCount: Int(r.get(UInt32.self, at: 68)),
+            spareCount: Int(r.get(UInt32.self, at: 72)), raidLevel: raid, role: role,
+            stripUnitBytes: Int(r.get(UInt32.self, at: 80)), engineCount: Int(r.get(UInt32.self, at: 84)),
+            dataOffsetBytes: r.get(UInt64.self, at: 88), dataBytesPerDrive: r.get(UInt64.self, at: 96),
+            cacheBytes: r.get(UInt64.self, at: 104), createdUnixSeconds: r.get(UInt64.self, at: 112))
+        guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= 64 else {
+            throw RecordRejection(reason: "superblock member count \(sb.memberCount) invalid")
+        }
+        guard sb.driveIndex < sb.memberCount + sb.spareCount else { throw RecordRejection(reason: "superblock drive index \(sb.driveIndex) out of range") }
+        guard sb.stripUnitBytes >= 4096, sb.stripUnitBytes <= 1 << 24, sb.stripUnitBytes & (sb.stripUnitBytes - 1) == 0 else {
+            throw RecordRejection(reason: "superblock stripe unit \(sb.stripUnitBytes) invalid")
+        }
+        guard sb.engineCount >= 1, sb.engineCount <= 16 else { throw RecordRejection(reason: "superblock engine count invalid") }
+        guard sb.dataOffsetBytes == Layout.dataOffsetBytes else { throw RecordRejection(reason: "superblock data offset invalid") }
+        guard sb.dataBytesPerDrive % UInt64(sb.stripUnitBytes) == 0 else { throw RecordRejection(reason: "superblock data size not whole strips") }
+        guard (sb.driveIndex < sb.memberCount) == (role == .member) else { throw RecordRejection(reason: "superblock role does not match drive index") }
+        return sb
+    }
+}
+
+/// One LUN: a name, an exact size in bytes, and its placement as a run of whole stripes of the array.
+public struct LUNEntry: Equatable, Sendable {
+    public var lunID: UInt32  // stable for the LUN's life; the FUSE inode is derived from it
+    public var name: String
+    public var sizeBytes: UInt64
+    public var startStripe: UInt64
+    public var stripeCount: UInt64
+    public init(lunID: UInt32, name: String, sizeBytes: UInt64, startStripe: UInt64, stripeCount: UInt64) {
+        self.lunID = lunID
+        self.name = name
+        self.sizeBytes = sizeBytes
+        self.startStripe = startStripe
+        self.stripeCount = stripeCount
+    }
+}
+
+public struct LUNTable: Equatable, Sendable {
+    public static let magic: [UInt8] = Array("VSA-LT01".utf8)
+    public static let formatVersion: UInt32 = 1
+    static let crcOffset = 16
+
+    public var generation: UInt64
+    public var arrayUUID: UUID128
+    public var entries: [LUNEntry]
+
+    public init(generation: UInt64, arrayUUID: UUID128, entries: [LUNEntry]) {
+        self.generation = generation
+        self.arrayUUID = arrayUUID
+        self.entries = entries
+    }
+
+    public func encode() -> [UInt8] {
+        precondition(entries.count <= Layout.lunCountMax)
+        let length = Layout.lunHeaderBytes + entries.count * Layout.lunEntryBytes
+        var w = RecordWriter(size: length)
+        w.put(bytes: LUNTable.magic, at: 0)
+        w.put(LUNTable.formatVersion, at: 8)
+        w.put(UInt32(length), at: 12)
+        w.put(UInt32(entries.count), at: 20)
+        w.put(generation, at: 24)
+        w.put(uuid: arrayUUID, at: 32)
+        for (i, e) in entries.enumerated() {
+            let base = Layout.lunHeaderBytes + i * Layout.lunEntryBytes
+            let nameBytes = Array(e.name.utf8)
+            precondition(nameBytes.count <= 64)
+            w.put(bytes: nameBytes, at: base)
+            w.put(e.sizeBytes, at: base + 64)
+            w.put(e.startStripe, at: base + 72)
+            w.put(e.stripeCount, at: base + 80)
+            w.put(e.lunID, at: base + 88)
+        }
+        w.put(recordCRC(w.bytes, crcOffset: LUNTable.crcOffset), at: LUNTable.crcOffset)
+        return w.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RecordRejection) -> LUNTable {
+        guard bytes.count >= Layout.lunHeaderBytes else { throw RecordRejection(reason: "LUN table truncated") }
+        let header = RecordReader(bytes: bytes)
+        guard Array(bytes[0..<8]) == magic else { throw RecordRejection(reason: "no LUN table magic") }
+        let version = header.get(UInt32.self, at: 8)
+        guard version == formatVersion else { throw RecordRejection(reason: "LUN table format version \(version) is not supported") }
+        let length = Int(header.get(UInt32.self, at: 12))
+        let count = Int(header.get(UInt32.self, at: 20))
+        guard count <= Layout.lunCountMax, length == Layout.lunHeaderBytes + count * Layout.lunEntryBytes else {
+            throw RecordRejection(reason: "LUN table length \(length) does not match its \(count) entries")
+        }
+        guard bytes.count >= length else { throw RecordRejection(reason: "LUN table truncated") }
+        let record = Array(bytes[0..<length])
+        guard header.get(UInt32.self, at: crcOffset) == recordCRC(record, crcOffset: crcOffset) else {
+            throw RecordRejection(reason: "LUN table checksum mismatch")
+        }
+        let r = RecordReader(bytes: record)
+        var entries: [LUNEntry] = []
+        for i in 0..<count {
+            let base = Layout.lunHeaderBytes + i * Layout.lunEntryBytes
+            var nameBytes = Array(record[base..<(base + 64)])
+            while nameBytes.last == 0 { nameBytes.removeLast() }
+            guard let name = String(validating: nameBytes, as: UTF8.self), validateLUNName(name) == nil else {
+                throw RecordRejection(reason: "LUN table entry \(i) has an invalid name")
+            }
+            entries.append(
+                LUNEntry(
+                    lunID: r.get(UInt32.self, at: base + 88), name: name, sizeBytes: r.get(UInt64.self, at: base + 64),
+                    startStripe: r.get(UInt64.self, at: base + 72), stripeCount: r.get(UInt64.self, at: base + 80)))
+        }
+        return LUNTable(generation: header.get(UInt64.self, at: 24), arrayUUID: header.uuid(at: 32), entries: entries)
+    }
+}

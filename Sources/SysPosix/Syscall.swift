@@ -1,0 +1,114 @@
+// SysPosix: the one funnel through which vsa makes plain POSIX calls (files, sockets, locks, memory).
+// Policy: EINTR is retried; EFAULT and EBADF are bugs and trap; every other errno becomes a typed `SysError`.
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An operating-system error, typed by errno, with the call that produced it.
+public struct SysError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let errno: Int32
+    public let call: String
+    public init(errno: Int32, call: String) {
+        self.errno = errno
+        self.call = call
+    }
+    public var description: String { "\(call): \(String(cString: strerror(errno)))" }
+}
+
+/// Runs a syscall, retrying on EINTR and typing failures.
+@inline(__always)
+public func syscall<T: FixedWidthInteger>(_ call: String, _ body: () -> T) throws(SysError) -> T {
+    while true {
+        let result = body()
+        if result >= 0 { return result }
+        let code = Glibc.errno
+        if code == EINTR { continue }
+        precondition(code != EFAULT && code != EBADF, "\(call): impossible errno \(code) (a bug in vsa)")
+        throw SysError(errno: code, call: call)
+    }
+}
+
+public enum Posix {
+    public static func open(_ path: String, flags: Int32, mode: mode_t = 0o644) throws(SysError) -> Int32 {
+        try syscall("open \(path)") { Glibc.open(path, flags, mode) }
+    }
+
+    public static func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+
+    public static func fileSize(fd: Int32) throws(SysError) -> (sizeBytes: UInt64, isBlockDevice: Bool) {
+        var st = stat()
+        _ = try syscall("fstat") { fstat(fd, &st) }
+        if (st.st_mode & S_IFMT) == S_IFBLK {
+            var size: UInt64 = 0
+            // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+            let request: UInt = 0x8008_1272
+            _ = try syscall("ioctl BLKGETSIZE64") { ioctl(fd, request, &size) }
+            return (size, true)
+        }
+        return (UInt64(st.st_size), false)
+    }
+
+    public static func ftruncate(_ fd: Int32, sizeBytes: UInt64) throws(SysError) {
+        _ = try syscall("ftruncate") { Glibc.ftruncate(fd, off_t(sizeBytes)) }
+    }
+
+    /// Reads exactly `count` bytes unless end of file comes first; returns bytes read.
+    public static func pread(_ fd: Int32, _ pointer: UnsafeMutableRawPointer, count: Int, offset: UInt64) throws(SysError) -> Int {
+        var done = 0
+        while done < count {
+            let n = try syscall("pread") { Glibc.pread(fd, pointer + done, count - done, off_t(offset) + off_t(done)) }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    public static func pwrite(_ fd: Int32, _ pointer: UnsafeRawPointer, count: Int, offset: UInt64) throws(SysError) {
+        var done = 0
+        while done < count {
+            let n = try syscall("pwrite") { Glibc.pwrite(fd, pointer + done, count - done, off_t(offset) + off_t(done)) }
+            done += n
+        }
+    }
+
+    public static func fsync(_ fd: Int32) throws(SysError) {
+        _ = try syscall("fsync") { Glibc.fsync(fd) }
+    }
+
+    /// Takes an exclusive, non-blocking advisory lock; returns false when another process holds it.
+    public static func tryLockExclusive(_ fd: Int32) throws(SysError) -> Bool {
+        while true {
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return true }
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            if code == EWOULDBLOCK { return false }
+            throw SysError(errno: code, call: "flock")
+        }
+    }
+
+    /// Page-aligned, zeroed memory that is never freed by ARC: arenas live for the life of the mount.
+    public static func allocateAligned(bytes: Int, alignment: Int = 4096) -> UnsafeMutableRawPointer {
+        var pointer: UnsafeMutableRawPointer? = nil
+        let rc = posix_memalign(&pointer, alignment, max(bytes, alignment))
+        precondition(rc == 0 && pointer != nil, "out of memory allocating \(bytes) bytes")
+        memset(pointer!, 0, max(bytes, alignment))
+        return pointer!
+    }
+
+    public static func free(_ pointer: UnsafeMutableRawPointer) { Glibc.free(pointer) }
+
+    public static var processID: Int32 { getpid() }
+    public static var userID: UInt32 { getuid() }
+    public static var groupID: UInt32 { getgid() }
+
+    public static func isProcessAlive(_ pid: Int32) -> Bool {
+        kill(pid, 0) == 0 || Glibc.errno == EPERM
+    }
+
+    public static func errnoDescription(_ code: Int32) -> String { String(cString: strerror(code)) }
+}
+
+/// O_DIRECT (0o40000 on x86-64 and arm64 Linux); Glibc hides it without _GNU_SOURCE.
+public let openDirectFlag: Int32 = 0o40000

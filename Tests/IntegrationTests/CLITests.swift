@@ -1,0 +1,91 @@
+// The command line's error contract: bad input gets one line on stderr, a non-zero exit, and changes nothing.
+import Foundation
+import XCTest
+
+final class CLITests: XCTestCase {
+    var fixture: ArrayFixture!
+
+    override func setUpWithError() throws {
+        guard FileManager.default.fileExists(atPath: Harness.vsa) else { throw XCTSkip("no vsa binary at \(Harness.vsa)") }
+        fixture = ArrayFixture(name: name.split(separator: " ").last!.dropLast().description)
+    }
+
+    override func tearDown() {
+        fixture?.cleanUp()
+    }
+
+    func assertOneLineError(_ arguments: String, contains fragment: String, file: StaticString = #filePath, line: UInt = #line) {
+        let r = fixture.vsa(arguments)
+        XCTAssertNotEqual(r.status, 0, "`vsa \(arguments)` should fail", file: file, line: line)
+        XCTAssertEqual(r.stderrLines.count, 1, "`vsa \(arguments)` stderr: \(r.stderr)", file: file, line: line)
+        XCTAssertTrue(r.stderr.lowercased().contains(fragment.lowercased()), "`vsa \(arguments)` said: \(r.stderr)", file: file, line: line)
+    }
+
+    func testBadInputIsOneLineAndChangesNothing() throws {
+        let d = fixture.dir
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 1Q", contains: "invalid size")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 64M --raid 7", contains: "unknown RAID level")
+        assertOneLineError("create '\(d)' --drives 2 --drive-size 64M --raid 5", contains: "at least 3")
+        assertOneLineError("create '\(d)' --drives 3 --drive-size 64M --raid 10", contains: "at least 4")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 64M --stripe-unit 3K", contains: "power of two")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 1M", contains: "at least")
+        assertOneLineError("create '\(d)' --drive-size 64M", contains: "--drives")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 64M --spares 4", contains: "--spares")
+        assertOneLineError("create", contains: "missing")
+        assertOneLineError("create '\(d)' --bogus", contains: "unknown option")
+        assertOneLineError("frobnicate", contains: "unexpected argument")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/drive-0"), "a refused create left drives behind")
+
+        try fixture.create("--drives 4 --drive-size 32M")
+        let before = Harness.sh("sha256sum '\(d)'/drive-*").stdout
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 32M", contains: "--force")
+        assertOneLineError("lun create '\(d)' lun0 --size 1T", contains: "not enough free space")
+        assertOneLineError("lun create '\(d)' lun0 --size 1000", contains: "multiple of 512")
+        assertOneLineError("lun create '\(d)' 'bad/name' --size 1M", contains: "LUN name")
+        assertOneLineError("lun create '\(d)' lun0 --size lots", contains: "invalid size")
+        assertOneLineError("lun delete '\(d)' nothere", contains: "no LUN named")
+        assertOneLineError("status /nonexistent/vsa", contains: "does not exist")
+        assertOneLineError("status /tmp", contains: "no vsa array")
+        assertOneLineError("unmount /tmp", contains: "not a mounted vsa array")
+        assertOneLineError("mount '\(d)' /nonexistent/mnt", contains: "not a folder")
+        XCTAssertEqual(Harness.sh("sha256sum '\(d)'/drive-*").stdout, before, "refused commands changed the drives")
+
+        XCTAssertEqual(fixture.vsa("lun create '\(d)' lun0 --size 8M").status, 0)
+        assertOneLineError("lun create '\(d)' lun0 --size 8M", contains: "already exists")
+        let list = fixture.vsa("lun list '\(d)' --json")
+        XCTAssertEqual(list.status, 0)
+        let json = try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as! [String: Any]
+        XCTAssertEqual((json["luns"] as! [[String: Any]]).first?["sizeBytes"] as? Int, 8 << 20)
+        let help = fixture.vsa("--help")
+        XCTAssertEqual(help.status, 0)
+        XCTAssertTrue(help.stdout.contains("USAGE"))
+    }
+
+    func testDrivesThatAreNotOursAreNeverWritten() throws {
+        guard Harness.isRoot else { throw XCTSkip("mount tests run as root") }
+        // A foreign file offered as a drive is refused without --force.
+        Harness.sh(
+            "mkdir -p '\(fixture.root)/foreign' && head -c 32M /dev/urandom > '\(fixture.root)/foreign/x' && for i in 1 2; do truncate -s 32M '\(fixture.root)/foreign/z'$i; done"
+        )
+        let foreignSum = Harness.sh("sha256sum '\(fixture.root)/foreign/x'").stdout
+        assertOneLineError(
+            "create '\(fixture.dir)' --drive '\(fixture.root)/foreign/x' --drive '\(fixture.root)/foreign/z1' --drive '\(fixture.root)/foreign/z2'",
+            contains: "not a vsa superblock")
+        XCTAssertEqual(Harness.sh("sha256sum '\(fixture.root)/foreign/x'").stdout, foreignSum)
+
+        // An array whose drive was overwritten by something else refuses to mount and leaves that drive alone.
+        try fixture.create("--drives 3 --drive-size 32M")
+        Harness.sh("dd if=/dev/urandom of='\(fixture.dir)/drive-1' bs=4k count=2 conv=notrunc status=none")
+        let sum = Harness.sh("sha256sum '\(fixture.dir)'/drive-*").stdout
+        assertOneLineError("mount '\(fixture.dir)' '\(fixture.mnt)'", contains: "drive-1")
+        XCTAssertEqual(Harness.sh("sha256sum '\(fixture.dir)'/drive-*").stdout, sum)
+        XCTAssertFalse(Harness.sh("mountpoint -q '\(fixture.mnt)'").status == 0, "mounted anyway")
+
+        // A second mount of a mounted array is refused.
+        Harness.sh("rm -rf '\(fixture.dir)'")
+        try fixture.create("--drives 3 --drive-size 32M")
+        try fixture.mount()
+        Harness.sh("mkdir -p '\(fixture.root)/mnt2'")
+        assertOneLineError("mount '\(fixture.dir)' '\(fixture.root)/mnt2'", contains: "already mounted")
+    }
+}

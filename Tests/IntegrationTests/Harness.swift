@@ -1,0 +1,119 @@
+// Real-mount test harness: runs the real `vsa` binary, mounts real FUSE file systems, and always cleans up (loop
+// devices detached, mounts unmounted, daemons killed by pid, folders removed), even when a test fails.
+import Foundation
+import XCTest
+
+struct CommandResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var stderrLines: [String] { stderr.split(separator: "\n").map(String.init) }
+}
+
+enum Harness {
+    /// The vsa binary next to the test bundle (.build/debug/vsa), or $VSA_BIN.
+    static var vsa: String {
+        if let path = ProcessInfo.processInfo.environment["VSA_BIN"] { return path }
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments.first { $0.contains(".xctest") } ?? CommandLine.arguments[0])
+        var dir = testBinary.deletingLastPathComponent()
+        if dir.lastPathComponent.hasSuffix(".xctest") || dir.path.contains(".xctest") {
+            while dir.path.contains(".xctest") { dir = dir.deletingLastPathComponent() }
+        }
+        return dir.appendingPathComponent("vsa").path
+    }
+
+    /// Runs a shell command; stdin is /dev/null.
+    @discardableResult
+    static func sh(_ command: String, timeoutSeconds: Double = 300) -> CommandResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = ["-c", command]
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        var env = ProcessInfo.processInfo.environment
+        env["VSA"] = vsa
+        process.environment = env
+        do { try process.run() } catch { return CommandResult(status: -1, stdout: "", stderr: "\(error)") }
+        // Read both pipes concurrently so a chatty command cannot block on a full pipe.
+        let group = DispatchGroup()
+        nonisolated(unsafe) var outData = Data(), errData = Data()
+        group.enter()
+        DispatchQueue.global().async {
+            outData = out.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        group.enter()
+        DispatchQueue.global().async {
+            errData = err.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let deadline = Date(timeIntervalSinceNow: timeoutSeconds)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning {
+            kill(-process.processIdentifier, SIGKILL)
+            process.terminate()
+        }
+        process.waitUntilExit()
+        group.wait()
+        return CommandResult(
+            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    static var isRoot: Bool { getuid() == 0 }
+}
+
+/// One array folder and mount point for a test; `cleanUp()` undoes everything.
+final class ArrayFixture {
+    let root: String
+    var dir: String { root + "/array" }
+    var mnt: String { root + "/mnt" }
+
+    init(name: String) {
+        root = "/tmp/vsa-it-\(name)-\(getpid())"
+        Harness.sh("rm -rf '\(root)'; mkdir -p '\(root)/mnt'")
+    }
+
+    @discardableResult
+    func vsa(_ arguments: String) -> CommandResult { Harness.sh("\"$VSA\" \(arguments)") }
+
+    func create(_ arguments: String) throws {
+        let r = vsa("create '\(dir)' \(arguments)")
+        guard r.status == 0 else { throw XCTSkip("create failed: \(r.stderr)") }
+    }
+
+    func mount(_ extra: String = "") throws {
+        let r = vsa("mount '\(dir)' '\(mnt)' \(extra)")
+        XCTAssertEqual(r.status, 0, "mount: \(r.stderr)")
+        if r.status != 0 { throw NSError(domain: "mount", code: 1) }
+    }
+
+    func unmount() {
+        let r = vsa("unmount '\(mnt)'")
+        XCTAssertEqual(r.status, 0, "unmount: \(r.stderr)")
+    }
+
+    var daemonPID: Int32? {
+        guard let text = try? String(contentsOfFile: dir + "/array.lock", encoding: .utf8) else { return nil }
+        return Int32(text.split(separator: " ").first ?? "")
+    }
+
+    func cleanUp() {
+        // Loop devices on our files, then our mount, then the daemon, then the files.
+        Harness.sh(
+            """
+            for f in '\(mnt)'/*; do [ -f "$f" ] || continue; for d in $(losetup -j "$f" -O NAME -n 2>/dev/null); do losetup -d $d; done; done
+            grep -q ' \(root)/' /proc/mounts && for m in $(grep ' \(root)/' /proc/mounts | awk '{print $2}' | sort -r); do umount -l "$m" 2>/dev/null; done
+            mountpoint -q '\(mnt)' && ("$VSA" unmount '\(mnt)' || fusermount3 -uz '\(mnt)' || umount -l '\(mnt)')
+            true
+            """, timeoutSeconds: 120)
+        if let pid = daemonPID, kill(pid, 0) == 0 {
+            var waited = 0
+            while kill(pid, 0) == 0 && waited < 300 { usleep(20_000); waited += 1 }
+            if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        }
+        Harness.sh("mountpoint -q '\(mnt)' && umount -l '\(mnt)'; rm -rf '\(root)'")
+    }
+}

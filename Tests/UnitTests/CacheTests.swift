@@ -1,0 +1,144 @@
+// Global memory over the real back end and real drive files: hits, misses, destage, read-ahead, and a seeded random
+// workload on every RAID level checked against an oracle, then re-read cold (from the drives) and degraded.
+import ArrayModel
+import BackEnd
+import Buffers
+import Drives
+import GlobalMemory
+import MemoryServices
+import Metadata
+import XCTest
+
+final class CacheTests: XCTestCase {
+    var directory = ""
+
+    override func setUp() {
+        directory = NSTemporaryDirectory() + "vsa-unit-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    func makeArray(_ level: RAIDLevel, drives: Int, stripUnit: Int = 16384) throws -> ArrayStore {
+        try ArrayStore.create(
+            CreateOptions(
+                directory: directory, driveCount: drives, driveSizeBytes: 16 << 20, drivePaths: [], raidLevel: level, spareCount: 0,
+                stripUnitBytes: stripUnit, cacheBytes: 16 << 20, engineCount: 1, force: false))
+    }
+
+    func makeCache(_ store: ArrayStore, slots: Int) throws -> (TrackCache, CacheCounters, BackEndMarks) {
+        let counters = CacheCounters()
+        let marks = BackEndMarks()
+        let memory = MemoryServices()
+        let backEnd = try RAIDBackEnd(geometry: store.geometry, drives: store.drives, memory: memory, marks: marks)
+        return (TrackCache(slotCount: slots, store: backEnd, memory: memory, counters: counters), counters, marks)
+    }
+
+    func testHitMissAndDestage() throws {
+        let store = try makeArray(.raid5, drives: 4)
+        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
+        let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
+        let (cache, counters, marks) = try makeCache(store, slots: 64)
+        let buffer = alignedBuffer(bytes: 65536)
+        memset(buffer.base, 0xAB, 4096)
+        XCTAssertTrue(cache.write(lun: ref, offsetBytes: 0, count: 4096, from: buffer.base))
+        XCTAssertEqual(cache.writePendingSlots, 1)
+        XCTAssertTrue(cache.read(lun: ref, offsetBytes: 0, count: 4096, into: buffer.base + 8192))
+        XCTAssertEqual(counters.readHits.load(ordering: .relaxed), 1)
+        XCTAssertTrue(cache.read(lun: ref, offsetBytes: 1 << 20, count: 4096, into: buffer.base + 8192))
+        XCTAssertEqual(counters.readMisses.load(ordering: .relaxed), 1)
+        XCTAssertEqual(cache.destage(stripeBudget: 10), 1)
+        XCTAssertEqual(cache.writePendingSlots, 0)
+        XCTAssertEqual(marks.reconstructWrites.load(ordering: .relaxed), 1, "a partial stripe reads the rest first")
+        // A whole stripe written at once goes down without reads.
+        let stripeBytes = Int(store.geometry.stripeDataBytes)
+        XCTAssertTrue(cache.write(lun: ref, offsetBytes: UInt64(stripeBytes), count: stripeBytes, from: buffer.base))
+        let readsBefore = marks.stripReads.load(ordering: .relaxed)
+        XCTAssertTrue(cache.destageAll())
+        XCTAssertEqual(marks.fullStripeWrites.load(ordering: .relaxed), 1)
+        XCTAssertEqual(marks.stripReads.load(ordering: .relaxed), readsBefore)
+    }
+
+    func testSequentialReadAhead() throws {
+        let store = try makeArray(.raid5, drives: 5)
+        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
+        let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
+        let (cache, counters, _) = try makeCache(store, slots: 64)
+        let buffer = alignedBuffer(bytes: 16384)
+        for track in 0..<8 {
+            XCTAssertTrue(cache.read(lun: ref, offsetBytes: UInt64(track * 16384), count: 16384, into: buffer.base))
+        }
+        XCTAssertGreaterThan(counters.readAheadTracks.load(ordering: .relaxed), 0)
+        XCTAssertLessThan(counters.readMisses.load(ordering: .relaxed), 8)
+    }
+
+    /// A seeded random workload against an oracle, on every level: small cache (eviction and forced destage),
+    /// unaligned offsets, zero ranges; then everything is re-read cold, and for redundant levels with a drive failed.
+    func testRandomWorkloadEveryLevel() throws {
+        let cases: [(RAIDLevel, Int)] = [(.raid0, 3), (.raid1, 2), (.raid10, 4), (.raid5, 4), (.raid6, 5)]
+        for (level, drives) in cases {
+            try? FileManager.default.removeItem(atPath: directory)
+            let seed = UInt64(level.rawValue) * 7919 + 1
+            var rng = SplitMix(seed: seed)
+            let store = try makeArray(level, drives: drives, stripUnit: 8192)
+            let lunSize = 1 << 20
+            let lun = try store.createLUN(name: "l", sizeBytes: UInt64(lunSize))
+            let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
+            let (cache, _, _) = try makeCache(store, slots: 2 * level.dataStripsPerStripe(memberCount: drives) + 6)
+            var oracle = [UInt8](repeating: 0, count: lunSize)
+            let io = alignedBuffer(bytes: 65536)
+            for step in 0..<600 {
+                let count = Int(rng.next() % 20000) + 1
+                let offset = Int(rng.next() % UInt64(lunSize - count))
+                switch rng.next() % 10 {
+                case 0..<5:
+                    for i in 0..<count { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
+                    XCTAssertTrue(cache.write(lun: ref, offsetBytes: UInt64(offset), count: count, from: io.base))
+                    for i in 0..<count { oracle[offset + i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
+                case 5:
+                    XCTAssertTrue(cache.write(lun: ref, offsetBytes: UInt64(offset), count: count, from: nil))
+                    for i in 0..<count { oracle[offset + i] = 0 }
+                case 6:
+                    cache.destage(stripeBudget: 2)
+                default:
+                    XCTAssertTrue(cache.read(lun: ref, offsetBytes: UInt64(offset), count: count, into: io.base))
+                    for i in 0..<count where io.base.load(fromByteOffset: i, as: UInt8.self) != oracle[offset + i] {
+                        XCTFail("\(level) seed \(seed) step \(step): byte \(offset + i) differs")
+                        return
+                    }
+                }
+            }
+            XCTAssertTrue(cache.destageAll())
+            func verifyCold(_ label: String) throws {
+                let (cold, _, _) = try makeCache(store, slots: 64)
+                let chunk = 65536
+                for offset in stride(from: 0, to: lunSize, by: chunk) {
+                    XCTAssertTrue(cold.read(lun: ref, offsetBytes: UInt64(offset), count: chunk, into: io.base), "\(label) read")
+                    for i in 0..<chunk where io.base.load(fromByteOffset: i, as: UInt8.self) != oracle[offset + i] {
+                        XCTFail("\(level) \(label) seed \(seed): byte \(offset + i) differs")
+                        return
+                    }
+                }
+            }
+            try verifyCold("cold")
+            if level.faultTolerance(memberCount: drives) > 0 {
+                store.drives[1].transition(to: .failed)
+                try verifyCold("degraded")
+            }
+        }
+    }
+}
+
+/// A tiny seeded generator (SplitMix64): the same seed gives the same workload.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,75 @@
+// Superblock and LUN table: round trips, a golden-bytes pin, and rejection of every flipped byte and every truncation.
+import ArrayModel
+import Metadata
+import XCTest
+
+final class RecordTests: XCTestCase {
+    let sample = Superblock(
+        clean: true, generation: 7, arrayUUID: UUID128(high: 0x0123_4567_89AB_CDEF, low: 0x8877_6655_4433_2211),
+        driveUUID: UUID128(high: 1, low: 2), driveIndex: 2, memberCount: 4, spareCount: 1, raidLevel: .raid5, role: .member,
+        stripUnitBytes: 65536, engineCount: 1, dataOffsetBytes: Layout.dataOffsetBytes, dataBytesPerDrive: 1 << 30,
+        cacheBytes: 256 << 20, createdUnixSeconds: 1_700_000_000)
+
+    func testSuperblockRoundTrip() throws {
+        let bytes = sample.encode()
+        XCTAssertEqual(bytes.count, Layout.superblockRecordBytes)
+        XCTAssertEqual(try Superblock.decode(bytes), sample)
+    }
+
+    func testSuperblockGoldenBytes() {
+        let bytes = sample.encode()
+        XCTAssertEqual(Array(bytes[0..<8]), Array("VSA-SB01".utf8))
+        XCTAssertEqual(bytes[8], 1)  // format version, little-endian
+        XCTAssertEqual(Array(bytes[12..<14]), [0x00, 0x02])  // record length 512
+        XCTAssertEqual(bytes[20], 1)  // clean
+        XCTAssertEqual(bytes[24], 7)  // generation
+        XCTAssertEqual(bytes[76], 5)  // RAID level
+        XCTAssertEqual(Array(bytes[80..<84]), [0x00, 0x00, 0x01, 0x00])  // stripe unit 65536
+        XCTAssertTrue(bytes[120...].allSatisfy { $0 == 0 }, "reserved bytes are zero")
+    }
+
+    func testSuperblockRejectsEveryFlippedByte() {
+        let bytes = sample.encode()
+        for i in 0..<bytes.count {
+            var damaged = bytes
+            damaged[i] ^= 0x40
+            XCTAssertThrowsError(try Superblock.decode(damaged), "flipped byte \(i) accepted")
+        }
+    }
+
+    func testSuperblockRejectsEveryTruncation() {
+        let bytes = sample.encode()
+        for n in 0..<bytes.count {
+            XCTAssertThrowsError(try Superblock.decode(Array(bytes[0..<n])), "truncation to \(n) accepted")
+        }
+    }
+
+    func testSuperblockRejectionsNameTheProblem() {
+        var foreign = sample.encode()
+        foreign[0] = 0x7F
+        XCTAssertThrowsError(try Superblock.decode(foreign)) { XCTAssertEqual(($0 as? RecordRejection)?.reason, "no vsa superblock magic") }
+        var damaged = sample.encode()
+        damaged[300] ^= 1
+        XCTAssertThrowsError(try Superblock.decode(damaged)) { XCTAssertEqual(($0 as? RecordRejection)?.reason, "superblock checksum mismatch") }
+    }
+
+    func testLUNTableRoundTripAndRejection() throws {
+        let table = LUNTable(
+            generation: 3, arrayUUID: sample.arrayUUID,
+            entries: [
+                LUNEntry(lunID: 1, name: "lun0", sizeBytes: 1 << 30, startStripe: 0, stripeCount: 5462),
+                LUNEntry(lunID: 2, name: "db.v2", sizeBytes: 512 << 20, startStripe: 5462, stripeCount: 2731),
+            ])
+        let bytes = table.encode()
+        XCTAssertEqual(bytes.count, Layout.lunHeaderBytes + 2 * Layout.lunEntryBytes)
+        XCTAssertEqual(try LUNTable.decode(bytes), table)
+        for i in 0..<bytes.count {
+            var damaged = bytes
+            damaged[i] ^= 0x01
+            XCTAssertThrowsError(try LUNTable.decode(damaged), "flipped byte \(i) accepted")
+        }
+        for n in 0..<bytes.count {
+            XCTAssertThrowsError(try LUNTable.decode(Array(bytes[0..<n])), "truncation to \(n) accepted")
+        }
+    }
+}
