@@ -3,6 +3,9 @@
 import Foundation
 import XCTest
 
+/// fio's verification options: check every block, stop at the first mismatch, leave no state files behind.
+let fioVerify = "--verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0"
+
 final class MountTests: XCTestCase {
     var fixture: ArrayFixture!
 
@@ -72,7 +75,7 @@ final class MountTests: XCTestCase {
         XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' lun1 --size 64M").status, 0)
         try fixture.mount("-o cache=32M")
         for (direct, engines) in [(0, ("psync", "io_uring")), (1, ("io_uring", "psync"))] {
-            let common = "--size=48M --rw=randwrite --bs=4k --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --direct=\(direct) --output-format=terse"
+            let common = "--size=48M --rw=randwrite --bs=4k \(fioVerify) --direct=\(direct) --output-format=terse"
             let r = Harness.sh(
                 """
                 fio --name=a --filename=\(fixture.mnt)/lun0 --ioengine=\(engines.0) --iodepth=16 \(common) > \(fixture.root)/a.out 2>&1 & A=$!
@@ -90,7 +93,7 @@ final class MountTests: XCTestCase {
         try fixture.mount("-o cache=64M")
         for bs in ["4k", "64k"] {
             let r = Harness.sh(
-                "fio --name=p --filename=\(fixture.mnt)/lun0 --numjobs=4 --offset_increment=64M --size=64M --rw=randwrite --bs=\(bs) --ioengine=io_uring --iodepth=16 --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --group_reporting --output-format=terse"
+                "fio --name=p --filename=\(fixture.mnt)/lun0 --numjobs=4 --offset_increment=64M --size=64M --rw=randwrite --bs=\(bs) --ioengine=io_uring --iodepth=16 --direct=1 \(fioVerify) --group_reporting --output-format=terse"
             )
             XCTAssertEqual(r.status, 0, "fio bs=\(bs): \(r.stdout) \(r.stderr)")
         }
