@@ -209,8 +209,9 @@ public final class TrackCache {
 
     // MARK: Slot life cycle
 
-    private func install(lun: UInt32, track: UInt64, stripe: UInt64) -> Int {
-        let slot = allocateSlot()
+    /// Claims a slot for (lun, track); nil when every slot is write-pending and none can be destaged.
+    private func install(lun: UInt32, track: UInt64, stripe: UInt64) -> Int? {
+        guard let slot = allocateSlot() else { return nil }
         slotLUN[slot] = lun
         slotTrack[slot] = track
         slotStripe[slot] = stripe
@@ -238,7 +239,7 @@ public final class TrackCache {
     }
 
     /// A free slot: from the free list, else CLOCK over clean slots, else destage until one is clean.
-    private func allocateSlot() -> Int {
+    private func allocateSlot() -> Int? {
         while true {
             if freeCount > 0 {
                 freeCount -= 1
@@ -257,7 +258,8 @@ public final class TrackCache {
                 return Int(freeSlots[freeCount])
             }
             // Every slot is write-pending: destage synchronously (backpressure on the host).
-            precondition(destage(stripeBudget: 4) > 0, "cache full of write-pending slots and nothing to destage")
+            // If nothing can go down (more failed drives than the level tolerates), the host gets EIO.
+            if destage(stripeBudget: 4) == 0 { return nil }
         }
     }
 
@@ -356,6 +358,13 @@ public final class TrackCache {
             var slot = strip == firstStrip ? existing : lookup(lun: lun.lunID, track: t)
             if strip != firstStrip && slot != nil { continue }  // already cached: read-ahead skips it
             if slot == nil { slot = install(lun: lun.lunID, track: t, stripe: stripe) }
+            if slot == nil {
+                if strip == firstStrip {
+                    if let existing { slotPinned[existing] = false }
+                    return nil
+                }
+                break  // no room for read-ahead: read what is claimed
+            }
             slotPinned[slot!] = true
             stripeSlots[strip] = Int32(slot!)
             mask |= 1 << UInt64(strip)
@@ -398,7 +407,10 @@ public final class TrackCache {
                 slotReferenced[s] = true
             } else {
                 counters.writeMisses.add(1, ordering: .relaxed)
-                slot = install(lun: lun.lunID, track: track, stripe: lun.startStripe + track / UInt64(dataStripsPerStripe))
+                guard let s = install(lun: lun.lunID, track: track, stripe: lun.startStripe + track / UInt64(dataStripsPerStripe)) else {
+                    return false
+                }
+                slot = s
             }
             // A write that covers part of a sector needs the rest of that sector first.
             let headPartial = inTrack % sectorBytes != 0 && !testBit(validBits, slot, first)
