@@ -203,12 +203,12 @@ public final class ArrayDaemon: @unchecked Sendable {
         let all: UInt64 = d == 64 ? ~0 : (1 << UInt64(d)) - 1
         for lun in store.lunTable.entries {
             for stripe in lun.startStripe..<(lun.startStripe + lun.stripeCount) {
-                guard backEnd.readStrips(stripe: stripe, stripMask: all, targets: table) else {
+                guard backEnd.readStrips(stripe: stripe, stripMask: all, offsetBytes: 0, count: geometry.stripUnitBytes, targets: table) else {
                     throw VSAError("resync: stripe \(stripe) unreadable; the array cannot be mounted safely")
                 }
                 // Parity levels rewrite P/Q only; mirrors copy the primary to the other copies.
                 let rewrite: UInt64 = geometry.parityStripsPerStripe > 0 ? 0 : all
-                _ = backEnd.writeStripe(stripe: stripe, strips: table, dirtyMask: rewrite)
+                _ = backEnd.writeStripe(stripe: stripe, strips: table, dirtyMask: rewrite, offsetBytes: 0, count: geometry.stripUnitBytes)
             }
         }
         _ = backEnd.flush()

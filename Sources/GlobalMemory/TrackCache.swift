@@ -288,27 +288,46 @@ public final class TrackCache {
 
     // MARK: Fill
 
-    /// Makes `slot` fully valid by reading its strip and merging the sectors the cache does not already hold.
-    private func fill(_ slot: Int) -> Bool {
-        let d = dataStripsPerStripe
-        let strip = Int(slotTrack[slot] % UInt64(d))
-        let anyValid = (0..<wordsPerSlot).contains { validBits[slot * wordsPerSlot + $0] != 0 }
-        let target = anyValid ? staging.slice(strip) : slotData(slot)
-        stripTable[strip] = target
-        guard store.readStrips(stripe: slotStripe[slot], stripMask: 1 << UInt64(strip), targets: stripTable) else { return false }
-        if anyValid { mergeInvalid(slot, from: target) }
-        setFullyValid(slot)
+    /// Sectors per 4 KiB page: drive I/O is whole pages so O_DIRECT works on 4K-sector devices too.
+    private let pageSectors = 4096 / sectorBytes
+
+    @inline(__always) private func pageAlignedRange(_ first: Int, _ last: Int) -> (first: Int, last: Int) {
+        (first - first % pageSectors, min(sectorsPerTrack - 1, last - last % pageSectors + pageSectors - 1))
+    }
+
+    private func anyValid(_ slot: Int, _ first: Int, _ last: Int) -> Bool {
+        for s in first...last where testBit(validBits, slot, s) { return true }
+        return false
+    }
+
+    /// Makes sectors [first, last] of `slot` valid: reads their pages and merges the sectors the cache lacks.
+    private func fill(_ slot: Int, _ first: Int, _ last: Int) -> Bool {
+        let range = pageAlignedRange(first, last)
+        let strip = Int(slotTrack[slot] % UInt64(dataStripsPerStripe))
+        let offset = range.first * sectorBytes
+        let count = (range.last - range.first + 1) * sectorBytes
+        let merge = anyValid(slot, range.first, range.last)
+        stripTable[strip] = merge ? staging.slice(strip) : slotData(slot) + offset
+        guard store.readStrips(stripe: slotStripe[slot], stripMask: 1 << UInt64(strip), offsetBytes: offset, count: count, targets: stripTable) else {
+            return false
+        }
+        if merge { mergeInvalid(slot, from: staging.slice(strip), range.first, range.last) }
+        setBits(&validBits, slot, range.first, range.last)
         return true
     }
 
-    /// Copies into `slot` the sectors that are not valid there, from a freshly read strip.
-    private func mergeInvalid(_ slot: Int, from source: UnsafeMutableRawPointer) {
-        var s = 0
-        while s < sectorsPerTrack {
-            if testBit(validBits, slot, s) { s += 1; continue }
+    /// Copies into `slot` the sectors of [first, last] that are not valid there, from `source` (which holds sector
+    /// `first` at its start).
+    private func mergeInvalid(_ slot: Int, from source: UnsafeMutableRawPointer, _ first: Int, _ last: Int) {
+        var s = first
+        while s <= last {
+            if testBit(validBits, slot, s) {
+                s += 1
+                continue
+            }
             var e = s
-            while e + 1 < sectorsPerTrack && !testBit(validBits, slot, e + 1) { e += 1 }
-            memory.copy(from: source + s * sectorBytes, to: slotData(slot) + s * sectorBytes, byteCount: (e - s + 1) * sectorBytes)
+            while e + 1 <= last && !testBit(validBits, slot, e + 1) { e += 1 }
+            memory.copy(from: source + (s - first) * sectorBytes, to: slotData(slot) + s * sectorBytes, byteCount: (e - s + 1) * sectorBytes)
             s = e + 1
         }
     }
@@ -331,7 +350,7 @@ public final class TrackCache {
                 slotReferenced[s] = true
             } else {
                 counters.readMisses.add(1, ordering: .relaxed)
-                guard let filled = readMiss(lun: lun, track: track, existing: slot) else { return false }
+                guard let filled = readMiss(lun: lun, track: track, existing: slot, first: first, last: last) else { return false }
                 slot = filled
             }
             memory.copy(from: slotData(slot!) + inTrack, to: target + done, byteCount: length)
@@ -340,13 +359,30 @@ public final class TrackCache {
         return true
     }
 
-    /// Fetches a missed track, and on a sequential pattern the rest of its stripe, in one batch.
-    private func readMiss(lun: LUNRef, track: UInt64, existing: Int?) -> Int? {
+    /// Fetches what a read missed. A random read fetches just its pages; a sequential one (the sectors before it are
+    /// cached) fetches the rest of its track and the following tracks of its stripe in one batch (read-ahead).
+    private func readMiss(lun: LUNRef, track: UInt64, existing: Int?, first: Int, last: Int) -> Int? {
         let d = UInt64(dataStripsPerStripe)
         let stripe = lun.startStripe + track / d
         let firstStrip = Int(track % d)
-        let sequential = track > 0 && lookup(lun: lun.lunID, track: track - 1) != nil
-        let lastStrip = sequential ? dataStripsPerStripe - 1 : firstStrip
+        let sequential: Bool
+        if first > 0, let existing {
+            sequential = testBit(validBits, existing, first - 1)
+        } else {
+            sequential = track > 0 && lookup(lun: lun.lunID, track: track - 1) != nil
+        }
+        if !sequential {
+            // Random: only the pages asked for.
+            var slot = existing
+            if slot == nil { slot = install(lun: lun.lunID, track: track, stripe: stripe) }
+            guard let slot else { return nil }
+            guard fill(slot, first, last) else {
+                if !slotDirty[slot] && !anyValid(slot, 0, sectorsPerTrack - 1) { evict(slot) }
+                return nil
+            }
+            return slot
+        }
+        let lastStrip = dataStripsPerStripe - 1
         let lunTracks = (lun.sizeBytes + UInt64(trackBytes) - 1) / UInt64(trackBytes)
         var mask: UInt64 = 0
         var merge: UInt64 = 0
@@ -372,18 +408,18 @@ public final class TrackCache {
         for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 {
             let slot = Int(stripeSlots[strip])
             slotPinned[slot] = false
-            let anyValid = (0..<wordsPerSlot).contains { validBits[slot * wordsPerSlot + $0] != 0 }
-            stripTable[strip] = anyValid ? staging.slice(strip) : slotData(slot)
-            if anyValid { merge |= 1 << UInt64(strip) }
+            let partial = anyValid(slot, 0, sectorsPerTrack - 1)
+            stripTable[strip] = partial ? staging.slice(strip) : slotData(slot)
+            if partial { merge |= 1 << UInt64(strip) }
         }
         if mask.nonzeroBitCount > 1 { counters.readAheadTracks.add(UInt64(mask.nonzeroBitCount - 1), ordering: .relaxed) }
-        let ok = store.readStrips(stripe: stripe, stripMask: mask, targets: stripTable)
+        let ok = store.readStrips(stripe: stripe, stripMask: mask, offsetBytes: 0, count: trackBytes, targets: stripTable)
         for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 {
             let slot = Int(stripeSlots[strip])
             if ok {
-                if merge & (1 << UInt64(strip)) != 0 { mergeInvalid(slot, from: staging.slice(strip)) }
+                if merge & (1 << UInt64(strip)) != 0 { mergeInvalid(slot, from: staging.slice(strip), 0, sectorsPerTrack - 1) }
                 setFullyValid(slot)
-            } else if !slotDirty[slot] && !(0..<wordsPerSlot).contains(where: { validBits[slot * wordsPerSlot + $0] != 0 }) {
+            } else if !slotDirty[slot] && !anyValid(slot, 0, sectorsPerTrack - 1) {
                 evict(slot)
             }
         }
@@ -415,9 +451,8 @@ public final class TrackCache {
             // A write that covers part of a sector needs the rest of that sector first.
             let headPartial = inTrack % sectorBytes != 0 && !testBit(validBits, slot, first)
             let tailPartial = (inTrack + length) % sectorBytes != 0 && !testBit(validBits, slot, last)
-            if headPartial || tailPartial {
-                guard fill(slot) else { return false }
-            }
+            if headPartial { guard fill(slot, first, first) else { return false } }
+            if tailPartial && !testBit(validBits, slot, last) { guard fill(slot, last, last) else { return false } }
             if let source {
                 memory.copy(from: source + done, to: slotData(slot) + inTrack, byteCount: length)
             } else {
@@ -465,50 +500,103 @@ public final class TrackCache {
         return ok
     }
 
-    /// Writes one stripe: all its write-pending tracks together, parity from the whole stripe.
+    /// The range of sectors with write-pending data in `slot` (nil when none).
+    private func dirtyRange(_ slot: Int) -> (first: Int, last: Int)? {
+        var first = -1
+        var last = -1
+        let base = slot * wordsPerSlot
+        for w in 0..<wordsPerSlot where dirtyBits[base + w] != 0 {
+            let word = dirtyBits[base + w]
+            if first < 0 { first = w * 64 + word.trailingZeroBitCount }
+            last = w * 64 + 63 - word.leadingZeroBitCount
+        }
+        return first < 0 ? nil : (first, last)
+    }
+
+    /// Writes one stripe: all its write-pending tracks together, over the page-aligned range that covers their
+    /// dirty sectors. Levels with parity choose read-modify-write or reconstruct-write by which reads less.
     private func destageStripe(containing slot: Int) -> Bool {
         let d = dataStripsPerStripe
         let lun = slotLUN[slot]
         let stripe = slotStripe[slot]
         let baseTrack = slotTrack[slot] - slotTrack[slot] % UInt64(d)
         var dirtyMask: UInt64 = 0
-        var readMask: UInt64 = 0
-        var mergeMask: UInt64 = 0
-        let needWhole = store.writesNeedWholeStripe
+        var first = Int.max
+        var last = -1
         for strip in 0..<d {
             let s = lookup(lun: lun, track: baseTrack + UInt64(strip)) ?? -1
             destageSlots[strip] = Int32(s)
-            if s >= 0 && slotDirty[s] { dirtyMask |= 1 << UInt64(strip) }
-            let mustBeWhole = needWhole || (s >= 0 && slotDirty[s])
-            if s >= 0 {
-                if mustBeWhole && !fullyValid(s) {
-                    destageTable[strip] = destageStaging.slice(strip)
-                    readMask |= 1 << UInt64(strip)
-                    mergeMask |= 1 << UInt64(strip)
-                } else {
-                    destageTable[strip] = slotData(s)
-                }
-            } else if needWhole {
+            if s >= 0 && slotDirty[s], let range = dirtyRange(s) {
+                dirtyMask |= 1 << UInt64(strip)
+                first = min(first, range.first)
+                last = max(last, range.last)
+            }
+        }
+        precondition(dirtyMask != 0, "destaging a stripe with nothing write-pending")
+        (first, last) = pageAlignedRange(first, last)
+        let offset = first * sectorBytes
+        let count = (last - first + 1) * sectorBytes
+        // Strips whose range is not wholly in cache: the ones a reconstruct-write would have to read.
+        var missingMask: UInt64 = 0
+        for strip in 0..<d {
+            let s = Int(destageSlots[strip])
+            if s < 0 || !allValid(s, first, last) { missingMask |= 1 << UInt64(strip) }
+        }
+        let ok: Bool
+        if store.hasParity && missingMask != 0 && store.allMembersOnline
+            && dirtyMask.nonzeroBitCount + store.geometry.parityStripsPerStripe < missingMask.nonzeroBitCount
+        {
+            ok = readModifyWrite(stripe: stripe, dirtyMask: dirtyMask, first: first, last: last)
+        } else {
+            ok = reconstructWrite(stripe: stripe, dirtyMask: dirtyMask, missingMask: missingMask, first: first, last: last)
+        }
+        guard ok else { return false }
+        for strip in 0..<d where dirtyMask & (1 << UInt64(strip)) != 0 { markClean(Int(destageSlots[strip])) }
+        counters.destagedStripes.add(1, ordering: .relaxed)
+        return true
+    }
+
+    /// Reads the old range of the dirty strips and of parity, completes the dirty slots from it, writes the delta.
+    private func readModifyWrite(stripe: UInt64, dirtyMask: UInt64, first: Int, last: Int) -> Bool {
+        let offset = first * sectorBytes
+        let count = (last - first + 1) * sectorBytes
+        guard store.readOld(stripe: stripe, dirtyMask: dirtyMask, offsetBytes: offset, count: count) else { return false }
+        for strip in 0..<dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+            let s = Int(destageSlots[strip])
+            mergeInvalid(s, from: store.oldData(strip: strip), first, last)
+            setBits(&validBits, s, first, last)
+            destageTable[strip] = slotData(s) + offset
+        }
+        return store.writeDelta(stripe: stripe, strips: destageTable, dirtyMask: dirtyMask, offsetBytes: offset, count: count)
+    }
+
+    /// Brings every strip's range into memory (reading what the cache lacks) and writes dirty strips and parity.
+    /// Without parity only the dirty strips matter.
+    private func reconstructWrite(stripe: UInt64, dirtyMask: UInt64, missingMask: UInt64, first: Int, last: Int) -> Bool {
+        let offset = first * sectorBytes
+        let count = (last - first + 1) * sectorBytes
+        let readMask = store.hasParity ? missingMask : missingMask & dirtyMask
+        for strip in 0..<dataStripsPerStripe {
+            let s = Int(destageSlots[strip])
+            if readMask & (1 << UInt64(strip)) != 0 {
                 destageTable[strip] = destageStaging.slice(strip)
-                readMask |= 1 << UInt64(strip)
+            } else if s >= 0 {
+                destageTable[strip] = slotData(s) + offset
             } else {
                 destageTable[strip] = nil
             }
         }
-        precondition(dirtyMask != 0, "destaging a stripe with nothing write-pending")
         if readMask != 0 {
-            guard store.readStrips(stripe: stripe, stripMask: readMask, targets: destageTable) else { return false }
-            for strip in 0..<d where mergeMask & (1 << UInt64(strip)) != 0 {
+            guard store.readStrips(stripe: stripe, stripMask: readMask, offsetBytes: offset, count: count, targets: destageTable) else { return false }
+            for strip in 0..<dataStripsPerStripe where readMask & (1 << UInt64(strip)) != 0 {
                 let s = Int(destageSlots[strip])
-                mergeInvalid(s, from: destageStaging.slice(strip))
-                setFullyValid(s)
-                destageTable[strip] = slotData(s)
+                guard s >= 0 else { continue }  // not cached: parity uses the staging copy
+                mergeInvalid(s, from: destageStaging.slice(strip), first, last)
+                setBits(&validBits, s, first, last)
+                destageTable[strip] = slotData(s) + offset
             }
         }
-        guard store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: dirtyMask) else { return false }
-        for strip in 0..<d where dirtyMask & (1 << UInt64(strip)) != 0 { markClean(Int(destageSlots[strip])) }
-        counters.destagedStripes.add(1, ordering: .relaxed)
-        return true
+        return store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: dirtyMask, offsetBytes: offset, count: count)
     }
 
     /// Forgets every slot of a LUN, write-pending or not (the LUN is being deleted).
