@@ -33,21 +33,21 @@ let package = Package(
         .target(name: "Buffers", dependencies: ["SysPosix"], path: "Sources/Buffers"),
         .target(name: "MemoryServices", dependencies: ["SysISAL", "Buffers"], path: "Sources/MemoryServices"),
         .target(name: "Drives", dependencies: ["SysURing", "SysPosix", "ArrayModel", "Buffers"], path: "Sources/Drives"),
-        .target(name: "Metadata", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers"], path: "Sources/Metadata"),
-        .target(name: "BackEnd", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers", "Metadata"], path: "Sources/BackEnd"),
+        .target(name: "Metadata", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers", "SysPosix"], path: "Sources/Metadata"),
+        .target(name: "BackEnd", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers"], path: "Sources/BackEnd"),
         .target(name: "GlobalMemory", dependencies: ["ArrayModel", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/GlobalMemory"),
         .target(name: "Directors", dependencies: ["ArrayModel", "GlobalMemory", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/Directors"),
-        .target(name: "FrontEnd", dependencies: ["SysFuse", "Directors", "ArrayModel", "Buffers"], path: "Sources/FrontEnd"),
+        .target(name: "FrontEnd", dependencies: ["SysFuse", "SysPosix", "Directors", "GlobalMemory", "ArrayModel", "Buffers"], path: "Sources/FrontEnd"),
         .target(
             name: "Daemon",
             dependencies: [
                 "FrontEnd", "Directors", "GlobalMemory", "BackEnd", "Metadata", "Drives",
-                "MemoryServices", "ArrayModel", "Buffers", "SysPosix",
+                "MemoryServices", "ArrayModel", "Buffers", "SysFuse", "SysPosix",
             ], path: "Sources/Daemon"),
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Daemon", "ArrayModel", "Metadata",
+                "Daemon", "ArrayModel", "Metadata", "SysPosix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/CLI"),

@@ -95,6 +95,13 @@ func control(_ directory: String, _ words: [String]) throws(VSAError) -> String 
     throw VSAError("the daemon gave no answer; see \(ArrayStore.logPath(directory: directory))")
 }
 
+/// The lock holder is a daemon, not another offline command (whose "mountpoint" reads "(vsa ...)").
+func requireDaemon(_ directory: String, _ holder: (pid: Int32, mountpoint: String)) throws(VSAError) {
+    if holder.mountpoint.hasPrefix("(") {
+        throw VSAError("array \(directory) is busy with another vsa command (pid \(holder.pid)); try again in a moment")
+    }
+}
+
 /// Runs `body` with the array's lock held, so no mount starts meanwhile (offline changes).
 func withOfflineLock<T>(_ directory: String, _ body: () throws(VSAError) -> T) throws(VSAError) -> T {
     let lock = try ArrayLock(directory: directory, mountpoint: "(vsa \(CommandLine.arguments.dropFirst().first ?? ""))")
@@ -104,7 +111,8 @@ func withOfflineLock<T>(_ directory: String, _ body: () throws(VSAError) -> T) t
 
 func statusReport(_ target: String) throws(VSAError) -> StatusReport {
     let (dir, _) = try resolveArray(target)
-    if ArrayLock.holder(directory: dir) != nil {
+    if let holder = ArrayLock.holder(directory: dir) {
+        try requireDaemon(dir, holder)
         let json = try control(dir, ["status"])
         guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)) else {
             throw VSAError("the daemon's status could not be read; see \(ArrayStore.logPath(directory: dir))")
@@ -182,7 +190,8 @@ struct LUNCreate: VSACommand {
         let bytes = try CLI.size(size, "--size")
         if let problem = validateLUNName(name) { throw VSAError("\(problem): '\(name)'") }
         let (dir, _) = try resolveArray(target)
-        if ArrayLock.holder(directory: dir) != nil {
+        if let holder = ArrayLock.holder(directory: dir) {
+            try requireDaemon(dir, holder)
             _ = try control(dir, ["lun-create", name, String(bytes)])
         } else {
             _ = try withOfflineLock(dir) { () throws(VSAError) in
@@ -201,7 +210,8 @@ struct LUNDelete: VSACommand {
 
     func execute() throws(VSAError) {
         let (dir, _) = try resolveArray(target)
-        if ArrayLock.holder(directory: dir) != nil {
+        if let holder = ArrayLock.holder(directory: dir) {
+            try requireDaemon(dir, holder)
             _ = try control(dir, ["lun-delete", name])
         } else {
             _ = try withOfflineLock(dir) { () throws(VSAError) in

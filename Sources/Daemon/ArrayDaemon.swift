@@ -149,12 +149,17 @@ public final class ArrayDaemon: @unchecked Sendable {
             thread.name = "director-\(director.id)"
             thread.start()
         }
+        engines.afterFlush = { [unowned self] in
+            controlLock.withLock { _ in ((try? store.recordFailures()) ?? false) ? 0 : EIO }
+        }
         let fuseOptions = ["fsname=\(options.directory)", "subtype=vsa", "default_permissions"] + options.fuseOptions
         do { session = try FuseSession(handler: frontEnd, mountpoint: options.mountpoint, options: fuseOptions) } catch {
             engines.stopAll()
             try? store.writeSuperblocks(clean: true)
             throw VSAError("cannot mount \(options.mountpoint): \(error)")
         }
+        startControlSocket()
+        startHealthMonitor()
         daemonLog(
             "mounted array \(sb.arrayUUID) (\(sb.raidLevel), \(sb.memberCount) members) from \(options.directory) at \(options.mountpoint); cache \(formatSize(cacheBytes)), \(directorCount) directors"
         )
@@ -164,7 +169,6 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     /// Serves until unmounted, then shuts down cleanly. Returns the process exit status.
     public func serve() -> Int32 {
-        startControlSocket()
         let rc = session!.run(threadsMax: 16)
         daemonLog("file system unmounted (loop status \(rc)); destaging")
         return shutdown()
@@ -208,10 +212,31 @@ public final class ArrayDaemon: @unchecked Sendable {
                 }
                 // Parity levels rewrite P/Q only; mirrors copy the primary to the other copies.
                 let rewrite: UInt64 = geometry.parityStripsPerStripe > 0 ? 0 : all
-                _ = backEnd.writeStripe(stripe: stripe, strips: table, dirtyMask: rewrite, offsetBytes: 0, count: geometry.stripUnitBytes)
+                guard backEnd.writeStripe(stripe: stripe, strips: table, dirtyMask: rewrite, offsetBytes: 0, count: geometry.stripUnitBytes) else {
+                    throw VSAError("resync: stripe \(stripe) could not be written; more members failed than \(geometry.raidLevel) survives")
+                }
             }
         }
-        _ = backEnd.flush()
+        guard backEnd.flush() else { throw VSAError("resync: flushing the drives failed") }
+        _ = try store.recordFailures()
+    }
+
+    // MARK: Health
+
+    /// Records drive failures in the superblocks soon after they happen (flushes record them at once).
+    private func startHealthMonitor() {
+        let thread = Thread { [self] in
+            while true {
+                usleep(500_000)
+                controlLock.withLock { _ in
+                    do {
+                        if !(try store.recordFailures()) { daemonLog("more members failed than \(store.superblock.raidLevel) survives; I/O fails") }
+                    } catch { daemonLog("recording a drive failure failed: \(error)") }
+                }
+            }
+        }
+        thread.name = "health"
+        thread.start()
     }
 
     // MARK: Control socket
@@ -285,7 +310,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         var used = 0, pending = 0
         var destaged: UInt64 = 0, readAhead: UInt64 = 0
         var memory = MemoryServices.Counters()
-        var backEnd = StatusReport.BackEndInfo(fullStripeWrites: 0, reconstructWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0)
+        var backEnd = StatusReport.BackEndInfo(fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0)
         report.directors = engines.directors.map { d in
             let c = d.counters
             hits += c.readHits.load(ordering: .relaxed)
@@ -300,6 +325,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             memory = memory + d.memory.counters
             backEnd.fullStripeWrites += d.marks.fullStripeWrites.load(ordering: .relaxed)
             backEnd.reconstructWrites += d.marks.reconstructWrites.load(ordering: .relaxed)
+            backEnd.readModifyWrites += d.marks.readModifyWrites.load(ordering: .relaxed)
             backEnd.degradedReads += d.marks.degradedReads.load(ordering: .relaxed)
             backEnd.degradedWrites += d.marks.degradedWrites.load(ordering: .relaxed)
             backEnd.stripReads += d.marks.stripReads.load(ordering: .relaxed)

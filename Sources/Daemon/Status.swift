@@ -71,6 +71,7 @@ public struct StatusReport: Codable, Sendable {
     public struct BackEndInfo: Codable, Sendable {
         public var fullStripeWrites: UInt64
         public var reconstructWrites: UInt64
+        public var readModifyWrites: UInt64
         public var degradedReads: UInt64
         public var degradedWrites: UInt64
         public var stripReads: UInt64
@@ -148,7 +149,9 @@ public struct StatusReport: Codable, Sendable {
             "cache: \(formatSize(cache.sizeBytes)) in \(cache.slotCount) slots of \(formatSize(UInt64(cache.slotBytes))), used \(cache.usedSlots), dirty \(formatSize(cache.dirtyBytes)), hit ratio \(ratio)"
         )
         if let b = backEnd {
-            lines.append("back end: full-stripe writes \(b.fullStripeWrites), reconstruct writes \(b.reconstructWrites), degraded reads \(b.degradedReads)")
+            lines.append(
+                "back end: full-stripe writes \(b.fullStripeWrites), reconstruct writes \(b.reconstructWrites), read-modify-writes \(b.readModifyWrites), degraded reads \(b.degradedReads)"
+            )
         }
         if let m = memoryServices {
             lines.append("memory services: copies \(m.copies) (\(formatSize(m.copyBytes))), xor \(m.xorOps), p+q \(m.pqOps)")

@@ -129,6 +129,7 @@ public final class Director: @unchecked Sendable {
             queueCondition.lock()
             while queueCount == 0 {
                 if state != .online {
+                    transition(to: .stopped)
                     queueCondition.unlock()
                     return
                 }

@@ -41,6 +41,9 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     public let engineCount: Int
     private let piecesPerContext = 64
     private var contextKey = pthread_key_t()
+    /// Called after every flush, before the host hears back: the composition root records failed drives in the
+    /// superblocks there, so what an fsync acknowledged never depends on a drive the array has stopped trusting.
+    public var afterFlush: (@Sendable () -> Int32)?
 
     public init(directors: [Director], geometry: ArrayGeometry, engineCount: Int) {
         precondition(directors.count == engineCount * 2, "an engine is two directors")
@@ -127,7 +130,11 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         return ctx.group.wait()
     }
 
-    public func flush(lun: LUNRef) -> Int32 { broadcast(kind: .flush, lun: lun) }
+    public func flush(lun: LUNRef) -> Int32 {
+        let rc = broadcast(kind: .flush, lun: lun)
+        if rc != 0 { return rc }
+        return afterFlush?() ?? 0
+    }
 
     /// Drops every cached track of a LUN on every director (before the LUN's stripes are zeroed and reused).
     public func discard(lunID: UInt32) { _ = broadcast(kind: .discard, lun: LUNRef(lunID: lunID, startStripe: 0, sizeBytes: 0)) }

@@ -30,6 +30,8 @@ public final class DriveIO {
     }
 
     public var pendingCount: Int { operationCount }
+    /// Drives whose zero-range (hole punch) was refused in the last batch: the caller writes zeroes instead.
+    public private(set) var zeroUnsupportedDrives: UInt64 = 0
 
     private func append(_ op: Operation) {
         if operationCount == capacity { preconditionFailure("DriveIO: more than \(capacity) operations in one batch") }
@@ -74,6 +76,7 @@ public final class DriveIO {
     @discardableResult
     public func submit() -> UInt64 {
         var failedDrives: UInt64 = 0
+        zeroUnsupportedDrives = 0
         while true {
             var again = false
             ring.submitAndReapAll { tag, result in
@@ -81,15 +84,17 @@ public final class DriveIO {
                 let op = operations[index]
                 if result < 0 {
                     // Punching holes is best effort on drives that cannot (block devices take zero writes instead).
-                    if op.kind == 3 && (result == -95 || result == -19) { return }
+                    if op.kind == 3 && (result == -95 || result == -19) {
+                        zeroUnsupportedDrives |= 1 << UInt64(op.driveIndex)
+                        return
+                    }
                     failedDrives |= 1 << UInt64(op.driveIndex)
                     return
                 }
                 if op.kind <= 1 {
-                    if result == 0 && op.kind == 0 {
-                        // End of file inside a drive: sparse tail of a short file reads as zeroes.
-                        (op.pointer! + op.done).initializeMemory(as: UInt8.self, repeating: 0, count: op.count - op.done)
-                        operations[index].done = op.count
+                    if result == 0 {
+                        // End of file inside the data area: the drive shrank under us. Never invent zeroes.
+                        failedDrives |= 1 << UInt64(op.driveIndex)
                         return
                     }
                     operations[index].done += Int(result)

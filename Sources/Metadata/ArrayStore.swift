@@ -181,12 +181,22 @@ public final class ArrayStore: @unchecked Sendable {
                 throw VSAError("cannot open drive \(entry!.path): \(error); check its permissions")
             }
         }
+        // Members the array stopped using stay out, whatever their own superblock says: their data is stale.
+        for i in 0..<reference.memberCount where reference.failedMemberMask & (1 << UInt64(i)) != 0 {
+            drives[i].transition(to: .failed)
+        }
+        let failedCount = reference.failedMemberMask.nonzeroBitCount
+        if failedCount > reference.raidLevel.faultTolerance(memberCount: reference.memberCount) {
+            throw VSAError(
+                "array \(reference.arrayUUID) has \(failedCount) failed members, more than \(reference.raidLevel) survives; its data cannot be served")
+        }
         let expectedSize = reference.dataOffsetBytes + reference.dataBytesPerDrive
-        for d in drives where d.sizeBytes < expectedSize {
+        for d in drives where d.state == .online && d.sizeBytes < expectedSize {
             throw VSAError("\(d.path) is \(d.sizeBytes) bytes, smaller than the array's \(expectedSize); it was truncated or replaced")
         }
         var sb = reference
-        sb.clean = ordered.allSatisfy { $0!.sb.clean }
+        // A failed member's own superblock is stale: cleanliness is the surviving members' word.
+        sb.clean = ordered.enumerated().allSatisfy { i, entry in reference.failedMemberMask & (1 << UInt64(i)) != 0 || entry!.sb.clean }
         let store: ArrayStore
         do {
             store = try ArrayStore(
@@ -224,6 +234,7 @@ public final class ArrayStore: @unchecked Sendable {
     /// Writes the superblocks with a new generation and the given clean flag.
     public func writeSuperblocks(clean: Bool) throws(VSAError) {
         superblock.clean = clean
+        superblock.failedMemberMask = currentFailedMask
         superblock.generation += 1
         let base = superblock
         try writeCopies(offsets: Layout.superblockCopyOffsets) { i in
@@ -242,6 +253,21 @@ public final class ArrayStore: @unchecked Sendable {
         let bytes = next.encode()
         try writeCopies(offsets: Layout.lunTableCopyOffsets) { _ in bytes }
         lunTable = next
+    }
+
+    /// The members that are failed now (bit i = member i).
+    public var currentFailedMask: UInt64 {
+        var mask: UInt64 = 0
+        for i in 0..<superblock.memberCount where drives[i].state == .failed { mask |= 1 << UInt64(i) }
+        return mask
+    }
+
+    /// Records newly failed members in the superblocks of the rest, so a failed drive is never trusted again.
+    /// Returns false when the array has lost more members than its level survives.
+    public func recordFailures() throws(VSAError) -> Bool {
+        let mask = currentFailedMask
+        if mask != superblock.failedMemberMask { try writeSuperblocks(clean: superblock.clean) }
+        return mask.nonzeroBitCount <= superblock.raidLevel.faultTolerance(memberCount: superblock.memberCount)
     }
 
     static func driveUUID(array: UUID128, index: Int) -> UUID128 {
@@ -273,7 +299,9 @@ public final class ArrayStore: @unchecked Sendable {
             throw VSAError(
                 "not enough free space for \(formatSize(sizeBytes)): \(formatSize(freeBytes)) free in the largest runs; delete a LUN or use a smaller size")
         }
-        let lunID = (lunTable.entries.map(\.lunID).max() ?? 0) + 1
+        // The smallest free id: ids stay below lunCountMax, so the front end's handle table is fixed-size.
+        var lunID: UInt32 = 1
+        while lunTable.entries.contains(where: { $0.lunID == lunID }) { lunID += 1 }
         let entry = LUNEntry(lunID: lunID, name: name, sizeBytes: sizeBytes, startStripe: placed, stripeCount: needed)
         var table = lunTable
         table.entries.append(entry)
@@ -294,25 +322,39 @@ public final class ArrayStore: @unchecked Sendable {
         return entry
     }
 
-    /// Zeroes whole stripes on every drive: punch holes in drive files, write zeroes on block devices.
+    /// Zeroes whole stripes on every drive: punch holes in drive files, BLKZEROOUT on block devices, and plain zero
+    /// writes where neither works. Zeroed data has zero parity, so parity stays consistent.
     public func zeroStripes(start: UInt64, count: UInt64) {
         let offset = geometry.driveOffset(stripe: start)
         let length = count * UInt64(geometry.stripUnitBytes)
-        for i in 0..<drives.count where drives[i].state == .online {
-            if drives[i].isBlockDevice {
-                var range: (UInt64, UInt64) = (offset, length)
-                // BLKZEROOUT = _IO(0x12, 127)
-                _ = ioctl(drives[i].fd, 0x127F, &range)
-            } else {
-                var done: UInt64 = 0
-                while done < length {
-                    let step = min(length - done, 1 << 30)
-                    io.queueZeroRange(drive: i, offsetBytes: offset + done, count: Int(step))
-                    done += step
+        var writeZeroes: UInt64 = 0
+        for i in 0..<drives.count where drives[i].state == .online && drives[i].isBlockDevice {
+            if !Posix.zeroOut(fd: drives[i].fd, offsetBytes: offset, count: length) { writeZeroes |= 1 << UInt64(i) }
+        }
+        var punched: UInt64 = 0
+        while punched < length {
+            // One batch per GiB: a batch holds one operation per drive.
+            let step = min(length - punched, 1 << 30)
+            for i in 0..<drives.count where drives[i].state == .online && !drives[i].isBlockDevice {
+                io.queueZeroRange(drive: i, offsetBytes: offset + punched, count: Int(step))
+            }
+            io.submit()
+            writeZeroes |= io.zeroUnsupportedDrives
+            punched += step
+        }
+        if writeZeroes != 0 {
+            let chunk = 1 << 20
+            let zeroes = Arena(sliceBytes: chunk, sliceCount: 1)
+            var done: UInt64 = 0
+            while done < length {
+                let step = Int(min(UInt64(chunk), length - done))
+                for i in 0..<drives.count where writeZeroes & (1 << UInt64(i)) != 0 && drives[i].state == .online {
+                    io.queueWrite(drive: i, from: zeroes.base, count: step, offsetBytes: offset + done)
                 }
+                io.submit()
+                done += UInt64(step)
             }
         }
-        io.submit()
         for i in 0..<drives.count where drives[i].state == .online { io.queueFlush(drive: i) }
         io.submit()
     }

@@ -74,6 +74,8 @@ public struct Superblock: Equatable, Sendable {
     public var dataBytesPerDrive: UInt64
     public var cacheBytes: UInt64
     public var createdUnixSeconds: UInt64
+    /// Members the array has stopped using (bit i = member i): a failed drive that comes back is not trusted.
+    public var failedMemberMask: UInt64 = 0
 
     public init(
         clean: Bool, generation: UInt64, arrayUUID: UUID128, driveUUID: UUID128, driveIndex: Int,
@@ -121,6 +123,7 @@ public struct Superblock: Equatable, Sendable {
         w.put(dataBytesPerDrive, at: 96)
         w.put(cacheBytes, at: 104)
         w.put(createdUnixSeconds, at: 112)
+        w.put(failedMemberMask, at: 120)
         w.put(recordCRC(w.bytes, crcOffset: Superblock.crcOffset), at: Superblock.crcOffset)
         return w.bytes
     }
@@ -147,13 +150,14 @@ public struct Superblock: Equatable, Sendable {
         guard flags <= 1 else { throw RecordRejection(reason: "superblock flags \(flags) unknown") }
         guard let raid = RAIDLevel(rawValue: r.get(UInt8.self, at: 76)) else { throw RecordRejection(reason: "superblock RAID level unknown") }
         guard let role = DriveRole(rawValue: r.get(UInt8.self, at: 77)) else { throw RecordRejection(reason: "superblock drive role unknown") }
-        let sb = Superblock(
+        var sb = Superblock(
             clean: flags == 1, generation: r.get(UInt64.self, at: 24), arrayUUID: r.uuid(at: 32), driveUUID: r.uuid(at: 48),
             driveIndex: Int(r.get(UInt32.self, at: 64)), memberCount: Int(r.get(UInt32.self, at: 68)),
             spareCount: Int(r.get(UInt32.self, at: 72)), raidLevel: raid, role: role,
             stripUnitBytes: Int(r.get(UInt32.self, at: 80)), engineCount: Int(r.get(UInt32.self, at: 84)),
             dataOffsetBytes: r.get(UInt64.self, at: 88), dataBytesPerDrive: r.get(UInt64.self, at: 96),
             cacheBytes: r.get(UInt64.self, at: 104), createdUnixSeconds: r.get(UInt64.self, at: 112))
+        sb.failedMemberMask = r.get(UInt64.self, at: 120)
         guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= 64 else {
             throw RecordRejection(reason: "superblock member count \(sb.memberCount) invalid")
         }
@@ -161,9 +165,12 @@ public struct Superblock: Equatable, Sendable {
         guard sb.stripUnitBytes >= 4096, sb.stripUnitBytes <= 1 << 24, sb.stripUnitBytes & (sb.stripUnitBytes - 1) == 0 else {
             throw RecordRejection(reason: "superblock stripe unit \(sb.stripUnitBytes) invalid")
         }
-        guard sb.engineCount >= 1, sb.engineCount <= 16 else { throw RecordRejection(reason: "superblock engine count invalid") }
+        guard sb.engineCount >= 1, sb.engineCount <= 8 else { throw RecordRejection(reason: "superblock engine count invalid") }
         guard sb.dataOffsetBytes == Layout.dataOffsetBytes else { throw RecordRejection(reason: "superblock data offset invalid") }
         guard sb.dataBytesPerDrive % UInt64(sb.stripUnitBytes) == 0 else { throw RecordRejection(reason: "superblock data size not whole strips") }
+        guard sb.memberCount == 64 || sb.failedMemberMask >> UInt64(sb.memberCount) == 0 else {
+            throw RecordRejection(reason: "superblock failed-member mask names drives beyond the members")
+        }
         guard (sb.driveIndex < sb.memberCount) == (role == .member) else { throw RecordRejection(reason: "superblock role does not match drive index") }
         return sb
     }

@@ -73,6 +73,13 @@ public enum Posix {
         }
     }
 
+    /// BLKZEROOUT on a block device; false when the device cannot (the caller writes zeroes).
+    public static func zeroOut(fd: Int32, offsetBytes: UInt64, count: UInt64) -> Bool {
+        var range: (UInt64, UInt64) = (offsetBytes, count)
+        // BLKZEROOUT = _IO(0x12, 127)
+        return ioctl(fd, 0x127F, &range) == 0
+    }
+
     public static func fsync(_ fd: Int32) throws(SysError) {
         _ = try syscall("fsync") { Glibc.fsync(fd) }
     }

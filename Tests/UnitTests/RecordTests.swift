@@ -25,7 +25,8 @@ final class RecordTests: XCTestCase {
         XCTAssertEqual(bytes[24], 7)  // generation
         XCTAssertEqual(bytes[76], 5)  // RAID level
         XCTAssertEqual(Array(bytes[80..<84]), [0x00, 0x00, 0x01, 0x00])  // stripe unit 65536
-        XCTAssertTrue(bytes[120...].allSatisfy { $0 == 0 }, "reserved bytes are zero")
+        XCTAssertEqual(Array(bytes[120..<128]), [0, 0, 0, 0, 0, 0, 0, 0])  // no failed members
+        XCTAssertTrue(bytes[128...].allSatisfy { $0 == 0 }, "reserved bytes are zero")
     }
 
     func testSuperblockRejectsEveryFlippedByte() {
