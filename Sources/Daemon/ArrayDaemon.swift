@@ -310,7 +310,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         var used = 0, pending = 0
         var destaged: UInt64 = 0, readAhead: UInt64 = 0
         var memory = MemoryServices.Counters()
-        var backEnd = StatusReport.BackEndInfo(fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0)
+        var backEnd = StatusReport.BackEndInfo(
+            fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0)
         report.directors = engines.directors.map { d in
             let c = d.counters
             hits += c.readHits.load(ordering: .relaxed)
