@@ -1,6 +1,7 @@
 // BackEnd: RAID 0/1/10/5/6 over the drives. The port the cache (GlobalMemory) uses is `StripeStore`. Every call
 // works on one stripe and one byte range [offsetBytes, offsetBytes + count) that is the same in each of the stripe's
-// strips (a "stripe range": 4 KiB aligned), so a 4 KiB host write costs 4 KiB drive I/Os, not whole strips.
+// strips (a "stripe range": whole sectors; the cache uses whole 4 KiB pages), so a 4 KiB host write costs 4 KiB drive
+// I/Os, not whole strips.
 //
 // Writes come in two forms, and the cache picks the cheaper one per stripe:
 //   reconstruct-write  the caller supplies every data strip's range; parity is computed from all of them.
@@ -144,7 +145,6 @@ public final class RAIDBackEnd: StripeStore {
     /// Rebuilds the range of a data strip whose drive (every copy) is failed, from the other strips and P.
     private func reconstruct(stripe: UInt64, strip: Int, offsetBytes: Int, count: Int, into target: UnsafeMutableRawPointer) -> Bool {
         guard geometry.raidLevel == .raid5 || geometry.raidLevel == .raid6 else { return false }
-        marks.degradedReads.add(1, ordering: .relaxed)
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         let p = geometry.parityDrive(stripe: stripe)
         guard online(p) else { return false }  // rebuilding through Q comes with the reliability issue
@@ -162,6 +162,7 @@ public final class RAIDBackEnd: StripeStore {
         if io.submit() != 0 { return false }
         table[sources] = target
         memory.xorParity(sourceCount: sources, lengthBytes: count, table: table)
+        marks.degradedReads.add(1, ordering: .relaxed)
         return true
     }
 
@@ -222,7 +223,9 @@ public final class RAIDBackEnd: StripeStore {
 
     public func readOld(stripe: UInt64, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool {
         checkRange(offsetBytes, count)
-        precondition(hasParity && allMembersOnline, "read-modify-write needs parity and every member")
+        precondition(hasParity, "read-modify-write needs parity")
+        // Another director may have failed a drive since the caller looked: then the caller reconstructs instead.
+        guard allMembersOnline else { return false }
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
             io.queueRead(drive: geometry.dataDrive(stripe: stripe, strip: strip), into: oldData(strip: strip), count: count, offsetBytes: offset)

@@ -278,6 +278,7 @@ struct Mount: VSACommand {
             throw VSAError("\(dir) holds no vsa array; create one with `vsa create \(dir) --drives 4 --drive-size 1G`")
         }
         if let holder = ArrayLock.holder(directory: directory) {
+            try requireDaemon(directory, holder)
             throw VSAError("array \(directory) is already mounted at \(holder.mountpoint) (pid \(holder.pid)); unmount it first")
         }
         let options = MountOptions(directory: directory, mountpoint: mp, fuseOptions: fuseOptions, cacheBytes: cacheBytes)

@@ -1,8 +1,9 @@
 // Daemon: the composition root. It is the only code that knows every layer and the only code that makes threads:
-// one per director, one for the control socket, and libfuse's workers. Life cycle of a mount:
+// one per director, the control socket's, the health monitor's, and libfuse's workers. Life cycle of a mount:
 //   lock the array folder -> assemble from the drives -> resync parity if the last stop was unclean -> mark dirty ->
-//   build directors (cache portions, back-end adapters) -> mount FUSE -> tell the parent "ready" -> serve ->
-//   (unmount or signal) -> destage everything -> flush drives -> mark clean -> exit.
+//   build directors (cache portions, back-end adapters) -> mount FUSE -> start the control socket and the health
+//   monitor -> tell the parent "ready" -> serve -> (unmount or signal) -> destage everything -> flush drives ->
+//   mark clean -> exit.
 import ArrayModel
 import BackEnd
 import Buffers

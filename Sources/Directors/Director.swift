@@ -1,7 +1,9 @@
 // Directors: an engine is a pair of directors (1a, 1b) in a failover relationship; an array has one or more engines.
 // Each director owns a portion of global memory (its TrackCache), a back-end adapter (its RAIDBackEnd with its own
-// io_uring), and a front-end queue. Every (LUN, stripe) has one owning director, and every host request for it runs
-// on that director's thread, so a director's cache portion and its stripes' parity need no lock.
+// io_uring), and a front-end queue. Every (LUN, stripe) has one owning director, and a director's work runs on one
+// executor at a time: the front-end thread that finds the director idle runs the queue itself (no hand-off), else the
+// running executor or the director's own thread does. So a director's cache portion and its stripes' parity need no
+// lock beyond the queue's.
 //
 // Director states (transition(to:) asserts the edge):
 //   online -> stopping -> stopped      (unmount)
@@ -86,6 +88,10 @@ public final class Director: @unchecked Sendable {
     private var queueHead = 0
     private var queueCount = 0
     private var batch: [SubRequest?]
+    /// Whether some thread is executing for this director now (guarded by queueCondition).
+    private var executorActive = false
+    /// Front-end threads blocked on a full queue (guarded by queueCondition).
+    private var producersWaiting = 0
     /// Destage starts when this many slots are write-pending, and runs whenever the director is idle.
     private let destageHighWater: Int
 
@@ -113,36 +119,40 @@ public final class Director: @unchecked Sendable {
         self.destageHighWater = max(1, cacheSlots / 2)
     }
 
-    /// Called by a front-end thread: queue `request` for this director. Blocks while the queue is full.
-    public func enqueue(_ request: SubRequest) {
+    /// Called by a front-end thread: hands `request` to this director. The director's work runs on one thread at a
+    /// time, its executor. When no thread is executing for the director, the caller becomes the executor and runs
+    /// the queue itself (no thread hand-off at low load); otherwise the request waits in the front-end queue for the
+    /// running executor. Blocks while the queue is full (backpressure).
+    public func submit(_ request: SubRequest) {
         queueCondition.lock()
-        while queueCount == queue.count { queueCondition.wait() }
+        while queueCount == queue.count {
+            producersWaiting += 1
+            queueCondition.wait()
+            producersWaiting -= 1
+        }
         queue[(queueHead + queueCount) % queue.count] = request
         queueCount += 1
-        queueCondition.signal()
+        if executorActive {
+            queueCondition.unlock()
+            return
+        }
+        executorActive = true
         queueCondition.unlock()
+        drain(batchesMax: 4)
     }
 
-    /// The director's thread body: serve the queue; destage when write-pending is high or the director is idle.
-    public func run() {
+    /// Runs queued requests as the executor (the caller holds the role), at most `batchesMax` batches, then gives
+    /// the role up; what is left is the director thread's to run.
+    private func drain(batchesMax: Int) {
+        var batches = 0
         while true {
             queueCondition.lock()
-            while queueCount == 0 {
-                if state != .online {
-                    transition(to: .stopped)
-                    queueCondition.unlock()
-                    return
-                }
-                if cache.writePendingSlots > 0 {
-                    // Idle with write-pending data: give new requests 20 ms to arrive, then destage a little.
-                    if !queueCondition.wait(until: Date(timeIntervalSinceNow: 0.02)) && queueCount == 0 {
-                        queueCondition.unlock()
-                        cache.destage(stripeBudget: 16)
-                        queueCondition.lock()
-                    }
-                } else {
-                    queueCondition.wait()
-                }
+            if queueCount == 0 || batches == batchesMax {
+                executorActive = false
+                // Wake the director thread: leftover requests, blocked producers, or a pending stop.
+                if queueCount > 0 || state != .online { queueCondition.broadcast() }
+                queueCondition.unlock()
+                return
             }
             var taken = 0
             while queueCount > 0 && taken < batch.count {
@@ -152,7 +162,8 @@ public final class Director: @unchecked Sendable {
                 queueCount -= 1
                 taken += 1
             }
-            queueCondition.broadcast()  // room for blocked producers
+            // Wake only when someone waits for room: a wake-up per request costs more than the request.
+            if producersWaiting > 0 { queueCondition.broadcast() }
             queueCondition.unlock()
             for i in 0..<taken {
                 let request = batch[i]!
@@ -160,6 +171,38 @@ public final class Director: @unchecked Sendable {
                 execute(request)
             }
             if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
+            batches += 1
+        }
+    }
+
+    /// The director's thread body: runs what front-end executors left, and destages when the director is idle.
+    public func run() {
+        queueCondition.lock()
+        while true {
+            if queueCount > 0 && !executorActive {
+                executorActive = true
+                queueCondition.unlock()
+                drain(batchesMax: Int.max)
+                queueCondition.lock()
+                continue
+            }
+            if queueCount == 0 && !executorActive && state != .online {
+                transition(to: .stopped)
+                queueCondition.unlock()
+                return
+            }
+            if queueCount == 0 && !executorActive && cache.writePendingSlots > 0 {
+                // Idle with write-pending data: give new requests 20 ms to arrive, then destage a little.
+                if !queueCondition.wait(until: Date(timeIntervalSinceNow: 0.02)) && queueCount == 0 && !executorActive {
+                    executorActive = true
+                    queueCondition.unlock()
+                    cache.destage(stripeBudget: 16)
+                    drain(batchesMax: Int.max)
+                    queueCondition.lock()
+                }
+                continue
+            }
+            queueCondition.wait(until: Date(timeIntervalSinceNow: 0.1))
         }
     }
 

@@ -41,7 +41,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     public let engineCount: Int
     private let piecesPerContext = 64
     private var contextKey = pthread_key_t()
-    /// Called after every flush, before the host hears back: the composition root records failed drives in the
+    /// Called after every successful flush, before the host hears back: the composition root records failed drives in the
     /// superblocks there, so what an fsync acknowledged never depends on a drive the array has stopped trusting.
     public var afterFlush: (@Sendable () -> Int32)?
 
@@ -93,7 +93,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
             ctx.group.arm(n)
             for i in 0..<n {
                 let piece = ctx.pieces[i]
-                owner(lunID: lun.lunID, lunStripe: piece.offsetBytes / stripeBytes).enqueue(piece)
+                owner(lunID: lun.lunID, lunStripe: piece.offsetBytes / stripeBytes).submit(piece)
             }
             let error = ctx.group.wait()
             if error != 0 { return error }
@@ -125,7 +125,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
             piece.offsetBytes = 0
             piece.count = 0
             piece.data = nil
-            director.enqueue(piece)
+            director.submit(piece)
         }
         return ctx.group.wait()
     }

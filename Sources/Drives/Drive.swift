@@ -4,7 +4,7 @@
 //
 // Drive state machine (transition(to:) asserts the edge):
 //   online -> failed     an I/O error or a failed flush; the array goes on degraded
-//   failed -> online     only through rebuild (a later issue) or a remount that finds the drive healthy
+//   failed -> online     only through rebuild (a later issue); a failure recorded in the superblocks outlives remounts
 import ArrayModel
 import Synchronization
 import SysPosix

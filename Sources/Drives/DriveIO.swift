@@ -32,6 +32,8 @@ public final class DriveIO {
     public var pendingCount: Int { operationCount }
     /// Drives whose zero-range (hole punch) was refused in the last batch: the caller writes zeroes instead.
     public private(set) var zeroUnsupportedDrives: UInt64 = 0
+    /// Drives whose synchronous page-cache I/O failed since the last submit.
+    private var pageCacheFailures: UInt64 = 0
 
     private func append(_ op: Operation) {
         if operationCount == capacity { preconditionFailure("DriveIO: more than \(capacity) operations in one batch") }
@@ -44,11 +46,35 @@ public final class DriveIO {
     private func issue(_ tag: UInt64) {
         let op = operations[Int(tag)]
         let drive = drives[Int(op.driveIndex)]
+        if op.kind <= 1 && !drive.usesDirectIO {
+            copyThroughPageCache(tag)
+            return
+        }
         switch op.kind {
         case 0: ring.queueRead(fd: drive.fd, into: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
         case 1: ring.queueWrite(fd: drive.fd, from: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
         case 2: ring.queueFsync(fd: drive.fd, dataOnly: !drive.isBlockDevice, tag: tag)
         default: ring.queuePunchHole(fd: drive.fd, offsetBytes: op.offsetBytes, count: UInt64(op.count), tag: tag)
+        }
+    }
+
+    /// Drives in the page cache (tmpfs, or file systems without O_DIRECT): io_uring cannot complete buffered I/O on
+    /// them inline and hands every operation to an io-wq worker thread, a wake-up and two context switches per I/O
+    /// that cost more than the copy itself. So their reads and writes are done here, synchronously, as the copy
+    /// they are; flushes still go through the ring.
+    private func copyThroughPageCache(_ tag: UInt64) {
+        let op = operations[Int(tag)]
+        let fd = drives[Int(op.driveIndex)].fd
+        do throws(SysError) {
+            if op.kind == 0 {
+                let n = try Posix.pread(fd, op.pointer!, count: op.count, offset: op.offsetBytes)
+                if n < op.count { pageCacheFailures |= 1 << UInt64(op.driveIndex) }  // end of file: the drive shrank
+            } else {
+                try Posix.pwrite(fd, op.pointer!, count: op.count, offset: op.offsetBytes)
+            }
+            operations[Int(tag)].done = op.count
+        } catch {
+            pageCacheFailures |= 1 << UInt64(op.driveIndex)
         }
     }
 
@@ -75,7 +101,8 @@ public final class DriveIO {
     /// (bit i = drive index i); those drives have been moved to `failed`.
     @discardableResult
     public func submit() -> UInt64 {
-        var failedDrives: UInt64 = 0
+        var failedDrives: UInt64 = pageCacheFailures
+        pageCacheFailures = 0
         zeroUnsupportedDrives = 0
         while true {
             var again = false
@@ -83,7 +110,7 @@ public final class DriveIO {
                 let index = Int(tag)
                 let op = operations[index]
                 if result < 0 {
-                    // Punching holes is best effort on drives that cannot (block devices take zero writes instead).
+                    // A file system that cannot punch holes is not a failed drive: the caller writes zeroes instead.
                     if op.kind == 3 && (result == -95 || result == -19) {
                         zeroUnsupportedDrives |= 1 << UInt64(op.driveIndex)
                         return

@@ -1,6 +1,6 @@
 // GlobalMemory: the write-back cache. Global memory is split into one portion per director; a `TrackCache` is one
-// portion. Every (LUN, track) belongs to exactly one director (see Directors/Ownership), so a portion is touched only
-// by its director's thread: lookups take no lock. A track is one data strip (stripe unit) of a LUN; a slot holds one
+// portion. Every (LUN, stripe) belongs to exactly one director (Engines.owner), and a director's work runs on one
+// executor thread at a time, so a portion is never touched concurrently: lookups take no lock. A track is one data strip (stripe unit) of a LUN; a slot holds one
 // track, with per-sector (512 B) valid and dirty (write-pending) bits.
 //
 // Slot states (transition happens in `install`, `markDirty`, `markClean`, `evict`):
@@ -8,10 +8,12 @@
 // Invariants: a dirty slot is never evicted; dirty bits are a subset of valid bits; the index maps each (LUN, track)
 // to at most one slot.
 //
-// Destage works a stripe at a time: all the stripe's dirty tracks go down together, and when every data strip of the
-// stripe is in cache the write needs no reads (full-stripe write); otherwise the missing strips are read first
-// (reconstruct-write). Reads that miss fetch the whole track, and a sequential pattern (previous track cached)
-// fetches the rest of the stripe in the same batch (read-ahead).
+// Destage works a stripe at a time, over the page-aligned range that covers the stripe's dirty sectors: all its dirty
+// tracks go down together. With every data strip's range in cache the write needs no reads (full-stripe write when
+// all were dirty); otherwise levels with parity pick read-modify-write (old data + old P/Q of the dirty strips) or
+// reconstruct-write (the missing strips), whichever reads fewer strips. A random read miss fetches just its pages;
+// a sequential one (the sector before it, or the previous track, is cached) fetches whole tracks through the rest
+// of the stripe in one batch (read-ahead).
 import ArrayModel
 import BackEnd
 import Buffers

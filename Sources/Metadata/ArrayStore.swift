@@ -299,13 +299,14 @@ public final class ArrayStore: @unchecked Sendable {
             throw VSAError(
                 "not enough free space for \(formatSize(sizeBytes)): \(formatSize(freeBytes)) free in the largest runs; delete a LUN or use a smaller size")
         }
-        // The smallest free id: ids stay below lunCountMax, so the front end's handle table is fixed-size.
+        // The smallest free id: ids stay at or below lunCountMax, so the front end's handle table is fixed-size.
         var lunID: UInt32 = 1
         while lunTable.entries.contains(where: { $0.lunID == lunID }) { lunID += 1 }
         let entry = LUNEntry(lunID: lunID, name: name, sizeBytes: sizeBytes, startStripe: placed, stripeCount: needed)
         var table = lunTable
         table.entries.append(entry)
         try writeLUNTable(table)
+        _ = try recordFailures()
         return entry
     }
 
@@ -319,6 +320,7 @@ public final class ArrayStore: @unchecked Sendable {
         table.entries.removeAll { $0.name == name }
         try writeLUNTable(table)
         zeroStripes(start: entry.startStripe, count: entry.stripeCount)
+        _ = try recordFailures()
         return entry
     }
 
