@@ -2,7 +2,7 @@
 SWIFT ?= swift
 PREFIX ?= /usr/local
 
-.PHONY: all deps build release demo test unit integration lint format install uninstall bench clean
+.PHONY: all deps build release demo test unit integration lint format install uninstall bench bench-alloc bench-alloc-update clean
 
 all: build
 
@@ -18,10 +18,20 @@ release: deps
 demo: release
 	@scripts/demo
 
-# One debug build serves the unit and integration tests (the integration tests mount for real, as root).
+# One debug build serves the unit and integration tests (the integration tests mount for real, as root); then the
+# hot-path benchmarks check that no operation allocates (thresholds checked in under Benchmarks/Thresholds).
 test: deps lint
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) bench-alloc
+
+# Heap allocations per hot-path operation must stay at the checked-in thresholds (zero).
+bench-alloc:
+	$(SWIFT) package benchmark thresholds check --target HotPath --metric mallocCountTotal --path Benchmarks/Thresholds --no-progress
+
+# Rewrite the thresholds after an intended change (review the diff before committing it).
+bench-alloc-update:
+	$(SWIFT) package --allow-writing-to-package-directory benchmark thresholds update --target HotPath --metric mallocCountTotal --path Benchmarks/Thresholds
 
 unit: deps
 	$(SWIFT) test --filter UnitTests
@@ -31,10 +41,10 @@ integration: deps
 
 lint:
 	@scripts/check-layering
-	@$(SWIFT) format lint --strict --recursive Sources Tests Package.swift
+	@$(SWIFT) format lint --strict --recursive Sources Tests Benchmarks/HotPath Package.swift
 
 format:
-	$(SWIFT) format format --in-place --recursive Sources Tests Package.swift
+	$(SWIFT) format format --in-place --recursive Sources Tests Benchmarks/HotPath Package.swift
 
 install: release
 	install -m 755 .build/release/vsa $(PREFIX)/bin/vsa
@@ -43,6 +53,12 @@ install: release
 
 uninstall:
 	rm -f $(PREFIX)/bin/vsa $(PREFIX)/bin/vsa-loop /sbin/mount.vsa
+
+# vsa beside its FUSE peers (root): writes BENCHMARKS.md and Benchmarks/ratios.png; raw output in Benchmarks/out/.
+# make bench [ROUNDS=3] [RUNTIME=10] [TARGETS=raw,passthrough_ll,qsd,nbd,vsa-r0,vsa-r5] [BENCH_ARGS=--quick|--scale]
+bench: release
+	@scripts/bench-deps
+	VSA_BIN=.build/release/vsa ROUNDS="$(ROUNDS)" RUNTIME="$(RUNTIME)" TARGETS="$(TARGETS)" Benchmarks/run $(BENCH_ARGS)
 
 clean:
 	rm -rf .build

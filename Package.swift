@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 // vsa: a virtual enterprise storage array on FUSE. One target per layer of the architecture
 // (see docs/ARCHITECTURE.md); dependencies point down the diagram, never up.
 import PackageDescription
@@ -8,9 +8,12 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "vsa", targets: ["CLI"])
+
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // Allocation counters for the hot-path benchmarks (Benchmarks/HotPath); the interposer needs no system package.
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
         // C libraries at the edge: a modulemap and a shim header each.
@@ -51,6 +54,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/CLI"),
+        // Hot-path benchmarks: heap allocations per operation (held at zero by Benchmarks/Thresholds) and wall time.
+        .executableTarget(
+            name: "HotPath",
+            dependencies: [
+                "ArrayModel", "Buffers", "MemoryServices", "Drives", "Metadata", "BackEnd", "GlobalMemory", "Directors",
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/HotPath",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]),
         .testTarget(
             name: "UnitTests",
             dependencies: [

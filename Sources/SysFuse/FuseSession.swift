@@ -195,9 +195,15 @@ public protocol FuseHandler: AnyObject, Sendable {
     func connectionLimits() -> (maxWriteBytes: UInt32, maxReadaheadBytes: UInt32)
 }
 
+/// Holds the handler for libfuse's userdata pointer: a concrete class, so no dynamic cast per request.
+final class HandlerBox {
+    let handler: FuseHandler
+    init(_ handler: FuseHandler) { self.handler = handler }
+}
+
 @inline(__always)
 private func handler(_ req: fuse_req_t?) -> FuseHandler {
-    Unmanaged<AnyObject>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue() as! FuseHandler
+    Unmanaged<HandlerBox>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().handler
 }
 
 @inline(__always)
@@ -207,7 +213,7 @@ private func makeOperations() -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
     ops.`init` = { userdata, conn in
         guard let userdata, let conn else { return }
-        let h = Unmanaged<AnyObject>.fromOpaque(userdata).takeUnretainedValue() as! FuseHandler
+        let h = Unmanaged<HandlerBox>.fromOpaque(userdata).takeUnretainedValue().handler
         let limits = h.connectionLimits()
         conn.pointee.max_write = limits.maxWriteBytes
         conn.pointee.max_readahead = limits.maxReadaheadBytes
@@ -266,14 +272,14 @@ private func makeOperations() -> fuse_lowlevel_ops {
 /// or the process gets SIGINT/SIGTERM/SIGHUP.
 public final class FuseSession: @unchecked Sendable {
     private var session: OpaquePointer?
-    private let handlerBox: Unmanaged<AnyObject>
+    private let handlerBox: Unmanaged<HandlerBox>
     public let mountpoint: String
     private var signalsInstalled = false
 
     /// Creates the session and mounts it. `options` are -o options (fsname=..., allow_other, ...).
     public init(handler: FuseHandler, mountpoint: String, options: [String]) throws(SysError) {
         self.mountpoint = mountpoint
-        self.handlerBox = Unmanaged.passRetained(handler as AnyObject)
+        self.handlerBox = Unmanaged.passRetained(HandlerBox(handler))
         var argv: [String] = ["vsa"]
         for o in options where !o.isEmpty { argv += ["-o", o] }
         var cStrings: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
