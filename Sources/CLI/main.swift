@@ -18,6 +18,9 @@ func printError(_ line: String) {
 
 func size(_ text: String, _ option: String) throws(VSAError) -> UInt64 {
     guard let v = parseSize(text) else {
+        if let d = Double(text.dropLast()), d > 0, "KMGTkmgt".contains(text.last ?? " ") {
+            throw VSAError("size '\(text)' for \(option) is not a whole number of bytes; use a smaller unit (e.g. M)")
+        }
         throw VSAError("invalid size '\(text)' for \(option): use a number with an optional K, M, G or T suffix")
     }
     return v
@@ -254,7 +257,7 @@ struct Mount: VSACommand {
     @Argument(help: "The array folder.") var dir: String
     @Argument(help: "An existing empty folder to mount on.") var mountpoint: String
     @Flag(help: "Stay in the foreground and log to stderr.") var foreground = false
-    @Option(name: .short, help: "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE), comma-separated.") var o: [String] = []
+    @Option(name: .short, help: "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N), comma-separated.") var o: [String] = []
     @Flag(help: .hidden) var daemonChild = false
 
     func execute() throws(VSAError) {
@@ -262,8 +265,14 @@ struct Mount: VSACommand {
         let mp = absolutePath(mountpoint)
         var fuseOptions: [String] = []
         var cacheBytes: UInt64? = nil
+        var fuseThreads = 4
         for item in o.flatMap({ $0.split(separator: ",").map(String.init) }) {
-            if item.hasPrefix("cache=") {
+            if item.hasPrefix("threads=") {
+                guard let n = Int(item.dropFirst(8)), n >= 1, n <= 64 else {
+                    throw VSAError("-o threads takes a number of FUSE worker threads from 1 to 64 (got '\(item.dropFirst(8))')")
+                }
+                fuseThreads = n
+            } else if item.hasPrefix("cache=") {
                 cacheBytes = try size(String(item.dropFirst(6)), "-o cache")
             } else if [
                 "rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "dev", "suid", "exec", "nodev", "nosuid", "noexec", "async", "atime",
@@ -281,7 +290,8 @@ struct Mount: VSACommand {
             try requireDaemon(directory, holder)
             throw VSAError("array \(directory) is already mounted at \(holder.mountpoint) (pid \(holder.pid)); unmount it first")
         }
-        let options = MountOptions(directory: directory, mountpoint: mp, fuseOptions: fuseOptions, cacheBytes: cacheBytes)
+        var options = MountOptions(directory: directory, mountpoint: mp, fuseOptions: fuseOptions, cacheBytes: cacheBytes)
+        options.fuseThreads = fuseThreads
         if foreground || daemonChild {
             if daemonChild { setsid() }
             let daemon: ArrayDaemon

@@ -28,6 +28,10 @@ public struct MountOptions: Sendable {
     /// -o options passed through to FUSE (allow_other, ...), vsa's own (cache=SIZE) removed.
     public var fuseOptions: [String]
     public var cacheBytes: UInt64?
+    /// libfuse worker threads. Few beat many here: each extra thread adds context switches, and a director's work
+    /// runs on whichever thread submits it. Measured on 2 cores: 4 threads gave 108k 4k-random-read IOPS at QD16 on
+    /// RAID-0, 16 threads 84k.
+    public var fuseThreads = 4
     public init(directory: String, mountpoint: String, fuseOptions: [String], cacheBytes: UInt64?) {
         self.directory = directory
         self.mountpoint = mountpoint
@@ -170,7 +174,7 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     /// Serves until unmounted, then shuts down cleanly. Returns the process exit status.
     public func serve() -> Int32 {
-        let rc = session!.run(threadsMax: 16)
+        let rc = session!.run(threadsMax: options.fuseThreads)
         daemonLog("file system unmounted (loop status \(rc)); destaging")
         return shutdown()
     }

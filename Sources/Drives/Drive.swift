@@ -8,6 +8,7 @@
 import ArrayModel
 import Synchronization
 import SysPosix
+import SysURing
 
 #if canImport(Glibc)
     import Glibc
@@ -63,7 +64,9 @@ public final class Drive: Sendable {
             throw error
         }
         self.fd = fd
-        self.usesDirectIO = direct
+        // tmpfs accepts O_DIRECT (since Linux 6.6) but it is still the page cache underneath: io_uring cannot complete
+        // its I/O inline either way, so memory-backed drives are treated as buffered (DriveIO copies synchronously).
+        self.usesDirectIO = direct && !IORing.isMemoryBacked(fd: fd)
         self.sizeBytes = info.sizeBytes
         self.isBlockDevice = info.isBlockDevice
     }

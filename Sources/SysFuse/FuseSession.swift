@@ -218,6 +218,10 @@ private func makeOperations() -> fuse_lowlevel_ops {
         conn.pointee.max_write = limits.maxWriteBytes
         conn.pointee.max_readahead = limits.maxReadaheadBytes
         conn.pointee.max_read = 0
+        // Asynchronous direct I/O arrives as background requests; the kernel's default of 12 in flight caps a
+        // queue depth of 16 below what the directors can take.
+        conn.pointee.max_background = 64
+        conn.pointee.congestion_threshold = 48
         // The LUN files never change size, and reads are served from global memory.
         conn.pointee.want &= ~UInt32(FUSE_CAP_ATOMIC_O_TRUNC)
         conn.pointee.want &= ~UInt32(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)

@@ -92,3 +92,13 @@ public final class IORing {
         }
     }
 }
+
+extension IORing {
+    /// Whether `fd` lives on tmpfs or ramfs: memory, where io_uring hands every read and write to an io-wq worker
+    /// thread instead of completing it inline.
+    public static func isMemoryBacked(fd: Int32) -> Bool {
+        var st = statfs()
+        guard fstatfs(fd, &st) == 0 else { return false }
+        return st.f_type == 0x0102_1994 || st.f_type == 0x8584_58F6  // TMPFS_MAGIC, RAMFS_MAGIC
+    }
+}

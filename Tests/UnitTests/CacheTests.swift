@@ -20,8 +20,9 @@ final class CacheTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    func makeArray(_ level: RAIDLevel, drives: Int, stripUnit: Int = 16384) throws -> ArrayStore {
-        try ArrayStore.create(
+    func makeArray(_ level: RAIDLevel, drives: Int, stripUnit: Int = 16384, fresh: Bool = false) throws -> ArrayStore {
+        if fresh { try? FileManager.default.removeItem(atPath: directory) }
+        return try ArrayStore.create(
             CreateOptions(
                 directory: directory, driveCount: drives, driveSizeBytes: 16 << 20, drivePaths: [], raidLevel: level, spareCount: 0,
                 stripUnitBytes: stripUnit, cacheBytes: 16 << 20, engineCount: 1, force: false))
@@ -75,7 +76,17 @@ final class CacheTests: XCTestCase {
 
     /// A seeded random workload against an oracle, on every level: small cache (eviction and forced destage),
     /// unaligned offsets, zero ranges; then everything is re-read cold, and for redundant levels with a drive failed.
-    func testRandomWorkloadEveryLevel() throws {
+    func testRandomWorkloadEveryLevel() throws { try randomWorkloadEveryLevel() }
+
+    /// The same on tmpfs, where DriveIO copies synchronously instead of going through io_uring.
+    func testRandomWorkloadEveryLevelOnTmpfs() throws {
+        guard FileManager.default.fileExists(atPath: "/dev/shm") else { throw XCTSkip("no /dev/shm") }
+        directory = "/dev/shm/vsa-unit-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try randomWorkloadEveryLevel()
+        XCTAssertTrue(try makeArray(.raid0, drives: 1, fresh: true).drives.allSatisfy { !$0.usesDirectIO }, "tmpfs drives must take the page-cache path")
+    }
+
+    func randomWorkloadEveryLevel() throws {
         let cases: [(RAIDLevel, Int)] = [(.raid0, 3), (.raid1, 2), (.raid10, 4), (.raid5, 4), (.raid5, 6), (.raid6, 5), (.raid6, 7)]
         for (level, drives) in cases {
             try? FileManager.default.removeItem(atPath: directory)
