@@ -242,26 +242,35 @@ public final class RAIDBackEnd: StripeStore {
         checkRange(offsetBytes, count)
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         let d = geometry.dataStripsPerStripe
-        // delta_i = old_i ^ new_i for dirty strips; clean strips contribute zeroes.
-        zeroes.initializeMemory(as: UInt8.self, repeating: 0, count: count)
-        for strip in 0..<d {
-            if dirtyMask & (1 << UInt64(strip)) != 0 {
-                let delta = staging.slice(2 * m + strip)
-                table[0] = oldData(strip: strip)
-                table[1] = strips[strip]
-                table[2] = delta
-                memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
-                table[d + 2 + strip] = delta
-            } else {
-                table[d + 2 + strip] = zeroes
-            }
-        }
-        for i in 0..<d { table[i] = table[d + 2 + i] }
         if geometry.raidLevel == .raid5 {
-            table[d] = oldP
-            table[d + 1] = newP
-            memory.xorParity(sourceCount: d + 1, lengthBytes: count, table: table)
+            // P' = P ^ Σ(old_i ^ new_i) over the dirty strips: one XOR pass over exactly those sources.
+            var sources = 0
+            table[sources] = oldP
+            sources += 1
+            for strip in 0..<d where dirtyMask & (1 << UInt64(strip)) != 0 {
+                table[sources] = oldData(strip: strip)
+                table[sources + 1] = strips[strip]
+                sources += 2
+            }
+            table[sources] = newP
+            memory.xorParity(sourceCount: sources, lengthBytes: count, table: table)
         } else {
+            // Q needs each delta at its strip's position (its GF(2^8) coefficient): delta_i = old_i ^ new_i for dirty
+            // strips, zeroes for the others, then P/Q of the deltas folded into the old P and Q.
+            zeroes.initializeMemory(as: UInt8.self, repeating: 0, count: count)
+            for strip in 0..<d {
+                if dirtyMask & (1 << UInt64(strip)) != 0 {
+                    let delta = staging.slice(2 * m + strip)
+                    table[0] = oldData(strip: strip)
+                    table[1] = strips[strip]
+                    table[2] = delta
+                    memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
+                    table[d + 2 + strip] = delta
+                } else {
+                    table[d + 2 + strip] = zeroes
+                }
+            }
+            for i in 0..<d { table[i] = table[d + 2 + i] }
             table[d] = deltaP
             table[d + 1] = deltaQ
             memory.pqParity(sourceCount: d, lengthBytes: count, table: table)
