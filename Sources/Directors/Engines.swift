@@ -131,7 +131,18 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     }
 
     public func flush(lun: LUNRef) -> Int32 {
-        let rc = broadcast(kind: .flush, lun: lun)
+        // Every director destages its part, then one flush of the drives covers them all.
+        var rc = broadcast(kind: .destage, lun: lun)
+        if rc != 0 { return rc }
+        let ctx = context()
+        ctx.group.arm(1)
+        let piece = ctx.pieces[0]
+        piece.kind = .flushDrives
+        piece.lun = lun
+        piece.count = 0
+        piece.data = nil
+        directors[0].submit(piece)
+        rc = ctx.group.wait()
         if rc != 0 { return rc }
         return afterFlush?() ?? 0
     }

@@ -25,6 +25,8 @@ public final class Drive: Sendable {
     public let sizeBytes: UInt64
     public let isBlockDevice: Bool
     public let usesDirectIO: Bool
+    /// tmpfs or ramfs: memory, where a flush has nothing to make durable.
+    public let isMemoryBacked: Bool
     private let stateRaw = Atomic<UInt8>(DriveState.online.rawValue)
     public let errorCount = Atomic<UInt64>(0)
 
@@ -66,7 +68,8 @@ public final class Drive: Sendable {
         self.fd = fd
         // tmpfs accepts O_DIRECT (since Linux 6.6) but it is still the page cache underneath: io_uring cannot complete
         // its I/O inline either way, so memory-backed drives are treated as buffered (DriveIO copies synchronously).
-        self.usesDirectIO = direct && !IORing.isMemoryBacked(fd: fd)
+        self.isMemoryBacked = IORing.isMemoryBacked(fd: fd)
+        self.usesDirectIO = direct && !isMemoryBacked
         self.sizeBytes = info.sizeBytes
         self.isBlockDevice = info.isBlockDevice
     }

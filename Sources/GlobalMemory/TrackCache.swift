@@ -336,16 +336,21 @@ public final class TrackCache {
 
     // MARK: Host I/O (called by the owning director)
 
+    /// The part of a byte range that falls in one track: the track, the byte offset in it, the length, and the first
+    /// and last sectors it touches.
+    @inline(__always)
+    private func span(_ position: UInt64, _ remaining: Int) -> (track: UInt64, inTrack: Int, length: Int, first: Int, last: Int) {
+        let track = position / UInt64(trackBytes)
+        let inTrack = Int(position % UInt64(trackBytes))
+        let length = min(remaining, trackBytes - inTrack)
+        return (track, inTrack, length, inTrack / sectorBytes, (inTrack + length - 1) / sectorBytes)
+    }
+
     /// Copies `count` bytes of the LUN at `offsetBytes` into `target`. The range must lie in one stripe.
     public func read(lun: LUNRef, offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Bool {
         var done = 0
         while done < count {
-            let position = offsetBytes + UInt64(done)
-            let track = position / UInt64(trackBytes)
-            let inTrack = Int(position % UInt64(trackBytes))
-            let length = min(count - done, trackBytes - inTrack)
-            let first = inTrack / sectorBytes
-            let last = (inTrack + length - 1) / sectorBytes
+            let (track, inTrack, length, first, last) = span(offsetBytes + UInt64(done), count - done)
             var slot = lookup(lun: lun.lunID, track: track)
             if let s = slot, allValid(s, first, last) {
                 counters.readHits.add(1, ordering: .relaxed)
@@ -432,12 +437,7 @@ public final class TrackCache {
     public func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer?) -> Bool {
         var done = 0
         while done < count {
-            let position = offsetBytes + UInt64(done)
-            let track = position / UInt64(trackBytes)
-            let inTrack = Int(position % UInt64(trackBytes))
-            let length = min(count - done, trackBytes - inTrack)
-            let first = inTrack / sectorBytes
-            let last = (inTrack + length - 1) / sectorBytes
+            let (track, inTrack, length, first, last) = span(offsetBytes + UInt64(done), count - done)
             let slot: Int
             if let s = lookup(lun: lun.lunID, track: track) {
                 slot = s
@@ -495,8 +495,14 @@ public final class TrackCache {
 
     /// Destages every write-pending slot (of one LUN, or all). Returns false if some could not go down.
     public func destageAll(lunID: UInt32? = nil) -> Bool {
+        // Every write-pending slot is in the dirty queue, so walking it costs what is dirty, not the whole portion:
+        // an fsync after one small write does one stripe's work.
         var ok = true
-        for slot in 0..<slotCount where slotInUse[slot] && slotDirty[slot] && (lunID == nil || slotLUN[slot] == lunID!) {
+        var position = dirtyHead
+        for _ in 0..<dirtyQueued {
+            let slot = Int(dirtyQueue[position])
+            position = (position + 1) % slotCount
+            guard slotInUse[slot] && slotDirty[slot] && (lunID == nil || slotLUN[slot] == lunID!) else { continue }
             if !destageStripe(containing: slot) { ok = false }
         }
         return ok
