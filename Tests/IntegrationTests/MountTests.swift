@@ -97,6 +97,17 @@ final class MountTests: XCTestCase {
             )
             XCTAssertEqual(r.status, 0, "fio bs=\(bs): \(r.stdout) \(r.stderr)")
         }
+        // The same through a loop device with direct I/O, the other path where a peer returned corrupt data.
+        let loop = Harness.sh(
+            """
+            set -e
+            LOOP=$(losetup --find --show --direct-io=on \(fixture.mnt)/lun0)
+            trap 'losetup -d $LOOP' EXIT
+            for bs in 4k 64k; do
+                fio --name=l --filename=$LOOP --numjobs=4 --offset_increment=64M --size=64M --rw=randwrite --bs=$bs --ioengine=io_uring --iodepth=16 --direct=1 \(fioVerify) --group_reporting --output-format=terse
+            done
+            """)
+        XCTAssertEqual(loop.status, 0, "fio through the loop device: \(loop.stdout) \(loop.stderr)")
     }
 
     /// A loop device with ext4 on a LUN: mkfs, a file tree, fsck clean, and the tree intact after a remount.
