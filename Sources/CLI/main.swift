@@ -98,11 +98,14 @@ func control(_ directory: String, _ words: [String]) throws(VSAError) -> String 
     throw VSAError("the daemon gave no answer; see \(ArrayStore.logPath(directory: directory))")
 }
 
-/// The lock holder is a daemon, not another offline command (whose "mountpoint" reads "(vsa ...)").
-func requireDaemon(_ directory: String, _ holder: (pid: Int32, mountpoint: String)) throws(VSAError) {
+/// The daemon serving the array (pid, mount point), or nil when the array is not mounted. An offline command
+/// holding the lock (its "mountpoint" reads "(vsa ...)") is neither: the caller is told to try again.
+func runningDaemon(_ directory: String) throws(VSAError) -> (pid: Int32, mountpoint: String)? {
+    guard let holder = ArrayLock.holder(directory: directory) else { return nil }
     if holder.mountpoint.hasPrefix("(") {
         throw VSAError("array \(directory) is busy with another vsa command (pid \(holder.pid)); try again in a moment")
     }
+    return holder
 }
 
 /// Runs `body` with the array's lock held, so no mount starts meanwhile (offline changes).
@@ -114,8 +117,7 @@ func withOfflineLock<T>(_ directory: String, _ body: () throws(VSAError) -> T) t
 
 func statusReport(_ target: String) throws(VSAError) -> StatusReport {
     let (dir, _) = try resolveArray(target)
-    if let holder = ArrayLock.holder(directory: dir) {
-        try requireDaemon(dir, holder)
+    if try runningDaemon(dir) != nil {
         let json = try control(dir, ["status"])
         guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)) else {
             throw VSAError("the daemon's status could not be read; see \(ArrayStore.logPath(directory: dir))")
@@ -193,8 +195,7 @@ struct LUNCreate: VSACommand {
         let bytes = try CLI.size(size, "--size")
         if let problem = validateLUNName(name) { throw VSAError("\(problem): '\(name)'") }
         let (dir, _) = try resolveArray(target)
-        if let holder = ArrayLock.holder(directory: dir) {
-            try requireDaemon(dir, holder)
+        if try runningDaemon(dir) != nil {
             _ = try control(dir, ["lun-create", name, String(bytes)])
         } else {
             _ = try withOfflineLock(dir) { () throws(VSAError) in
@@ -213,8 +214,7 @@ struct LUNDelete: VSACommand {
 
     func execute() throws(VSAError) {
         let (dir, _) = try resolveArray(target)
-        if let holder = ArrayLock.holder(directory: dir) {
-            try requireDaemon(dir, holder)
+        if try runningDaemon(dir) != nil {
             _ = try control(dir, ["lun-delete", name])
         } else {
             _ = try withOfflineLock(dir) { () throws(VSAError) in
@@ -286,8 +286,7 @@ struct Mount: VSACommand {
         guard ArrayStore.holdsArray(directory: directory) else {
             throw VSAError("\(dir) holds no vsa array; create one with `vsa create \(dir) --drives 4 --drive-size 1G`")
         }
-        if let holder = ArrayLock.holder(directory: directory) {
-            try requireDaemon(directory, holder)
+        if let holder = try runningDaemon(directory) {
             throw VSAError("array \(directory) is already mounted at \(holder.mountpoint) (pid \(holder.pid)); unmount it first")
         }
         var options = MountOptions(directory: directory, mountpoint: mp, fuseOptions: fuseOptions, cacheBytes: cacheBytes)

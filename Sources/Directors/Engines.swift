@@ -114,11 +114,11 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         run(kind: .zero, lun: lun, offsetBytes: offsetBytes, count: count, data: nil)
     }
 
-    /// Sends one control request to every director and waits for all.
-    private func broadcast(kind: RequestKind, lun: LUNRef) -> Int32 {
+    /// Sends one control request to each of `targets` and waits for all of them.
+    private func control(kind: RequestKind, lun: LUNRef, to targets: ArraySlice<Director>) -> Int32 {
         let ctx = context()
-        ctx.group.arm(directors.count)
-        for (i, director) in directors.enumerated() {
+        ctx.group.arm(targets.count)
+        for (i, director) in targets.enumerated() {
             let piece = ctx.pieces[i]
             piece.kind = kind
             piece.lun = lun
@@ -132,23 +132,15 @@ public final class Engines: HostIOPort, @unchecked Sendable {
 
     public func flush(lun: LUNRef) -> Int32 {
         // Every director destages its part, then one flush of the drives covers them all.
-        var rc = broadcast(kind: .destage, lun: lun)
+        var rc = control(kind: .destage, lun: lun, to: directors[...])
         if rc != 0 { return rc }
-        let ctx = context()
-        ctx.group.arm(1)
-        let piece = ctx.pieces[0]
-        piece.kind = .flushDrives
-        piece.lun = lun
-        piece.count = 0
-        piece.data = nil
-        directors[0].submit(piece)
-        rc = ctx.group.wait()
+        rc = control(kind: .flushDrives, lun: lun, to: directors.prefix(1))
         if rc != 0 { return rc }
         return afterFlush?() ?? 0
     }
 
     /// Drops every cached track of a LUN on every director (before the LUN's stripes are zeroed and reused).
-    public func discard(lunID: UInt32) { _ = broadcast(kind: .discard, lun: LUNRef(lunID: lunID, startStripe: 0, sizeBytes: 0)) }
+    public func discard(lunID: UInt32) { _ = control(kind: .discard, lun: LUNRef(lunID: lunID, startStripe: 0, sizeBytes: 0), to: directors[...]) }
 
     public func stopAll() { for d in directors { d.stop() } }
 }

@@ -197,16 +197,6 @@ public final class TrackCache {
         return true
     }
 
-    private func fullyValid(_ slot: Int) -> Bool {
-        let base = slot * wordsPerSlot
-        for w in 0..<wordsPerSlot {
-            let bitsInWord = min(64, sectorsPerTrack - w * 64)
-            let full: UInt64 = bitsInWord == 64 ? ~0 : (1 << UInt64(bitsInWord)) - 1
-            if validBits[base + w] != full { return false }
-        }
-        return true
-    }
-
     private func setFullyValid(_ slot: Int) { setBits(&validBits, slot, 0, sectorsPerTrack - 1) }
 
     // MARK: Slot life cycle

@@ -2,17 +2,7 @@
 import Foundation
 import XCTest
 
-final class CLITests: XCTestCase {
-    var fixture: ArrayFixture!
-
-    override func setUpWithError() throws {
-        guard FileManager.default.fileExists(atPath: Harness.vsa) else { throw XCTSkip("no vsa binary at \(Harness.vsa)") }
-        fixture = ArrayFixture(name: name.split(separator: " ").last!.dropLast().description)
-    }
-
-    override func tearDown() {
-        fixture?.cleanUp()
-    }
+final class CLITests: FixtureTestCase {
 
     func assertOneLineError(_ arguments: String, contains fragment: String, file: StaticString = #filePath, line: UInt = #line) {
         let r = fixture.vsa(arguments)

@@ -117,3 +117,20 @@ final class ArrayFixture {
         Harness.sh("mountpoint -q '\(mnt)' && umount -l '\(mnt)'; rm -rf '\(root)'")
     }
 }
+
+/// A test case with a fresh `ArrayFixture` per test, cleaned up after it. Subclasses that need root say so.
+class FixtureTestCase: XCTestCase {
+    var fixture: ArrayFixture!
+    /// Why the tests need root, or nil when they run as any user.
+    class var rootReason: String? { nil }
+
+    override func setUpWithError() throws {
+        if let reason = Self.rootReason, !Harness.isRoot { throw XCTSkip(reason) }
+        guard FileManager.default.fileExists(atPath: Harness.vsa) else { throw XCTSkip("no vsa binary at \(Harness.vsa)") }
+        fixture = ArrayFixture(name: name.split(separator: " ").last!.dropLast().description)
+    }
+
+    override func tearDown() {
+        fixture?.cleanUp()
+    }
+}

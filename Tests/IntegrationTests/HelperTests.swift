@@ -2,18 +2,8 @@
 import Foundation
 import XCTest
 
-final class HelperTests: XCTestCase {
-    var fixture: ArrayFixture!
-
-    override func setUpWithError() throws {
-        guard Harness.isRoot else { throw XCTSkip("loop devices and mount(8) need root") }
-        guard FileManager.default.fileExists(atPath: Harness.vsa) else { throw XCTSkip("no vsa binary at \(Harness.vsa)") }
-        fixture = ArrayFixture(name: name.split(separator: " ").last!.dropLast().description)
-    }
-
-    override func tearDown() {
-        fixture?.cleanUp()
-    }
+final class HelperTests: FixtureTestCase {
+    override class var rootReason: String? { "loop devices and mount(8) need root" }
 
     /// Loop devices as the drives: `vsa create --drive /dev/loopN ...`, data across a remount, loops detached after.
     func testBlockDevicesAsDrives() throws {

@@ -6,18 +6,8 @@ import XCTest
 /// fio's verification options: check every block, stop at the first mismatch, leave no state files behind.
 let fioVerify = "--verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0"
 
-final class MountTests: XCTestCase {
-    var fixture: ArrayFixture!
-
-    override func setUpWithError() throws {
-        guard Harness.isRoot else { throw XCTSkip("real-mount tests run as root (CI does)") }
-        guard FileManager.default.fileExists(atPath: Harness.vsa) else { throw XCTSkip("no vsa binary at \(Harness.vsa)") }
-        fixture = ArrayFixture(name: name.split(separator: " ").last!.dropLast().description)
-    }
-
-    override func tearDown() {
-        fixture?.cleanUp()
-    }
+final class MountTests: FixtureTestCase {
+    override class var rootReason: String? { "real-mount tests run as root (CI does)" }
 
     /// Writes and reads at odd offsets and sizes through the file, against an in-memory oracle, then remounts.
     func testOddOffsetsAndSizesRoundTripAndSurviveRemount() throws {
