@@ -28,6 +28,8 @@ public protocol StripeStore: AnyObject {
     var hasParity: Bool { get }
     /// Whether every member drive is online (read-modify-write needs the old data and parity).
     var allMembersOnline: Bool { get }
+    /// Whether some drive does direct I/O, so buffers handed to `writeStripe` must be 4 KiB aligned.
+    var needsAlignedBuffers: Bool { get }
     /// Reads the range of the data strips in `stripMask` (bit i = data strip i) into `targets[i]`.
     func readStrips(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool
     /// Reconstruct-write: writes the range of the strips in `dirtyMask` to every copy, and P/Q computed from all `strips`.
@@ -91,6 +93,8 @@ public final class RAIDBackEnd: StripeStore {
     private var zeroes: UnsafeMutableRawPointer { staging.slice(3 * m + 6) }
 
     public var hasParity: Bool { geometry.parityStripsPerStripe > 0 }
+
+    public var needsAlignedBuffers: Bool { drives.contains { $0.usesDirectIO } }
 
     public var allMembersOnline: Bool {
         for drive in 0..<m where !online(drive) { return false }
@@ -287,6 +291,12 @@ public final class RAIDBackEnd: StripeStore {
         queueParityWrites(stripe: stripe, offset: offset, count: count)
         marks.readModifyWrites.add(1, ordering: .relaxed)
         return finishWrite()
+    }
+
+    /// Whether some online drive keeps writes where a flush must push them (not memory-backed).
+    public var needsFlush: Bool {
+        for drive in 0..<m where online(drive) && !drives[drive].isMemoryBacked { return true }
+        return false
     }
 
     public func flush() -> Bool {

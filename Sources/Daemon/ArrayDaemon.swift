@@ -313,7 +313,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.daemon = .init(pid: getpid(), mountpoint: options.mountpoint)
         var hits: UInt64 = 0, misses: UInt64 = 0, whits: UInt64 = 0, wmisses: UInt64 = 0
         var used = 0, pending = 0
-        var destaged: UInt64 = 0, readAhead: UInt64 = 0
+        var destaged: UInt64 = 0, readAhead: UInt64 = 0, writeThrough: UInt64 = 0
         var memory = MemoryServices.Counters()
         var backEnd = StatusReport.BackEndInfo(
             fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0)
@@ -328,6 +328,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             pending += dp
             destaged += c.destagedStripes.load(ordering: .relaxed)
             readAhead += c.readAheadTracks.load(ordering: .relaxed)
+            writeThrough += c.writeThroughStripes.load(ordering: .relaxed)
             memory = memory + d.memory.counters
             backEnd.fullStripeWrites += d.marks.fullStripeWrites.load(ordering: .relaxed)
             backEnd.reconstructWrites += d.marks.reconstructWrites.load(ordering: .relaxed)
@@ -353,6 +354,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.cache.hitRatio = lookups == 0 ? 0 : Double(hits + whits) / Double(lookups)
         report.cache.destagedStripes = destaged
         report.cache.readAheadTracks = readAhead
+        report.cache.writeThroughStripes = writeThrough
         report.memoryServices = .init(
             copies: memory.copyCount, copyBytes: memory.copyBytes, xorOps: memory.xorCount, pqOps: memory.pqCount,
             parityBytes: memory.parityBytes)

@@ -52,6 +52,7 @@ public struct StatusReport: Codable, Sendable {
         public var writeMisses: UInt64
         public var destagedStripes: UInt64
         public var readAheadTracks: UInt64
+        public var writeThroughStripes: UInt64
     }
     public struct DirectorInfo: Codable, Sendable {
         public var id: String
@@ -111,7 +112,7 @@ public struct StatusReport: Codable, Sendable {
         let cache = CacheInfo(
             sizeBytes: cacheBytes, slotBytes: sb.stripUnitBytes, slotCount: slotCount, usedSlots: 0, writePendingSlots: 0,
             dirtyBytes: 0, hitRatio: 0, readHits: 0, readMisses: 0, writeHits: 0, writeMisses: 0, destagedStripes: 0,
-            readAheadTracks: 0)
+            readAheadTracks: 0, writeThroughStripes: 0)
         let directors = (0..<(sb.engineCount * 2)).map { i in
             let id = DirectorID(index: i)
             return DirectorInfo(

@@ -231,6 +231,8 @@ public final class Director: @unchecked Sendable {
         switch request.kind {
         case .read:
             if !cache.read(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, into: request.data!) { error = EIO }
+        case .write where cache.canWriteThrough(offsetBytes: request.offsetBytes, count: request.count, from: request.data):
+            if !cache.writeThrough(lun: request.lun, offsetBytes: request.offsetBytes, from: request.data!) { error = EIO }
         case .write:
             if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: request.data!) { error = EIO }
         case .zero:

@@ -114,27 +114,37 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         run(kind: .zero, lun: lun, offsetBytes: offsetBytes, count: count, data: nil)
     }
 
-    /// Sends one control request to each of `targets` and waits for all of them.
-    private func control(kind: RequestKind, lun: LUNRef, to targets: ArraySlice<Director>) -> Int32 {
+    /// Sends one control request to each director in `targets` for which `needed` holds, and waits for them all.
+    private func control(kind: RequestKind, lun: LUNRef, to targets: ArraySlice<Director>, where needed: (Director) -> Bool = { _ in true }) -> Int32 {
         let ctx = context()
-        ctx.group.arm(targets.count)
-        for (i, director) in targets.enumerated() {
-            let piece = ctx.pieces[i]
+        var n = 0
+        for director in targets where needed(director) {
+            let piece = ctx.pieces[n]
             piece.kind = kind
             piece.lun = lun
             piece.offsetBytes = 0
             piece.count = 0
             piece.data = nil
-            director.submit(piece)
+            n += 1
+        }
+        if n == 0 { return 0 }
+        ctx.group.arm(n)
+        var i = 0
+        for director in targets where needed(director) {
+            director.submit(ctx.pieces[i])
+            i += 1
         }
         return ctx.group.wait()
     }
 
     public func flush(lun: LUNRef) -> Int32 {
-        // Every director destages its part, then one flush of the drives covers them all.
-        var rc = control(kind: .destage, lun: lun, to: directors[...])
+        // Every director with write-pending slots destages its part, then one flush of the drives covers them all.
+        // A director with none is skipped: every write the host was told about already counted itself write-pending
+        // (the count is published before the write completes), and a destage in flight keeps its slots counted
+        // until its drive writes return. Drives whose writes are in memory (tmpfs) need no flush.
+        var rc = control(kind: .destage, lun: lun, to: directors[...]) { $0.counters.dirtySlots.load(ordering: .acquiring) > 0 }
         if rc != 0 { return rc }
-        rc = control(kind: .flushDrives, lun: lun, to: directors.prefix(1))
+        rc = control(kind: .flushDrives, lun: lun, to: directors.prefix(1)) { $0.backEnd.needsFlush }
         if rc != 0 { return rc }
         return afterFlush?() ?? 0
     }

@@ -68,7 +68,8 @@ public final class Drive: Sendable {
         self.fd = fd
         // tmpfs accepts O_DIRECT (since Linux 6.6) but it is still the page cache underneath: io_uring cannot complete
         // its I/O inline either way, so memory-backed drives are treated as buffered (DriveIO copies synchronously).
-        self.isMemoryBacked = IORing.isMemoryBacked(fd: fd)
+        // A block device's node lives on devtmpfs, which says nothing about the device itself.
+        self.isMemoryBacked = !info.isBlockDevice && IORing.isMemoryBacked(fd: fd)
         self.usesDirectIO = direct && !isMemoryBacked
         self.sizeBytes = info.sizeBytes
         self.isBlockDevice = info.isBlockDevice

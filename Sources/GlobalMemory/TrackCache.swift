@@ -12,8 +12,8 @@
 // tracks go down together. With every data strip's range in cache the write needs no reads (full-stripe write when
 // all were dirty); otherwise levels with parity pick read-modify-write (old data + old P/Q of the dirty strips) or
 // reconstruct-write (the missing strips), whichever reads fewer strips. A random read miss fetches just its pages;
-// a sequential one (the sector before it, or the previous track, is cached) fetches whole tracks through the rest
-// of the stripe in one batch (read-ahead).
+// a sequential one (it starts where a recent read of the same LUN ended) fetches whole tracks through the rest of
+// the stripe in one batch (read-ahead).
 import ArrayModel
 import BackEnd
 import Buffers
@@ -42,6 +42,7 @@ public final class CacheCounters: Sendable {
     public let usedSlots = Atomic<Int>(0)
     public let destagedStripes = Atomic<UInt64>(0)
     public let readAheadTracks = Atomic<UInt64>(0)
+    public let writeThroughStripes = Atomic<UInt64>(0)
     public init() {}
 }
 
@@ -52,6 +53,7 @@ public final class TrackCache {
     private let wordsPerSlot: Int
     private let dataStripsPerStripe: Int
     private let store: any StripeStore
+    private let needsAlignedBuffers: Bool
     private let memory: MemoryServices
     public let counters: CacheCounters
 
@@ -88,6 +90,13 @@ public final class TrackCache {
     private let destageStaging: Arena
     private var destageSlots: [Int32]
     private var slotPinned: [Bool]
+    // Recent read streams: where each expects its next read (LUN id, byte offset), replaced round-robin. Guessing
+    // "sequential" from cached neighbours misfires once random reads have warmed the cache, and a wrong guess costs
+    // a whole stripe of reads for a 4 KiB request.
+    private static let streamCount = 16
+    private var streamLUN: [UInt32]
+    private var streamNext: [UInt64]
+    private var streamVictim = 0
 
     public init(slotCount: Int, store: any StripeStore, memory: MemoryServices, counters: CacheCounters) {
         let geometry = store.geometry
@@ -99,6 +108,7 @@ public final class TrackCache {
         self.wordsPerSlot = (sectorsPerTrack + 63) / 64
         self.dataStripsPerStripe = d
         self.store = store
+        self.needsAlignedBuffers = store.needsAlignedBuffers
         self.memory = memory
         self.counters = counters
         self.arena = Arena(sliceBytes: trackBytes, sliceCount: slotCount)
@@ -128,6 +138,22 @@ public final class TrackCache {
         destageStaging = Arena(sliceBytes: trackBytes, sliceCount: d)
         destageSlots = Array(repeating: -1, count: d)
         slotPinned = Array(repeating: false, count: slotCount)
+        streamLUN = Array(repeating: 0, count: TrackCache.streamCount)
+        streamNext = Array(repeating: UInt64.max, count: TrackCache.streamCount)
+    }
+
+    /// Whether a read at `offsetBytes` continues a recent read stream of the LUN; records where this read ends.
+    @inline(__always)
+    private func continuesStream(lun: UInt32, offsetBytes: UInt64, count: Int) -> Bool {
+        let end = offsetBytes + UInt64(count)
+        for i in 0..<TrackCache.streamCount where streamNext[i] == offsetBytes && streamLUN[i] == lun {
+            streamNext[i] = end
+            return true
+        }
+        streamLUN[streamVictim] = lun
+        streamNext[streamVictim] = end
+        streamVictim = (streamVictim + 1) % TrackCache.streamCount
+        return false
     }
 
     deinit {
@@ -262,12 +288,25 @@ public final class TrackCache {
             dirtyCount += 1
             counters.dirtySlots.store(dirtyCount, ordering: .relaxed)
         }
-        if !slotInDirtyQueue[slot] {
-            slotInDirtyQueue[slot] = true
-            dirtyQueue[dirtyTail] = Int32(slot)
-            dirtyTail = (dirtyTail + 1) % slotCount
-            dirtyQueued += 1
-        }
+        if !slotInDirtyQueue[slot] { queueDirty(slot) }
+    }
+
+    /// Appends `slot` to the dirty queue (each slot is queued at most once).
+    private func queueDirty(_ slot: Int) {
+        slotInDirtyQueue[slot] = true
+        dirtyQueue[dirtyTail] = Int32(slot)
+        dirtyTail = (dirtyTail + 1) % slotCount
+        dirtyQueued += 1
+    }
+
+    /// Takes the oldest entry off the dirty queue. The slot may have gone clean since (destaged with a neighbour of
+    /// its stripe, or discarded): callers skip those.
+    private func popDirty() -> Int {
+        let slot = Int(dirtyQueue[dirtyHead])
+        dirtyHead = (dirtyHead + 1) % slotCount
+        dirtyQueued -= 1
+        slotInDirtyQueue[slot] = false
+        return slot
     }
 
     private func markClean(_ slot: Int) {
@@ -338,6 +377,7 @@ public final class TrackCache {
 
     /// Copies `count` bytes of the LUN at `offsetBytes` into `target`. The range must lie in one stripe.
     public func read(lun: LUNRef, offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Bool {
+        let sequential = continuesStream(lun: lun.lunID, offsetBytes: offsetBytes, count: count)
         var done = 0
         while done < count {
             let (track, inTrack, length, first, last) = span(offsetBytes + UInt64(done), count - done)
@@ -347,7 +387,9 @@ public final class TrackCache {
                 slotReferenced[s] = true
             } else {
                 counters.readMisses.add(1, ordering: .relaxed)
-                guard let filled = readMiss(lun: lun, track: track, existing: slot, first: first, last: last) else { return false }
+                guard let filled = readMiss(lun: lun, track: track, existing: slot, first: first, last: last, sequential: sequential || done > 0) else {
+                    return false
+                }
                 slot = filled
             }
             memory.copy(from: slotData(slot!) + inTrack, to: target + done, byteCount: length)
@@ -356,18 +398,13 @@ public final class TrackCache {
         return true
     }
 
-    /// Fetches what a read missed. A random read fetches just its pages; a sequential one (the sectors before it are
-    /// cached) fetches the rest of its track and the following tracks of its stripe in one batch (read-ahead).
-    private func readMiss(lun: LUNRef, track: UInt64, existing: Int?, first: Int, last: Int) -> Int? {
+    /// Fetches what a read missed. A random read fetches just its pages; a sequential one (it continues a read stream,
+    /// or it is the second track of a read that spans tracks) fetches the rest of its track and the following tracks
+    /// of its stripe in one batch (read-ahead).
+    private func readMiss(lun: LUNRef, track: UInt64, existing: Int?, first: Int, last: Int, sequential: Bool) -> Int? {
         let d = UInt64(dataStripsPerStripe)
         let stripe = lun.startStripe + track / d
         let firstStrip = Int(track % d)
-        let sequential: Bool
-        if first > 0, let existing {
-            sequential = testBit(validBits, existing, first - 1)
-        } else {
-            sequential = track > 0 && lookup(lun: lun.lunID, track: track - 1) != nil
-        }
         if !sequential {
             // Random: only the pages asked for.
             var slot = existing
@@ -457,6 +494,35 @@ public final class TrackCache {
         return true
     }
 
+    /// Whether a write of `count` bytes at `offsetBytes` from `source` can go straight to the drives: it covers one
+    /// whole stripe, and the buffer suits every drive (direct I/O needs 4 KiB alignment; FUSE's buffers are not).
+    @inline(__always)
+    public func canWriteThrough(offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer?) -> Bool {
+        guard let source, count == trackBytes * dataStripsPerStripe, offsetBytes % UInt64(count) == 0 else { return false }
+        return !needsAlignedBuffers || UInt(bitPattern: source) % 4096 == 0
+    }
+
+    /// Write-through of one whole stripe from the host's buffer: parity comes from the request itself and nothing is
+    /// read, so staging it in slots would only add a copy and a destage (sequential writes are rarely read back
+    /// soon). Slots holding tracks of the stripe are forgotten first, write-pending or not: every sector is
+    /// superseded. The data is on the drives when this returns; a host flush still flushes them.
+    public func writeThrough(lun: LUNRef, offsetBytes: UInt64, from source: UnsafeRawPointer) -> Bool {
+        let d = dataStripsPerStripe
+        let firstTrack = offsetBytes / UInt64(trackBytes)
+        precondition(firstTrack % UInt64(d) == 0, "write-through of a partial stripe")
+        for strip in 0..<d {
+            if let slot = lookup(lun: lun.lunID, track: firstTrack + UInt64(strip)) {
+                precondition(!slotPinned[slot], "write-through over a pinned slot")
+                markClean(slot)
+                evict(slot)
+            }
+            destageTable[strip] = UnsafeMutableRawPointer(mutating: source) + strip * trackBytes
+        }
+        counters.writeThroughStripes.add(1, ordering: .relaxed)
+        let stripe = lun.startStripe + firstTrack / UInt64(d)
+        return store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes)
+    }
+
     // MARK: Destage
 
     /// Destages up to `stripeBudget` stripes, oldest write-pending first. Returns how many went down.
@@ -464,19 +530,13 @@ public final class TrackCache {
     public func destage(stripeBudget: Int) -> Int {
         var destaged = 0
         while destaged < stripeBudget && dirtyQueued > 0 {
-            let slot = Int(dirtyQueue[dirtyHead])
-            dirtyHead = (dirtyHead + 1) % slotCount
-            dirtyQueued -= 1
-            slotInDirtyQueue[slot] = false
+            let slot = popDirty()
             guard slotInUse[slot] && slotDirty[slot] else { continue }
             if destageStripe(containing: slot) {
                 destaged += 1
             } else {
                 // Could not destage (too many failed drives): keep it write-pending and stop for now.
-                slotInDirtyQueue[slot] = true
-                dirtyQueue[dirtyTail] = Int32(slot)
-                dirtyTail = (dirtyTail + 1) % slotCount
-                dirtyQueued += 1
+                queueDirty(slot)
                 break
             }
         }
@@ -486,14 +546,17 @@ public final class TrackCache {
     /// Destages every write-pending slot (of one LUN, or all). Returns false if some could not go down.
     public func destageAll(lunID: UInt32? = nil) -> Bool {
         // Every write-pending slot is in the dirty queue, so walking it costs what is dirty, not the whole portion:
-        // an fsync after one small write does one stripe's work.
+        // an fsync after one small write does one stripe's work. The walk also drops the entries of slots that went
+        // clean (else they pile up and every fsync walks them); other LUNs' slots and failures go back in order.
         var ok = true
-        var position = dirtyHead
         for _ in 0..<dirtyQueued {
-            let slot = Int(dirtyQueue[position])
-            position = (position + 1) % slotCount
-            guard slotInUse[slot] && slotDirty[slot] && (lunID == nil || slotLUN[slot] == lunID!) else { continue }
-            if !destageStripe(containing: slot) { ok = false }
+            let slot = popDirty()
+            guard slotInUse[slot] && slotDirty[slot] else { continue }
+            if lunID == nil || slotLUN[slot] == lunID! {
+                if destageStripe(containing: slot) { continue }
+                ok = false
+            }
+            queueDirty(slot)
         }
         return ok
     }
@@ -606,4 +669,6 @@ public final class TrackCache {
     }
 
     public var writePendingSlots: Int { dirtyCount }
+    /// Entries in the dirty queue (write-pending slots, plus any that went clean and are not yet popped).
+    public var dirtyQueueLength: Int { dirtyQueued }
 }

@@ -71,8 +71,8 @@ final class ArrayFixture {
     var dir: String { root + "/array" }
     var mnt: String { root + "/mnt" }
 
-    init(name: String) {
-        root = "/tmp/vsa-it-\(name)-\(getpid())"
+    init(name: String, base: String = "/tmp") {
+        root = "\(base)/vsa-it-\(name)-\(getpid())"
         Harness.sh("rm -rf '\(root)'; mkdir -p '\(root)/mnt'")
     }
 
@@ -123,11 +123,13 @@ class FixtureTestCase: XCTestCase {
     var fixture: ArrayFixture!
     /// Why the tests need root, or nil when they run as any user.
     class var rootReason: String? { nil }
+    /// Where the fixture's drives and mount point live (/dev/shm puts the drives on tmpfs).
+    class var fixtureBase: String { "/tmp" }
 
     override func setUpWithError() throws {
         if let reason = Self.rootReason, !Harness.isRoot { throw XCTSkip(reason) }
         guard FileManager.default.fileExists(atPath: Harness.vsa) else { throw XCTSkip("no vsa binary at \(Harness.vsa)") }
-        fixture = ArrayFixture(name: name.split(separator: " ").last!.dropLast().description)
+        fixture = ArrayFixture(name: name.split(separator: " ").last!.dropLast().description, base: Self.fixtureBase)
     }
 
     override func tearDown() {

@@ -23,6 +23,8 @@ final class HelperTests: FixtureTestCase {
             head -c 40M /dev/urandom > $R/data
             dd if=$R/data of=$R/mnt/l0 bs=1M conv=notrunc,fsync status=none
             "$VSA" status $R/mnt --json | grep -q '"raidLevel":"raid6"'
+            # Block devices take direct I/O (their node on devtmpfs must not make them look memory-backed).
+            ! "$VSA" status $R/mnt | grep -q 'buffered I/O'
             "$VSA" unmount $R/mnt
             "$VSA" mount $R/array $R/mnt
             cmp $R/mnt/l0 $R/data

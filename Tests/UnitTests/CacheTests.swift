@@ -74,6 +74,48 @@ final class CacheTests: XCTestCase {
         XCTAssertLessThan(counters.readMisses.load(ordering: .relaxed), 8)
     }
 
+    func testRandomReadsDoNotReadAhead() throws {
+        // Random 4 KiB reads over a warm cache: neighbours are often cached, but no read continues another, so none
+        // may fetch the rest of a stripe.
+        let store = try makeArray(.raid5, drives: 5)
+        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
+        let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
+        let (cache, counters, _) = try makeCache(store, slots: 512)
+        let buffer = alignedBuffer(bytes: 4096)
+        var rng = SplitMix(seed: 42)
+        var recentEnds = [UInt64](repeating: .max, count: 32)
+        for i in 0..<2000 {
+            var page = rng.next() % UInt64((4 << 20) / 4096)
+            while recentEnds.contains(page) { page = rng.next() % UInt64((4 << 20) / 4096) }
+            recentEnds[i % recentEnds.count] = page + 1
+            XCTAssertTrue(cache.read(lun: ref, offsetBytes: page * 4096, count: 4096, into: buffer.base))
+        }
+        XCTAssertEqual(counters.readAheadTracks.load(ordering: .relaxed), 0)
+    }
+
+    func testFlushLeavesNoStaleQueueEntries() throws {
+        // write + fsync in a loop (fio --fsync=1): each fsync must cost what is dirty, so destaged slots may not pile
+        // up in the dirty queue for later fsyncs to walk.
+        let store = try makeArray(.raid5, drives: 4)
+        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
+        let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
+        let (cache, _, _) = try makeCache(store, slots: 256)
+        let buffer = alignedBuffer(bytes: 4096)
+        for i in 0..<200 {
+            XCTAssertTrue(cache.write(lun: ref, offsetBytes: UInt64(i % 64) * 65536, count: 4096, from: buffer.base))
+            XCTAssertTrue(cache.destageAll(lunID: lun.lunID))
+            XCTAssertEqual(cache.dirtyQueueLength, 0)
+        }
+        // Another LUN's write-pending slots stay queued through this LUN's flush.
+        let other = try store.createLUN(name: "m", sizeBytes: 1 << 20)
+        let otherRef = LUNRef(lunID: other.lunID, startStripe: other.startStripe, sizeBytes: other.sizeBytes)
+        XCTAssertTrue(cache.write(lun: otherRef, offsetBytes: 0, count: 4096, from: buffer.base))
+        XCTAssertTrue(cache.write(lun: ref, offsetBytes: 0, count: 4096, from: buffer.base))
+        XCTAssertTrue(cache.destageAll(lunID: lun.lunID))
+        XCTAssertEqual(cache.dirtyQueueLength, 1)
+        XCTAssertEqual(cache.writePendingSlots, 1)
+    }
+
     /// A seeded random workload against an oracle, on every level: small cache (eviction and forced destage),
     /// unaligned offsets, zero ranges; then everything is re-read cold, and for redundant levels with a drive failed.
     func testRandomWorkloadEveryLevel() throws { try randomWorkloadEveryLevel() }
@@ -110,8 +152,16 @@ final class CacheTests: XCTestCase {
                 case 5:
                     XCTAssertTrue(cache.write(lun: ref, offsetBytes: UInt64(offset), count: count, from: nil))
                     for i in 0..<count { oracle[offset + i] = 0 }
-                case 6:
+                case 6 where rng.next() % 2 == 0:
                     cache.destage(stripeBudget: 2)
+                case 6:
+                    // A whole stripe straight from the host buffer to the drives, over whatever the cache holds of it.
+                    let stripeBytes = Int(store.geometry.stripeDataBytes)
+                    let at = Int(rng.next() % UInt64(lunSize / stripeBytes)) * stripeBytes
+                    for i in 0..<stripeBytes { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
+                    XCTAssertTrue(cache.canWriteThrough(offsetBytes: UInt64(at), count: stripeBytes, from: io.base))
+                    XCTAssertTrue(cache.writeThrough(lun: ref, offsetBytes: UInt64(at), from: io.base))
+                    for i in 0..<stripeBytes { oracle[at + i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
                 default:
                     XCTAssertTrue(cache.read(lun: ref, offsetBytes: UInt64(offset), count: count, into: io.base))
                     for i in 0..<count where io.base.load(fromByteOffset: i, as: UInt8.self) != oracle[offset + i] {
