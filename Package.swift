@@ -46,7 +46,7 @@ let package = Package(
         .target(
             name: "GlobalMemory", dependencies: ["ArrayModel", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/GlobalMemory", swiftSettings: hotPath),
         .target(
-            name: "Directors", dependencies: ["ArrayModel", "GlobalMemory", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/Directors",
+            name: "Directors", dependencies: ["ArrayModel", "GlobalMemory", "BackEnd", "Drives", "MemoryServices", "Buffers"], path: "Sources/Directors",
             swiftSettings: hotPath),
         .target(
             name: "FrontEnd", dependencies: ["SysFuse", "SysPosix", "Directors", "GlobalMemory", "ArrayModel", "Buffers"], path: "Sources/FrontEnd",

@@ -12,8 +12,10 @@
 // One `RAIDBackEnd` is one director's back-end adapter: it owns its io_uring (through DriveIO), its staging strips
 // and its parity pointer table, all allocated when the director starts; it runs on that director's thread only.
 //
-// Degraded I/O: a data strip on a failed drive is rebuilt from its mirror, or from the other strips and P (RAID-5/6);
-// writes skip failed drives, parity still covers the new data. More failures than the level tolerates -> false (EIO).
+// Degraded I/O: a data strip on a failed drive is read from its mirror, or rebuilt from the other strips and P
+// (RAID-5/6), or through Q when P is lost too or two data strips are (RAID-6); writes skip failed drives, parity
+// still covers the new data. More failures than the level tolerates -> false (EIO). A drive being rebuilt receives
+// every write but is read only below its rebuild progress (`Drive.isReadable(stripe:)`).
 import ArrayModel
 import Buffers
 import Drives
@@ -26,8 +28,8 @@ public protocol StripeStore: AnyObject {
     var geometry: ArrayGeometry { get }
     /// Whether the level keeps parity (reconstruct-write needs every data strip; read-modify-write is possible).
     var hasParity: Bool { get }
-    /// Whether every member drive is online (read-modify-write needs the old data and parity).
-    var allMembersOnline: Bool { get }
+    /// Whether every member's part of `stripe` is readable (read-modify-write needs the old data and parity).
+    func canReadModifyWrite(stripe: UInt64) -> Bool
     /// Whether some drive does direct I/O, so buffers handed to `writeStripe` must be 4 KiB aligned.
     var needsAlignedBuffers: Bool { get }
     /// Reads the range of the data strips in `stripMask` (bit i = data strip i) into `targets[i]`.
@@ -58,7 +60,7 @@ public final class BackEndMarks: Sendable {
 
 public final class RAIDBackEnd: StripeStore {
     public let geometry: ArrayGeometry
-    private let drives: [Drive]
+    private var drives: [Drive]
     private let io: DriveIO
     private let memory: MemoryServices
     public let marks: BackEndMarks
@@ -77,9 +79,11 @@ public final class RAIDBackEnd: StripeStore {
         self.stripBytes = geometry.stripUnitBytes
         self.m = geometry.memberCount
         self.io = try DriveIO(drives: self.drives, capacity: 8 * geometry.memberCount + 16)
+        self.needsAlignedBuffers = self.drives.contains { $0.usesDirectIO }
         self.staging = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: 3 * geometry.memberCount + 7)
-        self.table = .allocate(capacity: 2 * geometry.memberCount + 4)
-        self.table.initialize(repeating: nil, count: 2 * geometry.memberCount + 4)
+        // [0, 2m + 4): parity source lists; [2m + 4, 3m + 4): rebuild's read targets.
+        self.table = .allocate(capacity: 3 * geometry.memberCount + 4)
+        self.table.initialize(repeating: nil, count: 3 * geometry.memberCount + 4)
     }
 
     deinit { table.deallocate() }
@@ -94,14 +98,25 @@ public final class RAIDBackEnd: StripeStore {
 
     public var hasParity: Bool { geometry.parityStripsPerStripe > 0 }
 
-    public var needsAlignedBuffers: Bool { drives.contains { $0.usesDirectIO } }
+    /// Kept up to date by `attach`: a new drive may do direct I/O where the others did not.
+    public private(set) var needsAlignedBuffers = false
 
-    public var allMembersOnline: Bool {
-        for drive in 0..<m where !online(drive) { return false }
+    public func canReadModifyWrite(stripe: UInt64) -> Bool {
+        for drive in 0..<m where !drives[drive].isReadable(stripe: stripe) { return false }
         return true
     }
 
-    @inline(__always) private func online(_ drive: Int) -> Bool { drives[drive].state == .online }
+    @inline(__always) private func readable(_ drive: Int, _ stripe: UInt64) -> Bool { drives[drive].isReadable(stripe: stripe) }
+    @inline(__always) private func writable(_ drive: Int) -> Bool { drives[drive].isWritable }
+
+    /// Puts `drive` in member position `member` (a spare or new drive taking a failed member's place). Runs on the
+    /// owning director's executor, between requests.
+    public func attach(member: Int, drive: Drive) {
+        precondition(member >= 0 && member < m, "member \(member) out of range")
+        drives[member] = drive
+        io.replace(index: member, with: drive)
+        needsAlignedBuffers = drives.contains { $0.usesDirectIO }
+    }
 
     @inline(__always) private func checkRange(_ offsetBytes: Int, _ count: Int) {
         precondition(
@@ -120,7 +135,7 @@ public final class RAIDBackEnd: StripeStore {
             for strip in 0..<geometry.dataStripsPerStripe where remaining & (1 << UInt64(strip)) != 0 {
                 // Read from the first online copy.
                 var issued = false
-                for drive in geometry.copyDrives(stripe: stripe, strip: strip) where online(drive) {
+                for drive in geometry.copyDrives(stripe: stripe, strip: strip) where readable(drive, stripe) {
                     io.queueRead(drive: drive, into: targets[strip]!, count: count, offsetBytes: offset)
                     issued = true
                     break
@@ -138,36 +153,147 @@ public final class RAIDBackEnd: StripeStore {
                     }
                 }
             }
-            for strip in 0..<geometry.dataStripsPerStripe where degradedMask & (1 << UInt64(strip)) != 0 {
-                if !reconstruct(stripe: stripe, strip: strip, offsetBytes: offsetBytes, count: count, into: targets[strip]!) { return false }
+            if degradedMask != 0 && !reconstruct(stripe: stripe, wanted: degradedMask, offsetBytes: offsetBytes, count: count, targets: targets) {
+                return false
             }
             remaining = retry & ~degradedMask
         }
         return remaining == 0
     }
 
-    /// Rebuilds the range of a data strip whose drive (every copy) is failed, from the other strips and P.
-    private func reconstruct(stripe: UInt64, strip: Int, offsetBytes: Int, count: Int, into target: UnsafeMutableRawPointer) -> Bool {
-        guard geometry.raidLevel == .raid5 || geometry.raidLevel == .raid6 else { return false }
-        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
-        let p = geometry.parityDrive(stripe: stripe)
-        guard online(p) else { return false }  // rebuilding through Q comes with the reliability issue
-        var sources = 0
-        for other in 0..<geometry.dataStripsPerStripe where other != strip {
-            let drive = geometry.dataDrive(stripe: stripe, strip: other)
-            guard online(drive) else { return false }
-            io.queueRead(drive: drive, into: staging.slice(sources), count: count, offsetBytes: offset)
-            table[sources] = staging.slice(sources)
-            sources += 1
+    /// Rebuilds the range of the data strips in `wanted` (none of their copies readable) into `targets`, from what
+    /// survives: XOR with P when one data strip is lost and P is readable; through Q when P is lost too (RAID-6) or
+    /// when two data strips are. Uses staging [0, m) as sources (data strip i in slice i, P in d, Q in d + 1).
+    private func reconstruct(stripe: UInt64, wanted: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>)
+        -> Bool
+    {
+        guard hasParity else { return false }
+        // A drive may fail while we read the survivors: then look again with it counted as lost.
+        for _ in 0..<2 {
+            let d = geometry.dataStripsPerStripe
+            // The wanted strips count as lost even if a copy became readable since the caller looked.
+            var lost: UInt64 = wanted
+            for strip in 0..<d where !readable(geometry.dataDrive(stripe: stripe, strip: strip), stripe) { lost |= 1 << UInt64(strip) }
+            let p = geometry.parityDrive(stripe: stripe)
+            let hasP = readable(p, stripe)
+            let hasQ = geometry.raidLevel == .raid6 && readable(geometry.qDrive(stripe: stripe), stripe)
+            let lostCount = lost.nonzeroBitCount
+            guard (lostCount == 1 && (hasP || hasQ)) || (lostCount == 2 && hasP && hasQ) else { return false }
+            let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
+            for strip in 0..<d where lost & (1 << UInt64(strip)) == 0 {
+                io.queueRead(drive: geometry.dataDrive(stripe: stripe, strip: strip), into: staging.slice(strip), count: count, offsetBytes: offset)
+            }
+            if hasP { io.queueRead(drive: p, into: staging.slice(d), count: count, offsetBytes: offset) }
+            if hasQ { io.queueRead(drive: geometry.qDrive(stripe: stripe), into: staging.slice(d + 1), count: count, offsetBytes: offset) }
+            if io.submit() != 0 { continue }
+            let x = lost.trailingZeroBitCount
+            if lostCount == 1 && hasP {
+                // D_x = P ^ (every other data strip).
+                var sources = 0
+                for strip in 0..<d where strip != x {
+                    table[sources] = staging.slice(strip)
+                    sources += 1
+                }
+                table[sources] = staging.slice(d)
+                table[sources + 1] = targets[x]
+                memory.xorParity(sourceCount: sources + 1, lengthBytes: count, table: table)
+            } else {
+                // Through Q: P' and Q' of the survivors with the lost strips as zeroes; then
+                //   one lost (x):     Q ^ Q' = g^x·D_x                      -> D_x = g^-x · (Q ^ Q')
+                //   two lost (x < y): P ^ P' = D_x ^ D_y, Q ^ Q' = g^x·D_x ^ g^y·D_y
+                //                     -> D_x = (g^(y-x)·(P ^ P') ^ g^-x·(Q ^ Q')) / (g^(y-x) ^ 1),  D_y = (P ^ P') ^ D_x
+                zeroes.initializeMemory(as: UInt8.self, repeating: 0, count: count)
+                for strip in 0..<d { table[strip] = lost & (1 << UInt64(strip)) != 0 ? zeroes : staging.slice(strip) }
+                table[d] = newP
+                table[d + 1] = newQ
+                memory.pqParity(sourceCount: d, lengthBytes: count, table: table)
+                table[0] = staging.slice(d + 1)
+                table[1] = newQ
+                table[2] = oldQ  // Q ^ Q'
+                memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
+                let target = wanted & (1 << UInt64(x)) != 0 ? targets[x]! : deltaQ
+                if lostCount == 1 {
+                    memory.gfMultiply(factor: GaloisField.inverse(GaloisField.powerOf2(x)), source: oldQ, target: target, lengthBytes: count)
+                } else {
+                    let y = (lost & ~(1 << UInt64(x))).trailingZeroBitCount
+                    table[0] = staging.slice(d)
+                    table[1] = newP
+                    table[2] = oldP  // P ^ P'
+                    memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
+                    let a = GaloisField.powerOf2(y - x)
+                    let scale = GaloisField.inverse(a ^ 1)
+                    memory.gfMultiply(factor: GaloisField.multiply(a, scale), source: oldP, target: deltaP, lengthBytes: count)
+                    memory.gfMultiply(
+                        factor: GaloisField.multiply(GaloisField.inverse(GaloisField.powerOf2(x)), scale), source: oldQ, target: newQ, lengthBytes: count)
+                    table[0] = deltaP
+                    table[1] = newQ
+                    table[2] = target
+                    memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
+                    if wanted & (1 << UInt64(y)) != 0 {
+                        table[0] = oldP
+                        table[1] = target
+                        table[2] = targets[y]
+                        memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
+                    }
+                }
+            }
+            marks.degradedReads.add(1, ordering: .relaxed)
+            return true
         }
-        io.queueRead(drive: p, into: staging.slice(sources), count: count, offsetBytes: offset)
-        table[sources] = staging.slice(sources)
-        sources += 1
-        if io.submit() != 0 { return false }
-        table[sources] = target
-        memory.xorParity(sourceCount: sources, lengthBytes: count, table: table)
-        marks.degradedReads.add(1, ordering: .relaxed)
-        return true
+        return false
+    }
+
+    // MARK: Rebuild
+
+    /// Writes member `member`'s whole strip of `stripe` (data, a mirror copy, P or Q) from what the other members
+    /// hold: the rebuild of one stripe onto a drive that took a failed member's place. Runs on the stripe's owning
+    /// director, so no destage of the stripe interleaves with it.
+    public func rebuild(stripe: UInt64, member: Int) -> Bool {
+        guard writable(member) else { return false }
+        let d = geometry.dataStripsPerStripe
+        let offset = geometry.driveOffset(stripe: stripe)
+        var source: UnsafeMutableRawPointer? = nil
+        switch geometry.raidLevel {
+        case .raid0:
+            return false
+        case .raid1, .raid10:
+            // The strip this member mirrors, from any readable copy.
+            for strip in 0..<d where geometry.copyDrives(stripe: stripe, strip: strip).contains(member) {
+                guard readStripsExcluding(member: member, stripe: stripe, strip: strip, into: staging.slice(m)) else { return false }
+                source = staging.slice(m)
+            }
+        case .raid5, .raid6:
+            // Every data strip (the lost ones rebuilt through parity), then what this member holds.
+            for strip in 0..<d { table[2 * m + 4 + strip] = staging.slice(m + strip) }
+            let targets = table + (2 * m + 4)
+            guard readStrips(stripe: stripe, stripMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: stripBytes, targets: targets) else { return false }
+            if member == geometry.parityDrive(stripe: stripe) || (geometry.raidLevel == .raid6 && member == geometry.qDrive(stripe: stripe)) {
+                for strip in 0..<d { table[strip] = staging.slice(m + strip) }
+                table[d] = newP
+                table[d + 1] = newQ
+                if geometry.raidLevel == .raid5 {
+                    memory.xorParity(sourceCount: d, lengthBytes: stripBytes, table: table)
+                } else {
+                    memory.pqParity(sourceCount: d, lengthBytes: stripBytes, table: table)
+                }
+                source = member == geometry.parityDrive(stripe: stripe) ? newP : newQ
+            } else {
+                for strip in 0..<d where geometry.dataDrive(stripe: stripe, strip: strip) == member { source = staging.slice(m + strip) }
+            }
+        }
+        guard let source else { return false }
+        io.queueWrite(drive: member, from: source, count: stripBytes, offsetBytes: offset)
+        return io.submit() == 0
+    }
+
+    /// Reads a mirrored strip from a readable copy other than `member`.
+    private func readStripsExcluding(member: Int, stripe: UInt64, strip: Int, into target: UnsafeMutableRawPointer) -> Bool {
+        let offset = geometry.driveOffset(stripe: stripe)
+        for drive in geometry.copyDrives(stripe: stripe, strip: strip) where drive != member && readable(drive, stripe) {
+            io.queueRead(drive: drive, into: target, count: stripBytes, offsetBytes: offset)
+            if io.submit() == 0 { return true }
+        }
+        return false
     }
 
     // MARK: Reconstruct-write
@@ -198,7 +324,7 @@ public final class RAIDBackEnd: StripeStore {
 
     private func queueDataWrites(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offset: UInt64, count: Int) {
         for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
-            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where online(drive) {
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
                 io.queueWrite(drive: drive, from: strips[strip]!, count: count, offsetBytes: offset)
             }
             marks.stripWrites.add(1, ordering: .relaxed)
@@ -207,10 +333,10 @@ public final class RAIDBackEnd: StripeStore {
 
     private func queueParityWrites(stripe: UInt64, offset: UInt64, count: Int) {
         let p = geometry.parityDrive(stripe: stripe)
-        if online(p) { io.queueWrite(drive: p, from: newP, count: count, offsetBytes: offset) }
+        if writable(p) { io.queueWrite(drive: p, from: newP, count: count, offsetBytes: offset) }
         if geometry.raidLevel == .raid6 {
             let q = geometry.qDrive(stripe: stripe)
-            if online(q) { io.queueWrite(drive: q, from: newQ, count: count, offsetBytes: offset) }
+            if writable(q) { io.queueWrite(drive: q, from: newQ, count: count, offsetBytes: offset) }
         }
     }
 
@@ -229,7 +355,7 @@ public final class RAIDBackEnd: StripeStore {
         checkRange(offsetBytes, count)
         precondition(hasParity, "read-modify-write needs parity")
         // Another director may have failed a drive since the caller looked: then the caller reconstructs instead.
-        guard allMembersOnline else { return false }
+        guard canReadModifyWrite(stripe: stripe) else { return false }
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
             io.queueRead(drive: geometry.dataDrive(stripe: stripe, strip: strip), into: oldData(strip: strip), count: count, offsetBytes: offset)
@@ -295,21 +421,21 @@ public final class RAIDBackEnd: StripeStore {
 
     /// Whether some online drive keeps writes where a flush must push them (not memory-backed).
     public var needsFlush: Bool {
-        for drive in 0..<m where online(drive) && !drives[drive].isMemoryBacked { return true }
+        for drive in 0..<m where writable(drive) && !drives[drive].isMemoryBacked { return true }
         return false
     }
 
     public func flush() -> Bool {
         // Memory-backed drives (tmpfs) keep nothing across a power cut whatever we do; flushing them only costs an
         // io-wq round trip.
-        for drive in 0..<m where online(drive) && !drives[drive].isMemoryBacked { io.queueFlush(drive: drive) }
+        for drive in 0..<m where writable(drive) && !drives[drive].isMemoryBacked { io.queueFlush(drive: drive) }
         io.submit()
         return failedMembers() <= geometry.raidLevel.faultTolerance(memberCount: m)
     }
 
     private func failedMembers() -> Int {
         var n = 0
-        for drive in 0..<m where !online(drive) { n += 1 }
+        for drive in 0..<m where !writable(drive) { n += 1 }
         return n
     }
 }

@@ -146,7 +146,7 @@ struct VSA: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vsa",
         abstract: "A virtual enterprise storage array: LUNs as fixed-size files on a FUSE mount.",
-        subcommands: [Create.self, LUN.self, Mount.self, Unmount.self, Status.self])
+        subcommands: [Create.self, LUN.self, DriveCommand.self, Mount.self, Unmount.self, Status.self])
 }
 
 struct Create: VSACommand {
@@ -299,6 +299,7 @@ struct Mount: VSACommand {
                 throw error
             }
             if daemonChild {
+                for w in daemon.warnings { print("warning \(w)") }
                 print("ready")
                 fflush(nil)
                 // From here on, the parent is gone: stdout and stderr go to the log.
@@ -329,7 +330,12 @@ struct Mount: VSACommand {
         do { try process.run() } catch { throw VSAError("cannot start the daemon: \(error)") }
         pipe.fileHandleForWriting.closeFile()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let first = output.split(separator: "\n").first.map(String.init) ?? ""
+        var lines = output.split(separator: "\n").map(String.init)
+        while let w = lines.first, w.hasPrefix("warning ") {
+            printError("warning: \(w.dropFirst(8))")
+            lines.removeFirst()
+        }
+        let first = lines.first ?? ""
         if first == "ready" {
             print("mounted \(directory) at \(mountpoint)")
             return
@@ -385,6 +391,89 @@ struct Unmount: VSACommand {
             throw VSAError("unmounted, but the array was not marked clean; see \(ArrayStore.logPath(directory: mount.directory))")
         }
         print("unmounted \(mount.directory) from \(mp); array clean")
+    }
+}
+
+struct DriveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drive", abstract: "Fail and replace member drives of a mounted array.",
+        subcommands: [DriveFail.self, DriveReplace.self])
+}
+
+/// The array folder of a mounted array, or a one-line error saying to mount it.
+func mountedArray(_ target: String, _ verb: String) throws(VSAError) -> String {
+    let (dir, _) = try resolveArray(target)
+    guard try runningDaemon(dir) != nil else { throw VSAError("\(target) is not mounted; mount the array to \(verb)") }
+    return dir
+}
+
+struct DriveFail: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fail", abstract: "Take a member out as if it was pulled; the array runs degraded (a hot spare takes over).")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The member: its index, its path or its name in the array folder (see vsa status).") var drive: String
+    @Flag(help: "Fail it even if the array cannot survive that.") var force = false
+
+    func execute() throws(VSAError) {
+        let dir = try mountedArray(target, "fail a drive")
+        _ = try control(dir, ["drive-fail", drive, force ? "1" : "0"])
+        print("drive \(drive) failed")
+    }
+}
+
+struct DriveReplace: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replace", abstract: "Rebuild a member onto a hot spare or onto a new file or device, online.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The member: its index, its path or its name in the array folder (see vsa status).") var drive: String
+    @Option(name: .customLong("with"), help: "The new drive: a file (created if absent) or a block device. Default: a hot spare.") var with: String?
+    @Option(help: "Rebuild rate limit per drive (K, M, G per second; 0 = none).") var rate: String = "200M"
+    @Flag(help: "Overwrite a drive that holds foreign data.") var force = false
+    @Flag(help: "Show a progress bar and return when the rebuild ends.") var wait = false
+
+    func execute() throws(VSAError) {
+        let bytes = try size(rate, "--rate")
+        let dir = try mountedArray(target, "replace a drive")
+        let reply = try control(dir, ["drive-replace", drive, with.map(absolutePath) ?? "", force ? "1" : "0", String(bytes)])
+        let parts = reply.split(separator: "\t").map(String.init)
+        print("rebuilding member \(parts.first ?? drive) onto \(parts.count > 1 ? parts[1] : with ?? "a spare")")
+        guard wait else { return }
+        try waitForRebuild(dir)
+    }
+}
+
+/// Draws the rebuild's progress until it ends; throws if it did not complete.
+func waitForRebuild(_ dir: String) throws(VSAError) {
+    let tty = isatty(1) != 0
+    var lastTenth = -1
+    while true {
+        let json = try control(dir, ["status"])
+        guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)), let r = report.rebuild else {
+            throw VSAError("the daemon reports no rebuild; see \(ArrayStore.logPath(directory: dir))")
+        }
+        let width = 40
+        let filled = min(width, Int(r.percent / 100 * Double(width)))
+        let tenths = Int((r.percent * 10).rounded(.down))
+        var line = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] \(tenths / 10).\(tenths % 10)%"
+        if r.bytesPerSecond > 0 { line += "  \(formatSize(r.bytesPerSecond))/s" }
+        if let eta = r.etaSeconds { line += "  eta \(Int(eta.rounded(.up))) s" }
+        if tty {
+            print("\r" + line + "   ", terminator: "")
+            fflush(nil)
+        } else if tenths / 100 != lastTenth || r.state != "running" {
+            // Not a terminal (a log, a test): a line per 10%.
+            lastTenth = tenths / 100
+            print(line)
+        }
+        if r.state != "running" {
+            if tty { print("") }
+            guard r.state == "complete" else {
+                throw VSAError("rebuild \(r.state)\(r.detail.map { ": \($0)" } ?? ""); see \(ArrayStore.logPath(directory: dir))")
+            }
+            print("rebuild of member \(r.member) complete")
+            return
+        }
+        usleep(200_000)
     }
 }
 

@@ -95,9 +95,14 @@ public final class ArrayDaemon: @unchecked Sendable {
     let engines: Engines
     let frontEnd: LUNFrontEnd
     let cacheBytes: UInt64
-    private let controlLock = Mutex<Void>(())
+    /// Serialises the control plane: metadata writes, LUN changes, drive failures, rebuild steps, `messages`.
+    let controlLock = Mutex<Void>(())
     private var session: FuseSession?
-    private var messages: [String] = []
+    /// Notes for `vsa status` (guarded by controlLock).
+    var messages: [String] = []
+    let rebuildTracker = RebuildTracker()
+    /// What the mount should tell the user (a degraded array, stale drives), printed by `vsa mount`.
+    public private(set) var warnings: [String] = []
     private let lock: ArrayLock
 
     /// Builds the whole stack and mounts it. Throws a one-line user error; nothing is written before assembly succeeds.
@@ -118,6 +123,11 @@ public final class ArrayDaemon: @unchecked Sendable {
             throw VSAError(
                 "cache of \(formatSize(cacheBytes)) is too small for this array: give at least \(formatSize(UInt64((2 * geometry.dataStripsPerStripe + 2) * directorCount * sb.stripUnitBytes)))"
             )
+        }
+        for w in store.assemblyWarnings {
+            warnings.append(w)
+            messages.append(w)
+            daemonLog(w)
         }
         if !store.wasClean {
             messages.append("the array was not stopped cleanly; parity was resynchronised at mount")
@@ -165,6 +175,9 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
         startControlSocket()
         startHealthMonitor()
+        // A rebuild the last mount did not finish resumes; a failed member with a spare at hand gets it.
+        startRebuildThread(rate: defaultRebuildRate)
+        startRebuildOntoSpare()
         daemonLog(
             "mounted array \(sb.arrayUUID) (\(sb.raidLevel), \(sb.memberCount) members) from \(options.directory) at \(options.mountpoint); cache \(formatSize(cacheBytes)), \(directorCount) directors"
         )
@@ -181,6 +194,7 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     private func shutdown() -> Int32 {
         unlink(ArrayStore.socketPath(directory: options.directory))
+        pauseRebuild()
         let flushed = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
         engines.stopAll()
         session?.close()
@@ -233,11 +247,13 @@ public final class ArrayDaemon: @unchecked Sendable {
         let thread = Thread { [self] in
             while true {
                 usleep(500_000)
+                checkDrivesPresent()
                 controlLock.withLock { _ in
                     do {
                         if !(try store.recordFailures()) { daemonLog("more members failed than \(store.superblock.raidLevel) survives; I/O fails") }
                     } catch { daemonLog("recording a drive failure failed: \(error)") }
                 }
+                startRebuildOntoSpare()
             }
         }
         thread.name = "health"
@@ -295,6 +311,15 @@ public final class ArrayDaemon: @unchecked Sendable {
                 session?.invalidateEntry(name: name, inode: UInt64(entry.lunID) + 1)
                 daemonLog("LUN \(name) deleted")
                 return "ok\n"
+            case "drive-fail" where words.count == 3:
+                let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(words[1]) }
+                try failMember(member, force: words[2] == "1")
+                return "ok\n"
+            case "drive-replace" where words.count == 5:
+                let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(words[1]) }
+                guard let rate = UInt64(words[4]) else { throw VSAError("bad rate") }
+                let path = try replaceMember(member, with: words[2].isEmpty ? nil : words[2], force: words[3] == "1", rate: rate)
+                return "ok\n\(member)\t\(path)"
             case "flush":
                 let rc = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
                 if rc != 0 { throw VSAError("flush failed: \(Posix.errnoDescription(rc))") }
@@ -308,7 +333,9 @@ public final class ArrayDaemon: @unchecked Sendable {
     }
 
     func statusJSON() -> String {
-        var report = controlLock.withLock { _ in StatusReport.offline(store: store, cacheBytes: cacheBytes) }
+        let locked = controlLock.withLock { _ in (StatusReport.offline(store: store, cacheBytes: cacheBytes), messages) }
+        var report = locked.0
+        let notes = locked.1
         report.array.clean = false
         report.daemon = .init(pid: getpid(), mountpoint: options.mountpoint)
         var hits: UInt64 = 0, misses: UInt64 = 0, whits: UInt64 = 0, wmisses: UInt64 = 0
@@ -359,7 +386,19 @@ public final class ArrayDaemon: @unchecked Sendable {
             copies: memory.copyCount, copyBytes: memory.copyBytes, xorOps: memory.xorCount, pqOps: memory.pqCount,
             parityBytes: memory.parityBytes)
         report.backEnd = backEnd
-        report.messages = messages
+        report.messages = notes
+        if let r = rebuildTracker.snapshot {
+            let done = rebuildTracker.doneStripes.load(ordering: .relaxed)
+            let elapsed = max((r.finishedAt ?? Date().timeIntervalSince1970) - r.startedAt, 0.001)
+            let bytesPerDrive = (done - r.startStripe) * UInt64(store.geometry.stripUnitBytes)
+            let speed = UInt64(Double(bytesPerDrive) / elapsed)
+            let left = (r.totalStripes - done) * UInt64(store.geometry.stripUnitBytes)
+            report.rebuild = .init(
+                member: r.member, drive: r.drivePath, state: r.state, doneStripes: done, totalStripes: r.totalStripes,
+                percent: r.totalStripes == 0 ? 100 : Double(done) * 100 / Double(r.totalStripes), bytesPerSecond: speed,
+                rateLimitBytesPerSecond: r.rateLimit, etaSeconds: r.state == "running" && speed > 0 ? Double(left) / Double(speed) : nil,
+                detail: r.detail)
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: (try? encoder.encode(report)) ?? Data(), as: UTF8.self)

@@ -79,6 +79,21 @@ public struct StatusReport: Codable, Sendable {
         public var stripWrites: UInt64
     }
 
+    /// The current or last rebuild of a member onto a new drive.
+    public struct RebuildInfo: Codable, Sendable {
+        public var member: Int
+        public var drive: String
+        /// running, complete, failed, stopped (unmounted before the end: it resumes at the next mount), paused (offline)
+        public var state: String
+        public var doneStripes: UInt64
+        public var totalStripes: UInt64
+        public var percent: Double
+        public var bytesPerSecond: UInt64
+        public var rateLimitBytesPerSecond: UInt64
+        public var etaSeconds: Double?
+        public var detail: String?
+    }
+
     public var array: ArrayInfo
     public var daemon: DaemonInfo?
     public var drives: [DriveInfo]
@@ -88,13 +103,15 @@ public struct StatusReport: Codable, Sendable {
     public var memoryServices: MemoryServicesInfo?
     public var backEnd: BackEndInfo?
     public var messages: [String]
+    public var rebuild: RebuildInfo?
 
     /// The parts that come from the drives alone.
     public static func offline(store: ArrayStore, cacheBytes: UInt64) -> StatusReport {
         let sb = store.superblock
         let failed = store.drives.prefix(sb.memberCount).filter { $0.state == .failed }.count
+        let rebuilding = store.drives.prefix(sb.memberCount).contains { $0.state == .rebuilding }
         let tolerance = sb.raidLevel.faultTolerance(memberCount: sb.memberCount)
-        let state = failed == 0 ? "optimal" : (failed <= tolerance ? "degraded" : "failed")
+        let state = failed > tolerance ? "failed" : (failed > 0 ? "degraded" : (rebuilding ? "rebuilding" : "optimal"))
         let array = ArrayInfo(
             uuid: sb.arrayUUID.description, raidLevel: sb.raidLevel.description, state: state, clean: sb.clean,
             stripeUnitBytes: sb.stripUnitBytes, capacityBytes: store.geometry.capacityBytes, freeBytes: store.freeBytes,
@@ -119,9 +136,17 @@ public struct StatusReport: Codable, Sendable {
                 id: id.description, engine: id.engine, state: "offline", cacheSlots: slotCount / (sb.engineCount * 2),
                 writePendingSlots: 0, requests: 0)
         }
-        return StatusReport(
+        var report = StatusReport(
             array: array, daemon: nil, drives: drives, luns: luns, cache: cache, directors: directors,
-            memoryServices: nil, backEnd: nil, messages: [])
+            memoryServices: nil, backEnd: nil, messages: [], rebuild: nil)
+        if let member = sb.rebuildMember {
+            let total = store.geometry.stripeCount
+            report.rebuild = RebuildInfo(
+                member: member, drive: store.drivePaths[member], state: "paused", doneStripes: sb.rebuildCheckpoint, totalStripes: total,
+                percent: Double(sb.rebuildCheckpoint) * 100 / Double(max(total, 1)), bytesPerSecond: 0, rateLimitBytesPerSecond: 0,
+                etaSeconds: nil, detail: "resumes at the next mount")
+        }
+        return report
     }
 
     /// The human form of `vsa status`.
@@ -156,6 +181,14 @@ public struct StatusReport: Codable, Sendable {
         }
         if let m = memoryServices {
             lines.append("memory services: copies \(m.copies) (\(formatSize(m.copyBytes))), xor \(m.xorOps), p+q \(m.pqOps)")
+        }
+        if let r = rebuild {
+            let tenths = Int((r.percent * 10).rounded(.down))
+            var line = "rebuild: member \(r.member) onto \(r.drive)  \(r.state)  \(tenths / 10).\(tenths % 10)%"
+            if r.bytesPerSecond > 0 { line += "  \(formatSize(r.bytesPerSecond))/s" }
+            if let eta = r.etaSeconds { line += "  eta \(Int(eta.rounded(.up))) s" }
+            if let d = r.detail { line += "  (\(d))" }
+            lines.append(line)
         }
         for m in messages { lines.append("note: \(m)") }
         return lines.joined(separator: "\n")

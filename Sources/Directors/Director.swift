@@ -11,6 +11,7 @@
 // ownership function and the front-end queue are built so a partner can take a failed director's work.
 import ArrayModel
 import BackEnd
+import Drives
 import Foundation
 import GlobalMemory
 import MemoryServices
@@ -36,6 +37,10 @@ public enum RequestKind: UInt8, Sendable {
     case flushDrives
     /// Forget the LUN's slots (the LUN is being deleted).
     case discard
+    /// Rebuild member `count`'s strip of array stripe `offsetBytes` (run by the stripe's owner).
+    case rebuild
+    /// Put `drive` in member position `count` of this director's back-end adapter.
+    case attachMember
 }
 
 /// Completion of one host I/O that may span several directors: the last sub-request to finish wakes the waiter.
@@ -80,6 +85,8 @@ public final class SubRequest: @unchecked Sendable {
     public var offsetBytes: UInt64 = 0
     public var count = 0
     public var data: UnsafeMutableRawPointer? = nil
+    /// The drive of an attachMember request.
+    public var drive: Drive? = nil
     public unowned(unsafe) var group: CompletionGroup
     init(group: CompletionGroup) { self.group = group }
 }
@@ -244,6 +251,10 @@ public final class Director: @unchecked Sendable {
             if !backEnd.flush() { error = EIO }
         case .discard:
             cache.discard(lunID: request.lun.lunID)
+        case .rebuild:
+            if !backEnd.rebuild(stripe: request.offsetBytes, member: request.count) { error = EIO }
+        case .attachMember:
+            backEnd.attach(member: request.count, drive: request.drive!)
         }
         requestsServed.add(1, ordering: .relaxed)
         request.group.complete(error: error)

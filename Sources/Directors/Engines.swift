@@ -7,6 +7,7 @@
 // time that thread issues I/O and reused for its lifetime: no allocation and no shared lock per I/O.
 import ArrayModel
 import BackEnd
+import Drives
 import Foundation
 import GlobalMemory
 import MemoryServices
@@ -115,7 +116,10 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     }
 
     /// Sends one control request to each director in `targets` for which `needed` holds, and waits for them all.
-    private func control(kind: RequestKind, lun: LUNRef, to targets: ArraySlice<Director>, where needed: (Director) -> Bool = { _ in true }) -> Int32 {
+    private func control(
+        kind: RequestKind, lun: LUNRef, to targets: ArraySlice<Director>, count: Int = 0, drive: Drive? = nil,
+        where needed: (Director) -> Bool = { _ in true }
+    ) -> Int32 {
         let ctx = context()
         var n = 0
         for director in targets where needed(director) {
@@ -123,8 +127,9 @@ public final class Engines: HostIOPort, @unchecked Sendable {
             piece.kind = kind
             piece.lun = lun
             piece.offsetBytes = 0
-            piece.count = 0
+            piece.count = count
             piece.data = nil
+            piece.drive = drive
             n += 1
         }
         if n == 0 { return 0 }
@@ -153,4 +158,40 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     public func discard(lunID: UInt32) { _ = control(kind: .discard, lun: LUNRef(lunID: lunID, startStripe: 0, sizeBytes: 0), to: directors[...]) }
 
     public func stopAll() { for d in directors { d.stop() } }
+
+    // MARK: Rebuild
+
+    /// Puts `drive` in member position `member` of every director's back-end adapter (each between its requests).
+    public func attach(member: Int, drive: Drive) {
+        let rc = control(kind: .attachMember, lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0), to: directors[...], count: member, drive: drive)
+        precondition(rc == 0, "attaching a drive cannot fail")
+        let ctx = context()
+        for piece in ctx.pieces { piece.drive = nil }  // the record does not keep the drive alive
+    }
+
+    /// Rebuilds member `member` over array stripes `stripes`. Each stripe is rebuilt by its owning director, so no
+    /// destage of that stripe interleaves; `placement` gives a stripe's (LUN, stripe in the LUN), nil for stripes no
+    /// LUN holds (director 1a does those). Returns 0 or the first errno.
+    public func rebuild(member: Int, stripes: Range<UInt64>, placement: (UInt64) -> (lunID: UInt32, lunStripe: UInt64)?) -> Int32 {
+        let ctx = context()
+        var stripe = stripes.lowerBound
+        while stripe < stripes.upperBound {
+            let n = min(piecesPerContext, Int(stripes.upperBound - stripe))
+            ctx.group.arm(n)
+            for i in 0..<n {
+                let piece = ctx.pieces[i]
+                piece.kind = .rebuild
+                piece.lun = LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)
+                piece.offsetBytes = stripe + UInt64(i)
+                piece.count = member
+                piece.data = nil
+                let target = placement(stripe + UInt64(i)).map { owner(lunID: $0.lunID, lunStripe: $0.lunStripe) } ?? directors[0]
+                target.submit(piece)
+            }
+            let rc = ctx.group.wait()
+            if rc != 0 { return rc }
+            stripe += UInt64(n)
+        }
+        return 0
+    }
 }

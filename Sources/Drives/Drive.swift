@@ -3,8 +3,14 @@
 // page-aligned buffers where the file system allows it, buffered I/O where it does not (tmpfs).
 //
 // Drive state machine (transition(to:) asserts the edge):
-//   online -> failed     an I/O error or a failed flush; the array goes on degraded
-//   failed -> online     only through rebuild (a later issue); a failure recorded in the superblocks outlives remounts
+//   online -> failed        an I/O error, a failed flush, a vanished file, or `vsa drive fail`; the array runs degraded
+//   online -> rebuilding    a spare or a new drive takes a failed member's place; it receives every write, and reads
+//                           use it only below `rebuiltStripes` (the rebuild's progress)
+//   rebuilding -> online    the rebuild finished
+//   rebuilding -> failed    the new drive failed too
+// A failed drive never comes back: the failure is recorded in the superblocks, and only a rebuild onto another drive
+// (or the same file, given again with `vsa drive replace --with`) restores redundancy. A member missing at assembly
+// is a placeholder drive, failed from the start.
 import ArrayModel
 import Synchronization
 import SysPosix
@@ -15,8 +21,14 @@ import SysURing
 #endif
 
 public enum DriveState: UInt8, Sendable, CustomStringConvertible {
-    case online = 0, failed = 1
-    public var description: String { self == .online ? "online" : "failed" }
+    case online = 0, failed = 1, rebuilding = 2
+    public var description: String {
+        switch self {
+        case .online: return "online"
+        case .failed: return "failed"
+        case .rebuilding: return "rebuilding"
+        }
+    }
 }
 
 public final class Drive: Sendable {
@@ -32,10 +44,39 @@ public final class Drive: Sendable {
 
     public var state: DriveState { DriveState(rawValue: stateRaw.load(ordering: .acquiring))! }
 
+    /// Stripes [0, rebuiltStripes) of a rebuilding drive hold their data; above it the drive is write-only.
+    public let rebuiltStripes = Atomic<UInt64>(0)
+    /// No file behind it: a member missing at assembly.
+    public var isMissing: Bool { fd < 0 }
+
     public func transition(to next: DriveState) {
         let current = state
-        precondition(current == next || current == .online || next == .online, "drive \(path): illegal \(current) -> \(next)")
+        let legal =
+            current == next || (current == .online && next != .online) || (current == .rebuilding && next != .rebuilding)
+        precondition(legal, "drive \(path): illegal \(current) -> \(next)")
         stateRaw.store(next.rawValue, ordering: .releasing)
+    }
+
+    /// Whether reads of `stripe` may use this drive.
+    @inline(__always)
+    public func isReadable(stripe: UInt64) -> Bool {
+        let s = state
+        return s == .online || (s == .rebuilding && stripe < rebuiltStripes.load(ordering: .acquiring))
+    }
+
+    /// Whether writes go to this drive.
+    @inline(__always)
+    public var isWritable: Bool { state != .failed }
+
+    /// A member that is missing from the array folder: failed, never opened.
+    public init(missingPath path: String) {
+        self.path = path
+        self.fd = -1
+        self.sizeBytes = 0
+        self.isBlockDevice = false
+        self.usesDirectIO = false
+        self.isMemoryBacked = false
+        stateRaw.store(DriveState.failed.rawValue, ordering: .releasing)
     }
 
     /// Opens an existing drive for I/O. Tries O_DIRECT first and falls back to buffered I/O where the file system
@@ -82,5 +123,5 @@ public final class Drive: Sendable {
         try Posix.ftruncate(fd, sizeBytes: sizeBytes)
     }
 
-    deinit { Posix.close(fd) }
+    deinit { if fd >= 0 { Posix.close(fd) } }
 }

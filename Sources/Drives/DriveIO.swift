@@ -17,7 +17,7 @@ public final class DriveIO {
     }
 
     private let ring: IORing
-    private let drives: [Drive]
+    private var drives: [Drive]
     private var operations: [Operation]
     private var operationCount = 0
     public let capacity: Int
@@ -29,7 +29,11 @@ public final class DriveIO {
         self.operations = Array(repeating: Operation(), count: capacity)
     }
 
-    public var pendingCount: Int { operationCount }
+    /// Puts `drive` in position `index` (a new drive taking a failed member's place). Between batches only.
+    public func replace(index: Int, with drive: Drive) {
+        precondition(operationCount == 0, "DriveIO: drive replaced in the middle of a batch")
+        drives[index] = drive
+    }
     /// Drives whose zero-range (hole punch) was refused in the last batch: the caller writes zeroes instead.
     public private(set) var zeroUnsupportedDrives: UInt64 = 0
     /// Drives whose synchronous page-cache I/O failed since the last submit.

@@ -53,7 +53,6 @@ public final class TrackCache {
     private let wordsPerSlot: Int
     private let dataStripsPerStripe: Int
     private let store: any StripeStore
-    private let needsAlignedBuffers: Bool
     private let memory: MemoryServices
     public let counters: CacheCounters
 
@@ -108,7 +107,6 @@ public final class TrackCache {
         self.wordsPerSlot = (sectorsPerTrack + 63) / 64
         self.dataStripsPerStripe = d
         self.store = store
-        self.needsAlignedBuffers = store.needsAlignedBuffers
         self.memory = memory
         self.counters = counters
         self.arena = Arena(sliceBytes: trackBytes, sliceCount: slotCount)
@@ -499,7 +497,7 @@ public final class TrackCache {
     @inline(__always)
     public func canWriteThrough(offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer?) -> Bool {
         guard let source, count == trackBytes * dataStripsPerStripe, offsetBytes % UInt64(count) == 0 else { return false }
-        return !needsAlignedBuffers || UInt(bitPattern: source) % 4096 == 0
+        return UInt(bitPattern: source) % 4096 == 0 || !store.needsAlignedBuffers
     }
 
     /// Write-through of one whole stripe from the host's buffer: parity comes from the request itself and nothing is
@@ -604,7 +602,7 @@ public final class TrackCache {
             if s < 0 || !allValid(s, first, last) { missingMask |= 1 << UInt64(strip) }
         }
         let ok: Bool
-        if store.hasParity && missingMask != 0 && store.allMembersOnline
+        if store.hasParity && missingMask != 0 && store.canReadModifyWrite(stripe: stripe)
             && dirtyMask.nonzeroBitCount + store.geometry.parityStripsPerStripe < missingMask.nonzeroBitCount
         {
             ok = readModifyWrite(stripe: stripe, dirtyMask: dirtyMask, first: first, last: last)

@@ -66,6 +66,13 @@ public final class MemoryServices: Sendable {
         parityBytes.add(UInt64(lengthBytes * sourceCount), ordering: .relaxed)
     }
 
+    /// target = factor · source, byte by byte in GF(2^8) (RAID-6 recovery through Q; rare path).
+    public func gfMultiply(factor: UInt8, source: UnsafeRawPointer, target: UnsafeMutableRawPointer, lengthBytes: Int) {
+        ISAL.gfMultiply(factor: factor, source: source, target: target, lengthBytes: lengthBytes)
+        pqCount.add(1, ordering: .relaxed)
+        parityBytes.add(UInt64(lengthBytes), ordering: .relaxed)
+    }
+
     public func crc32c(_ pointer: UnsafeRawPointer, count: Int, seed: UInt32 = 0) -> UInt32 {
         crcCount.add(1, ordering: .relaxed)
         return ISAL.crc32c(pointer, count: count, seed: seed)
@@ -86,4 +93,12 @@ public final class MemoryServices: Sendable {
 /// CRC32C over a byte array, for metadata records (control plane; not counted).
 public func crc32c(_ bytes: [UInt8]) -> UInt32 {
     bytes.withUnsafeBytes { ISAL.crc32c($0.baseAddress!, count: $0.count) }
+}
+
+/// GF(2^8) scalars (polynomial 0x11D, generator 2: the field of RAID-6's Q), for recovery coefficients.
+public enum GaloisField {
+    public static func multiply(_ a: UInt8, _ b: UInt8) -> UInt8 { ISAL.gfMul(a, b) }
+    public static func inverse(_ a: UInt8) -> UInt8 { ISAL.gfInv(a) }
+    /// 2^exponent: the Q coefficient of data strip `exponent`.
+    public static func powerOf2(_ exponent: Int) -> UInt8 { ISAL.gfPow2(exponent) }
 }

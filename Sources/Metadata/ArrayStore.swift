@@ -7,6 +7,7 @@
 import ArrayModel
 import Buffers
 import Drives
+import Foundation
 import SysPosix
 
 #if canImport(Glibc)
@@ -43,14 +44,17 @@ public struct CreateOptions: Sendable {
 
 public final class ArrayStore: @unchecked Sendable {
     public let directory: String
-    public let drives: [Drive]
-    public let drivePaths: [String]
+    /// Members in member order, then spares. A member missing from the folder is a placeholder (failed).
+    public private(set) var drives: [Drive]
+    public private(set) var drivePaths: [String]
+    /// What assembly noticed and the mount should say: missing members, stale drives left alone.
+    public private(set) var assemblyWarnings: [String] = []
     public private(set) var superblock: Superblock
     public private(set) var lunTable: LUNTable
     public let geometry: ArrayGeometry
     /// Whether the superblocks said "clean" when the array was assembled.
     public let wasClean: Bool
-    private let io: DriveIO
+    private var io: DriveIO
     private let recordBuffer: Arena
 
     public var memberCount: Int { superblock.memberCount }
@@ -122,11 +126,11 @@ public final class ArrayStore: @unchecked Sendable {
     private func readLUNTables() -> LUNTable? {
         var best: LUNTable? = nil
         for copy in Layout.lunTableCopyOffsets {
-            for i in 0..<drives.count where drives[i].state == .online {
+            for i in 0..<drives.count where drives[i].isWritable {
                 io.queueRead(drive: i, into: recordBuffer.slice(i), count: Layout.lunTableBytes, offsetBytes: copy)
             }
             io.submit()
-            for i in 0..<drives.count where drives[i].state == .online {
+            for i in 0..<drives.count where drives[i].isWritable {
                 let bytes = Array(UnsafeRawBufferPointer(start: recordBuffer.slice(i), count: Layout.lunTableBytes))
                 if let t = try? LUNTable.decode(bytes), t.arrayUUID == superblock.arrayUUID,
                     best == nil || t.generation > best!.generation
@@ -142,12 +146,12 @@ public final class ArrayStore: @unchecked Sendable {
 
     /// Assembles the array in `directory` from its drives alone. Nothing is written.
     public static func assemble(directory: String) throws(VSAError) -> ArrayStore {
-        let paths = driveEntries(directory: directory)
-        guard !paths.isEmpty else {
+        let entries = driveEntries(directory: directory)
+        guard !entries.isEmpty else {
             throw VSAError("\(directory) holds no vsa array (no drive-N entries); create one with `vsa create \(directory) --drives 4 --drive-size 1G`")
         }
         var found: [(path: String, sb: Superblock)] = []
-        for path in paths {
+        for path in entries {
             let probe = readSuperblockCopies(path: path)
             guard let sb = probe.valid else {
                 if probe.sawMagic {
@@ -164,49 +168,88 @@ public final class ArrayStore: @unchecked Sendable {
         }
         let total = reference.memberCount + reference.spareCount
         var ordered = [(path: String, sb: Superblock)?](repeating: nil, count: total)
+        var warnings: [String] = []
         for f in found {
-            guard f.sb.driveIndex < total else { throw VSAError("\(f.path): drive index \(f.sb.driveIndex) is outside the array's \(total) drives") }
+            guard f.sb.driveIndex < total else {
+                // A drive whose place was taken (a spare consumed by a rebuild renumbers the rest) and which no
+                // newer superblock counts any more: stale, left alone.
+                warnings.append("\(f.path) is a stale drive of this array (generation \(f.sb.generation)); not used")
+                continue
+            }
             if let other = ordered[f.sb.driveIndex] {
-                throw VSAError("\(f.path) and \(other.path) both claim drive index \(f.sb.driveIndex); remove the duplicate from \(directory)")
+                if other.sb.generation == f.sb.generation {
+                    throw VSAError("\(f.path) and \(other.path) both claim drive index \(f.sb.driveIndex); remove the duplicate from \(directory)")
+                }
+                // A failed member replaced by a rebuild keeps its old superblock: the newer claim wins.
+                let (newer, stale) = other.sb.generation > f.sb.generation ? (other, f) : (f, other)
+                warnings.append("\(stale.path) is a stale copy of drive index \(f.sb.driveIndex) (replaced); not used")
+                ordered[f.sb.driveIndex] = newer
+                continue
             }
             ordered[f.sb.driveIndex] = f
         }
-        for (i, entry) in ordered.enumerated() where entry == nil {
+        var missingMembers: UInt64 = 0
+        for i in 0..<reference.memberCount where ordered[i] == nil { missingMembers |= 1 << UInt64(i) }
+        let lost = (reference.failedMemberMask | missingMembers).nonzeroBitCount
+        if missingMembers != 0 && lost > reference.raidLevel.faultTolerance(memberCount: reference.memberCount) {
+            let first = missingMembers.trailingZeroBitCount
             throw VSAError(
-                "drive index \(i) of array \(reference.arrayUUID) is missing from \(directory); restore it (degraded assembly comes with rebuild support)")
+                "drive index \(first) of array \(reference.arrayUUID) is missing from \(directory) and \(reference.raidLevel) cannot run without it; restore it"
+            )
         }
         var drives: [Drive] = []
-        for entry in ordered {
-            do { drives.append(try Drive(path: entry!.path)) } catch {
-                throw VSAError("cannot open drive \(entry!.path): \(error); check its permissions")
+        var paths: [String] = []
+        for (i, entry) in ordered.enumerated() {
+            guard let entry else {
+                if i < reference.memberCount {
+                    let path = drivePath(directory: directory, index: i)
+                    warnings.append("member \(i) is missing; the array runs degraded until it is replaced (vsa drive replace)")
+                    drives.append(Drive(missingPath: path))
+                    paths.append("(missing)")
+                } else {
+                    warnings.append("spare drive index \(i) is missing; dropped")
+                }
+                continue
             }
+            do { drives.append(try Drive(path: entry.path)) } catch {
+                throw VSAError("cannot open drive \(entry.path): \(error); check its permissions")
+            }
+            paths.append(entry.path)
         }
         // Members the array stopped using stay out, whatever their own superblock says: their data is stale.
         for i in 0..<reference.memberCount where reference.failedMemberMask & (1 << UInt64(i)) != 0 {
             drives[i].transition(to: .failed)
         }
-        let failedCount = reference.failedMemberMask.nonzeroBitCount
+        if let member = reference.rebuildMember, drives[member].state == .online {
+            drives[member].rebuiltStripes.store(reference.rebuildCheckpoint, ordering: .releasing)
+            drives[member].transition(to: .rebuilding)
+        }
+        let failedCount = drives.prefix(reference.memberCount).filter { $0.state == .failed }.count
         if failedCount > reference.raidLevel.faultTolerance(memberCount: reference.memberCount) {
             throw VSAError(
                 "array \(reference.arrayUUID) has \(failedCount) failed members, more than \(reference.raidLevel) survives; its data cannot be served")
         }
         let expectedSize = reference.dataOffsetBytes + reference.dataBytesPerDrive
-        for d in drives where d.state == .online && d.sizeBytes < expectedSize {
+        for d in drives where !d.isMissing && d.sizeBytes < expectedSize {
             throw VSAError("\(d.path) is \(d.sizeBytes) bytes, smaller than the array's \(expectedSize); it was truncated or replaced")
         }
         var sb = reference
         // A failed member's own superblock is stale: cleanliness is the surviving members' word.
-        sb.clean = ordered.enumerated().allSatisfy { i, entry in reference.failedMemberMask & (1 << UInt64(i)) != 0 || entry!.sb.clean }
+        sb.clean = ordered.enumerated().allSatisfy { i, entry in
+            guard let entry else { return true }
+            return reference.failedMemberMask & (1 << UInt64(i)) != 0 || entry.sb.clean
+        }
         let store: ArrayStore
         do {
             store = try ArrayStore(
-                directory: directory, drives: drives, drivePaths: ordered.map { $0!.path }, superblock: sb,
+                directory: directory, drives: drives, drivePaths: paths, superblock: sb,
                 lunTable: LUNTable(generation: 0, arrayUUID: sb.arrayUUID, entries: []))
         } catch { throw VSAError("cannot set up io_uring for metadata I/O: \(error)") }
         guard let table = store.readLUNTables() else {
             throw VSAError("array \(sb.arrayUUID): no readable LUN table on any drive; refusing to mount")
         }
         store.lunTable = table
+        store.assemblyWarnings = warnings
         return store
     }
 
@@ -214,7 +257,7 @@ public final class ArrayStore: @unchecked Sendable {
 
     private func writeCopies(offsets: [UInt64], record: (Int) -> [UInt8]) throws(VSAError) {
         for copy in offsets {
-            for i in 0..<drives.count where drives[i].state == .online {
+            for i in 0..<drives.count where drives[i].isWritable {
                 let bytes = record(i)
                 let padded = (bytes.count + 4095) & ~4095
                 let slice = recordBuffer.slice(i)
@@ -223,7 +266,7 @@ public final class ArrayStore: @unchecked Sendable {
                 io.queueWrite(drive: i, from: slice, count: padded, offsetBytes: copy)
             }
             io.submit()
-            for i in 0..<drives.count where drives[i].state == .online { io.queueFlush(drive: i) }
+            for i in 0..<drives.count where drives[i].isWritable { io.queueFlush(drive: i) }
             let failed = io.submit()
             if failed != 0 && drives.allSatisfy({ $0.state == .failed }) {
                 throw VSAError("metadata write failed on every drive")
@@ -235,6 +278,12 @@ public final class ArrayStore: @unchecked Sendable {
     public func writeSuperblocks(clean: Bool) throws(VSAError) {
         superblock.clean = clean
         superblock.failedMemberMask = currentFailedMask
+        superblock.spareCount = drives.count - superblock.memberCount
+        if let member = superblock.rebuildMember, drives[member].state != .rebuilding {
+            // The rebuild finished (online) or its drive failed: either way nothing to resume.
+            superblock.rebuildMember = nil
+            superblock.rebuildCheckpoint = 0
+        }
         superblock.generation += 1
         let base = superblock
         try writeCopies(offsets: Layout.superblockCopyOffsets) { i in
@@ -253,6 +302,136 @@ public final class ArrayStore: @unchecked Sendable {
         let bytes = next.encode()
         try writeCopies(offsets: Layout.lunTableCopyOffsets) { _ in bytes }
         lunTable = next
+    }
+
+    // MARK: Replacing members
+
+    /// Member `member`'s place goes to `drive` (a spare of this array, or a new drive at `path`): it becomes that
+    /// member, in state rebuilding from stripe 0, and the superblocks say so; a consumed spare leaves the spare list.
+    /// The caller has the directors attach the same drive before any write reaches it.
+    public func attach(member: Int, drive: Drive, path: String) throws(VSAError) {
+        precondition(member < superblock.memberCount && drives[member].state == .failed, "attaching over a member that has not failed")
+        if let spare = drives.indices.first(where: { $0 >= superblock.memberCount && drives[$0] === drive }) {
+            drives.remove(at: spare)
+            drivePaths.remove(at: spare)
+        }
+        drives[member] = drive
+        drivePaths[member] = path
+        drive.rebuiltStripes.store(0, ordering: .releasing)
+        drive.transition(to: .rebuilding)
+        do { io = try DriveIO(drives: drives, capacity: 4 * drives.count + 8) } catch {
+            throw VSAError("cannot set up io_uring for metadata I/O: \(error)")
+        }
+        superblock.rebuildMember = member
+        superblock.rebuildCheckpoint = 0
+        try writeLUNTable(lunTable)
+        try writeSuperblocks(clean: superblock.clean)
+    }
+
+    /// The file or device behind `path`: (device, inode) of a file, (rdev, 0) of a block device; nil if absent.
+    static func identity(_ path: String) -> (UInt64, UInt64)? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        if (st.st_mode & S_IFMT) == S_IFBLK { return (UInt64(st.st_rdev), 0) }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    /// Checks and opens the drive that is to take failed member `member`'s place: `path` is created as a sparse file
+    /// if absent; an existing file or device must be big enough and hold nothing we would destroy (another array's
+    /// drive, a live drive of this one, or foreign data without `force`). Returns the drive and its entry in the
+    /// array folder (a `drive-N` symlink is made for a path outside it). Changes nothing if it throws.
+    /// A drive about to take a member's place, and what preparing it added to the folder (undone if attaching fails).
+    public struct Replacement {
+        public let drive: Drive
+        public let entry: String
+        public let createdFile: String?
+        public let createdEntry: Bool
+        public init(drive: Drive, entry: String, createdFile: String?, createdEntry: Bool) {
+            self.drive = drive
+            self.entry = entry
+            self.createdFile = createdFile
+            self.createdEntry = createdEntry
+        }
+    }
+
+    /// Removes what `prepareReplacement` added (attaching failed).
+    public func undo(_ replacement: Replacement) {
+        if replacement.createdEntry { unlink(replacement.entry) }
+        if let file = replacement.createdFile { unlink(file) }
+    }
+
+    public func prepareReplacement(member: Int, path: String, force: Bool) throws(VSAError) -> Replacement {
+        let required = superblock.dataOffsetBytes + superblock.dataBytesPerDrive
+        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        var created = false
+        if let id = ArrayStore.identity(absolute) {
+            for (i, d) in drives.enumerated() where !d.isMissing && d.state != .failed && ArrayStore.identity(drivePaths[i]).map({ $0 == id }) == true {
+                throw VSAError("\(path) is already drive \(i) of this array; give a new file or device")
+            }
+            let probe = ArrayStore.readSuperblockCopies(path: absolute)
+            if let sb = probe.valid, sb.arrayUUID != superblock.arrayUUID, !force {
+                throw VSAError("\(path) belongs to vsa array \(sb.arrayUUID); use --force to overwrite it")
+            }
+            if probe.valid == nil && probe.sawMagic && !force {
+                throw VSAError("\(path) holds a damaged vsa superblock; use --force to overwrite it")
+            }
+            if probe.valid == nil && !probe.sawMagic && probe.firstBytesNonZero && !force {
+                throw VSAError("\(path) holds data that is not a vsa superblock; refusing to overwrite it (use --force if you are sure)")
+            }
+        } else {
+            do { try Drive.createFile(path: absolute, sizeBytes: required) } catch { throw VSAError("cannot create \(path): \(error)") }
+            created = true
+        }
+        let drive: Drive
+        do { drive = try Drive(path: absolute) } catch {
+            if created { unlink(absolute) }
+            throw VSAError("cannot open \(path): \(error)")
+        }
+        guard drive.sizeBytes >= required else {
+            if created { unlink(absolute) }
+            throw VSAError("\(path) is \(formatSize(drive.sizeBytes)); this array needs at least \(formatSize(required)) per drive")
+        }
+        // The folder is how the array finds its drives: a path outside it gets a drive-N entry.
+        let entries = ArrayStore.driveEntries(directory: directory)
+        let file = created ? absolute : nil
+        if entries.contains(absolute) { return Replacement(drive: drive, entry: absolute, createdFile: file, createdEntry: false) }
+        // The same file or device behind an existing entry (a failed member given back): that entry serves.
+        if let id = ArrayStore.identity(absolute), let existing = entries.first(where: { ArrayStore.identity($0).map { $0 == id } == true }) {
+            return Replacement(drive: drive, entry: existing, createdFile: file, createdEntry: false)
+        }
+        var next = 0
+        for e in entries { if let n = Int(e.split(separator: "/").last!.dropFirst(6)), n >= next { next = n + 1 } }
+        while ArrayStore.identity(ArrayStore.drivePath(directory: directory, index: next)) != nil { next += 1 }
+        let entry = ArrayStore.drivePath(directory: directory, index: next)
+        guard symlink(absolute, entry) == 0 else {
+            if created { unlink(absolute) }
+            throw VSAError("cannot make \(entry) point at \(path): \(Posix.errnoDescription(errno))")
+        }
+        return Replacement(drive: drive, entry: entry, createdFile: file, createdEntry: true)
+    }
+
+    /// Takes a replaced member's entry out of the folder's drive list (renamed to `drive-N.failed`), unless it is
+    /// the replacement itself (the same file given back with --with).
+    public func retire(entry: String, keeping replacement: String) {
+        guard entry.hasPrefix(directory + "/drive-"), let id = ArrayStore.identity(entry), ArrayStore.identity(replacement).map({ $0 == id }) != true else {
+            return
+        }
+        rename(entry, entry + ".failed")
+    }
+
+    /// Records how far the rebuild got, so a restart resumes there.
+    public func recordRebuildProgress(stripes: UInt64) throws(VSAError) {
+        guard superblock.rebuildMember != nil else { return }
+        // What the checkpoint claims must be on the drives before the checkpoint is.
+        for i in 0..<drives.count where drives[i].isWritable { io.queueFlush(drive: i) }
+        io.submit()
+        superblock.rebuildCheckpoint = stripes
+        try writeSuperblocks(clean: superblock.clean)
+    }
+
+    /// The spares that are ready to take a failed member's place.
+    public var spares: [(index: Int, drive: Drive, path: String)] {
+        drives.indices.filter { $0 >= superblock.memberCount && drives[$0].state == .online }.map { ($0, drives[$0], drivePaths[$0]) }
     }
 
     /// The members that are failed now (bit i = member i).
@@ -330,14 +509,14 @@ public final class ArrayStore: @unchecked Sendable {
         let offset = geometry.driveOffset(stripe: start)
         let length = count * UInt64(geometry.stripUnitBytes)
         var writeZeroes: UInt64 = 0
-        for i in 0..<drives.count where drives[i].state == .online && drives[i].isBlockDevice {
+        for i in 0..<drives.count where drives[i].isWritable && drives[i].isBlockDevice {
             if !Posix.zeroOut(fd: drives[i].fd, offsetBytes: offset, count: length) { writeZeroes |= 1 << UInt64(i) }
         }
         var punched: UInt64 = 0
         while punched < length {
             // One batch per GiB: a batch holds one operation per drive.
             let step = min(length - punched, 1 << 30)
-            for i in 0..<drives.count where drives[i].state == .online && !drives[i].isBlockDevice {
+            for i in 0..<drives.count where drives[i].isWritable && !drives[i].isBlockDevice {
                 io.queueZeroRange(drive: i, offsetBytes: offset + punched, count: Int(step))
             }
             io.submit()
@@ -350,14 +529,14 @@ public final class ArrayStore: @unchecked Sendable {
             var done: UInt64 = 0
             while done < length {
                 let step = Int(min(UInt64(chunk), length - done))
-                for i in 0..<drives.count where writeZeroes & (1 << UInt64(i)) != 0 && drives[i].state == .online {
+                for i in 0..<drives.count where writeZeroes & (1 << UInt64(i)) != 0 && drives[i].isWritable {
                     io.queueWrite(drive: i, from: zeroes.base, count: step, offsetBytes: offset + done)
                 }
                 io.submit()
                 done += UInt64(step)
             }
         }
-        for i in 0..<drives.count where drives[i].state == .online { io.queueFlush(drive: i) }
+        for i in 0..<drives.count where drives[i].isWritable { io.queueFlush(drive: i) }
         io.submit()
     }
 

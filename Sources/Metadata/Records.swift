@@ -76,6 +76,10 @@ public struct Superblock: Equatable, Sendable {
     public var createdUnixSeconds: UInt64
     /// Members the array has stopped using (bit i = member i): a failed drive that comes back is not trusted.
     public var failedMemberMask: UInt64 = 0
+    /// The member being rebuilt onto a new drive (that drive carries this superblock as member `rebuildMember`), and
+    /// how many stripes of it hold their data: the rebuild resumes there after a restart.
+    public var rebuildMember: Int? = nil
+    public var rebuildCheckpoint: UInt64 = 0
 
     public init(
         clean: Bool, generation: UInt64, arrayUUID: UUID128, driveUUID: UUID128, driveIndex: Int,
@@ -124,6 +128,8 @@ public struct Superblock: Equatable, Sendable {
         w.put(cacheBytes, at: 104)
         w.put(createdUnixSeconds, at: 112)
         w.put(failedMemberMask, at: 120)
+        w.put(UInt32(rebuildMember.map { $0 + 1 } ?? 0), at: 128)
+        w.put(rebuildCheckpoint, at: 136)
         w.put(recordCRC(w.bytes, crcOffset: Superblock.crcOffset), at: Superblock.crcOffset)
         return w.bytes
     }
@@ -158,6 +164,9 @@ public struct Superblock: Equatable, Sendable {
             dataOffsetBytes: r.get(UInt64.self, at: 88), dataBytesPerDrive: r.get(UInt64.self, at: 96),
             cacheBytes: r.get(UInt64.self, at: 104), createdUnixSeconds: r.get(UInt64.self, at: 112))
         sb.failedMemberMask = r.get(UInt64.self, at: 120)
+        let rebuildField = Int(r.get(UInt32.self, at: 128))
+        sb.rebuildMember = rebuildField == 0 ? nil : rebuildField - 1
+        sb.rebuildCheckpoint = r.get(UInt64.self, at: 136)
         guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= 64 else {
             throw RecordRejection(reason: "superblock member count \(sb.memberCount) invalid")
         }
@@ -172,6 +181,16 @@ public struct Superblock: Equatable, Sendable {
             throw RecordRejection(reason: "superblock failed-member mask names drives beyond the members")
         }
         guard (sb.driveIndex < sb.memberCount) == (role == .member) else { throw RecordRejection(reason: "superblock role does not match drive index") }
+        if let member = sb.rebuildMember {
+            guard member < sb.memberCount, sb.failedMemberMask & (1 << UInt64(member)) == 0 else {
+                throw RecordRejection(reason: "superblock rebuild member \(member) invalid")
+            }
+            guard sb.rebuildCheckpoint <= sb.dataBytesPerDrive / UInt64(sb.stripUnitBytes) else {
+                throw RecordRejection(reason: "superblock rebuild checkpoint beyond the array's stripes")
+            }
+        } else {
+            guard sb.rebuildCheckpoint == 0 else { throw RecordRejection(reason: "superblock rebuild checkpoint without a rebuild") }
+        }
         return sb
     }
 }

@@ -36,4 +36,20 @@ public enum ISAL {
         let rc = gf_vect_mul(Int32(lengthBytes), &tables, UnsafeMutableRawPointer(mutating: source), target)
         precondition(rc == 0, "gf_vect_mul failed")
     }
+
+    /// a · b in GF(2^8) (polynomial 0x11D, the one pq_gen uses).
+    public static func gfMul(_ a: UInt8, _ b: UInt8) -> UInt8 { gf_mul(a, b) }
+
+    /// The multiplicative inverse of a non-zero element of GF(2^8).
+    public static func gfInv(_ a: UInt8) -> UInt8 {
+        precondition(a != 0, "zero has no inverse")
+        return gf_inv(a)
+    }
+
+    /// 2^exponent in GF(2^8): the coefficient of data strip `exponent` in Q.
+    public static func gfPow2(_ exponent: Int) -> UInt8 {
+        var v: UInt8 = 1
+        for _ in 0..<exponent { v = gf_mul(v, 2) }
+        return v
+    }
 }

@@ -192,6 +192,10 @@ final class CacheTests: XCTestCase {
                 store.drives[1].transition(to: .failed)
                 try verifyCold("degraded")
             }
+            if level.faultTolerance(memberCount: drives) > 1 {
+                store.drives[drives - 1].transition(to: .failed)
+                try verifyCold("two members lost")
+            }
         }
     }
 }

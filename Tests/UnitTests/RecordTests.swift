@@ -54,6 +54,35 @@ final class RecordTests: XCTestCase {
         XCTAssertThrowsError(try Superblock.decode(damaged)) { XCTAssertEqual(($0 as? RecordRejection)?.reason, "superblock checksum mismatch") }
     }
 
+    func testSuperblockRebuildFields() throws {
+        var rebuilding = sample
+        rebuilding.rebuildMember = 3
+        rebuilding.rebuildCheckpoint = 1000
+        let bytes = rebuilding.encode()
+        XCTAssertEqual(Array(bytes[128..<132]), [4, 0, 0, 0])  // member + 1
+        XCTAssertEqual(Array(bytes[136..<138]), [0xE8, 0x03])  // checkpoint 1000
+        XCTAssertEqual(try Superblock.decode(bytes), rebuilding)
+        // A rebuild member beyond the members, one recorded as failed, a checkpoint beyond the stripes or without a
+        // rebuild: each is rejected by name (with a correct CRC, so the field check is what refuses).
+        func rejects(_ change: (inout Superblock) -> Void, _ reason: String) {
+            var sb = sample
+            change(&sb)
+            XCTAssertThrowsError(try Superblock.decode(sb.encode())) { XCTAssertTrue(($0 as? RecordRejection)?.reason.contains(reason) == true, "\($0)") }
+        }
+        rejects({ $0.rebuildMember = 4 }, "rebuild member")
+        rejects(
+            {
+                $0.rebuildMember = 1
+                $0.failedMemberMask = 1 << 1
+            }, "rebuild member")
+        rejects(
+            {
+                $0.rebuildMember = 1
+                $0.rebuildCheckpoint = (1 << 30) / 65536 + 1
+            }, "checkpoint beyond")
+        rejects({ $0.rebuildCheckpoint = 5 }, "without a rebuild")
+    }
+
     func testLUNTableRoundTripAndRejection() throws {
         let table = LUNTable(
             generation: 3, arrayUUID: sample.arrayUUID,

@@ -1,0 +1,272 @@
+// Drive failure and rebuild, the control-plane half. A member fails (an I/O error, its file vanished, or
+// `vsa drive fail`); the array runs degraded; a hot spare, or the drive given to `vsa drive replace`, takes the
+// failed member's place in state rebuilding; the rebuild thread then walks the array's stripes in order and has each
+// stripe's owning director rewrite the member's strip from the others (BackEnd `rebuild(stripe:member:)`), so no
+// destage of that stripe interleaves with it. Host writes reach the new drive from the moment it is attached; reads
+// use it below the rebuild's progress. Progress is recorded in the superblocks about once a second, so a rebuild
+// stopped by an unmount or a kill resumes where it was; a rate limit keeps host I/O served meanwhile.
+import ArrayModel
+import Directors
+import Drives
+import Foundation
+import Metadata
+import Synchronization
+import SysPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What `vsa status` shows of the current or last rebuild. Guarded by its own lock; progress is atomic.
+final class RebuildTracker: @unchecked Sendable {
+    struct Snapshot {
+        var member: Int
+        var drivePath: String
+        var state: String  // running, complete, failed, stopped
+        var totalStripes: UInt64
+        var startStripe: UInt64
+        var startedAt: Double
+        var finishedAt: Double?
+        var rateLimit: UInt64
+        var detail: String?
+    }
+    private let lock = Mutex<Snapshot?>(nil)
+    let doneStripes = Atomic<UInt64>(0)
+    let stopRequested = Atomic<Bool>(false)
+
+    var snapshot: Snapshot? { lock.withLock { $0 } }
+    var isRunning: Bool { lock.withLock { $0?.state == "running" } }
+    func update(_ body: (inout Snapshot?) -> Void) { lock.withLock { body(&$0) } }
+}
+
+/// The default rebuild rate limit per drive (bytes per second): enough to finish a 1 TiB drive in about 1.5 hours,
+/// while host I/O keeps most of the machine.
+let defaultRebuildRate: UInt64 = 200 << 20
+
+extension ArrayDaemon {
+    /// The member that `name` names: its index, its path or the name of its entry in the array folder. Holds: controlLock.
+    func resolveMember(_ name: String) throws(VSAError) -> Int {
+        let members = store.superblock.memberCount
+        if let i = Int(name) {
+            guard i >= 0 && i < members else { throw VSAError("drive \(i) is not a member (members are 0 to \(members - 1)); see `vsa status`") }
+            return i
+        }
+        for i in 0..<members {
+            let path = store.drivePaths[i]
+            if path == name || (path as NSString).lastPathComponent == name || store.drives[i].path == name { return i }
+        }
+        throw VSAError("no member drive named \(name); give its index or path as `vsa status` shows them")
+    }
+
+    /// `vsa drive fail`: takes a member out as if it was pulled. Refused when the array could not survive it
+    /// (unless forced), so a typo does not take the data offline.
+    func failMember(_ member: Int, force: Bool) throws(VSAError) {
+        try controlLock.withLock { _ throws(VSAError) in
+            let drive = store.drives[member]
+            guard drive.state != .failed else { throw VSAError("member \(member) has already failed") }
+            // The members out besides this one (failed, or rebuilding and so not yet readable everywhere).
+            let others = store.drives.prefix(store.superblock.memberCount).enumerated().filter { $0.offset != member && $0.element.state != .online }.count
+            let tolerance = store.superblock.raidLevel.faultTolerance(memberCount: store.superblock.memberCount)
+            if others + 1 > tolerance && !force {
+                throw VSAError(
+                    "failing member \(member) would leave \(store.superblock.raidLevel) with \(others + 1) members out, more than it survives; nothing was changed (use --force to do it anyway)"
+                )
+            }
+            drive.transition(to: .failed)
+            _ = try store.recordFailures()
+            daemonLog("member \(member) (\(store.drivePaths[member])) failed by request")
+        }
+        startRebuildOntoSpare()
+    }
+
+    /// `vsa drive replace`: puts a spare (or the drive at `path`) in member `member`'s place and starts the rebuild.
+    /// A healthy member is failed first (if the array survives that). Returns the path of the new drive.
+    func replaceMember(_ member: Int, with path: String?, force: Bool, rate: UInt64) throws(VSAError) -> String {
+        let path = try controlLock.withLock { _ throws(VSAError) -> String in
+            if rebuildTracker.isRunning, let s = rebuildTracker.snapshot {
+                throw VSAError("a rebuild of member \(s.member) is running; wait for it (vsa status shows its progress)")
+            }
+            let sb = store.superblock
+            if let busy = sb.rebuildMember { throw VSAError("member \(busy) is being rebuilt; wait for it (vsa status shows its progress)") }
+            let old = store.drives[member]
+            guard old.state != .rebuilding else { throw VSAError("member \(member) is being rebuilt already") }
+            if old.state == .online {
+                let out = store.drives.prefix(sb.memberCount).filter { $0.state != .online }.count
+                guard out + 1 <= sb.raidLevel.faultTolerance(memberCount: sb.memberCount) else {
+                    throw VSAError("replacing healthy member \(member) would leave \(sb.raidLevel) without enough members meanwhile; nothing was changed")
+                }
+            }
+            if path == nil && store.spares.isEmpty {
+                throw VSAError("the array has no hot spare left; give a new file or device with --with PATH")
+            }
+            // From here on the folder may change (a new file, a drive-N entry): undone if attaching fails.
+            let replacement: ArrayStore.Replacement
+            if let path {
+                replacement = try store.prepareReplacement(member: member, path: path, force: force)
+            } else {
+                let spare = store.spares.first!
+                replacement = ArrayStore.Replacement(drive: spare.drive, entry: spare.path, createdFile: nil, createdEntry: false)
+            }
+            let oldEntry = store.drivePaths[member]
+            do throws(VSAError) {
+                if old.state == .online {
+                    old.transition(to: .failed)
+                    _ = try store.recordFailures()
+                }
+                try store.attach(member: member, drive: replacement.drive, path: replacement.entry)
+            } catch {
+                store.undo(replacement)
+                throw error
+            }
+            engines.attach(member: member, drive: replacement.drive)
+            store.retire(entry: oldEntry, keeping: replacement.entry)
+            daemonLog("member \(member): \(replacement.entry) takes the place of \(oldEntry); rebuilding")
+            return replacement.entry
+        }
+        startRebuildThread(rate: rate)
+        return path
+    }
+
+    /// After a failure: a spare takes the first failed member's place, if there is a spare and no rebuild runs.
+    func startRebuildOntoSpare() {
+        let member: Int? = controlLock.withLock { _ in
+            guard !rebuildTracker.isRunning, !store.spares.isEmpty else { return nil }
+            guard store.superblock.rebuildMember == nil else { return nil }  // one rebuild at a time
+            return store.drives.prefix(store.superblock.memberCount).firstIndex { $0.state == .failed }
+        }
+        guard let member else { return }
+        do {
+            let path = try replaceMember(member, with: nil, force: false, rate: defaultRebuildRate)
+            controlLock.withLock { _ in messages.append("member \(member) failed; hot spare \(path) took its place") }
+        } catch { daemonLog("automatic rebuild onto a spare did not start: \(error)") }
+    }
+
+    /// Starts (or resumes) the rebuild of the member the superblocks name.
+    func startRebuildThread(rate: UInt64) {
+        let start: (member: Int, drive: Drive, from: UInt64)? = controlLock.withLock { _ in
+            guard let member = store.superblock.rebuildMember, store.drives[member].state == .rebuilding else { return nil }
+            let drive = store.drives[member]
+            return (member, drive, drive.rebuiltStripes.load(ordering: .acquiring))
+        }
+        guard let start else { return }
+        let total = store.geometry.stripeCount
+        rebuildTracker.stopRequested.store(false, ordering: .relaxed)
+        rebuildTracker.doneStripes.store(start.from, ordering: .relaxed)
+        rebuildTracker.update {
+            $0 = .init(
+                member: start.member, drivePath: store.drivePaths[start.member], state: "running", totalStripes: total, startStripe: start.from,
+                startedAt: Date().timeIntervalSince1970, finishedAt: nil, rateLimit: rate, detail: nil)
+        }
+        if start.from > 0 { daemonLog("resuming the rebuild of member \(start.member) at stripe \(start.from) of \(total)") }
+        let thread = Thread { [self] in runRebuild(member: start.member, drive: start.drive, from: start.from, rate: rate) }
+        thread.name = "rebuild"
+        thread.start()
+    }
+
+    private func runRebuild(member: Int, drive: Drive, from: UInt64, rate: UInt64) {
+        let geometry = store.geometry
+        let total = geometry.stripeCount
+        let stripBytes = UInt64(geometry.stripUnitBytes)
+        // About 4 MiB of each drive per step: short enough for the control lock, long enough to batch.
+        let step = max(1, (4 << 20) / stripBytes)
+        let began = Date().timeIntervalSince1970
+        var lastRecord = began
+        var next = from
+        var outcome = "complete"
+        var detail: String? = nil
+        while next < total {
+            if rebuildTracker.stopRequested.load(ordering: .relaxed) {
+                outcome = "stopped"
+                break
+            }
+            guard drive.state == .rebuilding else {
+                outcome = "failed"
+                detail = "the new drive failed"
+                break
+            }
+            let end = min(total, next + step)
+            let rc: Int32 = controlLock.withLock { _ in
+                let luns = store.lunTable.entries
+                return engines.rebuild(member: member, stripes: next..<end) { stripe in
+                    for l in luns where stripe >= l.startStripe && stripe < l.startStripe + l.stripeCount {
+                        return (l.lunID, stripe - l.startStripe)
+                    }
+                    return nil
+                }
+            }
+            if rc != 0 {
+                outcome = "failed"
+                detail =
+                    drive.state == .failed
+                    ? "the new drive failed" : "stripes \(next)..<\(end) could not be read from the other members (\(Posix.errnoDescription(rc)))"
+                break
+            }
+            drive.rebuiltStripes.store(end, ordering: .releasing)
+            rebuildTracker.doneStripes.store(end, ordering: .relaxed)
+            next = end
+            let now = Date().timeIntervalSince1970
+            if now - lastRecord >= 1 && next < total {
+                lastRecord = now
+                controlLock.withLock { _ in
+                    do { try store.recordRebuildProgress(stripes: next) } catch { daemonLog("recording rebuild progress failed: \(error)") }
+                }
+            }
+            // Rate limit: sleep off what we are ahead of `rate` bytes per second per drive.
+            if rate > 0 {
+                let ahead = Double((next - from) * stripBytes) / Double(rate) - (now - began)
+                if ahead > 0 { usleep(UInt32(min(ahead, 1) * 1_000_000)) }
+            }
+        }
+        let finished = Date().timeIntervalSince1970
+        controlLock.withLock { _ in
+            if outcome == "complete" {
+                drive.transition(to: .online)
+                do { try store.writeSuperblocks(clean: store.superblock.clean) } catch { daemonLog("recording the finished rebuild failed: \(error)") }
+                let mib = Double((total - from) * stripBytes) / 1_048_576
+                let seconds = max(finished - began, 0.001)
+                daemonLog(String(format: "rebuild of member %d complete: %.0f MiB in %.1f s (%.0f MiB/s)", member, mib, seconds, mib / seconds))
+            } else if outcome == "stopped" {
+                do { try store.recordRebuildProgress(stripes: next) } catch { daemonLog("recording rebuild progress failed: \(error)") }
+                daemonLog("rebuild of member \(member) paused at stripe \(next) of \(total); it resumes at the next mount")
+            } else if drive.state == .failed {
+                // The new drive itself failed: the member is failed again; another spare may take over.
+                _ = try? store.recordFailures()
+                daemonLog("rebuild of member \(member) failed: \(detail ?? "")")
+            } else {
+                // The other members could not supply the data: keep what is rebuilt; the next mount tries again.
+                do { try store.recordRebuildProgress(stripes: next) } catch { daemonLog("recording rebuild progress failed: \(error)") }
+                daemonLog("rebuild of member \(member) stopped at stripe \(next): \(detail ?? "")")
+            }
+        }
+        rebuildTracker.update {
+            $0?.state = outcome
+            $0?.finishedAt = finished
+            $0?.detail = detail
+        }
+        if outcome == "failed" && drive.state == .failed { startRebuildOntoSpare() }
+    }
+
+    /// Asks a running rebuild to stop and record where it got (unmount); waits up to a few seconds.
+    func pauseRebuild() {
+        guard rebuildTracker.isRunning else { return }
+        rebuildTracker.stopRequested.store(true, ordering: .relaxed)
+        for _ in 0..<500 where rebuildTracker.isRunning { usleep(10_000) }
+    }
+
+    /// A member whose drive file vanished (deleted or its device gone) has failed: its data is no longer reachable
+    /// by path, whatever the open descriptor still allows.
+    func checkDrivesPresent() {
+        controlLock.withLock { _ in checkDrivesPresentLocked() }
+    }
+
+    private func checkDrivesPresentLocked() {
+        for i in 0..<store.superblock.memberCount {
+            let drive = store.drives[i]
+            guard drive.state != .failed, !drive.isMissing else { continue }
+            if access(store.drivePaths[i], F_OK) != 0 && errno == ENOENT {
+                drive.transition(to: .failed)
+                daemonLog("member \(i): \(store.drivePaths[i]) vanished; the drive is failed")
+            }
+        }
+    }
+}

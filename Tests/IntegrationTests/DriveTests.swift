@@ -1,0 +1,153 @@
+import Foundation
+import XCTest
+
+/// Drive failure, hot spares, rebuild and degraded mounts on real mounts, driven through the CLI.
+final class DriveTests: FixtureTestCase {
+    override class var rootReason: String? { "real-mount tests run as root (CI does)" }
+
+    /// The array's status as JSON.
+    func status() throws -> [String: Any] {
+        let text = fixture.vsa("status '\(fixture.mnt)' --json").stdout
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
+    }
+
+    func rebuildState() throws -> String? { (try status()["rebuild"] as? [String: Any])?["state"] as? String }
+
+    /// Waits until no rebuild runs; returns its final state.
+    func waitForRebuild(seconds: Int = 120) throws -> String? {
+        for _ in 0..<(seconds * 10) {
+            let state = try rebuildState()
+            if state != "running" { return state }
+            usleep(100_000)
+        }
+        return try rebuildState()
+    }
+
+    func driveStates() throws -> [String] { (try status()["drives"] as? [[String: Any]] ?? []).map { $0["state"] as? String ?? "?" } }
+
+    /// A hot spare takes a failed member's place by itself while fio writes and verifies; afterwards the rebuilt
+    /// member carries its share: with another member failed, every byte still reads back.
+    func testSpareTakesOverUnderLoadAndCarriesItsShare() throws {
+        try fixture.create("--drives 5 --spares 1 --drive-size 48M --raid 5 --stripe-unit 16K")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 96M").status, 0)
+        try fixture.mount()
+        let r = fixture.root
+        let m = fixture.mnt
+        XCTAssertEqual(Harness.sh("head -c 96M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+        // fio overwrites and verifies the first 32 MiB while member 1 is pulled and the spare is rebuilt.
+        let load = Harness.sh(
+            """
+            fio --name=v --filename=\(m)/l --size=32M --rw=randwrite --bs=16k --ioengine=io_uring --iodepth=8 --direct=1 \(fioVerify) --output-format=terse > \(r)/fio.out 2>&1 & F=$!
+            sleep 1
+            "$VSA" drive fail '\(m)' 1 || { kill $F; exit 2; }
+            wait $F; rc=$?; cat \(r)/fio.out; exit $rc
+            """, timeoutSeconds: 300)
+        XCTAssertEqual(load.status, 0, "fio across the failure: \(load.stdout) \(load.stderr)")
+        XCTAssertEqual(try waitForRebuild(), "complete")
+        XCTAssertEqual(try driveStates(), ["online", "online", "online", "online"], "the spare is member 1 now, the failed drive is gone")
+        XCTAssertEqual(Harness.sh("ls '\(fixture.dir)' | grep -c failed").stdout.trimmingCharacters(in: .whitespacesAndNewlines), "1")
+        // The rest of the LUN (not touched by fio) must match, read with member 0 out too.
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 0").status, 0)
+        let c = Harness.sh("cmp <(dd if=\(m)/l bs=1M skip=32 iflag=direct status=none) <(tail -c +$((32*1048576+1)) \(r)/data)")
+        XCTAssertEqual(c.status, 0, "data differs with the rebuilt member carrying it: \(c.stdout)")
+        // A second failure past RAID-5's tolerance is refused.
+        let refuse = fixture.vsa("drive fail '\(m)' 2")
+        XCTAssertEqual(refuse.status, 1)
+        XCTAssertTrue(refuse.stderr.contains("nothing was changed"), refuse.stderr)
+        fixture.unmount()
+        try fixture.mount()
+        let again = Harness.sh("cmp <(dd if=\(m)/l bs=1M skip=32 iflag=direct status=none) <(tail -c +$((32*1048576+1)) \(r)/data)")
+        XCTAssertEqual(again.status, 0, "data differs after remount: \(again.stdout)")
+    }
+
+    /// `vsa drive replace --with` onto a new file, slowed down, killed with SIGKILL in the middle: the next mount
+    /// resumes where the superblocks say and finishes; every byte reads back, with two other members failed.
+    func testRebuildResumesAfterKill() throws {
+        try fixture.create("--drives 5 --drive-size 64M --raid 6 --stripe-unit 16K")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 120M").status, 0)
+        try fixture.mount()
+        let r = fixture.root
+        let m = fixture.mnt
+        XCTAssertEqual(Harness.sh("head -c 120M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 3").status, 0)
+        let replace = fixture.vsa("drive replace '\(m)' 3 --with '\(r)/new3' --rate 8M")
+        XCTAssertEqual(replace.status, 0, replace.stderr)
+        sleep(2)
+        let before = try XCTUnwrap(try status()["rebuild"] as? [String: Any])
+        XCTAssertEqual(before["state"] as? String, "running")
+        guard let pid = fixture.daemonPID else { return XCTFail("no daemon pid") }
+        kill(pid, SIGKILL)
+        var waited = 0
+        while kill(pid, 0) == 0 && waited < 500 { usleep(10_000); waited += 1 }
+        Harness.sh("umount -l '\(m)' 2>/dev/null || fusermount3 -uz '\(m)'")
+        let offline = Harness.sh("\"$VSA\" status '\(fixture.dir)' --json")
+        let paused = try XCTUnwrap(
+            (try JSONSerialization.jsonObject(with: Data(offline.stdout.utf8)) as? [String: Any])?["rebuild"] as? [String: Any], offline.stdout)
+        XCTAssertEqual(paused["state"] as? String, "paused")
+        XCTAssertGreaterThan(paused["doneStripes"] as? Int ?? 0, 0, "no progress was recorded before the kill")
+        try fixture.mount()
+        XCTAssertEqual(try waitForRebuild(seconds: 180), "complete")
+        // Members 0 and 1 out: RAID-6 now needs the rebuilt member 3 for every stripe.
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 0").status, 0)
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 1").status, 0)
+        let c = Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data")
+        XCTAssertEqual(c.status, 0, "data differs after the resumed rebuild: \(c.stdout)")
+    }
+
+    /// A member file missing at mount: a degraded mount with a warning; `vsa drive replace --wait` rebuilds onto a
+    /// new file with a progress report and the array is optimal again, across a remount.
+    func testMissingDriveMountsDegradedAndIsReplaced() throws {
+        try fixture.create("--drives 4 --drive-size 48M --raid 5")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 64M").status, 0)
+        try fixture.mount()
+        let r = fixture.root
+        let m = fixture.mnt
+        XCTAssertEqual(Harness.sh("head -c 64M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+        fixture.unmount()
+        Harness.sh("mv '\(fixture.dir)/drive-2' '\(r)/drive-2.away'")
+        let mount = fixture.vsa("mount '\(fixture.dir)' '\(m)'")
+        XCTAssertEqual(mount.status, 0, mount.stderr)
+        XCTAssertTrue(mount.stderr.contains("warning: member 2 is missing"), mount.stderr)
+        XCTAssertEqual((try status()["array"] as? [String: Any])?["state"] as? String, "degraded")
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "degraded read differs")
+        // Bad replacements are refused and change nothing.
+        Harness.sh("head -c 64M /dev/urandom > \(r)/foreign")
+        let foreign = fixture.vsa("drive replace '\(m)' 2 --with '\(r)/foreign'")
+        XCTAssertEqual(foreign.status, 1)
+        XCTAssertTrue(foreign.stderr.contains("refusing to overwrite"), foreign.stderr)
+        let live = fixture.vsa("drive replace '\(m)' 2 --with '\(fixture.dir)/drive-0'")
+        XCTAssertEqual(live.status, 1)
+        XCTAssertTrue(live.stderr.contains("already drive 0"), live.stderr)
+        Harness.sh("truncate -s 8M \(r)/small")
+        XCTAssertEqual(fixture.vsa("drive replace '\(m)' 2 --with '\(r)/small'").status, 1)
+        XCTAssertEqual(fixture.vsa("drive replace '\(m)' nosuch --with '\(r)/x'").status, 1)
+        XCTAssertEqual(try driveStates()[2], "failed")
+        // The real replacement, with a progress report.
+        let replace = fixture.vsa("drive replace '\(m)' 2 --with '\(r)/new2' --rate 0 --wait")
+        XCTAssertEqual(replace.status, 0, replace.stderr)
+        XCTAssertTrue(replace.stdout.contains("100.0%") && replace.stdout.contains("complete"), replace.stdout)
+        XCTAssertEqual((try status()["array"] as? [String: Any])?["state"] as? String, "optimal")
+        fixture.unmount()
+        // The old drive coming back is stale: the newer superblocks win and it is left alone.
+        Harness.sh("mv '\(r)/drive-2.away' '\(fixture.dir)/drive-2'")
+        let remount = fixture.vsa("mount '\(fixture.dir)' '\(m)'")
+        XCTAssertEqual(remount.status, 0, remount.stderr)
+        XCTAssertTrue(remount.stderr.contains("stale"), remount.stderr)
+        XCTAssertEqual((try status()["array"] as? [String: Any])?["state"] as? String, "optimal")
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 0").status, 0)
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "data differs after replace + remount")
+    }
+
+    /// Two members missing from a RAID-5: a clear error, nothing written.
+    func testTooManyMissingDrivesIsAClearError() throws {
+        try fixture.create("--drives 4 --drive-size 32M --raid 5")
+        Harness.sh("mv '\(fixture.dir)/drive-1' '\(fixture.root)/d1' && mv '\(fixture.dir)/drive-3' '\(fixture.root)/d3'")
+        let before = Harness.sh("sha256sum '\(fixture.dir)'/drive-*").stdout
+        let mount = fixture.vsa("mount '\(fixture.dir)' '\(fixture.mnt)'")
+        XCTAssertEqual(mount.status, 1)
+        XCTAssertTrue(mount.stderr.contains("is missing") && mount.stderr.contains("cannot run without it"), mount.stderr)
+        XCTAssertEqual(mount.stderr.split(separator: "\n").count, 1, mount.stderr)
+        XCTAssertEqual(Harness.sh("sha256sum '\(fixture.dir)'/drive-*").stdout, before, "a refused mount wrote to the drives")
+        XCTAssertEqual(fixture.vsa("drive fail '\(fixture.dir)' 0").status, 1, "drive fail on an array that is not mounted")
+    }
+}
