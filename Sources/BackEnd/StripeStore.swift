@@ -22,6 +22,10 @@ import Drives
 import MemoryServices
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The back end as the cache sees it. Thread: the owning director's. Ranges are 512-byte aligned (4 KiB for writes
 /// with parity); `targets[i]` / `strips[i]` point at the range's first byte for data strip i.
 public protocol StripeStore: AnyObject {
@@ -44,6 +48,36 @@ public protocol StripeStore: AnyObject {
     func writeDelta(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool
     /// Makes everything written so far durable on every online drive.
     func flush() -> Bool
+}
+
+/// What scrubbing one stripe found.
+public enum ScrubOutcome: Int, Sendable, CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .consistent: return "consistent"
+        case .mismatch: return "mismatch (not repaired)"
+        case .repaired: return "mismatch, parity or copy rewritten"
+        case .repairedData: return "mismatch, bad data strip located and rewritten"
+        case .unrecoverable: return "mismatch no single bad strip explains (left as it is)"
+        case .skipped: return "skipped (a member is out)"
+        case .unreadable: return "a drive failed while reading"
+        }
+    }
+
+    /// Redundancy agrees with the data.
+    case consistent = 0
+    /// A mismatch, left as it is (check only).
+    case mismatch = 1
+    /// A mismatch, fixed by rewriting parity or a mirror copy.
+    case repaired = 2
+    /// A mismatch traced to one data strip (RAID-6), rewritten: cached copies of the stripe are stale.
+    case repairedData = 3
+    /// A mismatch no single bad strip explains (RAID-6): left as it is.
+    case unrecoverable = 4
+    /// A member is out: the stripe cannot be checked now.
+    case skipped = 5
+    /// A drive failed while reading.
+    case unreadable = 6
 }
 
 /// Counters of the rare and the common paths, readable from the control plane.
@@ -241,6 +275,88 @@ public final class RAIDBackEnd: StripeStore {
             return true
         }
         return false
+    }
+
+    // MARK: Scrub
+
+    /// Checks one stripe's redundancy on the drives: mirrors' copies agree, P (and Q) match the data. With `repair`,
+    /// a mismatch is fixed: mirrors get the primary copy, RAID-5 gets P recomputed (nothing says which strip is wrong),
+    /// RAID-6 locates a single bad strip (data, P or Q) from the two syndromes and rewrites it. A stripe with a member
+    /// out cannot be checked. Runs on the stripe's owning director. Uses staging [m, 2m) and the parity scratch.
+    public func scrub(stripe: UInt64, repair: Bool) -> ScrubOutcome {
+        for drive in 0..<m where !readable(drive, stripe) { return .skipped }
+        let d = geometry.dataStripsPerStripe
+        let offset = geometry.driveOffset(stripe: stripe)
+        switch geometry.raidLevel {
+        case .raid0:
+            for strip in 0..<d { io.queueRead(drive: strip, into: staging.slice(m + strip), count: stripBytes, offsetBytes: offset) }
+            return io.submit() == 0 ? .consistent : .unreadable
+        case .raid1, .raid10:
+            var outcome = ScrubOutcome.consistent
+            for strip in 0..<d {
+                let copies = geometry.copyDrives(stripe: stripe, strip: strip)
+                for (i, drive) in copies.enumerated() {
+                    io.queueRead(drive: drive, into: staging.slice(m + i), count: stripBytes, offsetBytes: offset)
+                }
+                guard io.submit() == 0 else { return .unreadable }
+                for (i, drive) in copies.enumerated().dropFirst() where memcmp(staging.slice(m), staging.slice(m + i), stripBytes) != 0 {
+                    outcome = .mismatch
+                    if repair {
+                        io.queueWrite(drive: drive, from: staging.slice(m), count: stripBytes, offsetBytes: offset)
+                        guard io.submit() == 0 else { return .unreadable }
+                        outcome = .repaired
+                    }
+                }
+            }
+            return outcome
+        case .raid5, .raid6:
+            for strip in 0..<d {
+                io.queueRead(drive: geometry.dataDrive(stripe: stripe, strip: strip), into: staging.slice(m + strip), count: stripBytes, offsetBytes: offset)
+            }
+            let p = geometry.parityDrive(stripe: stripe)
+            let q = geometry.raidLevel == .raid6 ? geometry.qDrive(stripe: stripe) : -1
+            io.queueRead(drive: p, into: oldP, count: stripBytes, offsetBytes: offset)
+            if q >= 0 { io.queueRead(drive: q, into: oldQ, count: stripBytes, offsetBytes: offset) }
+            guard io.submit() == 0 else { return .unreadable }
+            for strip in 0..<d { table[strip] = staging.slice(m + strip) }
+            table[d] = newP
+            table[d + 1] = newQ
+            if q < 0 {
+                memory.xorParity(sourceCount: d, lengthBytes: stripBytes, table: table)
+            } else {
+                memory.pqParity(sourceCount: d, lengthBytes: stripBytes, table: table)
+            }
+            let pBad = memcmp(newP, oldP, stripBytes) != 0
+            let qBad = q >= 0 && memcmp(newQ, oldQ, stripBytes) != 0
+            guard pBad || qBad else { return .consistent }
+            guard repair else { return .mismatch }
+            if q < 0 || pBad != qBad {
+                // RAID-5, or only one of P and Q disagrees: that parity strip is the bad one.
+                if pBad { io.queueWrite(drive: p, from: newP, count: stripBytes, offsetBytes: offset) }
+                if qBad { io.queueWrite(drive: q, from: newQ, count: stripBytes, offsetBytes: offset) }
+                return io.submit() == 0 ? .repaired : .unreadable
+            }
+            // Both disagree: one bad data strip z explains it when Q ^ Q' = g^z · (P ^ P') for every byte.
+            table[0] = newP
+            table[1] = oldP
+            table[2] = deltaP  // the error in strip z
+            memory.xorParity(sourceCount: 2, lengthBytes: stripBytes, table: table)
+            table[0] = newQ
+            table[1] = oldQ
+            table[2] = deltaQ  // g^z times that error
+            memory.xorParity(sourceCount: 2, lengthBytes: stripBytes, table: table)
+            for z in 0..<d {
+                memory.gfMultiply(factor: GaloisField.powerOf2(z), source: deltaP, target: zeroes, lengthBytes: stripBytes)
+                guard memcmp(zeroes, deltaQ, stripBytes) == 0 else { continue }
+                table[0] = staging.slice(m + z)
+                table[1] = deltaP
+                table[2] = newP  // the strip as it should be (P and Q are right)
+                memory.xorParity(sourceCount: 2, lengthBytes: stripBytes, table: table)
+                io.queueWrite(drive: geometry.dataDrive(stripe: stripe, strip: z), from: newP, count: stripBytes, offsetBytes: offset)
+                return io.submit() == 0 ? .repairedData : .unreadable
+            }
+            return .unrecoverable
+        }
     }
 
     // MARK: Rebuild

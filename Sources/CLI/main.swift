@@ -146,7 +146,7 @@ struct VSA: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vsa",
         abstract: "A virtual enterprise storage array: LUNs as fixed-size files on a FUSE mount.",
-        subcommands: [Create.self, LUN.self, DriveCommand.self, Mount.self, Unmount.self, Status.self])
+        subcommands: [Create.self, LUN.self, DriveCommand.self, Scrub.self, Mount.self, Unmount.self, Status.self])
 }
 
 struct Create: VSACommand {
@@ -451,10 +451,8 @@ func waitForRebuild(_ dir: String) throws(VSAError) {
         guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)), let r = report.rebuild else {
             throw VSAError("the daemon reports no rebuild; see \(ArrayStore.logPath(directory: dir))")
         }
-        let width = 40
-        let filled = min(width, Int(r.percent / 100 * Double(width)))
         let tenths = Int((r.percent * 10).rounded(.down))
-        var line = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] \(tenths / 10).\(tenths % 10)%"
+        var line = progressBar(percent: r.percent)
         if r.bytesPerSecond > 0 { line += "  \(formatSize(r.bytesPerSecond))/s" }
         if let eta = r.etaSeconds { line += "  eta \(Int(eta.rounded(.up))) s" }
         if tty {
@@ -475,6 +473,71 @@ func waitForRebuild(_ dir: String) throws(VSAError) {
         }
         usleep(200_000)
     }
+}
+
+struct Scrub: VSACommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check every stripe's redundancy against its data (and repair with --repair), online, with a progress bar.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Flag(help: "Fix what is found: parity or mirror copies rewritten; RAID-6 also rewrites a single bad data strip.") var repair = false
+    @Option(help: "Rate limit per drive (K, M, G per second; 0 = none).") var rate: String = "0"
+    @Flag(help: "Start it and return; vsa status shows its progress.") var noWait = false
+
+    func execute() throws(VSAError) {
+        let bytes = try size(rate, "--rate")
+        let dir = try mountedArray(target, "scrub it")
+        _ = try control(dir, ["scrub", repair ? "1" : "0", String(bytes)])
+        guard !noWait else {
+            print("scrub started")
+            return
+        }
+        let tty = isatty(1) != 0
+        var lastTenth = -1
+        while true {
+            let json = try control(dir, ["status"])
+            guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)), let s = report.scrub else {
+                throw VSAError("the daemon reports no scrub; see \(ArrayStore.logPath(directory: dir))")
+            }
+            let tenths = Int((s.percent * 10).rounded(.down))
+            let line = progressBar(percent: s.percent) + "  \(s.mismatches) mismatches"
+            if tty {
+                print("\r" + line + "   ", terminator: "")
+                fflush(nil)
+            } else if tenths / 100 != lastTenth || s.state != "running" {
+                lastTenth = tenths / 100
+                print(line)
+            }
+            if s.state != "running" {
+                if tty { print("") }
+                print("scrub \(s.state): \(s.summary)")
+                let left = s.mismatches - s.repaired
+                if s.state != "complete" { throw VSAError("the scrub did not finish (\(s.state)); see \(ArrayStore.logPath(directory: dir))") }
+                if s.unreadableStripes > 0 {
+                    throw VSAError(
+                        "\(s.unreadableStripes) stripes could not be read (a drive failed); see vsa status and \(ArrayStore.logPath(directory: dir))")
+                }
+                if s.skippedStripes > 0 && left == 0 {
+                    throw VSAError("\(s.skippedStripes) stripes were not checked because a member is out; replace it (vsa drive replace), then scrub again")
+                }
+                if left > 0 {
+                    throw VSAError(
+                        s.repair
+                            ? "\(left) mismatches could not be repaired; see \(ArrayStore.logPath(directory: dir))"
+                            : "\(left) stripes disagree with their redundancy; run `vsa scrub --repair`")
+                }
+                return
+            }
+            usleep(200_000)
+        }
+    }
+}
+
+/// "[#####.....] 42.0%"
+func progressBar(percent: Double) -> String {
+    let width = 40
+    let filled = max(0, min(width, Int(percent / 100 * Double(width))))
+    let tenths = Int((percent * 10).rounded(.down))
+    return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] \(tenths / 10).\(tenths % 10)%"
 }
 
 struct Status: VSACommand {

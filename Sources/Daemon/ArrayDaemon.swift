@@ -101,6 +101,7 @@ public final class ArrayDaemon: @unchecked Sendable {
     /// Notes for `vsa status` (guarded by controlLock).
     var messages: [String] = []
     let rebuildTracker = RebuildTracker()
+    let scrubTracker = ScrubTracker()
     /// What the mount should tell the user (a degraded array, stale drives), printed by `vsa mount`.
     public private(set) var warnings: [String] = []
     private let lock: ArrayLock
@@ -195,6 +196,7 @@ public final class ArrayDaemon: @unchecked Sendable {
     private func shutdown() -> Int32 {
         unlink(ArrayStore.socketPath(directory: options.directory))
         pauseRebuild()
+        stopScrub()
         let flushed = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
         engines.stopAll()
         session?.close()
@@ -320,6 +322,10 @@ public final class ArrayDaemon: @unchecked Sendable {
                 guard let rate = UInt64(words[4]) else { throw VSAError("bad rate") }
                 let path = try replaceMember(member, with: words[2].isEmpty ? nil : words[2], force: words[3] == "1", rate: rate)
                 return "ok\n\(member)\t\(path)"
+            case "scrub" where words.count == 3:
+                guard let rate = UInt64(words[2]) else { throw VSAError("bad rate") }
+                try startScrub(repair: words[1] == "1", rate: rate)
+                return "ok\n"
             case "flush":
                 let rc = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
                 if rc != 0 { throw VSAError("flush failed: \(Posix.errnoDescription(rc))") }
@@ -387,6 +393,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             parityBytes: memory.parityBytes)
         report.backEnd = backEnd
         report.messages = notes
+        report.scrub = scrubInfo()
         if let r = rebuildTracker.snapshot {
             let done = rebuildTracker.doneStripes.load(ordering: .relaxed)
             let elapsed = max((r.finishedAt ?? Date().timeIntervalSince1970) - r.startedAt, 0.001)

@@ -164,57 +164,41 @@ extension ArrayDaemon {
     }
 
     private func runRebuild(member: Int, drive: Drive, from: UInt64, rate: UInt64) {
-        let geometry = store.geometry
-        let total = geometry.stripeCount
-        let stripBytes = UInt64(geometry.stripUnitBytes)
-        // About 4 MiB of each drive per step: short enough for the control lock, long enough to batch.
-        let step = max(1, (4 << 20) / stripBytes)
+        let stripBytes = UInt64(store.geometry.stripUnitBytes)
+        let total = store.geometry.stripeCount
         let began = Date().timeIntervalSince1970
         var lastRecord = began
-        var next = from
         var outcome = "complete"
         var detail: String? = nil
-        while next < total {
+        let next = walkStripes(from: from, rate: rate) { range, luns in
             if rebuildTracker.stopRequested.load(ordering: .relaxed) {
                 outcome = "stopped"
-                break
+                return false
             }
             guard drive.state == .rebuilding else {
                 outcome = "failed"
                 detail = "the new drive failed"
-                break
+                return false
             }
-            let end = min(total, next + step)
-            let rc: Int32 = controlLock.withLock { _ in
-                let luns = store.lunTable.entries
-                return engines.rebuild(member: member, stripes: next..<end) { stripe in
-                    for l in luns where stripe >= l.startStripe && stripe < l.startStripe + l.stripeCount {
-                        return (l.lunID, stripe - l.startStripe)
-                    }
-                    return nil
-                }
+            let rc = engines.rebuild(member: member, stripes: range) { stripe in
+                ArrayDaemon.lun(holding: stripe, in: luns).map { ($0.lunID, stripe - $0.startStripe) }
             }
             if rc != 0 {
                 outcome = "failed"
                 detail =
                     drive.state == .failed
-                    ? "the new drive failed" : "stripes \(next)..<\(end) could not be read from the other members (\(Posix.errnoDescription(rc)))"
-                break
+                    ? "the new drive failed" : "stripes \(range) could not be read from the other members (\(Posix.errnoDescription(rc)))"
+                return false
             }
-            drive.rebuiltStripes.store(end, ordering: .releasing)
-            rebuildTracker.doneStripes.store(end, ordering: .relaxed)
-            next = end
-            let now = Date().timeIntervalSince1970
+            drive.rebuiltStripes.store(range.upperBound, ordering: .releasing)
+            return true
+        } after: { next, now in
+            rebuildTracker.doneStripes.store(next, ordering: .relaxed)
             if now - lastRecord >= 1 && next < total {
                 lastRecord = now
                 controlLock.withLock { _ in
                     do { try store.recordRebuildProgress(stripes: next) } catch { daemonLog("recording rebuild progress failed: \(error)") }
                 }
-            }
-            // Rate limit: sleep off what we are ahead of `rate` bytes per second per drive.
-            if rate > 0 {
-                let ahead = Double((next - from) * stripBytes) / Double(rate) - (now - began)
-                if ahead > 0 { usleep(UInt32(min(ahead, 1) * 1_000_000)) }
             }
         }
         let finished = Date().timeIntervalSince1970
@@ -244,6 +228,38 @@ extension ArrayDaemon {
             $0?.detail = detail
         }
         if outcome == "failed" && drive.state == .failed { startRebuildOntoSpare() }
+    }
+
+    /// The LUN that holds array stripe `stripe`, if any.
+    static func lun(holding stripe: UInt64, in luns: [LUNEntry]) -> LUNEntry? {
+        luns.first { stripe >= $0.startStripe && stripe < $0.startStripe + $0.stripeCount }
+    }
+
+    /// Walks the array's stripes from `from` in steps of about 4 MiB per drive (short enough for the control lock,
+    /// long enough to batch): `step` runs under the control lock with the LUN table and says whether to go on,
+    /// `after` runs outside it with the next stripe and the time; sleeps off whatever runs ahead of `rate` bytes per
+    /// second per drive (0: no limit). Returns the first stripe not done.
+    func walkStripes(
+        from: UInt64, rate: UInt64, step: (Range<UInt64>, [LUNEntry]) -> Bool, after: (UInt64, Double) -> Void
+    ) -> UInt64 {
+        let total = store.geometry.stripeCount
+        let stripBytes = UInt64(store.geometry.stripUnitBytes)
+        let stride = max(1, (4 << 20) / stripBytes)
+        let began = Date().timeIntervalSince1970
+        var next = from
+        while next < total {
+            let end = min(total, next + stride)
+            let goOn = controlLock.withLock { _ in step(next..<end, store.lunTable.entries) }
+            guard goOn else { break }
+            next = end
+            let now = Date().timeIntervalSince1970
+            after(next, now)
+            if rate > 0 {
+                let ahead = Double((next - from) * stripBytes) / Double(rate) - (now - began)
+                if ahead > 0 { usleep(UInt32(min(ahead, 1) * 1_000_000)) }
+            }
+        }
+        return next
     }
 
     /// Asks a running rebuild to stop and record where it got (unmount); waits up to a few seconds.

@@ -94,6 +94,36 @@ public struct StatusReport: Codable, Sendable {
         public var detail: String?
     }
 
+    /// The current or last scrub.
+    public struct ScrubInfo: Codable, Sendable {
+        public var repair: Bool
+        /// running, complete, stopped (unmounted before the end)
+        public var state: String
+        public var doneStripes: UInt64
+        public var totalStripes: UInt64
+        public var percent: Double
+        /// Stripes whose redundancy was compared with their data.
+        public var checkedStripes: UInt64
+        /// Checked stripes where the redundancy disagreed with the data (repaired or not).
+        public var mismatches: UInt64
+        public var repaired: UInt64
+        /// Mismatches no single bad strip explains (RAID-6), left as they are.
+        public var unrecoverable: UInt64
+        /// Stripes with a member out (failed or still being rebuilt): not checked.
+        public var skippedStripes: UInt64
+        /// Stripes where a drive failed while reading.
+        public var unreadableStripes: UInt64
+        public var bytesPerSecond: UInt64
+        public var etaSeconds: Double?
+
+        /// One line: what was checked and found.
+        public var summary: String {
+            "\(checkedStripes) stripes checked, \(mismatches) mismatches, \(repaired) repaired, \(unrecoverable) unrecoverable"
+                + (skippedStripes > 0 ? ", \(skippedStripes) skipped (a member out)" : "")
+                + (unreadableStripes > 0 ? ", \(unreadableStripes) unreadable" : "")
+        }
+    }
+
     public var array: ArrayInfo
     public var daemon: DaemonInfo?
     public var drives: [DriveInfo]
@@ -104,6 +134,7 @@ public struct StatusReport: Codable, Sendable {
     public var backEnd: BackEndInfo?
     public var messages: [String]
     public var rebuild: RebuildInfo?
+    public var scrub: ScrubInfo?
 
     /// The parts that come from the drives alone.
     public static func offline(store: ArrayStore, cacheBytes: UInt64) -> StatusReport {
@@ -138,7 +169,7 @@ public struct StatusReport: Codable, Sendable {
         }
         var report = StatusReport(
             array: array, daemon: nil, drives: drives, luns: luns, cache: cache, directors: directors,
-            memoryServices: nil, backEnd: nil, messages: [], rebuild: nil)
+            memoryServices: nil, backEnd: nil, messages: [], rebuild: nil, scrub: nil)
         if let member = sb.rebuildMember {
             let total = store.geometry.stripeCount
             report.rebuild = RebuildInfo(
@@ -189,6 +220,10 @@ public struct StatusReport: Codable, Sendable {
             if let eta = r.etaSeconds { line += "  eta \(Int(eta.rounded(.up))) s" }
             if let d = r.detail { line += "  (\(d))" }
             lines.append(line)
+        }
+        if let s = scrub {
+            let tenths = Int((s.percent * 10).rounded(.down))
+            lines.append("scrub (\(s.repair ? "repair" : "check")): \(s.state)  \(tenths / 10).\(tenths % 10)%  \(s.summary)")
         }
         for m in messages { lines.append("note: \(m)") }
         return lines.joined(separator: "\n")

@@ -41,6 +41,8 @@ public enum RequestKind: UInt8, Sendable {
     case rebuild
     /// Put `drive` in member position `count` of this director's back-end adapter.
     case attachMember
+    /// Check (count 0) or repair (count 1) array stripe `offsetBytes`; the outcome goes in `outcome`.
+    case scrub
 }
 
 /// Completion of one host I/O that may span several directors: the last sub-request to finish wakes the waiter.
@@ -87,6 +89,8 @@ public final class SubRequest: @unchecked Sendable {
     public var data: UnsafeMutableRawPointer? = nil
     /// The drive of an attachMember request.
     public var drive: Drive? = nil
+    /// What a scrub request found (a ScrubOutcome).
+    public var outcome: ScrubOutcome = .consistent
     public unowned(unsafe) var group: CompletionGroup
     init(group: CompletionGroup) { self.group = group }
 }
@@ -255,6 +259,12 @@ public final class Director: @unchecked Sendable {
             if !backEnd.rebuild(stripe: request.offsetBytes, member: request.count) { error = EIO }
         case .attachMember:
             backEnd.attach(member: request.count, drive: request.drive!)
+        case .scrub:
+            request.outcome = backEnd.scrub(stripe: request.offsetBytes, repair: request.count == 1)
+            // A rewritten data strip: what the cache read of it before is stale.
+            if request.outcome == .repairedData && request.lun.sizeBytes != 0 {
+                cache.forgetClean(lunID: request.lun.lunID, lunStripe: request.offsetBytes - request.lun.startStripe)
+            }
         }
         requestsServed.add(1, ordering: .relaxed)
         request.group.complete(error: error)

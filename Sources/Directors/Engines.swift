@@ -169,6 +169,34 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         for piece in ctx.pieces { piece.drive = nil }  // the record does not keep the drive alive
     }
 
+    /// Scrubs `stripes` (check, or repair), each on its owning director; `tally` hears each stripe and its outcome.
+    /// `placement` gives a stripe's LUN (its id and first stripe), nil for stripes no LUN holds (director 1a).
+    public func scrub(stripes: Range<UInt64>, repair: Bool, placement: (UInt64) -> (lunID: UInt32, startStripe: UInt64)?, tally: (UInt64, ScrubOutcome) -> Void)
+    {
+        let ctx = context()
+        var stripe = stripes.lowerBound
+        while stripe < stripes.upperBound {
+            let n = min(piecesPerContext, Int(stripes.upperBound - stripe))
+            ctx.group.arm(n)
+            for i in 0..<n {
+                let piece = ctx.pieces[i]
+                let s = stripe + UInt64(i)
+                let place = placement(s)
+                piece.kind = .scrub
+                piece.lun = place.map { LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: 1) } ?? LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)
+                piece.offsetBytes = s
+                piece.count = repair ? 1 : 0
+                piece.data = nil
+                piece.outcome = .consistent
+                let target = place.map { owner(lunID: $0.lunID, lunStripe: s - $0.startStripe) } ?? directors[0]
+                target.submit(piece)
+            }
+            _ = ctx.group.wait()
+            for i in 0..<n { tally(stripe + UInt64(i), ctx.pieces[i].outcome) }
+            stripe += UInt64(n)
+        }
+    }
+
     /// Rebuilds member `member` over array stripes `stripes`. Each stripe is rebuilt by its owning director, so no
     /// destage of that stripe interleaves; `placement` gives a stripe's (LUN, stripe in the LUN), nil for stripes no
     /// LUN holds (director 1a does those). Returns 0 or the first errno.

@@ -658,6 +658,20 @@ public final class TrackCache {
         return store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: dirtyMask, offsetBytes: offset, count: count)
     }
 
+    /// Forgets what the cache read of one stripe of a LUN (a scrub rewrote a data strip there): clean slots go, and a
+    /// write-pending slot keeps only its write-pending sectors.
+    public func forgetClean(lunID: UInt32, lunStripe: UInt64) {
+        let d = UInt64(dataStripsPerStripe)
+        for strip in 0..<d {
+            guard let slot = lookup(lun: lunID, track: lunStripe * d + strip), !slotPinned[slot] else { continue }
+            if slotDirty[slot] {
+                for w in 0..<wordsPerSlot { validBits[slot * wordsPerSlot + w] = dirtyBits[slot * wordsPerSlot + w] }
+            } else {
+                evict(slot)
+            }
+        }
+    }
+
     /// Forgets every slot of a LUN, write-pending or not (the LUN is being deleted).
     public func discard(lunID: UInt32) {
         for slot in 0..<slotCount where slotInUse[slot] && slotLUN[slot] == lunID {
