@@ -269,8 +269,8 @@ extension ArrayDaemon {
         for _ in 0..<500 where rebuildTracker.isRunning { usleep(10_000) }
     }
 
-    /// A member whose drive file vanished (deleted or its device gone) has failed: its data is no longer reachable
-    /// by path, whatever the open descriptor still allows.
+    /// A member whose drive file vanished (deleted or its device gone), or was truncated, has failed: its data is no
+    /// longer reachable by path, whatever the open descriptor still allows.
     func checkDrivesPresent() {
         controlLock.withLock { _ in checkDrivesPresentLocked() }
     }
@@ -282,6 +282,13 @@ extension ArrayDaemon {
             if access(store.drivePaths[i], F_OK) != 0 && errno == ENOENT {
                 drive.transition(to: .failed)
                 daemonLog("member \(i): \(store.drivePaths[i]) vanished; the drive is failed")
+                continue
+            }
+            // A drive file cut short under us would read back zeroes where data was: failed, not trusted.
+            let required = store.superblock.dataOffsetBytes + store.superblock.dataBytesPerDrive
+            if !drive.isBlockDevice, let size = try? Posix.fileSize(fd: drive.fd).sizeBytes, size < required {
+                drive.transition(to: .failed)
+                daemonLog("member \(i): \(store.drivePaths[i]) shrank to \(size) bytes (needs \(required)); the drive is failed")
             }
         }
     }

@@ -138,6 +138,27 @@ final class DriveTests: FixtureTestCase {
         XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "data differs after replace + remount")
     }
 
+    /// A drive file truncated, and another deleted, while mounted: both members are failed within a second or so,
+    /// and RAID-6 serves every byte from the other three.
+    func testShrunkAndVanishedDriveFilesFailTheirMembers() throws {
+        try fixture.create("--drives 5 --drive-size 40M --raid 6")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 64M").status, 0)
+        try fixture.mount()
+        let r = fixture.root
+        let m = fixture.mnt
+        XCTAssertEqual(Harness.sh("head -c 64M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+        Harness.sh("truncate -s 20M '\(fixture.dir)/drive-1' && rm '\(fixture.dir)/drive-3'")
+        var states: [String] = []
+        for _ in 0..<50 {
+            states = try driveStates()
+            if states[1] == "failed" && states[3] == "failed" { break }
+            usleep(100_000)
+        }
+        XCTAssertEqual(states, ["online", "failed", "online", "failed", "online"])
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "degraded read differs")
+        XCTAssertTrue(Harness.sh("grep -c 'shrank\\|vanished' '\(fixture.dir)/vsa.log'").stdout.hasPrefix("2"))
+    }
+
     /// Two members missing from a RAID-5: a clear error, nothing written.
     func testTooManyMissingDrivesIsAClearError() throws {
         try fixture.create("--drives 4 --drive-size 32M --raid 5")
