@@ -44,6 +44,18 @@ public enum RAIDLevel: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         }
     }
 
+    /// Whether every byte is still reachable with the members in `outMask` (bit i = member i) out: up to the level's
+    /// tolerance, except that mirrors survive as long as each mirror set keeps one member (RAID-10: one per pair).
+    public func survives(outMask: UInt64, memberCount: Int) -> Bool {
+        switch self {
+        case .raid10:
+            for pair in 0..<(memberCount / 2) where (outMask >> UInt64(2 * pair)) & 0b11 == 0b11 { return false }
+            return true
+        default:
+            return outMask.nonzeroBitCount <= faultTolerance(memberCount: memberCount)
+        }
+    }
+
     /// Data strips per stripe for `memberCount` member drives.
     public func dataStripsPerStripe(memberCount: Int) -> Int {
         switch self {

@@ -459,8 +459,8 @@ public final class RAIDBackEnd: StripeStore {
     private func finishWrite() -> Bool {
         let failed = io.submit()
         let down = failedMembers()
-        if failed != 0 || down > 0 { marks.degradedWrites.add(1, ordering: .relaxed) }
-        return down <= geometry.raidLevel.faultTolerance(memberCount: m)
+        if failed != 0 || down != 0 { marks.degradedWrites.add(1, ordering: .relaxed) }
+        return geometry.raidLevel.survives(outMask: down, memberCount: m)
     }
 
     // MARK: Read-modify-write
@@ -546,12 +546,13 @@ public final class RAIDBackEnd: StripeStore {
         // io-wq round trip.
         for drive in 0..<m where writable(drive) && !drives[drive].isMemoryBacked { io.queueFlush(drive: drive) }
         io.submit()
-        return failedMembers() <= geometry.raidLevel.faultTolerance(memberCount: m)
+        return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)
     }
 
-    private func failedMembers() -> Int {
-        var n = 0
-        for drive in 0..<m where !writable(drive) { n += 1 }
-        return n
+    /// The members no write reaches (bit i = member i).
+    private func failedMembers() -> UInt64 {
+        var mask: UInt64 = 0
+        for drive in 0..<m where !writable(drive) { mask |= 1 << UInt64(drive) }
+        return mask
     }
 }

@@ -65,11 +65,10 @@ extension ArrayDaemon {
             let drive = store.drives[member]
             guard drive.state != .failed else { throw VSAError("member \(member) has already failed") }
             // The members out besides this one (failed, or rebuilding and so not yet readable everywhere).
-            let others = store.drives.prefix(store.superblock.memberCount).enumerated().filter { $0.offset != member && $0.element.state != .online }.count
-            let tolerance = store.superblock.raidLevel.faultTolerance(memberCount: store.superblock.memberCount)
-            if others + 1 > tolerance && !force {
+            let out = store.membersOut | (1 << UInt64(member))
+            if !store.superblock.raidLevel.survives(outMask: out, memberCount: store.superblock.memberCount) && !force {
                 throw VSAError(
-                    "failing member \(member) would leave \(store.superblock.raidLevel) with \(others + 1) members out, more than it survives; nothing was changed (use --force to do it anyway)"
+                    "failing member \(member) would leave \(store.superblock.raidLevel) with \(out.nonzeroBitCount) members out, more than it survives; nothing was changed (use --force to do it anyway)"
                 )
             }
             drive.transition(to: .failed)
@@ -91,8 +90,7 @@ extension ArrayDaemon {
             let old = store.drives[member]
             guard old.state != .rebuilding else { throw VSAError("member \(member) is being rebuilt already") }
             if old.state == .online {
-                let out = store.drives.prefix(sb.memberCount).filter { $0.state != .online }.count
-                guard out + 1 <= sb.raidLevel.faultTolerance(memberCount: sb.memberCount) else {
+                guard sb.raidLevel.survives(outMask: store.membersOut | (1 << UInt64(member)), memberCount: sb.memberCount) else {
                     throw VSAError("replacing healthy member \(member) would leave \(sb.raidLevel) without enough members meanwhile; nothing was changed")
                 }
             }

@@ -139,10 +139,11 @@ public struct StatusReport: Codable, Sendable {
     /// The parts that come from the drives alone.
     public static func offline(store: ArrayStore, cacheBytes: UInt64) -> StatusReport {
         let sb = store.superblock
-        let failed = store.drives.prefix(sb.memberCount).filter { $0.state == .failed }.count
+        let failed = store.currentFailedMask
         let rebuilding = store.drives.prefix(sb.memberCount).contains { $0.state == .rebuilding }
-        let tolerance = sb.raidLevel.faultTolerance(memberCount: sb.memberCount)
-        let state = failed > tolerance ? "failed" : (failed > 0 ? "degraded" : (rebuilding ? "rebuilding" : "optimal"))
+        let state =
+            !sb.raidLevel.survives(outMask: failed, memberCount: sb.memberCount)
+            ? "failed" : (failed != 0 ? "degraded" : (rebuilding ? "rebuilding" : "optimal"))
         let array = ArrayInfo(
             uuid: sb.arrayUUID.description, raidLevel: sb.raidLevel.description, state: state, clean: sb.clean,
             stripeUnitBytes: sb.stripUnitBytes, capacityBytes: store.geometry.capacityBytes, freeBytes: store.freeBytes,

@@ -190,8 +190,8 @@ public final class ArrayStore: @unchecked Sendable {
         }
         var missingMembers: UInt64 = 0
         for i in 0..<reference.memberCount where ordered[i] == nil { missingMembers |= 1 << UInt64(i) }
-        let lost = (reference.failedMemberMask | missingMembers).nonzeroBitCount
-        if missingMembers != 0 && lost > reference.raidLevel.faultTolerance(memberCount: reference.memberCount) {
+        let lost = reference.failedMemberMask | missingMembers
+        if missingMembers != 0 && !reference.raidLevel.survives(outMask: lost, memberCount: reference.memberCount) {
             let first = missingMembers.trailingZeroBitCount
             throw VSAError(
                 "drive index \(first) of array \(reference.arrayUUID) is missing from \(directory) and \(reference.raidLevel) cannot run without it; restore it"
@@ -224,10 +224,12 @@ public final class ArrayStore: @unchecked Sendable {
             drives[member].rebuiltStripes.store(reference.rebuildCheckpoint, ordering: .releasing)
             drives[member].transition(to: .rebuilding)
         }
-        let failedCount = drives.prefix(reference.memberCount).filter { $0.state == .failed }.count
-        if failedCount > reference.raidLevel.faultTolerance(memberCount: reference.memberCount) {
+        var failedMask: UInt64 = 0
+        for i in 0..<reference.memberCount where drives[i].state == .failed { failedMask |= 1 << UInt64(i) }
+        if !reference.raidLevel.survives(outMask: failedMask, memberCount: reference.memberCount) {
             throw VSAError(
-                "array \(reference.arrayUUID) has \(failedCount) failed members, more than \(reference.raidLevel) survives; its data cannot be served")
+                "array \(reference.arrayUUID) has \(failedMask.nonzeroBitCount) failed members, more than \(reference.raidLevel) survives; its data cannot be served"
+            )
         }
         let expectedSize = reference.dataOffsetBytes + reference.dataBytesPerDrive
         for d in drives where !d.isMissing && d.sizeBytes < expectedSize {
@@ -446,7 +448,14 @@ public final class ArrayStore: @unchecked Sendable {
     public func recordFailures() throws(VSAError) -> Bool {
         let mask = currentFailedMask
         if mask != superblock.failedMemberMask { try writeSuperblocks(clean: superblock.clean) }
-        return mask.nonzeroBitCount <= superblock.raidLevel.faultTolerance(memberCount: superblock.memberCount)
+        return superblock.raidLevel.survives(outMask: mask, memberCount: superblock.memberCount)
+    }
+
+    /// The members that are out now, failed or still being rebuilt (bit i = member i).
+    public var membersOut: UInt64 {
+        var mask: UInt64 = 0
+        for i in 0..<superblock.memberCount where drives[i].state != .online { mask |= 1 << UInt64(i) }
+        return mask
     }
 
     static func driveUUID(array: UUID128, index: Int) -> UUID128 {

@@ -3,6 +3,22 @@ import ArrayModel
 import XCTest
 
 final class ModelTests: XCTestCase {
+    func testWhichFailuresEachLevelSurvives() {
+        XCTAssertTrue(RAIDLevel.raid0.survives(outMask: 0, memberCount: 3))
+        XCTAssertFalse(RAIDLevel.raid0.survives(outMask: 0b1, memberCount: 3))
+        XCTAssertTrue(RAIDLevel.raid1.survives(outMask: 0b011, memberCount: 3))
+        XCTAssertFalse(RAIDLevel.raid1.survives(outMask: 0b111, memberCount: 3))
+        XCTAssertTrue(RAIDLevel.raid5.survives(outMask: 0b0100, memberCount: 4))
+        XCTAssertFalse(RAIDLevel.raid5.survives(outMask: 0b0101, memberCount: 4))
+        XCTAssertTrue(RAIDLevel.raid6.survives(outMask: 0b10001, memberCount: 5))
+        XCTAssertFalse(RAIDLevel.raid6.survives(outMask: 0b10101, memberCount: 5))
+        // RAID-10: one member per mirror pair may go, never both of a pair.
+        XCTAssertTrue(RAIDLevel.raid10.survives(outMask: 0b1001, memberCount: 4))
+        XCTAssertTrue(RAIDLevel.raid10.survives(outMask: 0b010101, memberCount: 6))
+        XCTAssertFalse(RAIDLevel.raid10.survives(outMask: 0b0011, memberCount: 4))
+        XCTAssertFalse(RAIDLevel.raid10.survives(outMask: 0b1100, memberCount: 4))
+    }
+
     func testSizeParsing() {
         XCTAssertEqual(parseSize("4096"), 4096)
         XCTAssertEqual(parseSize("64K"), 65536)

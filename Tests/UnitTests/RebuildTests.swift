@@ -4,6 +4,7 @@
 import ArrayModel
 import BackEnd
 import Buffers
+import Daemon
 import Drives
 import GlobalMemory
 import MemoryServices
@@ -95,6 +96,23 @@ extension CacheTests {
                 XCTAssertGreaterThan(marks.degradedReads.load(ordering: .relaxed), 0)
             }
         }
+    }
+
+    /// RAID-10 loses one member of each mirror pair and still serves everything, across assembly; losing both
+    /// members of a pair is refused.
+    func testRAID10SurvivesOneMemberPerPair() throws {
+        let (store, ref, data) = try filledArray(.raid10, drives: 6)
+        store.drives[0].transition(to: .failed)
+        store.drives[3].transition(to: .failed)
+        store.drives[5].transition(to: .failed)
+        XCTAssertTrue(try store.recordFailures())
+        XCTAssertEqual(try readBack(store, ref), data)
+        let again = try ArrayStore.assemble(directory: directory)
+        XCTAssertEqual(StatusReport.offline(store: again, cacheBytes: 16 << 20).array.state, "degraded")
+        XCTAssertEqual(try readBack(again, ref), data)
+        again.drives[1].transition(to: .failed)  // the other half of pair 0
+        XCTAssertFalse(try again.recordFailures())
+        XCTAssertThrowsError(try ArrayStore.assemble(directory: directory))
     }
 
     /// A member missing from the folder assembles as failed (with a warning) when the level allows; a replacement
