@@ -277,6 +277,19 @@ public final class RAIDBackEnd: StripeStore {
         return false
     }
 
+    /// P (RAID-5) or P and Q (RAID-6) of the data strips in `table[0..<d]` (the caller puts them there) into newP
+    /// and newQ.
+    private func computeParity(count: Int) {
+        let d = geometry.dataStripsPerStripe
+        table[d] = newP
+        table[d + 1] = newQ
+        if geometry.raidLevel == .raid5 {
+            memory.xorParity(sourceCount: d, lengthBytes: count, table: table)
+        } else {
+            memory.pqParity(sourceCount: d, lengthBytes: count, table: table)
+        }
+    }
+
     // MARK: Scrub
 
     /// Checks one stripe's redundancy on the drives: mirrors' copies agree, P (and Q) match the data. With `repair`,
@@ -319,13 +332,7 @@ public final class RAIDBackEnd: StripeStore {
             if q >= 0 { io.queueRead(drive: q, into: oldQ, count: stripBytes, offsetBytes: offset) }
             guard io.submit() == 0 else { return .unreadable }
             for strip in 0..<d { table[strip] = staging.slice(m + strip) }
-            table[d] = newP
-            table[d + 1] = newQ
-            if q < 0 {
-                memory.xorParity(sourceCount: d, lengthBytes: stripBytes, table: table)
-            } else {
-                memory.pqParity(sourceCount: d, lengthBytes: stripBytes, table: table)
-            }
+            computeParity(count: stripBytes)
             let pBad = memcmp(newP, oldP, stripBytes) != 0
             let qBad = q >= 0 && memcmp(newQ, oldQ, stripBytes) != 0
             guard pBad || qBad else { return .consistent }
@@ -385,13 +392,7 @@ public final class RAIDBackEnd: StripeStore {
             guard readStrips(stripe: stripe, stripMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: stripBytes, targets: targets) else { return false }
             if member == geometry.parityDrive(stripe: stripe) || (geometry.raidLevel == .raid6 && member == geometry.qDrive(stripe: stripe)) {
                 for strip in 0..<d { table[strip] = staging.slice(m + strip) }
-                table[d] = newP
-                table[d + 1] = newQ
-                if geometry.raidLevel == .raid5 {
-                    memory.xorParity(sourceCount: d, lengthBytes: stripBytes, table: table)
-                } else {
-                    memory.pqParity(sourceCount: d, lengthBytes: stripBytes, table: table)
-                }
+                computeParity(count: stripBytes)
                 source = member == geometry.parityDrive(stripe: stripe) ? newP : newQ
             } else {
                 for strip in 0..<d where geometry.dataDrive(stripe: stripe, strip: strip) == member { source = staging.slice(m + strip) }
@@ -421,13 +422,7 @@ public final class RAIDBackEnd: StripeStore {
         queueDataWrites(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
         if hasParity {
             for i in 0..<d { table[i] = strips[i] }
-            table[d] = newP
-            table[d + 1] = newQ
-            if geometry.raidLevel == .raid5 {
-                memory.xorParity(sourceCount: d, lengthBytes: count, table: table)
-            } else {
-                memory.pqParity(sourceCount: d, lengthBytes: count, table: table)
-            }
+            computeParity(count: count)
             queueParityWrites(stripe: stripe, offset: offset, count: count)
             if dirtyMask.nonzeroBitCount == d {
                 marks.fullStripeWrites.add(1, ordering: .relaxed)

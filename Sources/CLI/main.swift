@@ -444,32 +444,43 @@ struct DriveReplace: VSACommand {
 
 /// Draws the rebuild's progress until it ends; throws if it did not complete.
 func waitForRebuild(_ dir: String) throws(VSAError) {
-    let tty = isatty(1) != 0
-    var lastTenth = -1
-    while true {
-        let json = try control(dir, ["status"])
-        guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)), let r = report.rebuild else {
-            throw VSAError("the daemon reports no rebuild; see \(ArrayStore.logPath(directory: dir))")
-        }
-        let tenths = Int((r.percent * 10).rounded(.down))
+    let r = try follow(dir, job: "rebuild", pick: { $0.rebuild }) { r in
         var line = progressBar(percent: r.percent)
         if r.bytesPerSecond > 0 { line += "  \(formatSize(r.bytesPerSecond))/s" }
         if let eta = r.etaSeconds { line += "  eta \(Int(eta.rounded(.up))) s" }
+        return (r.percent, line, r.state == "running")
+    }
+    guard r.state == "complete" else {
+        throw VSAError("rebuild \(r.state)\(r.detail.map { ": \($0)" } ?? ""); see \(ArrayStore.logPath(directory: dir))")
+    }
+    print("rebuild of member \(r.member) complete")
+}
+
+/// Polls the daemon's status every 200 ms and draws the progress of one background job (`pick` finds it in the
+/// report, `describe` gives its percent, progress line and whether it still runs) until it stops; returns its last
+/// state. A terminal gets one line redrawn in place; anything else (a log, a test) a line per 10%.
+func follow<Job>(
+    _ dir: String, job: String, pick: (StatusReport) -> Job?, describe: (Job) -> (percent: Double, line: String, running: Bool)
+) throws(VSAError) -> Job {
+    let tty = isatty(1) != 0
+    var lastDecile = -1
+    while true {
+        let json = try control(dir, ["status"])
+        guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)), let current = pick(report) else {
+            throw VSAError("the daemon reports no \(job); see \(ArrayStore.logPath(directory: dir))")
+        }
+        let (percent, line, running) = describe(current)
+        let decile = Int(percent.rounded(.down)) / 10
         if tty {
             print("\r" + line + "   ", terminator: "")
             fflush(nil)
-        } else if tenths / 100 != lastTenth || r.state != "running" {
-            // Not a terminal (a log, a test): a line per 10%.
-            lastTenth = tenths / 100
+        } else if decile != lastDecile || !running {
+            lastDecile = decile
             print(line)
         }
-        if r.state != "running" {
+        if !running {
             if tty { print("") }
-            guard r.state == "complete" else {
-                throw VSAError("rebuild \(r.state)\(r.detail.map { ": \($0)" } ?? ""); see \(ArrayStore.logPath(directory: dir))")
-            }
-            print("rebuild of member \(r.member) complete")
-            return
+            return current
         }
         usleep(200_000)
     }
@@ -491,43 +502,23 @@ struct Scrub: VSACommand {
             print("scrub started")
             return
         }
-        let tty = isatty(1) != 0
-        var lastTenth = -1
-        while true {
-            let json = try control(dir, ["status"])
-            guard let report = try? JSONDecoder().decode(StatusReport.self, from: Data(json.utf8)), let s = report.scrub else {
-                throw VSAError("the daemon reports no scrub; see \(ArrayStore.logPath(directory: dir))")
-            }
-            let tenths = Int((s.percent * 10).rounded(.down))
-            let line = progressBar(percent: s.percent) + "  \(s.mismatches) mismatches"
-            if tty {
-                print("\r" + line + "   ", terminator: "")
-                fflush(nil)
-            } else if tenths / 100 != lastTenth || s.state != "running" {
-                lastTenth = tenths / 100
-                print(line)
-            }
-            if s.state != "running" {
-                if tty { print("") }
-                print("scrub \(s.state): \(s.summary)")
-                let left = s.mismatches - s.repaired
-                if s.state != "complete" { throw VSAError("the scrub did not finish (\(s.state)); see \(ArrayStore.logPath(directory: dir))") }
-                if s.unreadableStripes > 0 {
-                    throw VSAError(
-                        "\(s.unreadableStripes) stripes could not be read (a drive failed); see vsa status and \(ArrayStore.logPath(directory: dir))")
-                }
-                if s.skippedStripes > 0 && left == 0 {
-                    throw VSAError("\(s.skippedStripes) stripes were not checked because a member is out; replace it (vsa drive replace), then scrub again")
-                }
-                if left > 0 {
-                    throw VSAError(
-                        s.repair
-                            ? "\(left) mismatches could not be repaired; see \(ArrayStore.logPath(directory: dir))"
-                            : "\(left) stripes disagree with their redundancy; run `vsa scrub --repair`")
-                }
-                return
-            }
-            usleep(200_000)
+        let s = try follow(dir, job: "scrub", pick: { $0.scrub }) { s in
+            (s.percent, progressBar(percent: s.percent) + "  \(s.mismatches) mismatches", s.state == "running")
+        }
+        print("scrub \(s.state): \(s.summary)")
+        let left = s.mismatches - s.repaired
+        if s.state != "complete" { throw VSAError("the scrub did not finish (\(s.state)); see \(ArrayStore.logPath(directory: dir))") }
+        if s.unreadableStripes > 0 {
+            throw VSAError("\(s.unreadableStripes) stripes could not be read (a drive failed); see vsa status and \(ArrayStore.logPath(directory: dir))")
+        }
+        if s.skippedStripes > 0 && left == 0 {
+            throw VSAError("\(s.skippedStripes) stripes were not checked because a member is out; replace it (vsa drive replace), then scrub again")
+        }
+        if left > 0 {
+            throw VSAError(
+                s.repair
+                    ? "\(left) mismatches could not be repaired; see \(ArrayStore.logPath(directory: dir))"
+                    : "\(left) stripes disagree with their redundancy; run `vsa scrub --repair`")
         }
     }
 }

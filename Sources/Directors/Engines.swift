@@ -169,10 +169,15 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         for piece in ctx.pieces { piece.drive = nil }  // the record does not keep the drive alive
     }
 
-    /// Scrubs `stripes` (check, or repair), each on its owning director; `tally` hears each stripe and its outcome.
-    /// `placement` gives a stripe's LUN (its id and first stripe), nil for stripes no LUN holds (director 1a).
-    public func scrub(stripes: Range<UInt64>, repair: Bool, placement: (UInt64) -> (lunID: UInt32, startStripe: UInt64)?, tally: (UInt64, ScrubOutcome) -> Void)
-    {
+    /// Where an array stripe lies: its LUN's id and first stripe; nil for stripes no LUN holds.
+    public typealias Placement = (UInt64) -> (lunID: UInt32, startStripe: UInt64)?
+
+    /// Runs one `kind` request per stripe of `stripes` on the stripe's owning director (director 1a for stripes no
+    /// LUN holds), so nothing else touches that stripe meanwhile; a context's worth at a time. `finished` sees each
+    /// stripe's request once its batch completed. Returns 0 or the first errno.
+    private func perStripe(
+        _ stripes: Range<UInt64>, kind: RequestKind, count: Int, placement: Placement, finished: (UInt64, SubRequest) -> Void = { _, _ in }
+    ) -> Int32 {
         let ctx = context()
         var stripe = stripes.lowerBound
         while stripe < stripes.upperBound {
@@ -182,44 +187,31 @@ public final class Engines: HostIOPort, @unchecked Sendable {
                 let piece = ctx.pieces[i]
                 let s = stripe + UInt64(i)
                 let place = placement(s)
-                piece.kind = .scrub
+                piece.kind = kind
                 piece.lun = place.map { LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: 1) } ?? LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)
                 piece.offsetBytes = s
-                piece.count = repair ? 1 : 0
+                piece.count = count
                 piece.data = nil
                 piece.outcome = .consistent
                 let target = place.map { owner(lunID: $0.lunID, lunStripe: s - $0.startStripe) } ?? directors[0]
                 target.submit(piece)
             }
-            _ = ctx.group.wait()
-            for i in 0..<n { tally(stripe + UInt64(i), ctx.pieces[i].outcome) }
-            stripe += UInt64(n)
-        }
-    }
-
-    /// Rebuilds member `member` over array stripes `stripes`. Each stripe is rebuilt by its owning director, so no
-    /// destage of that stripe interleaves; `placement` gives a stripe's (LUN, stripe in the LUN), nil for stripes no
-    /// LUN holds (director 1a does those). Returns 0 or the first errno.
-    public func rebuild(member: Int, stripes: Range<UInt64>, placement: (UInt64) -> (lunID: UInt32, lunStripe: UInt64)?) -> Int32 {
-        let ctx = context()
-        var stripe = stripes.lowerBound
-        while stripe < stripes.upperBound {
-            let n = min(piecesPerContext, Int(stripes.upperBound - stripe))
-            ctx.group.arm(n)
-            for i in 0..<n {
-                let piece = ctx.pieces[i]
-                piece.kind = .rebuild
-                piece.lun = LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)
-                piece.offsetBytes = stripe + UInt64(i)
-                piece.count = member
-                piece.data = nil
-                let target = placement(stripe + UInt64(i)).map { owner(lunID: $0.lunID, lunStripe: $0.lunStripe) } ?? directors[0]
-                target.submit(piece)
-            }
             let rc = ctx.group.wait()
+            for i in 0..<n { finished(stripe + UInt64(i), ctx.pieces[i]) }
             if rc != 0 { return rc }
             stripe += UInt64(n)
         }
         return 0
+    }
+
+    /// Scrubs `stripes` (check, or repair), each on its owning director; `tally` hears each stripe and its outcome.
+    public func scrub(stripes: Range<UInt64>, repair: Bool, placement: Placement, tally: (UInt64, ScrubOutcome) -> Void) {
+        _ = perStripe(stripes, kind: .scrub, count: repair ? 1 : 0, placement: placement) { tally($0, $1.outcome) }
+    }
+
+    /// Rebuilds member `member` over array stripes `stripes`, each stripe on its owning director, so no destage of
+    /// it interleaves. Returns 0 or the first errno.
+    public func rebuild(member: Int, stripes: Range<UInt64>, placement: Placement) -> Int32 {
+        perStripe(stripes, kind: .rebuild, count: member, placement: placement)
     }
 }
