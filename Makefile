@@ -2,7 +2,7 @@
 SWIFT ?= swift
 PREFIX ?= /usr/local
 
-.PHONY: all deps build release demo test unit integration lint format install uninstall bench bench-alloc bench-alloc-update clean
+.PHONY: all deps build release demo test unit integration sim lint format install uninstall bench bench-alloc bench-alloc-update clean
 
 all: build
 
@@ -32,6 +32,13 @@ bench-alloc:
 # Rewrite the thresholds after an intended change (review the diff before committing it).
 bench-alloc-update:
 	$(SWIFT) package --allow-writing-to-package-directory benchmark thresholds update --target HotPath --metric mallocCountTotal --path Benchmarks/Thresholds
+
+# The seeded simulation of the core (Tests/UnitTests/SimulationTests.swift): `make test` runs 12 seeds; this runs
+# SEEDS of them (a failing seed is printed; VSA_SIM_SEED=N replays it).
+SEEDS ?= 200
+sim: deps
+	$(SWIFT) build --build-tests
+	VSA_SIM_SEEDS=$(SEEDS) $(SWIFT) test --skip-build --filter SimulationTests
 
 unit: deps
 	$(SWIFT) test --filter UnitTests

@@ -1,0 +1,270 @@
+// A seeded simulation of the core: one director's cache portion and back-end adapter over an array of drive files
+// on tmpfs, driven by random steps — host writes, reads, destage, flush (fsync), drive failures, replacement and
+// rebuild in pieces, scrub, and crashes (the cache and the back end are dropped without destaging; the array is
+// assembled again from its drives alone, resynchronised, and a rebuild in progress resumes from its checkpoint).
+// Invariants after every step: a read returns the newest data written; after a crash every sector not written since
+// the last flush holds what that flush made durable; a redundant array with every member in reads the same with any
+// member it can lose left out; scrub finds every stripe consistent after a flush.
+//
+// Same seed, same run: a failing seed is printed and replays exactly with VSA_SIM_SEED=N. `make test` runs a
+// bounded number of seeds; `make sim SEEDS=N` runs more.
+import ArrayModel
+import BackEnd
+import Buffers
+import Drives
+import GlobalMemory
+import MemoryServices
+import Metadata
+import XCTest
+
+@testable import Daemon
+
+final class SimulationTests: XCTestCase {
+    static let levels: [(RAIDLevel, Int)] = [(.raid1, 2), (.raid10, 4), (.raid5, 4), (.raid5, 5), (.raid6, 5), (.raid6, 6)]
+
+    func testSeededSimulation() throws {
+        let env = ProcessInfo.processInfo.environment
+        let seeds: [UInt64]
+        if let one = env["VSA_SIM_SEED"].flatMap(UInt64.init) {
+            seeds = [one]
+        } else {
+            let count = env["VSA_SIM_SEEDS"].flatMap(Int.init) ?? 12
+            seeds = (0..<UInt64(count)).map { $0 * 7919 + 1 }
+        }
+        for seed in seeds {
+            var sim = try Simulation(seed: seed)
+            defer { sim.cleanUp() }
+            if let failure = sim.run(steps: 400) {
+                XCTFail("simulation seed \(seed) failed: \(failure) (replay: VSA_SIM_SEED=\(seed) swift test --filter SimulationTests)")
+                return
+            }
+        }
+    }
+}
+
+struct Simulation {
+    let seed: UInt64
+    var rng: SplitMix
+    let directory: String
+    let level: RAIDLevel
+    var store: ArrayStore
+    var lun: LUNRef
+    var backEnd: RAIDBackEnd
+    var cache: TrackCache
+    let memory = MemoryServices()
+    let lunSize = 1 << 20
+    /// What the last flush made durable, what the host wrote since, and which sectors were written since.
+    var durable: [UInt8]
+    var latest: [UInt8]
+    var writtenSinceFlush: [Bool]
+    let io = alignedBuffer(bytes: 1 << 20)
+    var rebuildingMember: Int? = nil
+    var newDrives = 0
+    var log: [String] = []
+
+    init(seed: UInt64) throws {
+        self.seed = seed
+        rng = SplitMix(seed: seed)
+        let (level, drives) = SimulationTests.levels[Int(rng.next() % UInt64(SimulationTests.levels.count))]
+        self.level = level
+        directory = "/dev/shm/vsa-sim-\(getpid())-\(seed)"
+        try? FileManager.default.removeItem(atPath: directory)
+        store = try ArrayStore.create(
+            CreateOptions(
+                directory: directory, driveCount: drives, driveSizeBytes: 8 << 20, drivePaths: [], raidLevel: level, spareCount: 0,
+                stripUnitBytes: [4096, 8192, 16384][Int(rng.next() % 3)], cacheBytes: 16 << 20, engineCount: 1, force: false))
+        let entry = try store.createLUN(name: "l", sizeBytes: UInt64(lunSize))
+        lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
+        try store.writeSuperblocks(clean: false)  // mounted
+        backEnd = try RAIDBackEnd(geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks())
+        let d = store.geometry.dataStripsPerStripe
+        cache = TrackCache(slotCount: 2 * d + 2 + Int(rng.next() % 24), store: backEnd, memory: memory, counters: CacheCounters())
+        durable = [UInt8](repeating: 0, count: lunSize)
+        latest = durable
+        writtenSinceFlush = [Bool](repeating: false, count: lunSize / 512)
+    }
+
+    func cleanUp() { try? FileManager.default.removeItem(atPath: directory) }
+
+    var membersOut: UInt64 { store.membersOut }
+
+    /// Runs `steps` random steps; returns the first broken invariant, with the steps that led there.
+    mutating func run(steps: Int) -> String? {
+        log.append("\(level) x\(store.memberCount), strip \(store.geometry.stripUnitBytes), \(cache.slotCount) slots")
+        for step in 0..<steps {
+            let roll = rng.next() % 100
+            let problem: String?
+            switch roll {
+            case 0..<40: problem = write(zero: roll < 4)
+            case 40..<62: problem = read()
+            case 62..<70: problem = destageSome()
+            case 70..<80: problem = flush()
+            case 80..<84: problem = failDrive()
+            case 84..<90: problem = replaceOrRebuild()
+            case 90..<94: problem = scrubAll()
+            case 94..<97: problem = crash()
+            default: problem = readAllDegraded()
+            }
+            if let problem { return "step \(step): \(problem)\n  " + log.suffix(12).joined(separator: "\n  ") }
+        }
+        return crash() ?? readAllDegraded()
+    }
+
+    mutating func write(zero: Bool) -> String? {
+        let count = Int(rng.next() % 40000) + 1
+        let offset = Int(rng.next() % UInt64(lunSize - count))
+        for i in 0..<count { io.base.storeBytes(of: zero ? 0 : UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
+        log.append("write \(offset)+\(count)\(zero ? " zeroes" : "")")
+        guard cache.write(lun: lun, offsetBytes: UInt64(offset), count: count, from: zero ? nil : io.base) else {
+            return membersOutTolerated ? "write failed with the array within its tolerance" : nil
+        }
+        for i in 0..<count { latest[offset + i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
+        for s in (offset / 512)...((offset + count - 1) / 512) { writtenSinceFlush[s] = true }
+        return nil
+    }
+
+    var membersOutTolerated: Bool { level.survives(outMask: store.currentFailedMask, memberCount: store.memberCount) }
+
+    mutating func read() -> String? {
+        let count = Int(rng.next() % 70000) + 1
+        let offset = Int(rng.next() % UInt64(lunSize - count))
+        log.append("read \(offset)+\(count)")
+        let n = count
+        guard cache.read(lun: lun, offsetBytes: UInt64(offset), count: n, into: io.base) else { return "read \(offset)+\(n) failed" }
+        for i in 0..<n where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[offset + i] {
+            return "read: byte \(offset + i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest written \(latest[offset + i])"
+        }
+        return nil
+    }
+
+    mutating func destageSome() -> String? {
+        let budget = Int(rng.next() % 4) + 1
+        log.append("destage \(budget)")
+        cache.destage(stripeBudget: budget)
+        return nil
+    }
+
+    /// fsync: destage everything, flush the drives, record failures; what was written is durable now.
+    mutating func flush() -> String? {
+        log.append("flush")
+        guard cache.destageAll(), backEnd.flush() else { return "flush failed" }
+        do { _ = try store.recordFailures() } catch { return "recording failures: \(error)" }
+        durable = latest
+        for i in writtenSinceFlush.indices { writtenSinceFlush[i] = false }
+        return nil
+    }
+
+    mutating func failDrive() -> String? {
+        let member = Int(rng.next() % UInt64(store.memberCount))
+        let out = membersOut | (1 << UInt64(member))
+        guard store.drives[member].state != .failed, level.survives(outMask: out, memberCount: store.memberCount) else { return nil }
+        log.append("fail member \(member)")
+        store.drives[member].transition(to: .failed)
+        if rebuildingMember == member { rebuildingMember = nil }
+        // The daemon records a failure at once (health thread, or the next flush before it answers).
+        do { _ = try store.recordFailures() } catch { return "recording the failure: \(error)" }
+        return nil
+    }
+
+    /// Starts a replacement of a failed member, or rebuilds a few stripes of the one in progress.
+    mutating func replaceOrRebuild() -> String? {
+        if let member = rebuildingMember {
+            let drive = store.drives[member]
+            let total = store.geometry.stripeCount
+            var next = drive.rebuiltStripes.load(ordering: .relaxed)
+            let end = min(total, next + 1 + rng.next() % 200)
+            log.append("rebuild member \(member) stripes \(next)..<\(end)")
+            while next < end {
+                guard backEnd.rebuild(stripe: next, member: member) else { return "rebuild of stripe \(next) failed" }
+                next += 1
+                drive.rebuiltStripes.store(next, ordering: .releasing)
+            }
+            do {
+                if next == total {
+                    drive.transition(to: .online)
+                    try store.writeSuperblocks(clean: false)
+                    rebuildingMember = nil
+                    log.append("rebuild of member \(member) complete")
+                } else if rng.next() % 2 == 0 {
+                    guard backEnd.flush() else { return "flush before the checkpoint failed" }
+                    try store.recordRebuildProgress(stripes: next)
+                }
+            } catch { return "recording the rebuild: \(error)" }
+            return nil
+        }
+        guard store.superblock.rebuildMember == nil,
+            let member = (0..<store.memberCount).first(where: { store.drives[$0].state == .failed })
+        else { return nil }
+        newDrives += 1
+        log.append("replace member \(member)")
+        do {
+            let replacement = try store.prepareReplacement(member: member, path: "\(directory)/new-\(newDrives)", force: false)
+            try store.attach(member: member, drive: replacement.drive, path: replacement.entry)
+            backEnd.attach(member: member, drive: replacement.drive)
+        } catch { return "replace: \(error)" }
+        rebuildingMember = member
+        return nil
+    }
+
+    /// After a flush, with every member in, scrub must find every stripe of the LUN consistent.
+    mutating func scrubAll() -> String? {
+        guard membersOut == 0 else { return nil }
+        if let problem = flush() { return problem }
+        log.append("scrub")
+        let stripes = store.geometry.stripesFor(sizeBytes: UInt64(lunSize))
+        for s in lun.startStripe..<(lun.startStripe + stripes) {
+            let outcome = backEnd.scrub(stripe: s, repair: false)
+            if outcome != .consistent { return "scrub: stripe \(s) \(outcome)" }
+        }
+        return nil
+    }
+
+    /// The process dies: write-pending data is gone; the array is assembled again from its drives, resynchronised
+    /// (it was not stopped cleanly), and a rebuild resumes from its last recorded checkpoint.
+    mutating func crash() -> String? {
+        log.append("crash")
+        do {
+            store = try ArrayStore.assemble(directory: directory)
+            guard !store.wasClean else { return "the array came back clean after a crash" }
+            try ArrayDaemon.resync(store: store)
+            try store.writeSuperblocks(clean: false)
+            backEnd = try RAIDBackEnd(geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks())
+        } catch { return "recovery: \(error)" }
+        cache = TrackCache(slotCount: cache.slotCount, store: backEnd, memory: memory, counters: CacheCounters())
+        rebuildingMember = store.superblock.rebuildMember
+        // Every sector not written since the last flush must hold what that flush made durable.
+        guard cache.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "read after recovery failed" }
+        for i in 0..<lunSize where !writtenSinceFlush[i / 512] && io.base.load(fromByteOffset: i, as: UInt8.self) != durable[i] {
+            return "after recovery: byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), flushed \(durable[i])"
+        }
+        // What was written but not flushed may be old or new: from here on the drives are the truth.
+        for i in 0..<lunSize { latest[i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
+        durable = latest
+        for i in writtenSinceFlush.indices { writtenSinceFlush[i] = false }
+        return nil
+    }
+
+    /// With every member in and nothing write-pending, leave out each member the level can lose in turn: the
+    /// rest must give back exactly the newest data.
+    mutating func readAllDegraded() -> String? {
+        guard membersOut == 0, level != .raid0 else { return nil }
+        if let problem = flush() { return problem }
+        log.append("degraded reads")
+        for member in 0..<store.memberCount {
+            var drives = store.drives
+            let path = store.drivePaths[member]
+            guard let stand = try? Drive(path: path) else { return "cannot open \(path)" }
+            stand.transition(to: .failed)
+            drives[member] = stand
+            guard let degraded = try? RAIDBackEnd(geometry: store.geometry, drives: drives, memory: memory, marks: BackEndMarks()) else {
+                return "back end"
+            }
+            let cold = TrackCache(slotCount: cache.slotCount, store: degraded, memory: memory, counters: CacheCounters())
+            guard cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "degraded read without member \(member) failed" }
+            for i in 0..<lunSize where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[i] {
+                return "without member \(member): byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest \(latest[i])"
+            }
+        }
+        return nil
+    }
+}
