@@ -114,6 +114,7 @@ public final class RAIDBackEnd: StripeStore {
         self.m = geometry.memberCount
         self.io = try DriveIO(drives: self.drives, capacity: 8 * geometry.memberCount + 16)
         self.needsAlignedBuffers = self.drives.contains { $0.usesDirectIO }
+        self.flushNeeded.store(self.drives.contains { !$0.isMemoryBacked && !$0.isMissing }, ordering: .releasing)
         self.staging = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: 3 * geometry.memberCount + 7)
         // [0, 2m + 4): parity source lists; [2m + 4, 3m + 4): rebuild's read targets.
         self.table = .allocate(capacity: 3 * geometry.memberCount + 4)
@@ -150,6 +151,7 @@ public final class RAIDBackEnd: StripeStore {
         drives[member] = drive
         io.replace(index: member, with: drive)
         needsAlignedBuffers = drives.contains { $0.usesDirectIO }
+        flushNeeded.store(drives.contains { !$0.isMemoryBacked && !$0.isMissing }, ordering: .releasing)
     }
 
     @inline(__always) private func checkRange(_ offsetBytes: Int, _ count: Int) {
@@ -530,11 +532,10 @@ public final class RAIDBackEnd: StripeStore {
         return finishWrite()
     }
 
-    /// Whether some online drive keeps writes where a flush must push them (not memory-backed).
-    public var needsFlush: Bool {
-        for drive in 0..<m where writable(drive) && !drives[drive].isMemoryBacked { return true }
-        return false
-    }
+    /// Whether some member keeps writes where a flush must push them (not memory-backed). Read from any thread:
+    /// an atomic kept by init and `attach`, not a look at `drives`, which only the executor may touch.
+    public var needsFlush: Bool { flushNeeded.load(ordering: .acquiring) }
+    private let flushNeeded = Atomic<Bool>(true)
 
     public func flush() -> Bool {
         // Memory-backed drives (tmpfs) keep nothing across a power cut whatever we do; flushing them only costs an

@@ -102,6 +102,8 @@ public final class ArrayDaemon: @unchecked Sendable {
     var messages: [String] = []
     let rebuildTracker = RebuildTracker()
     let scrubTracker = ScrubTracker()
+    /// Set when the unmount begins: no rebuild or scrub starts after it.
+    let shuttingDown = Atomic<Bool>(false)
     /// What the mount should tell the user (a degraded array, stale drives), printed by `vsa mount`.
     public private(set) var warnings: [String] = []
     private let lock: ArrayLock
@@ -195,6 +197,7 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     private func shutdown() -> Int32 {
         unlink(ArrayStore.socketPath(directory: options.directory))
+        controlLock.withLock { _ in shuttingDown.store(true, ordering: .relaxed) }
         pauseRebuild()
         stopScrub()
         let flushed = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
@@ -247,12 +250,16 @@ public final class ArrayDaemon: @unchecked Sendable {
     /// Records drive failures in the superblocks soon after they happen (flushes record them at once).
     private func startHealthMonitor() {
         let thread = Thread { [self] in
+            var saidLost = false
             while true {
                 usleep(500_000)
                 checkDrivesPresent()
                 controlLock.withLock { _ in
                     do {
-                        if !(try store.recordFailures()) { daemonLog("more members failed than \(store.superblock.raidLevel) survives; I/O fails") }
+                        let survives = try store.recordFailures()
+                        // Said once when it happens, not every half second.
+                        if !survives && !saidLost { daemonLog("more members failed than \(store.superblock.raidLevel) survives; I/O fails") }
+                        saidLost = !survives
                     } catch { daemonLog("recording a drive failure failed: \(error)") }
                 }
                 startRebuildOntoSpare()
@@ -293,23 +300,28 @@ public final class ArrayDaemon: @unchecked Sendable {
                 return "ok\n" + statusJSON()
             case "lun-create" where words.count == 3:
                 guard let size = UInt64(words[2]) else { throw VSAError("bad size") }
-                let entry = try controlLock.withLock { _ throws(VSAError) in try store.createLUN(name: words[1], sizeBytes: size) }
+                let (entry, free) = try controlLock.withLock { _ throws(VSAError) in
+                    (try store.createLUN(name: words[1], sizeBytes: size), store.freeBytes)
+                }
                 frontEnd.add(LUNFile(name: entry.name, ref: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)))
-                freeBox.value.store(store.freeBytes, ordering: .relaxed)
+                freeBox.value.store(free, ordering: .relaxed)
                 session?.invalidateEntry(name: entry.name, inode: 0)
                 daemonLog("LUN \(entry.name) created, \(entry.sizeBytes) bytes")
                 return "ok\n"
             case "lun-delete" where words.count == 2:
                 let name = words[1]
-                guard let entry = store.lunTable.entries.first(where: { $0.name == name }) else {
+                guard let entry = controlLock.withLock({ _ in store.lunTable.entries.first(where: { $0.name == name }) }) else {
                     throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
                 }
                 guard frontEnd.remove(lunID: entry.lunID) else {
                     throw VSAError("LUN \(name) is open; close it (and detach any loop device on it) first")
                 }
                 engines.discard(lunID: entry.lunID)
-                _ = try controlLock.withLock { _ throws(VSAError) in try store.deleteLUN(name: name) }
-                freeBox.value.store(store.freeBytes, ordering: .relaxed)
+                let free = try controlLock.withLock { _ throws(VSAError) in
+                    _ = try store.deleteLUN(name: name)
+                    return store.freeBytes
+                }
+                freeBox.value.store(free, ordering: .relaxed)
                 session?.invalidateEntry(name: name, inode: UInt64(entry.lunID) + 1)
                 daemonLog("LUN \(name) deleted")
                 return "ok\n"
@@ -397,7 +409,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         if let r = rebuildTracker.snapshot {
             let done = rebuildTracker.doneStripes.load(ordering: .relaxed)
             let elapsed = max((r.finishedAt ?? Date().timeIntervalSince1970) - r.startedAt, 0.001)
-            let bytesPerDrive = (done - r.startStripe) * UInt64(store.geometry.stripUnitBytes)
+            let bytesPerDrive = (done > r.startStripe ? done - r.startStripe : 0) * UInt64(store.geometry.stripUnitBytes)
             let speed = UInt64(Double(bytesPerDrive) / elapsed)
             let left = (r.totalStripes - done) * UInt64(store.geometry.stripUnitBytes)
             report.rebuild = .init(

@@ -63,7 +63,7 @@ extension ArrayDaemon {
     func failMember(_ member: Int, force: Bool) throws(VSAError) {
         try controlLock.withLock { _ throws(VSAError) in
             let drive = store.drives[member]
-            guard drive.state != .failed else { throw VSAError("member \(member) has already failed") }
+            guard drive.state != .failed else { throw VSAError("member \(member) has already failed; replace it with vsa drive replace") }
             // The members out besides this one (failed, or rebuilding and so not yet readable everywhere).
             let out = store.membersOut | (1 << UInt64(member))
             if !store.superblock.raidLevel.survives(outMask: out, memberCount: store.superblock.memberCount) && !force {
@@ -82,13 +82,15 @@ extension ArrayDaemon {
     /// A healthy member is failed first (if the array survives that). Returns the path of the new drive.
     func replaceMember(_ member: Int, with path: String?, force: Bool, rate: UInt64) throws(VSAError) -> String {
         let path = try controlLock.withLock { _ throws(VSAError) -> String in
+            guard !shuttingDown.load(ordering: .relaxed) else { throw VSAError("the array is being unmounted") }
             if rebuildTracker.isRunning, let s = rebuildTracker.snapshot {
                 throw VSAError("a rebuild of member \(s.member) is running; wait for it (vsa status shows its progress)")
             }
             let sb = store.superblock
-            if let busy = sb.rebuildMember { throw VSAError("member \(busy) is being rebuilt; wait for it (vsa status shows its progress)") }
+            if let busy = sb.rebuildMember {
+                throw VSAError("member \(busy) is being rebuilt but its rebuild stopped (see vsa status); unmount and mount again to resume it")
+            }
             let old = store.drives[member]
-            guard old.state != .rebuilding else { throw VSAError("member \(member) is being rebuilt already") }
             if old.state == .online {
                 guard sb.raidLevel.survives(outMask: store.membersOut | (1 << UInt64(member)), memberCount: sb.memberCount) else {
                     throw VSAError("replacing healthy member \(member) would leave \(sb.raidLevel) without enough members meanwhile; nothing was changed")
@@ -98,22 +100,26 @@ extension ArrayDaemon {
                 throw VSAError("the array has no hot spare left; give a new file or device with --with PATH")
             }
             // From here on the folder may change (a new file, a drive-N entry): undone if attaching fails.
-            let replacement: ArrayStore.Replacement
-            if let path {
-                replacement = try store.prepareReplacement(member: member, path: path, force: force)
-            } else {
-                let spare = store.spares.first!
-                replacement = ArrayStore.Replacement(drive: spare.drive, entry: spare.path, createdFile: nil, createdEntry: false)
-            }
+            var prepared: ArrayStore.Replacement? = nil
+            if let path { prepared = try store.prepareReplacement(member: member, path: path, force: force) }
             let oldEntry = store.drivePaths[member]
+            let replacement: ArrayStore.Replacement
             do throws(VSAError) {
                 if old.state == .online {
                     old.transition(to: .failed)
                     _ = try store.recordFailures()
                 }
+                // A spare is picked only now: writing the superblocks above may have failed one.
+                if let prepared {
+                    replacement = prepared
+                } else if let spare = store.spares.first {
+                    replacement = ArrayStore.Replacement(drive: spare.drive, entry: spare.path, createdFile: nil, createdEntry: false)
+                } else {
+                    throw VSAError("the array has no working hot spare left; give a new file or device with --with PATH")
+                }
                 try store.attach(member: member, drive: replacement.drive, path: replacement.entry)
             } catch {
-                store.undo(replacement)
+                if let prepared { store.undo(prepared) }
                 throw error
             }
             engines.attach(member: member, drive: replacement.drive)
@@ -128,7 +134,7 @@ extension ArrayDaemon {
     /// After a failure: a spare takes the first failed member's place, if there is a spare and no rebuild runs.
     func startRebuildOntoSpare() {
         let member: Int? = controlLock.withLock { _ in
-            guard !rebuildTracker.isRunning, !store.spares.isEmpty else { return nil }
+            guard !shuttingDown.load(ordering: .relaxed), !rebuildTracker.isRunning, !store.spares.isEmpty else { return nil }
             guard store.superblock.rebuildMember == nil else { return nil }  // one rebuild at a time
             return store.drives.prefix(store.superblock.memberCount).firstIndex { $0.state == .failed }
         }
@@ -142,7 +148,8 @@ extension ArrayDaemon {
     /// Starts (or resumes) the rebuild of the member the superblocks name.
     func startRebuildThread(rate: UInt64) {
         let start: (member: Int, drive: Drive, from: UInt64)? = controlLock.withLock { _ in
-            guard let member = store.superblock.rebuildMember, store.drives[member].state == .rebuilding else { return nil }
+            guard !shuttingDown.load(ordering: .relaxed), let member = store.superblock.rebuildMember, store.drives[member].state == .rebuilding
+            else { return nil }
             let drive = store.drives[member]
             return (member, drive, drive.rebuiltStripes.load(ordering: .acquiring))
         }
@@ -202,7 +209,14 @@ extension ArrayDaemon {
         let finished = Date().timeIntervalSince1970
         controlLock.withLock { _ in
             if outcome == "complete" {
-                drive.transition(to: .online)
+                // The rebuilt strips must be on the drive before the superblocks call it a member like the others.
+                if !store.flushDrives() || !drive.transition(from: .rebuilding, to: .online) {
+                    outcome = "failed"
+                    detail = "the new drive failed at the end"
+                    _ = try? store.recordFailures()
+                    daemonLog("rebuild of member \(member) failed: \(detail ?? "")")
+                    return
+                }
                 do { try store.writeSuperblocks(clean: store.superblock.clean) } catch { daemonLog("recording the finished rebuild failed: \(error)") }
                 let mib = Double((total - from) * stripBytes) / 1_048_576
                 let seconds = max(finished - began, 0.001)
@@ -255,6 +269,8 @@ extension ArrayDaemon {
             if rate > 0 {
                 let ahead = Double((next - from) * stripBytes) / Double(rate) - (now - began)
                 if ahead > 0 { usleep(UInt32(min(ahead, 1) * 1_000_000)) }
+            } else {
+                usleep(200)  // let an fsync or a status waiting for the control lock in before the next step
             }
         }
         return next

@@ -69,9 +69,13 @@ extension ArrayDaemon {
     /// `vsa scrub`: starts a pass over every stripe (one at a time, and not during a rebuild).
     func startScrub(repair: Bool, rate: UInt64) throws(VSAError) {
         try controlLock.withLock { _ throws(VSAError) in
+            guard !shuttingDown.load(ordering: .relaxed) else { throw VSAError("the array is being unmounted") }
             if scrubTracker.isRunning { throw VSAError("a scrub is running already; vsa status shows its progress") }
-            if rebuildTracker.isRunning || store.superblock.rebuildMember != nil {
+            if rebuildTracker.isRunning {
                 throw VSAError("a rebuild is running; scrub when it has finished (vsa status shows its progress)")
+            }
+            if store.superblock.rebuildMember != nil {
+                throw VSAError("a rebuild stopped before the end (see vsa status); unmount and mount again to resume it, then scrub")
             }
             scrubTracker.reset()
             scrubTracker.update {

@@ -121,23 +121,26 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         where needed: (Director) -> Bool = { _ in true }
     ) -> Int32 {
         let ctx = context()
-        var n = 0
-        for director in targets where needed(director) {
-            let piece = ctx.pieces[n]
+        // Decide once which directors get a request: `needed` may change its mind meanwhile (a host write makes a
+        // director dirty), and the group must be armed with exactly what is submitted.
+        var chosen: UInt64 = 0
+        for (i, director) in targets.enumerated() where needed(director) { chosen |= 1 << UInt64(i) }
+        let n = chosen.nonzeroBitCount
+        if n == 0 { return 0 }
+        for i in 0..<n {
+            let piece = ctx.pieces[i]
             piece.kind = kind
             piece.lun = lun
             piece.offsetBytes = 0
             piece.count = count
             piece.data = nil
             piece.drive = drive
-            n += 1
         }
-        if n == 0 { return 0 }
         ctx.group.arm(n)
-        var i = 0
-        for director in targets where needed(director) {
-            director.submit(ctx.pieces[i])
-            i += 1
+        var next = 0
+        for (i, director) in targets.enumerated() where chosen & (1 << UInt64(i)) != 0 {
+            director.submit(ctx.pieces[next])
+            next += 1
         }
         return ctx.group.wait()
     }

@@ -2,7 +2,7 @@
 // existing block device. All data and metadata I/O to drives goes through io_uring (`DriveIO`), with O_DIRECT and
 // page-aligned buffers where the file system allows it, buffered I/O where it does not (tmpfs).
 //
-// Drive state machine (transition(to:) asserts the edge):
+// Drive state machine (transition(to:) refuses an illegal edge):
 //   online -> failed        an I/O error, a failed flush, a vanished file, or `vsa drive fail`; the array runs degraded
 //   online -> rebuilding    a spare or a new drive takes a failed member's place; it receives every write, and reads
 //                           use it only below `rebuiltStripes` (the rebuild's progress)
@@ -49,12 +49,24 @@ public final class Drive: Sendable {
     /// No file behind it: a member missing at assembly.
     public var isMissing: Bool { fd < 0 }
 
-    public func transition(to next: DriveState) {
-        let current = state
-        let legal =
-            current == next || (current == .online && next != .online) || (current == .rebuilding && next != .rebuilding)
-        precondition(legal, "drive \(path): illegal \(current) -> \(next)")
-        stateRaw.store(next.rawValue, ordering: .releasing)
+    /// Moves to `next` if that edge is legal from the current state; returns whether it did. Another thread may fail
+    /// the drive at any moment (an I/O error), so the check and the move are one compare-exchange: a failure is never
+    /// overwritten, and an illegal edge is refused rather than trusted.
+    @discardableResult
+    public func transition(to next: DriveState) -> Bool {
+        while true {
+            let current = state
+            if current == next { return true }
+            let legal = (current == .online && next != .online) || (current == .rebuilding && next != .rebuilding)
+            guard legal else { return false }
+            if stateRaw.compareExchange(expected: current.rawValue, desired: next.rawValue, ordering: .acquiringAndReleasing).exchanged { return true }
+        }
+    }
+
+    /// Moves from exactly `current` to `next`; false if the drive is in another state by now.
+    @discardableResult
+    public func transition(from current: DriveState, to next: DriveState) -> Bool {
+        stateRaw.compareExchange(expected: current.rawValue, desired: next.rawValue, ordering: .acquiringAndReleasing).exchanged
     }
 
     /// Whether reads of `stripe` may use this drive.

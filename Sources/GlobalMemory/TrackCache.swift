@@ -497,7 +497,9 @@ public final class TrackCache {
     @inline(__always)
     public func canWriteThrough(offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer?) -> Bool {
         guard let source, count == trackBytes * dataStripsPerStripe, offsetBytes % UInt64(count) == 0 else { return false }
-        return UInt(bitPattern: source) % 4096 == 0 || !store.needsAlignedBuffers
+        // Parity kernels want 32-byte aligned sources; direct I/O wants 4 KiB.
+        let address = UInt(bitPattern: source)
+        return address % 4096 == 0 || (address % 32 == 0 && !store.needsAlignedBuffers)
     }
 
     /// Write-through of one whole stripe from the host's buffer: parity comes from the request itself and nothing is
@@ -508,17 +510,22 @@ public final class TrackCache {
         let d = dataStripsPerStripe
         let firstTrack = offsetBytes / UInt64(trackBytes)
         precondition(firstTrack % UInt64(d) == 0, "write-through of a partial stripe")
+        for strip in 0..<d { destageTable[strip] = UnsafeMutableRawPointer(mutating: source) + strip * trackBytes }
+        counters.writeThroughStripes.add(1, ordering: .relaxed)
+        let stripe = lun.startStripe + firstTrack / UInt64(d)
+        // The drives first, then the slots: until the new data is down, write-pending slots of the stripe stay
+        // counted, so an fsync meanwhile still waits for this director (and a failed write loses nothing older).
+        guard store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes) else {
+            return false
+        }
         for strip in 0..<d {
             if let slot = lookup(lun: lun.lunID, track: firstTrack + UInt64(strip)) {
                 precondition(!slotPinned[slot], "write-through over a pinned slot")
                 markClean(slot)
                 evict(slot)
             }
-            destageTable[strip] = UnsafeMutableRawPointer(mutating: source) + strip * trackBytes
         }
-        counters.writeThroughStripes.add(1, ordering: .relaxed)
-        let stripe = lun.startStripe + firstTrack / UInt64(d)
-        return store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes)
+        return true
     }
 
     // MARK: Destage
@@ -605,7 +612,7 @@ public final class TrackCache {
         if store.hasParity && missingMask != 0 && store.canReadModifyWrite(stripe: stripe)
             && dirtyMask.nonzeroBitCount + store.geometry.parityStripsPerStripe < missingMask.nonzeroBitCount
         {
-            ok = readModifyWrite(stripe: stripe, dirtyMask: dirtyMask, first: first, last: last)
+            ok = readModifyWrite(stripe: stripe, dirtyMask: dirtyMask, missingMask: missingMask, first: first, last: last)
         } else {
             ok = reconstructWrite(stripe: stripe, dirtyMask: dirtyMask, missingMask: missingMask, first: first, last: last)
         }
@@ -616,10 +623,13 @@ public final class TrackCache {
     }
 
     /// Reads the old range of the dirty strips and of parity, completes the dirty slots from it, writes the delta.
-    private func readModifyWrite(stripe: UInt64, dirtyMask: UInt64, first: Int, last: Int) -> Bool {
+    private func readModifyWrite(stripe: UInt64, dirtyMask: UInt64, missingMask: UInt64, first: Int, last: Int) -> Bool {
         let offset = first * sectorBytes
         let count = (last - first + 1) * sectorBytes
-        guard store.readOld(stripe: stripe, dirtyMask: dirtyMask, offsetBytes: offset, count: count) else { return false }
+        guard store.readOld(stripe: stripe, dirtyMask: dirtyMask, offsetBytes: offset, count: count) else {
+            // A drive failed since the choice (or during the reads); nothing has changed yet: write it degraded.
+            return reconstructWrite(stripe: stripe, dirtyMask: dirtyMask, missingMask: missingMask, first: first, last: last)
+        }
         for strip in 0..<dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
             let s = Int(destageSlots[strip])
             mergeInvalid(s, from: store.oldData(strip: strip), first, last)

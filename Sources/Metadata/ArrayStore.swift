@@ -158,7 +158,9 @@ public final class ArrayStore: @unchecked Sendable {
                     throw VSAError(
                         "\(path): vsa superblock damaged in both copies (\(probe.problem ?? "unreadable")); refusing to assemble, nothing was written")
                 }
-                throw VSAError("\(path): not a vsa drive (\(probe.problem ?? "no superblock")); refusing to assemble, nothing was written")
+                throw VSAError(
+                    "\(path): not a vsa drive (\(probe.problem ?? "no superblock")); refusing to assemble, nothing was written (an entry left by an interrupted vsa drive replace can be removed)"
+                )
             }
             found.append((path, sb))
         }
@@ -313,17 +315,26 @@ public final class ArrayStore: @unchecked Sendable {
     /// The caller has the directors attach the same drive before any write reaches it.
     public func attach(member: Int, drive: Drive, path: String) throws(VSAError) {
         precondition(member < superblock.memberCount && drives[member].state == .failed, "attaching over a member that has not failed")
+        // Everything that can fail first; the array's state changes only once nothing can.
+        var nextDrives = drives
+        var nextPaths = drivePaths
         if let spare = drives.indices.first(where: { $0 >= superblock.memberCount && drives[$0] === drive }) {
-            drives.remove(at: spare)
-            drivePaths.remove(at: spare)
+            nextDrives.remove(at: spare)
+            nextPaths.remove(at: spare)
         }
-        drives[member] = drive
-        drivePaths[member] = path
+        nextDrives[member] = drive
+        nextPaths[member] = path
+        let nextIO: DriveIO
+        do { nextIO = try DriveIO(drives: nextDrives, capacity: 4 * nextDrives.count + 8) } catch {
+            throw VSAError("cannot set up io_uring for metadata I/O (\(error)); nothing was changed, try again")
+        }
         drive.rebuiltStripes.store(0, ordering: .releasing)
-        drive.transition(to: .rebuilding)
-        do { io = try DriveIO(drives: drives, capacity: 4 * drives.count + 8) } catch {
-            throw VSAError("cannot set up io_uring for metadata I/O: \(error)")
+        guard drive.transition(from: .online, to: .rebuilding) else {
+            throw VSAError("\(path) failed before the rebuild could start; give another drive with --with PATH")
         }
+        drives = nextDrives
+        drivePaths = nextPaths
+        io = nextIO
         superblock.rebuildMember = member
         superblock.rebuildCheckpoint = 0
         try writeLUNTable(lunTable)
@@ -367,7 +378,9 @@ public final class ArrayStore: @unchecked Sendable {
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         var created = false
         if let id = ArrayStore.identity(absolute) {
-            for (i, d) in drives.enumerated() where !d.isMissing && d.state != .failed && ArrayStore.identity(drivePaths[i]).map({ $0 == id }) == true {
+            // Only the member's own drive may be given back; any other drive of the array (even a failed one, whose
+            // entry a later replace would retire) is refused.
+            for (i, d) in drives.enumerated() where i != member && !d.isMissing && ArrayStore.identity(drivePaths[i]).map({ $0 == id }) == true {
                 throw VSAError("\(path) is already drive \(i) of this array; give a new file or device")
             }
             let probe = ArrayStore.readSuperblockCopies(path: absolute)
@@ -415,10 +428,18 @@ public final class ArrayStore: @unchecked Sendable {
     /// Takes a replaced member's entry out of the folder's drive list (renamed to `drive-N.failed`), unless it is
     /// the replacement itself (the same file given back with --with).
     public func retire(entry: String, keeping replacement: String) {
-        guard entry.hasPrefix(directory + "/drive-"), let id = ArrayStore.identity(entry), ArrayStore.identity(replacement).map({ $0 == id }) != true else {
+        guard entry.hasPrefix(directory + "/drive-"), !drivePaths.contains(entry), let id = ArrayStore.identity(entry),
+            ArrayStore.identity(replacement).map({ $0 == id }) != true
+        else {
             return
         }
         rename(entry, entry + ".failed")
+    }
+
+    /// Flushes every drive that takes writes; false if one failed doing it.
+    public func flushDrives() -> Bool {
+        for i in 0..<drives.count where drives[i].isWritable { io.queueFlush(drive: i) }
+        return io.submit() == 0
     }
 
     /// Records how far the rebuild got, so a restart resumes there.
