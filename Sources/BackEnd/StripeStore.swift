@@ -388,16 +388,20 @@ public final class RAIDBackEnd: StripeStore {
                 source = staging.slice(m)
             }
         case .raid5, .raid6:
-            // Every data strip (the lost ones rebuilt through parity), then what this member holds.
+            // A data member: just its strip, rebuilt from the others (each survivor read once). P or Q: every data
+            // strip (any lost one rebuilt through parity), then the parity computed from them.
             for strip in 0..<d { table[2 * m + 4 + strip] = staging.slice(m + strip) }
             let targets = table + (2 * m + 4)
-            guard readStrips(stripe: stripe, stripMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: stripBytes, targets: targets) else { return false }
-            if member == geometry.parityDrive(stripe: stripe) || (geometry.raidLevel == .raid6 && member == geometry.qDrive(stripe: stripe)) {
+            let isParity = member == geometry.parityDrive(stripe: stripe) || (geometry.raidLevel == .raid6 && member == geometry.qDrive(stripe: stripe))
+            let own = (0..<d).first { geometry.dataDrive(stripe: stripe, strip: $0) == member }
+            let mask: UInt64 = isParity ? (1 << UInt64(d)) - 1 : own.map { 1 << UInt64($0) } ?? 0
+            guard mask != 0, readStrips(stripe: stripe, stripMask: mask, offsetBytes: 0, count: stripBytes, targets: targets) else { return false }
+            if isParity {
                 for strip in 0..<d { table[strip] = staging.slice(m + strip) }
                 computeParity(count: stripBytes)
                 source = member == geometry.parityDrive(stripe: stripe) ? newP : newQ
             } else {
-                for strip in 0..<d where geometry.dataDrive(stripe: stripe, strip: strip) == member { source = staging.slice(m + strip) }
+                source = staging.slice(m + own!)
             }
         }
         guard let source else { return false }
