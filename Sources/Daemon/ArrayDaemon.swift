@@ -406,18 +406,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.backEnd = backEnd
         report.messages = notes
         report.scrub = scrubInfo()
-        if let r = rebuildTracker.snapshot {
-            let done = rebuildTracker.doneStripes.load(ordering: .relaxed)
-            let elapsed = max((r.finishedAt ?? Date().timeIntervalSince1970) - r.startedAt, 0.001)
-            let bytesPerDrive = (done > r.startStripe ? done - r.startStripe : 0) * UInt64(store.geometry.stripUnitBytes)
-            let speed = UInt64(Double(bytesPerDrive) / elapsed)
-            let left = (r.totalStripes - done) * UInt64(store.geometry.stripUnitBytes)
-            report.rebuild = .init(
-                member: r.member, drive: r.drivePath, state: r.state, doneStripes: done, totalStripes: r.totalStripes,
-                percent: r.totalStripes == 0 ? 100 : Double(done) * 100 / Double(r.totalStripes), bytesPerSecond: speed,
-                rateLimitBytesPerSecond: r.rateLimit, etaSeconds: r.state == "running" && speed > 0 ? Double(left) / Double(speed) : nil,
-                detail: r.detail)
-        }
+        report.rebuild = rebuildInfo()
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: (try? encoder.encode(report)) ?? Data(), as: UTF8.self)

@@ -276,11 +276,39 @@ extension ArrayDaemon {
         return next
     }
 
+    /// How far a stripe walk begun at stripe `from` has got: percent of the array, bytes per second per drive since it
+    /// began, and the seconds left at that speed while it runs.
+    func walkProgress(done: UInt64, from: UInt64, total: UInt64, startedAt: Double, finishedAt: Double?, running: Bool)
+        -> (percent: Double, bytesPerSecond: UInt64, etaSeconds: Double?)
+    {
+        let stripBytes = UInt64(store.geometry.stripUnitBytes)
+        let elapsed = max((finishedAt ?? Date().timeIntervalSince1970) - startedAt, 0.001)
+        let speed = UInt64(Double((done > from ? done - from : 0) * stripBytes) / elapsed)
+        let left = (total > done ? total - done : 0) * stripBytes
+        return (total == 0 ? 100 : Double(done) * 100 / Double(total), speed, running && speed > 0 ? Double(left) / Double(speed) : nil)
+    }
+
+    /// Asks a background walk to stop (`request`) and waits up to 5 s until `running` says it has.
+    func stopAndWait(request: () -> Void, running: () -> Bool) {
+        guard running() else { return }
+        request()
+        for _ in 0..<500 where running() { usleep(10_000) }
+    }
+
+    /// The rebuild part of `vsa status`.
+    func rebuildInfo() -> StatusReport.RebuildInfo? {
+        guard let r = rebuildTracker.snapshot else { return nil }
+        let done = rebuildTracker.doneStripes.load(ordering: .relaxed)
+        let progress = walkProgress(
+            done: done, from: r.startStripe, total: r.totalStripes, startedAt: r.startedAt, finishedAt: r.finishedAt, running: r.state == "running")
+        return StatusReport.RebuildInfo(
+            member: r.member, drive: r.drivePath, state: r.state, doneStripes: done, totalStripes: r.totalStripes, percent: progress.percent,
+            bytesPerSecond: progress.bytesPerSecond, rateLimitBytesPerSecond: r.rateLimit, etaSeconds: progress.etaSeconds, detail: r.detail)
+    }
+
     /// Asks a running rebuild to stop and record where it got (unmount); waits up to a few seconds.
     func pauseRebuild() {
-        guard rebuildTracker.isRunning else { return }
-        rebuildTracker.stopRequested.store(true, ordering: .relaxed)
-        for _ in 0..<500 where rebuildTracker.isRunning { usleep(10_000) }
+        stopAndWait(request: { rebuildTracker.stopRequested.store(true, ordering: .relaxed) }, running: { rebuildTracker.isRunning })
     }
 
     /// A member whose drive file vanished (deleted or its device gone), or was truncated, has failed: its data is no
@@ -299,7 +327,7 @@ extension ArrayDaemon {
                 continue
             }
             // A drive file cut short under us would read back zeroes where data was: failed, not trusted.
-            let required = store.superblock.dataOffsetBytes + store.superblock.dataBytesPerDrive
+            let required = store.superblock.driveBytesRequired
             if !drive.isBlockDevice, let size = try? Posix.fileSize(fd: drive.fd).sizeBytes, size < required {
                 drive.transition(to: .failed)
                 daemonLog("member \(i): \(store.drivePaths[i]) shrank to \(size) bytes (needs \(required)); the drive is failed")

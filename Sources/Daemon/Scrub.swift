@@ -126,9 +126,7 @@ extension ArrayDaemon {
 
     /// Asks a running scrub to stop (unmount); waits up to a few seconds.
     func stopScrub() {
-        guard scrubTracker.isRunning else { return }
-        scrubTracker.stopRequested.store(true, ordering: .relaxed)
-        for _ in 0..<500 where scrubTracker.isRunning { usleep(10_000) }
+        stopAndWait(request: { scrubTracker.stopRequested.store(true, ordering: .relaxed) }, running: { scrubTracker.isRunning })
     }
 
     /// The scrub part of `vsa status`.
@@ -136,16 +134,13 @@ extension ArrayDaemon {
         guard let run = scrubTracker.run else { return nil }
         let t = scrubTracker
         let done = t.doneStripes.load(ordering: .relaxed)
-        let elapsed = max((run.finishedAt ?? Date().timeIntervalSince1970) - run.startedAt, 0.001)
-        let stripBytes = UInt64(store.geometry.stripUnitBytes)
-        let speed = UInt64(Double(done * stripBytes) / elapsed)
-        let left = (run.totalStripes - done) * stripBytes
+        let progress = walkProgress(
+            done: done, from: 0, total: run.totalStripes, startedAt: run.startedAt, finishedAt: run.finishedAt, running: run.state == "running")
         return StatusReport.ScrubInfo(
-            repair: run.repair, state: run.state, doneStripes: done, totalStripes: run.totalStripes,
-            percent: run.totalStripes == 0 ? 100 : Double(done) * 100 / Double(run.totalStripes),
+            repair: run.repair, state: run.state, doneStripes: done, totalStripes: run.totalStripes, percent: progress.percent,
             checkedStripes: t.checked.load(ordering: .relaxed), mismatches: t.mismatches.load(ordering: .relaxed),
             repaired: t.repaired.load(ordering: .relaxed), unrecoverable: t.unrecoverable.load(ordering: .relaxed),
             skippedStripes: t.skipped.load(ordering: .relaxed), unreadableStripes: t.unreadable.load(ordering: .relaxed),
-            bytesPerSecond: speed, etaSeconds: run.state == "running" && speed > 0 ? Double(left) / Double(speed) : nil)
+            bytesPerSecond: progress.bytesPerSecond, etaSeconds: progress.etaSeconds)
     }
 }

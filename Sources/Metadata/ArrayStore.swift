@@ -226,14 +226,13 @@ public final class ArrayStore: @unchecked Sendable {
             drives[member].rebuiltStripes.store(reference.rebuildCheckpoint, ordering: .releasing)
             drives[member].transition(to: .rebuilding)
         }
-        var failedMask: UInt64 = 0
-        for i in 0..<reference.memberCount where drives[i].state == .failed { failedMask |= 1 << UInt64(i) }
+        let failedMask = memberMask(drives, memberCount: reference.memberCount) { $0.state == .failed }
         if !reference.raidLevel.survives(outMask: failedMask, memberCount: reference.memberCount) {
             throw VSAError(
                 "array \(reference.arrayUUID) has \(failedMask.nonzeroBitCount) failed members, more than \(reference.raidLevel) survives; its data cannot be served"
             )
         }
-        let expectedSize = reference.dataOffsetBytes + reference.dataBytesPerDrive
+        let expectedSize = reference.driveBytesRequired
         for d in drives where !d.isMissing && d.sizeBytes < expectedSize {
             throw VSAError("\(d.path) is \(d.sizeBytes) bytes, smaller than the array's \(expectedSize); it was truncated or replaced")
         }
@@ -374,7 +373,7 @@ public final class ArrayStore: @unchecked Sendable {
     }
 
     public func prepareReplacement(member: Int, path: String, force: Bool) throws(VSAError) -> Replacement {
-        let required = superblock.dataOffsetBytes + superblock.dataBytesPerDrive
+        let required = superblock.driveBytesRequired
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         var created = false
         if let id = ArrayStore.identity(absolute) {
@@ -446,8 +445,7 @@ public final class ArrayStore: @unchecked Sendable {
     public func recordRebuildProgress(stripes: UInt64) throws(VSAError) {
         guard superblock.rebuildMember != nil else { return }
         // What the checkpoint claims must be on the drives before the checkpoint is.
-        for i in 0..<drives.count where drives[i].isWritable { io.queueFlush(drive: i) }
-        io.submit()
+        _ = flushDrives()
         superblock.rebuildCheckpoint = stripes
         try writeSuperblocks(clean: superblock.clean)
     }
@@ -457,12 +455,15 @@ public final class ArrayStore: @unchecked Sendable {
         drives.indices.filter { $0 >= superblock.memberCount && drives[$0].state == .online }.map { ($0, drives[$0], drivePaths[$0]) }
     }
 
-    /// The members that are failed now (bit i = member i).
-    public var currentFailedMask: UInt64 {
+    /// The members among the first `memberCount` of `drives` for which `test` holds (bit i = member i).
+    static func memberMask(_ drives: [Drive], memberCount: Int, _ test: (Drive) -> Bool) -> UInt64 {
         var mask: UInt64 = 0
-        for i in 0..<superblock.memberCount where drives[i].state == .failed { mask |= 1 << UInt64(i) }
+        for i in 0..<memberCount where test(drives[i]) { mask |= 1 << UInt64(i) }
         return mask
     }
+
+    /// The members that are failed now (bit i = member i).
+    public var currentFailedMask: UInt64 { ArrayStore.memberMask(drives, memberCount: superblock.memberCount) { $0.state == .failed } }
 
     /// Records newly failed members in the superblocks of the rest, so a failed drive is never trusted again.
     /// Returns false when the array has lost more members than its level survives.
@@ -473,11 +474,7 @@ public final class ArrayStore: @unchecked Sendable {
     }
 
     /// The members that are out now, failed or still being rebuilt (bit i = member i).
-    public var membersOut: UInt64 {
-        var mask: UInt64 = 0
-        for i in 0..<superblock.memberCount where drives[i].state != .online { mask |= 1 << UInt64(i) }
-        return mask
-    }
+    public var membersOut: UInt64 { ArrayStore.memberMask(drives, memberCount: superblock.memberCount) { $0.state != .online } }
 
     static func driveUUID(array: UUID128, index: Int) -> UUID128 {
         UUID128(high: array.bytes.0 ^ 0x5A5A_0000_0000_0000, low: array.bytes.1 &+ UInt64(index + 1))

@@ -81,6 +81,9 @@ public struct Superblock: Equatable, Sendable {
     public var rebuildMember: Int? = nil
     public var rebuildCheckpoint: UInt64 = 0
 
+    /// How long every drive must be: the metadata area, then the data area.
+    public var driveBytesRequired: UInt64 { dataOffsetBytes + dataBytesPerDrive }
+
     public init(
         clean: Bool, generation: UInt64, arrayUUID: UUID128, driveUUID: UUID128, driveIndex: Int,
         memberCount: Int, spareCount: Int, raidLevel: RAIDLevel, role: DriveRole, stripUnitBytes: Int,
