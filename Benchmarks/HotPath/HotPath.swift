@@ -96,7 +96,7 @@ let benchmarks: @Sendable () -> Void = {
 
     Benchmark("raid5-full-stripe-write-3x64KiB") { benchmark in
         for i in benchmark.scaledIterations {
-            let ok = bed.backEnd.writeStripe(stripe: UInt64(i % 256), strips: bed.table, dirtyMask: 0b111, offsetBytes: 0, count: 65536)
+            let ok = bed.backEnd.writeStripe(stripe: UInt64(i % 256), strips: bed.table, dirtyMask: 0b111, offsetBytes: 0, count: 65536, allNew: true)
             precondition(ok, "full-stripe write failed")
         }
     }

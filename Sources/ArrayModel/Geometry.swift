@@ -13,8 +13,12 @@ public struct ArrayGeometry: Equatable, Sendable {
     /// Strips per member drive usable for data (= stripes in the array).
     public let stripeCount: UInt64
     public let dataOffsetBytes: UInt64
+    /// Journal and checksum areas (nil: a bare geometry, as in layout tests; no journal).
+    public let layout: DriveLayout?
 
-    public init(raidLevel: RAIDLevel, memberCount: Int, stripUnitBytes: Int, stripeCount: UInt64, dataOffsetBytes: UInt64) {
+    public init(
+        raidLevel: RAIDLevel, memberCount: Int, stripUnitBytes: Int, stripeCount: UInt64, dataOffsetBytes: UInt64, layout: DriveLayout? = nil
+    ) {
         precondition(memberCount >= raidLevel.minimumDrives, "\(raidLevel) needs \(raidLevel.minimumDrives) drives")
         precondition(raidLevel != .raid10 || memberCount % 2 == 0, "raid10 needs an even drive count")
         precondition(stripUnitBytes % 4096 == 0)
@@ -23,6 +27,8 @@ public struct ArrayGeometry: Equatable, Sendable {
         self.stripUnitBytes = stripUnitBytes
         self.stripeCount = stripeCount
         self.dataOffsetBytes = dataOffsetBytes
+        self.layout = layout
+        precondition(layout == nil || layout!.dataOffsetBytes == dataOffsetBytes, "the data area starts where the layout says")
     }
 
     public var dataStripsPerStripe: Int { raidLevel.dataStripsPerStripe(memberCount: memberCount) }

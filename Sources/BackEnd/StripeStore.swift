@@ -39,7 +39,10 @@ public protocol StripeStore: AnyObject {
     /// Reads the range of the data strips in `stripMask` (bit i = data strip i) into `targets[i]`.
     func readStrips(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool
     /// Reconstruct-write: writes the range of the strips in `dirtyMask` to every copy, and P/Q computed from all `strips`.
-    func writeStripe(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool
+    /// `allNew`: every byte of every data strip's range is new host data (nothing older rides along), so a torn write
+    /// can only garble data that was in flight, and the write needs no journal, only a write intent.
+    func writeStripe(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int, allNew: Bool)
+        -> Bool
     /// Read-modify-write, step 1: reads the old range of the dirty strips and of P/Q into the adapter's staging.
     func readOld(stripe: UInt64, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool
     /// The old contents of data strip `strip`'s range, valid after `readOld`.
@@ -48,6 +51,8 @@ public protocol StripeStore: AnyObject {
     func writeDelta(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool
     /// Makes everything written so far durable on every online drive.
     func flush() -> Bool
+    /// Sends the journal's open batch to the drives (the end of a destage pass). False if the array failed.
+    func commitJournal() -> Bool
 }
 
 /// What scrubbing one stripe found.
@@ -89,6 +94,11 @@ public final class BackEndMarks: Sendable {
     public let degradedWrites = Atomic<UInt64>(0)
     public let stripReads = Atomic<UInt64>(0)
     public let stripWrites = Atomic<UInt64>(0)
+    /// Stripe journal: batches committed, payload bytes journaled, write intents recorded, epochs ended.
+    public let journalBatches = Atomic<UInt64>(0)
+    public let journalBytes = Atomic<UInt64>(0)
+    public let journalIntents = Atomic<UInt64>(0)
+    public let journalEpochs = Atomic<UInt64>(0)
     public init() {}
 }
 
@@ -105,7 +115,10 @@ public final class RAIDBackEnd: StripeStore {
     private let table: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     private let m: Int
 
-    public init(geometry: ArrayGeometry, drives: [Drive], memory: MemoryServices, marks: BackEndMarks) throws {
+    /// The director's stripe journal (nil: no journal, as for recovery's own back end and bare geometries).
+    let journal: StripeJournal?
+
+    public init(geometry: ArrayGeometry, drives: [Drive], memory: MemoryServices, marks: BackEndMarks, journal owner: JournalOwner? = nil) throws {
         self.geometry = geometry
         self.drives = Array(drives.prefix(geometry.memberCount))
         self.memory = memory
@@ -119,7 +132,14 @@ public final class RAIDBackEnd: StripeStore {
         // [0, 2m + 4): parity source lists; [2m + 4, 3m + 4): rebuild's read targets.
         self.table = .allocate(capacity: 3 * geometry.memberCount + 4)
         self.table.initialize(repeating: nil, count: 3 * geometry.memberCount + 4)
+        // VSA_UNSAFE_NO_JOURNAL=1 turns the journal off, only to measure what it costs (docs/ROADMAP.md) and to
+        // watch the crash tests fail without it: the write hole is open then.
+        let disabled = getenv("VSA_UNSAFE_NO_JOURNAL").map { String(cString: $0) == "1" } ?? false
+        self.journal = disabled ? nil : owner.flatMap { owner in geometry.layout.map { _ in StripeJournal(owner: owner, geometry: geometry, marks: marks) } }
     }
+
+    /// Whether writes go through a stripe journal (its counters are in `marks`).
+    public var hasJournal: Bool { journal != nil }
 
     deinit { table.deallocate() }
 
@@ -148,10 +168,14 @@ public final class RAIDBackEnd: StripeStore {
     /// owning director's executor, between requests.
     public func attach(member: Int, drive: Drive) {
         precondition(member >= 0 && member < m, "member \(member) out of range")
+        _ = commitJournal()
         drives[member] = drive
         io.replace(index: member, with: drive)
         needsAlignedBuffers = drives.contains { $0.usesDirectIO }
         flushNeeded.store(drives.contains { !$0.isMemoryBacked && !$0.isMissing }, ordering: .releasing)
+        // The new drive's slice holds no records of this epoch: a new epoch starts every slice at its top again, so
+        // recovery reads each drive's records from there without a gap.
+        if journal != nil { _ = advanceEpoch() }
     }
 
     @inline(__always) private func checkRange(_ offsetBytes: Int, _ count: Int) {
@@ -164,6 +188,7 @@ public final class RAIDBackEnd: StripeStore {
 
     public func readStrips(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool {
         checkRange(offsetBytes, count)
+        settle(stripe)
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         var remaining = stripMask
         for _ in 0..<3 where remaining != 0 {
@@ -299,6 +324,7 @@ public final class RAIDBackEnd: StripeStore {
     /// RAID-6 locates a single bad strip (data, P or Q) from the two syndromes and rewrites it. A stripe with a member
     /// out cannot be checked. Runs on the stripe's owning director. Uses staging [m, 2m) and the parity scratch.
     public func scrub(stripe: UInt64, repair: Bool) -> ScrubOutcome {
+        settle(stripe)
         for drive in 0..<m where !readable(drive, stripe) { return .skipped }
         let d = geometry.dataStripsPerStripe
         let offset = geometry.driveOffset(stripe: stripe)
@@ -374,6 +400,7 @@ public final class RAIDBackEnd: StripeStore {
     /// hold: the rebuild of one stripe onto a drive that took a failed member's place. Runs on the stripe's owning
     /// director, so no destage of the stripe interleaves with it.
     public func rebuild(stripe: UInt64, member: Int) -> Bool {
+        settle(stripe)
         guard writable(member) else { return false }
         let d = geometry.dataStripsPerStripe
         let offset = geometry.driveOffset(stripe: stripe)
@@ -421,21 +448,31 @@ public final class RAIDBackEnd: StripeStore {
 
     // MARK: Reconstruct-write
 
-    public func writeStripe(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool {
+    public func writeStripe(
+        stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int, allNew: Bool = false
+    ) -> Bool {
         checkRange(offsetBytes, count)
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         let d = geometry.dataStripsPerStripe
-        queueDataWrites(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
+        let full = dirtyMask.nonzeroBitCount == d
         if hasParity {
             for i in 0..<d { table[i] = strips[i] }
             computeParity(count: count)
-            queueParityWrites(stripe: stripe, offset: offset, count: count)
-            if dirtyMask.nonzeroBitCount == d {
+            if full {
                 marks.fullStripeWrites.add(1, ordering: .relaxed)
             } else {
                 marks.reconstructWrites.add(1, ordering: .relaxed)
             }
+            // Data that is not new (other strips, or untouched sectors in this range) depends on this parity once
+            // the write is torn and a drive is lost: the write goes through the journal. So does a stripe journaled
+            // in this epoch, whose older record must not be replayed over this write.
+            if let journal, !(full && allNew) || journal.isPending(stripe) || journal.wasJournaled(stripe) {
+                return journalWrite(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count)
+            }
         }
+        guard recordIntent(stripe: stripe) else { return false }
+        queueDataWrites(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
+        if hasParity { queueParityWrites(stripe: stripe, offset: offset, count: count) }
         return finishWrite()
     }
 
@@ -473,6 +510,7 @@ public final class RAIDBackEnd: StripeStore {
         precondition(hasParity, "read-modify-write needs parity")
         // Another director may have failed a drive since the caller looked: then the caller reconstructs instead.
         guard canReadModifyWrite(stripe: stripe) else { return false }
+        settle(stripe)
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
             io.queueRead(drive: geometry.dataDrive(stripe: stripe, strip: strip), into: oldData(strip: strip), count: count, offsetBytes: offset)
@@ -530,9 +568,10 @@ public final class RAIDBackEnd: StripeStore {
             table[2] = newQ
             memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
         }
+        marks.readModifyWrites.add(1, ordering: .relaxed)
+        if journal != nil { return journalWrite(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count) }
         queueDataWrites(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
         queueParityWrites(stripe: stripe, offset: offset, count: count)
-        marks.readModifyWrites.add(1, ordering: .relaxed)
         return finishWrite()
     }
 
@@ -542,10 +581,13 @@ public final class RAIDBackEnd: StripeStore {
     private let flushNeeded = Atomic<Bool>(true)
 
     public func flush() -> Bool {
+        guard commitJournal() else { return false }
         // Memory-backed drives (tmpfs) keep nothing across a power cut whatever we do; flushing them only costs an
         // io-wq round trip.
         for drive in 0..<m where writable(drive) && !drives[drive].isMemoryBacked { io.queueFlush(drive: drive) }
         io.submit()
+        // Many write intents make an unclean mount resync many regions: a new epoch forgets them (all is flushed).
+        if let journal, journal.intentRegions > 64 { _ = advanceEpoch() }
         return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)
     }
 
@@ -554,5 +596,105 @@ public final class RAIDBackEnd: StripeStore {
         var mask: UInt64 = 0
         for drive in 0..<m where !writable(drive) { mask |= 1 << UInt64(drive) }
         return mask
+    }
+
+    // MARK: Stripe journal (StripeJournal.swift says why and how)
+
+    /// A stripe with records in the open batch is not on the drives yet: the batch goes down before the stripe is
+    /// read, so nothing reads around it.
+    @inline(__always)
+    private func settle(_ stripe: UInt64) {
+        if let journal, journal.hasOpenBatch, journal.isPending(stripe) { _ = commitJournal() }
+    }
+
+    /// The members writes reach (bit i = member i).
+    private var writableMask: UInt64 { ((1 << UInt64(m)) - 1) & ~failedMembers() }
+
+    /// Journaled write: the new contents of every range this write changes (dirty strips' copies, P, Q) join the open
+    /// batch; they reach their places when the batch commits (`commitJournal`: at the end of a destage pass, at a
+    /// flush, or when the batch is full or a read needs the stripe).
+    private func journalWrite(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int)
+        -> Bool
+    {
+        guard let journal else { preconditionFailure("journalWrite without a journal") }
+        // A stripe twice in one batch: its in-place writes would race; the first write goes down first.
+        if journal.isPending(stripe) { guard commitJournal() else { return false } }
+        var members: UInt64 = 0
+        for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) { members |= 1 << UInt64(drive) }
+        }
+        let p = geometry.parityDrive(stripe: stripe)
+        let q = geometry.raidLevel == .raid6 ? geometry.qDrive(stripe: stripe) : -1
+        if writable(p) { members |= 1 << UInt64(p) }
+        if q >= 0 && writable(q) { members |= 1 << UInt64(q) }
+        if !journal.fits(members: members, count: count) { guard commitJournal() else { return false } }
+        for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
+                journal.add(member: drive, stripe: stripe, offsetBytes: offsetBytes, count: count, from: strips[strip]!, memory: memory)
+            }
+            marks.stripWrites.add(1, ordering: .relaxed)
+        }
+        if writable(p) { journal.add(member: p, stripe: stripe, offsetBytes: offsetBytes, count: count, from: newP, memory: memory) }
+        if q >= 0 && writable(q) { journal.add(member: q, stripe: stripe, offsetBytes: offsetBytes, count: count, from: newQ, memory: memory) }
+        journal.notePending(stripe)
+        return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)
+    }
+
+    /// Before an in-place write that is not journaled (full stripes, mirrors): the region's intent is on the drives.
+    /// RAID-0 has nothing to resync.
+    private func recordIntent(stripe: UInt64) -> Bool {
+        guard let journal, geometry.raidLevel != .raid0, !journal.hasIntent(stripe: stripe) else { return true }
+        guard commitJournal() else { return false }
+        journal.addIntent(stripe: stripe, stripeCount: geometry.stripeCount, members: writableMask)
+        guard commitJournal() else { return false }
+        journal.markIntent(stripe: stripe)
+        return true
+    }
+
+    /// Commits the open batch: records to every member it touches, one flush of those drives, then the in-place
+    /// writes from the batch buffer. Returns whether the array still survives.
+    public func commitJournal() -> Bool {
+        guard let journal, journal.hasEntries else { return true }
+        var members = journal.batchMembers & writableMask
+        while members != 0 {
+            if !journal.batchFits(members: members) { guard advanceEpoch() else { break } }
+            let sequence = journal.nextSequence()
+            var rest = members
+            while rest != 0 {
+                let d = rest.trailingZeroBitCount
+                rest &= rest - 1
+                journal.queueRecord(member: d, batchMask: members, sequence: sequence, io: io)
+            }
+            var lost = io.submit()
+            for d in 0..<m where members & (1 << UInt64(d)) != 0 && writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
+            lost |= io.submit()
+            guard lost & members != 0 else { break }
+            // A drive failed under the batch: write it again naming only the drives that have it, so a recovery
+            // that still finds the failed drive does not take the batch for one that never started.
+            members &= ~lost
+        }
+        for d in 0..<m where members & (1 << UInt64(d)) != 0 && writable(d) { journal.queueInPlace(member: d, geometry: geometry, io: io) }
+        io.submit()
+        journal.closeBatch()
+        return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)
+    }
+
+    /// Ends the journal's epoch: everything written in place so far is flushed, so no record is needed any more; the
+    /// next epoch number goes to every slice's epoch block (flushed) and records start at the top again.
+    @discardableResult
+    public func advanceEpoch() -> Bool {
+        guard let journal else { return true }
+        for d in 0..<m where writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
+        io.submit()
+        let next = journal.epoch + 1
+        JournalEpochBlock.encode(into: journal.epochBlock.base, arrayUUID: journal.owner.arrayUUID, director: journal.owner.director, epoch: next)
+        for d in 0..<m where writable(d) {
+            io.queueWrite(drive: d, from: journal.epochBlock.base, count: JournalFormat.blockBytes, offsetBytes: journal.sliceOffset)
+        }
+        io.submit()
+        for d in 0..<m where writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
+        io.submit()
+        journal.beginEpoch(next)
+        return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)
     }
 }

@@ -219,6 +219,8 @@ struct LUNDelete: VSACommand {
         } else {
             _ = try withOfflineLock(dir) { () throws(VSAError) in
                 let store = try ArrayStore.assemble(directory: dir)
+                // An unclean stop's journal is replayed first: its records must never land on zeroed stripes later.
+                try ArrayDaemon.recoverOffline(store: store)
                 return try store.deleteLUN(name: name)
             }
         }

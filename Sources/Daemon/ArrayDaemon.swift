@@ -1,6 +1,6 @@
 // Daemon: the composition root. It is the only code that knows every layer and the only code that makes threads:
 // one per director, the control socket's, the health monitor's, and libfuse's workers. Life cycle of a mount:
-//   lock the array folder -> assemble from the drives -> resync parity if the last stop was unclean -> mark dirty ->
+//   lock the array folder -> assemble from the drives -> recover the journal (replay after an unclean stop) -> mark dirty ->
 //   build directors (cache portions, back-end adapters) -> mount FUSE -> start the control socket and the health
 //   monitor -> tell the parent "ready" -> serve -> (unmount or signal) -> destage everything -> flush drives ->
 //   mark clean -> exit.
@@ -132,18 +132,24 @@ public final class ArrayDaemon: @unchecked Sendable {
             messages.append(w)
             daemonLog(w)
         }
+        // The journal: after an unclean stop, complete batches are written again and intent regions resynced; every
+        // mount then starts a new epoch in each director's slice.
+        let recovery = try JournalRecovery.recover(geometry: geometry, drives: store.drives, arrayUUID: sb.arrayUUID, unclean: !store.wasClean)
         if !store.wasClean {
-            messages.append("the array was not stopped cleanly; parity was resynchronised at mount")
-            daemonLog("array was not stopped cleanly: resynchronising parity of every LUN")
-            try ArrayDaemon.resync(store: store)
+            let note =
+                "the array was not stopped cleanly: the journal replayed \(recovery.replayedBatches) batches (\(formatSize(recovery.replayedBytes))), dropped \(recovery.droppedBatches) that never started, resynced \(recovery.resyncedRegions) regions"
+            messages.append(note)
+            daemonLog(note)
         }
+        _ = try store.recordFailures()
         try store.writeSuperblocks(clean: false)
         var directors: [Director] = []
         for i in 0..<directorCount {
             let memory = MemoryServices()
             let marks = BackEndMarks()
             let backEnd: RAIDBackEnd
-            do { backEnd = try RAIDBackEnd(geometry: geometry, drives: store.drives, memory: memory, marks: marks) } catch {
+            let owner = JournalOwner(arrayUUID: sb.arrayUUID, director: i, epoch: recovery.epochs[i])
+            do { backEnd = try RAIDBackEnd(geometry: geometry, drives: store.drives, memory: memory, marks: marks, journal: owner) } catch {
                 throw VSAError("cannot set up the back end: \(error)")
             }
             directors.append(
@@ -214,35 +220,14 @@ public final class ArrayDaemon: @unchecked Sendable {
         return 0
     }
 
-    // MARK: Resync after an unclean stop
+    // MARK: Offline changes
 
-    static func resync(store: ArrayStore) throws(VSAError) {
-        let geometry = store.geometry
-        guard geometry.raidLevel != .raid0 else { return }
-        let backEnd: RAIDBackEnd
-        do { backEnd = try RAIDBackEnd(geometry: geometry, drives: store.drives, memory: MemoryServices(), marks: BackEndMarks()) } catch {
-            throw VSAError("cannot set up the back end for resync: \(error)")
-        }
-        let d = geometry.dataStripsPerStripe
-        let strips = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: d)
-        let table = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: d)
-        defer { table.deallocate() }
-        for i in 0..<d { table[i] = strips.slice(i) }
-        let all: UInt64 = d == 64 ? ~0 : (1 << UInt64(d)) - 1
-        for lun in store.lunTable.entries {
-            for stripe in lun.startStripe..<(lun.startStripe + lun.stripeCount) {
-                guard backEnd.readStrips(stripe: stripe, stripMask: all, offsetBytes: 0, count: geometry.stripUnitBytes, targets: table) else {
-                    throw VSAError("resync: stripe \(stripe) unreadable; the array cannot be mounted safely")
-                }
-                // Parity levels rewrite P/Q only; mirrors copy the primary to the other copies.
-                let rewrite: UInt64 = geometry.parityStripsPerStripe > 0 ? 0 : all
-                guard backEnd.writeStripe(stripe: stripe, strips: table, dirtyMask: rewrite, offsetBytes: 0, count: geometry.stripUnitBytes) else {
-                    throw VSAError("resync: stripe \(stripe) could not be written; more members failed than \(geometry.raidLevel) survives")
-                }
-            }
-        }
-        guard backEnd.flush() else { throw VSAError("resync: flushing the drives failed") }
-        _ = try store.recordFailures()
+    /// Before an offline change that writes stripes behind the journal (LUN delete zeroes them): after an unclean
+    /// stop, the journal is replayed and a new epoch started, so no older record is replayed over the change later.
+    /// The array stays marked not clean (the next mount reports it and recovers again, finding nothing to replay).
+    public static func recoverOffline(store: ArrayStore) throws(VSAError) {
+        guard !store.wasClean else { return }
+        _ = try JournalRecovery.recover(geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: true)
     }
 
     // MARK: Health
@@ -361,7 +346,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         var destaged: UInt64 = 0, readAhead: UInt64 = 0, writeThrough: UInt64 = 0
         var memory = MemoryServices.Counters()
         var backEnd = StatusReport.BackEndInfo(
-            fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0)
+            fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0,
+            journalBatches: 0, journalBytes: 0, journalIntents: 0, journalEpochs: 0)
         report.directors = engines.directors.map { d in
             let c = d.counters
             hits += c.readHits.load(ordering: .relaxed)
@@ -382,6 +368,10 @@ public final class ArrayDaemon: @unchecked Sendable {
             backEnd.degradedWrites += d.marks.degradedWrites.load(ordering: .relaxed)
             backEnd.stripReads += d.marks.stripReads.load(ordering: .relaxed)
             backEnd.stripWrites += d.marks.stripWrites.load(ordering: .relaxed)
+            backEnd.journalBatches += d.marks.journalBatches.load(ordering: .relaxed)
+            backEnd.journalBytes += d.marks.journalBytes.load(ordering: .relaxed)
+            backEnd.journalIntents += d.marks.journalIntents.load(ordering: .relaxed)
+            backEnd.journalEpochs += d.marks.journalEpochs.load(ordering: .relaxed)
             return StatusReport.DirectorInfo(
                 id: d.id.description, engine: d.id.engine, state: d.state.description,
                 cacheSlots: d.cache.slotCount, writePendingSlots: dp,

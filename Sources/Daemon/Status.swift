@@ -77,6 +77,11 @@ public struct StatusReport: Codable, Sendable {
         public var degradedWrites: UInt64
         public var stripReads: UInt64
         public var stripWrites: UInt64
+        /// Stripe journal: batches committed, payload bytes journaled, write intents recorded, epochs ended.
+        public var journalBatches: UInt64
+        public var journalBytes: UInt64
+        public var journalIntents: UInt64
+        public var journalEpochs: UInt64
     }
 
     /// The current or last rebuild of a member onto a new drive.
@@ -210,6 +215,8 @@ public struct StatusReport: Codable, Sendable {
             lines.append(
                 "back end: full-stripe writes \(b.fullStripeWrites), reconstruct writes \(b.reconstructWrites), read-modify-writes \(b.readModifyWrites), degraded reads \(b.degradedReads)"
             )
+            lines.append(
+                "journal: \(b.journalBatches) batches (\(formatSize(b.journalBytes))), \(b.journalIntents) write intents, \(b.journalEpochs) epochs ended")
         }
         if let m = memoryServices {
             lines.append("memory services: copies \(m.copies) (\(formatSize(m.copyBytes))), xor \(m.xorOps), p+q \(m.pqOps)")

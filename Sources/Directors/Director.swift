@@ -255,6 +255,9 @@ public final class Director: @unchecked Sendable {
             if !backEnd.flush() { error = EIO }
         case .discard:
             cache.discard(lunID: request.lun.lunID)
+            // The LUN's stripes are about to be zeroed behind the journal's back: records of them must never be
+            // replayed, so the epoch ends here (everything is flushed first).
+            if !backEnd.advanceEpoch() { error = EIO }
         case .rebuild:
             if !backEnd.rebuild(stripe: request.offsetBytes, member: request.count) { error = EIO }
         case .attachMember:

@@ -37,8 +37,10 @@ public final class Drive: Sendable {
     public let sizeBytes: UInt64
     public let isBlockDevice: Bool
     public let usesDirectIO: Bool
-    /// tmpfs or ramfs: memory, where a flush has nothing to make durable.
-    public let isMemoryBacked: Bool
+    /// tmpfs or ramfs: memory, where a flush has nothing to make durable. Under the simulation's fault injector
+    /// such drives stand for disks: their flushes count.
+    public var isMemoryBacked: Bool { memoryBackedFile && DriveFaultInjector.active == nil }
+    private let memoryBackedFile: Bool
     private let stateRaw = Atomic<UInt8>(DriveState.online.rawValue)
     public let errorCount = Atomic<UInt64>(0)
 
@@ -87,7 +89,7 @@ public final class Drive: Sendable {
         self.sizeBytes = 0
         self.isBlockDevice = false
         self.usesDirectIO = false
-        self.isMemoryBacked = false
+        self.memoryBackedFile = false
         stateRaw.store(DriveState.failed.rawValue, ordering: .releasing)
     }
 
@@ -122,8 +124,8 @@ public final class Drive: Sendable {
         // tmpfs accepts O_DIRECT (since Linux 6.6) but it is still the page cache underneath: io_uring cannot complete
         // its I/O inline either way, so memory-backed drives are treated as buffered (DriveIO copies synchronously).
         // A block device's node lives on devtmpfs, which says nothing about the device itself.
-        self.isMemoryBacked = !info.isBlockDevice && IORing.isMemoryBacked(fd: fd)
-        self.usesDirectIO = direct && !isMemoryBacked
+        self.memoryBackedFile = !info.isBlockDevice && IORing.isMemoryBacked(fd: fd)
+        self.usesDirectIO = direct && !memoryBackedFile
         self.sizeBytes = info.sizeBytes
         self.isBlockDevice = info.isBlockDevice
     }

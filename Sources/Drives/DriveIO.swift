@@ -21,6 +21,8 @@ public final class DriveIO {
     private var operations: [Operation]
     private var operationCount = 0
     public let capacity: Int
+    /// Operations queued since the last submit.
+    public var queuedCount: Int { operationCount }
 
     public init(drives: [Drive], capacity: Int = 256) throws(SysError) {
         self.drives = drives
@@ -54,6 +56,10 @@ public final class DriveIO {
             copyThroughPageCache(tag)
             return
         }
+        if op.kind == 2, let injector = DriveFaultInjector.active, !drive.usesDirectIO {
+            _ = injector.flushed(path: drive.path)
+            return
+        }
         switch op.kind {
         case 0: ring.queueRead(fd: drive.fd, into: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
         case 1: ring.queueWrite(fd: drive.fd, from: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
@@ -73,6 +79,10 @@ public final class DriveIO {
             if op.kind == 0 {
                 let n = try Posix.pread(fd, op.pointer!, count: op.count, offset: op.offsetBytes)
                 if n < op.count { pageCacheFailures |= 1 << UInt64(op.driveIndex) }  // end of file: the drive shrank
+            } else if let injector = DriveFaultInjector.active {
+                let path = drives[Int(op.driveIndex)].path
+                let landed = injector.beforeWrite(path: path, fd: fd, offset: op.offsetBytes, count: op.count)
+                if landed > 0 { try Posix.pwrite(fd, op.pointer!, count: landed, offset: op.offsetBytes) }
             } else {
                 try Posix.pwrite(fd, op.pointer!, count: op.count, offset: op.offsetBytes)
             }

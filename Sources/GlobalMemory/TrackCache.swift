@@ -515,7 +515,8 @@ public final class TrackCache {
         let stripe = lun.startStripe + firstTrack / UInt64(d)
         // The drives first, then the slots: until the new data is down, write-pending slots of the stripe stay
         // counted, so an fsync meanwhile still waits for this director (and a failed write loses nothing older).
-        guard store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes) else {
+        guard store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes, allNew: true)
+        else {
             return false
         }
         for strip in 0..<d {
@@ -545,6 +546,8 @@ public final class TrackCache {
                 break
             }
         }
+        // The pass's journaled stripes go down as one batch: one flush for all of them.
+        if destaged > 0 { _ = store.commitJournal() }
         return destaged
     }
 
@@ -563,7 +566,7 @@ public final class TrackCache {
             }
             queueDirty(slot)
         }
-        return ok
+        return store.commitJournal() && ok
     }
 
     /// The range of sectors with write-pending data in `slot` (nil when none).
@@ -665,7 +668,16 @@ public final class TrackCache {
                 destageTable[strip] = slotData(s) + offset
             }
         }
-        return store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: dirtyMask, offsetBytes: offset, count: count)
+        // Whether every sector of every strip's range is write-pending: then nothing older rides along.
+        var allNew = dirtyMask.nonzeroBitCount == dataStripsPerStripe
+        for strip in 0..<dataStripsPerStripe where allNew {
+            let s = Int(destageSlots[strip])
+            for sector in first...last where !testBit(dirtyBits, s, sector) {
+                allNew = false
+                break
+            }
+        }
+        return store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: dirtyMask, offsetBytes: offset, count: count, allNew: allNew)
     }
 
     /// Forgets what the cache read of one stripe of a LUN (a scrub rewrote a data strip there): clean slots go, and a

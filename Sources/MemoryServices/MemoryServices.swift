@@ -90,6 +90,11 @@ public final class MemoryServices: Sendable {
     }
 }
 
+/// CRC32C over raw bytes, continuing from `seed` (a previous result), for records (not counted as a service).
+public func crc32c(_ pointer: UnsafeRawPointer, count: Int, seed: UInt32 = 0) -> UInt32 {
+    ISAL.crc32c(pointer, count: count, seed: seed)
+}
+
 /// CRC32C over a byte array, for metadata records (control plane; not counted).
 public func crc32c(_ bytes: [UInt8]) -> UInt32 {
     bytes.withUnsafeBytes { ISAL.crc32c($0.baseAddress!, count: $0.count) }

@@ -70,7 +70,7 @@ public final class ArrayStore: @unchecked Sendable {
             raidLevel: superblock.raidLevel, memberCount: superblock.memberCount,
             stripUnitBytes: superblock.stripUnitBytes,
             stripeCount: superblock.dataBytesPerDrive / UInt64(superblock.stripUnitBytes),
-            dataOffsetBytes: superblock.dataOffsetBytes)
+            dataOffsetBytes: superblock.dataOffsetBytes, layout: superblock.layout)
         self.io = try DriveIO(drives: drives, capacity: 4 * drives.count + 8)
         self.recordBuffer = Arena(sliceBytes: Layout.lunTableBytes, sliceCount: drives.count)
     }

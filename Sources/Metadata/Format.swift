@@ -86,11 +86,14 @@ extension ArrayStore {
         } else {
             driveSize = options.driveSizeBytes!
         }
-        guard driveSize >= minimumDriveBytes, driveSize >= Layout.dataOffsetBytes + UInt64(su) * 4 else {
+        let directors = 2 * options.engineCount
+        let smallest = max(minimumDriveBytes, DriveLayout.minimumDriveBytes(stripUnitBytes: su, directorCount: directors))
+        guard driveSize >= smallest, let plan = DriveLayout.plan(driveBytes: driveSize, stripUnitBytes: su, directorCount: directors) else {
             throw VSAError(
-                "drives must be at least \(formatSize(max(minimumDriveBytes, Layout.dataOffsetBytes + UInt64(su) * 4))) (got \(formatSize(driveSize)))")
+                "drives must be at least \(formatSize(smallest)) with a \(formatSize(UInt64(su))) stripe unit and \(options.engineCount) engine(s) (got \(formatSize(driveSize)))"
+            )
         }
-        let dataBytes = (driveSize - Layout.dataOffsetBytes) / UInt64(su) * UInt64(su)
+        let dataBytes = plan.dataBytesPerDrive
 
         // Destroy the old array's entries (only with --force, checked above).
         for old in existing { unlink(old) }
@@ -109,11 +112,13 @@ extension ArrayStore {
 
         var generator = SystemRandomNumberGenerator()
         let uuid = UUID128.random(using: &generator)
-        let sb = Superblock(
+        var sb = Superblock(
             clean: true, generation: 0, arrayUUID: uuid, driveUUID: uuid, driveIndex: 0, memberCount: members,
             spareCount: options.spareCount, raidLevel: raid, role: .member, stripUnitBytes: su,
-            engineCount: options.engineCount, dataOffsetBytes: Layout.dataOffsetBytes, dataBytesPerDrive: dataBytes,
+            engineCount: options.engineCount, dataOffsetBytes: plan.layout.dataOffsetBytes, dataBytesPerDrive: dataBytes,
             cacheBytes: options.cacheBytes, createdUnixSeconds: UInt64(time(nil)))
+        sb.journalSliceBytes = plan.layout.journalSliceBytes
+        sb.checksumBytes = plan.layout.checksumBytes
         var drives: [Drive] = []
         for i in 0..<total {
             do { drives.append(try Drive(path: drivePath(directory: dir, index: i))) } catch {

@@ -9,7 +9,6 @@ public enum Layout {
     public static let superblockRecordBytes = 512
     public static let lunTableCopyOffsets: [UInt64] = [64 << 10, 128 << 10]
     public static let lunTableBytes = 64 << 10
-    public static let dataOffsetBytes: UInt64 = 1 << 20
     public static let lunCountMax = 256
     public static let lunEntryBytes = 128
     public static let lunHeaderBytes = 64
@@ -57,7 +56,7 @@ public struct RecordRejection: Error, Equatable, CustomStringConvertible {
 
 public struct Superblock: Equatable, Sendable {
     public static let magic: [UInt8] = Array("VSA-SB01".utf8)
-    public static let formatVersion: UInt32 = 1
+    public static let formatVersion: UInt32 = 2
 
     public var clean: Bool
     public var generation: UInt64
@@ -80,6 +79,14 @@ public struct Superblock: Equatable, Sendable {
     /// how many stripes of it hold their data: the rebuild resumes there after a restart.
     public var rebuildMember: Int? = nil
     public var rebuildCheckpoint: UInt64 = 0
+    /// Journal bytes per director on every drive, and the checksum area's size (docs/FORMAT.md, "One drive").
+    public var journalSliceBytes: UInt64 = 0
+    public var checksumBytes: UInt64 = 0
+
+    public var directorCount: Int { 2 * engineCount }
+    public var layout: DriveLayout {
+        DriveLayout(journalSliceBytes: journalSliceBytes, directorCount: directorCount, checksumBytes: checksumBytes)
+    }
 
     /// How long every drive must be: the metadata area, then the data area.
     public var driveBytesRequired: UInt64 { dataOffsetBytes + dataBytesPerDrive }
@@ -133,6 +140,8 @@ public struct Superblock: Equatable, Sendable {
         w.put(failedMemberMask, at: 120)
         w.put(UInt32(rebuildMember.map { $0 + 1 } ?? 0), at: 128)
         w.put(rebuildCheckpoint, at: 136)
+        w.put(journalSliceBytes, at: 144)
+        w.put(checksumBytes, at: 152)
         w.put(recordCRC(w.bytes, crcOffset: Superblock.crcOffset), at: Superblock.crcOffset)
         return w.bytes
     }
@@ -170,6 +179,8 @@ public struct Superblock: Equatable, Sendable {
         let rebuildField = Int(r.get(UInt32.self, at: 128))
         sb.rebuildMember = rebuildField == 0 ? nil : rebuildField - 1
         sb.rebuildCheckpoint = r.get(UInt64.self, at: 136)
+        sb.journalSliceBytes = r.get(UInt64.self, at: 144)
+        sb.checksumBytes = r.get(UInt64.self, at: 152)
         guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= 64 else {
             throw RecordRejection(reason: "superblock member count \(sb.memberCount) invalid")
         }
@@ -178,7 +189,14 @@ public struct Superblock: Equatable, Sendable {
             throw RecordRejection(reason: "superblock stripe unit \(sb.stripUnitBytes) invalid")
         }
         guard sb.engineCount >= 1, sb.engineCount <= 8 else { throw RecordRejection(reason: "superblock engine count invalid") }
-        guard sb.dataOffsetBytes == Layout.dataOffsetBytes else { throw RecordRejection(reason: "superblock data offset invalid") }
+        let minimumSlice = DriveLayout.minimumSliceBytes(stripUnitBytes: sb.stripUnitBytes)
+        guard sb.journalSliceBytes % (1 << 20) == 0, sb.journalSliceBytes >= minimumSlice, sb.journalSliceBytes <= max(64 << 20, minimumSlice) else {
+            throw RecordRejection(reason: "superblock journal size \(sb.journalSliceBytes) invalid")
+        }
+        guard sb.checksumBytes % 4096 == 0, sb.checksumBytes >= DriveLayout.checksumBytes(dataBytes: sb.dataBytesPerDrive), sb.checksumBytes < 1 << 50 else {
+            throw RecordRejection(reason: "superblock checksum area too small for the data area")
+        }
+        guard sb.dataOffsetBytes == sb.layout.dataOffsetBytes else { throw RecordRejection(reason: "superblock data offset invalid") }
         guard sb.dataBytesPerDrive % UInt64(sb.stripUnitBytes) == 0 else { throw RecordRejection(reason: "superblock data size not whole strips") }
         guard sb.memberCount == 64 || sb.failedMemberMask >> UInt64(sb.memberCount) == 0 else {
             throw RecordRejection(reason: "superblock failed-member mask names drives beyond the members")
@@ -216,7 +234,7 @@ public struct LUNEntry: Equatable, Sendable {
 
 public struct LUNTable: Equatable, Sendable {
     public static let magic: [UInt8] = Array("VSA-LT01".utf8)
-    public static let formatVersion: UInt32 = 1
+    public static let formatVersion: UInt32 = 2
     static let crcOffset = 16
 
     public var generation: UInt64

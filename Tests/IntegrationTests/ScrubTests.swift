@@ -14,8 +14,9 @@ final class ScrubMountTests: FixtureTestCase {
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 96M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
         fixture.unmount()
-        // Damage 4 KiB at five places in drive 2's data area (which starts at 1 MiB).
-        for mib in [2, 7, 13, 21, 33] {
+        // Damage 4 KiB at five places in drive 2's data area (which starts at 4 MiB on 40 MiB drives: metadata, two
+        // 1 MiB journal slices, the checksum area; docs/FORMAT.md).
+        for mib in [5, 7, 13, 21, 33] {
             XCTAssertEqual(Harness.sh("dd if=/dev/urandom of='\(fixture.dir)/drive-2' bs=4k count=1 seek=\(mib * 256 + 3) conv=notrunc status=none").status, 0)
         }
         try fixture.mount()

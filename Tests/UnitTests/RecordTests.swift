@@ -4,11 +4,18 @@ import Metadata
 import XCTest
 
 final class RecordTests: XCTestCase {
-    let sample = Superblock(
-        clean: true, generation: 7, arrayUUID: UUID128(high: 0x0123_4567_89AB_CDEF, low: 0x8877_6655_4433_2211),
-        driveUUID: UUID128(high: 1, low: 2), driveIndex: 2, memberCount: 4, spareCount: 1, raidLevel: .raid5, role: .member,
-        stripUnitBytes: 65536, engineCount: 1, dataOffsetBytes: Layout.dataOffsetBytes, dataBytesPerDrive: 1 << 30,
-        cacheBytes: 256 << 20, createdUnixSeconds: 1_700_000_000)
+    let sample: Superblock = {
+        // A 1 GiB-data drive planned as `vsa create` plans it: journal slices, checksum area, data offset.
+        let plan = DriveLayout.plan(driveBytes: (1 << 30) + (32 << 20), stripUnitBytes: 65536, directorCount: 2)!
+        var sb = Superblock(
+            clean: true, generation: 7, arrayUUID: UUID128(high: 0x0123_4567_89AB_CDEF, low: 0x8877_6655_4433_2211),
+            driveUUID: UUID128(high: 1, low: 2), driveIndex: 2, memberCount: 4, spareCount: 1, raidLevel: .raid5, role: .member,
+            stripUnitBytes: 65536, engineCount: 1, dataOffsetBytes: plan.layout.dataOffsetBytes, dataBytesPerDrive: plan.dataBytesPerDrive,
+            cacheBytes: 256 << 20, createdUnixSeconds: 1_700_000_000)
+        sb.journalSliceBytes = plan.layout.journalSliceBytes
+        sb.checksumBytes = plan.layout.checksumBytes
+        return sb
+    }()
 
     func testSuperblockRoundTrip() throws {
         let bytes = sample.encode()
@@ -19,14 +26,16 @@ final class RecordTests: XCTestCase {
     func testSuperblockGoldenBytes() {
         let bytes = sample.encode()
         XCTAssertEqual(Array(bytes[0..<8]), Array("VSA-SB01".utf8))
-        XCTAssertEqual(bytes[8], 1)  // format version, little-endian
+        XCTAssertEqual(bytes[8], 2)  // format version, little-endian
         XCTAssertEqual(Array(bytes[12..<14]), [0x00, 0x02])  // record length 512
         XCTAssertEqual(bytes[20], 1)  // clean
         XCTAssertEqual(bytes[24], 7)  // generation
         XCTAssertEqual(bytes[76], 5)  // RAID level
         XCTAssertEqual(Array(bytes[80..<84]), [0x00, 0x00, 0x01, 0x00])  // stripe unit 65536
         XCTAssertEqual(Array(bytes[120..<128]), [0, 0, 0, 0, 0, 0, 0, 0])  // no failed members
-        XCTAssertTrue(bytes[128...].allSatisfy { $0 == 0 }, "reserved bytes are zero")
+        XCTAssertEqual(Array(bytes[144..<152]), [0, 0, 0x80, 0, 0, 0, 0, 0])  // journal slice 8 MiB (1/128 of the drive)
+        XCTAssertTrue(bytes[128..<144].allSatisfy { $0 == 0 }, "no rebuild")
+        XCTAssertTrue(bytes[160...].allSatisfy { $0 == 0 }, "reserved bytes are zero")
     }
 
     func testSuperblockRejectsEveryFlippedByte() {
@@ -78,9 +87,13 @@ final class RecordTests: XCTestCase {
         rejects(
             {
                 $0.rebuildMember = 1
-                $0.rebuildCheckpoint = (1 << 30) / 65536 + 1
+                $0.rebuildCheckpoint = $0.dataBytesPerDrive / 65536 + 1
             }, "checkpoint beyond")
         rejects({ $0.rebuildCheckpoint = 5 }, "without a rebuild")
+        rejects({ $0.journalSliceBytes = 1 << 19 }, "journal size")
+        rejects({ $0.journalSliceBytes = 128 << 20 }, "journal size")
+        rejects({ $0.checksumBytes = 4096 }, "checksum area")
+        rejects({ $0.dataOffsetBytes += 1 << 20 }, "data offset")
     }
 
     func testLUNTableRoundTripAndRejection() throws {

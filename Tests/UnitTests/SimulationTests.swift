@@ -31,7 +31,10 @@ final class SimulationTests: XCTestCase {
             let count = env["VSA_SIM_SEEDS"].flatMap(Int.init) ?? 12
             seeds = (0..<UInt64(count)).map { $0 * 7919 + 1 }
         }
+        defer { DriveFaultInjector.active = nil }
         for seed in seeds {
+            DriveFaultInjector.active = DriveFaultInjector(seed: seed ^ 0xD1CE)
+            if let p = ProcessInfo.processInfo.environment["VSA_SIM_LOSS"].flatMap(UInt64.init) { DriveFaultInjector.active!.lossPercent = p }
             var sim = try Simulation(seed: seed)
             defer { sim.cleanUp() }
             if let failure = sim.run(steps: 400) {
@@ -75,8 +78,11 @@ struct Simulation {
                 stripUnitBytes: [4096, 8192, 16384][Int(rng.next() % 3)], cacheBytes: 16 << 20, engineCount: 1, force: false))
         let entry = try store.createLUN(name: "l", sizeBytes: UInt64(lunSize))
         lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
+        let recovery = try JournalRecovery.recover(geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false)
         try store.writeSuperblocks(clean: false)  // mounted
-        backEnd = try RAIDBackEnd(geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks())
+        backEnd = try RAIDBackEnd(
+            geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks(),
+            journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: 0, epoch: recovery.epochs[0]))
         let d = store.geometry.dataStripsPerStripe
         cache = TrackCache(slotCount: 2 * d + 2 + Int(rng.next() % 24), store: backEnd, memory: memory, counters: CacheCounters())
         durable = [UInt8](repeating: 0, count: lunSize)
@@ -102,10 +108,14 @@ struct Simulation {
             case 80..<84: problem = failDrive()
             case 84..<90: problem = replaceOrRebuild()
             case 90..<94: problem = scrubAll()
-            case 94..<97: problem = crash()
+            case 94..<96: problem = crash()
+            case 96..<98: problem = powerCut()
             default: problem = readAllDegraded()
             }
-            if let problem { return "step \(step): \(problem)\n  " + log.suffix(12).joined(separator: "\n  ") }
+            if let problem {
+                return "step \(step): \(problem)\n  " + log[0] + "\n  "
+                    + log.suffix(ProcessInfo.processInfo.environment["VSA_SIM_LOG"].flatMap(Int.init) ?? 12).joined(separator: "\n  ")
+            }
         }
         return crash() ?? readAllDegraded()
     }
@@ -149,6 +159,8 @@ struct Simulation {
         log.append("flush")
         guard cache.destageAll(), backEnd.flush() else { return "flush failed" }
         do { _ = try store.recordFailures() } catch { return "recording failures: \(error)" }
+        // The power went off during it: the flush was never acknowledged.
+        if injector.cut { return nil }
         durable = latest
         for i in writtenSinceFlush.indices { writtenSinceFlush[i] = false }
         return nil
@@ -219,16 +231,42 @@ struct Simulation {
         return nil
     }
 
-    /// The process dies: write-pending data is gone; the array is assembled again from its drives, resynchronised
-    /// (it was not stopped cleanly), and a rebuild resumes from its last recorded checkpoint.
+    var injector: DriveFaultInjector { DriveFaultInjector.active! }
+
+    /// The power fails after a few more drive writes, in the middle of destaging (the write it falls on is torn, the
+    /// rest are dropped), and writes no flush covered may be lost; then the crash and recovery.
+    mutating func powerCut() -> String? {
+        injector.writesBeforeCut = Int(rng.next() % 40) + 1
+        log.append("power cut after \(injector.writesBeforeCut) writes")
+        for _ in 0..<3 where !injector.cut {
+            if let problem = write(zero: false) { return problem }
+        }
+        if !injector.cut {
+            if rng.next() % 2 == 0 {
+                if let problem = flush() { return problem }
+            } else {
+                _ = destageSome()
+            }
+        }
+        return crash()
+    }
+
+    /// The process dies: write-pending data is gone, and so may be drive writes no flush covered; the array is
+    /// assembled again from its drives, its journal recovered (it was not stopped cleanly), and a rebuild resumes
+    /// from its last recorded checkpoint.
     mutating func crash() -> String? {
-        log.append("crash")
+        let lost = injector.losePower()
+        log.append("crash (\(lost) unflushed writes lost)")
         do {
             store = try ArrayStore.assemble(directory: directory)
             guard !store.wasClean else { return "the array came back clean after a crash" }
-            try ArrayDaemon.resync(store: store)
+            let recovery = try JournalRecovery.recover(geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: true)
+            log.append(
+                "recovery: \(recovery.replayedBatches) batches replayed, \(recovery.droppedBatches) dropped, \(recovery.resyncedRegions) regions resynced")
             try store.writeSuperblocks(clean: false)
-            backEnd = try RAIDBackEnd(geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks())
+            backEnd = try RAIDBackEnd(
+                geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks(),
+                journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: 0, epoch: recovery.epochs[0]))
         } catch { return "recovery: \(error)" }
         cache = TrackCache(slotCount: cache.slotCount, store: backEnd, memory: memory, counters: CacheCounters())
         rebuildingMember = store.superblock.rebuildMember
