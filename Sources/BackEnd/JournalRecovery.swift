@@ -22,9 +22,9 @@ public struct JournalRecoveryReport: Sendable {
 
 public enum JournalRecovery {
     /// Reads (and after an unclean stop, replays) every director's journal; then starts a new epoch in every slice.
-    public static func recover(geometry: ArrayGeometry, drives allDrives: [Drive], arrayUUID: UUID128, unclean: Bool) throws(VSAError)
-        -> JournalRecoveryReport
-    {
+    public static func recover(
+        geometry: ArrayGeometry, drives allDrives: [Drive], arrayUUID: UUID128, unclean: Bool, checksums: BlockChecksums? = nil
+    ) throws(VSAError) -> JournalRecoveryReport {
         guard let layout = geometry.layout else { throw VSAError("this array has no journal area") }
         let m = geometry.memberCount
         let drives = Array(allDrives.prefix(m))
@@ -36,6 +36,8 @@ public enum JournalRecovery {
         var report = JournalRecoveryReport()
         var regions = Set<UInt64>()
         var regionStripes: [UInt64: Int] = [:]
+        // Every range a record of the newest epochs names, replayed or not: its checksums are recomputed.
+        var touched: [(member: Int, driveOffset: UInt64, count: Int)] = []
 
         func read(_ d: Int, _ offset: UInt64, _ count: Int) -> Bool {
             io.queueRead(drive: d, into: buffer.base, count: count, offsetBytes: offset)
@@ -67,6 +69,9 @@ public enum JournalRecovery {
                             else { break }
                         }
                         batches[header.sequence, default: []].append((d, position, header))
+                        for entry in header.entries where entry.kind == .data {
+                            touched.append((d, geometry.driveOffset(stripe: entry.stripe) + UInt64(entry.offsetBytes), entry.count))
+                        }
                         last = header.sequence
                         position += UInt64(JournalFormat.blockBytes + header.payloadBytes)
                     }
@@ -114,6 +119,32 @@ public enum JournalRecovery {
         if !regions.isEmpty && geometry.raidLevel != .raid0 {
             try resync(geometry: geometry, drives: drives, regions: regions.sorted().map { ($0, UInt64(regionStripes[$0]!)) })
             report.resyncedRegions = regions.count
+        }
+        if let checksums {
+            // What the drives hold now in every range this epoch may have changed is what the checksums must say;
+            // everything older was written back when its epoch ended. Then the pages go down with the epoch.
+            for region in regions {
+                let stripes = UInt64(regionStripes[region]!)
+                for member in 0..<m where drives[member].isWritable {
+                    touched.append((member, geometry.driveOffset(stripe: region), Int(stripes) * geometry.stripUnitBytes))
+                }
+            }
+            let memory = MemoryServices()
+            for range in touched {
+                var done = 0
+                while done < range.count {
+                    let step = min(range.count - done, recordBytes)
+                    if read(range.member, range.driveOffset + UInt64(done), step) {
+                        checksums.update(
+                            member: range.member, driveOffset: range.driveOffset + UInt64(done), count: step, data: buffer.base, io: io, memory: memory)
+                    }
+                    done += step
+                }
+            }
+            checksums.writeBack(io: io, skipping: ArrayGeometry.outMask(drives: drives))
+            // Down before the new epoch makes this epoch's records (the only other source) unreadable.
+            for d in 0..<m where drives[d].isWritable && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
+            io.submit()
         }
 
         // The next epoch in every slice (flushed): records of this mount never mix with the last one's.

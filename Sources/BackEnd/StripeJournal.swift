@@ -248,8 +248,10 @@ final class StripeJournal {
         return sequence
     }
 
-    /// Queues the in-place writes of member `d`'s data entries, submitting whenever the ring is full.
-    func queueInPlace(member d: Int, geometry: ArrayGeometry, io: DriveIO) {
+    /// Calls `body` with each of member `d`'s data entries in the open batch: where it goes on the drive, how many
+    /// bytes, and the new contents in the batch buffer.
+    @inline(__always)
+    func forEachData(member d: Int, geometry: ArrayGeometry, _ body: (UInt64, Int, UnsafeMutableRawPointer) -> Void) {
         let buffer = buffers.slice(d)
         var payload = JournalFormat.blockBytes
         for i in 0..<entryCount[d] {
@@ -258,9 +260,16 @@ final class StripeJournal {
             let stripe = UInt64(littleEndian: buffer.loadUnaligned(fromByteOffset: at, as: UInt64.self))
             let offset = Int(UInt32(littleEndian: buffer.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self)))
             let count = Int(UInt32(littleEndian: buffer.loadUnaligned(fromByteOffset: at + 12, as: UInt32.self)))
-            if io.queuedCount == io.capacity { io.submit() }
-            io.queueWrite(drive: d, from: buffer + payload, count: count, offsetBytes: geometry.driveOffset(stripe: stripe) + UInt64(offset))
+            body(geometry.driveOffset(stripe: stripe) + UInt64(offset), count, buffer + payload)
             payload += count
+        }
+    }
+
+    /// Queues the in-place writes of member `d`'s data entries, submitting whenever the ring is full.
+    func queueInPlace(member d: Int, geometry: ArrayGeometry, io: DriveIO) {
+        forEachData(member: d, geometry: geometry) { driveOffset, count, data in
+            if io.queuedCount == io.capacity { io.submit() }
+            io.queueWrite(drive: d, from: data, count: count, offsetBytes: driveOffset)
         }
     }
 

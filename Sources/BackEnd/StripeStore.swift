@@ -117,8 +117,21 @@ public final class RAIDBackEnd: StripeStore {
 
     /// The director's stripe journal (nil: no journal, as for recovery's own back end and bare geometries).
     let journal: StripeJournal?
+    /// The array's block checksums, shared by its directors (nil: not verified, as for recovery's resync).
+    let checksums: BlockChecksums?
+    /// Which drive each data strip was read from in the current `readStrips`.
+    private let readFrom: UnsafeMutablePointer<Int>
+    /// Whole-block reads for ranges that do not start or end on a 4 KiB block (checksums cover whole blocks).
+    private let alignedStaging: Arena
 
-    public init(geometry: ArrayGeometry, drives: [Drive], memory: MemoryServices, marks: BackEndMarks, journal owner: JournalOwner? = nil) throws {
+    public init(
+        geometry: ArrayGeometry, drives: [Drive], memory: MemoryServices, marks: BackEndMarks, journal owner: JournalOwner? = nil,
+        checksums: BlockChecksums? = nil
+    ) throws {
+        self.checksums = checksums
+        self.readFrom = .allocate(capacity: geometry.memberCount)
+        self.readFrom.initialize(repeating: 0, count: geometry.memberCount)
+        self.alignedStaging = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: checksums == nil ? 1 : geometry.dataStripsPerStripe)
         self.geometry = geometry
         self.drives = Array(drives.prefix(geometry.memberCount))
         self.memory = memory
@@ -130,8 +143,10 @@ public final class RAIDBackEnd: StripeStore {
         self.flushNeeded.store(self.drives.contains { !$0.isMemoryBacked && !$0.isMissing }, ordering: .releasing)
         self.staging = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: 3 * geometry.memberCount + 7)
         // [0, 2m + 4): parity source lists; [2m + 4, 3m + 4): rebuild's read targets.
-        self.table = .allocate(capacity: 3 * geometry.memberCount + 4)
-        self.table.initialize(repeating: nil, count: 3 * geometry.memberCount + 4)
+        // [0, 2m + 4): parity source lists; [2m + 4, 3m + 4): rebuild's read targets; [3m + 4, 4m + 4): whole-block
+        // read targets.
+        self.table = .allocate(capacity: 4 * geometry.memberCount + 4)
+        self.table.initialize(repeating: nil, count: 4 * geometry.memberCount + 4)
         // VSA_UNSAFE_NO_JOURNAL=1 turns the journal off, only to measure what it costs (docs/ROADMAP.md) and to
         // watch the crash tests fail without it: the write hole is open then.
         let disabled = getenv("VSA_UNSAFE_NO_JOURNAL").map { String(cString: $0) == "1" } ?? false
@@ -141,7 +156,10 @@ public final class RAIDBackEnd: StripeStore {
     /// Whether writes go through a stripe journal (its counters are in `marks`).
     public var hasJournal: Bool { journal != nil }
 
-    deinit { table.deallocate() }
+    deinit {
+        table.deallocate()
+        readFrom.deallocate()
+    }
 
     private var newP: UnsafeMutableRawPointer { staging.slice(3 * m) }
     private var newQ: UnsafeMutableRawPointer { staging.slice(3 * m + 1) }
@@ -171,6 +189,7 @@ public final class RAIDBackEnd: StripeStore {
         _ = commitJournal()
         drives[member] = drive
         io.replace(index: member, with: drive)
+        checksums?.forget(member: member)
         needsAlignedBuffers = drives.contains { $0.usesDirectIO }
         flushNeeded.store(drives.contains { !$0.isMemoryBacked && !$0.isMissing }, ordering: .releasing)
         // The new drive's slice holds no records of this epoch: a new epoch starts every slice at its top again, so
@@ -189,15 +208,22 @@ public final class RAIDBackEnd: StripeStore {
     public func readStrips(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool {
         checkRange(offsetBytes, count)
         settle(stripe)
+        if checksums != nil && (offsetBytes % 4096 != 0 || count % 4096 != 0) {
+            return readWholeBlocks(stripe: stripe, stripMask: stripMask, offsetBytes: offsetBytes, count: count, targets: targets)
+        }
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         var remaining = stripMask
-        for _ in 0..<3 where remaining != 0 {
+        // Copies whose blocks failed their checksums in this call, and strips rebuilt from parity because of it.
+        var badDrives: UInt64 = 0
+        var rebuilt: UInt64 = 0
+        for _ in 0..<4 where remaining != 0 {
             var degradedMask: UInt64 = 0
             for strip in 0..<geometry.dataStripsPerStripe where remaining & (1 << UInt64(strip)) != 0 {
                 // Read from the first online copy.
                 var issued = false
-                for drive in geometry.copyDrives(stripe: stripe, strip: strip) where readable(drive, stripe) {
+                for drive in geometry.copyDrives(stripe: stripe, strip: strip) where readable(drive, stripe) && badDrives & (1 << UInt64(drive)) == 0 {
                     io.queueRead(drive: drive, into: targets[strip]!, count: count, offsetBytes: offset)
+                    readFrom[strip] = drive
                     issued = true
                     break
                 }
@@ -214,12 +240,92 @@ public final class RAIDBackEnd: StripeStore {
                     }
                 }
             }
+            if let checksums {
+                // Every block read is checked: a bad copy is read from another copy or rebuilt from parity.
+                for strip in 0..<geometry.dataStripsPerStripe where remaining & ~(degradedMask | retry) & (1 << UInt64(strip)) != 0 {
+                    let drive = readFrom[strip]
+                    guard checksums.verify(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory) != nil else {
+                        continue
+                    }
+                    checksums.mismatches.add(1, ordering: .relaxed)
+                    badDrives |= 1 << UInt64(drive)
+                    if geometry.copyDrives(stripe: stripe, strip: strip).count > 1 {
+                        retry |= 1 << UInt64(strip)
+                    } else if hasParity {
+                        memory.copy(from: targets[strip]!, to: staging.slice(2 * m + strip), byteCount: count)
+                        degradedMask |= 1 << UInt64(strip)
+                        rebuilt |= 1 << UInt64(strip)
+                    } else {
+                        // RAID-0: nothing else holds it. The host gets an error, never wrong data.
+                        checksums.unrecoverable.add(1, ordering: .relaxed)
+                        return false
+                    }
+                }
+            }
             if degradedMask != 0 && !reconstruct(stripe: stripe, wanted: degradedMask, offsetBytes: offsetBytes, count: count, targets: targets) {
+                if rebuilt != 0 { checksums?.unrecoverable.add(1, ordering: .relaxed) }
                 return false
             }
             remaining = retry & ~degradedMask
         }
-        return remaining == 0
+        guard remaining == 0 else {
+            if badDrives != 0 { checksums?.unrecoverable.add(1, ordering: .relaxed) }
+            return false
+        }
+        if badDrives != 0 {
+            return repairBlocks(stripe: stripe, stripMask: stripMask, offset: offset, count: count, targets: targets, badDrives: badDrives, rebuilt: rebuilt)
+        }
+        return true
+    }
+
+    /// After a read found blocks failing their checksums and got them right from another copy or from parity: the
+    /// good contents go back to the bad drive. A rebuilt strip that still disagrees with its checksum but equals
+    /// what the drive gave was right all along (the checksum entry was the damaged one): the entry is rewritten.
+    private func repairBlocks(
+        stripe: UInt64, stripMask: UInt64, offset: UInt64, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>, badDrives: UInt64,
+        rebuilt: UInt64
+    ) -> Bool {
+        guard let checksums else { return true }
+        for strip in 0..<geometry.dataStripsPerStripe where stripMask & (1 << UInt64(strip)) != 0 {
+            if rebuilt & (1 << UInt64(strip)) != 0 {
+                let drive = geometry.dataDrive(stripe: stripe, strip: strip)
+                if checksums.verify(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory) == nil {
+                    io.queueWrite(drive: drive, from: targets[strip]!, count: count, offsetBytes: offset)
+                    checksums.repairs.add(1, ordering: .relaxed)
+                } else if memcmp(targets[strip]!, staging.slice(2 * m + strip), count) == 0 {
+                    checksums.update(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory)
+                    checksums.entryRepairs.add(1, ordering: .relaxed)
+                } else {
+                    // Neither the drive's contents nor the rebuilt ones match: more damage than redundancy covers.
+                    checksums.unrecoverable.add(1, ordering: .relaxed)
+                    return false
+                }
+            } else {
+                for drive in geometry.copyDrives(stripe: stripe, strip: strip) where badDrives & (1 << UInt64(drive)) != 0 && writable(drive) {
+                    checksums.update(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory)
+                    io.queueWrite(drive: drive, from: targets[strip]!, count: count, offsetBytes: offset)
+                    checksums.repairs.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        io.submit()
+        return true
+    }
+
+    /// A read whose range does not start and end on 4 KiB blocks: the whole blocks are read (and checked), then the
+    /// asked-for bytes copied out.
+    private func readWholeBlocks(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>)
+        -> Bool
+    {
+        let start = offsetBytes / 4096 * 4096
+        let end = (offsetBytes + count + 4095) / 4096 * 4096
+        let whole = table + (3 * m + 4)
+        for strip in 0..<geometry.dataStripsPerStripe { whole[strip] = alignedStaging.slice(strip) }
+        guard readStrips(stripe: stripe, stripMask: stripMask, offsetBytes: start, count: end - start, targets: whole) else { return false }
+        for strip in 0..<geometry.dataStripsPerStripe where stripMask & (1 << UInt64(strip)) != 0 {
+            memory.copy(from: alignedStaging.slice(strip) + (offsetBytes - start), to: targets[strip]!, byteCount: count)
+        }
+        return true
     }
 
     /// Rebuilds the range of the data strips in `wanted` (none of their copies readable) into `targets`, from what
@@ -229,15 +335,17 @@ public final class RAIDBackEnd: StripeStore {
         -> Bool
     {
         guard hasParity else { return false }
-        // A drive may fail while we read the survivors: then look again with it counted as lost.
-        for _ in 0..<2 {
+        // A drive may fail while we read the survivors, or a survivor's blocks fail their checksums: then look again
+        // with it counted as lost.
+        var suspect: UInt64 = 0  // data strip i = bit i, P = bit d, Q = bit d + 1
+        for _ in 0..<3 {
             let d = geometry.dataStripsPerStripe
             // The wanted strips count as lost even if a copy became readable since the caller looked.
-            var lost: UInt64 = wanted
+            var lost: UInt64 = wanted | (suspect & ((1 << UInt64(d)) - 1))
             for strip in 0..<d where !readable(geometry.dataDrive(stripe: stripe, strip: strip), stripe) { lost |= 1 << UInt64(strip) }
             let p = geometry.parityDrive(stripe: stripe)
-            let hasP = readable(p, stripe)
-            let hasQ = geometry.raidLevel == .raid6 && readable(geometry.qDrive(stripe: stripe), stripe)
+            let hasP = readable(p, stripe) && suspect & (1 << UInt64(d)) == 0
+            let hasQ = geometry.raidLevel == .raid6 && readable(geometry.qDrive(stripe: stripe), stripe) && suspect & (1 << UInt64(d + 1)) == 0
             let lostCount = lost.nonzeroBitCount
             guard (lostCount == 1 && (hasP || hasQ)) || (lostCount == 2 && hasP && hasQ) else { return false }
             let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
@@ -247,6 +355,30 @@ public final class RAIDBackEnd: StripeStore {
             if hasP { io.queueRead(drive: p, into: staging.slice(d), count: count, offsetBytes: offset) }
             if hasQ { io.queueRead(drive: geometry.qDrive(stripe: stripe), into: staging.slice(d + 1), count: count, offsetBytes: offset) }
             if io.submit() != 0 { continue }
+            if let checksums {
+                var bad: UInt64 = 0
+                for strip in 0..<d where lost & (1 << UInt64(strip)) == 0 {
+                    let drive = geometry.dataDrive(stripe: stripe, strip: strip)
+                    if checksums.verify(member: drive, driveOffset: offset, count: count, data: staging.slice(strip), io: io, memory: memory) != nil {
+                        bad |= 1 << UInt64(strip)
+                    }
+                }
+                if hasP && checksums.verify(member: p, driveOffset: offset, count: count, data: staging.slice(d), io: io, memory: memory) != nil {
+                    bad |= 1 << UInt64(d)
+                }
+                if hasQ
+                    && checksums.verify(
+                        member: geometry.qDrive(stripe: stripe), driveOffset: offset, count: count, data: staging.slice(d + 1), io: io, memory: memory)
+                        != nil
+                {
+                    bad |= 1 << UInt64(d + 1)
+                }
+                if bad != 0 {
+                    checksums.mismatches.add(UInt64(bad.nonzeroBitCount), ordering: .relaxed)
+                    suspect |= bad
+                    continue
+                }
+            }
             let x = lost.trailingZeroBitCount
             if lostCount == 1 && hasP {
                 // D_x = P ^ (every other data strip).
@@ -325,13 +457,33 @@ public final class RAIDBackEnd: StripeStore {
     /// out cannot be checked. Runs on the stripe's owning director. Uses staging [m, 2m) and the parity scratch.
     public func scrub(stripe: UInt64, repair: Bool) -> ScrubOutcome {
         settle(stripe)
-        for drive in 0..<m where !readable(drive, stripe) { return .skipped }
         let d = geometry.dataStripsPerStripe
         let offset = geometry.driveOffset(stripe: stripe)
+        var outMask: UInt64 = 0
+        for drive in 0..<m where !readable(drive, stripe) { outMask |= 1 << UInt64(drive) }
+        if outMask != 0 {
+            // Redundancy cannot be compared with a member out, but every block still has its checksum.
+            guard let checksums else { return .skipped }
+            var bad: UInt64 = 0
+            for member in 0..<m where outMask & (1 << UInt64(member)) == 0 {
+                io.queueRead(drive: member, into: staging.slice(m), count: stripBytes, offsetBytes: offset)
+                guard io.submit() == 0 else { return .unreadable }
+                if !checksumsMatch(drive: member, offset: offset, data: staging.slice(m)) { bad |= 1 << UInt64(member) }
+            }
+            guard bad != 0 else { return .skipped }
+            guard geometry.raidLevel.survives(outMask: outMask | bad, memberCount: m) else { return .unrecoverable }
+            guard repair else { return .mismatch }
+            for member in 0..<m where bad & (1 << UInt64(member)) != 0 {
+                guard rebuild(stripe: stripe, member: member) else { return .unrecoverable }
+            }
+            return .repairedData
+        }
         switch geometry.raidLevel {
         case .raid0:
             for strip in 0..<d { io.queueRead(drive: strip, into: staging.slice(m + strip), count: stripBytes, offsetBytes: offset) }
-            return io.submit() == 0 ? .consistent : .unreadable
+            guard io.submit() == 0 else { return .unreadable }
+            for strip in 0..<d where !checksumsMatch(drive: strip, offset: offset, data: staging.slice(m + strip)) { return .unrecoverable }
+            return .consistent
         case .raid1, .raid10:
             var outcome = ScrubOutcome.consistent
             for strip in 0..<d {
@@ -340,10 +492,16 @@ public final class RAIDBackEnd: StripeStore {
                     io.queueRead(drive: drive, into: staging.slice(m + i), count: stripBytes, offsetBytes: offset)
                 }
                 guard io.submit() == 0 else { return .unreadable }
-                for (i, drive) in copies.enumerated().dropFirst() where memcmp(staging.slice(m), staging.slice(m + i), stripBytes) != 0 {
+                // The reference copy: the first whose blocks match their checksums (the primary without checksums).
+                let good = copies.enumerated().map { $0 }.firstIndex { checksumsMatch(drive: $0.element, offset: offset, data: staging.slice(m + $0.offset)) }
+                guard let good else { return .unrecoverable }
+                for (i, drive) in copies.enumerated() where i != good {
+                    let sameBytes = memcmp(staging.slice(m + good), staging.slice(m + i), stripBytes) == 0
+                    guard !sameBytes || !checksumsMatch(drive: drive, offset: offset, data: staging.slice(m + i)) else { continue }
                     outcome = .mismatch
                     if repair {
-                        io.queueWrite(drive: drive, from: staging.slice(m), count: stripBytes, offsetBytes: offset)
+                        checksums?.update(member: drive, driveOffset: offset, count: stripBytes, data: staging.slice(m + good), io: io, memory: memory)
+                        if !sameBytes { io.queueWrite(drive: drive, from: staging.slice(m + good), count: stripBytes, offsetBytes: offset) }
                         guard io.submit() == 0 else { return .unreadable }
                         outcome = .repaired
                     }
@@ -359,6 +517,22 @@ public final class RAIDBackEnd: StripeStore {
             io.queueRead(drive: p, into: oldP, count: stripBytes, offsetBytes: offset)
             if q >= 0 { io.queueRead(drive: q, into: oldQ, count: stripBytes, offsetBytes: offset) }
             guard io.submit() == 0 else { return .unreadable }
+            if checksums != nil {
+                // Blocks failing their checksums name the bad members outright; each is rebuilt from the others.
+                var bad: [Int] = []
+                for strip in 0..<d
+                where !checksumsMatch(drive: geometry.dataDrive(stripe: stripe, strip: strip), offset: offset, data: staging.slice(m + strip)) {
+                    bad.append(geometry.dataDrive(stripe: stripe, strip: strip))
+                }
+                if !checksumsMatch(drive: p, offset: offset, data: oldP) { bad.append(p) }
+                if q >= 0 && !checksumsMatch(drive: q, offset: offset, data: oldQ) { bad.append(q) }
+                if !bad.isEmpty {
+                    guard bad.count <= geometry.parityStripsPerStripe else { return .unrecoverable }
+                    guard repair else { return .mismatch }
+                    for member in bad { guard rebuild(stripe: stripe, member: member) else { return .unrecoverable } }
+                    return bad.contains { $0 != p && $0 != q } ? .repairedData : .repaired
+                }
+            }
             for strip in 0..<d { table[strip] = staging.slice(m + strip) }
             computeParity(count: stripBytes)
             let pBad = memcmp(newP, oldP, stripBytes) != 0
@@ -392,6 +566,18 @@ public final class RAIDBackEnd: StripeStore {
             }
             return .unrecoverable
         }
+    }
+
+    /// Forgets the checksums of whole stripes about to be zeroed (a deleted LUN's).
+    public func clearChecksums(firstStripe: UInt64, stripeCount: UInt64) {
+        _ = commitJournal()
+        checksums?.clear(firstStripe: firstStripe, stripeCount: stripeCount, io: io)
+    }
+
+    /// Whether a whole strip read from `drive` matches its checksums (always, without checksums).
+    private func checksumsMatch(drive: Int, offset: UInt64, data: UnsafeRawPointer) -> Bool {
+        guard let checksums else { return true }
+        return checksums.verify(member: drive, driveOffset: offset, count: stripBytes, data: data, io: io, memory: memory) == nil
     }
 
     // MARK: Rebuild
@@ -432,6 +618,7 @@ public final class RAIDBackEnd: StripeStore {
             }
         }
         guard let source else { return false }
+        checksums?.update(member: member, driveOffset: offset, count: stripBytes, data: source, io: io, memory: memory)
         io.queueWrite(drive: member, from: source, count: stripBytes, offsetBytes: offset)
         return io.submit() == 0
     }
@@ -441,7 +628,7 @@ public final class RAIDBackEnd: StripeStore {
         let offset = geometry.driveOffset(stripe: stripe)
         for drive in geometry.copyDrives(stripe: stripe, strip: strip) where drive != member && readable(drive, stripe) {
             io.queueRead(drive: drive, into: target, count: stripBytes, offsetBytes: offset)
-            if io.submit() == 0 { return true }
+            if io.submit() == 0 && checksumsMatch(drive: drive, offset: offset, data: target) { return true }
         }
         return false
     }
@@ -471,9 +658,28 @@ public final class RAIDBackEnd: StripeStore {
             }
         }
         guard recordIntent(stripe: stripe) else { return false }
+        recordChecksums(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
         queueDataWrites(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
         if hasParity { queueParityWrites(stripe: stripe, offset: offset, count: count) }
         return finishWrite()
+    }
+
+    /// The checksums of a write about to go in place (its intent or journal record is on the drives already).
+    private func recordChecksums(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offset: UInt64, count: Int) {
+        guard let checksums else { return }
+        precondition(offset % 4096 == 0 && count % 4096 == 0, "checksummed writes are whole blocks")
+        for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
+                checksums.update(member: drive, driveOffset: offset, count: count, data: strips[strip]!, io: io, memory: memory)
+            }
+        }
+        guard hasParity else { return }
+        let p = geometry.parityDrive(stripe: stripe)
+        if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP, io: io, memory: memory) }
+        if geometry.raidLevel == .raid6 {
+            let q = geometry.qDrive(stripe: stripe)
+            if writable(q) { checksums.update(member: q, driveOffset: offset, count: count, data: newQ, io: io, memory: memory) }
+        }
     }
 
     private func queueDataWrites(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offset: UInt64, count: Int) {
@@ -520,7 +726,26 @@ public final class RAIDBackEnd: StripeStore {
             io.queueRead(drive: geometry.qDrive(stripe: stripe), into: oldQ, count: count, offsetBytes: offset)
         }
         marks.stripReads.add(UInt64(dirtyMask.nonzeroBitCount + geometry.parityStripsPerStripe), ordering: .relaxed)
-        return io.submit() == 0
+        guard io.submit() == 0 else { return false }
+        // A block failing its checksum makes the delta wrong: the caller reconstructs instead, through readStrips,
+        // which repairs what it can.
+        if let checksums {
+            for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+                let drive = geometry.dataDrive(stripe: stripe, strip: strip)
+                if checksums.verify(member: drive, driveOffset: offset, count: count, data: oldData(strip: strip), io: io, memory: memory) != nil {
+                    return false
+                }
+            }
+            if checksums.verify(member: geometry.parityDrive(stripe: stripe), driveOffset: offset, count: count, data: oldP, io: io, memory: memory) != nil {
+                return false
+            }
+            if geometry.raidLevel == .raid6
+                && checksums.verify(member: geometry.qDrive(stripe: stripe), driveOffset: offset, count: count, data: oldQ, io: io, memory: memory) != nil
+            {
+                return false
+            }
+        }
+        return true
     }
 
     public func writeDelta(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool {
@@ -570,6 +795,7 @@ public final class RAIDBackEnd: StripeStore {
         }
         marks.readModifyWrites.add(1, ordering: .relaxed)
         if journal != nil { return journalWrite(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count) }
+        recordChecksums(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
         queueDataWrites(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
         queueParityWrites(stripe: stripe, offset: offset, count: count)
         return finishWrite()
@@ -641,9 +867,9 @@ public final class RAIDBackEnd: StripeStore {
     }
 
     /// Before an in-place write that is not journaled (full stripes, mirrors): the region's intent is on the drives.
-    /// RAID-0 has nothing to resync.
+    /// RAID-0 has nothing to resync, only checksums to recompute.
     private func recordIntent(stripe: UInt64) -> Bool {
-        guard let journal, geometry.raidLevel != .raid0, !journal.hasIntent(stripe: stripe) else { return true }
+        guard let journal, geometry.raidLevel != .raid0 || checksums != nil, !journal.hasIntent(stripe: stripe) else { return true }
         guard commitJournal() else { return false }
         journal.addIntent(stripe: stripe, stripeCount: geometry.stripeCount, members: writableMask)
         guard commitJournal() else { return false }
@@ -673,6 +899,13 @@ public final class RAIDBackEnd: StripeStore {
             // that still finds the failed drive does not take the batch for one that never started.
             members &= ~lost
         }
+        if let checksums {
+            for d in 0..<m where members & (1 << UInt64(d)) != 0 && writable(d) {
+                journal.forEachData(member: d, geometry: geometry) { driveOffset, count, data in
+                    checksums.update(member: d, driveOffset: driveOffset, count: count, data: data, io: io, memory: memory)
+                }
+            }
+        }
         for d in 0..<m where members & (1 << UInt64(d)) != 0 && writable(d) { journal.queueInPlace(member: d, geometry: geometry, io: io) }
         io.submit()
         journal.closeBatch()
@@ -683,7 +916,14 @@ public final class RAIDBackEnd: StripeStore {
     /// next epoch number goes to every slice's epoch block (flushed) and records start at the top again.
     @discardableResult
     public func advanceEpoch() -> Bool {
-        guard let journal else { return true }
+        // Checksum entries of this epoch's writes go down with them: the next recovery recomputes only its own.
+        checksums?.writeBack(io: io, skipping: failedMembers())
+        guard let journal else {
+            // No journal (the unsafe benchmark switch): the checksum pages still reach the drives.
+            for d in 0..<m where writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
+            io.submit()
+            return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)
+        }
         for d in 0..<m where writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
         io.submit()
         let next = journal.epoch + 1

@@ -218,10 +218,7 @@ struct LUNDelete: VSACommand {
             _ = try control(dir, ["lun-delete", name])
         } else {
             _ = try withOfflineLock(dir) { () throws(VSAError) in
-                let store = try ArrayStore.assemble(directory: dir)
-                // An unclean stop's journal is replayed first: its records must never land on zeroed stripes later.
-                try ArrayDaemon.recoverOffline(store: store)
-                return try store.deleteLUN(name: name)
+                try ArrayDaemon.deleteLUNOffline(store: try ArrayStore.assemble(directory: dir), name: name)
             }
         }
         print("deleted LUN \(name)")

@@ -107,6 +107,9 @@ public final class ArrayDaemon: @unchecked Sendable {
     /// What the mount should tell the user (a degraded array, stale drives), printed by `vsa mount`.
     public private(set) var warnings: [String] = []
     private let lock: ArrayLock
+    /// Block checksums, shared by every director's back end (nil only with VSA_UNSAFE_NO_CHECKSUMS=1, a switch for
+    /// measuring what they cost: reads are then not verified).
+    let checksums: BlockChecksums?
 
     /// Builds the whole stack and mounts it. Throws a one-line user error; nothing is written before assembly succeeds.
     public init(options: MountOptions) throws(VSAError) {
@@ -134,7 +137,10 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
         // The journal: after an unclean stop, complete batches are written again and intent regions resynced; every
         // mount then starts a new epoch in each director's slice.
-        let recovery = try JournalRecovery.recover(geometry: geometry, drives: store.drives, arrayUUID: sb.arrayUUID, unclean: !store.wasClean)
+        let checksums = ProcessInfo.processInfo.environment["VSA_UNSAFE_NO_CHECKSUMS"] == "1" ? nil : BlockChecksums(geometry: geometry)
+        self.checksums = checksums
+        let recovery = try JournalRecovery.recover(
+            geometry: geometry, drives: store.drives, arrayUUID: sb.arrayUUID, unclean: !store.wasClean, checksums: checksums)
         if !store.wasClean {
             let note =
                 "the array was not stopped cleanly: the journal replayed \(recovery.replayedBatches) batches (\(formatSize(recovery.replayedBytes))), dropped \(recovery.droppedBatches) that never started, resynced \(recovery.resyncedRegions) regions"
@@ -149,7 +155,8 @@ public final class ArrayDaemon: @unchecked Sendable {
             let marks = BackEndMarks()
             let backEnd: RAIDBackEnd
             let owner = JournalOwner(arrayUUID: sb.arrayUUID, director: i, epoch: recovery.epochs[i])
-            do { backEnd = try RAIDBackEnd(geometry: geometry, drives: store.drives, memory: memory, marks: marks, journal: owner) } catch {
+            do { backEnd = try RAIDBackEnd(geometry: geometry, drives: store.drives, memory: memory, marks: marks, journal: owner, checksums: checksums) } catch
+            {
                 throw VSAError("cannot set up the back end: \(error)")
             }
             directors.append(
@@ -206,7 +213,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         controlLock.withLock { _ in shuttingDown.store(true, ordering: .relaxed) }
         pauseRebuild()
         stopScrub()
-        let flushed = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
+        var flushed = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
+        if flushed == 0 { flushed = engines.endEpochs() }
         engines.stopAll()
         session?.close()
         if flushed != 0 {
@@ -222,12 +230,24 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     // MARK: Offline changes
 
-    /// Before an offline change that writes stripes behind the journal (LUN delete zeroes them): after an unclean
-    /// stop, the journal is replayed and a new epoch started, so no older record is replayed over the change later.
-    /// The array stays marked not clean (the next mount reports it and recovers again, finding nothing to replay).
-    public static func recoverOffline(store: ArrayStore) throws(VSAError) {
-        guard !store.wasClean else { return }
-        _ = try JournalRecovery.recover(geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: true)
+    /// `vsa lun delete` with no daemon: after an unclean stop the journal is replayed first (a new epoch started), so
+    /// no older record lands on the zeroed stripes later; the LUN's checksum entries are cleared (zeroed blocks have
+    /// no checksum), then the LUN goes and its stripes are zeroed. The array's clean flag stays what it was.
+    public static func deleteLUNOffline(store: ArrayStore, name: String) throws(VSAError) -> LUNEntry {
+        guard let entry = store.lunTable.entries.first(where: { $0.name == name }) else {
+            throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
+        }
+        let checksums = BlockChecksums(geometry: store.geometry)
+        _ = try JournalRecovery.recover(
+            geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: !store.wasClean, checksums: checksums)
+        do {
+            let io = try DriveIO(drives: Array(store.drives.prefix(store.memberCount)), capacity: 4 * store.memberCount + 8)
+            checksums.clear(firstStripe: entry.startStripe, stripeCount: entry.stripeCount, io: io)
+            checksums.writeBack(io: io, skipping: store.membersOut & ~store.rebuildingMask)
+            for d in 0..<store.memberCount where store.drives[d].isWritable { io.queueFlush(drive: d) }
+            io.submit()
+        } catch { throw VSAError("cannot set up io_uring: \(error)") }
+        return try store.deleteLUN(name: name)
     }
 
     // MARK: Health
@@ -301,7 +321,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 guard frontEnd.remove(lunID: entry.lunID) else {
                     throw VSAError("LUN \(name) is open; close it (and detach any loop device on it) first")
                 }
-                engines.discard(lunID: entry.lunID)
+                engines.discard(lun: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes))
                 let free = try controlLock.withLock { _ throws(VSAError) in
                     _ = try store.deleteLUN(name: name)
                     return store.freeBytes
@@ -347,7 +367,10 @@ public final class ArrayDaemon: @unchecked Sendable {
         var memory = MemoryServices.Counters()
         var backEnd = StatusReport.BackEndInfo(
             fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0,
-            journalBatches: 0, journalBytes: 0, journalIntents: 0, journalEpochs: 0)
+            journalBatches: 0, journalBytes: 0, journalIntents: 0, journalEpochs: 0,
+            checksumMismatches: checksums?.mismatches.load(ordering: .relaxed) ?? 0, checksumRepairs: checksums?.repairs.load(ordering: .relaxed) ?? 0,
+            checksumEntryRepairs: checksums?.entryRepairs.load(ordering: .relaxed) ?? 0,
+            checksumUnrecoverable: checksums?.unrecoverable.load(ordering: .relaxed) ?? 0)
         report.directors = engines.directors.map { d in
             let c = d.counters
             hits += c.readHits.load(ordering: .relaxed)

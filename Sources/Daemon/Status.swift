@@ -82,6 +82,12 @@ public struct StatusReport: Codable, Sendable {
         public var journalBytes: UInt64
         public var journalIntents: UInt64
         public var journalEpochs: UInt64
+        /// Block checksums: blocks read that failed them, rewritten from redundancy, entries found wrong (the data
+        /// was right), and reads that failed with EIO because nothing held the right data.
+        public var checksumMismatches: UInt64
+        public var checksumRepairs: UInt64
+        public var checksumEntryRepairs: UInt64
+        public var checksumUnrecoverable: UInt64
     }
 
     /// The current or last rebuild of a member onto a new drive.
@@ -217,6 +223,9 @@ public struct StatusReport: Codable, Sendable {
             )
             lines.append(
                 "journal: \(b.journalBatches) batches (\(formatSize(b.journalBytes))), \(b.journalIntents) write intents, \(b.journalEpochs) epochs ended")
+            lines.append(
+                "checksums: \(b.checksumMismatches) mismatches, \(b.checksumRepairs) repaired, \(b.checksumEntryRepairs) entries rewritten, \(b.checksumUnrecoverable) unrecoverable"
+            )
         }
         if let m = memoryServices {
             lines.append("memory services: copies \(m.copies) (\(formatSize(m.copyBytes))), xor \(m.xorOps), p+q \(m.pqOps)")

@@ -43,6 +43,8 @@ public enum RequestKind: UInt8, Sendable {
     case attachMember
     /// Check (count 0) or repair (count 1) array stripe `offsetBytes`; the outcome goes in `outcome`.
     case scrub
+    /// End the back end's journal epoch: checksum pages written back, drives flushed (a clean stop).
+    case endEpoch
 }
 
 /// Completion of one host I/O that may span several directors: the last sub-request to finish wakes the waiter.
@@ -255,6 +257,10 @@ public final class Director: @unchecked Sendable {
             if !backEnd.flush() { error = EIO }
         case .discard:
             cache.discard(lunID: request.lun.lunID)
+            // Its stripes are about to read as zeroes: no checksum until written again (one director clears them).
+            if id.index == 0 && request.lun.sizeBytes > 0 {
+                backEnd.clearChecksums(firstStripe: request.lun.startStripe, stripeCount: backEnd.geometry.stripesFor(sizeBytes: request.lun.sizeBytes))
+            }
             // The LUN's stripes are about to be zeroed behind the journal's back: records of them must never be
             // replayed, so the epoch ends here (everything is flushed first).
             if !backEnd.advanceEpoch() { error = EIO }
@@ -262,6 +268,8 @@ public final class Director: @unchecked Sendable {
             if !backEnd.rebuild(stripe: request.offsetBytes, member: request.count) { error = EIO }
         case .attachMember:
             backEnd.attach(member: request.count, drive: request.drive!)
+        case .endEpoch:
+            if !backEnd.advanceEpoch() { error = EIO }
         case .scrub:
             request.outcome = backEnd.scrub(stripe: request.offsetBytes, repair: request.count == 1)
             // A rewritten data strip: what the cache read of it before is stale.

@@ -158,7 +158,11 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     }
 
     /// Drops every cached track of a LUN on every director (before the LUN's stripes are zeroed and reused).
-    public func discard(lunID: UInt32) { _ = control(kind: .discard, lun: LUNRef(lunID: lunID, startStripe: 0, sizeBytes: 0), to: directors[...]) }
+    public func discard(lun: LUNRef) { _ = control(kind: .discard, lun: lun, to: directors[...]) }
+
+    /// Every director ends its journal epoch: what it wrote is flushed and its checksum pages written back (a clean
+    /// stop, so the next mount recomputes nothing).
+    public func endEpochs() -> Int32 { control(kind: .endEpoch, lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0), to: directors[...]) }
 
     public func stopAll() { for d in directors { d.stop() } }
 

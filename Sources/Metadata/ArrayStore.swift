@@ -405,6 +405,13 @@ public final class ArrayStore: @unchecked Sendable {
             if created { unlink(absolute) }
             throw VSAError("\(path) is \(formatSize(drive.sizeBytes)); this array needs at least \(formatSize(required)) per drive")
         }
+        // Its journal slices and checksum area start empty: nothing from the drive's earlier life (an older epoch's
+        // records, checksums of other contents) may be taken for this array's.
+        guard ArrayStore.zeroRange(drive, offsetBytes: DriveLayout.journalOffsetBytes, count: superblock.dataOffsetBytes - DriveLayout.journalOffsetBytes)
+        else {
+            if created { unlink(absolute) }
+            throw VSAError("cannot clear the journal and checksum areas of \(path)")
+        }
         // The folder is how the array finds its drives: a path outside it gets a drive-N entry.
         let entries = ArrayStore.driveEntries(directory: directory)
         let file = created ? absolute : nil
@@ -422,6 +429,29 @@ public final class ArrayStore: @unchecked Sendable {
             throw VSAError("cannot make \(entry) point at \(path): \(Posix.errnoDescription(errno))")
         }
         return Replacement(drive: drive, entry: entry, createdFile: file, createdEntry: true)
+    }
+
+    /// Makes a byte range of one drive read as zeroes (hole punch, BLKZEROOUT, or zero writes), flushed.
+    static func zeroRange(_ drive: Drive, offsetBytes: UInt64, count: UInt64) -> Bool {
+        if drive.isBlockDevice && Posix.zeroOut(fd: drive.fd, offsetBytes: offsetBytes, count: count) { return true }
+        guard let io = try? DriveIO(drives: [drive], capacity: 4) else { return false }
+        var punched = false
+        if !drive.isBlockDevice {
+            io.queueZeroRange(drive: 0, offsetBytes: offsetBytes, count: Int(count))
+            punched = io.submit() == 0 && io.zeroUnsupportedDrives == 0
+        }
+        if !punched {
+            let zeroes = Arena(sliceBytes: 1 << 20, sliceCount: 1)
+            var done: UInt64 = 0
+            while done < count {
+                let step = Int(min(UInt64(1 << 20), count - done))
+                io.queueWrite(drive: 0, from: zeroes.base, count: step, offsetBytes: offsetBytes + done)
+                guard io.submit() == 0 else { return false }
+                done += UInt64(step)
+            }
+        }
+        io.queueFlush(drive: 0)
+        return io.submit() == 0
     }
 
     /// Takes a replaced member's entry out of the folder's drive list (renamed to `drive-N.failed`), unless it is
@@ -472,6 +502,9 @@ public final class ArrayStore: @unchecked Sendable {
         if mask != superblock.failedMemberMask { try writeSuperblocks(clean: superblock.clean) }
         return superblock.raidLevel.survives(outMask: mask, memberCount: superblock.memberCount)
     }
+
+    /// Members being rebuilt (they take writes).
+    public var rebuildingMask: UInt64 { ArrayStore.memberMask(drives, memberCount: superblock.memberCount) { $0.state == .rebuilding } }
 
     /// The members that are out now, failed or still being rebuilt (bit i = member i).
     public var membersOut: UInt64 { ArrayStore.memberMask(drives, memberCount: superblock.memberCount) { $0.state != .online } }

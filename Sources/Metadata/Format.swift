@@ -132,8 +132,13 @@ extension ArrayStore {
                 superblock: sb, lunTable: LUNTable(generation: 0, arrayUUID: uuid, entries: []))
         } catch { throw VSAError("cannot set up io_uring: \(error)") }
         if usingPaths {
-            // Reused drives: old contents would make parity inconsistent and leak into new LUNs; zero the data area.
+            // Reused drives: old contents would make parity inconsistent and leak into new LUNs; zero the data area, and
+            // the journal and checksum areas (an older array's records and checksums are not this one's).
             store.zeroStripes(start: 0, count: store.geometry.stripeCount)
+            for drive in drives
+            where !ArrayStore.zeroRange(drive, offsetBytes: DriveLayout.journalOffsetBytes, count: sb.dataOffsetBytes - DriveLayout.journalOffsetBytes) {
+                throw VSAError("cannot clear the journal and checksum areas of \(drive.path)")
+            }
         }
         try store.writeLUNTable(LUNTable(generation: 0, arrayUUID: uuid, entries: []))
         try store.writeSuperblocks(clean: true)

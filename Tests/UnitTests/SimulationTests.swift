@@ -53,6 +53,8 @@ struct Simulation {
     var store: ArrayStore
     var lun: LUNRef
     var backEnd: RAIDBackEnd
+    /// A tiny checksum page cache (1 to 8 pages), so pages are evicted and read back all the time.
+    var checksums: BlockChecksums
     var cache: TrackCache
     let memory = MemoryServices()
     let lunSize = 1 << 20
@@ -78,14 +80,24 @@ struct Simulation {
                 stripUnitBytes: [4096, 8192, 16384][Int(rng.next() % 3)], cacheBytes: 16 << 20, engineCount: 1, force: false))
         let entry = try store.createLUN(name: "l", sizeBytes: UInt64(lunSize))
         lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
-        let recovery = try JournalRecovery.recover(geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false)
+        checksums = BlockChecksums(geometry: store.geometry, cacheBytes: 4096 * Int(1 + rng.next() % 8))
+        let recovery = try JournalRecovery.recover(
+            geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false,
+            checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
         try store.writeSuperblocks(clean: false)  // mounted
         backEnd = try RAIDBackEnd(
             geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks(),
-            journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: 0, epoch: recovery.epochs[0]))
+            journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: 0, epoch: recovery.epochs[0]),
+            checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
         let d = store.geometry.dataStripsPerStripe
         cache = TrackCache(slotCount: 2 * d + 2 + Int(rng.next() % 24), store: backEnd, memory: memory, counters: CacheCounters())
-        durable = [UInt8](repeating: 0, count: lunSize)
+        // The whole LUN is written once, so every block of its stripes has a checksum (a flip is then always seen).
+        for i in 0..<lunSize { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
+        guard cache.write(lun: lun, offsetBytes: 0, count: lunSize, from: io.base), cache.destageAll(), backEnd.flush() else {
+            throw VSAError("first write failed")
+        }
+        let written = io.base
+        durable = (0..<(1 << 20)).map { written.load(fromByteOffset: $0, as: UInt8.self) }
         latest = durable
         writtenSinceFlush = [Bool](repeating: false, count: lunSize / 512)
     }
@@ -110,6 +122,7 @@ struct Simulation {
             case 90..<94: problem = scrubAll()
             case 94..<96: problem = crash()
             case 96..<98: problem = powerCut()
+            case 98: problem = flipBits()
             default: problem = readAllDegraded()
             }
             if let problem {
@@ -126,7 +139,10 @@ struct Simulation {
         for i in 0..<count { io.base.storeBytes(of: zero ? 0 : UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
         log.append("write \(offset)+\(count)\(zero ? " zeroes" : "")")
         guard cache.write(lun: lun, offsetBytes: UInt64(offset), count: count, from: zero ? nil : io.base) else {
-            return membersOutTolerated ? "write failed with the array within its tolerance" : nil
+            // A failed write may have landed in part: those sectors are in flight (old or new after a crash).
+            for s in (offset / 512)...((offset + count - 1) / 512) { writtenSinceFlush[s] = true }
+            // After a power cut the process runs on (a real one would be dead): reads see what never got written.
+            return membersOutTolerated && !injector.cut ? "write failed with the array within its tolerance" : nil
         }
         for i in 0..<count { latest[offset + i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
         for s in (offset / 512)...((offset + count - 1) / 512) { writtenSinceFlush[s] = true }
@@ -157,7 +173,7 @@ struct Simulation {
     /// fsync: destage everything, flush the drives, record failures; what was written is durable now.
     mutating func flush() -> String? {
         log.append("flush")
-        guard cache.destageAll(), backEnd.flush() else { return "flush failed" }
+        guard cache.destageAll(), backEnd.flush() else { return injector.cut ? nil : "flush failed" }
         do { _ = try store.recordFailures() } catch { return "recording failures: \(error)" }
         // The power went off during it: the flush was never acknowledged.
         if injector.cut { return nil }
@@ -226,12 +242,61 @@ struct Simulation {
         let stripes = store.geometry.stripesFor(sizeBytes: UInt64(lunSize))
         for s in lun.startStripe..<(lun.startStripe + stripes) {
             let outcome = backEnd.scrub(stripe: s, repair: false)
-            if outcome != .consistent { return "scrub: stripe \(s) \(outcome)" }
+            if outcome != .consistent {
+                var detail = ""
+                let g = store.geometry
+                let buffer = alignedBuffer(bytes: g.stripUnitBytes)
+                for member in 0..<store.memberCount {
+                    let fd = open(store.drivePaths[member], O_RDONLY)
+                    _ = pread(fd, buffer.base, g.stripUnitBytes, off_t(g.driveOffset(stripe: s)))
+                    close(fd)
+                    let dio = try! DriveIO(drives: store.drives)
+                    if let bad = checksums.verify(
+                        member: member, driveOffset: g.driveOffset(stripe: s), count: g.stripUnitBytes, data: buffer.base, io: dio, memory: memory)
+                    {
+                        detail += " member \(member) block \(bad) bad;"
+                    }
+                }
+                return "scrub: stripe \(s) \(outcome):\(detail) P=\(g.parityDrive(stripe: s))"
+            }
         }
         return nil
     }
 
     var injector: DriveFaultInjector { DriveFaultInjector.active! }
+
+    /// Silent corruption: a byte of one 4 KiB block of a member, in the LUN's stripes, changes behind the array's
+    /// back (after a flush, so the drives hold the newest data). A scrub of that stripe must find it by its checksum
+    /// and repair it, and a read from the drives must give the newest data.
+    mutating func flipBits() -> String? {
+        let tolerance = level == .raid6 ? 2 : 1
+        guard membersOut.nonzeroBitCount + 1 <= tolerance else { return nil }
+        if let problem = flush() { return problem }
+        if injector.cut { return crash() }
+        let member = Int(rng.next() % UInt64(store.memberCount))
+        guard store.drives[member].state == .online else { return nil }
+        let g = store.geometry
+        let stripes = g.stripesFor(sizeBytes: UInt64(lunSize))
+        let stripe = lun.startStripe + rng.next() % stripes
+        let block = UInt64(rng.next() % UInt64(g.stripUnitBytes / 4096))
+        let at = g.driveOffset(stripe: stripe) + block * 4096 + rng.next() % 4096
+        log.append("flip a byte of member \(member) at \(at) (stripe \(stripe))")
+        let fd = open(store.drivePaths[member], O_RDWR)
+        guard fd >= 0 else { return "open \(store.drivePaths[member])" }
+        var byte: UInt8 = 0
+        guard pread(fd, &byte, 1, off_t(at)) == 1 else { return "pread" }
+        byte ^= UInt8(1 << (rng.next() % 8))
+        guard pwrite(fd, &byte, 1, off_t(at)) == 1 else { return "pwrite" }
+        close(fd)
+        let outcome = backEnd.scrub(stripe: stripe, repair: true)
+        guard outcome == .repaired || outcome == .repairedData else { return "scrub after a bit flip: \(outcome)" }
+        let cold = TrackCache(slotCount: cache.slotCount, store: backEnd, memory: memory, counters: CacheCounters())
+        guard cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "read after the repair failed" }
+        for i in 0..<lunSize where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[i] {
+            return "after the repair: byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest \(latest[i])"
+        }
+        return nil
+    }
 
     /// The power fails after a few more drive writes, in the middle of destaging (the write it falls on is torn, the
     /// rest are dropped), and writes no flush covered may be lost; then the crash and recovery.
@@ -260,13 +325,17 @@ struct Simulation {
         do {
             store = try ArrayStore.assemble(directory: directory)
             guard !store.wasClean else { return "the array came back clean after a crash" }
-            let recovery = try JournalRecovery.recover(geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: true)
+            checksums = BlockChecksums(geometry: store.geometry, cacheBytes: 4096 * Int(1 + rng.next() % 8))
+            let recovery = try JournalRecovery.recover(
+                geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: true,
+                checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
             log.append(
                 "recovery: \(recovery.replayedBatches) batches replayed, \(recovery.droppedBatches) dropped, \(recovery.resyncedRegions) regions resynced")
             try store.writeSuperblocks(clean: false)
             backEnd = try RAIDBackEnd(
                 geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks(),
-                journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: 0, epoch: recovery.epochs[0]))
+                journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: 0, epoch: recovery.epochs[0]),
+                checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
         } catch { return "recovery: \(error)" }
         cache = TrackCache(slotCount: cache.slotCount, store: backEnd, memory: memory, counters: CacheCounters())
         rebuildingMember = store.superblock.rebuildMember
@@ -294,7 +363,11 @@ struct Simulation {
             guard let stand = try? Drive(path: path) else { return "cannot open \(path)" }
             stand.transition(to: .failed)
             drives[member] = stand
-            guard let degraded = try? RAIDBackEnd(geometry: store.geometry, drives: drives, memory: memory, marks: BackEndMarks()) else {
+            guard
+                let degraded = try? RAIDBackEnd(
+                    geometry: store.geometry, drives: drives, memory: memory, marks: BackEndMarks(),
+                    checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
+            else {
                 return "back end"
             }
             let cold = TrackCache(slotCount: cache.slotCount, store: degraded, memory: memory, counters: CacheCounters())

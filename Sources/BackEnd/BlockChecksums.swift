@@ -1,0 +1,193 @@
+// Block checksums: a CRC32C for every 4 KiB block the array writes to a drive, data and parity alike, kept apart
+// from the block in the drive's checksum area (docs/FORMAT.md), so a torn write, a lost write or a bit flip shows as
+// a mismatch when the block is read back. The CRC is seeded with the block's address (member, block number), so a
+// block written to the wrong place is caught too. A stored 0 means "no checksum yet" (a new drive reads as zeroes);
+// a CRC that comes out 0 is stored as 1 (a 2^-32 weakening, no ambiguity).
+//
+// The entries live in 4 KiB checksum pages (1024 entries: 4 MiB of one drive's data), cached in memory shared by all
+// directors of the array: adjacent stripes belong to different directors, and one page covers many stripes. The
+// cache is direct-mapped (frame = hash of member and page), each frame guarded by one of 256 striped locks; a miss
+// reads the page through the caller's DriveIO (between batches), an eviction writes the old page back first.
+//
+// Durability: entries change in memory only once their data write is covered (journal records flushed, or a write
+// intent recorded), and pages are written back lazily: at an epoch's end (`writeBack`, before the epoch block), when
+// evicted, and at a clean stop. After an unclean stop recovery recomputes the entries of every block the newest
+// epochs' records and intents name, from what the drives hold; everything older was written back at an epoch's end.
+import ArrayModel
+import Buffers
+import Drives
+import MemoryServices
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+public final class BlockChecksums: @unchecked Sendable {
+    public static let entriesPerPage = 1024
+    let layout: DriveLayout
+    let geometry: ArrayGeometry
+    let pagesPerDrive: Int
+    let frameCount: Int
+    private let frames: Arena
+    /// Per frame: which (member, page) it holds (UInt64.max: none), and whether it changed since read.
+    private let tags: UnsafeMutablePointer<UInt64>
+    private let dirty: UnsafeMutablePointer<Bool>
+    private let locks: UnsafeMutablePointer<pthread_mutex_t>
+    private static let lockCount = 256
+    /// Mismatches found on reads, blocks rewritten from redundancy, entries found wrong (the data was right).
+    public let mismatches = Atomic<UInt64>(0)
+    public let repairs = Atomic<UInt64>(0)
+    public let entryRepairs = Atomic<UInt64>(0)
+    public let unrecoverable = Atomic<UInt64>(0)
+
+    /// `cacheBytes`: memory for checksum pages (each covers 4 MiB of one drive); at least one page.
+    public init(geometry: ArrayGeometry, cacheBytes: Int = 32 << 20) {
+        let layout = geometry.layout!
+        self.layout = layout
+        self.geometry = geometry
+        pagesPerDrive = Int(layout.checksumBytes / 4096)
+        let total = pagesPerDrive * geometry.memberCount
+        frameCount = max(1, min(total, cacheBytes / 4096))
+        frames = Arena(sliceBytes: 4096, sliceCount: frameCount)
+        tags = .allocate(capacity: frameCount)
+        tags.initialize(repeating: .max, count: frameCount)
+        dirty = .allocate(capacity: frameCount)
+        dirty.initialize(repeating: false, count: frameCount)
+        locks = .allocate(capacity: BlockChecksums.lockCount)
+        for i in 0..<BlockChecksums.lockCount { pthread_mutex_init(locks + i, nil) }
+    }
+
+    deinit {
+        for i in 0..<BlockChecksums.lockCount { pthread_mutex_destroy(locks + i) }
+        locks.deallocate()
+        tags.deallocate()
+        dirty.deallocate()
+    }
+
+    /// The checksum a block must have: CRC32C of its 4 KiB, seeded with its address; never 0.
+    @inline(__always)
+    public static func checksum(_ block: UnsafeRawPointer, member: Int, blockIndex: UInt64, memory: MemoryServices) -> UInt32 {
+        let seed = UInt32(truncatingIfNeeded: (blockIndex &* 0x9E37_79B9) ^ (UInt64(member) << 24) ^ 0x5641_5342)
+        let crc = memory.crc32c(block, count: 4096, seed: seed)
+        return crc == 0 ? 1 : crc
+    }
+
+    /// The block number (within the member's data area) of the byte at `driveOffset`.
+    @inline(__always)
+    func blockIndex(driveOffset: UInt64) -> UInt64 { (driveOffset - geometry.dataOffsetBytes) / 4096 }
+
+    @inline(__always)
+    private func frame(member: Int, page: Int) -> Int {
+        if frameCount == pagesPerDrive * geometry.memberCount { return member * pagesPerDrive + page }
+        return Int(truncatingIfNeeded: ((UInt64(member) << 40 | UInt64(page)) &* 0x9E37_79B9_7F4A_7C15) >> 17) % frameCount
+    }
+
+    /// Runs `body` on the entry of `blockIndex` on `member`, with its page in memory and locked. Nil when the page
+    /// could not be read (the drive failed): the caller goes on without checksums for that block.
+    @inline(__always)
+    private func withEntry<R>(member: Int, blockIndex: UInt64, io: DriveIO, _ body: (UnsafeMutablePointer<UInt32>, Int) -> R) -> R? {
+        let page = Int(blockIndex / UInt64(BlockChecksums.entriesPerPage))
+        let f = frame(member: member, page: page)
+        let lock = locks + (f % BlockChecksums.lockCount)
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        let tag = UInt64(member) << 40 | UInt64(page)
+        if tags[f] != tag {
+            guard load(frame: f, tag: tag, member: member, page: page, io: io) else { return nil }
+        }
+        let entries = frames.slice(f).assumingMemoryBound(to: UInt32.self)
+        return body(entries + Int(blockIndex % UInt64(BlockChecksums.entriesPerPage)), f)
+    }
+
+    /// Brings (member, page) into frame `f`, writing back what was there if it changed. Caller holds the lock.
+    private func load(frame f: Int, tag: UInt64, member: Int, page: Int, io: DriveIO) -> Bool {
+        precondition(io.queuedCount == 0, "checksum pages are read between batches")
+        if tags[f] != .max && dirty[f] {
+            let oldMember = Int(tags[f] >> 40)
+            let oldPage = Int(tags[f] & 0xFF_FFFF_FFFF)
+            io.queueWrite(drive: oldMember, from: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(oldPage) * 4096)
+            io.submit()
+            dirty[f] = false
+        }
+        tags[f] = .max
+        io.queueRead(drive: member, into: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(page) * 4096)
+        guard io.submit() == 0 else { return false }
+        tags[f] = tag
+        return true
+    }
+
+    /// Whether `count` bytes read from `member` at `driveOffset` (whole blocks) match their checksums; the first bad
+    /// block's index within the range otherwise. Blocks with no checksum yet pass.
+    public func verify(member: Int, driveOffset: UInt64, count: Int, data: UnsafeRawPointer, io: DriveIO, memory: MemoryServices) -> Int? {
+        let first = blockIndex(driveOffset: driveOffset)
+        for i in 0..<(count / 4096) {
+            let b = first + UInt64(i)
+            let expected = withEntry(member: member, blockIndex: b, io: io) { entry, _ in entry.pointee } ?? 0
+            guard expected != 0 else { continue }
+            if BlockChecksums.checksum(data + i * 4096, member: member, blockIndex: b, memory: memory) != expected { return i }
+        }
+        return nil
+    }
+
+    /// Records the checksums of `count` bytes about to be written to `member` at `driveOffset` (whole blocks).
+    public func update(member: Int, driveOffset: UInt64, count: Int, data: UnsafeRawPointer, io: DriveIO, memory: MemoryServices) {
+        let first = blockIndex(driveOffset: driveOffset)
+        for i in 0..<(count / 4096) {
+            let b = first + UInt64(i)
+            let sum = BlockChecksums.checksum(data + i * 4096, member: member, blockIndex: b, memory: memory)
+            _ = withEntry(member: member, blockIndex: b, io: io) { entry, f in
+                if entry.pointee != sum {
+                    entry.pointee = sum
+                    dirty[f] = true
+                }
+            }
+        }
+    }
+
+    /// Forgets the checksums of whole stripes (they were zeroed: no checksum until written again).
+    public func clear(firstStripe: UInt64, stripeCount: UInt64, io: DriveIO) {
+        let perStrip = UInt64(geometry.stripUnitBytes / 4096)
+        for member in 0..<geometry.memberCount {
+            for b in (firstStripe * perStrip)..<((firstStripe + stripeCount) * perStrip) {
+                _ = withEntry(member: member, blockIndex: b, io: io) { entry, f in
+                    if entry.pointee != 0 {
+                        entry.pointee = 0
+                        dirty[f] = true
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes every changed page to its drive (not flushed: the caller flushes), except pages of the members in
+    /// `skipping` (failed: nothing reaches them). Between batches of `io`.
+    public func writeBack(io: DriveIO, skipping: UInt64 = 0) {
+        for f in 0..<frameCount {
+            let lock = locks + (f % BlockChecksums.lockCount)
+            pthread_mutex_lock(lock)
+            if tags[f] != .max && dirty[f] && skipping & (1 << (tags[f] >> 40)) == 0 {
+                let member = Int(tags[f] >> 40)
+                let page = Int(tags[f] & 0xFF_FFFF_FFFF)
+                io.queueWrite(drive: member, from: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(page) * 4096)
+                io.submit()
+                dirty[f] = false
+            }
+            pthread_mutex_unlock(lock)
+        }
+    }
+
+    /// A new drive took `member`'s place (its checksum area was cleared): what was cached for the old drive goes.
+    /// The rebuild writes the new drive's checksums as it writes its blocks.
+    public func forget(member: Int) {
+        for f in 0..<frameCount {
+            let lock = locks + (f % BlockChecksums.lockCount)
+            pthread_mutex_lock(lock)
+            if tags[f] != .max && Int(tags[f] >> 40) == member {
+                tags[f] = .max
+                dirty[f] = false
+            }
+            pthread_mutex_unlock(lock)
+        }
+    }
+}
