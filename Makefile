@@ -33,7 +33,7 @@ bench-alloc:
 bench-alloc-update:
 	$(SWIFT) package --allow-writing-to-package-directory benchmark thresholds update --target HotPath --metric mallocCountTotal --path Benchmarks/Thresholds
 
-# The seeded simulation of the core (Tests/UnitTests/SimulationTests.swift): `make test` runs 12 seeds; this runs
+# The seeded simulation of the core (Tests/UnitTests/SimulationTests.swift): `make test` runs 24 seeds; this runs
 # SEEDS of them (a failing seed is printed; VSA_SIM_SEED=N replays it).
 SEEDS ?= 200
 sim: deps

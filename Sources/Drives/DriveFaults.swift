@@ -3,7 +3,8 @@
 // after it is dropped), and the loss of writes no flush covered. Writes are logged with the bytes they replaced, per
 // drive, until that drive's next flush; at the cut, a seeded random subset of those logged writes is undone, newest
 // first, as a drive's volatile cache would lose them. Only page-cache drive files (the simulation's, on tmpfs) go
-// through it. Installed by tests only; the daemon never sets it.
+// through it; so do injected I/O errors (every read and write of one drive fails from a chosen moment). Installed by
+// tests only; the daemon never sets it.
 import ArrayModel
 import SysPosix
 
@@ -17,6 +18,8 @@ public final class DriveFaultInjector: @unchecked Sendable {
 
     /// Writes that still land before the power cut.
     public var writesBeforeCut = Int.max
+    /// A drive whose every read and write now fails with an I/O error (a drive dying under the array).
+    public var failingPath: String? = nil
     /// Sectors of the torn write that land (nil: a seeded random number, none to all).
     public var tornSectors: Int? = nil
     /// The chance, in percent, that the power cut loses an unflushed write.

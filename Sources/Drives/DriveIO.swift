@@ -75,6 +75,10 @@ public final class DriveIO {
     private func copyThroughPageCache(_ tag: UInt64) {
         let op = operations[Int(tag)]
         let fd = drives[Int(op.driveIndex)].fd
+        if let injector = DriveFaultInjector.active, injector.failingPath == drives[Int(op.driveIndex)].path {
+            pageCacheFailures |= 1 << UInt64(op.driveIndex)
+            return
+        }
         do throws(SysError) {
             if op.kind == 0 {
                 let n = try Posix.pread(fd, op.pointer!, count: op.count, offset: op.offsetBytes)

@@ -1,13 +1,15 @@
 // A seeded simulation of the core: one director's cache portion and back-end adapter over an array of drive files
 // on tmpfs, driven by random steps — host writes, reads, destage, flush (fsync), drive failures, replacement and
-// rebuild in pieces, scrub, and crashes (the cache and the back end are dropped without destaging; the array is
+// rebuild in pieces, drives that start failing every I/O, silent bit flips, power cuts inside a step (a torn write,
+// dropped and lost unflushed writes), scrub, and crashes (the cache and the back end are dropped without destaging; the array is
 // assembled again from its drives alone, resynchronised, and a rebuild in progress resumes from its checkpoint).
 // Invariants after every step: a read returns the newest data written; after a crash every sector not written since
 // the last flush holds what that flush made durable; a redundant array with every member in reads the same with any
 // member it can lose left out; scrub finds every stripe consistent after a flush.
 //
-// Same seed, same run: a failing seed is printed and replays exactly with VSA_SIM_SEED=N. `make test` runs a
-// bounded number of seeds; `make sim SEEDS=N` runs more.
+// Same seed, same run: a failing seed is printed and replays exactly with VSA_SIM_SEED=N (VSA_SIM_LOG=K prints the
+// last K steps; VSA_SIM_NOCRC=1 runs without block checksums, VSA_SIM_LOSS=P loses P% of unflushed writes at a power
+// cut). `make test` runs 24 seeds; `make sim SEEDS=N` runs more.
 import ArrayModel
 import BackEnd
 import Buffers
@@ -28,7 +30,7 @@ final class SimulationTests: XCTestCase {
         if let one = env["VSA_SIM_SEED"].flatMap(UInt64.init) {
             seeds = [one]
         } else {
-            let count = env["VSA_SIM_SEEDS"].flatMap(Int.init) ?? 12
+            let count = env["VSA_SIM_SEEDS"].flatMap(Int.init) ?? 24
             seeds = (0..<UInt64(count)).map { $0 * 7919 + 1 }
         }
         defer { DriveFaultInjector.active = nil }
@@ -110,6 +112,7 @@ struct Simulation {
     mutating func run(steps: Int) -> String? {
         log.append("\(level) x\(store.memberCount), strip \(store.geometry.stripUnitBytes), \(cache.slotCount) slots")
         for step in 0..<steps {
+            if let problem = noticeIOErrors() { return "step \(step): \(problem)" }
             let roll = rng.next() % 100
             let problem: String?
             switch roll {
@@ -123,6 +126,7 @@ struct Simulation {
             case 94..<96: problem = crash()
             case 96..<98: problem = powerCut()
             case 98: problem = flipBits()
+            case 99: problem = armIOError()
             default: problem = readAllDegraded()
             }
             if let problem {
@@ -184,7 +188,7 @@ struct Simulation {
 
     mutating func failDrive() -> String? {
         let member = Int(rng.next() % UInt64(store.memberCount))
-        let out = membersOut | (1 << UInt64(member))
+        let out = membersLost | (1 << UInt64(member))
         guard store.drives[member].state != .failed, level.survives(outMask: out, memberCount: store.memberCount) else { return nil }
         log.append("fail member \(member)")
         store.drives[member].transition(to: .failed)
@@ -203,7 +207,11 @@ struct Simulation {
             let end = min(total, next + 1 + rng.next() % 200)
             log.append("rebuild member \(member) stripes \(next)..<\(end)")
             while next < end {
-                guard backEnd.rebuild(stripe: next, member: member) else { return "rebuild of stripe \(next) failed" }
+                guard backEnd.rebuild(stripe: next, member: member) else {
+                    // The new drive itself died: the rebuild stops (the daemon's would too), the member is failed.
+                    if drive.state == .failed { return noticeIOErrors() }
+                    return "rebuild of stripe \(next) failed"
+                }
                 next += 1
                 drive.rebuiltStripes.store(next, ordering: .releasing)
             }
@@ -236,7 +244,7 @@ struct Simulation {
 
     /// After a flush, with every member in, scrub must find every stripe of the LUN consistent.
     mutating func scrubAll() -> String? {
-        guard membersOut == 0 else { return nil }
+        guard membersLost == 0 else { return nil }
         if let problem = flush() { return problem }
         log.append("scrub")
         let stripes = store.geometry.stripesFor(sizeBytes: UInt64(lunSize))
@@ -265,12 +273,48 @@ struct Simulation {
 
     var injector: DriveFaultInjector { DriveFaultInjector.active! }
 
+    /// Members that are out, or about to be (a drive armed to fail counts as lost already).
+    var membersLost: UInt64 {
+        var mask = membersOut
+        if let path = injector.failingPath, let member = (0..<store.memberCount).first(where: { store.drives[$0].path == path }) {
+            mask |= 1 << UInt64(member)
+        }
+        return mask
+    }
+
+    /// A member's drive starts failing every I/O; DriveIO fails the member at its next read or write.
+    mutating func armIOError() -> String? {
+        guard injector.failingPath == nil else { return nil }
+        let member = Int(rng.next() % UInt64(store.memberCount))
+        guard store.drives[member].state != .failed, level.survives(outMask: membersLost | (1 << UInt64(member)), memberCount: store.memberCount) else {
+            return nil
+        }
+        log.append("member \(member) starts failing I/O")
+        injector.failingPath = store.drives[member].path
+        return nil
+    }
+
+    /// The daemon's health thread: a member failed by an I/O error is recorded; its drive is never used again.
+    mutating func noticeIOErrors() -> String? {
+        guard let path = injector.failingPath else { return nil }
+        guard let member = (0..<store.memberCount).first(where: { store.drives[$0].path == path }) else {
+            injector.failingPath = nil
+            return nil
+        }
+        guard store.drives[member].state == .failed else { return nil }
+        log.append("member \(member) failed by an I/O error")
+        if rebuildingMember == member { rebuildingMember = nil }
+        do { _ = try store.recordFailures() } catch { return "recording the failure: \(error)" }
+        injector.failingPath = nil
+        return nil
+    }
+
     /// Silent corruption: a byte of one 4 KiB block of a member, in the LUN's stripes, changes behind the array's
     /// back (after a flush, so the drives hold the newest data). A scrub of that stripe must find it by its checksum
     /// and repair it, and a read from the drives must give the newest data.
     mutating func flipBits() -> String? {
         let tolerance = level == .raid6 ? 2 : 1
-        guard membersOut.nonzeroBitCount + 1 <= tolerance else { return nil }
+        guard injector.failingPath == nil, membersLost.nonzeroBitCount + 1 <= tolerance else { return nil }
         if let problem = flush() { return problem }
         if injector.cut { return crash() }
         let member = Int(rng.next() % UInt64(store.memberCount))
@@ -354,7 +398,7 @@ struct Simulation {
     /// With every member in and nothing write-pending, leave out each member the level can lose in turn: the
     /// rest must give back exactly the newest data.
     mutating func readAllDegraded() -> String? {
-        guard membersOut == 0, level != .raid0 else { return nil }
+        guard membersLost == 0, level != .raid0 else { return nil }
         if let problem = flush() { return problem }
         log.append("degraded reads")
         for member in 0..<store.memberCount {
