@@ -47,11 +47,13 @@ public struct DriveLayout: Equatable, Sendable {
 
     public static func checksumBytes(dataBytes: UInt64) -> UInt64 { roundUp(dataBytes / 4096 * 4, 4096) }
 
-    /// The layout and data size for drives of `driveBytes`: a slice of 1/128 of the drive (at least the minimum,
-    /// at most 64 MiB or the minimum), or nil when not even one strip of data would fit.
+    /// The layout and data size for drives of `driveBytes`: slices that together take 1/32 of the drive (each at
+    /// least the minimum, at most 64 MiB or the minimum), or nil when not even one strip of data would fit.
     public static func plan(driveBytes: UInt64, stripUnitBytes: Int, directorCount: Int) -> (layout: DriveLayout, dataBytesPerDrive: UInt64)? {
         let minimum = minimumSliceBytes(stripUnitBytes: stripUnitBytes)
-        let slice = max(minimum, min(64 << 20, driveBytes / 128 / (1 << 20) * (1 << 20)))
+        // The journal takes 1/32 of a drive (split between the directors), at most 64 MiB a slice: a slice that fills
+        // ends an epoch, which costs a flush of every drive, so small slices cost flushes.
+        let slice = max(minimum, min(64 << 20, driveBytes / UInt64(32 * directorCount) / (1 << 20) * (1 << 20)))
         let journalEnd = journalOffsetBytes + slice * UInt64(directorCount)
         guard driveBytes > journalEnd else { return nil }
         let checksums = checksumBytes(dataBytes: driveBytes - journalEnd)

@@ -8,8 +8,9 @@
 //
 //   journaled write   (partial-stripe writes on RAID-5/6) the new contents of every strip range the write touches,
 //                     parity included, go first to the journal slice on that range's own drive, batched (a destage
-//                     pass is one batch: a 4 KiB header per drive, then the payload), then one flush of those drives;
-//                     only then are the ranges written in place, from the batch buffer. A batch whose records are on
+//                     pass is one batch: a 4 KiB header per drive, then the payload), written durable (RWF_DSYNC: FUA
+//                     where the device has it, so nothing else on the drive is flushed with it); only once every
+//                     record is down are the ranges written in place, from the batch buffer. A batch whose records are on
 //                     every live drive it names may have started in place and is replayed at an unclean mount; one
 //                     missing on a live drive never started. Replay writes what the batch meant: data and parity agree.
 //   write intent      (full-stripe writes, mirrors) the data needs nothing older, so only the region (256 stripes) is
@@ -22,9 +23,9 @@
 // epoch, so an old record is never replayed over newer data. A stripe journaled in this epoch keeps being journaled
 // even for full-stripe writes: replaying its older record after a newer unjournaled write would bring old data back.
 //
-// Costs: a journaled 4 KiB write adds 4 KiB of payload per drive written plus a header share, and one flush per batch
-// (not per stripe); an fsync needs no flush of the in-place writes (the journal has them). Full-stripe writes pay one
-// intent record and flush per region per epoch.
+// Costs: a journaled 4 KiB write adds 4 KiB of payload per drive written plus a header share, and one durable write
+// per drive per batch (not per stripe); an fsync needs no flush of the in-place writes (the journal has them).
+// Full-stripe writes pay one durable intent record per four regions per epoch.
 import ArrayModel
 import Buffers
 import Drives
@@ -188,24 +189,43 @@ final class StripeJournal {
         return intentBits[region >> 6] & (1 << UInt64(region & 63)) != 0
     }
 
-    /// Puts the intent entry for `stripe`'s region in every member's header of the (empty) open batch.
-    func addIntent(stripe: UInt64, stripeCount: UInt64, members: UInt64) {
-        precondition(pendingCount == 0, "intents go in a batch of their own")
-        let first = stripe / DriveLayout.intentRegionStripes * DriveLayout.intentRegionStripes
-        let entry = JournalEntry(kind: .intent, stripe: first, offsetBytes: 0, count: Int(min(DriveLayout.intentRegionStripes, stripeCount - first)))
-        var rest = members
-        while rest != 0 {
-            let d = rest.trailingZeroBitCount
-            rest &= rest - 1
-            encodeEntry(into: buffers.slice(d), index: entryCount[d], entry)
-            entryCount[d] += 1
+    /// Regions one intent record names: the one written now and the next ones without an intent yet, so a stream
+    /// of full-stripe writes pays one record and flush per `intentRegionsAhead` regions.
+    static let intentRegionsAhead: UInt64 = 4
+
+    /// Calls `body` with the first stripe of each region the intent for `stripe` covers.
+    private func intentRegionsFor(stripe: UInt64, stripeCount: UInt64, _ body: (UInt64) -> Void) {
+        let first = stripe / DriveLayout.intentRegionStripes
+        let regions = (stripeCount + DriveLayout.intentRegionStripes - 1) / DriveLayout.intentRegionStripes
+        for region in first..<min(first + StripeJournal.intentRegionsAhead, regions)
+        where region == first || !hasIntent(stripe: region * DriveLayout.intentRegionStripes) {
+            body(region * DriveLayout.intentRegionStripes)
         }
     }
 
-    func markIntent(stripe: UInt64) {
-        let region = Int(stripe / DriveLayout.intentRegionStripes)
-        intentBits[region >> 6] |= 1 << UInt64(region & 63)
-        intentRegions += 1
+    /// Puts the intent entries for `stripe`'s region (and the next ones) in every member's header of the (empty)
+    /// open batch.
+    func addIntent(stripe: UInt64, stripeCount: UInt64, members: UInt64) {
+        precondition(pendingCount == 0, "intents go in a batch of their own")
+        intentRegionsFor(stripe: stripe, stripeCount: stripeCount) { first in
+            let entry = JournalEntry(kind: .intent, stripe: first, offsetBytes: 0, count: Int(min(DriveLayout.intentRegionStripes, stripeCount - first)))
+            var rest = members
+            while rest != 0 {
+                let d = rest.trailingZeroBitCount
+                rest &= rest - 1
+                encodeEntry(into: buffers.slice(d), index: entryCount[d], entry)
+                entryCount[d] += 1
+            }
+        }
+    }
+
+    /// The intents `addIntent` put down are on the drives.
+    func markIntent(stripe: UInt64, stripeCount: UInt64) {
+        intentRegionsFor(stripe: stripe, stripeCount: stripeCount) { first in
+            let region = Int(first / DriveLayout.intentRegionStripes)
+            intentBits[region >> 6] |= 1 << UInt64(region & 63)
+            intentRegions += 1
+        }
         marks.journalIntents.add(1, ordering: .relaxed)
     }
 
@@ -239,7 +259,7 @@ final class StripeJournal {
             into: buffer, entryCount: entryCount[d], arrayUUID: owner.arrayUUID, epoch: epoch, director: owner.director, member: d,
             sequence: sequence, batchMask: batchMask, payloadBytes: payload, payloadCRC: crc)
         let bytes = JournalFormat.blockBytes + payload
-        io.queueWrite(drive: d, from: buffer, count: bytes, offsetBytes: sliceOffset + position[d])
+        io.queueDurableWrite(drive: d, from: buffer, count: bytes, offsetBytes: sliceOffset + position[d])
         position[d] += UInt64(bytes)
     }
 

@@ -873,12 +873,12 @@ public final class RAIDBackEnd: StripeStore {
         guard commitJournal() else { return false }
         journal.addIntent(stripe: stripe, stripeCount: geometry.stripeCount, members: writableMask)
         guard commitJournal() else { return false }
-        journal.markIntent(stripe: stripe)
+        journal.markIntent(stripe: stripe, stripeCount: geometry.stripeCount)
         return true
     }
 
-    /// Commits the open batch: records to every member it touches, one flush of those drives, then the in-place
-    /// writes from the batch buffer. Returns whether the array still survives.
+    /// Commits the open batch: durable records to every member it touches, then the in-place writes from the
+    /// batch buffer. Returns whether the array still survives.
     public func commitJournal() -> Bool {
         guard let journal, journal.hasEntries else { return true }
         var members = journal.batchMembers & writableMask
@@ -891,9 +891,9 @@ public final class RAIDBackEnd: StripeStore {
                 rest &= rest - 1
                 journal.queueRecord(member: d, batchMask: members, sequence: sequence, io: io)
             }
-            var lost = io.submit()
-            for d in 0..<m where members & (1 << UInt64(d)) != 0 && writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
-            lost |= io.submit()
+            // Durable writes: on stable storage when they complete, so no flush stands between them and the in-place
+            // writes.
+            let lost = io.submit()
             guard lost & members != 0 else { break }
             // A drive failed under the batch: write it again naming only the drives that have it, so a recovery
             // that still finds the failed drive does not take the batch for one that never started.
@@ -928,11 +928,10 @@ public final class RAIDBackEnd: StripeStore {
         io.submit()
         let next = journal.epoch + 1
         JournalEpochBlock.encode(into: journal.epochBlock.base, arrayUUID: journal.owner.arrayUUID, director: journal.owner.director, epoch: next)
+        // Durable writes: the new epoch is on stable storage before any record of it is written.
         for d in 0..<m where writable(d) {
-            io.queueWrite(drive: d, from: journal.epochBlock.base, count: JournalFormat.blockBytes, offsetBytes: journal.sliceOffset)
+            io.queueDurableWrite(drive: d, from: journal.epochBlock.base, count: JournalFormat.blockBytes, offsetBytes: journal.sliceOffset)
         }
-        io.submit()
-        for d in 0..<m where writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
         io.submit()
         journal.beginEpoch(next)
         return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)

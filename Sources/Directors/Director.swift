@@ -195,7 +195,8 @@ public final class Director: @unchecked Sendable {
                 batch[i] = nil
                 execute(request)
             }
-            if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
+            // 32 stripes a pass: one journal batch (one flush) for all of them.
+            if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 32) }
             batches += 1
         }
     }

@@ -44,8 +44,16 @@ public final class DriveFaultInjector: @unchecked Sendable {
 
     /// A write of `count` bytes at `offset` to `fd` (drive `path`) is about to happen. Returns how many of its bytes
     /// to write: all, some whole sectors (the torn write at the cut), or none (after the cut).
-    func beforeWrite(path: String, fd: Int32, offset: UInt64, count: Int) -> Int {
+    func beforeWrite(path: String, fd: Int32, offset: UInt64, count: Int, durable: Bool = false) -> Int {
         if cut { return 0 }
+        // A durable write (RWF_DSYNC) is not in the drive's volatile cache: a power cut cannot lose it once done.
+        if durable {
+            writesBeforeCut -= 1
+            guard writesBeforeCut <= 0 else { return count }
+            cut = true
+            tornWrites += 1
+            return min(count, (tornSectors ?? Int(next() % UInt64(count / sectorBytes + 1))) * sectorBytes)
+        }
         var old = [UInt8](repeating: 0, count: count)
         let n = old.withUnsafeMutableBytes { (try? Posix.pread(fd, $0.baseAddress!, count: count, offset: offset)) ?? 0 }
         if n < count { for i in max(n, 0)..<count { old[i] = 0 } }

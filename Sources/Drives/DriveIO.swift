@@ -8,7 +8,7 @@ import SysURing
 
 public final class DriveIO {
     private struct Operation {
-        var kind: UInt8 = 0  // 0 read, 1 write, 2 flush, 3 punch
+        var kind: UInt8 = 0  // 0 read, 1 write, 2 flush, 3 punch, 4 durable write
         var driveIndex: Int32 = 0
         var pointer: UnsafeMutableRawPointer? = nil
         var count: Int = 0
@@ -52,7 +52,7 @@ public final class DriveIO {
     private func issue(_ tag: UInt64) {
         let op = operations[Int(tag)]
         let drive = drives[Int(op.driveIndex)]
-        if op.kind <= 1 && !drive.usesDirectIO {
+        if (op.kind <= 1 || op.kind == 4) && !drive.usesDirectIO {
             copyThroughPageCache(tag)
             return
         }
@@ -62,7 +62,10 @@ public final class DriveIO {
         }
         switch op.kind {
         case 0: ring.queueRead(fd: drive.fd, into: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
-        case 1: ring.queueWrite(fd: drive.fd, from: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
+        case 1, 4:
+            ring.queueWrite(
+                fd: drive.fd, from: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag,
+                durable: op.kind == 4)
         case 2: ring.queueFsync(fd: drive.fd, dataOnly: !drive.isBlockDevice, tag: tag)
         default: ring.queuePunchHole(fd: drive.fd, offsetBytes: op.offsetBytes, count: UInt64(op.count), tag: tag)
         }
@@ -85,10 +88,12 @@ public final class DriveIO {
                 if n < op.count { pageCacheFailures |= 1 << UInt64(op.driveIndex) }  // end of file: the drive shrank
             } else if let injector = DriveFaultInjector.active {
                 let path = drives[Int(op.driveIndex)].path
-                let landed = injector.beforeWrite(path: path, fd: fd, offset: op.offsetBytes, count: op.count)
+                let landed = injector.beforeWrite(path: path, fd: fd, offset: op.offsetBytes, count: op.count, durable: op.kind == 4)
                 if landed > 0 { try Posix.pwrite(fd, op.pointer!, count: landed, offset: op.offsetBytes) }
             } else {
                 try Posix.pwrite(fd, op.pointer!, count: op.count, offset: op.offsetBytes)
+                // A durable write on a page-cache drive that keeps data (not tmpfs): the flush makes it so.
+                if op.kind == 4 && !drives[Int(op.driveIndex)].isMemoryBacked { try Posix.fsync(fd) }
             }
             operations[Int(tag)].done = op.count
         } catch {
@@ -104,6 +109,12 @@ public final class DriveIO {
     public func queueWrite(drive: Int, from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64) {
         precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive writes are whole sectors")
         append(Operation(kind: 1, driveIndex: Int32(drive), pointer: UnsafeMutableRawPointer(mutating: pointer), count: count, offsetBytes: offsetBytes))
+    }
+
+    /// A write that is durable when the batch completes (RWF_DSYNC / FUA): no flush of the drive's other writes needed.
+    public func queueDurableWrite(drive: Int, from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64) {
+        precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive writes are whole sectors")
+        append(Operation(kind: 4, driveIndex: Int32(drive), pointer: UnsafeMutableRawPointer(mutating: pointer), count: count, offsetBytes: offsetBytes))
     }
 
     public func queueFlush(drive: Int) {
@@ -136,7 +147,7 @@ public final class DriveIO {
                     failedDrives |= 1 << UInt64(op.driveIndex)
                     return
                 }
-                if op.kind <= 1 {
+                if op.kind <= 1 || op.kind == 4 {
                     if result == 0 {
                         // End of file inside the data area: the drive shrank under us. Never invent zeroes.
                         failedDrives |= 1 << UInt64(op.driveIndex)

@@ -35,9 +35,11 @@ public final class IORing {
         queuedCount += 1
     }
 
-    public func queueWrite(fd: Int32, from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64, tag: UInt64) {
+    /// `durable`: the write is on stable storage when it completes (RWF_DSYNC), with no flush of anything else.
+    public func queueWrite(fd: Int32, from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64, tag: UInt64, durable: Bool = false) {
         let sqe = nextEntry()
         io_uring_prep_write(sqe, fd, pointer, UInt32(count), offsetBytes)
+        if durable { vsa_sqe_make_durable(sqe) }
         io_uring_sqe_set_data64(sqe, tag)
         queuedCount += 1
     }

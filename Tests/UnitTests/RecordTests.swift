@@ -33,7 +33,7 @@ final class RecordTests: XCTestCase {
         XCTAssertEqual(bytes[76], 5)  // RAID level
         XCTAssertEqual(Array(bytes[80..<84]), [0x00, 0x00, 0x01, 0x00])  // stripe unit 65536
         XCTAssertEqual(Array(bytes[120..<128]), [0, 0, 0, 0, 0, 0, 0, 0])  // no failed members
-        XCTAssertEqual(Array(bytes[144..<152]), [0, 0, 0x80, 0, 0, 0, 0, 0])  // journal slice 8 MiB (1/128 of the drive)
+        XCTAssertEqual(Array(bytes[144..<152]), [0, 0, 0, 1, 0, 0, 0, 0])  // journal slice 16 MiB (1/32 of the drive, 2 directors)
         XCTAssertTrue(bytes[128..<144].allSatisfy { $0 == 0 }, "no rebuild")
         XCTAssertTrue(bytes[160...].allSatisfy { $0 == 0 }, "reserved bytes are zero")
     }
