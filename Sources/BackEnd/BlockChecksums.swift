@@ -117,30 +117,54 @@ public final class BlockChecksums: @unchecked Sendable {
         return true
     }
 
+    /// Blocks whose checksums are computed before a page lock is taken: the CRCs run outside the lock (directors
+    /// share pages), the lock covers only the compare or the store. 64 entries fit on the stack.
+    static let runBlocks = 64
+
     /// Whether `count` bytes read from `member` at `driveOffset` (whole blocks) match their checksums; the first bad
     /// block's index within the range otherwise. Blocks with no checksum yet pass.
     public func verify(member: Int, driveOffset: UInt64, count: Int, data: UnsafeRawPointer, io: DriveIO, memory: MemoryServices) -> Int? {
         let first = blockIndex(driveOffset: driveOffset)
-        for i in 0..<(count / 4096) {
-            let b = first + UInt64(i)
-            let expected = withEntry(member: member, blockIndex: b, io: io) { entry, _ in entry.pointee } ?? 0
-            guard expected != 0 else { continue }
-            if BlockChecksums.checksum(data + i * 4096, member: member, blockIndex: b, memory: memory) != expected { return i }
+        let blocks = count / 4096
+        return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: BlockChecksums.runBlocks) { sums -> Int? in
+            var i = 0
+            while i < blocks {
+                let b = first + UInt64(i)
+                let run = min(blocks - i, BlockChecksums.runBlocks, BlockChecksums.entriesPerPage - Int(b % UInt64(BlockChecksums.entriesPerPage)))
+                for k in 0..<run {
+                    sums[k] = BlockChecksums.checksum(data + (i + k) * 4096, member: member, blockIndex: b + UInt64(k), memory: memory)
+                }
+                let bad: Int? =
+                    withEntry(member: member, blockIndex: b, io: io) { entry, _ in
+                        for k in 0..<run where entry[k] != 0 && entry[k] != sums[k] { return k }
+                        return nil
+                    } ?? nil
+                if let bad { return i + bad }
+                i += run
+            }
+            return nil
         }
-        return nil
     }
 
     /// Records the checksums of `count` bytes about to be written to `member` at `driveOffset` (whole blocks).
     public func update(member: Int, driveOffset: UInt64, count: Int, data: UnsafeRawPointer, io: DriveIO, memory: MemoryServices) {
         let first = blockIndex(driveOffset: driveOffset)
-        for i in 0..<(count / 4096) {
-            let b = first + UInt64(i)
-            let sum = BlockChecksums.checksum(data + i * 4096, member: member, blockIndex: b, memory: memory)
-            _ = withEntry(member: member, blockIndex: b, io: io) { entry, f in
-                if entry.pointee != sum {
-                    entry.pointee = sum
-                    dirty[f] = true
+        let blocks = count / 4096
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: BlockChecksums.runBlocks) { sums in
+            var i = 0
+            while i < blocks {
+                let b = first + UInt64(i)
+                let run = min(blocks - i, BlockChecksums.runBlocks, BlockChecksums.entriesPerPage - Int(b % UInt64(BlockChecksums.entriesPerPage)))
+                for k in 0..<run {
+                    sums[k] = BlockChecksums.checksum(data + (i + k) * 4096, member: member, blockIndex: b + UInt64(k), memory: memory)
                 }
+                _ = withEntry(member: member, blockIndex: b, io: io) { entry, f in
+                    for k in 0..<run where entry[k] != sums[k] {
+                        entry[k] = sums[k]
+                        dirty[f] = true
+                    }
+                }
+                i += run
             }
         }
     }
@@ -148,14 +172,18 @@ public final class BlockChecksums: @unchecked Sendable {
     /// Forgets the checksums of whole stripes (they were zeroed: no checksum until written again).
     public func clear(firstStripe: UInt64, stripeCount: UInt64, io: DriveIO) {
         let perStrip = UInt64(geometry.stripUnitBytes / 4096)
+        let end = (firstStripe + stripeCount) * perStrip
         for member in 0..<geometry.memberCount {
-            for b in (firstStripe * perStrip)..<((firstStripe + stripeCount) * perStrip) {
+            var b = firstStripe * perStrip
+            while b < end {
+                let run = Int(min(end - b, UInt64(BlockChecksums.entriesPerPage) - b % UInt64(BlockChecksums.entriesPerPage)))
                 _ = withEntry(member: member, blockIndex: b, io: io) { entry, f in
-                    if entry.pointee != 0 {
-                        entry.pointee = 0
+                    for k in 0..<run where entry[k] != 0 {
+                        entry[k] = 0
                         dirty[f] = true
                     }
                 }
+                b += UInt64(run)
             }
         }
     }

@@ -51,36 +51,61 @@ public struct JournalHeader: Equatable, Sendable {
     public var payloadCRC: UInt32
     public var entries: [JournalEntry]
 
-    /// Decodes and checks a 4 KiB header against the array it must belong to. Returns nil for anything that is not a
-    /// whole, valid record of this array, director and drive (free space, a torn write, an older array's bytes).
+    /// What a 4 KiB block read where a record may be turns out to hold.
+    public enum Read: Equatable, Sendable {
+        /// A whole, valid record of this array, director and drive.
+        case record(JournalHeader)
+        /// No record: free space, a torn write (its CRC fails), an older epoch's or another array's record.
+        case none
+        /// A record whose CRC holds but whose fields do not make sense for this array (the reason names the field):
+        /// damage no crash explains. Recovery says so and replays nothing from there on in that slice.
+        case damaged(String)
+    }
+
+    /// Decodes and checks a 4 KiB header against the array it must belong to.
     public static func decode(_ block: UnsafeRawPointer, count: Int, geometry: ArrayGeometry, arrayUUID: UUID128, director: Int, member: Int)
         -> JournalHeader?
     {
-        guard count >= JournalFormat.blockBytes else { return nil }
+        if case .record(let header) = read(block, count: count, geometry: geometry, arrayUUID: arrayUUID, director: director, member: member) {
+            return header
+        }
+        return nil
+    }
+
+    public static func read(_ block: UnsafeRawPointer, count: Int, geometry: ArrayGeometry, arrayUUID: UUID128, director: Int, member: Int) -> Read {
+        guard count >= JournalFormat.blockBytes else { return .none }
         let bytes = UnsafeRawBufferPointer(start: block, count: JournalFormat.blockBytes)
-        guard Array(bytes[0..<8]) == JournalFormat.recordMagic, load(UInt32.self, bytes, 8) == JournalFormat.version else { return nil }
+        guard Array(bytes[0..<8]) == JournalFormat.recordMagic else { return .none }
         guard
             load(UInt32.self, bytes, JournalFormat.headerCRCOffset)
                 == blockCRC(block, crcOffset: JournalFormat.headerCRCOffset, count: JournalFormat.blockBytes)
-        else { return nil }
+        else { return .none }
+        let version = load(UInt32.self, bytes, 8)
+        guard version == JournalFormat.version else { return .damaged("record format version \(version) is not supported") }
         let entryCount = Int(load(UInt32.self, bytes, 12))
-        guard entryCount >= 1, entryCount <= JournalFormat.entryCapacity else { return nil }
+        guard entryCount >= 1, entryCount <= JournalFormat.entryCapacity else { return .damaged("record entry count \(entryCount) invalid") }
         let header = JournalHeader(
             arrayUUID: UUID128(high: load(UInt64.self, bytes, 32), low: load(UInt64.self, bytes, 40)), epoch: load(UInt64.self, bytes, 24),
             director: Int(load(UInt32.self, bytes, 48)), member: Int(load(UInt32.self, bytes, 52)), sequence: load(UInt64.self, bytes, 56),
             batchMask: load(UInt64.self, bytes, 64), payloadBytes: Int(load(UInt32.self, bytes, 72)), payloadCRC: load(UInt32.self, bytes, 20),
             entries: [])
         let m = geometry.memberCount
-        guard header.arrayUUID == arrayUUID, header.director == director, header.member == member, header.sequence > 0 else { return nil }
-        guard header.batchMask & (1 << UInt64(member)) != 0, m == 64 || header.batchMask >> UInt64(m) == 0 else { return nil }
+        guard header.arrayUUID == arrayUUID else { return .none }
+        guard header.director == director, header.member == member else {
+            return .damaged("record of director \(header.director), drive \(header.member) in the wrong place")
+        }
+        guard header.sequence > 0 else { return .damaged("record sequence 0") }
+        guard header.batchMask & (1 << UInt64(member)) != 0, m == 64 || header.batchMask >> UInt64(m) == 0 else {
+            return .damaged("record batch mask \(String(header.batchMask, radix: 2)) invalid")
+        }
         guard header.payloadBytes % 512 == 0, header.payloadBytes <= DriveLayout.payloadCapacity(stripUnitBytes: geometry.stripUnitBytes) else {
-            return nil
+            return .damaged("record payload size \(header.payloadBytes) invalid")
         }
         var entries: [JournalEntry] = []
         var payload = 0
         for i in 0..<entryCount {
             let at = JournalFormat.entriesOffset + i * JournalFormat.entryBytes
-            guard let kind = JournalEntry.Kind(rawValue: bytes[at + 16]) else { return nil }
+            guard let kind = JournalEntry.Kind(rawValue: bytes[at + 16]) else { return .damaged("record entry \(i) kind \(bytes[at + 16]) unknown") }
             let entry = JournalEntry(
                 kind: kind, stripe: load(UInt64.self, bytes, at), offsetBytes: Int(load(UInt32.self, bytes, at + 8)),
                 count: Int(load(UInt32.self, bytes, at + 12)))
@@ -88,19 +113,19 @@ public struct JournalHeader: Equatable, Sendable {
             case .data:
                 guard entry.stripe < geometry.stripeCount, entry.count > 0, entry.count % 512 == 0, entry.offsetBytes % 512 == 0,
                     entry.offsetBytes + entry.count <= geometry.stripUnitBytes
-                else { return nil }
+                else { return .damaged("record entry \(i) (stripe \(entry.stripe), \(entry.offsetBytes)+\(entry.count)) outside the array") }
                 payload += entry.count
             case .intent:
                 guard entry.offsetBytes == 0, entry.stripe % DriveLayout.intentRegionStripes == 0, entry.stripe < geometry.stripeCount,
                     entry.count > 0, UInt64(entry.count) <= DriveLayout.intentRegionStripes
-                else { return nil }
+                else { return .damaged("record entry \(i) (intent at stripe \(entry.stripe), \(entry.count) stripes) invalid") }
             }
             entries.append(entry)
         }
-        guard payload == header.payloadBytes else { return nil }
+        guard payload == header.payloadBytes else { return .damaged("record payload size \(header.payloadBytes) disagrees with its entries (\(payload))") }
         var result = header
         result.entries = entries
-        return result
+        return .record(result)
     }
 
     /// The CRC32C a record's payload must have.

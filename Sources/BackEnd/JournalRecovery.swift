@@ -17,6 +17,9 @@ public struct JournalRecoveryReport: Sendable {
     public var droppedBatches = 0
     /// Intent regions resynchronised (parity from data, mirror copies from the first copy).
     public var resyncedRegions = 0
+    /// Records whose CRC holds but whose fields make no sense (damage no crash explains): where, and why. Nothing
+    /// from there on in that slice was replayed.
+    public var damaged: [String] = []
     public init() {}
 }
 
@@ -57,10 +60,14 @@ public enum JournalRecovery {
                     var position = UInt64(JournalFormat.blockBytes)
                     var last: UInt64 = 0
                     while position + UInt64(JournalFormat.blockBytes) <= layout.journalSliceBytes {
-                        guard read(d, sliceOffset + position, JournalFormat.blockBytes),
-                            let header = JournalHeader.decode(
-                                buffer.base, count: JournalFormat.blockBytes, geometry: geometry, arrayUUID: arrayUUID, director: director, member: d),
-                            header.epoch == epoch, header.sequence > last,
+                        guard read(d, sliceOffset + position, JournalFormat.blockBytes) else { break }
+                        let found = JournalHeader.read(
+                            buffer.base, count: JournalFormat.blockBytes, geometry: geometry, arrayUUID: arrayUUID, director: director, member: d)
+                        if case .damaged(let reason) = found {
+                            report.damaged.append("drive \(d), director \(director)'s journal at byte \(sliceOffset + position): \(reason)")
+                            break
+                        }
+                        guard case .record(let header) = found, header.epoch == epoch, header.sequence > last,
                             position + UInt64(JournalFormat.blockBytes + header.payloadBytes) <= layout.journalSliceBytes
                         else { break }
                         if header.payloadBytes > 0 {

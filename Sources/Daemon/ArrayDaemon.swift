@@ -141,6 +141,13 @@ public final class ArrayDaemon: @unchecked Sendable {
         self.checksums = checksums
         let recovery = try JournalRecovery.recover(
             geometry: geometry, drives: store.drives, arrayUUID: sb.arrayUUID, unclean: !store.wasClean, checksums: checksums)
+        if !recovery.damaged.isEmpty {
+            let note =
+                "the journal holds \(recovery.damaged.count) damaged record(s), not replayed (first: \(recovery.damaged[0])); run `vsa scrub --repair`"
+            warnings.append(note)
+            messages.append(note)
+            daemonLog(note)
+        }
         if !store.wasClean {
             let note =
                 "the array was not stopped cleanly: the journal replayed \(recovery.replayedBatches) batches (\(formatSize(recovery.replayedBytes))), dropped \(recovery.droppedBatches) that never started, resynced \(recovery.resyncedRegions) regions"

@@ -201,12 +201,16 @@ extension ArrayDaemon {
             rebuildTracker.doneStripes.store(next, ordering: .relaxed)
             if now - lastRecord >= 1 && next < total {
                 lastRecord = now
+                // The rebuilt strips' checksums go down with the checkpoint (an epoch end writes them back and
+                // flushes); else a crash would leave those strips with no checksum until rewritten.
+                _ = engines.endEpochs()
                 controlLock.withLock { _ in
                     do { try store.recordRebuildProgress(stripes: next) } catch { daemonLog("recording rebuild progress failed: \(error)") }
                 }
             }
         }
         let finished = Date().timeIntervalSince1970
+        if outcome == "complete" { _ = engines.endEpochs() }
         controlLock.withLock { _ in
             if outcome == "complete" {
                 // The rebuilt strips must be on the drive before the superblocks call it a member like the others.

@@ -195,8 +195,8 @@ public final class Director: @unchecked Sendable {
                 batch[i] = nil
                 execute(request)
             }
-            // 32 stripes a pass: one journal batch (one flush) for all of them.
-            if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 32) }
+            // A few stripes a pass (one journal batch), so host requests wait little behind destage.
+            if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
             batches += 1
         }
     }

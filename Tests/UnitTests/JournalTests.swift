@@ -80,6 +80,10 @@ final class JournalTests: XCTestCase {
                 into: block.base, entryCount: 1, arrayUUID: uuid, epoch: 1, director: 0, member: 1, sequence: 1, batchMask: mask,
                 payloadBytes: payload, payloadCRC: 0)
             XCTAssertNil(decode(block.base), "\(entry) payload \(payload) mask \(mask) accepted")
+            // Its CRC holds: not a torn write but damage, which recovery reports.
+            guard case .damaged = JournalHeader.read(block.base, count: 4096, geometry: geometry, arrayUUID: uuid, director: 0, member: 1) else {
+                return XCTFail("\(entry) payload \(payload) mask \(mask) not reported as damaged")
+            }
         }
     }
 
