@@ -121,12 +121,17 @@ public final class BlockChecksums: @unchecked Sendable {
     /// share pages), the lock covers only the compare or the store. 64 entries fit on the stack.
     static let runBlocks = 64
 
-    /// Whether `count` bytes read from `member` at `driveOffset` (whole blocks) match their checksums; the first bad
-    /// block's index within the range otherwise. Blocks with no checksum yet pass.
-    public func verify(member: Int, driveOffset: UInt64, count: Int, data: UnsafeRawPointer, io: DriveIO, memory: MemoryServices) -> Int? {
+    /// Walks `count` bytes at `driveOffset` of `member` in runs of blocks sharing a checksum page (at most
+    /// `runBlocks`): computes the run's checksums, then calls `body` with the run's first index in the range, its
+    /// length, the sums, and its entries locked. Stops when `body` returns a value.
+    @inline(__always)
+    private func forEachRun<R>(
+        member: Int, driveOffset: UInt64, count: Int, data: UnsafeRawPointer, io: DriveIO, memory: MemoryServices,
+        _ body: (Int, Int, UnsafeMutablePointer<UInt32>, UnsafeMutablePointer<UInt32>, Int) -> R?
+    ) -> R? {
         let first = blockIndex(driveOffset: driveOffset)
         let blocks = count / 4096
-        return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: BlockChecksums.runBlocks) { sums -> Int? in
+        return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: BlockChecksums.runBlocks) { sums -> R? in
             var i = 0
             while i < blocks {
                 let b = first + UInt64(i)
@@ -134,38 +139,33 @@ public final class BlockChecksums: @unchecked Sendable {
                 for k in 0..<run {
                     sums[k] = BlockChecksums.checksum(data + (i + k) * 4096, member: member, blockIndex: b + UInt64(k), memory: memory)
                 }
-                let bad: Int? =
-                    withEntry(member: member, blockIndex: b, io: io) { entry, _ in
-                        for k in 0..<run where entry[k] != 0 && entry[k] != sums[k] { return k }
-                        return nil
-                    } ?? nil
-                if let bad { return i + bad }
+                let start = i
+                if let result = withEntry(member: member, blockIndex: b, io: io, { entry, f in body(start, run, sums.baseAddress!, entry, f) }) ?? nil {
+                    return result
+                }
                 i += run
             }
             return nil
         }
     }
 
+    /// Whether `count` bytes read from `member` at `driveOffset` (whole blocks) match their checksums; the first bad
+    /// block's index within the range otherwise. Blocks with no checksum yet pass.
+    public func verify(member: Int, driveOffset: UInt64, count: Int, data: UnsafeRawPointer, io: DriveIO, memory: MemoryServices) -> Int? {
+        forEachRun(member: member, driveOffset: driveOffset, count: count, data: data, io: io, memory: memory) { start, run, sums, entry, _ in
+            for k in 0..<run where entry[k] != 0 && entry[k] != sums[k] { return start + k }
+            return nil
+        }
+    }
+
     /// Records the checksums of `count` bytes about to be written to `member` at `driveOffset` (whole blocks).
     public func update(member: Int, driveOffset: UInt64, count: Int, data: UnsafeRawPointer, io: DriveIO, memory: MemoryServices) {
-        let first = blockIndex(driveOffset: driveOffset)
-        let blocks = count / 4096
-        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: BlockChecksums.runBlocks) { sums in
-            var i = 0
-            while i < blocks {
-                let b = first + UInt64(i)
-                let run = min(blocks - i, BlockChecksums.runBlocks, BlockChecksums.entriesPerPage - Int(b % UInt64(BlockChecksums.entriesPerPage)))
-                for k in 0..<run {
-                    sums[k] = BlockChecksums.checksum(data + (i + k) * 4096, member: member, blockIndex: b + UInt64(k), memory: memory)
-                }
-                _ = withEntry(member: member, blockIndex: b, io: io) { entry, f in
-                    for k in 0..<run where entry[k] != sums[k] {
-                        entry[k] = sums[k]
-                        dirty[f] = true
-                    }
-                }
-                i += run
+        let _: Bool? = forEachRun(member: member, driveOffset: driveOffset, count: count, data: data, io: io, memory: memory) { _, run, sums, entry, f in
+            for k in 0..<run where entry[k] != sums[k] {
+                entry[k] = sums[k]
+                dirty[f] = true
             }
+            return nil
         }
     }
 

@@ -139,6 +139,13 @@ public final class ArrayDaemon: @unchecked Sendable {
         // mount then starts a new epoch in each director's slice.
         let checksums = ProcessInfo.processInfo.environment["VSA_UNSAFE_NO_CHECKSUMS"] == "1" ? nil : BlockChecksums(geometry: geometry)
         self.checksums = checksums
+        if checksums == nil {
+            // Writes will not keep the entries: they go (0 = no checksum), so a later mount finds none stale.
+            let area = geometry.layout!
+            for drive in store.drives.prefix(sb.memberCount) where drive.isWritable {
+                _ = ArrayStore.zeroRange(drive, offsetBytes: area.checksumOffsetBytes, count: area.checksumBytes)
+            }
+        }
         let recovery = try JournalRecovery.recover(
             geometry: geometry, drives: store.drives, arrayUUID: sb.arrayUUID, unclean: !store.wasClean, checksums: checksums)
         if !recovery.damaged.isEmpty {

@@ -432,7 +432,7 @@ public final class ArrayStore: @unchecked Sendable {
     }
 
     /// Makes a byte range of one drive read as zeroes (hole punch, BLKZEROOUT, or zero writes), flushed.
-    static func zeroRange(_ drive: Drive, offsetBytes: UInt64, count: UInt64) -> Bool {
+    public static func zeroRange(_ drive: Drive, offsetBytes: UInt64, count: UInt64) -> Bool {
         if drive.isBlockDevice && Posix.zeroOut(fd: drive.fd, offsetBytes: offsetBytes, count: count) { return true }
         guard let io = try? DriveIO(drives: [drive], capacity: 4) else { return false }
         var punched = false

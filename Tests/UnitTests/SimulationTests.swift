@@ -217,12 +217,14 @@ struct Simulation {
             }
             do {
                 if next == total {
+                    // As the daemon does: an epoch end puts the rebuilt strips' checksums on the drives first.
+                    guard backEnd.advanceEpoch() else { return "epoch end after the rebuild failed" }
                     drive.transition(to: .online)
                     try store.writeSuperblocks(clean: false)
                     rebuildingMember = nil
                     log.append("rebuild of member \(member) complete")
                 } else if rng.next() % 2 == 0 {
-                    guard backEnd.flush() else { return "flush before the checkpoint failed" }
+                    guard backEnd.flush(), backEnd.advanceEpoch() else { return "flush before the checkpoint failed" }
                     try store.recordRebuildProgress(stripes: next)
                 }
             } catch { return "recording the rebuild: \(error)" }
