@@ -86,8 +86,10 @@ public enum JournalRecovery {
                 for sequence in batches.keys.sorted() {
                     let records = batches[sequence]!
                     let mask = records[0].header.batchMask
+                    // Live as of now: a drive that failed while recovery read it has no say.
                     let complete = (0..<m).allSatisfy { i in
-                        mask & (1 << UInt64(i)) == 0 || !live[i] || records.contains { $0.member == i && $0.header.batchMask == mask }
+                        mask & (1 << UInt64(i)) == 0 || !drives[i].isWritable || drives[i].isMissing
+                            || records.contains { $0.member == i && $0.header.batchMask == mask }
                     }
                     guard complete else {
                         report.droppedBatches += 1

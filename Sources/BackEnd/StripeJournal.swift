@@ -74,6 +74,9 @@ final class StripeJournal {
     private let intentBits: UnsafeMutablePointer<UInt64>
     private let intentWords: Int
     private(set) var intentRegions = 0
+    /// The regions the intent record being committed names.
+    private let intentFirsts = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(StripeJournal.intentRegionsAhead))
+    private var intentCount = 0
     let epochBlock: Arena
     let marks: BackEndMarks
 
@@ -110,6 +113,7 @@ final class StripeJournal {
         pending.deallocate()
         journaled.deallocate()
         intentBits.deallocate()
+        intentFirsts.deallocate()
     }
 
     // MARK: The open batch
@@ -204,10 +208,13 @@ final class StripeJournal {
     }
 
     /// Puts the intent entries for `stripe`'s region (and the next ones) in every member's header of the (empty)
-    /// open batch.
+    /// open batch, and remembers which regions they name.
     func addIntent(stripe: UInt64, stripeCount: UInt64, members: UInt64) {
         precondition(pendingCount == 0, "intents go in a batch of their own")
+        intentCount = 0
         intentRegionsFor(stripe: stripe, stripeCount: stripeCount) { first in
+            intentFirsts[intentCount] = first
+            intentCount += 1
             let entry = JournalEntry(kind: .intent, stripe: first, offsetBytes: 0, count: Int(min(DriveLayout.intentRegionStripes, stripeCount - first)))
             var rest = members
             while rest != 0 {
@@ -219,13 +226,15 @@ final class StripeJournal {
         }
     }
 
-    /// The intents `addIntent` put down are on the drives.
-    func markIntent(stripe: UInt64, stripeCount: UInt64) {
-        intentRegionsFor(stripe: stripe, stripeCount: stripeCount) { first in
-            let region = Int(first / DriveLayout.intentRegionStripes)
+    /// The intents `addIntent` put down are on the drives (in whatever epoch the commit wrote them): exactly those
+    /// regions are marked.
+    func markIntent() {
+        for i in 0..<intentCount {
+            let region = Int(intentFirsts[i] / DriveLayout.intentRegionStripes)
             intentBits[region >> 6] |= 1 << UInt64(region & 63)
             intentRegions += 1
         }
+        intentCount = 0
         marks.journalIntents.add(1, ordering: .relaxed)
     }
 

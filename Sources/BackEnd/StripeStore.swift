@@ -286,11 +286,13 @@ public final class RAIDBackEnd: StripeStore {
         rebuilt: UInt64
     ) -> Bool {
         guard let checksums else { return true }
+        // Every checksum look-up first (a page miss reads through `io`, which must be idle), then the writes.
+        var rewrite: UInt64 = 0
         for strip in 0..<geometry.dataStripsPerStripe where stripMask & (1 << UInt64(strip)) != 0 {
             if rebuilt & (1 << UInt64(strip)) != 0 {
                 let drive = geometry.dataDrive(stripe: stripe, strip: strip)
                 if checksums.verify(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory) == nil {
-                    io.queueWrite(drive: drive, from: targets[strip]!, count: count, offsetBytes: offset)
+                    rewrite |= 1 << UInt64(strip)
                     checksums.repairs.add(1, ordering: .relaxed)
                 } else if memcmp(targets[strip]!, staging.slice(2 * m + strip), count) == 0 {
                     checksums.update(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory)
@@ -303,8 +305,17 @@ public final class RAIDBackEnd: StripeStore {
             } else {
                 for drive in geometry.copyDrives(stripe: stripe, strip: strip) where badDrives & (1 << UInt64(drive)) != 0 && writable(drive) {
                     checksums.update(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory)
-                    io.queueWrite(drive: drive, from: targets[strip]!, count: count, offsetBytes: offset)
                     checksums.repairs.add(1, ordering: .relaxed)
+                }
+                rewrite |= 1 << UInt64(strip)
+            }
+        }
+        for strip in 0..<geometry.dataStripsPerStripe where rewrite & (1 << UInt64(strip)) != 0 {
+            if rebuilt & (1 << UInt64(strip)) != 0 {
+                io.queueWrite(drive: geometry.dataDrive(stripe: stripe, strip: strip), from: targets[strip]!, count: count, offsetBytes: offset)
+            } else {
+                for drive in geometry.copyDrives(stripe: stripe, strip: strip) where badDrives & (1 << UInt64(drive)) != 0 && writable(drive) {
+                    io.queueWrite(drive: drive, from: targets[strip]!, count: count, offsetBytes: offset)
                 }
             }
         }
@@ -541,6 +552,8 @@ public final class RAIDBackEnd: StripeStore {
             guard repair else { return .mismatch }
             if q < 0 || pBad != qBad {
                 // RAID-5, or only one of P and Q disagrees: that parity strip is the bad one.
+                if pBad { checksums?.update(member: p, driveOffset: offset, count: stripBytes, data: newP, io: io, memory: memory) }
+                if qBad { checksums?.update(member: q, driveOffset: offset, count: stripBytes, data: newQ, io: io, memory: memory) }
                 if pBad { io.queueWrite(drive: p, from: newP, count: stripBytes, offsetBytes: offset) }
                 if qBad { io.queueWrite(drive: q, from: newQ, count: stripBytes, offsetBytes: offset) }
                 return io.submit() == 0 ? .repaired : .unreadable
@@ -561,6 +574,8 @@ public final class RAIDBackEnd: StripeStore {
                 table[1] = deltaP
                 table[2] = newP  // the strip as it should be (P and Q are right)
                 memory.xorParity(sourceCount: 2, lengthBytes: stripBytes, table: table)
+                checksums?.update(
+                    member: geometry.dataDrive(stripe: stripe, strip: z), driveOffset: offset, count: stripBytes, data: newP, io: io, memory: memory)
                 io.queueWrite(drive: geometry.dataDrive(stripe: stripe, strip: z), from: newP, count: stripBytes, offsetBytes: offset)
                 return io.submit() == 0 ? .repairedData : .unreadable
             }
@@ -873,7 +888,7 @@ public final class RAIDBackEnd: StripeStore {
         guard commitJournal() else { return false }
         journal.addIntent(stripe: stripe, stripeCount: geometry.stripeCount, members: writableMask)
         guard commitJournal() else { return false }
-        journal.markIntent(stripe: stripe, stripeCount: geometry.stripeCount)
+        journal.markIntent()
         return true
     }
 
@@ -883,7 +898,7 @@ public final class RAIDBackEnd: StripeStore {
         guard let journal, journal.hasEntries else { return true }
         var members = journal.batchMembers & writableMask
         while members != 0 {
-            if !journal.batchFits(members: members) { guard advanceEpoch() else { break } }
+            if !journal.batchFits(members: members) { guard endEpoch() else { break } }
             let sequence = journal.nextSequence()
             var rest = members
             while rest != 0 {
@@ -916,6 +931,13 @@ public final class RAIDBackEnd: StripeStore {
     /// next epoch number goes to every slice's epoch block (flushed) and records start at the top again.
     @discardableResult
     public func advanceEpoch() -> Bool {
+        // An open batch goes down in this epoch first: its records must not outlive the epoch they are named in.
+        guard commitJournal() else { return false }
+        return endEpoch()
+    }
+
+    /// `advanceEpoch` without the commit (from inside `commitJournal`, whose batch goes into the new epoch).
+    private func endEpoch() -> Bool {
         // Checksum entries of this epoch's writes go down with them: the next recovery recomputes only its own.
         checksums?.writeBack(io: io, skipping: failedMembers())
         guard let journal else {

@@ -45,6 +45,8 @@ public enum RequestKind: UInt8, Sendable {
     case scrub
     /// End the back end's journal epoch: checksum pages written back, drives flushed (a clean stop).
     case endEpoch
+    /// Set the checksums of a deleted LUN's stripes to none (one director, after every director's discard).
+    case clearChecksums
 }
 
 /// Completion of one host I/O that may span several directors: the last sub-request to finish wakes the waiter.
@@ -258,10 +260,6 @@ public final class Director: @unchecked Sendable {
             if !backEnd.flush() { error = EIO }
         case .discard:
             cache.discard(lunID: request.lun.lunID)
-            // Its stripes are about to read as zeroes: no checksum until written again (one director clears them).
-            if id.index == 0 && request.lun.sizeBytes > 0 {
-                backEnd.clearChecksums(firstStripe: request.lun.startStripe, stripeCount: backEnd.geometry.stripesFor(sizeBytes: request.lun.sizeBytes))
-            }
             // The LUN's stripes are about to be zeroed behind the journal's back: records of them must never be
             // replayed, so the epoch ends here (everything is flushed first).
             if !backEnd.advanceEpoch() { error = EIO }
@@ -270,6 +268,11 @@ public final class Director: @unchecked Sendable {
         case .attachMember:
             backEnd.attach(member: request.count, drive: request.drive!)
         case .endEpoch:
+            if !backEnd.advanceEpoch() { error = EIO }
+        case .clearChecksums:
+            // After every director discarded the LUN (nothing of it is written any more): its stripes are about to
+            // read as zeroes, with no checksum until written again.
+            backEnd.clearChecksums(firstStripe: request.lun.startStripe, stripeCount: backEnd.geometry.stripesFor(sizeBytes: request.lun.sizeBytes))
             if !backEnd.advanceEpoch() { error = EIO }
         case .scrub:
             request.outcome = backEnd.scrub(stripe: request.offsetBytes, repair: request.count == 1)

@@ -158,7 +158,11 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     }
 
     /// Drops every cached track of a LUN on every director (before the LUN's stripes are zeroed and reused).
-    public func discard(lun: LUNRef) { _ = control(kind: .discard, lun: lun, to: directors[...]) }
+    public func discard(lun: LUNRef) {
+        _ = control(kind: .discard, lun: lun, to: directors[...])
+        // Only once no director writes the LUN any more: its checksums go (one director does it for all).
+        _ = control(kind: .clearChecksums, lun: lun, to: directors.prefix(1))
+    }
 
     /// Every director ends its journal epoch: what it wrote is flushed and its checksum pages written back (a clean
     /// stop, so the next mount recomputes nothing).

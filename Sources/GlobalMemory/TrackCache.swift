@@ -505,7 +505,8 @@ public final class TrackCache {
     /// Write-through of one whole stripe from the host's buffer: parity comes from the request itself and nothing is
     /// read, so staging it in slots would only add a copy and a destage (sequential writes are rarely read back
     /// soon). Slots holding tracks of the stripe are forgotten first, write-pending or not: every sector is
-    /// superseded. The data is on the drives when this returns; a host flush still flushes them.
+    /// superseded. The data is on the drives when this returns (a stripe the journal takes is committed here: no
+    /// destage pass follows to do it); a host flush still flushes them.
     public func writeThrough(lun: LUNRef, offsetBytes: UInt64, from source: UnsafeRawPointer) -> Bool {
         let d = dataStripsPerStripe
         let firstTrack = offsetBytes / UInt64(trackBytes)
@@ -515,7 +516,8 @@ public final class TrackCache {
         let stripe = lun.startStripe + firstTrack / UInt64(d)
         // The drives first, then the slots: until the new data is down, write-pending slots of the stripe stay
         // counted, so an fsync meanwhile still waits for this director (and a failed write loses nothing older).
-        guard store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes, allNew: true)
+        guard store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes, allNew: true),
+            store.commitJournal()
         else {
             return false
         }
