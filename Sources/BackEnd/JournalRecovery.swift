@@ -42,6 +42,12 @@ public enum JournalRecovery {
         // Every range a record of the newest epochs names, replayed or not: its checksums are recomputed.
         var touched: [(member: Int, driveOffset: UInt64, count: Int)] = []
 
+        // Memory-backed drives (tmpfs) have nothing to flush.
+        func flushLive() {
+            for d in 0..<m where drives[d].isWritable && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
+            io.submit()
+        }
+
         func read(_ d: Int, _ offset: UInt64, _ count: Int) -> Bool {
             io.queueRead(drive: d, into: buffer.base, count: count, offsetBytes: offset)
             return io.submit() == 0
@@ -122,8 +128,7 @@ public enum JournalRecovery {
             }
             report.epochs.append(epoch + 1)
         }
-        for d in 0..<m where drives[d].isWritable && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
-        io.submit()
+        flushLive()
 
         if !regions.isEmpty && geometry.raidLevel != .raid0 {
             try resync(geometry: geometry, drives: drives, regions: regions.sorted().map { ($0, UInt64(regionStripes[$0]!)) })
@@ -152,8 +157,7 @@ public enum JournalRecovery {
             }
             checksums.writeBack(io: io, skipping: ArrayGeometry.outMask(drives: drives))
             // Down before the new epoch makes this epoch's records (the only other source) unreadable.
-            for d in 0..<m where drives[d].isWritable && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
-            io.submit()
+            flushLive()
         }
 
         // The next epoch in every slice (flushed): records of this mount never mix with the last one's.
@@ -164,8 +168,7 @@ public enum JournalRecovery {
             }
             io.submit()
         }
-        for d in 0..<m where drives[d].isWritable && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
-        io.submit()
+        flushLive()
         guard geometry.raidLevel.survives(outMask: ArrayGeometry.outMask(drives: drives), memberCount: m) else {
             throw VSAError("recovery: more members failed than \(geometry.raidLevel) survives")
         }

@@ -823,13 +823,17 @@ public final class RAIDBackEnd: StripeStore {
 
     public func flush() -> Bool {
         guard commitJournal() else { return false }
-        // Memory-backed drives (tmpfs) keep nothing across a power cut whatever we do; flushing them only costs an
-        // io-wq round trip.
-        for drive in 0..<m where writable(drive) && !drives[drive].isMemoryBacked { io.queueFlush(drive: drive) }
-        io.submit()
+        flushMembers()
         // Many write intents make an unclean mount resync many regions: a new epoch forgets them (all is flushed).
         if let journal, journal.intentRegions > 64 { _ = advanceEpoch() }
         return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)
+    }
+
+    /// Flushes every member that takes writes. Memory-backed drives (tmpfs) keep nothing across a power cut
+    /// whatever we do; flushing them only costs an io-wq round trip.
+    private func flushMembers() {
+        for drive in 0..<m where writable(drive) && !drives[drive].isMemoryBacked { io.queueFlush(drive: drive) }
+        io.submit()
     }
 
     /// The members no write reaches (bit i = member i).
@@ -940,14 +944,9 @@ public final class RAIDBackEnd: StripeStore {
     private func endEpoch() -> Bool {
         // Checksum entries of this epoch's writes go down with them: the next recovery recomputes only its own.
         checksums?.writeBack(io: io, skipping: failedMembers())
-        guard let journal else {
-            // No journal (the unsafe benchmark switch): the checksum pages still reach the drives.
-            for d in 0..<m where writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
-            io.submit()
-            return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m)
-        }
-        for d in 0..<m where writable(d) && !drives[d].isMemoryBacked { io.queueFlush(drive: d) }
-        io.submit()
+        flushMembers()
+        // No journal (the unsafe benchmark switch): the checksum pages reached the drives, nothing else to do.
+        guard let journal else { return geometry.raidLevel.survives(outMask: failedMembers(), memberCount: m) }
         let next = journal.epoch + 1
         JournalEpochBlock.encode(into: journal.epochBlock.base, arrayUUID: journal.owner.arrayUUID, director: journal.owner.director, epoch: next)
         // Durable writes: the new epoch is on stable storage before any record of it is written.

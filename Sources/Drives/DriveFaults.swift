@@ -46,18 +46,14 @@ public final class DriveFaultInjector: @unchecked Sendable {
     /// to write: all, some whole sectors (the torn write at the cut), or none (after the cut).
     func beforeWrite(path: String, fd: Int32, offset: UInt64, count: Int, durable: Bool = false) -> Int {
         if cut { return 0 }
-        // A durable write (RWF_DSYNC) is not in the drive's volatile cache: a power cut cannot lose it once done.
-        if durable {
-            writesBeforeCut -= 1
-            guard writesBeforeCut <= 0 else { return count }
-            cut = true
-            tornWrites += 1
-            return min(count, (tornSectors ?? Int(next() % UInt64(count / sectorBytes + 1))) * sectorBytes)
+        // A durable write (RWF_DSYNC) is not in the drive's volatile cache: a power cut cannot lose it once done, so
+        // only the others are logged for undoing.
+        if !durable {
+            var old = [UInt8](repeating: 0, count: count)
+            let n = old.withUnsafeMutableBytes { (try? Posix.pread(fd, $0.baseAddress!, count: count, offset: offset)) ?? 0 }
+            if n < count { for i in max(n, 0)..<count { old[i] = 0 } }
+            undo[path, default: []].append((offset, old))
         }
-        var old = [UInt8](repeating: 0, count: count)
-        let n = old.withUnsafeMutableBytes { (try? Posix.pread(fd, $0.baseAddress!, count: count, offset: offset)) ?? 0 }
-        if n < count { for i in max(n, 0)..<count { old[i] = 0 } }
-        undo[path, default: []].append((offset, old))
         writesBeforeCut -= 1
         guard writesBeforeCut <= 0 else { return count }
         cut = true
