@@ -108,6 +108,11 @@ public struct DirectorID: Hashable, Sendable, CustomStringConvertible {
     public init(index: Int) { self.init(engine: index / 2 + 1, side: index % 2) }
     public var index: Int { (engine - 1) * 2 + side }
     public var description: String { "\(engine)\(side == 0 ? "a" : "b")" }
+    /// "1a", "2b", ...; nil for anything else.
+    public init?(parsing text: String) {
+        guard let last = text.last, last == "a" || last == "b", let engine = Int(text.dropLast()), engine >= 1, engine <= 64 else { return nil }
+        self.init(engine: engine, side: last == "a" ? 0 : 1)
+    }
 }
 
 /// The role a drive plays in the array.

@@ -146,7 +146,7 @@ struct VSA: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vsa",
         abstract: "A virtual enterprise storage array: LUNs as fixed-size files on a FUSE mount.",
-        subcommands: [Create.self, LUN.self, DriveCommand.self, Scrub.self, Mount.self, Unmount.self, Status.self])
+        subcommands: [Create.self, LUN.self, DriveCommand.self, DirectorCommand.self, Scrub.self, Mount.self, Unmount.self, Status.self, Top.self])
 }
 
 struct Create: VSACommand {
@@ -438,6 +438,124 @@ struct DriveReplace: VSACommand {
         print("rebuilding member \(parts.first ?? drive) onto \(parts.count > 1 ? parts[1] : with ?? "a spare")")
         guard wait else { return }
         try waitForRebuild(dir)
+    }
+}
+
+struct DirectorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "director", abstract: "List the directors of a mounted array; fail one (its partner takes over) or restore it.",
+        subcommands: [DirectorList.self, DirectorFail.self, DirectorRestore.self])
+}
+
+struct DirectorList: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "One line per director: state, what it owns, its queue, memory and messages.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Flag(help: "Print the directors as JSON.") var json = false
+
+    func execute() throws(VSAError) {
+        let report = try statusReport(target)
+        if json {
+            print(CLI.json(report.directors))
+            return
+        }
+        let header = [
+            "director", "state", "acting-for", "drives", "queue", "slots-used", "write-pending", "mirrored-here", "mirror-to", "sent", "received", "bounced",
+            "requests",
+        ]
+        var rows = [header]
+        for d in report.directors {
+            rows.append([
+                d.id, d.state, d.actingFor.isEmpty ? "-" : d.actingFor.joined(separator: ","), d.primaryDrives.map(String.init).joined(separator: ","),
+                String(d.queueDepth), String(d.usedSlots), String(d.writePendingSlots), String(d.mirroredSlots), d.mirrorTo,
+                String(d.messagesSent), String(d.messagesReceived), String(d.bounced), String(d.requests),
+            ])
+        }
+        print(table(rows))
+        if report.daemon == nil { print("(not mounted: the directors start when the array is mounted)") }
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+func table(_ rows: [[String]]) -> String {
+    var widths = [Int](repeating: 0, count: rows.map(\.count).max() ?? 0)
+    for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+    return rows.map { row in
+        row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }.joined(separator: "\n")
+}
+
+struct DirectorFail: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fail", abstract: "Fail a director: it is fenced, its partner replays its mirrored write-pending data and takes its work.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The director: 1a, 1b, 2a, ...") var director: String
+
+    func execute() throws(VSAError) {
+        let dir = try mountedArray(target, "fail a director")
+        let reply = try control(dir, ["director-fail", director])
+        print("director \(director) failed")
+        for line in reply.split(separator: "\n") where !line.isEmpty { print("  \(line)") }
+    }
+}
+
+struct DirectorRestore: VSACommand {
+    static let configuration = CommandConfiguration(commandName: "restore", abstract: "Bring a failed director back; its work is handed back to it.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The director: 1a, 1b, 2a, ...") var director: String
+
+    func execute() throws(VSAError) {
+        let dir = try mountedArray(target, "restore a director")
+        let reply = try control(dir, ["director-restore", director])
+        print("director \(director) restored")
+        for line in reply.split(separator: "\n") where !line.isEmpty { print("  \(line)") }
+    }
+}
+
+struct Top: VSACommand {
+    static let configuration = CommandConfiguration(abstract: "A live view of a mounted array's directors, refreshed once a second.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Option(help: "Stop after this many refreshes (default: until interrupted).") var count: Int?
+
+    func execute() throws(VSAError) {
+        if let count, count < 1 { throw VSAError("--count must be at least 1") }
+        let dir = try mountedArray(target, "watch it")
+        let tty = isatty(1) != 0
+        var previous: StatusReport? = nil
+        var shown = 0
+        while count.map({ shown < $0 }) ?? true {
+            let report = try statusReport(dir)
+            var lines = ["vsa top  \(report.array.raidLevel)  \(report.array.state)  \(report.daemon?.mountpoint ?? dir)"]
+            var rows = [
+                [
+                    "director", "state", "acting-for", "req/s", "sent/s", "recv/s", "queue", "write-pending", "mirrored-here", "mirror-to", "copies/s",
+                    "parity/s",
+                ]
+            ]
+            for d in report.directors {
+                let before = previous?.directors.first { $0.id == d.id }
+                func rate(_ now: UInt64, _ then: UInt64?) -> String { then.map { String(now &- $0) } ?? "-" }
+                rows.append([
+                    d.id, d.state, d.actingFor.isEmpty ? "-" : d.actingFor.joined(separator: ","), rate(d.requests, before?.requests),
+                    rate(d.messagesSent, before?.messagesSent), rate(d.messagesReceived, before?.messagesReceived), String(d.queueDepth),
+                    String(d.writePendingSlots), String(d.mirroredSlots), d.mirrorTo,
+                    rate(d.services?.copies ?? 0, before.map { $0.services?.copies ?? 0 }),
+                    rate((d.services?.xorOps ?? 0) + (d.services?.pqOps ?? 0), before.map { ($0.services?.xorOps ?? 0) + ($0.services?.pqOps ?? 0) }),
+                ])
+            }
+            lines.append(table(rows))
+            let c = report.cache
+            lines.append("cache: used \(c.usedSlots)/\(c.slotCount) slots, dirty \(formatSize(c.dirtyBytes)), hit ratio \(Int((c.hitRatio * 100).rounded()))%")
+            for m in report.messages.suffix(3) { lines.append("note: \(m)") }
+            if tty { print("\u{1B}[H\u{1B}[2J", terminator: "") }
+            print(lines.joined(separator: "\n"))
+            if !tty { print("") }
+            fflush(nil)
+            previous = report
+            shown += 1
+            if count.map({ shown < $0 }) ?? true { sleep(1) }
+        }
     }
 }
 

@@ -178,7 +178,10 @@ public final class ArrayDaemon: @unchecked Sendable {
                     id: DirectorID(index: i), cacheSlots: slotsPerDirector, queueCapacity: 1024, backEnd: backEnd,
                     memory: memory, counters: CacheCounters(), marks: marks))
         }
-        engines = Engines(directors: directors, geometry: geometry, engineCount: sb.engineCount)
+        let environment = ProcessInfo.processInfo.environment
+        engines = Engines(
+            directors: directors, geometry: geometry, engineCount: sb.engineCount, mirroring: environment["VSA_UNSAFE_NO_MIRROR"] != "1",
+            directRouting: environment["VSA_DIRECT_ROUTING"] == "1")
         let files = store.lunTable.entries.map {
             LUNFile(name: $0.name, ref: LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: $0.sizeBytes))
         }
@@ -189,6 +192,9 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
         freeBox.value.store(store.freeBytes, ordering: .relaxed)
         self.freeBox = freeBox
+        if let ms = ProcessInfo.processInfo.environment["VSA_IDLE_DESTAGE_MS"].flatMap(Double.init), ms >= 0 {
+            for director in directors { director.idleDestageDelay = ms / 1000 }
+        }
         for director in directors {
             let thread = Thread { director.run() }
             thread.name = "director-\(director.id)"
@@ -227,6 +233,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         controlLock.withLock { _ in shuttingDown.store(true, ordering: .relaxed) }
         pauseRebuild()
         stopScrub()
+        // Failed directors come back for the stop: the array shuts down whole, and the next mount starts them all.
+        for note in engines.restoreAll() { daemonLog("stopping: \(note)") }
         var flushed = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
         if flushed == 0 { flushed = engines.endEpochs() }
         engines.stopAll()
@@ -357,6 +365,15 @@ public final class ArrayDaemon: @unchecked Sendable {
                 guard let rate = UInt64(words[2]) else { throw VSAError("bad rate") }
                 try startScrub(repair: words[1] == "1", rate: rate)
                 return "ok\n"
+            case "director-fail" where words.count == 2, "director-restore" where words.count == 2:
+                guard let id = DirectorID(parsing: words[1]) else {
+                    throw VSAError("\(words[1]) is not a director id; directors are named 1a, 1b, 2a, ... (see vsa director list)")
+                }
+                let notes = words[0] == "director-fail" ? try engines.failDirector(id) : try engines.restoreDirector(id)
+                let line = "director \(id) \(words[0] == "director-fail" ? "failed" : "restored"): " + notes.joined(separator: "; ")
+                controlLock.withLock { _ in messages.append(line) }
+                daemonLog(line)
+                return "ok\n" + notes.joined(separator: "\n")
             case "flush":
                 let rc = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
                 if rc != 0 { throw VSAError("flush failed: \(Posix.errnoDescription(rc))") }
@@ -409,10 +426,23 @@ public final class ArrayDaemon: @unchecked Sendable {
             backEnd.journalBytes += d.marks.journalBytes.load(ordering: .relaxed)
             backEnd.journalIntents += d.marks.journalIntents.load(ordering: .relaxed)
             backEnd.journalEpochs += d.marks.journalEpochs.load(ordering: .relaxed)
+            let services = d.memory.counters
+            let index = d.id.index
             return StatusReport.DirectorInfo(
                 id: d.id.description, engine: d.id.engine, state: d.state.description,
                 cacheSlots: d.cache.slotCount, writePendingSlots: dp,
-                requests: d.requestsServed.load(ordering: .relaxed))
+                requests: d.requestsServed.load(ordering: .relaxed),
+                actingFor: engines.actingHomes(of: index).map { engines.directors[$0].id.description },
+                primaryDrives: Array(stride(from: index, to: store.superblock.memberCount, by: engines.directors.count)),
+                queueDepth: d.channel.queueDepth.load(ordering: .relaxed), usedSlots: c.usedSlots.load(ordering: .relaxed),
+                mirroredSlots: d.mirrorForPartner.mirroredSlots.load(ordering: .relaxed),
+                mirrorTo: d.state == .online && !d.partnerOut && engines.mirroring ? d.partner.id.description : "none",
+                messagesSent: d.channel.messagesSent.load(ordering: .relaxed), messagesReceived: d.channel.messagesReceived.load(ordering: .relaxed),
+                bounced: d.channel.bounced.load(ordering: .relaxed), unmirroredWrites: d.channel.unmirroredWrites.load(ordering: .relaxed),
+                takeovers: d.channel.takeovers.load(ordering: .relaxed), replayedBytes: d.channel.replayedBytes.load(ordering: .relaxed),
+                services: .init(
+                    copies: services.copyCount, copyBytes: services.copyBytes, xorOps: services.xorCount, pqOps: services.pqCount,
+                    parityBytes: services.parityBytes, crcOps: services.crcCount))
         }
         let lookups = hits + misses + whits + wmisses
         report.cache.slotCount = engines.directors.reduce(0) { $0 + $1.cache.slotCount }
@@ -429,7 +459,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.cache.writeThroughStripes = writeThrough
         report.memoryServices = .init(
             copies: memory.copyCount, copyBytes: memory.copyBytes, xorOps: memory.xorCount, pqOps: memory.pqCount,
-            parityBytes: memory.parityBytes)
+            parityBytes: memory.parityBytes, crcOps: memory.crcCount)
         report.backEnd = backEnd
         report.messages = notes
         report.scrub = scrubInfo()

@@ -61,6 +61,23 @@ public struct StatusReport: Codable, Sendable {
         public var cacheSlots: Int
         public var writePendingSlots: Int
         public var requests: UInt64
+        /// Whose stripes this director acts for now ("1a", or "1a 1b" after a takeover).
+        public var actingFor: [String] = []
+        /// Members whose primary back-end path is this director (the partner is the alternate path).
+        public var primaryDrives: [Int] = []
+        public var queueDepth: Int = 0
+        public var usedSlots: Int = 0
+        /// The partner's write-pending slots mirrored in this director's memory portion now.
+        public var mirroredSlots: Int = 0
+        /// Where this director's write-pending data is mirrored: "1b", or "none" (each write destaged first).
+        public var mirrorTo: String = "none"
+        public var messagesSent: UInt64 = 0
+        public var messagesReceived: UInt64 = 0
+        public var bounced: UInt64 = 0
+        public var unmirroredWrites: UInt64 = 0
+        public var takeovers: UInt64 = 0
+        public var replayedBytes: UInt64 = 0
+        public var services: MemoryServicesInfo? = nil
     }
     public struct MemoryServicesInfo: Codable, Sendable {
         public var copies: UInt64
@@ -68,6 +85,7 @@ public struct StatusReport: Codable, Sendable {
         public var xorOps: UInt64
         public var pqOps: UInt64
         public var parityBytes: UInt64
+        public var crcOps: UInt64 = 0
     }
     public struct BackEndInfo: Codable, Sendable {
         public var fullStripeWrites: UInt64
@@ -202,7 +220,14 @@ public struct StatusReport: Codable, Sendable {
         if let d = daemon { lines.append("  mounted at \(d.mountpoint) (daemon pid \(d.pid))") } else { lines.append("  not mounted") }
         lines.append("engines: \(array.engineCount)")
         for d in directors {
-            lines.append("  director \(d.id)  \(d.state)  cache slots \(d.cacheSlots)  write-pending \(d.writePendingSlots)  requests \(d.requests)")
+            lines.append(
+                "  director \(d.id)  \(d.state)  acting for \(d.actingFor.isEmpty ? "-" : d.actingFor.joined(separator: " "))  cache slots \(d.cacheSlots) (used \(d.usedSlots), write-pending \(d.writePendingSlots), mirrored from partner \(d.mirroredSlots))  mirror to \(d.mirrorTo)"
+            )
+            if daemon != nil {
+                lines.append(
+                    "     requests \(d.requests)  queue \(d.queueDepth)  messages sent \(d.messagesSent) received \(d.messagesReceived) bounced \(d.bounced)  drives \(d.primaryDrives.map(String.init).joined(separator: ","))\(d.takeovers > 0 ? "  takeovers \(d.takeovers)" : "")\(d.unmirroredWrites > 0 ? "  unmirrored writes \(d.unmirroredWrites)" : "")"
+                )
+            }
         }
         lines.append("drives:")
         for d in drives {
@@ -228,7 +253,7 @@ public struct StatusReport: Codable, Sendable {
             )
         }
         if let m = memoryServices {
-            lines.append("memory services: copies \(m.copies) (\(formatSize(m.copyBytes))), xor \(m.xorOps), p+q \(m.pqOps)")
+            lines.append("memory services: copies \(m.copies) (\(formatSize(m.copyBytes))), xor \(m.xorOps), p+q \(m.pqOps), crc \(m.crcOps)")
         }
         if let r = rebuild {
             let tenths = Int((r.percent * 10).rounded(.down))

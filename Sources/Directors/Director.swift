@@ -7,8 +7,10 @@
 //
 // Director states (transition(to:) asserts the edge):
 //   online -> stopping -> stopped      (unmount)
-// Failover (online -> failed, partner takes over, mirrored write-pending) comes with the failover issue; the
-// ownership function and the front-end queue are built so a partner can take a failed director's work.
+//   online -> failed -> online         (`vsa director fail` / `restore`: Engines.reconfigure, see Failover.swift)
+//   failed -> stopping -> stopped      (unmount with a director failed)
+// A failed director is fenced: its thread is parked, its cache portion was dropped, and a request that still reaches
+// it is bounced back to the front end, which sends it to the director now acting for its stripes.
 import ArrayModel
 import BackEnd
 import Drives
@@ -18,12 +20,13 @@ import MemoryServices
 import Synchronization
 
 public enum DirectorState: UInt8, Sendable, CustomStringConvertible {
-    case online = 0, stopping = 1, stopped = 2
+    case online = 0, stopping = 1, stopped = 2, failed = 3
     public var description: String {
         switch self {
         case .online: return "online"
         case .stopping: return "stopping"
         case .stopped: return "stopped"
+        case .failed: return "failed"
         }
     }
 }
@@ -47,19 +50,31 @@ public enum RequestKind: UInt8, Sendable {
     case endEpoch
     /// Set the checksums of a deleted LUN's stripes to none (one director, after every director's discard).
     case clearChecksums
+
+    /// Work on one stripe: it runs on the director acting for the stripe's home, whoever that is now.
+    var isStripeWork: Bool { self == .read || self == .write || self == .zero || self == .rebuild || self == .scrub }
 }
 
 /// Completion of one host I/O that may span several directors: the last sub-request to finish wakes the waiter.
 public final class CompletionGroup: @unchecked Sendable {
     let remaining = Atomic<Int>(0)
     let firstError = Atomic<Int32>(0)
+    /// Pieces that reached a director no longer acting for them (failover moved their stripes meanwhile).
+    let bounced = Atomic<Int>(0)
     let done = DispatchSemaphore(value: 0)
 
     public init() {}
 
     func arm(_ count: Int) {
         firstError.store(0, ordering: .relaxed)
+        bounced.store(0, ordering: .relaxed)
         remaining.store(count, ordering: .releasing)
+    }
+
+    /// A piece went back to the front end to be sent again (it counts as finished for this round).
+    func bounce() {
+        bounced.add(1, ordering: .relaxed)
+        if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { done.signal() }
     }
 
     func complete(error: Int32) {
@@ -95,8 +110,30 @@ public final class SubRequest: @unchecked Sendable {
     public var drive: Drive? = nil
     /// What a scrub request found (a ScrubOutcome).
     public var outcome: ScrubOutcome = .consistent
+    /// Whose work this is: the home director of its stripe (stripe work) or the director it was sent to (control).
+    public var home = 0
+    /// Set when a director bounced it (it is not acting for `home`): the front end sends it again.
+    public var bounced = false
     public unowned(unsafe) var group: CompletionGroup
     init(group: CompletionGroup) { self.group = group }
+}
+
+/// Channel-adapter and front-end counters of one director (relaxed atomics, read by `vsa status`).
+public final class DirectorCounters: Sendable {
+    /// Pieces this director's front-end adapter received from the host and sent over the virtual switch to another.
+    public let messagesSent = Atomic<UInt64>(0)
+    /// Pieces other directors' front ends sent here.
+    public let messagesReceived = Atomic<UInt64>(0)
+    /// Requests bounced back because this director no longer acts for their stripes (failover moved them).
+    public let bounced = Atomic<UInt64>(0)
+    /// Writes destaged before acknowledging because the partner was out (nothing to mirror to).
+    public let unmirroredWrites = Atomic<UInt64>(0)
+    /// Takeovers this director ran for a failed partner, and the write-pending bytes it replayed from the mirror.
+    public let takeovers = Atomic<UInt64>(0)
+    public let replayedBytes = Atomic<UInt64>(0)
+    /// Requests in the front-end queue now.
+    public let queueDepth = Atomic<Int>(0)
+    public init() {}
 }
 
 public final class Director: @unchecked Sendable {
@@ -106,6 +143,16 @@ public final class Director: @unchecked Sendable {
     public let memory: MemoryServices
     public let counters: CacheCounters
     public let marks: BackEndMarks
+    public let channel = DirectorCounters()
+    /// The other director of this engine (1a <-> 1b); set once by Engines before any I/O.
+    public internal(set) unowned(unsafe) var partner: Director! = nil
+    /// This director's share of global memory that holds the partner's mirrored write-pending data.
+    public let mirrorForPartner: WritePendingMirror
+    /// Who acts for which home now; set once by Engines before any I/O.
+    unowned(unsafe) var routing: RoutingTable! = nil
+    /// The partner is out: each write is destaged before it is acknowledged (changed only with the role held).
+    public var partnerOut: Bool { partnerOutFlag.load(ordering: .relaxed) }
+    let partnerOutFlag = Atomic<Bool>(false)
     private let stateRaw = Atomic<UInt8>(DirectorState.online.rawValue)
     public let requestsServed = Atomic<UInt64>(0)
 
@@ -119,14 +166,21 @@ public final class Director: @unchecked Sendable {
     private var executorActive = false
     /// Front-end threads blocked on a full queue (guarded by queueCondition).
     private var producersWaiting = 0
+    /// Failover threads waiting for the executor role (guarded by queueCondition).
+    private var roleWaiters = 0
     /// Destage starts when this many slots are write-pending, and runs whenever the director is idle.
     private let destageHighWater: Int
+    /// How long the director waits, idle with write-pending data, before it destages some (VSA_IDLE_DESTAGE_MS;
+    /// tests stretch it to keep data write-pending).
+    public var idleDestageDelay: TimeInterval = 0.02
 
     public var state: DirectorState { DirectorState(rawValue: stateRaw.load(ordering: .acquiring))! }
 
     public func transition(to next: DirectorState) {
         let current = state
-        let legal = (current == .online && next == .stopping) || (current == .stopping && next == .stopped)
+        let legal =
+            (current == .online && (next == .stopping || next == .failed)) || (current == .failed && (next == .online || next == .stopping))
+            || (current == .stopping && next == .stopped)
         precondition(legal, "director \(id): illegal \(current) -> \(next)")
         stateRaw.store(next.rawValue, ordering: .releasing)
     }
@@ -141,6 +195,8 @@ public final class Director: @unchecked Sendable {
         self.counters = counters
         self.marks = marks
         self.cache = TrackCache(slotCount: cacheSlots, store: backEnd, memory: memory, counters: counters)
+        // The partner's portion has as many slots as this one (every director gets the same share).
+        self.mirrorForPartner = WritePendingMirror(slotCount: cacheSlots, trackBytes: backEnd.geometry.stripUnitBytes)
         self.queue = Array(repeating: nil, count: queueCapacity)
         self.batch = Array(repeating: nil, count: 64)
         self.destageHighWater = max(1, cacheSlots / 2)
@@ -149,16 +205,27 @@ public final class Director: @unchecked Sendable {
     /// Called by a front-end thread: hands `request` to this director. The director's work runs on one thread at a
     /// time, its executor. When no thread is executing for the director, the caller becomes the executor and runs
     /// the queue itself (no thread hand-off at low load); otherwise the request waits in the front-end queue for the
-    /// running executor. Blocks while the queue is full (backpressure).
+    /// running executor. Blocks while the queue is full (backpressure). A failed director bounces the request.
     public func submit(_ request: SubRequest) {
         queueCondition.lock()
+        if state == .failed {
+            queueCondition.unlock()
+            bounce(request)
+            return
+        }
         while queueCount == queue.count {
             producersWaiting += 1
             queueCondition.wait()
             producersWaiting -= 1
         }
+        if state == .failed {  // failed while this thread waited for room
+            queueCondition.unlock()
+            bounce(request)
+            return
+        }
         queue[(queueHead + queueCount) % queue.count] = request
         queueCount += 1
+        channel.queueDepth.store(queueCount, ordering: .relaxed)
         if executorActive {
             queueCondition.unlock()
             return
@@ -176,8 +243,9 @@ public final class Director: @unchecked Sendable {
             queueCondition.lock()
             if queueCount == 0 || batches == batchesMax {
                 executorActive = false
-                // Wake the director thread: leftover requests, blocked producers, or a pending stop.
-                if queueCount > 0 || state != .online { queueCondition.broadcast() }
+                // Wake the director thread (leftover requests, blocked producers, a pending stop) or a failover
+                // waiting for the role; nobody else, a wake-up per request costs more than the request.
+                if queueCount > 0 || state != .online || roleWaiters > 0 { queueCondition.broadcast() }
                 queueCondition.unlock()
                 return
             }
@@ -189,6 +257,7 @@ public final class Director: @unchecked Sendable {
                 queueCount -= 1
                 taken += 1
             }
+            channel.queueDepth.store(queueCount, ordering: .relaxed)
             // Wake only when someone waits for room: a wake-up per request costs more than the request.
             if producersWaiting > 0 { queueCondition.broadcast() }
             queueCondition.unlock()
@@ -204,9 +273,15 @@ public final class Director: @unchecked Sendable {
     }
 
     /// The director's thread body: runs what front-end executors left, and destages when the director is idle.
+    /// While the director is failed the thread is parked.
     public func run() {
         queueCondition.lock()
         while true {
+            let current = state
+            if current == .failed {
+                queueCondition.wait(until: Date(timeIntervalSinceNow: 0.1))
+                continue
+            }
             if queueCount > 0 && !executorActive {
                 executorActive = true
                 queueCondition.unlock()
@@ -214,14 +289,14 @@ public final class Director: @unchecked Sendable {
                 queueCondition.lock()
                 continue
             }
-            if queueCount == 0 && !executorActive && state != .online {
+            if queueCount == 0 && !executorActive && current != .online {
                 transition(to: .stopped)
                 queueCondition.unlock()
                 return
             }
             if queueCount == 0 && !executorActive && cache.writePendingSlots > 0 {
                 // Idle with write-pending data: give new requests 20 ms to arrive, then destage a little.
-                if !queueCondition.wait(until: Date(timeIntervalSinceNow: 0.02)) && queueCount == 0 && !executorActive {
+                if !queueCondition.wait(until: Date(timeIntervalSinceNow: idleDestageDelay)) && queueCount == 0 && !executorActive && state == .online {
                     executorActive = true
                     queueCondition.unlock()
                     cache.destage(stripeBudget: 16)
@@ -237,22 +312,120 @@ public final class Director: @unchecked Sendable {
     /// Asks the thread to finish: it drains its queue, then returns from `run()`.
     public func stop() {
         queueCondition.lock()
-        if state == .online { transition(to: .stopping) }
+        if state == .online || state == .failed { transition(to: .stopping) }
         queueCondition.broadcast()
         queueCondition.unlock()
     }
 
+    /// VSA_DIRECT_ROUTING: runs `request` on the calling thread, holding the executor role meanwhile (no queue).
+    func runInline(_ request: SubRequest) {
+        queueCondition.lock()
+        while executorActive {
+            roleWaiters += 1
+            queueCondition.wait()
+            roleWaiters -= 1
+        }
+        executorActive = true
+        queueCondition.unlock()
+        execute(request)
+        if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
+        queueCondition.lock()
+        executorActive = false
+        if queueCount > 0 || roleWaiters > 0 || state != .online { queueCondition.broadcast() }
+        queueCondition.unlock()
+    }
+
+    // MARK: Failover (Engines.reconfigure)
+
+    /// Takes the executor role for the caller: waits until no thread executes for this director, then keeps every
+    /// other thread from doing so until `releaseRole`. Requests queue up meanwhile. An executor never waits for
+    /// another director, so taking several roles one after another cannot deadlock.
+    func acquireRole() {
+        queueCondition.lock()
+        roleWaiters += 1
+        while executorActive { queueCondition.wait() }
+        roleWaiters -= 1
+        executorActive = true
+        queueCondition.unlock()
+    }
+
+    /// Gives the role back; the director's thread runs what queued up meanwhile.
+    func releaseRole() {
+        queueCondition.lock()
+        executorActive = false
+        queueCondition.broadcast()
+        queueCondition.unlock()
+    }
+
+    /// Fences this director (the caller holds its role): it takes no more work, and what waits in its queue goes
+    /// back to the front end, which sends it to the director now acting (the routing table was changed first).
+    func fence() {
+        queueCondition.lock()
+        transition(to: .failed)
+        var waiting: [SubRequest] = []
+        while queueCount > 0 {
+            waiting.append(queue[queueHead]!)
+            queue[queueHead] = nil
+            queueHead = (queueHead + 1) % queue.count
+            queueCount -= 1
+        }
+        channel.queueDepth.store(0, ordering: .relaxed)
+        queueCondition.broadcast()
+        queueCondition.unlock()
+        for request in waiting { bounce(request) }
+    }
+
+    /// Brings a failed director back (the caller holds its role; its cache portion is empty).
+    func revive() {
+        queueCondition.lock()
+        transition(to: .online)
+        queueCondition.unlock()
+    }
+
+    /// Runs `body` on the back end of a failed director (no executor runs for it), under its queue lock so a drive
+    /// attached meanwhile does not interleave.
+    func withFencedBackEnd<T>(_ body: (RAIDBackEnd) -> T) -> T {
+        queueCondition.lock()
+        defer { queueCondition.unlock() }
+        return body(backEnd)
+    }
+
+    /// A request this director will not run: it failed, or failover moved the request's stripes elsewhere.
+    private func bounce(_ request: SubRequest) {
+        channel.bounced.add(1, ordering: .relaxed)
+        switch request.kind {
+        case .endEpoch:
+            // The epoch ended when the director was fenced, and it has written nothing since.
+            request.group.complete(error: 0)
+        case .attachMember where state == .failed:
+            // The drive must be in this back end when the director comes back.
+            withFencedBackEnd { $0.attach(member: request.count, drive: request.drive!) }
+            request.group.complete(error: 0)
+        default:
+            request.bounced = true
+            request.group.bounce()
+        }
+    }
+
     private func execute(_ request: SubRequest) {
+        if request.kind.isStripeWork && routing.acting(request.home) !== self {
+            bounce(request)
+            return
+        }
         var error: Int32 = 0
         switch request.kind {
         case .read:
             if !cache.read(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, into: request.data!) { error = EIO }
         case .write where cache.canWriteThrough(offsetBytes: request.offsetBytes, count: request.count, from: request.data):
             if !cache.writeThrough(lun: request.lun, offsetBytes: request.offsetBytes, from: request.data!) { error = EIO }
-        case .write:
-            if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: request.data!) { error = EIO }
-        case .zero:
-            if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: nil) { error = EIO }
+        case .write, .zero:
+            if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: request.kind == .zero ? nil : request.data!) {
+                error = EIO
+            } else if partnerOut {
+                // Nowhere to mirror it: the write is on the drives before the host hears of it.
+                channel.unmirroredWrites.add(1, ordering: .relaxed)
+                if !cache.destageStripe(lunID: request.lun.lunID, offsetBytes: request.offsetBytes) { error = EIO }
+            }
         case .destage:
             let lunID: UInt32? = request.lun.lunID == 0 ? nil : request.lun.lunID
             if !cache.destageAll(lunID: lunID) { error = EIO }

@@ -1,7 +1,13 @@
 // Engines: all the array's directors, and the `HostIOPort` the front end talks to. A host I/O is cut at stripe
-// boundaries; each piece goes to the front-end queue of the director that owns that (LUN, stripe); the calling
-// thread waits until the last piece completes. Ownership spreads a LUN's consecutive stripes round the directors,
-// so sequential I/O keeps every director busy.
+// boundaries; each piece goes to the front-end queue of the director acting for that (LUN, stripe)'s home; the
+// calling thread waits until the last piece completes. Homes spread a LUN's consecutive stripes round the
+// directors, so sequential I/O keeps every director busy.
+//
+// Front-end adapters: each front-end thread belongs to one director's front end (assigned round-robin the first
+// time it issues I/O; while that director is failed its partner's front end takes the thread's work). A piece whose
+// stripe another director acts for is a message over the virtual switch: the sending director counts it sent, the
+// acting director received; its data moves by the acting director's memory services (the DMA into or out of its
+// slots), never by a copy here.
 //
 // Each front-end thread has its own RequestContext (completion group and sub-request records), created the first
 // time that thread issues I/O and reused for its lifetime: no allocation and no shared lock per I/O.
@@ -11,6 +17,7 @@ import Drives
 import Foundation
 import GlobalMemory
 import MemoryServices
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -29,7 +36,10 @@ public protocol HostIOPort: AnyObject, Sendable {
 final class RequestContext: @unchecked Sendable {
     let group = CompletionGroup()
     let pieces: [SubRequest]
-    init(capacity: Int) {
+    /// The director whose front-end adapter this thread is.
+    let frontEnd: Int
+    init(capacity: Int, frontEnd: Int) {
+        self.frontEnd = frontEnd
         var pieces: [SubRequest] = []
         for _ in 0..<capacity { pieces.append(SubRequest(group: group)) }
         self.pieces = pieces
@@ -45,27 +55,46 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     /// Called after every successful flush, before the host hears back: the composition root records failed drives in the
     /// superblocks there, so what an fsync acknowledged never depends on a drive the array has stopped trusting.
     public var afterFlush: (@Sendable () -> Int32)?
+    let routing: RoutingTable
+    /// Serialises failover changes (`vsa director fail|restore`); never taken on the I/O path.
+    let administration = Mutex<Void>(())
+    /// Whether write-pending data is mirrored in the partner (VSA_UNSAFE_NO_MIRROR=1 turns it off, to measure it).
+    public let mirroring: Bool
+    /// VSA_DIRECT_ROUTING=1: each piece runs on the calling thread, straight into its home portion and back end
+    /// (no front-end queue hand-off, no switch, no mirror). Kept to measure what the director architecture costs.
+    public let directRouting: Bool
+    private let frontEndCursor = Atomic<Int>(0)
 
-    public init(directors: [Director], geometry: ArrayGeometry, engineCount: Int) {
+    public init(directors: [Director], geometry: ArrayGeometry, engineCount: Int, mirroring: Bool = true, directRouting: Bool = false) {
         precondition(directors.count == engineCount * 2, "an engine is two directors")
         self.directors = directors
         self.geometry = geometry
         self.engineCount = engineCount
+        self.directRouting = directRouting
+        self.mirroring = mirroring && !directRouting
+        routing = RoutingTable(directors: directors)
+        for director in directors {
+            director.partner = directors[director.id.index ^ 1]
+            director.routing = routing
+        }
+        for director in directors where self.mirroring { director.cache.setMirror(director.partner.mirrorForPartner) }
         let rc = pthread_key_create(&contextKey) { raw in
             if let raw { Unmanaged<RequestContext>.fromOpaque(raw).release() }
         }
         precondition(rc == 0, "pthread_key_create failed")
     }
 
-    /// The director that owns stripe `lunStripe` (counted from the LUN's start) of `lunID`.
+    /// The home director of stripe `lunStripe` (counted from the LUN's start) of `lunID`.
     @inline(__always)
-    public func owner(lunID: UInt32, lunStripe: UInt64) -> Director {
-        directors[Int((lunStripe &+ UInt64(lunID)) % UInt64(directors.count))]
-    }
+    public func home(lunID: UInt32, lunStripe: UInt64) -> Int { Int((lunStripe &+ UInt64(lunID)) % UInt64(directors.count)) }
+
+    /// The director acting now for stripe `lunStripe` of `lunID` (nil: none can).
+    @inline(__always)
+    public func owner(lunID: UInt32, lunStripe: UInt64) -> Director? { routing.acting(home(lunID: lunID, lunStripe: lunStripe)) }
 
     private func context() -> RequestContext {
         if let raw = pthread_getspecific(contextKey) { return Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue() }
-        let ctx = RequestContext(capacity: piecesPerContext)
+        let ctx = RequestContext(capacity: piecesPerContext, frontEnd: frontEndCursor.add(1, ordering: .relaxed).oldValue % directors.count)
         pthread_setspecific(contextKey, Unmanaged.passRetained(ctx).toOpaque())
         return ctx
     }
@@ -88,17 +117,63 @@ public final class Engines: HostIOPort, @unchecked Sendable {
                 piece.offsetBytes = cursor
                 piece.count = Int(pieceEnd - cursor)
                 piece.data = data.map { $0 + Int(cursor - offsetBytes) }
+                piece.home = home(lunID: lun.lunID, lunStripe: lunStripe)
                 n += 1
                 cursor = pieceEnd
             }
-            ctx.group.arm(n)
-            for i in 0..<n {
-                let piece = ctx.pieces[i]
-                owner(lunID: lun.lunID, lunStripe: piece.offsetBytes / stripeBytes).submit(piece)
-            }
-            let error = ctx.group.wait()
+            let error = directRouting ? runDirect(ctx, n) : send(ctx, n)
             if error != 0 { return error }
             position = cursor
+        }
+        return 0
+    }
+
+    /// Sends pieces 0..<n of `ctx` over the virtual switch to the directors acting for their homes and waits; sends
+    /// again what a director bounced (failover moved it meanwhile). Returns 0 or the first errno.
+    private func send(_ ctx: RequestContext, _ n: Int) -> Int32 {
+        var frontEnd = routing.acting(ctx.frontEnd)
+        ctx.group.arm(n)
+        for i in 0..<n { deliver(ctx.pieces[i], from: frontEnd) }
+        var error = ctx.group.wait()
+        while error == 0 && ctx.group.bounced.load(ordering: .acquiring) > 0 {
+            frontEnd = routing.acting(ctx.frontEnd)
+            var again = 0
+            for i in 0..<n where ctx.pieces[i].bounced { again += 1 }
+            ctx.group.arm(again)
+            for i in 0..<n where ctx.pieces[i].bounced {
+                ctx.pieces[i].bounced = false
+                deliver(ctx.pieces[i], from: frontEnd)
+            }
+            error = ctx.group.wait()
+        }
+        return error
+    }
+
+    /// One piece to the director acting for its home: a local enqueue when that is the front end's own director,
+    /// else a message over the switch. No director acting: EIO.
+    @inline(__always)
+    private func deliver(_ piece: SubRequest, from frontEnd: Director?) {
+        guard let target = routing.acting(piece.home) else {
+            piece.group.complete(error: EIO)
+            return
+        }
+        piece.bounced = false
+        if let frontEnd, frontEnd !== target {
+            frontEnd.channel.messagesSent.add(1, ordering: .relaxed)
+            target.channel.messagesReceived.add(1, ordering: .relaxed)
+        }
+        target.submit(piece)
+    }
+
+    /// VSA_DIRECT_ROUTING: pieces 0..<n run here, one after another, each on its home director's portion (holding
+    /// its executor role, so nothing else touches that portion meanwhile).
+    private func runDirect(_ ctx: RequestContext, _ n: Int) -> Int32 {
+        for i in 0..<n {
+            let piece = ctx.pieces[i]
+            ctx.group.arm(1)
+            directors[piece.home].runInline(piece)
+            let error = ctx.group.wait()
+            if error != 0 { return error }
         }
         return 0
     }
@@ -136,13 +211,12 @@ public final class Engines: HostIOPort, @unchecked Sendable {
             piece.data = nil
             piece.drive = drive
         }
-        ctx.group.arm(n)
         var next = 0
         for (i, director) in targets.enumerated() where chosen & (1 << UInt64(i)) != 0 {
-            director.submit(ctx.pieces[next])
+            ctx.pieces[next].home = director.id.index
             next += 1
         }
-        return ctx.group.wait()
+        return send(ctx, n)
     }
 
     public func flush(lun: LUNRef) -> Int32 {
@@ -193,7 +267,6 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         var stripe = stripes.lowerBound
         while stripe < stripes.upperBound {
             let n = min(piecesPerContext, Int(stripes.upperBound - stripe))
-            ctx.group.arm(n)
             for i in 0..<n {
                 let piece = ctx.pieces[i]
                 let s = stripe + UInt64(i)
@@ -204,10 +277,10 @@ public final class Engines: HostIOPort, @unchecked Sendable {
                 piece.count = count
                 piece.data = nil
                 piece.outcome = .consistent
-                let target = place.map { owner(lunID: $0.lunID, lunStripe: s - $0.startStripe) } ?? directors[0]
-                target.submit(piece)
+                // Stripes no LUN holds are director 1a's (or whoever acts for it).
+                piece.home = place.map { home(lunID: $0.lunID, lunStripe: s - $0.startStripe) } ?? 0
             }
-            let rc = ctx.group.wait()
+            let rc = send(ctx, n)
             for i in 0..<n { finished(stripe + UInt64(i), ctx.pieces[i]) }
             if rc != 0 { return rc }
             stripe += UInt64(n)

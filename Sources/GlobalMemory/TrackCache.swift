@@ -55,6 +55,9 @@ public final class TrackCache {
     private let store: any StripeStore
     private let memory: MemoryServices
     public let counters: CacheCounters
+    /// Where write-pending sectors are mirrored (the partner director's memory portion); nil while the partner is
+    /// out, when the director destages each write before acknowledging it. Changed only while the portion is idle.
+    public private(set) var mirror: WritePendingMirror?
 
     // Slot table (structure of arrays, allocated once).
     private let arena: Arena
@@ -281,6 +284,10 @@ public final class TrackCache {
 
     private func markDirty(_ slot: Int, _ first: Int, _ last: Int) {
         setBits(&dirtyBits, slot, first, last)
+        // Mirrored before the write is acknowledged (the caller answers the host after this returns).
+        mirror?.record(
+            slot: slot, lun: slotLUN[slot], track: slotTrack[slot], lunStart: slotStripe[slot] - slotTrack[slot] / UInt64(dataStripsPerStripe),
+            first: first, last: last, from: slotData(slot), memory: memory)
         if !slotDirty[slot] {
             slotDirty[slot] = true
             dirtyCount += 1
@@ -309,6 +316,7 @@ public final class TrackCache {
 
     private func markClean(_ slot: Int) {
         guard slotDirty[slot] else { return }
+        mirror?.drop(slot: slot)
         slotDirty[slot] = false
         for w in 0..<wordsPerSlot { dirtyBits[slot * wordsPerSlot + w] = 0 }
         dirtyCount -= 1
@@ -702,6 +710,75 @@ public final class TrackCache {
             markClean(slot)
             evict(slot)
         }
+    }
+
+    // MARK: Failover (called only while the owning director is idle: its executor role held by the caller)
+
+    /// Mirrors write-pending data into `mirror` from now on (nil: no mirror, the partner is out). Nothing may be
+    /// write-pending when the mirror changes: what is dirty now was mirrored in the old place, or not at all.
+    public func setMirror(_ mirror: WritePendingMirror?) {
+        precondition(dirtyCount == 0, "changing the mirror with \(dirtyCount) write-pending slots")
+        precondition(mirror == nil || mirror!.slotCount == slotCount, "a mirror must have a slot per cache slot")
+        mirror?.reset()
+        self.mirror = mirror
+    }
+
+    /// Destages the stripe that holds `offsetBytes` of the LUN if it has write-pending data, and commits the journal:
+    /// a write acknowledged while the partner is out is on the drives first.
+    public func destageStripe(lunID: UInt32, offsetBytes: UInt64) -> Bool {
+        let d = UInt64(dataStripsPerStripe)
+        let baseTrack = offsetBytes / UInt64(trackBytes) / d * d
+        for strip in 0..<d {
+            if let slot = lookup(lun: lunID, track: baseTrack + strip), slotDirty[slot] {
+                guard destageStripe(containing: slot) else { return false }
+                return store.commitJournal()
+            }
+        }
+        return true
+    }
+
+    /// Forgets the clean slots of the LUN stripes `moved` says went to another director (failover or restore): a
+    /// director caches only what it owns, so a later owner change never meets stale copies. Destage first.
+    public func forget(moved: (_ lunID: UInt32, _ lunStripe: UInt64) -> Bool) {
+        let d = UInt64(dataStripsPerStripe)
+        for slot in 0..<slotCount where slotInUse[slot] && moved(slotLUN[slot], slotTrack[slot] / d) {
+            precondition(!slotDirty[slot] && !slotPinned[slot], "forgetting a write-pending slot")
+            evict(slot)
+        }
+    }
+
+    /// Drops everything, write-pending or not: the director was fenced and its memory portion is gone (its
+    /// write-pending data lives on in the partner's mirror, which the partner replays).
+    public func reset() {
+        for slot in 0..<slotCount where slotInUse[slot] {
+            if slotDirty[slot] {
+                slotDirty[slot] = false
+                dirtyCount -= 1
+                for w in 0..<wordsPerSlot { dirtyBits[slot * wordsPerSlot + w] = 0 }
+            }
+            slotPinned[slot] = false
+            evict(slot)
+        }
+        precondition(dirtyCount == 0, "reset left write-pending slots")
+        counters.dirtySlots.store(0, ordering: .relaxed)
+        while dirtyQueued > 0 { _ = popDirty() }
+        for i in 0..<TrackCache.streamCount { streamNext[i] = UInt64.max }
+    }
+
+    /// Takes over a fenced partner's write-pending data from `mirror`: every mirrored run becomes write-pending here
+    /// (mirrored again if this portion has a mirror). Returns the bytes replayed, or nil if a slot could not be had.
+    public func replay(_ mirror: WritePendingMirror) -> UInt64? {
+        var bytes: UInt64 = 0
+        var ok = true
+        mirror.forEachRun { lunID, startStripe, offsetBytes, count, data in
+            guard ok else { return }
+            if write(lun: LUNRef(lunID: lunID, startStripe: startStripe, sizeBytes: 0), offsetBytes: offsetBytes, count: count, from: data) {
+                bytes += UInt64(count)
+            } else {
+                ok = false
+            }
+        }
+        return ok ? bytes : nil
     }
 
     public var writePendingSlots: Int { dirtyCount }

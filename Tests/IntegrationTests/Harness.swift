@@ -84,8 +84,9 @@ final class ArrayFixture {
         guard r.status == 0 else { throw XCTSkip("create failed: \(r.stderr)") }
     }
 
-    func mount(_ extra: String = "") throws {
-        let r = vsa("mount '\(dir)' '\(mnt)' \(extra)")
+    /// Mounts the array; `environment` ("NAME=value ...") goes to the daemon.
+    func mount(_ extra: String = "", environment: String = "") throws {
+        let r = Harness.sh("\(environment) \"$VSA\" mount '\(dir)' '\(mnt)' \(extra)")
         XCTAssertEqual(r.status, 0, "mount: \(r.stderr)")
         if r.status != 0 { throw NSError(domain: "mount", code: 1) }
     }

@@ -1,0 +1,187 @@
+// Failover: which director acts for which stripes, and how that changes when a director fails or comes back.
+//
+// Every (LUN, stripe) has a home director (Engines.home). The routing table says which director acts for each home
+// now: the home itself while it is online, else its partner (the other director of its engine), else a director of
+// another engine, else nobody (the host gets EIO). Invariants, asserted in `reconfigure`:
+//   - a director caches only stripes it acts for, so an owner change never meets stale slots;
+//   - write-pending data is in two memory portions (the owner's slot and the mirror in its partner), or, while the
+//     partner is out, it is destaged before the write is acknowledged;
+//   - a director that stops acting for stripes has ended its journal epoch, so recovery never replays one of its
+//     records over a newer write by the next owner.
+//
+// A change runs with every director quiesced (the reconfiguring thread holds every executor role), so no request
+// executes meanwhile; requests queue up, and those that reach a director no longer acting for them are bounced to
+// the front end, which routes them again.
+import ArrayModel
+import BackEnd
+import Foundation
+import GlobalMemory
+import Synchronization
+
+/// Home director -> acting director. Read on every request (one atomic load); written only by `reconfigure`.
+final class RoutingTable: @unchecked Sendable {
+    let directors: [Director]
+    private let entries: [Entry]
+
+    final class Entry: Sendable {
+        let acting: Atomic<Int>
+        init(_ index: Int) { acting = Atomic(index) }
+    }
+
+    init(directors: [Director]) {
+        self.directors = directors
+        entries = directors.indices.map { Entry($0) }
+    }
+
+    /// The director acting for `home` now; nil when no director can.
+    @inline(__always)
+    func acting(_ home: Int) -> Director? {
+        let index = entries[home].acting.load(ordering: .acquiring)
+        return index < 0 ? nil : directors[index]
+    }
+
+    func actingIndex(_ home: Int) -> Int { entries[home].acting.load(ordering: .acquiring) }
+
+    func store(_ plan: [Int]) {
+        for (home, index) in plan.enumerated() { entries[home].acting.store(index, ordering: .releasing) }
+    }
+
+    /// Who should act for each home given which directors are online: the home, its partner, else the nearest
+    /// other engine's directors (same side first). -1: nobody.
+    static func plan(online: [Bool]) -> [Int] {
+        let count = online.count
+        let engines = count / 2
+        return (0..<count).map { home in
+            if online[home] { return home }
+            if online[home ^ 1] { return home ^ 1 }
+            for k in 1..<max(engines, 1) {
+                let engine = (home / 2 + k) % engines
+                for side in [home % 2, 1 - home % 2] where online[engine * 2 + side] { return engine * 2 + side }
+            }
+            return -1
+        }
+    }
+}
+
+extension Engines {
+    /// Fails director `id`: it is fenced, and the directors that take its stripes replay its mirrored write-pending
+    /// data. Returns what happened, one line per note.
+    public func failDirector(_ id: DirectorID) throws(VSAError) -> [String] {
+        guard id.index >= 0 && id.index < directors.count, id.engine >= 1 else {
+            throw VSAError("no director \(id) (this array has \(directors.map(\.id.description).joined(separator: ", ")))")
+        }
+        guard !directRouting else { throw VSAError("VSA_DIRECT_ROUTING is set: this mount routes around the directors, so it has no failover") }
+        return try administration.withLock { _ throws(VSAError) in
+            let director = directors[id.index]
+            guard director.state == .online else { throw VSAError("director \(id) is \(director.state), not online") }
+            return reconfigure(failing: director, restoring: nil)
+        }
+    }
+
+    /// Brings failed director `id` back: the directors acting for its stripes hand them back.
+    public func restoreDirector(_ id: DirectorID) throws(VSAError) -> [String] {
+        guard id.index >= 0 && id.index < directors.count, id.engine >= 1 else {
+            throw VSAError("no director \(id) (this array has \(directors.map(\.id.description).joined(separator: ", ")))")
+        }
+        return try administration.withLock { _ throws(VSAError) in
+            let director = directors[id.index]
+            guard director.state == .failed else { throw VSAError("director \(id) is \(director.state), not failed") }
+            return reconfigure(failing: nil, restoring: director)
+        }
+    }
+
+    /// Restores every failed director (a clean stop). Returns the notes.
+    public func restoreAll() -> [String] {
+        administration.withLock { _ in
+            var notes: [String] = []
+            for director in directors where director.state == .failed { notes += reconfigure(failing: nil, restoring: director) }
+            return notes
+        }
+    }
+
+    /// The homes director `index` acts for now.
+    public func actingHomes(of index: Int) -> [Int] { directors.indices.filter { routing.actingIndex($0) == index } }
+
+    private func reconfigure(failing: Director?, restoring: Director?) -> [String] {
+        var notes: [String] = []
+        // 1. Quiesce: hold every director's executor role (in index order; an executor never waits for another).
+        for director in directors { director.acquireRole() }
+        defer { for director in directors { director.releaseRole() } }
+        let before = directors.indices.map { routing.actingIndex($0) }
+        var online = directors.map { $0.state == .online }
+        if let failing { online[failing.id.index] = false }
+        if let restoring { online[restoring.id.index] = true }
+        let after = RoutingTable.plan(online: online)
+        // 2. The new routes first, so that what the fenced director bounces goes straight to its new owner.
+        routing.store(after)
+
+        if let failing {
+            failing.fence()
+            // Its journal slice: end the epoch so no record of it is replayed over what the new owners write.
+            if !failing.withFencedBackEnd({ $0.advanceEpoch() }) {
+                notes.append("director \(failing.id): its journal epoch could not be ended (drives failing)")
+            }
+            // Its write-pending data: the copy in its own portion is gone (fenced); the partner's mirror holds it.
+            let mirror = failing.partner.mirrorForPartner
+            if failing.partner.state == .online && !mirror.isEmpty {
+                var replayed: UInt64 = 0
+                var lost = false
+                mirror.forEachRun { lunID, startStripe, offsetBytes, count, data in
+                    let lun = LUNRef(lunID: lunID, startStripe: startStripe, sizeBytes: 0)
+                    let home = self.home(lunID: lunID, lunStripe: offsetBytes / geometry.stripeDataBytes)
+                    guard let target = routing.acting(home), target.cache.write(lun: lun, offsetBytes: offsetBytes, count: count, from: data) else {
+                        lost = true
+                        return
+                    }
+                    target.channel.replayedBytes.add(UInt64(count), ordering: .relaxed)
+                    replayed += UInt64(count)
+                }
+                mirror.reset()
+                failing.partner.channel.takeovers.add(1, ordering: .relaxed)
+                notes.append("director \(failing.partner.id) replayed \(replayed) bytes of write-pending data mirrored from \(failing.id)")
+                if lost { notes.append("some mirrored write-pending data of \(failing.id) could not be replayed (no director can take it)") }
+            } else if failing.cache.writePendingSlots > 0 {
+                notes.append("director \(failing.id) lost \(failing.cache.writePendingSlots) write-pending slots that had no mirror")
+            }
+            failing.cache.reset()
+            failing.mirrorForPartner.reset()
+        }
+
+        // 3. Directors that stop acting for homes: destage them, forget their slots, end the epoch.
+        for director in directors where director.state == .online {
+            let index = director.id.index
+            var lost: UInt64 = 0
+            for home in directors.indices where before[home] == index && after[home] != index { lost |= 1 << UInt64(home) }
+            guard lost != 0 else { continue }
+            if !director.cache.destageAll() { notes.append("director \(director.id): write-pending data could not be destaged (too many drives out)") }
+            director.cache.forget { lunID, lunStripe in lost & (1 << UInt64(self.home(lunID: lunID, lunStripe: lunStripe))) != 0 }
+            if !director.backEnd.advanceEpoch() { notes.append("director \(director.id): its journal epoch could not be ended") }
+        }
+
+        if let restoring {
+            precondition(
+                restoring.cache.writePendingSlots == 0 && restoring.counters.usedSlots.load(ordering: .relaxed) == 0, "a restored director starts empty")
+            restoring.revive()
+        }
+
+        // 4. Pairs: mirror to the partner when it is online, else destage every write before acknowledging it.
+        for director in directors where director.state == .online {
+            let partnerOut = director.partner.state != .online
+            let wanted: WritePendingMirror? = partnerOut || !mirroring ? nil : director.partner.mirrorForPartner
+            if director.cache.mirror !== wanted || partnerOut {
+                // Write-pending data mirrored in a fenced portion, or not yet mirrored in the new one: down it goes.
+                if !director.cache.destageAll() { notes.append("director \(director.id): write-pending data could not be destaged") }
+                if director.cache.writePendingSlots == 0 { director.cache.setMirror(wanted) }
+            }
+            director.partnerOutFlag.store(partnerOut, ordering: .relaxed)
+        }
+        for home in directors.indices where after[home] < 0 {
+            notes.append("no director can act for \(directors[home].id)'s stripes: their I/O fails with EIO")
+        }
+        for home in directors.indices where after[home] >= 0 && after[home] != before[home] {
+            notes.append(
+                "\(directors[home].id)'s stripes: \(before[home] < 0 ? "none" : directors[before[home]].id.description) -> \(directors[after[home]].id)")
+        }
+        return notes
+    }
+}
