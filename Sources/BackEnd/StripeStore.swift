@@ -467,6 +467,14 @@ public final class RAIDBackEnd: StripeStore {
     /// RAID-6 locates a single bad strip (data, P or Q) from the two syndromes and rewrites it. A stripe with a member
     /// out cannot be checked. Runs on the stripe's owning director. Uses staging [m, 2m) and the parity scratch.
     public func scrub(stripe: UInt64, repair: Bool) -> ScrubOutcome {
+        let outcome = scrubStripe(stripe: stripe, repair: repair)
+        // A repair is durable before it is reported: were it lost to a power cut, an intent resync at the next mount
+        // could copy the damaged strip over its good copies and checksum it anew.
+        if outcome == .repaired || outcome == .repairedData { flushMembers() }
+        return outcome
+    }
+
+    private func scrubStripe(stripe: UInt64, repair: Bool) -> ScrubOutcome {
         settle(stripe)
         let d = geometry.dataStripsPerStripe
         let offset = geometry.driveOffset(stripe: stripe)

@@ -84,6 +84,15 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         precondition(rc == 0, "pthread_key_create failed")
     }
 
+    deinit {
+        // The calling thread's context goes with the key (other threads' contexts went when their threads ended).
+        if let raw = pthread_getspecific(contextKey) {
+            pthread_setspecific(contextKey, nil)
+            Unmanaged<RequestContext>.fromOpaque(raw).release()
+        }
+        pthread_key_delete(contextKey)
+    }
+
     /// The home director of stripe `lunStripe` (counted from the LUN's start) of `lunID`.
     @inline(__always)
     public func home(lunID: UInt32, lunStripe: UInt64) -> Int { Int((lunStripe &+ UInt64(lunID)) % UInt64(directors.count)) }
@@ -128,12 +137,17 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         return 0
     }
 
-    /// Sends pieces 0..<n of `ctx` over the virtual switch to the directors acting for their homes and waits; sends
-    /// again what a director bounced (failover moved it meanwhile). Returns 0 or the first errno.
+    /// Sends pieces 0..<n of `ctx` over the virtual switch and waits: stripe work to the director acting for its
+    /// home, control requests to the director they name. Sends again what a director bounced (failover moved it
+    /// meanwhile, or the director failed), now to whoever acts for its home. Returns 0 or the first errno.
     private func send(_ ctx: RequestContext, _ n: Int) -> Int32 {
         var frontEnd = routing.acting(ctx.frontEnd)
         ctx.group.arm(n)
-        for i in 0..<n { deliver(ctx.pieces[i], from: frontEnd) }
+        for i in 0..<n {
+            let piece = ctx.pieces[i]
+            piece.bounced = false
+            deliver(piece, to: piece.kind.isStripeWork ? routing.acting(piece.home) : directors[piece.home], from: frontEnd)
+        }
         var error = ctx.group.wait()
         while error == 0 && ctx.group.bounced.load(ordering: .acquiring) > 0 {
             frontEnd = routing.acting(ctx.frontEnd)
@@ -141,23 +155,23 @@ public final class Engines: HostIOPort, @unchecked Sendable {
             for i in 0..<n where ctx.pieces[i].bounced { again += 1 }
             ctx.group.arm(again)
             for i in 0..<n where ctx.pieces[i].bounced {
-                ctx.pieces[i].bounced = false
-                deliver(ctx.pieces[i], from: frontEnd)
+                let piece = ctx.pieces[i]
+                piece.bounced = false
+                deliver(piece, to: routing.acting(piece.home), from: frontEnd)
             }
             error = ctx.group.wait()
         }
         return error
     }
 
-    /// One piece to the director acting for its home: a local enqueue when that is the front end's own director,
-    /// else a message over the switch. No director acting: EIO.
+    /// One piece to `target`: a local enqueue when that is the front end's own director, else a message over the
+    /// switch. No director to take it: EIO.
     @inline(__always)
-    private func deliver(_ piece: SubRequest, from frontEnd: Director?) {
-        guard let target = routing.acting(piece.home) else {
+    private func deliver(_ piece: SubRequest, to target: Director?, from frontEnd: Director?) {
+        guard let target else {
             piece.group.complete(error: EIO)
             return
         }
-        piece.bounced = false
         if let frontEnd, frontEnd !== target {
             frontEnd.channel.messagesSent.add(1, ordering: .relaxed)
             target.channel.messagesReceived.add(1, ordering: .relaxed)

@@ -1,8 +1,12 @@
-// A seeded simulation of the core: one director's cache portion and back-end adapter over an array of drive files
-// on tmpfs, driven by random steps — host writes, reads, destage, flush (fsync), drive failures, replacement and
-// rebuild in pieces, drives that start failing every I/O, silent bit flips, power cuts inside a step (a torn write,
-// dropped and lost unflushed writes), scrub, and crashes (the cache and the back end are dropped without destaging; the array is
+// A seeded simulation of the core: one engine (directors 1a and 1b, each with its cache portion, the mirror of its
+// partner's write-pending data and its back-end adapter) over an array of drive files on tmpfs, driven by random
+// steps — host writes, reads, destage, flush (fsync), director failure and restore (between any two steps: the
+// partner replays the mirror and takes the stripes; both out gives EIO), drive failures, replacement and rebuild in
+// pieces, drives that start failing every I/O, silent bit flips, power cuts inside a step (a torn write, dropped and
+// lost unflushed writes), scrub, and crashes (caches and back ends are dropped without destaging; the array is
 // assembled again from its drives alone, resynchronised, and a rebuild in progress resumes from its checkpoint).
+// The directors' threads are not started: every request runs on the simulation's thread (a submitter that finds the
+// director idle executes it), so a seed replays exactly.
 // Invariants after every step: a read returns the newest data written; after a crash every sector not written since
 // the last flush holds what that flush made durable; a redundant array with every member in reads the same with any
 // member it can lose left out; scrub finds every stripe consistent after a flush.
@@ -13,6 +17,7 @@
 import ArrayModel
 import BackEnd
 import Buffers
+import Directors
 import Drives
 import GlobalMemory
 import MemoryServices
@@ -54,10 +59,11 @@ struct Simulation {
     let level: RAIDLevel
     var store: ArrayStore
     var lun: LUNRef
-    var backEnd: RAIDBackEnd
+    /// Directors 1a and 1b (one engine); their threads are not running.
+    var engines: Engines
+    let slotsPerDirector: Int
     /// A tiny checksum page cache (1 to 8 pages), so pages are evicted and read back all the time.
     var checksums: BlockChecksums
-    var cache: TrackCache
     let memory = MemoryServices()
     let lunSize = 1 << 20
     /// What the last flush made durable, what the host wrote since, and which sectors were written since.
@@ -87,15 +93,12 @@ struct Simulation {
             geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false,
             checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
         try store.writeSuperblocks(clean: false)  // mounted
-        backEnd = try RAIDBackEnd(
-            geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks(),
-            journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: 0, epoch: recovery.epochs[0]),
-            checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
         let d = store.geometry.dataStripsPerStripe
-        cache = TrackCache(slotCount: 2 * d + 2 + Int(rng.next() % 24), store: backEnd, memory: memory, counters: CacheCounters())
+        slotsPerDirector = 2 * d + 2 + Int(rng.next() % 24)
+        engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slotsPerDirector, checksums: checksums, memory: memory)
         // The whole LUN is written once, so every block of its stripes has a checksum (a flip is then always seen).
         for i in 0..<lunSize { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
-        guard cache.write(lun: lun, offsetBytes: 0, count: lunSize, from: io.base), cache.destageAll(), backEnd.flush() else {
+        guard engines.write(lun: lun, offsetBytes: 0, count: lunSize, from: io.base) == 0, engines.flush(lun: lun) == 0 else {
             throw VSAError("first write failed")
         }
         let written = io.base
@@ -106,18 +109,50 @@ struct Simulation {
 
     func cleanUp() { try? FileManager.default.removeItem(atPath: directory) }
 
+    /// Two directors as the daemon builds them (each its own back end and journal slice), threads not started.
+    static func makeEngines(store: ArrayStore, epochs: [UInt64], slots: Int, checksums: BlockChecksums, memory: MemoryServices) throws -> Engines {
+        var directors: [Director] = []
+        for i in 0..<2 {
+            let marks = BackEndMarks()
+            let backEnd = try RAIDBackEnd(
+                geometry: store.geometry, drives: store.drives, memory: memory, marks: marks,
+                journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: i, epoch: epochs[i]),
+                checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
+            directors.append(
+                Director(
+                    id: DirectorID(index: i), cacheSlots: slots, queueCapacity: 64, backEnd: backEnd, memory: memory, counters: CacheCounters(),
+                    marks: marks))
+        }
+        // VSA_UNSAFE_NO_MIRROR=1 shows what the mirror is for: the simulation fails.
+        return Engines(
+            directors: directors, geometry: store.geometry, engineCount: 1, mirroring: ProcessInfo.processInfo.environment["VSA_UNSAFE_NO_MIRROR"] == nil)
+    }
+
+    var anyDirectorOnline: Bool { engines.directors.contains { $0.state == .online } }
+
+    /// Where array stripes lie (for rebuild and scrub requests): the LUN's, else none.
+    var placement: Engines.Placement {
+        let lun = lun
+        let stripes = store.geometry.stripesFor(sizeBytes: lun.sizeBytes)
+        return { s in s >= lun.startStripe && s < lun.startStripe + stripes ? (lun.lunID, lun.startStripe) : nil }
+    }
+
+    /// A back end for cold reads that bypass the directors (any director's: they share the drives).
+    var anyBackEnd: RAIDBackEnd { engines.directors[0].backEnd }
+
     var membersOut: UInt64 { store.membersOut }
 
     /// Runs `steps` random steps; returns the first broken invariant, with the steps that led there.
     mutating func run(steps: Int) -> String? {
-        log.append("\(level) x\(store.memberCount), strip \(store.geometry.stripUnitBytes), \(cache.slotCount) slots")
+        log.append("\(level) x\(store.memberCount), strip \(store.geometry.stripUnitBytes), \(slotsPerDirector) slots per director")
         for step in 0..<steps {
             if let problem = noticeIOErrors() { return "step \(step): \(problem)" }
             let roll = rng.next() % 100
             let problem: String?
             switch roll {
             case 0..<40: problem = write(zero: roll < 4)
-            case 40..<62: problem = read()
+            case 40..<58: problem = read()
+            case 58..<62: problem = failOrRestoreDirector()
             case 62..<70: problem = destageSome()
             case 70..<80: problem = flush()
             case 80..<84: problem = failDrive()
@@ -142,10 +177,15 @@ struct Simulation {
         let offset = Int(rng.next() % UInt64(lunSize - count))
         for i in 0..<count { io.base.storeBytes(of: zero ? 0 : UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
         log.append("write \(offset)+\(count)\(zero ? " zeroes" : "")")
-        guard cache.write(lun: lun, offsetBytes: UInt64(offset), count: count, from: zero ? nil : io.base) else {
+        let rc =
+            zero
+            ? engines.zero(lun: lun, offsetBytes: UInt64(offset), count: UInt64(count))
+            : engines.write(lun: lun, offsetBytes: UInt64(offset), count: count, from: io.base)
+        guard rc == 0 else {
             // A failed write may have landed in part: those sectors are in flight (old or new after a crash).
             for s in (offset / 512)...((offset + count - 1) / 512) { writtenSinceFlush[s] = true }
             // After a power cut the process runs on (a real one would be dead): reads see what never got written.
+            if !anyDirectorOnline { return nil }  // EIO is the answer with every director out
             return membersOutTolerated && !injector.cut ? "write failed with the array within its tolerance" : nil
         }
         for i in 0..<count { latest[offset + i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
@@ -160,7 +200,9 @@ struct Simulation {
         let offset = Int(rng.next() % UInt64(lunSize - count))
         log.append("read \(offset)+\(count)")
         let n = count
-        guard cache.read(lun: lun, offsetBytes: UInt64(offset), count: n, into: io.base) else { return "read \(offset)+\(n) failed" }
+        guard engines.read(lun: lun, offsetBytes: UInt64(offset), count: n, into: io.base) == 0 else {
+            return anyDirectorOnline ? "read \(offset)+\(n) failed" : nil
+        }
         for i in 0..<n where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[offset + i] {
             return "read: byte \(offset + i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest written \(latest[offset + i])"
         }
@@ -170,14 +212,36 @@ struct Simulation {
     mutating func destageSome() -> String? {
         let budget = Int(rng.next() % 4) + 1
         log.append("destage \(budget)")
-        cache.destage(stripeBudget: budget)
+        for director in engines.directors where director.state == .online { director.cache.destage(stripeBudget: budget) }
+        return nil
+    }
+
+    /// A director fails (its partner replays its mirrored write-pending data and takes its stripes), or a failed
+    /// one comes back. With both out, I/O fails with EIO until one is restored.
+    mutating func failOrRestoreDirector() -> String? {
+        let director = engines.directors[Int(rng.next() % 2)]
+        if ProcessInfo.processInfo.environment["VSA_SIM_NOFAILOVER"] != nil { return nil }
+        do {
+            if director.state == .online {
+                log.append("fail director \(director.id)")
+                _ = try engines.failDirector(director.id)
+            } else {
+                log.append("restore director \(director.id)")
+                _ = try engines.restoreDirector(director.id)
+            }
+        } catch { return "director \(director.id): \(error)" }
+        for d in engines.directors where d.state == .online && d.partner.state == .online {
+            guard d.cache.mirror === d.partner.mirrorForPartner else { return "director \(d.id) does not mirror to its partner" }
+        }
         return nil
     }
 
     /// fsync: destage everything, flush the drives, record failures; what was written is durable now.
     mutating func flush() -> String? {
         log.append("flush")
-        guard cache.destageAll(), backEnd.flush() else { return injector.cut ? nil : "flush failed" }
+        guard engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)) == 0 else {
+            return injector.cut || !anyDirectorOnline ? nil : "flush failed"
+        }
         do { _ = try store.recordFailures() } catch { return "recording failures: \(error)" }
         // The power went off during it: the flush was never acknowledged.
         if injector.cut { return nil }
@@ -206,8 +270,9 @@ struct Simulation {
             var next = drive.rebuiltStripes.load(ordering: .relaxed)
             let end = min(total, next + 1 + rng.next() % 200)
             log.append("rebuild member \(member) stripes \(next)..<\(end)")
+            guard anyDirectorOnline else { return nil }
             while next < end {
-                guard backEnd.rebuild(stripe: next, member: member) else {
+                guard engines.rebuild(member: member, stripes: next..<(next + 1), placement: placement) == 0 else {
                     // The new drive itself died: the rebuild stops (the daemon's would too), the member is failed.
                     if drive.state == .failed { return noticeIOErrors() }
                     return "rebuild of stripe \(next) failed"
@@ -218,13 +283,15 @@ struct Simulation {
             do {
                 if next == total {
                     // As the daemon does: an epoch end puts the rebuilt strips' checksums on the drives first.
-                    guard backEnd.advanceEpoch() else { return "epoch end after the rebuild failed" }
+                    guard engines.endEpochs() == 0 else { return "epoch end after the rebuild failed" }
                     drive.transition(to: .online)
                     try store.writeSuperblocks(clean: false)
                     rebuildingMember = nil
                     log.append("rebuild of member \(member) complete")
                 } else if rng.next() % 2 == 0 {
-                    guard backEnd.flush(), backEnd.advanceEpoch() else { return "flush before the checkpoint failed" }
+                    guard engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)) == 0, engines.endEpochs() == 0 else {
+                        return "flush before the checkpoint failed"
+                    }
                     try store.recordRebuildProgress(stripes: next)
                 }
             } catch { return "recording the rebuild: \(error)" }
@@ -238,7 +305,7 @@ struct Simulation {
         do {
             let replacement = try store.prepareReplacement(member: member, path: "\(directory)/new-\(newDrives)", force: false)
             try store.attach(member: member, drive: replacement.drive, path: replacement.entry)
-            backEnd.attach(member: member, drive: replacement.drive)
+            engines.attach(member: member, drive: replacement.drive)
         } catch { return "replace: \(error)" }
         rebuildingMember = member
         return nil
@@ -246,12 +313,13 @@ struct Simulation {
 
     /// After a flush, with every member in, scrub must find every stripe of the LUN consistent.
     mutating func scrubAll() -> String? {
-        guard membersLost == 0 else { return nil }
+        guard membersLost == 0, anyDirectorOnline else { return nil }
         if let problem = flush() { return problem }
         log.append("scrub")
         let stripes = store.geometry.stripesFor(sizeBytes: UInt64(lunSize))
-        for s in lun.startStripe..<(lun.startStripe + stripes) {
-            let outcome = backEnd.scrub(stripe: s, repair: false)
+        var outcomes: [(UInt64, ScrubOutcome)] = []
+        engines.scrub(stripes: lun.startStripe..<(lun.startStripe + stripes), repair: false, placement: placement) { outcomes.append(($0, $1)) }
+        for (s, outcome) in outcomes {
             if outcome != .consistent {
                 var detail = ""
                 let g = store.geometry
@@ -316,7 +384,7 @@ struct Simulation {
     /// and repair it, and a read from the drives must give the newest data.
     mutating func flipBits() -> String? {
         let tolerance = level == .raid6 ? 2 : 1
-        guard injector.failingPath == nil, membersLost.nonzeroBitCount + 1 <= tolerance else { return nil }
+        guard injector.failingPath == nil, membersLost.nonzeroBitCount + 1 <= tolerance, anyDirectorOnline else { return nil }
         if let problem = flush() { return problem }
         if injector.cut { return crash() }
         let member = Int(rng.next() % UInt64(store.memberCount))
@@ -334,9 +402,10 @@ struct Simulation {
         byte ^= UInt8(1 << (rng.next() % 8))
         guard pwrite(fd, &byte, 1, off_t(at)) == 1 else { return "pwrite" }
         close(fd)
-        let outcome = backEnd.scrub(stripe: stripe, repair: true)
+        var outcome = ScrubOutcome.consistent
+        engines.scrub(stripes: stripe..<(stripe + 1), repair: true, placement: placement) { outcome = $1 }
         guard outcome == .repaired || outcome == .repairedData else { return "scrub after a bit flip: \(outcome)" }
-        let cold = TrackCache(slotCount: cache.slotCount, store: backEnd, memory: memory, counters: CacheCounters())
+        let cold = TrackCache(slotCount: slotsPerDirector, store: anyBackEnd, memory: memory, counters: CacheCounters())
         guard cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "read after the repair failed" }
         for i in 0..<lunSize where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[i] {
             return "after the repair: byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest \(latest[i])"
@@ -378,15 +447,12 @@ struct Simulation {
             log.append(
                 "recovery: \(recovery.replayedBatches) batches replayed, \(recovery.droppedBatches) dropped, \(recovery.resyncedRegions) regions resynced")
             try store.writeSuperblocks(clean: false)
-            backEnd = try RAIDBackEnd(
-                geometry: store.geometry, drives: store.drives, memory: memory, marks: BackEndMarks(),
-                journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: 0, epoch: recovery.epochs[0]),
-                checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
+            // Director failures do not outlive the process: both directors start again.
+            engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slotsPerDirector, checksums: checksums, memory: memory)
         } catch { return "recovery: \(error)" }
-        cache = TrackCache(slotCount: cache.slotCount, store: backEnd, memory: memory, counters: CacheCounters())
         rebuildingMember = store.superblock.rebuildMember
         // Every sector not written since the last flush must hold what that flush made durable.
-        guard cache.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "read after recovery failed" }
+        guard engines.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) == 0 else { return "read after recovery failed" }
         for i in 0..<lunSize where !writtenSinceFlush[i / 512] && io.base.load(fromByteOffset: i, as: UInt8.self) != durable[i] {
             return "after recovery: byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), flushed \(durable[i])"
         }
@@ -400,7 +466,7 @@ struct Simulation {
     /// With every member in and nothing write-pending, leave out each member the level can lose in turn: the
     /// rest must give back exactly the newest data.
     mutating func readAllDegraded() -> String? {
-        guard membersLost == 0, level != .raid0 else { return nil }
+        guard membersLost == 0, level != .raid0, anyDirectorOnline else { return nil }
         if let problem = flush() { return problem }
         log.append("degraded reads")
         for member in 0..<store.memberCount {
@@ -416,7 +482,7 @@ struct Simulation {
             else {
                 return "back end"
             }
-            let cold = TrackCache(slotCount: cache.slotCount, store: degraded, memory: memory, counters: CacheCounters())
+            let cold = TrackCache(slotCount: slotsPerDirector, store: degraded, memory: memory, counters: CacheCounters())
             guard cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "degraded read without member \(member) failed" }
             for i in 0..<lunSize where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[i] {
                 return "without member \(member): byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest \(latest[i])"
