@@ -434,7 +434,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 requests: d.requestsServed.load(ordering: .relaxed),
                 actingFor: engines.actingHomes(of: index).map { engines.directors[$0].id.description },
                 primaryDrives: Array(stride(from: index, to: store.superblock.memberCount, by: engines.directors.count)),
-                queueDepth: d.channel.queueDepth.load(ordering: .relaxed), usedSlots: c.usedSlots.load(ordering: .relaxed),
+                queueDepth: d.queueDepth, usedSlots: c.usedSlots.load(ordering: .relaxed),
                 mirroredSlots: d.mirrorForPartner.mirroredSlots.load(ordering: .relaxed),
                 mirrorTo: d.state == .online && !d.partnerOut && engines.mirroring ? d.partner.id.description : "none",
                 messagesSent: d.channel.messagesSent.load(ordering: .relaxed), messagesReceived: d.channel.messagesReceived.load(ordering: .relaxed),

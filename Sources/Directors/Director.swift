@@ -131,8 +131,6 @@ public final class DirectorCounters: Sendable {
     /// Takeovers this director ran for a failed partner, and the write-pending bytes it replayed from the mirror.
     public let takeovers = Atomic<UInt64>(0)
     public let replayedBytes = Atomic<UInt64>(0)
-    /// Requests in the front-end queue now.
-    public let queueDepth = Atomic<Int>(0)
     public init() {}
 }
 
@@ -156,18 +154,16 @@ public final class Director: @unchecked Sendable {
     private let stateRaw = Atomic<UInt8>(DirectorState.online.rawValue)
     public let requestsServed = Atomic<UInt64>(0)
 
-    // Front-end queue: a bounded ring guarded by this director's own condition (not a global lock).
-    private let queueCondition = NSCondition()
-    private var queue: [SubRequest?]
-    private var queueHead = 0
-    private var queueCount = 0
+    // Channel adapter, receive side: this director's front-end queue is a lock-free ring on the virtual switch.
+    private let ring: MessageRing
     private var batch: [SubRequest?]
-    /// Whether some thread is executing for this director now (guarded by queueCondition).
-    private var executorActive = false
-    /// Front-end threads blocked on a full queue (guarded by queueCondition).
-    private var producersWaiting = 0
-    /// Failover threads waiting for the executor role (guarded by queueCondition).
-    private var roleWaiters = 0
+    /// Whether some thread holds the executor role (runs this director's work) now. Taken with a compare-exchange,
+    /// given up with a store; whoever gives it up looks at the ring once more (see `drain`).
+    private let executorActive = Atomic<Bool>(false)
+    /// Wakes the director's thread: work left behind, a stop, a failover that changed something.
+    private let wake = DispatchSemaphore(value: 0)
+    /// Requests in the front-end queue now.
+    public var queueDepth: Int { ring.depth }
     /// Destage starts when this many slots are write-pending, and runs whenever the director is idle.
     private let destageHighWater: Int
     /// How long the director waits, idle with write-pending data, before it destages some (VSA_IDLE_DESTAGE_MS;
@@ -197,42 +193,47 @@ public final class Director: @unchecked Sendable {
         self.cache = TrackCache(slotCount: cacheSlots, store: backEnd, memory: memory, counters: counters)
         // The partner's portion has as many slots as this one (every director gets the same share).
         self.mirrorForPartner = WritePendingMirror(slotCount: cacheSlots, trackBytes: backEnd.geometry.stripUnitBytes)
-        self.queue = Array(repeating: nil, count: queueCapacity)
+        self.ring = MessageRing(capacity: queueCapacity)
         self.batch = Array(repeating: nil, count: 64)
         self.destageHighWater = max(1, cacheSlots / 2)
     }
 
-    /// Called by a front-end thread: hands `request` to this director. The director's work runs on one thread at a
-    /// time, its executor. When no thread is executing for the director, the caller becomes the executor and runs
-    /// the queue itself (no thread hand-off at low load); otherwise the request waits in the front-end queue for the
-    /// running executor. Blocks while the queue is full (backpressure). A failed director bounces the request.
+    /// Called by a front-end thread (the send side of its channel adapter): hands `request` to this director. The
+    /// director's work runs on one thread at a time, the holder of its executor role. When nobody holds it, the
+    /// caller takes it and runs the queue itself (no thread hand-off at low load); otherwise the request waits in
+    /// the ring for the holder. Spins, then sleeps briefly, while the ring is full (backpressure). A failed
+    /// director bounces the request.
     public func submit(_ request: SubRequest) {
-        queueCondition.lock()
         if state == .failed {
-            queueCondition.unlock()
-            bounce(request)
+            bounce(request, roleHeld: false)
             return
         }
-        while queueCount == queue.count {
-            producersWaiting += 1
-            queueCondition.wait()
-            producersWaiting -= 1
+        var spins = 0
+        while !ring.send(request) {
+            // Full: run some of it if nobody does, else let the holder run.
+            if tryAcquireRole() {
+                drain(batchesMax: 1)
+                continue
+            }
+            spins += 1
+            if spins < 64 { sched_yield() } else { usleep(50) }
         }
-        if state == .failed {  // failed while this thread waited for room
-            queueCondition.unlock()
-            bounce(request)
-            return
-        }
-        queue[(queueHead + queueCount) % queue.count] = request
-        queueCount += 1
-        channel.queueDepth.store(queueCount, ordering: .relaxed)
-        if executorActive {
-            queueCondition.unlock()
-            return
-        }
-        executorActive = true
-        queueCondition.unlock()
-        drain(batchesMax: 4)
+        // A director fenced meanwhile still drains its ring once more: the request comes back bounced.
+        if tryAcquireRole() { drain(batchesMax: 4) }
+    }
+
+    @inline(__always)
+    private func tryAcquireRole() -> Bool {
+        executorActive.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
+    }
+
+    /// Gives the role up. A message sent while the role was held, by a sender that then failed to take the role,
+    /// must not be stranded: so after the store, look at the ring again, and take the role back if it holds work.
+    /// Returns true when the caller holds the role again.
+    @inline(__always)
+    private func releaseRoleAndRecheck() -> Bool {
+        executorActive.store(false, ordering: .sequentiallyConsistent)
+        return ring.hasMessage && tryAcquireRole()
     }
 
     /// Runs queued requests as the executor (the caller holds the role), at most `batchesMax` batches, then gives
@@ -240,99 +241,79 @@ public final class Director: @unchecked Sendable {
     private func drain(batchesMax: Int) {
         var batches = 0
         while true {
-            queueCondition.lock()
-            if queueCount == 0 || batches == batchesMax {
-                executorActive = false
-                // Wake the director thread (leftover requests, blocked producers, a pending stop) or a failover
-                // waiting for the role; nobody else, a wake-up per request costs more than the request.
-                if queueCount > 0 || state != .online || roleWaiters > 0 { queueCondition.broadcast() }
-                queueCondition.unlock()
-                return
-            }
             var taken = 0
-            while queueCount > 0 && taken < batch.count {
-                batch[taken] = queue[queueHead]
-                queue[queueHead] = nil
-                queueHead = (queueHead + 1) % queue.count
-                queueCount -= 1
+            while taken < batch.count, let request = ring.receive() {
+                batch[taken] = request
                 taken += 1
             }
-            channel.queueDepth.store(queueCount, ordering: .relaxed)
-            // Wake only when someone waits for room: a wake-up per request costs more than the request.
-            if producersWaiting > 0 { queueCondition.broadcast() }
-            queueCondition.unlock()
+            if taken == 0 {
+                if releaseRoleAndRecheck() { continue }
+                return
+            }
+            let fenced = state == .failed
             for i in 0..<taken {
                 let request = batch[i]!
                 batch[i] = nil
-                execute(request)
+                if fenced { bounce(request, roleHeld: true) } else { execute(request) }
             }
             // A few stripes a pass (one journal batch), so host requests wait little behind destage.
-            if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
+            if !fenced && cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
             batches += 1
+            if batches == batchesMax {
+                let more = ring.hasMessage
+                executorActive.store(false, ordering: .sequentiallyConsistent)
+                // Work left: the director's thread takes it (the front-end thread has its own request to wait for).
+                if more || ring.hasMessage { wake.signal() }
+                return
+            }
         }
     }
 
-    /// The director's thread body: runs what front-end executors left, and destages when the director is idle.
-    /// While the director is failed the thread is parked.
+    /// The director's thread body: runs what front-end executors left, destages when the director is idle, and
+    /// bounces what reaches it while it is failed.
     public func run() {
-        queueCondition.lock()
+        var idleSince = ring.sent
         while true {
-            let current = state
-            if current == .failed {
-                queueCondition.wait(until: Date(timeIntervalSinceNow: 0.1))
-                continue
-            }
-            if queueCount > 0 && !executorActive {
-                executorActive = true
-                queueCondition.unlock()
+            if ring.hasMessage && tryAcquireRole() {
                 drain(batchesMax: Int.max)
-                queueCondition.lock()
                 continue
             }
-            if queueCount == 0 && !executorActive && current != .online {
-                transition(to: .stopped)
-                queueCondition.unlock()
-                return
+            let current = state
+            if current == .stopping {
+                if !ring.hasMessage && tryAcquireRole() {
+                    transition(to: .stopped)
+                    executorActive.store(false, ordering: .sequentiallyConsistent)
+                    return
+                }
+                _ = wake.wait(timeout: .now() + .milliseconds(1))
+                continue
             }
-            if queueCount == 0 && !executorActive && cache.writePendingSlots > 0 {
-                // Idle with write-pending data: give new requests 20 ms to arrive, then destage a little.
-                if !queueCondition.wait(until: Date(timeIntervalSinceNow: idleDestageDelay)) && queueCount == 0 && !executorActive && state == .online {
-                    executorActive = true
-                    queueCondition.unlock()
+            if current == .online && counters.dirtySlots.load(ordering: .relaxed) > 0 {
+                // Idle with write-pending data: when no request arrived for a while, destage a little.
+                if wake.wait(timeout: .now() + idleDestageDelay) == .timedOut && ring.sent == idleSince && state == .online && tryAcquireRole() {
                     cache.destage(stripeBudget: 16)
                     drain(batchesMax: Int.max)
-                    queueCondition.lock()
                 }
+                idleSince = ring.sent
                 continue
             }
-            queueCondition.wait(until: Date(timeIntervalSinceNow: 0.1))
+            _ = wake.wait(timeout: .now() + .milliseconds(100))
+            idleSince = ring.sent
         }
     }
 
     /// Asks the thread to finish: it drains its queue, then returns from `run()`.
     public func stop() {
-        queueCondition.lock()
         if state == .online || state == .failed { transition(to: .stopping) }
-        queueCondition.broadcast()
-        queueCondition.unlock()
+        wake.signal()
     }
 
     /// VSA_DIRECT_ROUTING: runs `request` on the calling thread, holding the executor role meanwhile (no queue).
     func runInline(_ request: SubRequest) {
-        queueCondition.lock()
-        while executorActive {
-            roleWaiters += 1
-            queueCondition.wait()
-            roleWaiters -= 1
-        }
-        executorActive = true
-        queueCondition.unlock()
+        acquireRole()
         execute(request)
         if cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
-        queueCondition.lock()
-        executorActive = false
-        if queueCount > 0 || roleWaiters > 0 || state != .online { queueCondition.broadcast() }
-        queueCondition.unlock()
+        releaseRole()
     }
 
     // MARK: Failover (Engines.reconfigure)
@@ -341,57 +322,32 @@ public final class Director: @unchecked Sendable {
     /// other thread from doing so until `releaseRole`. Requests queue up meanwhile. An executor never waits for
     /// another director, so taking several roles one after another cannot deadlock.
     func acquireRole() {
-        queueCondition.lock()
-        roleWaiters += 1
-        while executorActive { queueCondition.wait() }
-        roleWaiters -= 1
-        executorActive = true
-        queueCondition.unlock()
+        var spins = 0
+        while !tryAcquireRole() {
+            spins += 1
+            if spins < 64 { sched_yield() } else { usleep(20) }
+        }
     }
 
     /// Gives the role back; the director's thread runs what queued up meanwhile.
     func releaseRole() {
-        queueCondition.lock()
-        executorActive = false
-        queueCondition.broadcast()
-        queueCondition.unlock()
+        executorActive.store(false, ordering: .sequentiallyConsistent)
+        if ring.hasMessage { wake.signal() }
     }
 
     /// Fences this director (the caller holds its role): it takes no more work, and what waits in its queue goes
     /// back to the front end, which sends it to the director now acting (the routing table was changed first).
+    /// What a sender puts in the ring later is bounced by whoever drains it next.
     func fence() {
-        queueCondition.lock()
         transition(to: .failed)
-        var waiting: [SubRequest] = []
-        while queueCount > 0 {
-            waiting.append(queue[queueHead]!)
-            queue[queueHead] = nil
-            queueHead = (queueHead + 1) % queue.count
-            queueCount -= 1
-        }
-        channel.queueDepth.store(0, ordering: .relaxed)
-        queueCondition.broadcast()
-        queueCondition.unlock()
-        for request in waiting { bounce(request) }
+        while let request = ring.receive() { bounce(request, roleHeld: true) }
     }
 
     /// Brings a failed director back (the caller holds its role; its cache portion is empty).
-    func revive() {
-        queueCondition.lock()
-        transition(to: .online)
-        queueCondition.unlock()
-    }
-
-    /// Runs `body` on the back end of a failed director (no executor runs for it), under its queue lock so a drive
-    /// attached meanwhile does not interleave.
-    func withFencedBackEnd<T>(_ body: (RAIDBackEnd) -> T) -> T {
-        queueCondition.lock()
-        defer { queueCondition.unlock() }
-        return body(backEnd)
-    }
+    func revive() { transition(to: .online) }
 
     /// A request this director will not run: it failed, or failover moved the request's stripes elsewhere.
-    private func bounce(_ request: SubRequest) {
+    private func bounce(_ request: SubRequest, roleHeld: Bool) {
         channel.bounced.add(1, ordering: .relaxed)
         switch request.kind {
         case .endEpoch:
@@ -399,7 +355,9 @@ public final class Director: @unchecked Sendable {
             request.group.complete(error: 0)
         case .attachMember where state == .failed:
             // The drive must be in this back end when the director comes back.
-            withFencedBackEnd { $0.attach(member: request.count, drive: request.drive!) }
+            if !roleHeld { acquireRole() }
+            backEnd.attach(member: request.count, drive: request.drive!)
+            if !roleHeld { releaseRole() }
             request.group.complete(error: 0)
         default:
             request.bounced = true
@@ -409,7 +367,7 @@ public final class Director: @unchecked Sendable {
 
     private func execute(_ request: SubRequest) {
         if request.kind.isStripeWork && routing.acting(request.home) !== self {
-            bounce(request)
+            bounce(request, roleHeld: true)
             return
         }
         var error: Int32 = 0

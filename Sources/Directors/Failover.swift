@@ -118,7 +118,7 @@ extension Engines {
         if let failing {
             failing.fence()
             // Its journal slice: end the epoch so no record of it is replayed over what the new owners write.
-            if !failing.withFencedBackEnd({ $0.advanceEpoch() }) {
+            if !failing.backEnd.advanceEpoch() {
                 notes.append("director \(failing.id): its journal epoch could not be ended (drives failing)")
             }
             // Its write-pending data: the copy in its own portion is gone (fenced); the partner's mirror holds it.
