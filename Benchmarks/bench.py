@@ -21,6 +21,7 @@ Usage, as root (loop devices; FUSE mounts of the peers):
   Benchmarks/run --quick                   1 round of 2 s, short verify, no scale: a check of a change
   TARGETS=raw,qsd,vsa-r5 ROUNDS=5 RUNTIME=20 Benchmarks/run --no-scale
   Benchmarks/run --scale                   only the scale section; the rest of BENCHMARKS.md is kept
+  Benchmarks/run --directors               only the director-cost section (issue 6); the rest is kept
 Standard library only, plus matplotlib (Agg) for the chart. All options and variables: Benchmarks/run --help.
 """
 
@@ -50,6 +51,9 @@ MD_PATH = os.path.join(REPO, "BENCHMARKS.md")
 PNG_PATH = os.path.join(BENCH_DIR, "ratios.png")
 SCALE_BEGIN = "<!-- BEGIN scale (bench.py --scale rewrites this section) -->"
 SCALE_END = "<!-- END scale -->"
+DIRECTORS_BEGIN = "<!-- BEGIN directors (bench.py --directors rewrites this section) -->"
+DIRECTORS_END = "<!-- END directors -->"
+DIRECTOR_WORKLOAD_KEYS = ["4k-randread-qd16", "4k-randwrite-qd16", "1m-read-qd4", "1m-write-qd4"]
 PASSTHROUGH_SOURCES = [
     "/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c",
     "/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c.gz",
@@ -598,7 +602,7 @@ def detach_loop(device):
 # vsa arrays (shared by the vsa targets and --scale)
 
 
-def vsa_array_up(scope, vsa, array_dir, mountpoint, create_options, luns, record, logdir, label):
+def vsa_array_up(scope, vsa, array_dir, mountpoint, create_options, luns, record, logdir, label, env=None):
     """Creates, mounts and fills nothing: an array with `luns` [(name, size)], mounted at mountpoint. The unmount is
     registered in `scope` before mounting, so an interrupted mount is cleaned up too."""
     run([vsa, "create", array_dir] + create_options, record=record)
@@ -606,7 +610,8 @@ def vsa_array_up(scope, vsa, array_dir, mountpoint, create_options, luns, record
         run([vsa, "lun", "create", array_dir, name, "--size", size], record=record)
     scope.push(f"unmount {label}", lambda: vsa_array_down(vsa, array_dir, mountpoint, logdir, label))
     started = time.monotonic()
-    run([vsa, "mount", array_dir, mountpoint], record=record, timeout=120)
+    run([vsa, "mount", array_dir, mountpoint], record=record, timeout=120,
+        env=None if env is None else dict(os.environ, **env))
     return time.monotonic() - started
 
 
@@ -1417,6 +1422,119 @@ def render_scale(scale):
     return "\n".join(lines)
 
 
+# --directors: what the director architecture costs (issue 6)
+
+DIRECTOR_MODES = [("engines-1", "--engines 1: front-end queues, virtual switch, mirrored write-pending", {}),
+                  ("direct", "VSA_DIRECT_ROUTING=1: each piece runs on the FUSE thread, straight into its home "
+                             "portion and back end (no queue, no switch, no mirror)", {"VSA_DIRECT_ROUTING": "1"})]
+
+
+def run_directors(options, outdir, vsa_source):
+    """The same build, RAID-5 of 4 tmpfs drives, one 1 GiB LUN: --engines 1 against direct routing, rounds rotated."""
+    results = {"runtime": options.runtime, "rounds": options.rounds, "samples": {}}
+    started = time.monotonic()
+    with Scope("directors") as scope:
+        shm_dir = tempfile.mkdtemp(prefix="vsa-bench-directors.", dir="/dev/shm")
+        scope.push(f"remove {shm_dir}", lambda: remove_tree(shm_dir))
+        vsa = os.path.join(shm_dir, "vsa")
+        shutil.copy2(vsa_source, vsa)
+        random_path = os.path.join(shm_dir, "random.bin")
+        make_random_file(random_path, LUN_BYTES)
+        logdir = os.path.join(outdir, "logs")
+        os.makedirs(logdir, exist_ok=True)
+        for round_index in range(options.rounds):
+            modes = DIRECTOR_MODES[round_index % 2:] + DIRECTOR_MODES[:round_index % 2]
+            for key, _, env in modes:
+                label = f"directors-{key}-r{round_index + 1}"
+                log(f"directors: round {round_index + 1}, {key}")
+                with Scope(label) as array_scope:
+                    folder = os.path.join(shm_dir, label)
+                    array_dir, mountpoint = os.path.join(folder, "array"), os.path.join(folder, "mnt")
+                    os.makedirs(mountpoint)
+                    array_scope.push(f"remove {folder}", lambda f=folder: remove_tree(f))
+                    try:
+                        vsa_array_up(array_scope, vsa, array_dir, mountpoint,
+                                     ["--drives", "4", "--drive-size", "400M", "--raid", "5", "--engines", "1"],
+                                     [("lun0", "1G")], [], logdir, label, env=env)
+                        lun = os.path.join(mountpoint, "lun0")
+                        run(["dd", f"if={random_path}", f"of={lun}", "bs=1M", "count=1024", "oflag=direct",
+                             "conv=notrunc", "status=none"], timeout=1800)
+                        vsa_control(array_dir, "flush")
+                        pid = vsa_daemon_pid(array_dir)
+                        for workload_key in DIRECTOR_WORKLOAD_KEYS:
+                            workload = WORKLOAD_BY_KEY[workload_key]
+                            record = run_fio(workload.fio_args(lun, options.runtime),
+                                             os.path.join(outdir, f"{label}-{workload_key}.json"), [pid],
+                                             options.runtime + 120)
+                            summary = summarize(record, workload)
+                            results["samples"].setdefault(f"{key}/{workload_key}", []).append(summary)
+                            log(f"  {workload.title}: {summary.get('value', 0):.0f} {workload.unit}"
+                                if "value" in summary else f"  {workload.title}: {summary.get('error')}")
+                    except SetupError as error:
+                        results.setdefault("errors", []).append(f"{label}: {error}")
+                        log(f"  failed: {error}")
+    results["seconds"] = time.monotonic() - started
+    return results
+
+
+def render_directors(results):
+    lines = []
+    add = lines.append
+    add(DIRECTORS_BEGIN)
+    add("## What the director architecture costs")
+    add("")
+    add(f"Generated by `Benchmarks/run --directors` on "
+        f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} ({results['rounds']} round(s) of "
+        f"{results['runtime']} s per fio run, the two modes alternating first; median over rounds; took "
+        f"{results['seconds'] / 60:.1f} min). The same release build, RAID-5 of 4 drives of 400 MiB on tmpfs, one "
+        f"1 GiB LUN filled with random data through the LUN file, fio `--direct=1`:")
+    add("")
+    for key, description, _ in DIRECTOR_MODES:
+        add(f"- **{key}**: {description}")
+    add("")
+    add("Target (issue 6): the directors cost under 10% of throughput.")
+    add("")
+    add("| workload | engines-1 | direct | engines-1 ÷ direct | spread (engines-1 / direct) | CPU/IO (engines-1 / direct) |")
+    add("|---|---:|---:|---:|---:|---:|")
+    for workload_key in DIRECTOR_WORKLOAD_KEYS:
+        workload = WORKLOAD_BY_KEY[workload_key]
+        cells = {}
+        for key, _, _ in DIRECTOR_MODES:
+            samples = [s for s in results["samples"].get(f"{key}/{workload_key}", []) if "value" in s]
+            values = [s["value"] for s in samples]
+            median = statistics.median(values) if values else None
+            spread = (max(values) - min(values)) / median if values and median else None
+            cpu = median_of(samples, "cpu_us_per_io")
+            cells[key] = (median, spread, cpu)
+        a, b = cells["engines-1"], cells["direct"]
+        ratio = f"{a[0] / b[0]:.2f}×" if a[0] and b[0] else "—"
+        def fmt(v, unit):
+            return "—" if v is None else (f"{v / 1000:.1f}k IOPS" if unit == "IOPS" else f"{v:.0f} MiB/s")
+        def pct(v):
+            return "—" if v is None else f"{v * 100:.0f}%"
+        def cpu(v):
+            return "—" if v is None else f"{v:.1f} µs"
+        add(f"| {workload.title} | {fmt(a[0], workload.unit)} | {fmt(b[0], workload.unit)} | {ratio} | "
+            f"{pct(a[1])} / {pct(b[1])} | {cpu(a[2])} / {cpu(b[2])} |")
+    add("")
+    for error in results.get("errors", []):
+        add(f"**Failed**: {one_line(error)}")
+    add(DIRECTORS_END)
+    return "\n".join(lines)
+
+
+def existing_section(begin_marker, end_marker):
+    try:
+        with open(MD_PATH) as f:
+            text = f.read()
+    except OSError:
+        return None
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    if begin < 0 or end < 0:
+        return None
+    return text[begin:end + len(end_marker)]
+
+
 def existing_scale_section():
     try:
         with open(MD_PATH) as f:
@@ -1435,15 +1553,17 @@ def existing_main_section():
             text = f.read()
     except OSError:
         return None
-    begin = text.find(SCALE_BEGIN)
-    if begin >= 0:
-        end = text.find(SCALE_END)
-        text = text[:begin] + (text[end + len(SCALE_END):] if end >= 0 else "")
+    for begin_marker, end_marker in ((SCALE_BEGIN, SCALE_END), (DIRECTORS_BEGIN, DIRECTORS_END)):
+        begin = text.find(begin_marker)
+        if begin >= 0:
+            end = text.find(end_marker)
+            text = text[:begin] + (text[end + len(end_marker):] if end >= 0 else "")
     return text.strip() or None
 
 
-def write_markdown(main_text, scale_text):
-    parts = [p.strip() for p in (main_text, scale_text) if p]
+def write_markdown(main_text, scale_text, directors_text=None):
+    directors_text = directors_text or existing_section(DIRECTORS_BEGIN, DIRECTORS_END)
+    parts = [p.strip() for p in (main_text, scale_text, directors_text) if p]
     if not parts:
         return
     with open(MD_PATH, "w") as f:
@@ -1474,6 +1594,10 @@ def parse_options(argv):
     parser.add_argument("--scale", action="store_true",
                         help="run only the scale benchmarks; the other sections of BENCHMARKS.md are kept")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale benchmarks")
+    parser.add_argument("--directors", action="store_true",
+                        help="run only the director-cost benchmark (--engines 1 against VSA_DIRECT_ROUTING=1); "
+                             "the other sections of BENCHMARKS.md are kept")
+    parser.add_argument("--no-directors", action="store_true", help="skip the director-cost benchmark")
     parser.add_argument("--no-verify", action="store_true", help="skip the verify-under-load runs")
     options = parser.parse_args(argv)
 
@@ -1527,13 +1651,20 @@ def main(argv):
         raise SystemExit("bench: another bench run is going on (it holds a lock on Benchmarks/bench.py)")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    outdir = os.path.join(OUT_ROOT, stamp + ("-scale" if options.scale else ""))
+    outdir = os.path.join(OUT_ROOT, stamp + ("-scale" if options.scale else "-directors" if options.directors else ""))
     os.makedirs(outdir, exist_ok=True)
     log(f"vsa binary {vsa_source}; raw output in {os.path.relpath(outdir, REPO)}")
     if "/debug/" in vsa_source:
         log("warning: this is a debug build; numbers will not be representative (make release)")
 
     main_text = scale_text = None
+    if options.directors:
+        directors = run_directors(options, outdir, vsa_source)
+        with open(os.path.join(outdir, "directors.json"), "w") as f:
+            json.dump(directors, f, indent=1, default=str)
+        write_markdown(existing_main_section(), existing_scale_section(), render_directors(directors))
+        log(f"wrote the directors section of {os.path.relpath(MD_PATH, REPO)} (took {directors['seconds'] / 60:.1f} min)")
+        return 0
     if not options.scale:
         info = machine_info(vsa_source)
         results = run_main(options, outdir, vsa_source, info)
@@ -1550,6 +1681,13 @@ def main(argv):
         scale_text = render_scale(scale)
         write_markdown(main_text or existing_main_section(), scale_text)
         log(f"wrote the scale section of {os.path.relpath(MD_PATH, REPO)} (took {scale['seconds'] / 60:.1f} min)")
+    if not (options.scale or options.quick or options.no_directors):
+        directors = run_directors(options, outdir, vsa_source)
+        with open(os.path.join(outdir, "directors.json"), "w") as f:
+            json.dump(directors, f, indent=1, default=str)
+        write_markdown(main_text or existing_main_section(), scale_text or existing_scale_section(),
+                       render_directors(directors))
+        log(f"wrote the directors section of {os.path.relpath(MD_PATH, REPO)} (took {directors['seconds'] / 60:.1f} min)")
     return 0
 
 

@@ -94,6 +94,14 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations { blackHole(bed.engines.read(lun: bed.lun, offsetBytes: 0, count: 4096, into: bed.buffer.base)) }
     }
 
+    // A 4 KiB host write that stays write-pending: copied into the owner's slot and mirrored into the partner's
+    // memory portion before it is acknowledged.
+    Benchmark("host-write-4KiB-mirrored") { benchmark in
+        _ = bed.engines.write(lun: bed.lun, offsetBytes: 4096, count: 4096, from: bed.buffer.base)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations { blackHole(bed.engines.write(lun: bed.lun, offsetBytes: 4096, count: 4096, from: bed.buffer.base)) }
+    }
+
     Benchmark("raid5-full-stripe-write-3x64KiB") { benchmark in
         for i in benchmark.scaledIterations {
             let ok = bed.backEnd.writeStripe(stripe: UInt64(i % 256), strips: bed.table, dirtyMask: 0b111, offsetBytes: 0, count: 65536, allNew: true)

@@ -440,9 +440,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 messagesSent: d.channel.messagesSent.load(ordering: .relaxed), messagesReceived: d.channel.messagesReceived.load(ordering: .relaxed),
                 bounced: d.channel.bounced.load(ordering: .relaxed), unmirroredWrites: d.channel.unmirroredWrites.load(ordering: .relaxed),
                 takeovers: d.channel.takeovers.load(ordering: .relaxed), replayedBytes: d.channel.replayedBytes.load(ordering: .relaxed),
-                services: .init(
-                    copies: services.copyCount, copyBytes: services.copyBytes, xorOps: services.xorCount, pqOps: services.pqCount,
-                    parityBytes: services.parityBytes, crcOps: services.crcCount))
+                services: .init(services))
         }
         let lookups = hits + misses + whits + wmisses
         report.cache.slotCount = engines.directors.reduce(0) { $0 + $1.cache.slotCount }
@@ -457,9 +455,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.cache.destagedStripes = destaged
         report.cache.readAheadTracks = readAhead
         report.cache.writeThroughStripes = writeThrough
-        report.memoryServices = .init(
-            copies: memory.copyCount, copyBytes: memory.copyBytes, xorOps: memory.xorCount, pqOps: memory.pqCount,
-            parityBytes: memory.parityBytes, crcOps: memory.crcCount)
+        report.memoryServices = .init(memory)
         report.backEnd = backEnd
         report.messages = notes
         report.scrub = scrubInfo()

@@ -2,6 +2,7 @@
 // when the array is not mounted and from the live daemon when it is. docs/CLI.md documents the JSON.
 import ArrayModel
 import Drives
+import MemoryServices
 import Metadata
 
 public struct StatusReport: Codable, Sendable {
@@ -86,6 +87,21 @@ public struct StatusReport: Codable, Sendable {
         public var pqOps: UInt64
         public var parityBytes: UInt64
         public var crcOps: UInt64 = 0
+        public var crcBytes: UInt64 = 0
+        public var zeroOps: UInt64 = 0
+        public var zeroBytes: UInt64 = 0
+
+        public init(_ c: MemoryServices.Counters) {
+            copies = c.copyCount
+            copyBytes = c.copyBytes
+            xorOps = c.xorCount
+            pqOps = c.pqCount
+            parityBytes = c.parityBytes
+            crcOps = c.crcCount
+            crcBytes = c[.crc].bytes
+            zeroOps = c[.zero].requests
+            zeroBytes = c[.zero].bytes
+        }
     }
     public struct BackEndInfo: Codable, Sendable {
         public var fullStripeWrites: UInt64
@@ -253,7 +269,9 @@ public struct StatusReport: Codable, Sendable {
             )
         }
         if let m = memoryServices {
-            lines.append("memory services: copies \(m.copies) (\(formatSize(m.copyBytes))), xor \(m.xorOps), p+q \(m.pqOps), crc \(m.crcOps)")
+            lines.append(
+                "memory services: copy \(m.copies) (\(formatSize(m.copyBytes))), zero \(m.zeroOps) (\(formatSize(m.zeroBytes))), xor+p+q \(m.xorOps + m.pqOps) (\(formatSize(m.parityBytes))), crc \(m.crcOps) (\(formatSize(m.crcBytes)))"
+            )
         }
         if let r = rebuild {
             let tenths = Int((r.percent * 10).rounded(.down))

@@ -173,10 +173,10 @@ public final class Engines: HostIOPort, @unchecked Sendable {
             return
         }
         if let frontEnd, frontEnd !== target {
-            frontEnd.channel.messagesSent.add(1, ordering: .relaxed)
-            target.channel.messagesReceived.add(1, ordering: .relaxed)
+            frontEnd.channel.send(piece, to: target)
+        } else {
+            target.submit(piece)
         }
-        target.submit(piece)
     }
 
     /// VSA_DIRECT_ROUTING: pieces 0..<n run here, one after another, each on its home director's portion (holding

@@ -488,13 +488,16 @@ public final class TrackCache {
             let tailPartial = (inTrack + length) % sectorBytes != 0 && !testBit(validBits, slot, last)
             if headPartial { guard fill(slot, first, first) else { return false } }
             if tailPartial && !testBit(validBits, slot, last) { guard fill(slot, last, last) else { return false } }
+            // The host data into the slot and, when mirrored, the slot's sectors into the partner's memory: two
+            // service requests queued in order and run together before the write is acknowledged.
             if let source {
-                memory.copy(from: source + done, to: slotData(slot) + inTrack, byteCount: length)
+                memory.submit(.copy(from: source + done, to: slotData(slot) + inTrack, byteCount: length))
             } else {
-                memory.zero(slotData(slot) + inTrack, byteCount: length)
+                memory.submit(.zero(slotData(slot) + inTrack, byteCount: length))
             }
             setBits(&validBits, slot, first, last)
             markDirty(slot, first, last)
+            memory.execute()
             done += length
         }
         return true

@@ -60,7 +60,8 @@ public final class WritePendingMirror: @unchecked Sendable {
         }
         let offset = first * sectorBytes
         let count = (last - first + 1) * sectorBytes
-        memory.copy(from: slotData + offset, to: arena.slice(slot) + offset, byteCount: count)
+        // Queued behind the copy into the slot (the caller runs the queue): the sectors leave the slot once filled.
+        memory.submit(.copy(from: slotData + offset, to: arena.slice(slot) + offset, byteCount: count))
         mirroredBytes.add(UInt64(count), ordering: .relaxed)
         var s = first
         while s <= last {
