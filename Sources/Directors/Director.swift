@@ -1,15 +1,16 @@
 // Directors: an engine is a pair of directors (1a, 1b) in a failover relationship; an array has one or more engines.
 // Each director owns a portion of global memory (its TrackCache), a back-end adapter (its RAIDBackEnd with its own
-// io_uring), and a front-end queue. Every (LUN, stripe) has one owning director, and a director's work runs on one
-// executor at a time: the front-end thread that finds the director idle runs the queue itself (no hand-off), else the
+// io_uring), a front-end queue (a lock-free ring on the virtual switch) and a channel adapter. Every (LUN, stripe) has
+// one acting director at a time (Failover.swift), and a director's work runs on one executor at a time, the holder of
+// its executor role: the front-end thread that finds the director idle runs the queue itself (no hand-off), else the
 // running executor or the director's own thread does. So a director's cache portion and its stripes' parity need no
-// lock beyond the queue's.
+// lock at all.
 //
 // Director states (transition(to:) asserts the edge):
 //   online -> stopping -> stopped      (unmount)
 //   online -> failed -> online         (`vsa director fail` / `restore`: Engines.reconfigure, see Failover.swift)
 //   failed -> stopping -> stopped      (unmount with a director failed)
-// A failed director is fenced: its thread is parked, its cache portion was dropped, and a request that still reaches
+// A failed director is fenced: its thread does no work for it, its cache portion was dropped, and a request that still reaches
 // it is bounced back to the front end, which sends it to the director now acting for its stripes.
 import ArrayModel
 import BackEnd

@@ -6,7 +6,7 @@
 //
 // Writers: only the owner's executor (through its TrackCache: `record` when sectors go write-pending, `drop` when
 // they are destaged or discarded), so no lock. Readers: the partner, only after the owner was fenced (its executor
-// is stopped and its queue lock taken, which orders every earlier write before the replay).
+// is stopped and its executor role taken, which orders every earlier write before the replay).
 import ArrayModel
 import Buffers
 import MemoryServices

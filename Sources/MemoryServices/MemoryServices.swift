@@ -21,7 +21,7 @@ public enum ServiceKind: Int, Sendable, CaseIterable, CustomStringConvertible {
     case pq
     /// GF(2^8) multiply by a constant (RAID-6 recovery through Q).
     case gfMultiply
-    /// CRC32C of a buffer (block checksums, journal records).
+    /// CRC32C of a buffer (block checksums; journal and metadata records use the uncounted `crc32c` function).
     case crc
     public var description: String {
         switch self {

@@ -139,4 +139,32 @@ final class DirectorTests: FixtureTestCase {
         XCTAssertEqual(Harness.sh("cmp <(dd if=\(fixture.mnt)/l bs=1M skip=8 count=8 iflag=direct status=none) \(r)/data").status, 0)
         XCTAssertEqual(same("l", "data", megabytes: 8).status, 0)
     }
+
+    /// What an fsync acknowledged while a director was out survives the daemon's SIGKILL: the next mount recovers
+    /// both directors' journal slices.
+    func testFsyncedWritesWithADirectorOutSurviveAKilledDaemon() throws {
+        try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 32M").status, 0)
+        try fixture.mount()
+        let r = fixture.root
+        let m = fixture.mnt
+        XCTAssertEqual(Harness.sh("head -c 16M /dev/urandom > \(r)/data").status, 0)
+        XCTAssertEqual(fixture.vsa("director fail '\(m)' 1b").status, 0)
+        XCTAssertEqual(Harness.sh("dd if=\(r)/data of=\(m)/l bs=12k count=682 oflag=direct conv=notrunc,fsync status=none").status, 0)
+        XCTAssertEqual(fixture.vsa("director restore '\(m)' 1b").status, 0)
+        XCTAssertEqual(fixture.vsa("director fail '\(m)' 1a").status, 0)
+        XCTAssertEqual(
+            Harness.sh("dd if=\(r)/data of=\(m)/l bs=12k skip=682 seek=682 oflag=direct conv=notrunc,fsync status=none").status, 0)
+        guard let pid = fixture.daemonPID else { return XCTFail("no daemon pid") }
+        kill(pid, SIGKILL)
+        var waited = 0
+        while kill(pid, 0) == 0 && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        Harness.sh("umount -l '\(m)' 2>/dev/null || fusermount3 -uz '\(m)'")
+        try fixture.mount()
+        XCTAssertEqual(same("l", "data", megabytes: 16).status, 0, "fsynced data lost after the kill")
+        XCTAssertEqual(try directors().map { $0["state"] as? String }, ["online", "online"], "a mount starts every director")
+    }
 }
