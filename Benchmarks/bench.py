@@ -1523,6 +1523,15 @@ def render_directors(results):
     return "\n".join(lines)
 
 
+def directors_section(options, outdir, vsa_source, main_text, scale_text):
+    """Runs the director-cost benchmark and writes its section beside the given main and scale sections."""
+    directors = run_directors(options, outdir, vsa_source)
+    with open(os.path.join(outdir, "directors.json"), "w") as f:
+        json.dump(directors, f, indent=1, default=str)
+    write_markdown(main_text, scale_text, render_directors(directors))
+    log(f"wrote the directors section of {os.path.relpath(MD_PATH, REPO)} (took {directors['seconds'] / 60:.1f} min)")
+
+
 def existing_section(begin_marker, end_marker):
     try:
         with open(MD_PATH) as f:
@@ -1536,15 +1545,7 @@ def existing_section(begin_marker, end_marker):
 
 
 def existing_scale_section():
-    try:
-        with open(MD_PATH) as f:
-            text = f.read()
-    except OSError:
-        return None
-    begin, end = text.find(SCALE_BEGIN), text.find(SCALE_END)
-    if begin < 0 or end < 0:
-        return None
-    return text[begin:end + len(SCALE_END)]
+    return existing_section(SCALE_BEGIN, SCALE_END)
 
 
 def existing_main_section():
@@ -1659,11 +1660,7 @@ def main(argv):
 
     main_text = scale_text = None
     if options.directors:
-        directors = run_directors(options, outdir, vsa_source)
-        with open(os.path.join(outdir, "directors.json"), "w") as f:
-            json.dump(directors, f, indent=1, default=str)
-        write_markdown(existing_main_section(), existing_scale_section(), render_directors(directors))
-        log(f"wrote the directors section of {os.path.relpath(MD_PATH, REPO)} (took {directors['seconds'] / 60:.1f} min)")
+        directors_section(options, outdir, vsa_source, existing_main_section(), existing_scale_section())
         return 0
     if not options.scale:
         info = machine_info(vsa_source)
@@ -1682,12 +1679,8 @@ def main(argv):
         write_markdown(main_text or existing_main_section(), scale_text)
         log(f"wrote the scale section of {os.path.relpath(MD_PATH, REPO)} (took {scale['seconds'] / 60:.1f} min)")
     if not (options.scale or options.quick or options.no_directors):
-        directors = run_directors(options, outdir, vsa_source)
-        with open(os.path.join(outdir, "directors.json"), "w") as f:
-            json.dump(directors, f, indent=1, default=str)
-        write_markdown(main_text or existing_main_section(), scale_text or existing_scale_section(),
-                       render_directors(directors))
-        log(f"wrote the directors section of {os.path.relpath(MD_PATH, REPO)} (took {directors['seconds'] / 60:.1f} min)")
+        directors_section(options, outdir, vsa_source, main_text or existing_main_section(),
+                          scale_text or existing_scale_section())
     return 0
 
 

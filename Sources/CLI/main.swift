@@ -492,12 +492,7 @@ struct DirectorFail: VSACommand {
     @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
     @Argument(help: "The director: 1a, 1b, 2a, ...") var director: String
 
-    func execute() throws(VSAError) {
-        let dir = try mountedArray(target, "fail a director")
-        let reply = try control(dir, ["director-fail", director])
-        print("director \(director) failed")
-        for line in reply.split(separator: "\n") where !line.isEmpty { print("  \(line)") }
-    }
+    func execute() throws(VSAError) { try changeDirector(target, director, request: "director-fail", verb: "fail", done: "failed") }
 }
 
 struct DirectorRestore: VSACommand {
@@ -505,12 +500,15 @@ struct DirectorRestore: VSACommand {
     @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
     @Argument(help: "The director: 1a, 1b, 2a, ...") var director: String
 
-    func execute() throws(VSAError) {
-        let dir = try mountedArray(target, "restore a director")
-        let reply = try control(dir, ["director-restore", director])
-        print("director \(director) restored")
-        for line in reply.split(separator: "\n") where !line.isEmpty { print("  \(line)") }
-    }
+    func execute() throws(VSAError) { try changeDirector(target, director, request: "director-restore", verb: "restore", done: "restored") }
+}
+
+/// Sends a director fail or restore to the daemon and prints what it did, a note a line.
+func changeDirector(_ target: String, _ director: String, request: String, verb: String, done: String) throws(VSAError) {
+    let dir = try mountedArray(target, "\(verb) a director")
+    let reply = try control(dir, [request, director])
+    print("director \(director) \(done)")
+    for line in reply.split(separator: "\n") where !line.isEmpty { print("  \(line)") }
 }
 
 struct Top: VSACommand {

@@ -20,6 +20,20 @@ import Buffers
 import MemoryServices
 import Synchronization
 
+/// Sets bits [first, last] of the per-sector bitmap that starts at word `base` of `bits` (one bit per sector).
+@inline(__always)
+func setSectorBits(_ bits: inout [UInt64], base: Int, _ first: Int, _ last: Int) {
+    var s = first
+    while s <= last {
+        let word = s >> 6
+        let lo = s & 63
+        let hi = min(63, last - (word << 6))
+        let mask: UInt64 = (hi == 63 ? ~0 : ((1 << UInt64(hi + 1)) - 1)) & ~((1 << UInt64(lo)) - 1)
+        bits[base + word] |= mask
+        s = (word + 1) << 6
+    }
+}
+
 /// Where a LUN sits: its table identity and its first stripe.
 public struct LUNRef: Sendable, Equatable {
     public let lunID: UInt32
@@ -208,15 +222,7 @@ public final class TrackCache {
     }
 
     private func setBits(_ bits: inout [UInt64], _ slot: Int, _ first: Int, _ last: Int) {
-        var s = first
-        while s <= last {
-            let word = s >> 6
-            let lo = s & 63
-            let hi = min(63, last - (word << 6))
-            let mask: UInt64 = (hi == 63 ? ~0 : ((1 << UInt64(hi + 1)) - 1)) & ~((1 << UInt64(lo)) - 1)
-            bits[slot * wordsPerSlot + word] |= mask
-            s = (word + 1) << 6
-        }
+        setSectorBits(&bits, base: slot * wordsPerSlot, first, last)
     }
 
     private func allValid(_ slot: Int, _ first: Int, _ last: Int) -> Bool {

@@ -63,15 +63,7 @@ public final class WritePendingMirror: @unchecked Sendable {
         // Queued behind the copy into the slot (the caller runs the queue): the sectors leave the slot once filled.
         memory.submit(.copy(from: slotData + offset, to: arena.slice(slot) + offset, byteCount: count))
         mirroredBytes.add(UInt64(count), ordering: .relaxed)
-        var s = first
-        while s <= last {
-            let word = s >> 6
-            let lo = s & 63
-            let hi = min(63, last - (word << 6))
-            let mask: UInt64 = (hi == 63 ? ~0 : ((1 << UInt64(hi + 1)) - 1)) & ~((1 << UInt64(lo)) - 1)
-            dirtyBits[slot * wordsPerSlot + word] |= mask
-            s = (word + 1) << 6
-        }
+        setSectorBits(&dirtyBits, base: slot * wordsPerSlot, first, last)
     }
 
     /// The owner's slot went clean (destaged) or was discarded: its mirror is no longer needed.
