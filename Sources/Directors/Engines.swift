@@ -64,6 +64,9 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     /// (no front-end queue hand-off, no switch, no mirror). Kept to measure what the director architecture costs.
     public let directRouting: Bool
     private let frontEndCursor = Atomic<Int>(0)
+    /// Called after each piece is sent (tests only: the simulation fails or restores a director there, in the middle
+    /// of a request). Set before any I/O; nil in the daemon.
+    public var afterEachPiece: (() -> Void)?
 
     public init(directors: [Director], geometry: ArrayGeometry, engineCount: Int, mirroring: Bool = true, directRouting: Bool = false) {
         precondition(directors.count == engineCount * 2, "an engine is two directors")
@@ -147,6 +150,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
             let piece = ctx.pieces[i]
             piece.bounced = false
             deliver(piece, to: piece.kind.isStripeWork ? routing.acting(piece.home) : directors[piece.home], from: frontEnd)
+            afterEachPiece?()
         }
         var error = ctx.group.wait()
         while error == 0 && ctx.group.bounced.load(ordering: .acquiring) > 0 {

@@ -61,6 +61,8 @@ struct Simulation {
     var lun: LUNRef
     /// Directors 1a and 1b (one engine); their threads are not running.
     var engines: Engines
+    /// Fails or restores a director between two pieces of a request, now and then.
+    var midRequest: MidRequestFailover
     let slotsPerDirector: Int
     /// A tiny checksum page cache (1 to 8 pages), so pages are evicted and read back all the time.
     var checksums: BlockChecksums
@@ -70,6 +72,9 @@ struct Simulation {
     var durable: [UInt8]
     var latest: [UInt8]
     var writtenSinceFlush: [Bool]
+    /// Sectors a failed write may or may not have changed (its pieces either ran or got EIO, the host cannot tell
+    /// which): the next read of them, or the next flush, takes what the array holds.
+    var unknown: [Bool]
     let io = alignedBuffer(bytes: 1 << 20)
     var rebuildingMember: Int? = nil
     var newDrives = 0
@@ -96,15 +101,18 @@ struct Simulation {
         let d = store.geometry.dataStripsPerStripe
         slotsPerDirector = 2 * d + 2 + Int(rng.next() % 24)
         engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slotsPerDirector, checksums: checksums, memory: memory)
+        midRequest = MidRequestFailover(seed: seed ^ 0xFA11)
         // The whole LUN is written once, so every block of its stripes has a checksum (a flip is then always seen).
         for i in 0..<lunSize { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
         guard engines.write(lun: lun, offsetBytes: 0, count: lunSize, from: io.base) == 0, engines.flush(lun: lun) == 0 else {
             throw VSAError("first write failed")
         }
+        midRequest.attach(to: engines)
         let written = io.base
         durable = (0..<(1 << 20)).map { written.load(fromByteOffset: $0, as: UInt8.self) }
         latest = durable
         writtenSinceFlush = [Bool](repeating: false, count: lunSize / 512)
+        unknown = writtenSinceFlush
     }
 
     func cleanUp() { try? FileManager.default.removeItem(atPath: directory) }
@@ -130,6 +138,10 @@ struct Simulation {
 
     var anyDirectorOnline: Bool { engines.directors.contains { $0.state == .online } }
 
+    /// Whether some piece of this step found no director online (both out, perhaps only for a moment): the step's
+    /// request may have failed with EIO, rightly.
+    var directorsWereOut: Bool { !anyDirectorOnline || midRequest.sawNoDirector }
+
     /// Where array stripes lie (for rebuild and scrub requests): the LUN's, else none.
     var placement: Engines.Placement {
         let lun = lun
@@ -147,6 +159,7 @@ struct Simulation {
         log.append("\(level) x\(store.memberCount), strip \(store.geometry.stripUnitBytes), \(slotsPerDirector) slots per director")
         for step in 0..<steps {
             if let problem = noticeIOErrors() { return "step \(step): \(problem)" }
+            midRequest.sawNoDirector = false
             let roll = rng.next() % 100
             let problem: String?
             switch roll {
@@ -164,6 +177,8 @@ struct Simulation {
             case 99: problem = armIOError()
             default: problem = readAllDegraded()
             }
+            log += midRequest.events
+            midRequest.events.removeAll()
             if let problem {
                 return "step \(step): \(problem)\n  " + log[0] + "\n  "
                     + log.suffix(ProcessInfo.processInfo.environment["VSA_SIM_LOG"].flatMap(Int.init) ?? 12).joined(separator: "\n  ")
@@ -183,13 +198,20 @@ struct Simulation {
             : engines.write(lun: lun, offsetBytes: UInt64(offset), count: count, from: io.base)
         guard rc == 0 else {
             // A failed write may have landed in part: those sectors are in flight (old or new after a crash).
-            for s in (offset / 512)...((offset + count - 1) / 512) { writtenSinceFlush[s] = true }
+            for s in (offset / 512)...((offset + count - 1) / 512) {
+                writtenSinceFlush[s] = true
+                unknown[s] = true
+            }
             // After a power cut the process runs on (a real one would be dead): reads see what never got written.
-            if !anyDirectorOnline { return nil }  // EIO is the answer with every director out
+            if directorsWereOut { return nil }  // EIO is the answer with every director out
             return membersOutTolerated && !injector.cut ? "write failed with the array within its tolerance" : nil
         }
         for i in 0..<count { latest[offset + i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
-        for s in (offset / 512)...((offset + count - 1) / 512) { writtenSinceFlush[s] = true }
+        for s in (offset / 512)...((offset + count - 1) / 512) {
+            writtenSinceFlush[s] = true
+            // A sector this write covered whole is known again.
+            if s * 512 >= offset && s * 512 + 512 <= offset + count { unknown[s] = false }
+        }
         return nil
     }
 
@@ -201,10 +223,40 @@ struct Simulation {
         log.append("read \(offset)+\(count)")
         let n = count
         guard engines.read(lun: lun, offsetBytes: UInt64(offset), count: n, into: io.base) == 0 else {
-            return anyDirectorOnline ? "read \(offset)+\(n) failed" : nil
+            return directorsWereOut ? nil : "read \(offset)+\(n) failed"
         }
         for i in 0..<n where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[offset + i] {
+            if unknown[(offset + i) / 512] { continue }
             return "read: byte \(offset + i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest written \(latest[offset + i])"
+        }
+        learnUnknown(offset: offset, count: n)
+        return nil
+    }
+
+    /// What the array returned for sectors of [offset, offset+count) (in `io`) that a failed write left unknown is
+    /// what they hold from now on.
+    mutating func learnUnknown(offset: Int, count: Int) {
+        for s in (offset / 512)...((offset + count - 1) / 512) where unknown[s] && s * 512 >= offset && s * 512 + 512 <= offset + count {
+            for i in (s * 512)..<(s * 512 + 512) { latest[i] = io.base.load(fromByteOffset: i - offset, as: UInt8.self) }
+            unknown[s] = false
+        }
+    }
+
+    /// Reads every unknown sector back (before a flush makes `latest` durable).
+    mutating func resolveUnknown() -> String? {
+        var s = 0
+        while s < unknown.count {
+            guard unknown[s] else {
+                s += 1
+                continue
+            }
+            var e = s
+            while e + 1 < unknown.count && unknown[e + 1] && (e + 1 - s) * 512 < (1 << 20) { e += 1 }
+            guard engines.read(lun: lun, offsetBytes: UInt64(s * 512), count: (e - s + 1) * 512, into: io.base) == 0 else {
+                return directorsWereOut ? nil : "reading back what a failed write left failed"
+            }
+            learnUnknown(offset: s * 512, count: (e - s + 1) * 512)
+            s = e + 1
         }
         return nil
     }
@@ -240,11 +292,13 @@ struct Simulation {
     mutating func flush() -> String? {
         log.append("flush")
         guard engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)) == 0 else {
-            return injector.cut || !anyDirectorOnline ? nil : "flush failed"
+            return injector.cut || directorsWereOut ? nil : "flush failed"
         }
         do { _ = try store.recordFailures() } catch { return "recording failures: \(error)" }
         // The power went off during it: the flush was never acknowledged.
         if injector.cut { return nil }
+        if let problem = resolveUnknown() { return problem }
+        if unknown.contains(true) { return nil }  // both directors out meanwhile: nothing is known to be durable
         durable = latest
         for i in writtenSinceFlush.indices { writtenSinceFlush[i] = false }
         return nil
@@ -275,6 +329,7 @@ struct Simulation {
                 guard engines.rebuild(member: member, stripes: next..<(next + 1), placement: placement) == 0 else {
                     // The new drive itself died: the rebuild stops (the daemon's would too), the member is failed.
                     if drive.state == .failed { return noticeIOErrors() }
+                    if directorsWereOut { return nil }  // both directors went out in the middle: EIO, resumed later
                     return "rebuild of stripe \(next) failed"
                 }
                 next += 1
@@ -290,7 +345,7 @@ struct Simulation {
                     log.append("rebuild of member \(member) complete")
                 } else if rng.next() % 2 == 0 {
                     guard engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)) == 0, engines.endEpochs() == 0 else {
-                        return "flush before the checkpoint failed"
+                        return directorsWereOut ? nil : "flush before the checkpoint failed"
                     }
                     try store.recordRebuildProgress(stripes: next)
                 }
@@ -404,7 +459,8 @@ struct Simulation {
         close(fd)
         var outcome = ScrubOutcome.consistent
         engines.scrub(stripes: stripe..<(stripe + 1), repair: true, placement: placement) { outcome = $1 }
-        guard outcome == .repaired || outcome == .repairedData else { return "scrub after a bit flip: \(outcome)" }
+        // (With both directors gone out during it, the scrub did not run: the read below still finds the damage.)
+        guard outcome == .repaired || outcome == .repairedData || directorsWereOut else { return "scrub after a bit flip: \(outcome)" }
         let cold = TrackCache(slotCount: slotsPerDirector, store: anyBackEnd, memory: memory, counters: CacheCounters())
         guard cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "read after the repair failed" }
         for i in 0..<lunSize where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[i] {
@@ -456,10 +512,14 @@ struct Simulation {
         for i in 0..<lunSize where !writtenSinceFlush[i / 512] && io.base.load(fromByteOffset: i, as: UInt8.self) != durable[i] {
             return "after recovery: byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), flushed \(durable[i])"
         }
+        midRequest.attach(to: engines)
         // What was written but not flushed may be old or new: from here on the drives are the truth.
         for i in 0..<lunSize { latest[i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
         durable = latest
-        for i in writtenSinceFlush.indices { writtenSinceFlush[i] = false }
+        for i in writtenSinceFlush.indices {
+            writtenSinceFlush[i] = false
+            unknown[i] = false
+        }
         return nil
     }
 
@@ -489,5 +549,39 @@ struct Simulation {
             }
         }
         return nil
+    }
+}
+
+/// Fails or restores a director in the middle of a request (after one of its pieces was sent, before the next), with
+/// a small seeded probability per piece: pieces already sent ran on the old owner, the rest are bounced and sent to
+/// the new one. A class, so the hook Engines calls can keep its own generator.
+final class MidRequestFailover {
+    var rng: SplitMix
+    var events: [String] = []
+    /// Set when a piece was sent while no director was online (the simulation clears it before each step).
+    var sawNoDirector = false
+    weak var engines: Engines?
+    let disabled = ProcessInfo.processInfo.environment["VSA_SIM_NOFAILOVER"] != nil
+
+    init(seed: UInt64) { rng = SplitMix(seed: seed) }
+
+    func attach(to engines: Engines) {
+        self.engines = engines
+        engines.afterEachPiece = { [unowned self] in self.maybeFail() }
+    }
+
+    func maybeFail() {
+        guard let engines else { return }
+        if !engines.directors.contains(where: { $0.state == .online }) { sawNoDirector = true }
+        guard !disabled, rng.next() % 400 == 0 else { return }
+        let director = engines.directors[Int(rng.next() % 2)]
+        if director.state == .online {
+            events.append("  (mid-request) fail director \(director.id)")
+            _ = try? engines.failDirector(director.id)
+        } else {
+            events.append("  (mid-request) restore director \(director.id)")
+            _ = try? engines.restoreDirector(director.id)
+        }
+        if !engines.directors.contains(where: { $0.state == .online }) { sawNoDirector = true }
     }
 }
