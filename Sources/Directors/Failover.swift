@@ -74,7 +74,7 @@ extension Engines {
         return try administration.withLock { _ throws(VSAError) in
             let director = directors[id.index]
             guard director.state == .online else { throw VSAError("director \(id) is \(director.state), not online") }
-            return reconfigure(failing: director, restoring: nil)
+            return try reconfigure(failing: director, restoring: nil)
         }
     }
 
@@ -86,7 +86,7 @@ extension Engines {
         return try administration.withLock { _ throws(VSAError) in
             let director = directors[id.index]
             guard director.state == .failed else { throw VSAError("director \(id) is \(director.state), not failed") }
-            return reconfigure(failing: nil, restoring: director)
+            return try reconfigure(failing: nil, restoring: director)
         }
     }
 
@@ -94,7 +94,9 @@ extension Engines {
     public func restoreAll() -> [String] {
         administration.withLock { _ in
             var notes: [String] = []
-            for director in directors where director.state == .failed { notes += reconfigure(failing: nil, restoring: director) }
+            for director in directors where director.state == .failed {
+                do throws(VSAError) { notes += try reconfigure(failing: nil, restoring: director) } catch { notes.append(error.message) }
+            }
             return notes
         }
     }
@@ -102,7 +104,7 @@ extension Engines {
     /// The homes director `index` acts for now.
     public func actingHomes(of index: Int) -> [Int] { directors.indices.filter { routing.actingIndex($0) == index } }
 
-    private func reconfigure(failing: Director?, restoring: Director?) -> [String] {
+    private func reconfigure(failing: Director?, restoring: Director?) throws(VSAError) -> [String] {
         var notes: [String] = []
         // 1. Quiesce: hold every director's executor role (in index order; an executor never waits for another).
         for director in directors { director.acquireRole() }
@@ -112,7 +114,22 @@ extension Engines {
         if let failing { online[failing.id.index] = false }
         if let restoring { online[restoring.id.index] = true }
         let after = RoutingTable.plan(online: online)
-        // 2. The new routes first, so that what the fenced director bounces goes straight to its new owner.
+        // 2. Directors (still online, not the one failing: its memory is lost, not destaged) that will stop acting for
+        // homes put their write-pending data down first; if one cannot (too many drives out), nothing changes.
+        var losses: [(Director, UInt64)] = []
+        for director in directors where director.state == .online && director !== failing {
+            let index = director.id.index
+            var lost: UInt64 = 0
+            for home in directors.indices where before[home] == index && after[home] != index { lost |= 1 << UInt64(home) }
+            guard lost != 0 else { continue }
+            guard director.cache.destageAll() else {
+                throw VSAError(
+                    "director \(director.id) cannot hand its stripes over: its write-pending data could not be destaged (too many drives out); nothing was changed"
+                )
+            }
+            losses.append((director, lost))
+        }
+        // 3. The new routes, so that what the fenced director bounces goes straight to its new owner.
         routing.store(after)
 
         if let failing {
@@ -147,13 +164,8 @@ extension Engines {
             failing.mirrorForPartner.reset()
         }
 
-        // 3. Directors that stop acting for homes: destage them, forget their slots, end the epoch.
-        for director in directors where director.state == .online {
-            let index = director.id.index
-            var lost: UInt64 = 0
-            for home in directors.indices where before[home] == index && after[home] != index { lost |= 1 << UInt64(home) }
-            guard lost != 0 else { continue }
-            if !director.cache.destageAll() { notes.append("director \(director.id): write-pending data could not be destaged (too many drives out)") }
+        // 4. Directors that stopped acting for homes (destaged above): forget those slots, end the journal epoch.
+        for (director, lost) in losses {
             director.cache.forget { lunID, lunStripe in lost & (1 << UInt64(self.home(lunID: lunID, lunStripe: lunStripe))) != 0 }
             if !director.backEnd.advanceEpoch() { notes.append("director \(director.id): its journal epoch could not be ended") }
         }
@@ -164,7 +176,7 @@ extension Engines {
             restoring.revive()
         }
 
-        // 4. Pairs: mirror to the partner when it is online, else destage every write before acknowledging it.
+        // 5. Pairs: mirror to the partner when it is online, else destage every write before acknowledging it.
         for director in directors where director.state == .online {
             let partnerOut = director.partner.state != .online
             let wanted: WritePendingMirror? = partnerOut || !mirroring ? nil : director.partner.mirrorForPartner

@@ -774,22 +774,6 @@ public final class TrackCache {
         for i in 0..<TrackCache.streamCount { streamNext[i] = UInt64.max }
     }
 
-    /// Takes over a fenced partner's write-pending data from `mirror`: every mirrored run becomes write-pending here
-    /// (mirrored again if this portion has a mirror). Returns the bytes replayed, or nil if a slot could not be had.
-    public func replay(_ mirror: WritePendingMirror) -> UInt64? {
-        var bytes: UInt64 = 0
-        var ok = true
-        mirror.forEachRun { lunID, startStripe, offsetBytes, count, data in
-            guard ok else { return }
-            if write(lun: LUNRef(lunID: lunID, startStripe: startStripe, sizeBytes: 0), offsetBytes: offsetBytes, count: count, from: data) {
-                bytes += UInt64(count)
-            } else {
-                ok = false
-            }
-        }
-        return ok ? bytes : nil
-    }
-
     public var writePendingSlots: Int { dirtyCount }
     /// Entries in the dirty queue (write-pending slots, plus any that went clean and are not yet popped).
     public var dirtyQueueLength: Int { dirtyQueued }
