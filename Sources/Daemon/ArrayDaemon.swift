@@ -366,6 +366,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 try startScrub(repair: words[1] == "1", rate: rate)
                 return "ok\n"
             case "director-fail" where words.count == 2, "director-restore" where words.count == 2:
+                guard !shuttingDown.load(ordering: .relaxed) else { throw VSAError("the array is being unmounted; its directors can no longer change") }
                 guard let id = DirectorID(parsing: words[1]) else {
                     throw VSAError("\(words[1]) is not a director id; directors are named 1a, 1b, 2a, ... (see vsa director list)")
                 }

@@ -176,6 +176,8 @@ public final class Director: @unchecked Sendable {
     private let executorActive = Atomic<Bool>(false)
     /// Wakes the director's thread: work left behind, a stop, a failover that changed something.
     private let wake = DispatchSemaphore(value: 0)
+    /// Failover threads waiting for the role: an executor gives it up after its current batch.
+    private let roleWanted = Atomic<Int>(0)
     /// Requests in the front-end queue now.
     public var queueDepth: Int { ring.depth }
     /// Destage starts when this many slots are write-pending, and runs whenever the director is idle.
@@ -273,7 +275,7 @@ public final class Director: @unchecked Sendable {
             // A few stripes a pass (one journal batch), so host requests wait little behind destage.
             if !fenced && cache.writePendingSlots > destageHighWater { cache.destage(stripeBudget: 8) }
             batches += 1
-            if batches == batchesMax {
+            if batches == batchesMax || roleWanted.load(ordering: .relaxed) > 0 {
                 let more = ring.hasMessage
                 executorActive.store(false, ordering: .sequentiallyConsistent)
                 // Work left: the director's thread takes it (the front-end thread has its own request to wait for).
@@ -294,9 +296,14 @@ public final class Director: @unchecked Sendable {
             }
             let current = state
             if current == .stopping {
-                if !ring.hasMessage && tryAcquireRole() {
+                if tryAcquireRole() {
+                    if ring.hasMessage {
+                        drain(batchesMax: Int.max)
+                        continue
+                    }
                     transition(to: .stopped)
-                    executorActive.store(false, ordering: .sequentiallyConsistent)
+                    // A sender that published just now and lost the role to this thread: its request still runs.
+                    if releaseRoleAndRecheck() { drain(batchesMax: Int.max) }
                     return
                 }
                 _ = wake.wait(timeout: .now() + .milliseconds(1))
@@ -336,11 +343,13 @@ public final class Director: @unchecked Sendable {
     /// other thread from doing so until `releaseRole`. Requests queue up meanwhile. An executor never waits for
     /// another director, so taking several roles one after another cannot deadlock.
     func acquireRole() {
+        roleWanted.add(1, ordering: .relaxed)
         var spins = 0
         while !tryAcquireRole() {
             spins += 1
             if spins < 64 { sched_yield() } else { usleep(20) }
         }
+        roleWanted.subtract(1, ordering: .relaxed)
     }
 
     /// Gives the role back; the director's thread runs what queued up meanwhile.
@@ -367,8 +376,8 @@ public final class Director: @unchecked Sendable {
         case .endEpoch:
             // The epoch ended when the director was fenced, and it has written nothing since.
             request.group.complete(error: 0)
-        case .attachMember where state == .failed:
-            // The drive must be in this back end when the director comes back.
+        case .attachMember:
+            // Always this back end's (the drive must be in it when the director is back), whatever the state now.
             if !roleHeld { acquireRole() }
             backEnd.attach(member: request.count, drive: request.drive!)
             if !roleHeld { releaseRole() }

@@ -153,7 +153,13 @@ public final class Engines: HostIOPort, @unchecked Sendable {
             afterEachPiece?()
         }
         var error = ctx.group.wait()
+        var rounds = 0
         while error == 0 && ctx.group.bounced.load(ordering: .acquiring) > 0 {
+            // Bounced again and again: a failover is changing routes; let it run.
+            rounds += 1
+            if rounds > 1 {
+                if rounds < 16 { sched_yield() } else { usleep(100) }
+            }
             frontEnd = routing.acting(ctx.frontEnd)
             var again = 0
             for i in 0..<n where ctx.pieces[i].bounced { again += 1 }
@@ -260,7 +266,8 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     /// stop, so the next mount recomputes nothing).
     public func endEpochs() -> Int32 { control(kind: .endEpoch, lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0), to: directors[...]) }
 
-    public func stopAll() { for d in directors { d.stop() } }
+    /// Stops every director's thread (after the last flush); no failover runs meanwhile, and none after.
+    public func stopAll() { administration.withLock { _ in for d in directors { d.stop() } } }
 
     // MARK: Rebuild
 
@@ -294,7 +301,8 @@ public final class Engines: HostIOPort, @unchecked Sendable {
                 piece.offsetBytes = s
                 piece.count = count
                 piece.data = nil
-                piece.outcome = .consistent
+                // What a stripe that could not be run (EIO: no director acting) reports.
+                piece.outcome = .unreadable
                 // Stripes no LUN holds are director 1a's (or whoever acts for it).
                 piece.home = place.map { home(lunID: $0.lunID, lunStripe: s - $0.startStripe) } ?? 0
             }

@@ -122,14 +122,22 @@ extension Engines {
             var lost: UInt64 = 0
             for home in directors.indices where before[home] == index && after[home] != index { lost |= 1 << UInt64(home) }
             guard lost != 0 else { continue }
-            guard director.cache.destageAll() else {
+            // Its epoch ends too, so none of its records of those stripes is replayed over the new owner's writes.
+            guard director.cache.destageAll(), director.backEnd.advanceEpoch() else {
                 throw VSAError(
                     "director \(director.id) cannot hand its stripes over: its write-pending data could not be destaged (too many drives out); nothing was changed"
                 )
             }
             losses.append((director, lost))
         }
-        // 3. The new routes, so that what the fenced director bounces goes straight to its new owner.
+        // 3. A restored director is online before the routes point at it (it runs nothing until the roles go back);
+        // then the new routes, so that what a fenced director bounces goes straight to its new owner.
+        if let restoring {
+            precondition(
+                restoring.cache.writePendingSlots == 0 && restoring.counters.usedSlots.load(ordering: .relaxed) == 0,
+                "a restored director starts empty")
+            restoring.revive()
+        }
         routing.store(after)
 
         if let failing {
@@ -164,16 +172,9 @@ extension Engines {
             failing.mirrorForPartner.reset()
         }
 
-        // 4. Directors that stopped acting for homes (destaged above): forget those slots, end the journal epoch.
+        // 4. Directors that stopped acting for homes (destaged, epoch ended above): forget those slots.
         for (director, lost) in losses {
             director.cache.forget { lunID, lunStripe in lost & (1 << UInt64(self.home(lunID: lunID, lunStripe: lunStripe))) != 0 }
-            if !director.backEnd.advanceEpoch() { notes.append("director \(director.id): its journal epoch could not be ended") }
-        }
-
-        if let restoring {
-            precondition(
-                restoring.cache.writePendingSlots == 0 && restoring.counters.usedSlots.load(ordering: .relaxed) == 0, "a restored director starts empty")
-            restoring.revive()
         }
 
         // 5. Pairs: mirror to the partner when it is online, else destage every write before acknowledging it.

@@ -769,6 +769,8 @@ public final class TrackCache {
             evict(slot)
         }
         precondition(dirtyCount == 0, "reset left write-pending slots")
+        // Its mirror link goes with it: a restore pairs it again through setMirror (which empties the mirror).
+        mirror = nil
         counters.dirtySlots.store(0, ordering: .relaxed)
         while dirtyQueued > 0 { _ = popDirty() }
         for i in 0..<TrackCache.streamCount { streamNext[i] = UInt64.max }

@@ -374,6 +374,7 @@ struct Simulation {
         let stripes = store.geometry.stripesFor(sizeBytes: UInt64(lunSize))
         var outcomes: [(UInt64, ScrubOutcome)] = []
         engines.scrub(stripes: lun.startStripe..<(lun.startStripe + stripes), repair: false, placement: placement) { outcomes.append(($0, $1)) }
+        if directorsWereOut { return nil }  // both directors went out during it: stripes not run report unreadable
         for (s, outcome) in outcomes {
             if outcome != .consistent {
                 var detail = ""
