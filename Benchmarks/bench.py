@@ -602,6 +602,15 @@ def detach_loop(device):
 # vsa arrays (shared by the vsa targets and --scale)
 
 
+def array_folder(scope, parent, name):
+    """Makes parent/name/mnt for one array (parent/name/array is its folder) and registers the folder's removal in
+    `scope`. Returns (array_dir, mountpoint)."""
+    folder = os.path.join(parent, name)
+    os.makedirs(os.path.join(folder, "mnt"))
+    scope.push(f"remove {folder}", lambda: remove_tree(folder))
+    return os.path.join(folder, "array"), os.path.join(folder, "mnt")
+
+
 def vsa_array_up(scope, vsa, array_dir, mountpoint, create_options, luns, record, logdir, label, env=None):
     """Creates, mounts and fills nothing: an array with `luns` [(name, size)], mounted at mountpoint. The unmount is
     registered in `scope` before mounting, so an interrupted mount is cleaned up too."""
@@ -957,10 +966,7 @@ def run_scale(options, outdir, vsa_source):
             log(f"scale: {label} (RAID-5, 4 sparse drives of {drive_size} on {results['disk_fs']})")
             entry = {"label": label, "drive_size": drive_size, "lun_size": lun_size}
             with Scope(label) as array_scope:
-                folder = os.path.join(disk_dir, lun_size)
-                array_dir, mountpoint = os.path.join(folder, "array"), os.path.join(folder, "mnt")
-                os.makedirs(mountpoint)
-                array_scope.push(f"remove {folder}", lambda f=folder: remove_tree(f))
+                array_dir, mountpoint = array_folder(array_scope, disk_dir, lun_size)
                 commands = []
                 try:
                     mount_seconds, rss_after_mount, unmount_seconds = [], [], []
@@ -1013,10 +1019,7 @@ def run_scale(options, outdir, vsa_source):
                 log(f"scale: RAID-{raid}, {drives} drives of {drive_mib}M on tmpfs, 1 GiB LUN")
                 entry = {"raid": raid, "drives": drives, "drive_size": f"{drive_mib}M"}
                 with Scope(label) as array_scope:
-                    folder = os.path.join(shm_dir, label)
-                    array_dir, mountpoint = os.path.join(folder, "array"), os.path.join(folder, "mnt")
-                    os.makedirs(mountpoint)
-                    array_scope.push(f"remove {folder}", lambda f=folder: remove_tree(f))
+                    array_dir, mountpoint = array_folder(array_scope, shm_dir, label)
                     try:
                         vsa_array_up(array_scope, vsa, array_dir, mountpoint,
                                      ["--drives", str(drives), "--drive-size", f"{drive_mib}M", "--raid", raid],
@@ -1036,10 +1039,7 @@ def run_scale(options, outdir, vsa_source):
         # 1M write throughput with 1, 2, 4 LUNs busy at once (one RAID-5 array of 4 tmpfs drives).
         log("scale: 1M writes QD4 on 1, 2 and 4 LUNs at once (RAID-5, 4 drives on tmpfs, 4 LUNs of 512 MiB)")
         with Scope("luns") as array_scope:
-            folder = os.path.join(shm_dir, "luns")
-            array_dir, mountpoint = os.path.join(folder, "array"), os.path.join(folder, "mnt")
-            os.makedirs(mountpoint)
-            array_scope.push(f"remove {folder}", lambda: remove_tree(folder))
+            array_dir, mountpoint = array_folder(array_scope, shm_dir, "luns")
             try:
                 vsa_array_up(array_scope, vsa, array_dir, mountpoint,
                              ["--drives", "4", "--drive-size", "736M", "--raid", "5"],
@@ -1448,10 +1448,7 @@ def run_directors(options, outdir, vsa_source):
                 label = f"directors-{key}-r{round_index + 1}"
                 log(f"directors: round {round_index + 1}, {key}")
                 with Scope(label) as array_scope:
-                    folder = os.path.join(shm_dir, label)
-                    array_dir, mountpoint = os.path.join(folder, "array"), os.path.join(folder, "mnt")
-                    os.makedirs(mountpoint)
-                    array_scope.push(f"remove {folder}", lambda f=folder: remove_tree(f))
+                    array_dir, mountpoint = array_folder(array_scope, shm_dir, label)
                     try:
                         vsa_array_up(array_scope, vsa, array_dir, mountpoint,
                                      ["--drives", "4", "--drive-size", "400M", "--raid", "5", "--engines", "1"],

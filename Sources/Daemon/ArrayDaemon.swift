@@ -192,7 +192,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
         freeBox.value.store(store.freeBytes, ordering: .relaxed)
         self.freeBox = freeBox
-        if let ms = ProcessInfo.processInfo.environment["VSA_IDLE_DESTAGE_MS"].flatMap(Double.init), ms >= 0 {
+        if let ms = environment["VSA_IDLE_DESTAGE_MS"].flatMap(Double.init), ms >= 0 {
             for director in directors { director.idleDestageDelay = ms / 1000 }
         }
         for director in directors {

@@ -67,12 +67,9 @@ extension Engines {
     /// Fails director `id`: it is fenced, and the directors that take its stripes replay its mirrored write-pending
     /// data. Returns what happened, one line per note.
     public func failDirector(_ id: DirectorID) throws(VSAError) -> [String] {
-        guard id.index >= 0 && id.index < directors.count, id.engine >= 1 else {
-            throw VSAError("no director \(id) (this array has \(directors.map(\.id.description).joined(separator: ", ")))")
-        }
+        let director = try self.director(id)
         guard !directRouting else { throw VSAError("VSA_DIRECT_ROUTING is set: this mount routes around the directors, so it has no failover") }
         return try administration.withLock { _ throws(VSAError) in
-            let director = directors[id.index]
             guard director.state == .online else { throw VSAError("director \(id) is \(director.state), not online") }
             return try reconfigure(failing: director, restoring: nil)
         }
@@ -80,14 +77,19 @@ extension Engines {
 
     /// Brings failed director `id` back: the directors acting for its stripes hand them back.
     public func restoreDirector(_ id: DirectorID) throws(VSAError) -> [String] {
-        guard id.index >= 0 && id.index < directors.count, id.engine >= 1 else {
-            throw VSAError("no director \(id) (this array has \(directors.map(\.id.description).joined(separator: ", ")))")
-        }
+        let director = try self.director(id)
         return try administration.withLock { _ throws(VSAError) in
-            let director = directors[id.index]
             guard director.state == .failed else { throw VSAError("director \(id) is \(director.state), not failed") }
             return try reconfigure(failing: nil, restoring: director)
         }
+    }
+
+    /// Director `id` of this array, or the one-line error that names the ones it has.
+    private func director(_ id: DirectorID) throws(VSAError) -> Director {
+        guard id.index >= 0 && id.index < directors.count, id.engine >= 1 else {
+            throw VSAError("no director \(id) (this array has \(directors.map(\.id.description).joined(separator: ", ")))")
+        }
+        return directors[id.index]
     }
 
     /// Restores every failed director (a clean stop). Returns the notes.

@@ -34,6 +34,10 @@ func setSectorBits(_ bits: inout [UInt64], base: Int, _ first: Int, _ last: Int)
     }
 }
 
+/// Whether bit `sector` of the per-sector bitmap that starts at word `base` of `bits` is set.
+@inline(__always)
+func testSectorBit(_ bits: [UInt64], base: Int, _ sector: Int) -> Bool { bits[base + sector >> 6] & (1 << UInt64(sector & 63)) != 0 }
+
 /// Where a LUN sits: its table identity and its first stripe.
 public struct LUNRef: Sendable, Equatable {
     public let lunID: UInt32
@@ -218,7 +222,7 @@ public final class TrackCache {
     // MARK: Bitmaps
 
     @inline(__always) private func testBit(_ bits: [UInt64], _ slot: Int, _ sector: Int) -> Bool {
-        bits[slot * wordsPerSlot + sector >> 6] & (1 << UInt64(sector & 63)) != 0
+        testSectorBit(bits, base: slot * wordsPerSlot, sector)
     }
 
     private func setBits(_ bits: inout [UInt64], _ slot: Int, _ first: Int, _ last: Int) {
@@ -759,19 +763,15 @@ public final class TrackCache {
     /// Drops everything, write-pending or not: the director was fenced and its memory portion is gone (its
     /// write-pending data lives on in the partner's mirror, which the partner replays).
     public func reset() {
+        // The mirror link goes first (the partner's copy was replayed, or is kept for its replay: markClean must not
+        // drop it); a restore pairs the portion again through setMirror, which empties the mirror.
+        mirror = nil
         for slot in 0..<slotCount where slotInUse[slot] {
-            if slotDirty[slot] {
-                slotDirty[slot] = false
-                dirtyCount -= 1
-                for w in 0..<wordsPerSlot { dirtyBits[slot * wordsPerSlot + w] = 0 }
-            }
+            markClean(slot)
             slotPinned[slot] = false
             evict(slot)
         }
         precondition(dirtyCount == 0, "reset left write-pending slots")
-        // Its mirror link goes with it: a restore pairs it again through setMirror (which empties the mirror).
-        mirror = nil
-        counters.dirtySlots.store(0, ordering: .relaxed)
         while dirtyQueued > 0 { _ = popDirty() }
         for i in 0..<TrackCache.streamCount { streamNext[i] = UInt64.max }
     }

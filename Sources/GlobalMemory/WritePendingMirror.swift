@@ -25,10 +25,6 @@ public final class WritePendingMirror: @unchecked Sendable {
     private var dirtyBits: [UInt64]
     /// Owner slots with mirrored write-pending sectors now (for `vsa status`).
     public let mirroredSlots = Atomic<Int>(0)
-    /// Bytes copied into the mirror since mount.
-    public let mirroredBytes = Atomic<UInt64>(0)
-    /// Slots replayed by a takeover since mount.
-    public let replayedSlots = Atomic<UInt64>(0)
 
     public init(slotCount: Int, trackBytes: Int) {
         self.slotCount = slotCount
@@ -62,7 +58,6 @@ public final class WritePendingMirror: @unchecked Sendable {
         let count = (last - first + 1) * sectorBytes
         // Queued behind the copy into the slot (the caller runs the queue): the sectors leave the slot once filled.
         memory.submit(.copy(from: slotData + offset, to: arena.slice(slot) + offset, byteCount: count))
-        mirroredBytes.add(UInt64(count), ordering: .relaxed)
         setSectorBits(&dirtyBits, base: slot * wordsPerSlot, first, last)
     }
 
@@ -87,7 +82,6 @@ public final class WritePendingMirror: @unchecked Sendable {
     public func forEachRun(_ body: (_ lunID: UInt32, _ startStripe: UInt64, _ offsetBytes: UInt64, _ count: Int, _ data: UnsafeRawPointer) -> Void) {
         let d = UInt64(trackBytes)
         for slot in 0..<slotCount where slotHeld[slot] {
-            replayedSlots.add(1, ordering: .relaxed)
             var s = 0
             while s < sectorsPerTrack {
                 guard testDirty(slot, s) else {
@@ -104,7 +98,5 @@ public final class WritePendingMirror: @unchecked Sendable {
         }
     }
 
-    @inline(__always) private func testDirty(_ slot: Int, _ sector: Int) -> Bool {
-        dirtyBits[slot * wordsPerSlot + sector >> 6] & (1 << UInt64(sector & 63)) != 0
-    }
+    @inline(__always) private func testDirty(_ slot: Int, _ sector: Int) -> Bool { testSectorBit(dirtyBits, base: slot * wordsPerSlot, sector) }
 }

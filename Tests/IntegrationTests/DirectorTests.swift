@@ -7,8 +7,7 @@ final class DirectorTests: FixtureTestCase {
     override class var rootReason: String? { "real-mount tests run as root (CI does)" }
 
     func directors() throws -> [[String: Any]] {
-        let text = fixture.vsa("director list '\(fixture.mnt)' --json").stdout
-        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]], text)
+        try fixture.json("director list '\(fixture.mnt)' --json", as: [[String: Any]].self)
     }
 
     func director(_ id: String) throws -> [String: Any] { try XCTUnwrap(try directors().first { $0["id"] as? String == id }, "no director \(id)") }

@@ -7,8 +7,7 @@ final class DriveTests: FixtureTestCase {
 
     /// The array's status as JSON.
     func status() throws -> [String: Any] {
-        let text = fixture.vsa("status '\(fixture.mnt)' --json").stdout
-        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
+        try fixture.json("status '\(fixture.mnt)' --json", as: [String: Any].self)
     }
 
     func rebuildState() throws -> String? { (try status()["rebuild"] as? [String: Any])?["state"] as? String }

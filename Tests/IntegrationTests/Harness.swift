@@ -79,6 +79,12 @@ final class ArrayFixture {
     @discardableResult
     func vsa(_ arguments: String) -> CommandResult { Harness.sh("\"$VSA\" \(arguments)") }
 
+    /// Runs `vsa ARGUMENTS` (a `--json` command) and parses what it prints as `T`; the output is the failure message.
+    func json<T>(_ arguments: String, as type: T.Type) throws -> T {
+        let text = vsa(arguments).stdout
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? T, text)
+    }
+
     func create(_ arguments: String) throws {
         let r = vsa("create '\(dir)' \(arguments)")
         guard r.status == 0 else { throw XCTSkip("create failed: \(r.stderr)") }
