@@ -38,15 +38,9 @@ final class TestBed: @unchecked Sendable {
         lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
         backEnd = try! RAIDBackEnd(geometry: store.geometry, drives: store.drives, memory: memory, marks: marks)
         cache = TrackCache(slotCount: 64, store: backEnd, memory: memory, counters: counters)
-        var directors: [Director] = []
-        for i in 0..<2 {
-            let m = MemoryServices()
-            let marks = BackEndMarks()
-            let b = try! RAIDBackEnd(geometry: store.geometry, drives: store.drives, memory: m, marks: marks)
-            directors.append(
-                Director(id: DirectorID(index: i), cacheSlots: 256, queueCapacity: 64, backEnd: b, memory: m, counters: CacheCounters(), marks: marks))
-        }
-        engines = Engines(directors: directors, geometry: store.geometry, engineCount: 1)
+        var spec = EngineSpec(geometry: store.geometry, drives: store.drives, engineCount: 1, slotsPerDirector: 256)
+        spec.queueCapacity = 64
+        engines = try! Engines.build(spec)
         io = try! DriveIO(drives: store.drives, capacity: 64)
         for i in 0..<8 { table[i] = buffer.base + i * 65536 }
         atexit { try? FileManager.default.removeItem(atPath: "/var/tmp/vsa-hotpath-\(getpid())") }

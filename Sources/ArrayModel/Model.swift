@@ -106,11 +106,15 @@ public struct DirectorID: Hashable, Sendable, CustomStringConvertible {
     }
     /// Directors are numbered 0..<2*engines in the order 1a, 1b, 2a, 2b, ...
     public init(index: Int) { self.init(engine: index / 2 + 1, side: index % 2) }
+    /// The most engines an array has (the superblock's bound; a director index fits 0..<2*enginesMax).
+    public static let enginesMax = 8
     public var index: Int { (engine - 1) * 2 + side }
     public var description: String { "\(engine)\(side == 0 ? "a" : "b")" }
     /// "1a", "2b", ...; nil for anything else.
     public init?(parsing text: String) {
-        guard let last = text.last, last == "a" || last == "b", let engine = Int(text.dropLast()), engine >= 1, engine <= 64 else { return nil }
+        guard let last = text.last, last == "a" || last == "b", let engine = Int(text.dropLast()), engine >= 1, engine <= DirectorID.enginesMax else {
+            return nil
+        }
         self.init(engine: engine, side: last == "a" ? 0 : 1)
     }
 }

@@ -163,25 +163,14 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
         _ = try store.recordFailures()
         try store.writeSuperblocks(clean: false)
-        var directors: [Director] = []
-        for i in 0..<directorCount {
-            let memory = MemoryServices()
-            let marks = BackEndMarks()
-            let backEnd: RAIDBackEnd
-            let owner = JournalOwner(arrayUUID: sb.arrayUUID, director: i, epoch: recovery.epochs[i])
-            do { backEnd = try RAIDBackEnd(geometry: geometry, drives: store.drives, memory: memory, marks: marks, journal: owner, checksums: checksums) } catch
-            {
-                throw VSAError("cannot set up the back end: \(error)")
-            }
-            directors.append(
-                Director(
-                    id: DirectorID(index: i), cacheSlots: slotsPerDirector, queueCapacity: 1024, backEnd: backEnd,
-                    memory: memory, counters: CacheCounters(), marks: marks))
-        }
         let environment = ProcessInfo.processInfo.environment
-        engines = Engines(
-            directors: directors, geometry: geometry, engineCount: sb.engineCount, mirroring: environment["VSA_UNSAFE_NO_MIRROR"] != "1",
-            directRouting: environment["VSA_DIRECT_ROUTING"] == "1")
+        var spec = EngineSpec(geometry: geometry, drives: store.drives, engineCount: sb.engineCount, slotsPerDirector: slotsPerDirector)
+        spec.journal = (sb.arrayUUID, recovery.epochs)
+        spec.checksums = checksums
+        spec.mirroring = environment["VSA_UNSAFE_NO_MIRROR"] != "1"
+        spec.directRouting = environment["VSA_DIRECT_ROUTING"] == "1"
+        engines = try Engines.build(spec)
+        let directors = engines.directors
         let files = store.lunTable.entries.map {
             LUNFile(name: $0.name, ref: LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: $0.sizeBytes))
         }

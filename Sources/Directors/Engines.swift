@@ -245,9 +245,11 @@ public final class Engines: HostIOPort, @unchecked Sendable {
 
     public func flush(lun: LUNRef) -> Int32 {
         // Every director with write-pending slots destages its part, then one flush of the drives covers them all.
-        // A director with none is skipped: every write the host was told about already counted itself write-pending
-        // (the count is published before the write completes), and a destage in flight keeps its slots counted
-        // until its drive writes return. Drives whose writes are in memory (tmpfs) need no flush.
+        // A director with none is skipped, and that is safe only because of the durability invariant
+        // (docs/ARCHITECTURE.md, "Durability contract"): a slot counts as write-pending from before the host hears of
+        // its write until the journal record or in-place write holding its data is on the drives. A destage pass in
+        // flight keeps its slots counted until its batch commits (TrackCache.finishPass), so this flush queues behind
+        // that pass instead of overtaking it. Drives whose writes are in memory (tmpfs) need no flush.
         var rc = control(kind: .destage, lun: lun, to: directors[...]) { $0.counters.dirtySlots.load(ordering: .acquiring) > 0 }
         if rc != 0 { return rc }
         rc = control(kind: .flushDrives, lun: lun, to: directors.prefix(1)) { $0.backEnd.needsFlush }

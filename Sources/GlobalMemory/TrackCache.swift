@@ -3,10 +3,15 @@
 // executor thread at a time, so a portion is never touched concurrently: lookups take no lock. A track is one data strip (stripe unit) of a LUN; a slot holds one
 // track, with per-sector (512 B) valid and dirty (write-pending) bits.
 //
-// Slot states (transition happens in `install`, `markDirty`, `markClean`, `evict`):
-//   free -> clean (installed, some sectors valid) -> dirty (write-pending) -> clean (destaged) -> free (evicted)
-// Invariants: a dirty slot is never evicted; dirty bits are a subset of valid bits; the index maps each (LUN, track)
-// to at most one slot.
+// Slot states (transition happens in `install`, `markDirty`, `markCommitting`, `finishPass`, `markClean`, `evict`):
+//   free -> clean (installed, some sectors valid) -> dirty (write-pending) -> committing (written by this destage
+//   pass, its journal batch not yet durable) -> clean (the pass committed) -> free (evicted)
+//   committing -> dirty (the pass could not commit: the slot goes back in the dirty queue)
+// Invariants: a dirty or committing slot is never evicted; dirty bits are a subset of valid bits; the index maps each
+// (LUN, track) to at most one slot. Durability: a slot stays counted write-pending (and mirrored in the partner) until
+// the journal record or in-place write that holds its data is on the drives, so a flush that finds a director with
+// nothing write-pending finds nothing of it in memory either (docs/ARCHITECTURE.md, "Durability contract"). No slot is
+// committing outside a destage pass.
 //
 // Destage works a stripe at a time, over the page-aligned range that covers the stripe's dirty sectors: all its dirty
 // tracks go down together. With every data strip's range in cache the write needs no reads (full-stripe write when
@@ -86,6 +91,11 @@ public final class TrackCache {
     private var slotDirty: [Bool]
     private var slotReferenced: [Bool]
     private var slotInDirtyQueue: [Bool]
+    /// Slots this destage pass wrote whose journal batch is not committed yet: still write-pending (counted, mirrored).
+    private var slotCommitting: [Bool]
+    private var committing: [Int32]
+    private var committingCount = 0
+    private var stripesThisPass = 0
     private var validBits: [UInt64]
     private var dirtyBits: [UInt64]
     private var hashNext: [Int32]
@@ -100,6 +110,9 @@ public final class TrackCache {
     private var dirtyTail = 0
     private var dirtyQueued = 0
     public private(set) var dirtyCount = 0
+    /// Tests only: runs inside a destage pass after its stripes were written and before their journal batch commits
+    /// (the window the fsync-race test holds open). Set before any I/O; nil in the daemon.
+    public var beforeCommit: (() -> Void)?
 
     // Destage and fill scratch: pointer table and staging strips (one per data strip of a stripe).
     private let stripTable: UnsafeMutablePointer<UnsafeMutableRawPointer?>
@@ -138,6 +151,8 @@ public final class TrackCache {
         slotDirty = Array(repeating: false, count: slotCount)
         slotReferenced = Array(repeating: false, count: slotCount)
         slotInDirtyQueue = Array(repeating: false, count: slotCount)
+        slotCommitting = Array(repeating: false, count: slotCount)
+        committing = Array(repeating: -1, count: slotCount)
         validBits = Array(repeating: 0, count: slotCount * wordsPerSlot)
         dirtyBits = Array(repeating: 0, count: slotCount * wordsPerSlot)
         hashNext = Array(repeating: -1, count: slotCount)
@@ -326,6 +341,7 @@ public final class TrackCache {
 
     private func markClean(_ slot: Int) {
         guard slotDirty[slot] else { return }
+        precondition(!slotCommitting[slot], "a committing slot marked clean outside its pass")
         mirror?.drop(slot: slot)
         slotDirty[slot] = false
         for w in 0..<wordsPerSlot { dirtyBits[slot * wordsPerSlot + w] = 0 }
@@ -560,7 +576,7 @@ public final class TrackCache {
         var destaged = 0
         while destaged < stripeBudget && dirtyQueued > 0 {
             let slot = popDirty()
-            guard slotInUse[slot] && slotDirty[slot] else { continue }
+            guard slotInUse[slot] && slotDirty[slot] && !slotCommitting[slot] else { continue }
             if destageStripe(containing: slot) {
                 destaged += 1
             } else {
@@ -569,9 +585,36 @@ public final class TrackCache {
                 break
             }
         }
-        // The pass's journaled stripes go down as one batch: one flush for all of them.
-        if destaged > 0 { _ = store.commitJournal() }
-        return destaged
+        // The pass's journaled stripes go down as one batch: one flush for all of them. Only then are they clean.
+        return finishPass() ? destaged : 0
+    }
+
+    /// Ends a destage pass: commits the journal batch holding the pass's writes, then marks their slots clean (the
+    /// mirror copies go with it). A batch that cannot commit (the array lost more members than it survives) leaves
+    /// them write-pending, back in the dirty queue. Returns whether the commit held.
+    private func finishPass() -> Bool {
+        if stripesThisPass > 0 { beforeCommit?() }
+        stripesThisPass = 0
+        let committed = store.commitJournal()
+        for i in 0..<committingCount {
+            let slot = Int(committing[i])
+            slotCommitting[slot] = false
+            if committed {
+                markClean(slot)
+            } else if !slotInDirtyQueue[slot] {
+                queueDirty(slot)
+            }
+        }
+        committingCount = 0
+        return committed
+    }
+
+    /// A slot whose stripe this pass wrote: clean once the pass's journal batch is durable (`finishPass`).
+    private func markCommitting(_ slot: Int) {
+        precondition(slotDirty[slot] && !slotCommitting[slot], "committing a slot that is not write-pending")
+        slotCommitting[slot] = true
+        committing[committingCount] = Int32(slot)
+        committingCount += 1
     }
 
     /// Destages every write-pending slot (of one LUN, or all). Returns false if some could not go down.
@@ -582,14 +625,14 @@ public final class TrackCache {
         var ok = true
         for _ in 0..<dirtyQueued {
             let slot = popDirty()
-            guard slotInUse[slot] && slotDirty[slot] else { continue }
+            guard slotInUse[slot] && slotDirty[slot] && !slotCommitting[slot] else { continue }
             if lunID == nil || slotLUN[slot] == lunID! {
                 if destageStripe(containing: slot) { continue }
                 ok = false
             }
             queueDirty(slot)
         }
-        return store.commitJournal() && ok
+        return finishPass() && ok
     }
 
     /// The range of sectors with write-pending data in `slot` (nil when none).
@@ -618,7 +661,7 @@ public final class TrackCache {
         for strip in 0..<d {
             let s = lookup(lun: lun, track: baseTrack + UInt64(strip)) ?? -1
             destageSlots[strip] = Int32(s)
-            if s >= 0 && slotDirty[s], let range = dirtyRange(s) {
+            if s >= 0 && slotDirty[s] && !slotCommitting[s], let range = dirtyRange(s) {
                 dirtyMask |= 1 << UInt64(strip)
                 first = min(first, range.first)
                 last = max(last, range.last)
@@ -643,8 +686,9 @@ public final class TrackCache {
             ok = reconstructWrite(stripe: stripe, dirtyMask: dirtyMask, missingMask: missingMask, first: first, last: last)
         }
         guard ok else { return false }
-        for strip in 0..<d where dirtyMask & (1 << UInt64(strip)) != 0 { markClean(Int(destageSlots[strip])) }
+        for strip in 0..<d where dirtyMask & (1 << UInt64(strip)) != 0 { markCommitting(Int(destageSlots[strip])) }
         counters.destagedStripes.add(1, ordering: .relaxed)
+        stripesThisPass += 1
         return true
     }
 
@@ -744,7 +788,7 @@ public final class TrackCache {
         for strip in 0..<d {
             if let slot = lookup(lun: lunID, track: baseTrack + strip), slotDirty[slot] {
                 guard destageStripe(containing: slot) else { return false }
-                return store.commitJournal()
+                return finishPass()
             }
         }
         return true

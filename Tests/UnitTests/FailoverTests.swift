@@ -25,7 +25,7 @@ final class FailoverTests: XCTestCase {
         let checksums = BlockChecksums(geometry: store.geometry)
         let recovery = try JournalRecovery.recover(
             geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false, checksums: checksums)
-        let engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: 64, checksums: checksums, memory: MemoryServices())
+        let engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: 64, checksums: checksums)
         let buffer = alignedBuffer(bytes: 1 << 16)
         buffer.base.initializeMemory(as: UInt8.self, repeating: 0xA5, count: 1 << 16)
 

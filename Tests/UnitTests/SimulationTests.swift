@@ -100,7 +100,7 @@ struct Simulation {
         try store.writeSuperblocks(clean: false)  // mounted
         let d = store.geometry.dataStripsPerStripe
         slotsPerDirector = 2 * d + 2 + Int(rng.next() % 24)
-        engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slotsPerDirector, checksums: checksums, memory: memory)
+        engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slotsPerDirector, checksums: checksums)
         midRequest = MidRequestFailover(seed: seed ^ 0xFA11)
         // The whole LUN is written once, so every block of its stripes has a checksum (a flip is then always seen).
         for i in 0..<lunSize { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
@@ -118,22 +118,14 @@ struct Simulation {
     func cleanUp() { try? FileManager.default.removeItem(atPath: directory) }
 
     /// Two directors as the daemon builds them (each its own back end and journal slice), threads not started.
-    static func makeEngines(store: ArrayStore, epochs: [UInt64], slots: Int, checksums: BlockChecksums, memory: MemoryServices) throws -> Engines {
-        var directors: [Director] = []
-        for i in 0..<2 {
-            let marks = BackEndMarks()
-            let backEnd = try RAIDBackEnd(
-                geometry: store.geometry, drives: store.drives, memory: memory, marks: marks,
-                journal: JournalOwner(arrayUUID: store.superblock.arrayUUID, director: i, epoch: epochs[i]),
-                checksums: ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil)
-            directors.append(
-                Director(
-                    id: DirectorID(index: i), cacheSlots: slots, queueCapacity: 64, backEnd: backEnd, memory: memory, counters: CacheCounters(),
-                    marks: marks))
-        }
+    static func makeEngines(store: ArrayStore, epochs: [UInt64], slots: Int, checksums: BlockChecksums) throws -> Engines {
+        var spec = EngineSpec(geometry: store.geometry, drives: store.drives, engineCount: 1, slotsPerDirector: slots)
+        spec.queueCapacity = 64
+        spec.journal = (store.superblock.arrayUUID, epochs)
+        spec.checksums = ProcessInfo.processInfo.environment["VSA_SIM_NOCRC"] == nil ? checksums : nil
         // VSA_UNSAFE_NO_MIRROR=1 shows what the mirror is for: the simulation fails.
-        return Engines(
-            directors: directors, geometry: store.geometry, engineCount: 1, mirroring: ProcessInfo.processInfo.environment["VSA_UNSAFE_NO_MIRROR"] == nil)
+        spec.mirroring = ProcessInfo.processInfo.environment["VSA_UNSAFE_NO_MIRROR"] == nil
+        return try Engines.build(spec)
     }
 
     var anyDirectorOnline: Bool { engines.directors.contains { $0.state == .online } }
@@ -505,7 +497,7 @@ struct Simulation {
                 "recovery: \(recovery.replayedBatches) batches replayed, \(recovery.droppedBatches) dropped, \(recovery.resyncedRegions) regions resynced")
             try store.writeSuperblocks(clean: false)
             // Director failures do not outlive the process: both directors start again.
-            engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slotsPerDirector, checksums: checksums, memory: memory)
+            engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slotsPerDirector, checksums: checksums)
         } catch { return "recovery: \(error)" }
         rebuildingMember = store.superblock.rebuildMember
         // Every sector not written since the last flush must hold what that flush made durable.
