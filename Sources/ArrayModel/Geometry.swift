@@ -81,6 +81,6 @@ public struct ArrayGeometry: Equatable, Sendable {
         }
     }
 
-    /// Stripes needed to hold `sizeBytes`.
-    public func stripesFor(sizeBytes: UInt64) -> UInt64 { (sizeBytes + stripeDataBytes - 1) / stripeDataBytes }
+    /// Stripes needed to hold `sizeBytes` (any size: a round-up that cannot overflow).
+    public func stripesFor(sizeBytes: UInt64) -> UInt64 { sizeBytes / stripeDataBytes + (sizeBytes % stripeDataBytes == 0 ? 0 : 1) }
 }

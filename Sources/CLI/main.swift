@@ -84,7 +84,11 @@ func resolveArray(_ path: String) throws(VSAError) -> (directory: String, mountp
 func control(_ directory: String, _ words: [String]) throws(VSAError) -> String {
     let path = ArrayStore.socketPath(directory: directory)
     let fd: Int32
-    do { fd = try UnixSocket.connect(path: path) } catch {
+    do {
+        fd = try UnixSocket.withReachablePath(folder: directory, name: ArrayStore.socketName) { short throws(SysError) in
+            try UnixSocket.connect(path: short)
+        }
+    } catch {
         throw VSAError("cannot reach the daemon of \(directory) at \(path) (\(error)); is it still running? see \(ArrayStore.logPath(directory: directory))")
     }
     defer { Posix.close(fd) }

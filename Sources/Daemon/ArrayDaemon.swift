@@ -97,6 +97,8 @@ public final class ArrayDaemon: @unchecked Sendable {
     let cacheBytes: UInt64
     /// Serialises the control plane: metadata writes, LUN changes, drive failures, rebuild steps, `messages`.
     let controlLock = Mutex<Void>(())
+    /// Serialises control-socket commands that change the array (each client has its own thread).
+    let commandLock = Mutex<Void>(())
     private var session: FuseSession?
     /// Notes for `vsa status` (guarded by controlLock).
     var messages: [String] = []
@@ -192,13 +194,21 @@ public final class ArrayDaemon: @unchecked Sendable {
         engines.afterFlush = { [unowned self] in
             controlLock.withLock { _ in ((try? store.recordFailures()) ?? false) ? 0 : EIO }
         }
+        // The control socket exists before the file system appears (a mount nobody can administer is refused).
+        let listener: Int32
+        do { listener = try ArrayDaemon.bindControlSocket(directory: options.directory) } catch {
+            engines.stopAll()
+            try? store.writeSuperblocks(clean: true)
+            throw error
+        }
         let fuseOptions = ["fsname=\(options.directory)", "subtype=vsa", "default_permissions"] + options.fuseOptions
         do { session = try FuseSession(handler: frontEnd, mountpoint: options.mountpoint, options: fuseOptions) } catch {
             engines.stopAll()
+            Posix.close(listener)
             try? store.writeSuperblocks(clean: true)
             throw VSAError("cannot mount \(options.mountpoint): \(error)")
         }
-        startControlSocket()
+        startControlSocket(listener: listener)
         startHealthMonitor()
         // A rebuild the last mount did not finish resumes; a failed member with a spare at hand gets it.
         startRebuildThread(rate: defaultRebuildRate)
@@ -218,7 +228,7 @@ public final class ArrayDaemon: @unchecked Sendable {
     }
 
     private func shutdown() -> Int32 {
-        unlink(ArrayStore.socketPath(directory: options.directory))
+        removeControlSocket()
         controlLock.withLock { _ in shuttingDown.store(true, ordering: .relaxed) }
         pauseRebuild()
         stopScrub()
@@ -287,33 +297,17 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     // MARK: Control socket
 
-    private func startControlSocket() {
-        let path = ArrayStore.socketPath(directory: options.directory)
-        let listener: Int32
-        do { listener = try UnixSocket.listen(path: path) } catch {
-            daemonLog("control socket \(path) unavailable: \(error)")
-            return
-        }
-        let thread = Thread { [self] in
-            while true {
-                guard let client = try? UnixSocket.accept(listener) else { continue }
-                let request = (try? UnixSocket.receive(client, untilNewline: true)) ?? ""
-                let reply = handle(request.trimmingWhitespace())
-                try? UnixSocket.send(client, reply)
-                Posix.close(client)
-            }
-        }
-        thread.name = "control"
-        thread.start()
-    }
-
     /// One control request: a command word and arguments, separated by tabs. Reply: "ok\n" + payload, or "error <line>".
+    /// `status` answers at once; commands that change something run one at a time.
     func handle(_ request: String) -> String {
         let words = request.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+        if words.first == "status" { return "ok\n" + statusJSON() }
+        return commandLock.withLock { _ in command(words) }
+    }
+
+    private func command(_ words: [String]) -> String {
         do throws(VSAError) {
             switch words.first ?? "" {
-            case "status":
-                return "ok\n" + statusJSON()
             case "lun-create" where words.count == 3:
                 guard let size = UInt64(words[2]) else { throw VSAError("bad size") }
                 let (entry, free) = try controlLock.withLock { _ throws(VSAError) in

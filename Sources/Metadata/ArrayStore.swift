@@ -79,7 +79,8 @@ public final class ArrayStore: @unchecked Sendable {
 
     public static func drivePath(directory: String, index: Int) -> String { "\(directory)/drive-\(index)" }
     public static func lockPath(directory: String) -> String { "\(directory)/array.lock" }
-    public static func socketPath(directory: String) -> String { "\(directory)/control.sock" }
+    public static let socketName = "control.sock"
+    public static func socketPath(directory: String) -> String { "\(directory)/\(socketName)" }
     public static func logPath(directory: String) -> String { "\(directory)/vsa.log" }
 
     /// The drive entries in `directory`, in index order.
@@ -525,6 +526,9 @@ public final class ArrayStore: @unchecked Sendable {
             throw VSAError("LUN size must be a positive multiple of 512 bytes (got \(sizeBytes))")
         }
         guard lunTable.entries.count < Layout.lunCountMax else { throw VSAError("the array already holds \(Layout.lunCountMax) LUNs; delete one first") }
+        guard sizeBytes <= geometry.capacityBytes else {
+            throw VSAError("a LUN of \(formatSize(sizeBytes)) does not fit in this array (capacity \(formatSize(geometry.capacityBytes)))")
+        }
         let needed = geometry.stripesFor(sizeBytes: sizeBytes)
         let used = lunTable.entries.sorted { $0.startStripe < $1.startStripe }
         var cursor: UInt64 = 0

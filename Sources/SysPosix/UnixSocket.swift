@@ -1,9 +1,29 @@
 // The control plane's Unix-domain stream socket: one request line in, one reply (possibly multi-line) out.
+// A socket address holds at most 107 bytes of path; an array folder may be deeper than that. Such a path is reached
+// through /proc/self/fd/N/NAME, where N is a descriptor of the folder opened with O_PATH: the socket still lives in
+// the folder, under its name, and both ends find it the same way.
 #if canImport(Glibc)
     import Glibc
 #endif
 
 public enum UnixSocket {
+    /// The longest path a socket address holds (sun_path less its terminating NUL).
+    public static var pathBytesMax: Int { MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1 }
+
+    /// Runs `body` with a path for `folder/name` that fits a socket address: the path itself when it fits, else one
+    /// through /proc/self/fd (the folder held open with O_PATH for the duration).
+    public static func withReachablePath<T>(folder: String, name: String, _ body: (String) throws(SysError) -> T) throws(SysError) -> T {
+        let direct = folder.hasSuffix("/") ? folder + name : folder + "/" + name
+        if direct.utf8.count <= pathBytesMax { return try body(direct) }
+        let oPath: Int32 = 0o10_000_000  // O_PATH (Linux; Glibc exports it only under _GNU_SOURCE)
+        let fd = open(folder, oPath | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw SysError(errno: errno, call: "open \(folder)") }
+        defer { close(fd) }
+        let short = "/proc/self/fd/\(fd)/\(name)"
+        guard short.utf8.count <= pathBytesMax else { throw SysError(errno: ENAMETOOLONG, call: "socket name \(name)") }
+        return try body(short)
+    }
+
     private static func address(_ path: String) throws(SysError) -> sockaddr_un {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -40,6 +60,13 @@ public enum UnixSocket {
         return fd
     }
 
+    /// Bounds how long one recv or send on `fd` may block (a silent or stalled peer then gets EAGAIN).
+    public static func setTimeouts(_ fd: Int32, seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     public static func connect(path: String) throws(SysError) -> Int32 {
         let fd = try syscall("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         var addr = try address(path)
@@ -69,11 +96,12 @@ public enum UnixSocket {
         }
     }
 
-    /// Reads until a newline (request) or end of stream (reply), up to 1 MiB.
-    public static func receive(_ fd: Int32, untilNewline: Bool) throws(SysError) -> String {
+    /// Reads until a newline (request) or end of stream (reply), up to `bytesMax`; more than that throws EMSGSIZE.
+    public static func receive(_ fd: Int32, untilNewline: Bool, bytesMax: Int = 1 << 20) throws(SysError) -> String {
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
-        while result.count < 1 << 20 {
+        while true {
+            if result.count > bytesMax { throw SysError(errno: EMSGSIZE, call: "recv") }
             let n = chunk.withUnsafeMutableBytes { raw in Glibc.recv(fd, raw.baseAddress!, raw.count, 0) }
             if n < 0 {
                 if errno == EINTR { continue }

@@ -85,9 +85,13 @@ final class ArrayFixture {
         return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? T, text)
     }
 
-    func create(_ arguments: String) throws {
+    /// Creates the array; a failure fails the test (a broken `create` must never leave CI green).
+    func create(_ arguments: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let r = vsa("create '\(dir)' \(arguments)")
-        guard r.status == 0 else { throw XCTSkip("create failed: \(r.stderr)") }
+        guard r.status == 0 else {
+            XCTFail("vsa create \(arguments) failed: \(r.stderr)", file: file, line: line)
+            throw NSError(domain: "create", code: 1)
+        }
     }
 
     /// Mounts the array; `environment` ("NAME=value ...") goes to the daemon.
@@ -135,7 +139,10 @@ class FixtureTestCase: XCTestCase {
 
     override func setUpWithError() throws {
         if let reason = Self.rootReason, !Harness.isRoot { throw XCTSkip(reason) }
-        guard FileManager.default.fileExists(atPath: Harness.vsa) else { throw XCTSkip("no vsa binary at \(Harness.vsa)") }
+        guard FileManager.default.fileExists(atPath: Harness.vsa) else {
+            XCTFail("no vsa binary at \(Harness.vsa): build it first (make test does)")
+            throw NSError(domain: "vsa", code: 1)
+        }
         fixture = ArrayFixture(name: name.split(separator: " ").last!.dropLast().description, base: Self.fixtureBase)
     }
 

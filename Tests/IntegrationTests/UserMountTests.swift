@@ -6,9 +6,8 @@ import XCTest
 final class UserMountTests: XCTestCase {
     func testOrdinaryUserMountsThroughFusermount() throws {
         guard Harness.isRoot else { throw XCTSkip("needs root to set up the private namespace") }
-        guard Harness.sh("command -v setpriv && command -v unshare && command -v fusermount3").status == 0 else {
-            throw XCTSkip("setpriv, unshare or fusermount3 missing")
-        }
+        // make test installs fuse3; setpriv and unshare are util-linux's. Missing, the test fails rather than skips.
+        XCTAssertEqual(Harness.sh("command -v setpriv && command -v unshare && command -v fusermount3").status, 0, "setpriv, unshare or fusermount3 missing")
         let root = "/tmp/vsa-it-user-\(getpid())"
         defer { Harness.sh("rm -rf '\(root)'") }
         Harness.sh("rm -rf '\(root)'; mkdir -p '\(root)/home' && chmod 755 '\(root)' && chown nobody:nogroup '\(root)/home'")
@@ -19,6 +18,10 @@ final class UserMountTests: XCTestCase {
             chmod 666 $R/fuse
             mount --bind $R/fuse /dev/fuse
             U="setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME=$R/home"
+            # nobody gets its own copy of the binary: the build tree may sit in a folder nobody cannot enter (a clone
+            # in root's 0700 home).
+            install -m 755 "$VSA" $R/vsa
+            VSA=$R/vsa
             cleanup() { $U fusermount3 -uz $R/home/mnt 2>/dev/null || true; }
             trap cleanup EXIT
             $U "$VSA" create $R/home/array --drives 3 --drive-size 32M
