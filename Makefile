@@ -2,7 +2,7 @@
 SWIFT ?= swift
 PREFIX ?= /usr/local
 
-.PHONY: all deps build release demo test unit integration sim lint format install uninstall bench bench-alloc bench-alloc-update clean
+.PHONY: all deps build release demo test unit integration sim fuzz lint format install uninstall bench bench-alloc bench-alloc-update clean
 
 all: build
 
@@ -39,6 +39,14 @@ SEEDS ?= 200
 sim: deps
 	$(SWIFT) build --build-tests
 	VSA_SIM_SEEDS=$(SEEDS) $(SWIFT) test --skip-build --filter SimulationTests
+
+# Structure-aware fuzzing of assembly and mount (Tests/UnitTests/HostileMetadataTests.swift) under AddressSanitizer,
+# in its own build tree: FUZZ_ITERATIONS mutated arrays from FUZZ_SEED. `make test` runs 240 without the sanitizer.
+FUZZ_ITERATIONS ?= 5000
+FUZZ_SEED ?= 1
+fuzz: deps
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	VSA_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) VSA_FUZZ_SEED=$(FUZZ_SEED) $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --filter HostileMetadataTests
 
 unit: deps
 	$(SWIFT) test --filter UnitTests

@@ -132,20 +132,22 @@ public func parseSize(_ text: String) -> UInt64? {
     var number = trimmed
     var multiplier: UInt64 = 1
     let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-    var suffixUpper = String(last).uppercased()
+    // ASCII only: "ß".uppercased() is "SS", which is no Character.
+    func upper(_ c: Character) -> Character { c.isASCII ? Character(c.uppercased()) : c }
+    var suffixUpper = upper(last)
     if suffixUpper == "B", trimmed.count >= 2 {
         // Accept "KB"/"KiB"-style suffixes too: 64KiB, 64KB.
         var body = trimmed.dropLast()
         if body.last == "i" || body.last == "I" { body = body.dropLast() }
         guard let unit = body.last else { return nil }
-        suffixUpper = String(unit).uppercased()
-        if let m = units[Character(suffixUpper)] {
+        suffixUpper = upper(unit)
+        if let m = units[suffixUpper] {
             multiplier = m
             number = String(body.dropLast())
         } else {
             number = String(body)
         }
-    } else if let m = units[Character(suffixUpper)] {
+    } else if let m = units[suffixUpper] {
         multiplier = m
         number = String(trimmed.dropLast())
     }

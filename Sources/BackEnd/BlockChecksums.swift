@@ -172,6 +172,7 @@ public final class BlockChecksums: @unchecked Sendable {
     /// Forgets the checksums of whole stripes (they were zeroed: no checksum until written again).
     public func clear(firstStripe: UInt64, stripeCount: UInt64, io: DriveIO) {
         let perStrip = UInt64(geometry.stripUnitBytes / 4096)
+        precondition(firstStripe <= geometry.stripeCount && stripeCount <= geometry.stripeCount - firstStripe, "clearing checksums outside the array")
         let end = (firstStripe + stripeCount) * perStrip
         for member in 0..<geometry.memberCount {
             var b = firstStripe * perStrip

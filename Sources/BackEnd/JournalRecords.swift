@@ -17,6 +17,8 @@ public enum JournalFormat {
     static let headerCRCOffset = 16
     static let epochCRCOffset = 12
     static let epochRecordBytes = 64
+    /// Epoch and sequence numbers at or past this are refused (they count up from 1; arithmetic on them must not trap).
+    public static let epochMax: UInt64 = 1 << 62
 }
 
 /// One entry of a record: new contents of a range of one stripe's strip on the record's drive (the payload holds
@@ -117,7 +119,8 @@ public struct JournalHeader: Equatable, Sendable {
                 payload += entry.count
             case .intent:
                 guard entry.offsetBytes == 0, entry.stripe % DriveLayout.intentRegionStripes == 0, entry.stripe < geometry.stripeCount,
-                    entry.count > 0, UInt64(entry.count) <= DriveLayout.intentRegionStripes
+                    entry.count > 0, UInt64(entry.count) <= DriveLayout.intentRegionStripes,
+                    UInt64(entry.count) <= geometry.stripeCount - entry.stripe
                 else { return .damaged("record entry \(i) (intent at stripe \(entry.stripe), \(entry.count) stripes) invalid") }
             }
             entries.append(entry)
@@ -155,7 +158,9 @@ public enum JournalEpochBlock {
         else { return nil }
         guard UUID128(high: load(UInt64.self, bytes, 16), low: load(UInt64.self, bytes, 24)) == arrayUUID, load(UInt32.self, bytes, 32) == UInt32(director)
         else { return nil }
-        return load(UInt64.self, bytes, 40)
+        // Epochs count up by one per slice fill; one near 2^64 is not one vsa wrote (and `epoch + 1` must not trap).
+        let epoch = load(UInt64.self, bytes, 40)
+        return epoch < JournalFormat.epochMax ? epoch : nil
     }
 }
 

@@ -125,6 +125,14 @@ public final class ArrayDaemon: @unchecked Sendable {
         let sb = store.superblock
         let geometry = store.geometry
         cacheBytes = options.cacheBytes ?? sb.cacheBytes
+        // The cache and the mirror of it (as large again) are allocated now: bounded by the format and by this
+        // machine, so a number cannot exhaust memory.
+        let physicalBytes = UInt64(max(0, sysconf(Int32(_SC_PHYS_PAGES)))) * UInt64(max(0, sysconf(Int32(_SC_PAGESIZE))))
+        guard cacheBytes >= Layout.cacheBytesMin, cacheBytes <= Layout.cacheBytesMax, physicalBytes == 0 || cacheBytes <= physicalBytes / 4 else {
+            throw VSAError(
+                "a cache of \(formatSize(cacheBytes)) does not fit: give -o cache=SIZE from 16M to \(formatSize(min(Layout.cacheBytesMax, max(Layout.cacheBytesMin, physicalBytes / 4)))) (the cache and its mirror take up to half this machine's memory)"
+            )
+        }
         let directorCount = sb.engineCount * 2
         let slotsPerDirector = Int(cacheBytes / UInt64(sb.stripUnitBytes)) / directorCount
         guard slotsPerDirector >= 2 * geometry.dataStripsPerStripe + 2 else {

@@ -52,6 +52,12 @@ public final class DriveIO {
     private func issue(_ tag: UInt64) {
         let op = operations[Int(tag)]
         let drive = drives[Int(op.driveIndex)]
+        // A placeholder for a member missing from the folder has no descriptor: its operations fail here, never as a
+        // syscall on fd -1.
+        if drive.isMissing {
+            pageCacheFailures |= 1 << UInt64(op.driveIndex)
+            return
+        }
         if (op.kind <= 1 || op.kind == 4) && !drive.usesDirectIO {
             copyThroughPageCache(tag)
             return

@@ -53,15 +53,16 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         self.mountSeconds = Int(time(nil))
         handles = .allocate(capacity: handleCapacity)
         handles.initialize(repeating: nil, count: handleCapacity)
-        luns.withLock { table in for l in initial { table[l.ref.lunID] = l } }
         let rc = pthread_key_create(&bufferKey) { raw in if let raw { free(raw) } }
         precondition(rc == 0)
+        // Every LUN goes through `add` and its bound (the LUN table was validated at assembly: ids are 1...256).
+        for l in initial { add(l) }
     }
 
     // MARK: The LUN set (control plane)
 
     public func add(_ lun: LUNFile) {
-        precondition(Int(lun.ref.lunID) < handleCapacity, "LUN id beyond the handle table")
+        precondition(lun.ref.lunID >= 1 && Int(lun.ref.lunID) < handleCapacity, "LUN id \(lun.ref.lunID) outside the handle table")
         luns.withLock { $0[lun.ref.lunID] = lun }
     }
 

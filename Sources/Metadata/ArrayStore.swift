@@ -124,8 +124,11 @@ public final class ArrayStore: @unchecked Sendable {
         return (best, sawMagic, nonZero, problem)
     }
 
-    private func readLUNTables() -> LUNTable? {
+    /// The newest LUN table copy that decodes and describes this array's geometry, and why the last copy that did
+    /// not was refused.
+    private func readLUNTables() -> (LUNTable?, String?) {
         var best: LUNTable? = nil
+        var rejection: String? = nil
         for copy in Layout.lunTableCopyOffsets {
             for i in 0..<drives.count where drives[i].isWritable {
                 io.queueRead(drive: i, into: recordBuffer.slice(i), count: Layout.lunTableBytes, offsetBytes: copy)
@@ -133,41 +136,85 @@ public final class ArrayStore: @unchecked Sendable {
             io.submit()
             for i in 0..<drives.count where drives[i].isWritable {
                 let bytes = Array(UnsafeRawBufferPointer(start: recordBuffer.slice(i), count: Layout.lunTableBytes))
-                if let t = try? LUNTable.decode(bytes), t.arrayUUID == superblock.arrayUUID,
-                    best == nil || t.generation > best!.generation
-                {
-                    best = t
+                let table: LUNTable
+                do {
+                    table = try LUNTable.decode(bytes)
+                    guard table.arrayUUID == superblock.arrayUUID else { continue }
+                    try table.validate(geometry: geometry)
+                } catch {
+                    if LUNTable.hasMagic(bytes) { rejection = error.reason }
+                    continue
                 }
+                if best == nil || table.generation > best!.generation { best = table }
             }
         }
-        return best
+        return (best, rejection)
+    }
+
+    /// The first field on which `sb` describes another array than `reference` does (nil: they agree).
+    static func disagreement(_ sb: Superblock, _ reference: Superblock) -> String? {
+        if sb.raidLevel != reference.raidLevel { return "the RAID level" }
+        if sb.memberCount != reference.memberCount { return "the member count" }
+        if sb.stripUnitBytes != reference.stripUnitBytes { return "the stripe unit" }
+        if sb.engineCount != reference.engineCount { return "the engine count" }
+        if sb.dataOffsetBytes != reference.dataOffsetBytes || sb.dataBytesPerDrive != reference.dataBytesPerDrive { return "the data area" }
+        if sb.journalSliceBytes != reference.journalSliceBytes || sb.checksumBytes != reference.checksumBytes { return "the journal and checksum areas" }
+        if sb.createdUnixSeconds != reference.createdUnixSeconds { return "its creation time" }
+        if sb.driveUUID != driveUUID(array: sb.arrayUUID, index: sb.driveIndex) { return "its drive identity" }
+        return nil
     }
 
     // MARK: Assembly
 
     /// Assembles the array in `directory` from its drives alone. Nothing is written.
+    ///
+    /// Every drive is input, not truth. A drive whose superblocks are both damaged (or that holds no vsa superblock),
+    /// or whose superblock disagrees with the array on its geometry or identity, or that missed superblock updates
+    /// (its generation is older than the newest but one, and the failed-member mask does not say why), is left out:
+    /// on a level that survives without it the array assembles degraded with a warning (as md does), and `vsa drive
+    /// replace` rebuilds the member; otherwise assembly is refused with one line. A drive left out is never written.
     public static func assemble(directory: String) throws(VSAError) -> ArrayStore {
         let entries = driveEntries(directory: directory)
         guard !entries.isEmpty else {
             throw VSAError("\(directory) holds no vsa array (no drive-N entries); create one with `vsa create \(directory) --drives 4 --drive-size 1G`")
         }
         var found: [(path: String, sb: Superblock)] = []
+        // Entries not used, and why (one line each): a refusal names the first, a degraded assembly warns of each.
+        var leftOut: [(path: String, reason: String)] = []
         for path in entries {
             let probe = readSuperblockCopies(path: path)
             guard let sb = probe.valid else {
-                if probe.sawMagic {
-                    throw VSAError(
-                        "\(path): vsa superblock damaged in both copies (\(probe.problem ?? "unreadable")); refusing to assemble, nothing was written")
-                }
-                throw VSAError(
-                    "\(path): not a vsa drive (\(probe.problem ?? "no superblock")); refusing to assemble, nothing was written (an entry left by an interrupted vsa drive replace can be removed)"
-                )
+                leftOut.append(
+                    probe.sawMagic
+                        ? (path, "\(path): vsa superblock damaged in both copies (\(probe.problem ?? "unreadable"))")
+                        : (
+                            path,
+                            "\(path): not a vsa drive (\(probe.problem ?? "no superblock")) (an entry left by an interrupted vsa drive replace can be removed)"
+                        ))
+                continue
             }
             found.append((path, sb))
         }
-        let reference = found.max { $0.sb.generation < $1.sb.generation }!.sb
+        guard let reference = found.max(by: { $0.sb.generation < $1.sb.generation })?.sb else {
+            throw VSAError("\(leftOut.first?.reason ?? directory): refusing to assemble, nothing was written")
+        }
         for f in found where f.sb.arrayUUID != reference.arrayUUID {
             throw VSAError("\(f.path) belongs to another vsa array (uuid \(f.sb.arrayUUID), expected \(reference.arrayUUID)); remove it from \(directory)")
+        }
+        // Members agree on what the array is (md's and ZFS's labels carry the same), and on how current they are.
+        found = found.filter { f in
+            let member = f.sb.driveIndex < reference.memberCount
+            if member && reference.failedMemberMask & (1 << UInt64(f.sb.driveIndex)) != 0 { return true }  // failed: not used anyway
+            if let field = disagreement(f.sb, reference) {
+                leftOut.append((f.path, "\(f.path): its superblock disagrees with the array's on \(field)"))
+                return false
+            }
+            if f.sb.generation + 1 < reference.generation {
+                leftOut.append(
+                    (f.path, "\(f.path): its superblock (generation \(f.sb.generation)) missed updates the others have (\(reference.generation)): stale"))
+                return false
+            }
+            return true
         }
         let total = reference.memberCount + reference.spareCount
         var ordered = [(path: String, sb: Superblock)?](repeating: nil, count: total)
@@ -195,11 +242,15 @@ public final class ArrayStore: @unchecked Sendable {
         for i in 0..<reference.memberCount where ordered[i] == nil { missingMembers |= 1 << UInt64(i) }
         let lost = reference.failedMemberMask | missingMembers
         if missingMembers != 0 && !reference.raidLevel.survives(outMask: lost, memberCount: reference.memberCount) {
+            if let first = leftOut.first {
+                throw VSAError("\(first.reason); \(reference.raidLevel) cannot run without it: refusing to assemble, nothing was written")
+            }
             let first = missingMembers.trailingZeroBitCount
             throw VSAError(
                 "drive index \(first) of array \(reference.arrayUUID) is missing from \(directory) and \(reference.raidLevel) cannot run without it; restore it"
             )
         }
+        for entry in leftOut { warnings.append("\(entry.reason); not used, and never written") }
         var drives: [Drive] = []
         var paths: [String] = []
         for (i, entry) in ordered.enumerated() {
@@ -249,8 +300,9 @@ public final class ArrayStore: @unchecked Sendable {
                 directory: directory, drives: drives, drivePaths: paths, superblock: sb,
                 lunTable: LUNTable(generation: 0, arrayUUID: sb.arrayUUID, entries: []))
         } catch { throw VSAError("cannot set up io_uring for metadata I/O: \(error)") }
-        guard let table = store.readLUNTables() else {
-            throw VSAError("array \(sb.arrayUUID): no readable LUN table on any drive; refusing to mount")
+        let (best, rejection) = store.readLUNTables()
+        guard let table = best else {
+            throw VSAError("array \(sb.arrayUUID): no readable LUN table on any drive\(rejection.map { " (\($0))" } ?? ""); refusing to mount")
         }
         store.lunTable = table
         store.assemblyWarnings = warnings

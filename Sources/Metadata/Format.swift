@@ -37,7 +37,12 @@ extension ArrayStore {
             throw VSAError("--stripe-unit must be a power of two from 4K to 16M (got \(su))")
         }
         guard options.engineCount >= 1, options.engineCount <= 8 else { throw VSAError("--engines must be 1 to 8 (got \(options.engineCount))") }
-        guard options.cacheBytes >= 16 << 20 else { throw VSAError("--cache must be at least 16M (got \(formatSize(options.cacheBytes)))") }
+        guard options.cacheBytes >= Layout.cacheBytesMin, options.cacheBytes <= Layout.cacheBytesMax else {
+            throw VSAError("--cache must be from 16M to 1T (got \(formatSize(options.cacheBytes)))")
+        }
+        if let size = options.driveSizeBytes, size > Layout.driveBytesMax {
+            throw VSAError("--drive-size must be at most \(formatSize(Layout.driveBytesMax)) (got \(formatSize(size)))")
+        }
 
         // The folder: create it, or refuse to replace an array in it.
         var st = stat()
@@ -81,7 +86,8 @@ extension ArrayStore {
                     defer { Posix.close(fd) }
                     size = try Posix.fileSize(fd: fd).sizeBytes
                 } catch { throw VSAError("cannot open drive \(path): \(error)") }
-                driveSize = min(driveSize, size)
+                // Past 1 PiB a drive's tail is not used (capacities and offsets stay far from 64-bit limits).
+                driveSize = min(driveSize, size, Layout.driveBytesMax)
             }
         } else {
             driveSize = options.driveSizeBytes!
@@ -95,6 +101,17 @@ extension ArrayStore {
         }
         let dataBytes = plan.dataBytesPerDrive
 
+        var generator = SystemRandomNumberGenerator()
+        let uuid = UUID128.random(using: &generator)
+        var sb = Superblock(
+            clean: true, generation: 0, arrayUUID: uuid, driveUUID: uuid, driveIndex: 0, memberCount: members,
+            spareCount: options.spareCount, raidLevel: raid, role: .member, stripUnitBytes: su,
+            engineCount: options.engineCount, dataOffsetBytes: plan.layout.dataOffsetBytes, dataBytesPerDrive: dataBytes,
+            cacheBytes: options.cacheBytes, createdUnixSeconds: UInt64(time(nil)))
+        sb.journalSliceBytes = plan.layout.journalSliceBytes
+        sb.checksumBytes = plan.layout.checksumBytes
+        // What assembly will check, checked before anything is written: an array vsa cannot mount is never made.
+        do { _ = try Superblock.decode(sb.encode()) } catch { throw VSAError("these options make an array vsa could not assemble: \(error.reason)") }
         // Destroy the old array's entries (only with --force, checked above).
         for old in existing { unlink(old) }
         for name in ["control.sock"] { unlink("\(dir)/\(name)") }
@@ -110,15 +127,6 @@ extension ArrayStore {
             }
         }
 
-        var generator = SystemRandomNumberGenerator()
-        let uuid = UUID128.random(using: &generator)
-        var sb = Superblock(
-            clean: true, generation: 0, arrayUUID: uuid, driveUUID: uuid, driveIndex: 0, memberCount: members,
-            spareCount: options.spareCount, raidLevel: raid, role: .member, stripUnitBytes: su,
-            engineCount: options.engineCount, dataOffsetBytes: plan.layout.dataOffsetBytes, dataBytesPerDrive: dataBytes,
-            cacheBytes: options.cacheBytes, createdUnixSeconds: UInt64(time(nil)))
-        sb.journalSliceBytes = plan.layout.journalSliceBytes
-        sb.checksumBytes = plan.layout.checksumBytes
         var drives: [Drive] = []
         for i in 0..<total {
             do { drives.append(try Drive(path: drivePath(directory: dir, index: i))) } catch {

@@ -12,6 +12,16 @@ public enum Layout {
     public static let lunCountMax = 256
     public static let lunEntryBytes = 128
     public static let lunHeaderBytes = 64
+    /// Members and spares together (a failed-member mask is 64 bits).
+    public static let drivesMax = 64
+    /// Generations count up by one per metadata write; one at or past this is not one vsa wrote (and `+ 1` must not
+    /// trap).
+    public static let generationMax: UInt64 = 1 << 62
+    /// The largest drive vsa formats or assembles (1 PiB): capacities and offsets then fit in 64 bits with room.
+    public static let driveBytesMax: UInt64 = 1 << 50
+    /// The cache a superblock, `vsa create --cache` or `-o cache=` may ask for.
+    public static let cacheBytesMin: UInt64 = 16 << 20
+    public static let cacheBytesMax: UInt64 = 1 << 40
 }
 
 /// Little-endian writer and reader over a fixed-size byte array.
@@ -181,8 +191,18 @@ public struct Superblock: Equatable, Sendable {
         sb.rebuildCheckpoint = r.get(UInt64.self, at: 136)
         sb.journalSliceBytes = r.get(UInt64.self, at: 144)
         sb.checksumBytes = r.get(UInt64.self, at: 152)
-        guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= 64 else {
+        guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= 64, raid != .raid10 || sb.memberCount % 2 == 0 else {
             throw RecordRejection(reason: "superblock member count \(sb.memberCount) invalid")
+        }
+        guard sb.spareCount <= Layout.drivesMax - sb.memberCount else {
+            throw RecordRejection(reason: "superblock spare count \(sb.spareCount) invalid (members and spares are at most \(Layout.drivesMax))")
+        }
+        guard sb.generation < Layout.generationMax else { throw RecordRejection(reason: "superblock generation \(sb.generation) out of range") }
+        guard sb.cacheBytes >= Layout.cacheBytesMin, sb.cacheBytes <= Layout.cacheBytesMax else {
+            throw RecordRejection(reason: "superblock cache size \(sb.cacheBytes) out of range")
+        }
+        guard record[160..<Layout.superblockRecordBytes].allSatisfy({ $0 == 0 }) else {
+            throw RecordRejection(reason: "superblock reserved bytes are not zero")
         }
         guard sb.driveIndex < sb.memberCount + sb.spareCount else { throw RecordRejection(reason: "superblock drive index \(sb.driveIndex) out of range") }
         guard sb.stripUnitBytes >= 4096, sb.stripUnitBytes <= 1 << 24, sb.stripUnitBytes & (sb.stripUnitBytes - 1) == 0 else {
@@ -197,7 +217,9 @@ public struct Superblock: Equatable, Sendable {
             throw RecordRejection(reason: "superblock checksum area too small for the data area")
         }
         guard sb.dataOffsetBytes == sb.layout.dataOffsetBytes else { throw RecordRejection(reason: "superblock data offset invalid") }
-        guard sb.dataBytesPerDrive % UInt64(sb.stripUnitBytes) == 0 else { throw RecordRejection(reason: "superblock data size not whole strips") }
+        guard sb.dataBytesPerDrive % UInt64(sb.stripUnitBytes) == 0, sb.dataBytesPerDrive >= UInt64(sb.stripUnitBytes),
+            sb.dataBytesPerDrive <= Layout.driveBytesMax
+        else { throw RecordRejection(reason: "superblock data size \(sb.dataBytesPerDrive) invalid") }
         guard sb.memberCount == 64 || sb.failedMemberMask >> UInt64(sb.memberCount) == 0 else {
             throw RecordRejection(reason: "superblock failed-member mask names drives beyond the members")
         }
@@ -271,6 +293,8 @@ public struct LUNTable: Equatable, Sendable {
         return w.bytes
     }
 
+    public static func hasMagic(_ bytes: [UInt8]) -> Bool { bytes.count >= 8 && Array(bytes[0..<8]) == magic }
+
     public static func decode(_ bytes: [UInt8]) throws(RecordRejection) -> LUNTable {
         guard bytes.count >= Layout.lunHeaderBytes else { throw RecordRejection(reason: "LUN table truncated") }
         let header = RecordReader(bytes: bytes)
@@ -301,6 +325,32 @@ public struct LUNTable: Equatable, Sendable {
                     lunID: r.get(UInt32.self, at: base + 88), name: name, sizeBytes: r.get(UInt64.self, at: base + 64),
                     startStripe: r.get(UInt64.self, at: base + 72), stripeCount: r.get(UInt64.self, at: base + 80)))
         }
-        return LUNTable(generation: header.get(UInt64.self, at: 24), arrayUUID: header.uuid(at: 32), entries: entries)
+        let generation = header.get(UInt64.self, at: 24)
+        guard generation < Layout.generationMax else { throw RecordRejection(reason: "LUN table generation \(generation) out of range") }
+        return LUNTable(generation: generation, arrayUUID: header.uuid(at: 32), entries: entries)
+    }
+
+    /// Checks every entry against the array it claims to describe: ids unique and in 1...lunCountMax, names unique,
+    /// sizes positive whole sectors that their stripe counts hold exactly, stripe runs inside the array and disjoint.
+    /// A table that fails is not used (a CRC only says the bytes are as written, not that a vsa wrote them).
+    public func validate(geometry: ArrayGeometry) throws(RecordRejection) {
+        var ids = Set<UInt32>()
+        var names = Set<String>()
+        for (i, e) in entries.enumerated() {
+            guard e.lunID >= 1, e.lunID <= UInt32(Layout.lunCountMax), ids.insert(e.lunID).inserted else {
+                throw RecordRejection(reason: "LUN table entry \(i) (\(e.name)) has an invalid or duplicate id \(e.lunID)")
+            }
+            guard names.insert(e.name).inserted else { throw RecordRejection(reason: "LUN table names \(e.name) twice") }
+            guard e.sizeBytes > 0, e.sizeBytes % UInt64(sectorBytes) == 0, e.sizeBytes <= geometry.capacityBytes,
+                e.stripeCount == geometry.stripesFor(sizeBytes: e.sizeBytes)
+            else { throw RecordRejection(reason: "LUN table entry \(e.name): size \(e.sizeBytes) and \(e.stripeCount) stripes disagree") }
+            guard e.startStripe <= geometry.stripeCount, e.stripeCount <= geometry.stripeCount - e.startStripe else {
+                throw RecordRejection(reason: "LUN table entry \(e.name): stripes \(e.startStripe)+\(e.stripeCount) lie outside the array")
+            }
+        }
+        let sorted = entries.sorted { $0.startStripe < $1.startStripe }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where a.startStripe + a.stripeCount > b.startStripe {
+            throw RecordRejection(reason: "LUN table entries \(a.name) and \(b.name) overlap")
+        }
     }
 }

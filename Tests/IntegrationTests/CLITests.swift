@@ -21,6 +21,12 @@ final class CLITests: FixtureTestCase {
         assertOneLineError("create '\(d)' --drives 4 --drive-size 1M", contains: "at least")
         assertOneLineError("create '\(d)' --drive-size 64M", contains: "--drives")
         assertOneLineError("create '\(d)' --drives 4 --drive-size 64M --spares 4", contains: "--spares")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 8388608T", contains: "--drive-size must be at most")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 64M --cache 2T", contains: "--cache must be")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 64M --cache 0", contains: "--cache must be")
+        assertOneLineError("create '\(d)' --drives 100000 --drive-size 64M", contains: "at most 64")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 64M --engines 9999999999", contains: "--engines")
+        assertOneLineError("create '\(d)' --drives 4 --drive-size 64M --stripe-unit 9223372036854775807", contains: "power of two")
         assertOneLineError("create", contains: "missing")
         assertOneLineError("create '\(d)' --bogus", contains: "unknown option")
         assertOneLineError("frobnicate", contains: "unexpected argument")
@@ -29,7 +35,12 @@ final class CLITests: FixtureTestCase {
         try fixture.create("--drives 4 --drive-size 32M")
         let before = Harness.sh("sha256sum '\(d)'/drive-*").stdout
         assertOneLineError("create '\(d)' --drives 4 --drive-size 32M", contains: "--force")
-        assertOneLineError("lun create '\(d)' lun0 --size 1T", contains: "not enough free space")
+        assertOneLineError("lun create '\(d)' lun0 --size 1T", contains: "does not fit")
+        // Numbers at the far end of the range: refused before any arithmetic (2^64-512 used to trap in stripesFor).
+        assertOneLineError("lun create '\(d)' lun0 --size 18446744073709551104", contains: "does not fit")
+        assertOneLineError("lun create '\(d)' lun0 --size 18446744073709551615", contains: "multiple of 512")
+        assertOneLineError("lun create '\(d)' lun0 --size 16777216T", contains: "not a whole number")
+        assertOneLineError("lun create '\(d)' lun0 --size 1ß", contains: "invalid size")
         assertOneLineError("lun create '\(d)' lun0 --size 1000", contains: "multiple of 512")
         assertOneLineError("lun create '\(d)' 'bad/name' --size 1M", contains: "LUN name")
         assertOneLineError("lun create '\(d)' lun0 --size lots", contains: "invalid size")
@@ -63,13 +74,33 @@ final class CLITests: FixtureTestCase {
             contains: "not a vsa superblock")
         XCTAssertEqual(Harness.sh("sha256sum '\(fixture.root)/foreign/x'").stdout, foreignSum)
 
-        // An array whose drive was overwritten by something else refuses to mount and leaves that drive alone.
-        try fixture.create("--drives 3 --drive-size 32M")
+        // A RAID-0 array whose drive was overwritten by something else refuses to mount and leaves the drives alone.
+        try fixture.create("--drives 3 --drive-size 32M --raid 0")
         Harness.sh("dd if=/dev/urandom of='\(fixture.dir)/drive-1' bs=4k count=2 conv=notrunc status=none")
         let sum = Harness.sh("sha256sum '\(fixture.dir)'/drive-*").stdout
         assertOneLineError("mount '\(fixture.dir)' '\(fixture.mnt)'", contains: "drive-1")
         XCTAssertEqual(Harness.sh("sha256sum '\(fixture.dir)'/drive-*").stdout, sum)
         XCTAssertFalse(Harness.sh("mountpoint -q '\(fixture.mnt)'").status == 0, "mounted anyway")
+
+        // On RAID-5 the overwritten member is left out: the array mounts degraded, says so, serves the data, and
+        // never writes that drive.
+        Harness.sh("rm -rf '\(fixture.dir)'")
+        try fixture.create("--drives 3 --drive-size 32M")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l0 --size 8M").status, 0)
+        try fixture.mount()
+        Harness.sh(
+            "head -c 4M /dev/urandom > '\(fixture.root)/data'; dd if='\(fixture.root)/data' of='\(fixture.mnt)/l0' bs=64k conv=notrunc,fsync status=none")
+        fixture.unmount()
+        Harness.sh("dd if=/dev/urandom of='\(fixture.dir)/drive-1' bs=4k count=2 conv=notrunc status=none")
+        let damaged = Harness.sh("sha256sum '\(fixture.dir)/drive-1'").stdout
+        let mounted = Harness.sh("\"$VSA\" mount '\(fixture.dir)' '\(fixture.mnt)'")
+        XCTAssertEqual(mounted.status, 0, mounted.stderr)
+        XCTAssertTrue(mounted.stderr.contains("drive-1") && mounted.stderr.contains("never written"), mounted.stderr)
+        XCTAssertEqual(Harness.sh("cmp -n 4194304 '\(fixture.mnt)/l0' '\(fixture.root)/data'").status, 0, "degraded data differs")
+        XCTAssertTrue(fixture.vsa("status '\(fixture.mnt)'").stdout.contains("degraded"))
+        fixture.unmount()
+        XCTAssertEqual(Harness.sh("sha256sum '\(fixture.dir)/drive-1'").stdout, damaged, "the member left out was written")
+        Harness.sh("rm -rf '\(fixture.dir)'")
 
         // A second mount of a mounted array is refused.
         Harness.sh("rm -rf '\(fixture.dir)'")
