@@ -281,6 +281,10 @@ public final class RAIDBackEnd: StripeStore {
     /// After a read found blocks failing their checksums and got them right from another copy or from parity: the
     /// good contents go back to the bad drive. A rebuilt strip that still disagrees with its checksum but equals
     /// what the drive gave was right all along (the checksum entry was the damaged one): the entry is rewritten.
+    /// A rebuilt strip that matches neither (the block and its entry both damaged, as when one drive takes damage
+    /// across its checksum area and its data) is still the truth: it came from the other members, each verified
+    /// against its own drive's checksums, so damage confined to one drive never costs data. The block and its entry
+    /// are both rewritten.
     private func repairBlocks(
         stripe: UInt64, stripMask: UInt64, offset: UInt64, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>, badDrives: UInt64,
         rebuilt: UInt64
@@ -298,9 +302,10 @@ public final class RAIDBackEnd: StripeStore {
                     checksums.update(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory)
                     checksums.entryRepairs.add(1, ordering: .relaxed)
                 } else {
-                    // Neither the drive's contents nor the rebuilt ones match: more damage than redundancy covers.
-                    checksums.unrecoverable.add(1, ordering: .relaxed)
-                    return false
+                    checksums.update(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory)
+                    rewrite |= 1 << UInt64(strip)
+                    checksums.repairs.add(1, ordering: .relaxed)
+                    checksums.entryRepairs.add(1, ordering: .relaxed)
                 }
             } else {
                 for drive in geometry.copyDrives(stripe: stripe, strip: strip) where badDrives & (1 << UInt64(drive)) != 0 && writable(drive) {

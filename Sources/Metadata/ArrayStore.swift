@@ -242,12 +242,10 @@ public final class ArrayStore: @unchecked Sendable {
         for i in 0..<reference.memberCount where ordered[i] == nil { missingMembers |= 1 << UInt64(i) }
         let lost = reference.failedMemberMask | missingMembers
         if missingMembers != 0 && !reference.raidLevel.survives(outMask: lost, memberCount: reference.memberCount) {
-            if let first = leftOut.first {
-                throw VSAError("\(first.reason); \(reference.raidLevel) cannot run without it: refusing to assemble, nothing was written")
-            }
             let first = missingMembers.trailingZeroBitCount
+            let why = leftOut.first.map { " (left out: \($0.reason))" } ?? ""
             throw VSAError(
-                "drive index \(first) of array \(reference.arrayUUID) is missing from \(directory) and \(reference.raidLevel) cannot run without it; restore it"
+                "drive index \(first) of array \(reference.arrayUUID) is missing from \(directory)\(why) and \(reference.raidLevel) cannot run without it; restore it: refusing to assemble, nothing was written"
             )
         }
         for entry in leftOut { warnings.append("\(entry.reason); not used, and never written") }
