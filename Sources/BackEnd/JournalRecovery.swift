@@ -7,6 +7,10 @@ import Buffers
 import Drives
 import MemoryServices
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 public struct JournalRecoveryReport: Sendable {
     /// The epoch each director writes in from now on (its blocks are on the drives).
     public var epochs: [UInt64] = []
@@ -17,6 +21,13 @@ public struct JournalRecoveryReport: Sendable {
     public var droppedBatches = 0
     /// Intent regions resynchronised (parity from data, mirror copies from the first copy).
     public var resyncedRegions = 0
+    /// Strips (or mirror copies) in those regions that failed their checksums while the rest of their stripe passed:
+    /// rebuilt from the others instead of being copied over them or folded into new parity.
+    public var resyncRepairedStrips = 0
+    /// Stripes in those regions whose members disagreed and whose checksums could not say which was right (the
+    /// entries of a write in flight are stale by design): resynchronised the old way (parity from data, the first
+    /// copy wins).
+    public var resyncUnverifiedStripes = 0
     /// Records whose CRC holds but whose fields make no sense (damage no crash explains): where, and why. Nothing
     /// from there on in that slice was replayed.
     public var damaged: [String] = []
@@ -131,7 +142,9 @@ public enum JournalRecovery {
         flushLive()
 
         if !regions.isEmpty && geometry.raidLevel != .raid0 {
-            try resync(geometry: geometry, drives: drives, regions: regions.sorted().map { ($0, UInt64(regionStripes[$0]!)) })
+            try resync(
+                geometry: geometry, drives: drives, regions: regions.sorted().map { ($0, UInt64(regionStripes[$0]!)) }, checksums: checksums,
+                report: &report)
             report.resyncedRegions = regions.count
         }
         if let checksums {
@@ -175,33 +188,135 @@ public enum JournalRecovery {
         return report
     }
 
-    /// Makes each region's redundancy agree with its data: P/Q recomputed, mirror copies from the first readable copy.
-    /// A stripe with a member out keeps what it has: its parity defines the lost strip, which only a write in flight
-    /// could have changed.
-    static func resync(geometry: ArrayGeometry, drives: [Drive], regions: [(first: UInt64, count: UInt64)]) throws(VSAError) {
-        let backEnd: RAIDBackEnd
-        do { backEnd = try RAIDBackEnd(geometry: geometry, drives: drives, memory: MemoryServices(), marks: BackEndMarks()) } catch {
+    /// Makes each region's redundancy agree with its data: P/Q recomputed, mirror copies made equal. A stripe with a
+    /// member out keeps what it has: its parity defines the lost strip, which only a write in flight could have changed.
+    ///
+    /// Recovery never launders rot. Each strip read here is first checked against the checksum entries on the drives
+    /// (written back when the last epoch ended). Those entries are stale for blocks a write in flight changed, so a
+    /// failure alone proves nothing; but where the rest of the stripe passes, the one strip (or copy) that fails is
+    /// rebuilt from the others, instead of being copied over good mirrors or folded into new parity. Only where the
+    /// checks cannot decide (several members fail: a torn write, whose data no fsync acknowledged) does the old rule
+    /// hold: the first copy wins, parity follows the data.
+    static func resync(
+        geometry: ArrayGeometry, drives: [Drive], regions: [(first: UInt64, count: UInt64)], checksums: BlockChecksums?,
+        report: inout JournalRecoveryReport
+    ) throws(VSAError) {
+        let m = geometry.memberCount
+        let d = geometry.dataStripsPerStripe
+        let stripBytes = geometry.stripUnitBytes
+        let io: DriveIO
+        do { io = try DriveIO(drives: drives, capacity: 2 * m + 8) } catch { throw VSAError("cannot set up io_uring for resync: \(error)") }
+        let memory = MemoryServices()
+        let strips = Arena(sliceBytes: stripBytes, sliceCount: m + 2)  // every member's strip, then P' and Q'
+        let table = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: m + 2)
+        defer { table.deallocate() }
+        let p = { (stripe: UInt64) in geometry.parityDrive(stripe: stripe) }
+        // Stripes with a member out go through a back end of their own (degraded reads, no checksums), as they always did.
+        let degraded: RAIDBackEnd
+        do { degraded = try RAIDBackEnd(geometry: geometry, drives: drives, memory: memory, marks: BackEndMarks()) } catch {
             throw VSAError("cannot set up the back end for resync: \(error)")
         }
-        let d = geometry.dataStripsPerStripe
-        let strips = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: d)
-        let table = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: d)
-        defer { table.deallocate() }
-        for i in 0..<d { table[i] = strips.slice(i) }
         let all: UInt64 = d == 64 ? ~0 : (1 << UInt64(d)) - 1
         // Parity levels rewrite P/Q only; mirrors copy the primary to the other copies.
-        let rewrite: UInt64 = geometry.parityStripsPerStripe > 0 ? 0 : all
+        let rewriteAll: UInt64 = geometry.parityStripsPerStripe > 0 ? 0 : all
         for region in regions {
             for stripe in region.first..<min(region.first + region.count, geometry.stripeCount) {
-                guard backEnd.readStrips(stripe: stripe, stripMask: all, offsetBytes: 0, count: geometry.stripUnitBytes, targets: table) else {
-                    throw VSAError("resync: stripe \(stripe) unreadable; the array cannot be mounted safely")
+                let offset = geometry.driveOffset(stripe: stripe)
+                guard (0..<m).allSatisfy({ drives[$0].isReadable(stripe: stripe) }) else {
+                    // A member out (failed, or rebuilding and not there yet): nothing to compare a strip with. Parity
+                    // follows the data as read (a lost strip through P), so Q and the members still taking writes agree.
+                    for i in 0..<d { table[i] = strips.slice(i) }
+                    guard degraded.readStrips(stripe: stripe, stripMask: all, offsetBytes: 0, count: stripBytes, targets: table) else {
+                        throw VSAError("resync: stripe \(stripe) unreadable; the array cannot be mounted safely")
+                    }
+                    guard degraded.writeStripe(stripe: stripe, strips: table, dirtyMask: rewriteAll, offsetBytes: 0, count: stripBytes) else {
+                        throw VSAError("resync: stripe \(stripe) could not be written; more members failed than \(geometry.raidLevel) survives")
+                    }
+                    continue
                 }
-                guard backEnd.writeStripe(stripe: stripe, strips: table, dirtyMask: rewrite, offsetBytes: 0, count: geometry.stripUnitBytes) else {
+                for member in 0..<m { io.queueRead(drive: member, into: strips.slice(member), count: stripBytes, offsetBytes: offset) }
+                guard io.submit() == 0 else { throw VSAError("resync: stripe \(stripe) unreadable; the array cannot be mounted safely") }
+                var failing: UInt64 = 0
+                if let checksums {
+                    for member in 0..<m
+                    where checksums.verify(member: member, driveOffset: offset, count: stripBytes, data: strips.slice(member), io: io, memory: memory) != nil {
+                        failing |= 1 << UInt64(member)
+                    }
+                }
+                if geometry.parityStripsPerStripe == 0 {
+                    // Mirrors: for each data strip, the copies must agree; a copy that passes wins over those that fail.
+                    for strip in 0..<d {
+                        let copies = Array(geometry.copyDrives(stripe: stripe, strip: strip))
+                        let differing = copies.filter { memcmp(strips.slice($0), strips.slice(copies[0]), stripBytes) != 0 }
+                        guard !differing.isEmpty else { continue }
+                        let passing = copies.filter { failing & (1 << UInt64($0)) == 0 }
+                        let winner: Int
+                        if let good = passing.first, passing.count < copies.count {
+                            winner = good
+                            report.resyncRepairedStrips += copies.filter { memcmp(strips.slice($0), strips.slice(good), stripBytes) != 0 }.count
+                        } else {
+                            winner = copies[0]
+                            report.resyncUnverifiedStripes += 1
+                        }
+                        for copy in copies where memcmp(strips.slice(copy), strips.slice(winner), stripBytes) != 0 {
+                            io.queueWrite(drive: copy, from: strips.slice(winner), count: stripBytes, offsetBytes: offset)
+                        }
+                    }
+                } else {
+                    // Parity: P' (and Q') of the data as it is; consistent stripes need nothing.
+                    let dataDrives = (0..<d).map { geometry.dataDrive(stripe: stripe, strip: $0) }
+                    let pDrive = p(stripe)
+                    let qDrive = geometry.raidLevel == .raid6 ? geometry.qDrive(stripe: stripe) : -1
+                    func parityOfData() {
+                        for i in 0..<d { table[i] = strips.slice(dataDrives[i]) }
+                        table[d] = strips.slice(m)
+                        table[d + 1] = strips.slice(m + 1)
+                        if qDrive < 0 {
+                            memory.xorParity(sourceCount: d, lengthBytes: stripBytes, table: table)
+                        } else {
+                            memory.pqParity(sourceCount: d, lengthBytes: stripBytes, table: table)
+                        }
+                    }
+                    parityOfData()
+                    let pOK = memcmp(strips.slice(m), strips.slice(pDrive), stripBytes) == 0
+                    let qOK = qDrive < 0 || memcmp(strips.slice(m + 1), strips.slice(qDrive), stripBytes) == 0
+                    guard !(pOK && qOK) else { continue }
+                    let failingData = dataDrives.filter { failing & (1 << UInt64($0)) != 0 }
+                    if failingData.count == 1 && failing & (1 << UInt64(pDrive)) == 0 && failing.nonzeroBitCount == 1 {
+                        // One data strip fails its checksums, P passes: the strip is rebuilt from P and the others.
+                        let bad = failingData[0]
+                        var sources = 0
+                        for drive in dataDrives where drive != bad {
+                            table[sources] = strips.slice(drive)
+                            sources += 1
+                        }
+                        table[sources] = strips.slice(pDrive)
+                        table[sources + 1] = strips.slice(bad)
+                        memory.xorParity(sourceCount: sources + 1, lengthBytes: stripBytes, table: table)
+                        io.queueWrite(drive: bad, from: strips.slice(bad), count: stripBytes, offsetBytes: offset)
+                        report.resyncRepairedStrips += 1
+                        parityOfData()  // Q of the repaired data
+                    } else if failingData.isEmpty || failing & ~(1 << UInt64(pDrive)) & ~(qDrive < 0 ? 0 : 1 << UInt64(qDrive)) == 0 {
+                        // The data passes (or nothing says otherwise): parity follows it, as it always did.
+                    } else {
+                        report.resyncUnverifiedStripes += 1
+                    }
+                    if memcmp(strips.slice(m), strips.slice(pDrive), stripBytes) != 0 {
+                        io.queueWrite(drive: pDrive, from: strips.slice(m), count: stripBytes, offsetBytes: offset)
+                    }
+                    if qDrive >= 0 && memcmp(strips.slice(m + 1), strips.slice(qDrive), stripBytes) != 0 {
+                        io.queueWrite(drive: qDrive, from: strips.slice(m + 1), count: stripBytes, offsetBytes: offset)
+                    }
+                }
+                guard io.submit() == 0 || geometry.raidLevel.survives(outMask: ArrayGeometry.outMask(drives: drives), memberCount: m) else {
                     throw VSAError("resync: stripe \(stripe) could not be written; more members failed than \(geometry.raidLevel) survives")
                 }
             }
         }
-        guard backEnd.flush() else { throw VSAError("resync: flushing the drives failed") }
+        for member in 0..<m where drives[member].isWritable && !drives[member].isMemoryBacked { io.queueFlush(drive: member) }
+        guard io.submit() == 0 || geometry.raidLevel.survives(outMask: ArrayGeometry.outMask(drives: drives), memberCount: m) else {
+            throw VSAError("resync: flushing the drives failed")
+        }
     }
 }
 

@@ -168,6 +168,11 @@ public final class ArrayDaemon: @unchecked Sendable {
         if !store.wasClean {
             let note =
                 "the array was not stopped cleanly: the journal replayed \(recovery.replayedBatches) batches (\(formatSize(recovery.replayedBytes))), dropped \(recovery.droppedBatches) that never started, resynced \(recovery.resyncedRegions) regions"
+                + (recovery.resyncRepairedStrips > 0
+                    ? "; \(recovery.resyncRepairedStrips) strips in them failed their checksums and were rebuilt from the others" : "")
+                + (recovery.resyncUnverifiedStripes > 0
+                    ? "; \(recovery.resyncUnverifiedStripes) stripes disagreed where checksums could not tell which member was right (the first copy, or the data, was kept)"
+                    : "")
             messages.append(note)
             daemonLog(note)
         }
