@@ -92,11 +92,20 @@ func control(_ directory: String, _ words: [String]) throws(VSAError) -> String 
         throw VSAError("cannot reach the daemon of \(directory) at \(path) (\(error)); is it still running? see \(ArrayStore.logPath(directory: directory))")
     }
     defer { Posix.close(fd) }
+    // Never wait forever: a daemon whose drive or director is stuck answers within its drive deadline (30 s by
+    // default); one that does not answer in 5 minutes is reported, not waited for.
+    UnixSocket.setTimeouts(fd, seconds: 300)
     let reply: String
     do {
         try UnixSocket.send(fd, words.joined(separator: "\t") + "\n")
         reply = try UnixSocket.receive(fd, untilNewline: false)
-    } catch { throw VSAError("talking to the daemon failed: \(error)") }
+    } catch {
+        if error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+            throw VSAError(
+                "the daemon of \(directory) did not answer within 300 s (a drive or a director may be stuck); see \(ArrayStore.logPath(directory: directory))")
+        }
+        throw VSAError("talking to the daemon failed: \(error)")
+    }
     if reply.hasPrefix("ok\n") { return String(reply.dropFirst(3)) }
     if reply.hasPrefix("error ") { throw VSAError(String(reply.dropFirst(6)).trimmingWhitespace()) }
     throw VSAError("the daemon gave no answer; see \(ArrayStore.logPath(directory: directory))")
@@ -260,7 +269,8 @@ struct Mount: VSACommand {
     @Argument(help: "The array folder.") var dir: String
     @Argument(help: "An existing empty folder to mount on.") var mountpoint: String
     @Flag(help: "Stay in the foreground and log to stderr.") var foreground = false
-    @Option(name: .short, help: "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N), comma-separated.") var o: [String] = []
+    @Option(name: .short, help: "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS), comma-separated.") var o:
+        [String] = []
     @Flag(help: .hidden) var daemonChild = false
 
     func execute() throws(VSAError) {
@@ -269,6 +279,7 @@ struct Mount: VSACommand {
         var fuseOptions: [String] = []
         var cacheBytes: UInt64? = nil
         var fuseThreads = 4
+        var driveTimeout: Double = 30
         for item in o.flatMap({ $0.split(separator: ",").map(String.init) }) {
             if item.hasPrefix("threads=") {
                 guard let n = Int(item.dropFirst(8)), n >= 1, n <= 64 else {
@@ -277,6 +288,11 @@ struct Mount: VSACommand {
                 fuseThreads = n
             } else if item.hasPrefix("cache=") {
                 cacheBytes = try size(String(item.dropFirst(6)), "-o cache")
+            } else if item.hasPrefix("drive_timeout=") {
+                guard let seconds = Double(item.dropFirst(14)), seconds.isFinite, seconds == 0 || (seconds >= 0.5 && seconds <= 3600) else {
+                    throw VSAError("-o drive_timeout takes seconds from 0.5 to 3600, or 0 for none (got '\(item.dropFirst(14))')")
+                }
+                driveTimeout = seconds
             } else if [
                 "rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "dev", "suid", "exec", "nodev", "nosuid", "noexec", "async", "atime",
                 "noatime", "relatime",
@@ -294,6 +310,7 @@ struct Mount: VSACommand {
         }
         var options = MountOptions(directory: directory, mountpoint: mp, fuseOptions: fuseOptions, cacheBytes: cacheBytes)
         options.fuseThreads = fuseThreads
+        options.driveTimeoutSeconds = driveTimeout
         if foreground || daemonChild {
             if daemonChild { setsid() }
             let daemon: ArrayDaemon
@@ -439,9 +456,14 @@ struct DriveReplace: VSACommand {
         let dir = try mountedArray(target, "replace a drive")
         let reply = try control(dir, ["drive-replace", drive, with.map(absolutePath) ?? "", force ? "1" : "0", String(bytes)])
         let parts = reply.split(separator: "\t").map(String.init)
-        print("rebuilding member \(parts.first ?? drive) onto \(parts.count > 1 ? parts[1] : with ?? "a spare")")
+        let member = parts.first ?? drive
+        if parts.count > 2 && parts[2] == "queued" {
+            print("member \(member) onto \(parts[1]): queued; its rebuild starts when the running one ends")
+        } else {
+            print("rebuilding member \(member) onto \(parts.count > 1 ? parts[1] : with ?? "a spare")")
+        }
         guard wait else { return }
-        try waitForRebuild(dir)
+        try waitForRebuild(dir, member: Int(member))
     }
 }
 
@@ -562,15 +584,28 @@ struct Top: VSACommand {
 }
 
 /// Draws the rebuild's progress until it ends; throws if it did not complete.
-func waitForRebuild(_ dir: String) throws(VSAError) {
+/// Follows the rebuild of `member` (the running one when nil) to its end; a queued one is waited for through the
+/// rebuild ahead of it.
+func waitForRebuild(_ dir: String, member: Int? = nil) throws(VSAError) {
+    var handOvers = 0
     let r = try follow(dir, job: "rebuild", pick: { $0.rebuild }) { r in
-        var line = progressBar(percent: r.percent)
+        let waiting = member != nil && r.member != member && r.queued?.member == member
+        var line = waiting ? "waiting for member \(r.member)'s rebuild: " + progressBar(percent: r.percent) : progressBar(percent: r.percent)
         if r.bytesPerSecond > 0 { line += "  \(formatSize(r.bytesPerSecond))/s" }
         if let eta = r.etaSeconds { line += "  eta \(Int(eta.rounded(.up))) s" }
-        return (r.percent, line, r.state == "running")
+        // Between the two rebuilds the first one reads complete while the queued one starts: keep following.
+        var handOver = member != nil && r.member != member && r.state == "complete" && r.queued == nil
+        if handOver {
+            handOvers += 1
+            handOver = handOvers < 25  // 5 s: the next rebuild starts within microseconds, unless its drive failed
+        }
+        return (waiting ? 0 : r.percent, line, r.state == "running" || waiting || handOver)
     }
     guard r.state == "complete" else {
         throw VSAError("rebuild \(r.state)\(r.detail.map { ": \($0)" } ?? ""); see \(ArrayStore.logPath(directory: dir))")
+    }
+    if let member, r.member != member {
+        throw VSAError("the rebuild of member \(member) did not start after member \(r.member)'s; see \(ArrayStore.logPath(directory: dir))")
     }
     print("rebuild of member \(r.member) complete")
 }

@@ -81,16 +81,26 @@ extension ArrayDaemon {
     /// `vsa drive replace`: puts a spare (or the drive at `path`) in member `member`'s place and starts the rebuild.
     /// A healthy member is failed first (if the array survives that). Returns the path of the new drive.
     func replaceMember(_ member: Int, with path: String?, force: Bool, rate: UInt64) throws(VSAError) -> String {
-        let path = try controlLock.withLock { _ throws(VSAError) -> String in
+        let (path, queued) = try controlLock.withLock { _ throws(VSAError) -> (String, Bool) in
             guard !shuttingDown.load(ordering: .relaxed) else { throw VSAError("the array is being unmounted") }
-            if rebuildTracker.isRunning, let s = rebuildTracker.snapshot {
-                throw VSAError("a rebuild of member \(s.member) is running; wait for it (vsa status shows its progress)")
-            }
             let sb = store.superblock
-            if let busy = sb.rebuildMember {
+            let old = store.drives[member]
+            // A failed member replaced while another member's rebuild runs waits for it (md queues the same way):
+            // its drive is attached now and takes every write, and its rebuild starts when the running one ends.
+            var queued = false
+            if rebuildTracker.isRunning, let s = rebuildTracker.snapshot {
+                guard member != s.member else { throw VSAError("member \(member) is being rebuilt now (vsa status shows its progress)") }
+                if let waiting = sb.queuedRebuildMember {
+                    throw VSAError(
+                        "a rebuild of member \(s.member) is running and one of member \(waiting) waits for it; wait for them (vsa status shows both)")
+                }
+                guard old.state == .failed else {
+                    throw VSAError("a rebuild of member \(s.member) is running; a healthy member is replaced after it ends (vsa status shows its progress)")
+                }
+                queued = true
+            } else if let busy = sb.rebuildMember {
                 throw VSAError("member \(busy) is being rebuilt but its rebuild stopped (see vsa status); unmount and mount again to resume it")
             }
-            let old = store.drives[member]
             if old.state == .online {
                 guard sb.raidLevel.survives(outMask: store.membersOut | (1 << UInt64(member)), memberCount: sb.memberCount) else {
                     throw VSAError("replacing healthy member \(member) would leave \(sb.raidLevel) without enough members meanwhile; nothing was changed")
@@ -117,18 +127,23 @@ extension ArrayDaemon {
                 } else {
                     throw VSAError("the array has no working hot spare left; give a new file or device with --with PATH")
                 }
-                try store.attach(member: member, drive: replacement.drive, path: replacement.entry)
+                try store.attach(member: member, drive: replacement.drive, path: replacement.entry, queued: queued)
             } catch {
                 if let prepared { store.undo(prepared) }
                 throw error
             }
             engines.attach(member: member, drive: replacement.drive)
             store.retire(entry: oldEntry, keeping: replacement.entry)
-            daemonLog("member \(member): \(replacement.entry) takes the place of \(oldEntry); rebuilding")
-            return replacement.entry
+            if queued {
+                queuedRebuildRate.store(rate, ordering: .relaxed)
+                daemonLog("member \(member): \(replacement.entry) takes the place of \(oldEntry); its rebuild waits for the running one")
+            } else {
+                daemonLog("member \(member): \(replacement.entry) takes the place of \(oldEntry); rebuilding")
+            }
+            return (replacement.entry, queued)
         }
-        startRebuildThread(rate: rate)
-        return path
+        if !queued { startRebuildThread(rate: rate) }
+        return queued ? path + "\tqueued" : path
     }
 
     /// After a failure: a spare takes the first failed member's place, if there is a spare and no rebuild runs.
@@ -140,9 +155,22 @@ extension ArrayDaemon {
         }
         guard let member else { return }
         do {
+            let failed = controlLock.withLock { _ in store.drives[member] }
             let path = try replaceMember(member, with: nil, force: false, rate: defaultRebuildRate)
-            controlLock.withLock { _ in messages.append("member \(member) failed; hot spare \(path) took its place") }
+            let why = ArrayDaemon.failureCounts(failed)
+            controlLock.withLock { _ in messages.append("member \(member) failed\(why); hot spare \(path) took its place") }
+            daemonLog("member \(member) failed\(why); hot spare \(path) took its place")
         } catch { daemonLog("automatic rebuild onto a spare did not start: \(error)") }
+    }
+
+    /// What a failed drive's counters say about why: " (N I/O errors, M operations past the 2 s drive deadline)".
+    static func failureCounts(_ drive: Drive) -> String {
+        let errors = drive.errorCount.load(ordering: .relaxed)
+        let timeouts = drive.timeouts.load(ordering: .relaxed)
+        var parts: [String] = []
+        if timeouts > 0 { parts.append("\(timeouts) operation(s) past the \(DriveIO.deadlineSeconds) s drive deadline") }
+        if errors > timeouts { parts.append("\(errors - timeouts) I/O error(s)") }
+        return parts.isEmpty ? "" : " (" + parts.joined(separator: ", ") + ")"
     }
 
     /// Starts (or resumes) the rebuild of the member the superblocks name.
@@ -243,6 +271,11 @@ extension ArrayDaemon {
             $0?.finishedAt = finished
             $0?.detail = detail
         }
+        // A queued rebuild is next (the superblocks made it the current one when this one ended or its drive failed).
+        if outcome != "stopped" && controlLock.withLock({ _ in store.superblock.rebuildMember != nil }) {
+            startRebuildThread(rate: queuedRebuildRate.load(ordering: .relaxed))
+            return
+        }
         if outcome == "failed" && drive.state == .failed { startRebuildOntoSpare() }
     }
 
@@ -305,9 +338,13 @@ extension ArrayDaemon {
         let done = rebuildTracker.doneStripes.load(ordering: .relaxed)
         let progress = walkProgress(
             done: done, from: r.startStripe, total: r.totalStripes, startedAt: r.startedAt, finishedAt: r.finishedAt, running: r.state == "running")
-        return StatusReport.RebuildInfo(
+        var info = StatusReport.RebuildInfo(
             member: r.member, drive: r.drivePath, state: r.state, doneStripes: done, totalStripes: r.totalStripes, percent: progress.percent,
             bytesPerSecond: progress.bytesPerSecond, rateLimitBytesPerSecond: r.rateLimit, etaSeconds: progress.etaSeconds, detail: r.detail)
+        info.queued = controlLock.withLock { _ in
+            store.superblock.queuedRebuildMember.map { StatusReport.QueuedRebuild(member: $0, drive: store.drivePaths[$0]) }
+        }
+        return info
     }
 
     /// Asks a running rebuild to stop and record where it got (unmount); waits up to a few seconds.
@@ -316,26 +353,83 @@ extension ArrayDaemon {
     }
 
     /// A member whose drive file vanished (deleted or its device gone), or was truncated, has failed: its data is no
-    /// longer reachable by path, whatever the open descriptor still allows.
+    /// longer reachable by path, whatever the open descriptor still allows. Applies what the drive probes found (the health thread, every 0.5 s). A probe runs on a thread of its own per
+    /// member and no lock is held while it looks at the drive: a drive that stops answering (a paused network drive
+    /// behind FUSE) stalls only its probe, and a probe still waiting after the drive deadline fails the drive.
     func checkDrivesPresent() {
-        controlLock.withLock { _ in checkDrivesPresentLocked() }
+        let deadline = DriveIO.deadlineSeconds
+        controlLock.withLock { _ in
+            for (i, probe) in driveProbes.enumerated() where i < store.superblock.memberCount {
+                let drive = store.drives[i]
+                guard drive.state != .failed, !drive.isMissing else { continue }
+                let finding = probe.finding(for: drive, deadlineSeconds: deadline)
+                guard let finding else { continue }
+                drive.transition(to: .failed)
+                daemonLog("member \(i): \(store.drivePaths[i]) \(finding); the drive is failed")
+            }
+        }
     }
 
-    private func checkDrivesPresentLocked() {
+    /// One prober thread per member: every 0.5 s it looks at the member's drive (is its path there, is it as long as
+    /// the array needs), holding no lock while it does.
+    func startDriveProbes() {
         for i in 0..<store.superblock.memberCount {
-            let drive = store.drives[i]
-            guard drive.state != .failed, !drive.isMissing else { continue }
-            if access(store.drivePaths[i], F_OK) != 0 && errno == ENOENT {
-                drive.transition(to: .failed)
-                daemonLog("member \(i): \(store.drivePaths[i]) vanished; the drive is failed")
-                continue
+            let probe = driveProbes[i]
+            let thread = Thread { [self] in
+                while true {
+                    usleep(500_000)
+                    let target = controlLock.withLock { _ in (store.drives[i], store.drivePaths[i], store.superblock.driveBytesRequired) }
+                    guard target.0.state != .failed, !target.0.isMissing else { continue }
+                    probe.run(drive: target.0, path: target.1, requiredBytes: target.2)
+                }
             }
+            thread.name = "probe-\(i)"
+            thread.start()
+        }
+    }
+}
+
+/// What one member's prober saw last, and whether it is stuck in a look at the drive right now.
+final class DriveProbe: @unchecked Sendable {
+    private let lock = NSLock()
+    private var probing: Drive? = nil
+    private var startedAt: Double = 0
+    private var lastFinding: (drive: Drive, text: String)? = nil
+
+    private static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
+    /// Looks at the drive (on the prober's thread; it may block as long as the drive does).
+    func run(drive: Drive, path: String, requiredBytes: UInt64) {
+        lock.withLock {
+            probing = drive
+            startedAt = DriveProbe.now()
+        }
+        var finding: String? = nil
+        if access(path, F_OK) != 0 && errno == ENOENT {
+            finding = "vanished"
+        } else if !drive.isBlockDevice, let size = try? Posix.fileSize(fd: drive.fd).sizeBytes, size < requiredBytes {
             // A drive file cut short under us would read back zeroes where data was: failed, not trusted.
-            let required = store.superblock.driveBytesRequired
-            if !drive.isBlockDevice, let size = try? Posix.fileSize(fd: drive.fd).sizeBytes, size < required {
-                drive.transition(to: .failed)
-                daemonLog("member \(i): \(store.drivePaths[i]) shrank to \(size) bytes (needs \(required)); the drive is failed")
+            finding = "shrank to \(size) bytes (needs \(requiredBytes))"
+        }
+        lock.withLock {
+            probing = nil
+            if let finding { lastFinding = (drive, finding) }
+        }
+    }
+
+    /// Why `drive` must be failed, if it must: its last probe found it gone or short, or a probe of it has been waiting
+    /// longer than the drive deadline.
+    func finding(for drive: Drive, deadlineSeconds: Double) -> String? {
+        lock.withLock {
+            if let last = lastFinding, last.drive === drive { return last.text }
+            if deadlineSeconds > 0, let stuck = probing, stuck === drive, DriveProbe.now() - startedAt > deadlineSeconds {
+                return "did not answer a look at its file within \(deadlineSeconds) s"
             }
+            return nil
         }
     }
 }

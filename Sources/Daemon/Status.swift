@@ -31,6 +31,8 @@ public struct StatusReport: Codable, Sendable {
         public var sizeBytes: UInt64
         public var directIO: Bool
         public var errors: UInt64
+        /// Operations that outlived the drive deadline (`-o drive_timeout=`); the first one failed the drive.
+        public var timeouts: UInt64 = 0
     }
     public struct LUNInfo: Codable, Sendable {
         public var name: String
@@ -137,6 +139,12 @@ public struct StatusReport: Codable, Sendable {
         public var rateLimitBytesPerSecond: UInt64
         public var etaSeconds: Double?
         public var detail: String?
+        /// A second member whose rebuild waits for this one (its drive already takes writes).
+        public var queued: QueuedRebuild? = nil
+    }
+    public struct QueuedRebuild: Codable, Sendable {
+        public var member: Int
+        public var drive: String
     }
 
     /// The current or last scrub.
@@ -197,7 +205,8 @@ public struct StatusReport: Codable, Sendable {
         let drives = store.drives.enumerated().map { i, d in
             DriveInfo(
                 index: i, path: store.drivePaths[i], role: i < sb.memberCount ? "member" : "spare", state: d.state.description,
-                sizeBytes: d.sizeBytes, directIO: d.usesDirectIO, errors: d.errorCount.load(ordering: .relaxed))
+                sizeBytes: d.sizeBytes, directIO: d.usesDirectIO, errors: d.errorCount.load(ordering: .relaxed),
+                timeouts: d.timeouts.load(ordering: .relaxed))
         }
         let luns = store.lunTable.entries.sorted { $0.name < $1.name }.map {
             LUNInfo(name: $0.name, sizeBytes: $0.sizeBytes, id: $0.lunID, startStripe: $0.startStripe, stripeCount: $0.stripeCount)
@@ -222,6 +231,7 @@ public struct StatusReport: Codable, Sendable {
                 member: member, drive: store.drivePaths[member], state: "paused", doneStripes: sb.rebuildCheckpoint, totalStripes: total,
                 percent: Double(sb.rebuildCheckpoint) * 100 / Double(max(total, 1)), bytesPerSecond: 0, rateLimitBytesPerSecond: 0,
                 etaSeconds: nil, detail: "resumes at the next mount")
+            report.rebuild?.queued = sb.queuedRebuildMember.map { QueuedRebuild(member: $0, drive: store.drivePaths[$0]) }
         }
         return report
     }
@@ -248,7 +258,7 @@ public struct StatusReport: Codable, Sendable {
         lines.append("drives:")
         for d in drives {
             lines.append(
-                "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")"
+                "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")\(d.timeouts > 0 ? "  timed out \(d.timeouts)" : "")"
             )
         }
         lines.append("luns:")
@@ -280,6 +290,7 @@ public struct StatusReport: Codable, Sendable {
             if let eta = r.etaSeconds { line += "  eta \(Int(eta.rounded(.up))) s" }
             if let d = r.detail { line += "  (\(d))" }
             lines.append(line)
+            if let q = r.queued { lines.append("rebuild: member \(q.member) onto \(q.drive)  queued (starts when member \(r.member)'s ends)") }
         }
         if let s = scrub {
             let tenths = Int((s.percent * 10).rounded(.down))

@@ -343,13 +343,24 @@ public final class Director: @unchecked Sendable {
     /// other thread from doing so until `releaseRole`. Requests queue up meanwhile. An executor never waits for
     /// another director, so taking several roles one after another cannot deadlock.
     func acquireRole() {
+        let acquired = acquireRole(timeoutSeconds: 0)
+        assert(acquired)
+    }
+
+    /// `acquireRole` that gives up after `timeoutSeconds` (0: never) and returns false: a director whose executor
+    /// does not finish its batch in that time (stuck behind a drive past its deadline, say) must not hold a failover
+    /// or an unmount forever.
+    func acquireRole(timeoutSeconds: Double) -> Bool {
         roleWanted.add(1, ordering: .relaxed)
+        defer { roleWanted.subtract(1, ordering: .relaxed) }
+        let start = DispatchTime.now().uptimeNanoseconds
         var spins = 0
         while !tryAcquireRole() {
             spins += 1
             if spins < 64 { sched_yield() } else { usleep(20) }
+            if timeoutSeconds > 0 && spins & 1023 == 0 && Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 > timeoutSeconds { return false }
         }
-        roleWanted.subtract(1, ordering: .relaxed)
+        return true
     }
 
     /// Gives the role back; the director's thread runs what queued up meanwhile.

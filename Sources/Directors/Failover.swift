@@ -14,6 +14,7 @@
 // the front end, which routes them again.
 import ArrayModel
 import BackEnd
+import Drives
 import Foundation
 import GlobalMemory
 import Synchronization
@@ -64,6 +65,9 @@ final class RoutingTable: @unchecked Sendable {
 }
 
 extension Engines {
+    /// How long a failover waits for each director's executor to give up its role: three drive deadlines and 10 s.
+    var quiesceTimeoutSeconds: Double { DriveIO.deadlineSeconds > 0 ? 3 * DriveIO.deadlineSeconds + 10 : 0 }
+
     /// Fails director `id`: it is fenced, and the directors that take its stripes replay its mirrored write-pending
     /// data. Returns what happened, one line per note.
     public func failDirector(_ id: DirectorID) throws(VSAError) -> [String] {
@@ -108,9 +112,19 @@ extension Engines {
 
     private func reconfigure(failing: Director?, restoring: Director?) throws(VSAError) -> [String] {
         var notes: [String] = []
-        // 1. Quiesce: hold every director's executor role (in index order; an executor never waits for another).
-        for director in directors { director.acquireRole() }
-        defer { for director in directors { director.releaseRole() } }
+        // 1. Quiesce: hold every director's executor role (in index order; an executor never waits for another). An
+        // executor finishes its batch within a few drive deadlines; one that does not is stuck, and the change is
+        // refused rather than waited for.
+        var held: [Director] = []
+        defer { for director in held { director.releaseRole() } }
+        for director in directors {
+            guard director.acquireRole(timeoutSeconds: quiesceTimeoutSeconds) else {
+                throw VSAError(
+                    "director \(director.id) did not finish its work within \(Int(quiesceTimeoutSeconds)) s (a drive may be stuck); nothing was changed, try again"
+                )
+            }
+            held.append(director)
+        }
         let before = directors.indices.map { routing.actingIndex($0) }
         var online = directors.map { $0.state == .online }
         if let failing { online[failing.id.index] = false }

@@ -43,6 +43,8 @@ public final class Drive: Sendable {
     private let memoryBackedFile: Bool
     private let stateRaw = Atomic<UInt8>(DriveState.online.rawValue)
     public let errorCount = Atomic<UInt64>(0)
+    /// Operations that did not complete within the drive deadline (each failed the drive).
+    public let timeouts = Atomic<UInt64>(0)
 
     public var state: DriveState { DriveState(rawValue: stateRaw.load(ordering: .acquiring))! }
 

@@ -3,6 +3,7 @@
 // transfers are continued; an error fails the operation and the drive it was for (an operating error becomes array
 // state). The operation table is preallocated: queuing allocates nothing.
 import ArrayModel
+import Foundation
 import SysPosix
 import SysURing
 
@@ -14,9 +15,19 @@ public final class DriveIO {
         var count: Int = 0
         var offsetBytes: UInt64 = 0
         var done: Int = 0
+        /// Its last completion was reaped (or it never went to the kernel).
+        var finished = true
     }
 
-    private let ring: IORing
+    /// How long one batch may wait for a drive before the drives still owing completions are failed
+    /// (`-o drive_timeout=SECONDS`, default 30; 0 waits forever). Set once at mount, before any I/O.
+    nonisolated(unsafe) public static var deadlineSeconds: Double = 30
+    /// Rings given up on with operations still in the kernel: kept (never torn down) so nothing the kernel still
+    /// holds goes away under it.
+    nonisolated(unsafe) private static var abandonedRings: [IORing] = []
+    private static let abandonLock = NSLock()
+
+    private var ring: IORing
     private var drives: [Drive]
     private var operations: [Operation]
     private var operationCount = 0
@@ -53,11 +64,12 @@ public final class DriveIO {
         let op = operations[Int(tag)]
         let drive = drives[Int(op.driveIndex)]
         // A placeholder for a member missing from the folder has no descriptor: its operations fail here, never as a
-        // syscall on fd -1.
-        if drive.isMissing {
+        // syscall on fd -1. A drive failed meanwhile (by another director's deadline, say) is not asked again.
+        if drive.isMissing || drive.state == .failed {
             pageCacheFailures |= 1 << UInt64(op.driveIndex)
             return
         }
+        operations[Int(tag)].finished = false
         if (op.kind <= 1 || op.kind == 4) && !drive.usesDirectIO {
             copyThroughPageCache(tag)
             return
@@ -82,6 +94,7 @@ public final class DriveIO {
     /// that cost more than the copy itself. So their reads and writes are done here, synchronously, as the copy
     /// they are; flushes still go through the ring.
     private func copyThroughPageCache(_ tag: UInt64) {
+        operations[Int(tag)].finished = true
         let op = operations[Int(tag)]
         let fd = drives[Int(op.driveIndex)].fd
         if let injector = DriveFaultInjector.active, injector.failingPath == drives[Int(op.driveIndex)].path {
@@ -105,6 +118,34 @@ public final class DriveIO {
         } catch {
             pageCacheFailures |= 1 << UInt64(op.driveIndex)
         }
+    }
+
+    /// The deadline passed with operations still in the kernel: their drives are failed (the array goes on
+    /// degraded), the pages a stuck read would fill are replaced under it (the kernel pinned the old ones for direct
+    /// I/O, so a late completion lands in pages nobody uses any more), and this batch's ring is given up for a new
+    /// one (its late completions must never be taken for a later batch's). Returns the drives failed.
+    private func abandonStuckOperations() -> UInt64 {
+        var failed: UInt64 = 0
+        for i in 0..<operationCount where !operations[i].finished {
+            let op = operations[i]
+            failed |= 1 << UInt64(op.driveIndex)
+            drives[Int(op.driveIndex)].timeouts.add(1, ordering: .relaxed)
+            if op.kind == 0, let pointer = op.pointer { Posix.replacePages(covering: pointer, count: op.count) }
+            operations[i].finished = true
+        }
+        let old = ring
+        var attempts = 0
+        while true {
+            if let fresh = try? IORing(entries: old.entries) {
+                ring = fresh
+                break
+            }
+            attempts += 1
+            usleep(10_000)  // out of memory for a moment: try again; the caller is failing drives anyway
+            if attempts > 1000 { preconditionFailure("io_uring: no new ring after a deadline for 10 s") }
+        }
+        DriveIO.abandonLock.withLock { DriveIO.abandonedRings.append(old) }
+        return failed
     }
 
     public func queueRead(drive: Int, into pointer: UnsafeMutableRawPointer, count: Int, offsetBytes: UInt64) {
@@ -141,8 +182,9 @@ public final class DriveIO {
         zeroUnsupportedDrives = 0
         while true {
             var again = false
-            ring.submitAndReapAll { tag, result in
+            let stuck = ring.submitAndReapAll(deadlineSeconds: DriveIO.deadlineSeconds) { tag, result in
                 let index = Int(tag)
+                operations[index].finished = true
                 let op = operations[index]
                 if result < 0 {
                     // A file system that cannot punch holes is not a failed drive: the caller writes zeroes instead.
@@ -165,6 +207,10 @@ public final class DriveIO {
                         again = true
                     }
                 }
+            }
+            if stuck > 0 {
+                failedDrives |= abandonStuckOperations()
+                break
             }
             if !again { break }
         }

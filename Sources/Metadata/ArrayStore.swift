@@ -276,6 +276,10 @@ public final class ArrayStore: @unchecked Sendable {
             drives[member].rebuiltStripes.store(reference.rebuildCheckpoint, ordering: .releasing)
             drives[member].transition(to: .rebuilding)
         }
+        if let member = reference.queuedRebuildMember, drives[member].state == .online {
+            drives[member].rebuiltStripes.store(0, ordering: .releasing)
+            drives[member].transition(to: .rebuilding)
+        }
         let failedMask = memberMask(drives, memberCount: reference.memberCount) { $0.state == .failed }
         if !reference.raidLevel.survives(outMask: failedMask, memberCount: reference.memberCount) {
             throw VSAError(
@@ -333,10 +337,19 @@ public final class ArrayStore: @unchecked Sendable {
         superblock.clean = clean
         superblock.failedMemberMask = currentFailedMask
         superblock.spareCount = drives.count - superblock.memberCount
+        if let member = superblock.queuedRebuildMember, drives[member].state != .rebuilding {
+            superblock.queuedRebuildMember = nil  // its drive failed while it waited
+        }
         if let member = superblock.rebuildMember, drives[member].state != .rebuilding {
             // The rebuild finished (online) or its drive failed: either way nothing to resume.
             superblock.rebuildMember = nil
             superblock.rebuildCheckpoint = 0
+        }
+        if superblock.rebuildMember == nil, let queued = superblock.queuedRebuildMember {
+            // The queued rebuild is next, from its first stripe.
+            superblock.rebuildMember = queued
+            superblock.rebuildCheckpoint = 0
+            superblock.queuedRebuildMember = nil
         }
         superblock.generation += 1
         let base = superblock
@@ -363,8 +376,11 @@ public final class ArrayStore: @unchecked Sendable {
     /// Member `member`'s place goes to `drive` (a spare of this array, or a new drive at `path`): it becomes that
     /// member, in state rebuilding from stripe 0, and the superblocks say so; a consumed spare leaves the spare list.
     /// The caller has the directors attach the same drive before any write reaches it.
-    public func attach(member: Int, drive: Drive, path: String) throws(VSAError) {
+    /// With `queued`, a rebuild of another member runs: this one waits for it (`queuedRebuildMember`), its drive
+    /// already taking writes.
+    public func attach(member: Int, drive: Drive, path: String, queued: Bool = false) throws(VSAError) {
         precondition(member < superblock.memberCount && drives[member].state == .failed, "attaching over a member that has not failed")
+        precondition(!queued || (superblock.rebuildMember != nil && superblock.queuedRebuildMember == nil), "queueing a rebuild with none running")
         // Everything that can fail first; the array's state changes only once nothing can.
         var nextDrives = drives
         var nextPaths = drivePaths
@@ -385,8 +401,12 @@ public final class ArrayStore: @unchecked Sendable {
         drives = nextDrives
         drivePaths = nextPaths
         io = nextIO
-        superblock.rebuildMember = member
-        superblock.rebuildCheckpoint = 0
+        if queued {
+            superblock.queuedRebuildMember = member
+        } else {
+            superblock.rebuildMember = member
+            superblock.rebuildCheckpoint = 0
+        }
         try writeLUNTable(lunTable)
         try writeSuperblocks(clean: superblock.clean)
     }

@@ -89,6 +89,10 @@ public struct Superblock: Equatable, Sendable {
     /// how many stripes of it hold their data: the rebuild resumes there after a restart.
     public var rebuildMember: Int? = nil
     public var rebuildCheckpoint: UInt64 = 0
+    /// A second failed member whose replacement drive is attached (it takes every write) and waits for its rebuild,
+    /// which starts from stripe 0 when `rebuildMember`'s ends: two failed members of a RAID-6, replaced one after the
+    /// other. Nil: none queued.
+    public var queuedRebuildMember: Int? = nil
     /// Journal bytes per director on every drive, and the checksum area's size (docs/FORMAT.md, "One drive").
     public var journalSliceBytes: UInt64 = 0
     public var checksumBytes: UInt64 = 0
@@ -149,6 +153,7 @@ public struct Superblock: Equatable, Sendable {
         w.put(createdUnixSeconds, at: 112)
         w.put(failedMemberMask, at: 120)
         w.put(UInt32(rebuildMember.map { $0 + 1 } ?? 0), at: 128)
+        w.put(UInt32(queuedRebuildMember.map { $0 + 1 } ?? 0), at: 132)
         w.put(rebuildCheckpoint, at: 136)
         w.put(journalSliceBytes, at: 144)
         w.put(checksumBytes, at: 152)
@@ -189,6 +194,8 @@ public struct Superblock: Equatable, Sendable {
         let rebuildField = Int(r.get(UInt32.self, at: 128))
         sb.rebuildMember = rebuildField == 0 ? nil : rebuildField - 1
         sb.rebuildCheckpoint = r.get(UInt64.self, at: 136)
+        let queuedField = Int(r.get(UInt32.self, at: 132))
+        sb.queuedRebuildMember = queuedField == 0 ? nil : queuedField - 1
         sb.journalSliceBytes = r.get(UInt64.self, at: 144)
         sb.checksumBytes = r.get(UInt64.self, at: 152)
         guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= 64, raid != .raid10 || sb.memberCount % 2 == 0 else {
@@ -233,6 +240,11 @@ public struct Superblock: Equatable, Sendable {
             }
         } else {
             guard sb.rebuildCheckpoint == 0 else { throw RecordRejection(reason: "superblock rebuild checkpoint without a rebuild") }
+        }
+        if let queued = sb.queuedRebuildMember {
+            guard let current = sb.rebuildMember, queued < sb.memberCount, queued != current, sb.failedMemberMask & (1 << UInt64(queued)) == 0 else {
+                throw RecordRejection(reason: "superblock queued rebuild member \(queued) invalid")
+            }
         }
         return sb
     }

@@ -106,6 +106,26 @@ public enum Posix {
 
     public static func free(_ pointer: UnsafeMutableRawPointer) { Glibc.free(pointer) }
 
+    /// Puts fresh pages under the whole pages covering [pointer, pointer + count), keeping the bytes outside that range.
+    /// For a buffer a stuck direct read still targets: the kernel pinned the old pages, so when the read completes at
+    /// last it fills those, not memory the array has reused. (Arenas are page-aligned, whole pages.)
+    public static func replacePages(covering pointer: UnsafeMutableRawPointer, count: Int) {
+        let page = 4096
+        let start = UInt(bitPattern: pointer) & ~UInt(page - 1)
+        let end = (UInt(bitPattern: pointer) + UInt(count) + UInt(page - 1)) & ~UInt(page - 1)
+        let length = Int(end - start)
+        let base = UnsafeMutableRawPointer(bitPattern: start)!
+        let keep = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: page)
+        defer { keep.deallocate() }
+        keep.copyMemory(from: base, byteCount: length)
+        let mapped = mmap(base, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+        precondition(mapped == base, "mmap MAP_FIXED over a buffer failed: \(errnoDescription(Glibc.errno))")
+        let head = Int(UInt(bitPattern: pointer) - start)
+        base.copyMemory(from: keep, byteCount: head)
+        let tail = head + count
+        (base + tail).copyMemory(from: keep + tail, byteCount: length - tail)
+    }
+
     public static var processID: Int32 { getpid() }
     public static var userID: UInt32 { getuid() }
     public static var groupID: UInt32 { getgid() }

@@ -4,6 +4,10 @@
 import CURing
 import SysPosix
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 public final class IORing {
     private var ring = io_uring()
     public let entries: UInt32
@@ -21,11 +25,12 @@ public final class IORing {
     deinit { io_uring_queue_exit(&ring) }
 
     private func nextEntry() -> UnsafeMutablePointer<io_uring_sqe> {
-        if let sqe = io_uring_get_sqe(&ring) { return sqe }
-        // Submission queue full: hand what we have to the kernel, then there is room again.
-        submitQueued()
-        guard let sqe = io_uring_get_sqe(&ring) else { preconditionFailure("io_uring: no submission entry after submit") }
-        return sqe
+        while true {
+            if let sqe = io_uring_get_sqe(&ring) { return sqe }
+            // Submission queue full: hand what we have to the kernel, then there is room again. A kernel that refuses
+            // for now (out of memory) is asked again after a pause; what it cannot take stays queued.
+            if submitQueued() < 0 { usleep(1000) }
+        }
     }
 
     public func queueRead(fd: Int32, into pointer: UnsafeMutableRawPointer, count: Int, offsetBytes: UInt64, tag: UInt64) {
@@ -60,27 +65,57 @@ public final class IORing {
         queuedCount += 1
     }
 
-    /// Hands every queued operation to the kernel in one system call.
-    public func submitQueued() {
-        guard queuedCount > 0 else { return }
+    /// Hands every queued operation to the kernel in one system call. Returns 0, or -errno when the kernel took none
+    /// of them (they stay queued for the next call): a runtime condition, never a trap.
+    @discardableResult
+    public func submitQueued() -> Int32 {
+        guard queuedCount > 0 else { return 0 }
         while true {
             let rc = io_uring_submit(&ring)
-            if rc == -EINTR || rc == -EAGAIN || rc == -EBUSY { continue }
-            precondition(rc >= 0, "io_uring_submit failed: \(Posix.errnoDescription(-rc))")
+            if rc == -EINTR { continue }
+            if rc < 0 { return rc }
             inFlightCount += Int(rc)
             queuedCount -= Int(rc)
-            if queuedCount == 0 { return }
+            if queuedCount == 0 || rc == 0 { return 0 }
         }
     }
 
-    /// Submits what is queued and reaps until nothing is in flight, calling `completion(tag, result)` for each.
-    public func submitAndReapAll(_ completion: (UInt64, Int32) -> Void) {
-        submitQueued()
-        while inFlightCount > 0 {
+    /// Submits what is queued and reaps until nothing is in flight, calling `completion(tag, result)` for each. With
+    /// a `deadlineSeconds`, gives up waiting once that long has passed without everything done, and returns how many
+    /// operations are still in flight (0: all completed). Those belong to the kernel until they complete: the caller
+    /// must not reuse this ring (their completions would arrive here later) nor trust their buffers.
+    @discardableResult
+    public func submitAndReapAll(deadlineSeconds: Double = 0, _ completion: (UInt64, Int32) -> Void) -> Int {
+        var start = timespec()
+        if deadlineSeconds > 0 { clock_gettime(CLOCK_MONOTONIC, &start) }
+        var refusals = 0
+        while inFlightCount > 0 || queuedCount > 0 {
+            if queuedCount > 0 && submitQueued() < 0 && inFlightCount == 0 {
+                // The kernel took nothing and nothing is in flight to reap: wait a moment and ask again, within the
+                // deadline (EAGAIN/ENOMEM under memory pressure).
+                refusals += 1
+                if deadlineSeconds > 0 && elapsed(since: start) > deadlineSeconds { return queuedCount }
+                usleep(UInt32(min(refusals, 100)) * 1000)
+                continue
+            }
             var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
-            let rc = io_uring_wait_cqe(&ring, &cqe)
+            var rc: Int32
+            if deadlineSeconds > 0 {
+                let left = max(0.001, deadlineSeconds - elapsed(since: start))
+                var timeout = __kernel_timespec(tv_sec: Int64(left), tv_nsec: Int64((left - Double(Int64(left))) * 1e9))
+                rc = io_uring_wait_cqe_timeout(&ring, &cqe, &timeout)
+                if rc == -ETIME {
+                    if elapsed(since: start) >= deadlineSeconds { return inFlightCount + queuedCount }
+                    continue
+                }
+            } else {
+                rc = io_uring_wait_cqe(&ring, &cqe)
+            }
             if rc == -EINTR || rc == -EAGAIN { continue }
-            precondition(rc == 0, "io_uring_wait_cqe failed: \(Posix.errnoDescription(-rc))")
+            if rc < 0 {
+                // The ring itself failed (it should not): what is in flight is the caller's to give up on.
+                return inFlightCount + queuedCount
+            }
             // Reap every completion that is ready, not just one: fewer trips through the kernel.
             var entry = cqe
             while let current = entry {
@@ -90,8 +125,14 @@ public final class IORing {
                 entry = nil
                 if io_uring_peek_cqe(&ring, &entry) != 0 { entry = nil }
             }
-            if queuedCount > 0 { submitQueued() }
         }
+        return 0
+    }
+
+    private func elapsed(since start: timespec) -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec - start.tv_sec) + Double(now.tv_nsec - start.tv_nsec) / 1e9
     }
 }
 

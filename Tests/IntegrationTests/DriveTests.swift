@@ -93,6 +93,54 @@ final class DriveTests: FixtureTestCase {
         XCTAssertEqual(c.status, 0, "data differs after the resumed rebuild: \(c.stdout)")
     }
 
+    /// RAID-6 with two members failed: the second replacement is accepted while the first rebuild runs (it used to be
+    /// refused, leaving the array one failure from loss for a whole extra rebuild): its drive takes writes at once,
+    /// status shows both, the queue survives an unmount, and the second rebuild follows the first. Then both new
+    /// members carry their share: with two other members failed, every byte reads back.
+    func testSecondReplacementIsQueuedBehindTheFirst() throws {
+        try fixture.create("--drives 6 --drive-size 64M --raid 6 --stripe-unit 16K")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 160M").status, 0)
+        try fixture.mount()
+        let r = fixture.root
+        let m = fixture.mnt
+        XCTAssertEqual(Harness.sh("head -c 160M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M count=96 conv=notrunc,fsync status=none").status, 0)
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 1").status, 0)
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 3").status, 0)
+        let first = fixture.vsa("drive replace '\(m)' 1 --with '\(r)/new1' --rate 6M")
+        XCTAssertEqual(first.status, 0, first.stderr)
+        let second = fixture.vsa("drive replace '\(m)' 3 --with '\(r)/new3' --rate 0")
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertTrue(second.stdout.contains("queued"), second.stdout)
+        // A third is refused with one line; so is replacing the member being rebuilt.
+        XCTAssertNotEqual(fixture.vsa("drive replace '\(m)' 3 --with '\(r)/new3b'").status, 0)
+        let busy = fixture.vsa("drive replace '\(m)' 1 --with '\(r)/new1b'")
+        XCTAssertTrue(busy.status != 0 && busy.stderrLines.count == 1, busy.stderr)
+        let rebuild = try XCTUnwrap(try status()["rebuild"] as? [String: Any])
+        XCTAssertEqual(rebuild["member"] as? Int, 1)
+        XCTAssertEqual((rebuild["queued"] as? [String: Any])?["member"] as? Int, 3, "\(rebuild)")
+        XCTAssertTrue(fixture.vsa("status '\(m)'").stdout.contains("queued"))
+        // Writes reach both new drives meanwhile; the queue survives an unmount.
+        XCTAssertEqual(Harness.sh("dd if=\(r)/data of=\(m)/l bs=1M skip=96 seek=96 count=64 conv=notrunc,fsync status=none").status, 0)
+        fixture.unmount()
+        let offline = try fixture.json("status '\(fixture.dir)' --json", as: [String: Any].self)
+        let paused = try XCTUnwrap(offline["rebuild"] as? [String: Any], "\(offline)")
+        XCTAssertEqual((paused["queued"] as? [String: Any])?["member"] as? Int, 3, "\(paused)")
+        try fixture.mount()
+        for _ in 0..<600 {
+            let now = try status()["rebuild"] as? [String: Any]
+            if now?["member"] as? Int == 3 && now?["state"] as? String == "complete" { break }
+            usleep(200_000)
+        }
+        let done = try XCTUnwrap(try status()["rebuild"] as? [String: Any])
+        XCTAssertEqual(done["member"] as? Int, 3, "\(done)")
+        XCTAssertEqual(done["state"] as? String, "complete", "\(done)")
+        XCTAssertEqual(try driveStates().prefix(6).filter { $0 != "online" }, [])
+        // Members 0 and 2 out: RAID-6 now needs both rebuilt members for every stripe.
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 0").status, 0)
+        XCTAssertEqual(fixture.vsa("drive fail '\(m)' 2").status, 0)
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "data differs after both rebuilds")
+    }
+
     /// A member file missing at mount: a degraded mount with a warning; `vsa drive replace --wait` rebuilds onto a
     /// new file with a progress report and the array is optimal again, across a remount.
     func testMissingDriveMountsDegradedAndIsReplaced() throws {
