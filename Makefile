@@ -2,7 +2,7 @@
 SWIFT ?= swift
 PREFIX ?= /usr/local
 
-.PHONY: all deps build release demo test unit integration sim fuzz lint format install uninstall bench bench-alloc bench-alloc-update clean
+.PHONY: all deps build release demo test unit integration sim fuzz torture lint format install uninstall bench bench-alloc bench-alloc-update clean
 
 all: build
 
@@ -47,6 +47,13 @@ FUZZ_SEED ?= 1
 fuzz: deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
 	VSA_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) VSA_FUZZ_SEED=$(FUZZ_SEED) $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --filter HostileMetadataTests
+
+# Real mounts, writer threads with fsync, director and drive failures, kill -9 at random points; every acknowledged
+# block checked after each restart (scripts/torture). `make test` runs a short form (TortureTests).
+TORTURE_ROUNDS ?= 20
+TORTURE_SEED ?= $(shell date +%s)
+torture: build
+	scripts/torture --vsa .build/debug/vsa --rounds $(TORTURE_ROUNDS) --seed $(TORTURE_SEED)
 
 unit: deps
 	$(SWIFT) test --filter UnitTests

@@ -338,6 +338,9 @@ struct Mount: VSACommand {
     private func spawnDaemon(directory: String, mountpoint: String) throws(VSAError) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        // A daemon keeps no folder busy (the caller's working folder could not be unmounted while it runs), and does
+        // not depend on being allowed into it.
+        process.currentDirectoryURL = URL(fileURLWithPath: "/")
         var arguments = ["mount", directory, mountpoint, "--daemon-child"]
         for item in o { arguments += ["-o", item] }
         process.arguments = arguments

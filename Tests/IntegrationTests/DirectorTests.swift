@@ -120,9 +120,7 @@ final class DirectorTests: FixtureTestCase {
 
     /// With two engines, failing both directors of engine 1 moves its stripes to engine 2; the data stays readable.
     func testBothDirectorsOfAnEngineFailOverToTheOtherEngine() throws {
-        try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K --engines 2 --cache 64M")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 32M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K --engines 2 --cache 64M", lunSize: "32M")
         let r = fixture.root
         XCTAssertEqual(
             Harness.sh("head -c 8M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(fixture.mnt)/l bs=4k oflag=direct conv=notrunc status=none").status, 0)
@@ -142,9 +140,7 @@ final class DirectorTests: FixtureTestCase {
     /// What an fsync acknowledged while a director was out survives the daemon's SIGKILL: the next mount recovers
     /// both directors' journal slices.
     func testFsyncedWritesWithADirectorOutSurviveAKilledDaemon() throws {
-        try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 32M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K", lunSize: "32M")
         let r = fixture.root
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 16M /dev/urandom > \(r)/data").status, 0)

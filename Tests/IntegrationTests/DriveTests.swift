@@ -27,9 +27,7 @@ final class DriveTests: FixtureTestCase {
     /// A hot spare takes a failed member's place by itself while fio writes and verifies; afterwards the rebuilt
     /// member carries its share: with another member failed, every byte still reads back.
     func testSpareTakesOverUnderLoadAndCarriesItsShare() throws {
-        try fixture.create("--drives 5 --spares 1 --drive-size 48M --raid 5 --stripe-unit 16K")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 96M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 5 --spares 1 --drive-size 48M --raid 5 --stripe-unit 16K", lunSize: "96M")
         let r = fixture.root
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 96M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
@@ -62,9 +60,7 @@ final class DriveTests: FixtureTestCase {
     /// `vsa drive replace --with` onto a new file, slowed down, killed with SIGKILL in the middle: the next mount
     /// resumes where the superblocks say and finishes; every byte reads back, with two other members failed.
     func testRebuildResumesAfterKill() throws {
-        try fixture.create("--drives 5 --drive-size 64M --raid 6 --stripe-unit 16K")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 120M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 5 --drive-size 64M --raid 6 --stripe-unit 16K", lunSize: "120M")
         let r = fixture.root
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 120M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
@@ -98,9 +94,7 @@ final class DriveTests: FixtureTestCase {
     /// status shows both, the queue survives an unmount, and the second rebuild follows the first. Then both new
     /// members carry their share: with two other members failed, every byte reads back.
     func testSecondReplacementIsQueuedBehindTheFirst() throws {
-        try fixture.create("--drives 6 --drive-size 64M --raid 6 --stripe-unit 16K")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 160M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 6 --drive-size 64M --raid 6 --stripe-unit 16K", lunSize: "160M")
         let r = fixture.root
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 160M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M count=96 conv=notrunc,fsync status=none").status, 0)
@@ -144,9 +138,7 @@ final class DriveTests: FixtureTestCase {
     /// A member file missing at mount: a degraded mount with a warning; `vsa drive replace --wait` rebuilds onto a
     /// new file with a progress report and the array is optimal again, across a remount.
     func testMissingDriveMountsDegradedAndIsReplaced() throws {
-        try fixture.create("--drives 4 --drive-size 48M --raid 5")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 64M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 4 --drive-size 48M --raid 5", lunSize: "64M")
         let r = fixture.root
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 64M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
@@ -188,9 +180,7 @@ final class DriveTests: FixtureTestCase {
     /// A drive file truncated, and another deleted, while mounted: both members are failed within a second or so,
     /// and RAID-6 serves every byte from the other three.
     func testShrunkAndVanishedDriveFilesFailTheirMembers() throws {
-        try fixture.create("--drives 5 --drive-size 40M --raid 6")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 64M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 5 --drive-size 40M --raid 6", lunSize: "64M")
         let r = fixture.root
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 64M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)

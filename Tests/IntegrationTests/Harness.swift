@@ -94,6 +94,14 @@ final class ArrayFixture {
         }
     }
 
+    /// Creates the array with `createArguments`, a LUN named `l` of `lunSize`, and mounts it.
+    func createMounted(_ createArguments: String, lunSize: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        try create(createArguments, file: file, line: line)
+        let r = vsa("lun create '\(dir)' l --size \(lunSize)")
+        XCTAssertEqual(r.status, 0, "lun create: \(r.stderr)", file: file, line: line)
+        try mount()
+    }
+
     /// Mounts the array; `environment` ("NAME=value ...") goes to the daemon.
     func mount(_ extra: String = "", environment: String = "") throws {
         let r = Harness.sh("\(environment) \"$VSA\" mount '\(dir)' '\(mnt)' \(extra)")

@@ -7,9 +7,7 @@ final class ScrubMountTests: FixtureTestCase {
     override class var rootReason: String? { "real-mount tests run as root (CI does)" }
 
     func testScrubFindsAndRepairsDamageOnADrive() throws {
-        try fixture.create("--drives 5 --drive-size 40M --raid 6 --stripe-unit 16K")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 96M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 5 --drive-size 40M --raid 6 --stripe-unit 16K", lunSize: "96M")
         let r = fixture.root
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 96M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
@@ -49,9 +47,7 @@ final class ScrubMountTests: FixtureTestCase {
     /// is wrong): the block checksums catch every one on read, the host reads exactly what it wrote, and the blocks
     /// are rewritten on the drive; then fresh damage is found by `vsa scrub` and repaired by `--repair`.
     func testOfflineCorruptionReadsBackRightAndScrubRepairs() throws {
-        try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 64K")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 60M").status, 0)
-        try fixture.mount()
+        try fixture.createMounted("--drives 4 --drive-size 48M --raid 5 --stripe-unit 64K", lunSize: "60M")
         let r = fixture.root
         let m = fixture.mnt
         XCTAssertEqual(Harness.sh("head -c 60M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)

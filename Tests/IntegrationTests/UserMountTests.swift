@@ -22,6 +22,8 @@ final class UserMountTests: XCTestCase {
             # in root's 0700 home).
             install -m 755 "$VSA" $R/vsa
             VSA=$R/vsa
+            # Nor can nobody enter the folder the tests run from: it works from its own home.
+            cd $R/home
             cleanup() { $U fusermount3 -uz $R/home/mnt 2>/dev/null || true; }
             trap cleanup EXIT
             $U "$VSA" create $R/home/array --drives 3 --drive-size 32M

@@ -13,19 +13,9 @@ final class FailoverTests: XCTestCase {
     /// A restore whose acting director cannot put its write-pending data down (more members out than RAID-5
     /// survives) is refused, and nothing changes: the failed director stays failed, the data stays where it is.
     func testRestoreIsRefusedWhenTheActingDirectorCannotDestage() throws {
-        let directory = "/dev/shm/vsa-failover-\(getpid())"
-        try? FileManager.default.removeItem(atPath: directory)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let store = try ArrayStore.create(
-            CreateOptions(
-                directory: directory, driveCount: 4, driveSizeBytes: 8 << 20, drivePaths: [], raidLevel: .raid5, spareCount: 0,
-                stripUnitBytes: 4096, cacheBytes: 16 << 20, engineCount: 1, force: false))
-        let entry = try store.createLUN(name: "l", sizeBytes: 1 << 20)
-        let lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
-        let checksums = BlockChecksums(geometry: store.geometry)
-        let recovery = try JournalRecovery.recover(
-            geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false, checksums: checksums)
-        let engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: 64, checksums: checksums)
+        let array = try CoreTestArray(name: "failover")
+        defer { array.remove() }
+        let (store, lun, engines) = (array.store, array.lun, array.engines)
         let buffer = alignedBuffer(bytes: 1 << 16)
         buffer.base.initializeMemory(as: UInt8.self, repeating: 0xA5, count: 1 << 16)
 

@@ -15,19 +15,9 @@ import XCTest
 
 final class FsyncRaceTests: XCTestCase {
     func testFlushWaitsForTheDestagePassInFlight() throws {
-        let directory = "/dev/shm/vsa-fsync-race-\(getpid())"
-        try? FileManager.default.removeItem(atPath: directory)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let store = try ArrayStore.create(
-            CreateOptions(
-                directory: directory, driveCount: 4, driveSizeBytes: 8 << 20, drivePaths: [], raidLevel: .raid5, spareCount: 0,
-                stripUnitBytes: 4096, cacheBytes: 16 << 20, engineCount: 1, force: false))
-        let entry = try store.createLUN(name: "l", sizeBytes: 1 << 20)
-        let lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
-        let checksums = BlockChecksums(geometry: store.geometry)
-        let recovery = try JournalRecovery.recover(
-            geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false, checksums: checksums)
-        let engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: 64, checksums: checksums)
+        let array = try CoreTestArray(name: "fsync-race")
+        defer { array.remove() }
+        let (store, lun, engines) = (array.store, array.lun, array.engines)
         let passHeld = DispatchSemaphore(value: 0)
         let passGoOn = DispatchSemaphore(value: 0)
         let first = Atomic<Bool>(true)

@@ -106,11 +106,7 @@ final class OneDriveDamageTests: XCTestCase {
         let checksums = checksums ?? BlockChecksums(geometry: store.geometry)
         let recovery = try JournalRecovery.recover(
             geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: !store.wasClean, checksums: checksums)
-        var spec = EngineSpec(geometry: store.geometry, drives: store.drives, engineCount: 1, slotsPerDirector: 64)
-        spec.journal = (store.superblock.arrayUUID, recovery.epochs)
-        spec.checksums = checksums
-        spec.queueCapacity = 64
-        return try Engines.build(spec)
+        return try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: 64, checksums: checksums)
     }
 
     private func placementOf(_ store: ArrayStore) -> Engines.Placement {

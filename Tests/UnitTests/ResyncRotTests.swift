@@ -74,10 +74,6 @@ final class ResyncRotTests: XCTestCase {
     }
 
     private func build(_ store: ArrayStore, _ epochs: [UInt64], _ checksums: BlockChecksums) throws -> Engines {
-        var spec = EngineSpec(geometry: store.geometry, drives: store.drives, engineCount: 1, slotsPerDirector: 64)
-        spec.journal = (store.superblock.arrayUUID, epochs)
-        spec.checksums = checksums
-        spec.queueCapacity = 64
-        return try Engines.build(spec)
+        try Simulation.makeEngines(store: store, epochs: epochs, slots: 64, checksums: checksums)
     }
 }
