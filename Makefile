@@ -2,7 +2,7 @@
 SWIFT ?= swift
 PREFIX ?= /usr/local
 
-.PHONY: all deps build release demo test unit integration sim fuzz torture lint format install uninstall bench bench-alloc bench-alloc-update clean
+.PHONY: all deps build release demo test unit integration sim fuzz torture tsan lint format install uninstall bench bench-alloc bench-alloc-update clean
 
 all: build
 
@@ -55,6 +55,11 @@ TORTURE_ROUNDS ?= 20
 TORTURE_SEED ?= $(shell date +%s)
 torture: build
 	scripts/torture --vsa .build/debug/vsa --rounds $(TORTURE_ROUNDS) --seed $(TORTURE_SEED)
+
+# The concurrent unit tests and real-mount tests under ThreadSanitizer (scripts/tsan says what runs and what is not
+# counted); fails on any ThreadSanitizer warning.
+tsan: deps
+	scripts/tsan
 
 unit: deps
 	$(SWIFT) test --filter UnitTests

@@ -98,9 +98,9 @@ public final class ArrayDaemon: @unchecked Sendable {
     let frontEnd: LUNFrontEnd
     let cacheBytes: UInt64
     /// Serialises the control plane: metadata writes, LUN changes, drive failures, rebuild steps, `messages`.
-    let controlLock = Mutex<Void>(())
+    let controlLock = Locked<Void>(())
     /// Serialises control-socket commands that change the array (each client has its own thread).
-    let commandLock = Mutex<Void>(())
+    let commandLock = Locked<Void>(())
     private var session: FuseSession?
     /// Notes for `vsa status` (guarded by controlLock).
     var messages: [String] = []

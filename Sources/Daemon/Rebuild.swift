@@ -30,7 +30,7 @@ final class RebuildTracker: @unchecked Sendable {
         var rateLimit: UInt64
         var detail: String?
     }
-    private let lock = Mutex<Snapshot?>(nil)
+    private let lock = Locked<Snapshot?>(nil)
     let doneStripes = Atomic<UInt64>(0)
     let stopRequested = Atomic<Bool>(false)
 

@@ -17,7 +17,7 @@ final class ScrubTracker: @unchecked Sendable {
         var finishedAt: Double?
         var rateLimit: UInt64
     }
-    private let lock = Mutex<Run?>(nil)
+    private let lock = Locked<Run?>(nil)
     let doneStripes = Atomic<UInt64>(0)
     let checked = Atomic<UInt64>(0)
     let mismatches = Atomic<UInt64>(0)

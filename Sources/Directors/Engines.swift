@@ -38,11 +38,34 @@ final class RequestContext: @unchecked Sendable {
     let pieces: [SubRequest]
     /// The director whose front-end adapter this thread is.
     let frontEnd: Int
-    init(capacity: Int, frontEnd: Int) {
+    /// Where the context goes when its thread ends (the next new thread takes it).
+    let pool: ContextPool
+    init(capacity: Int, frontEnd: Int, pool: ContextPool) {
         self.frontEnd = frontEnd
+        self.pool = pool
         var pieces: [SubRequest] = []
         for _ in 0..<capacity { pieces.append(SubRequest(group: group)) }
         self.pieces = pieces
+    }
+}
+
+/// Request contexts of threads that ended, kept for the next threads (control-socket clients come and go). A context
+/// is never deallocated when its thread ends: that would run Swift deinits inside a pthread key destructor, which
+/// ThreadSanitizer cannot follow (it kills the process: "thread finished with ignores enabled").
+final class ContextPool: @unchecked Sendable {
+    private let free = Locked<[UnsafeMutableRawPointer]>([])
+    init() { free.withLock { $0.reserveCapacity(1024) } }
+    /// A retained context, or nil.
+    func take() -> UnsafeMutableRawPointer? { free.withLock { $0.popLast() } }
+    /// Keeps a retained context (from a thread's key destructor).
+    func give(_ raw: UnsafeMutableRawPointer) { free.withLock { $0.append(raw) } }
+    /// Releases every kept context (the engines are going away).
+    func drain() {
+        let all = free.withLock { list -> [UnsafeMutableRawPointer] in
+            defer { list.removeAll() }
+            return list
+        }
+        for raw in all { Unmanaged<RequestContext>.fromOpaque(raw).release() }
     }
 }
 
@@ -52,12 +75,13 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     public let engineCount: Int
     private let piecesPerContext = 64
     private var contextKey = pthread_key_t()
+    private let contextPool = ContextPool()
     /// Called after every successful flush, before the host hears back: the composition root records failed drives in the
     /// superblocks there, so what an fsync acknowledged never depends on a drive the array has stopped trusting.
     public var afterFlush: (@Sendable () -> Int32)?
     let routing: RoutingTable
     /// Serialises failover changes (`vsa director fail|restore`); never taken on the I/O path.
-    let administration = Mutex<Void>(())
+    let administration = Locked<Void>(())
     /// Whether write-pending data is mirrored in the partner (VSA_UNSAFE_NO_MIRROR=1 turns it off, to measure it).
     public let mirroring: Bool
     /// VSA_DIRECT_ROUTING=1: each piece runs on the calling thread, straight into its home portion and back end
@@ -82,18 +106,20 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         }
         for director in directors where self.mirroring { director.cache.setMirror(director.partner.mirrorForPartner) }
         let rc = pthread_key_create(&contextKey) { raw in
-            if let raw { Unmanaged<RequestContext>.fromOpaque(raw).release() }
+            // The thread ends: its context goes back to the pool, still retained (see ContextPool).
+            if let raw { Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue().pool.give(raw) }
         }
         precondition(rc == 0, "pthread_key_create failed")
     }
 
     deinit {
-        // The calling thread's context goes with the key (other threads' contexts went when their threads ended).
+        // The calling thread's context goes with the key, and so do those of threads that ended.
         if let raw = pthread_getspecific(contextKey) {
             pthread_setspecific(contextKey, nil)
             Unmanaged<RequestContext>.fromOpaque(raw).release()
         }
         pthread_key_delete(contextKey)
+        contextPool.drain()
     }
 
     /// The home director of stripe `lunStripe` (counted from the LUN's start) of `lunID`.
@@ -106,7 +132,12 @@ public final class Engines: HostIOPort, @unchecked Sendable {
 
     private func context() -> RequestContext {
         if let raw = pthread_getspecific(contextKey) { return Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue() }
-        let ctx = RequestContext(capacity: piecesPerContext, frontEnd: frontEndCursor.add(1, ordering: .relaxed).oldValue % directors.count)
+        if let raw = contextPool.take() {
+            pthread_setspecific(contextKey, raw)
+            return Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue()
+        }
+        let ctx = RequestContext(
+            capacity: piecesPerContext, frontEnd: frontEndCursor.add(1, ordering: .relaxed).oldValue % directors.count, pool: contextPool)
         pthread_setspecific(contextKey, Unmanaged.passRetained(ctx).toOpaque())
         return ctx
     }

@@ -31,7 +31,7 @@ public final class LUNFile: Sendable {
 public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
     public static let requestBytesMax = 1 << 20
     private let port: HostIOPort
-    private let luns = Mutex<[UInt32: LUNFile]>([:])
+    private let luns = Locked<[UInt32: LUNFile]>([:])
     /// Open handles, indexed by LUN id: immutable once pinned by an open (the LUN cannot be deleted while open).
     private let handles: UnsafeMutablePointer<Unmanaged<LUNFile>?>
     private let handleCapacity = 4096
