@@ -79,6 +79,8 @@ public final class ArrayStore: @unchecked Sendable {
 
     public static func drivePath(directory: String, index: Int) -> String { "\(directory)/drive-\(index)" }
     public static func lockPath(directory: String) -> String { "\(directory)/array.lock" }
+    /// The largest N of a `drive-N` entry (each replacement takes the next number; 64 drives leave room for thousands).
+    public static let driveEntryMax = 1 << 20
     public static let socketName = "control.sock"
     public static func socketPath(directory: String) -> String { "\(directory)/\(socketName)" }
     public static func logPath(directory: String) -> String { "\(directory)/vsa.log" }
@@ -92,7 +94,9 @@ public final class ArrayStore: @unchecked Sendable {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
-            if name.hasPrefix("drive-"), let n = Int(name.dropFirst(6)) { names.append((n, name)) }
+            // The number is ours to count up from (`prepareReplacement` takes the next one): anything outside
+            // 0...driveEntryMax is not a drive entry of an array (and `n + 1` could overflow).
+            if name.hasPrefix("drive-"), let n = Int(name.dropFirst(6)), n >= 0, n <= driveEntryMax { names.append((n, name)) }
         }
         return names.sorted { $0.0 < $1.0 }.map { "\(directory)/\($0.1)" }
     }

@@ -69,6 +69,8 @@ public enum Posix {
         var done = 0
         while done < count {
             let n = try syscall("pwrite") { Glibc.pwrite(fd, pointer + done, count - done, off_t(offset) + off_t(done)) }
+            // Nothing written and no error: the device takes no more (never spin on it).
+            guard n > 0 else { throw SysError(errno: EIO, call: "pwrite wrote nothing") }
             done += n
         }
     }

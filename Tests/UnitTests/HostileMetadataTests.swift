@@ -131,6 +131,20 @@ final class HostileMetadataTests: XCTestCase {
         XCTAssertEqual(after[4], before[4])
     }
 
+    /// A folder entry named drive-9223372036854775807 is no drive entry: assembly ignores it, and a replacement's new
+    /// entry number (the next after the highest) does not overflow (it trapped).
+    func testAbsurdDriveEntryNumberIsIgnored() throws {
+        let array = try CoreTestArray(name: "absurd-entry")
+        defer { array.remove() }
+        FileManager.default.createFile(atPath: array.directory + "/drive-9223372036854775807", contents: Data(count: 4096))
+        let store = try ArrayStore.assemble(directory: array.directory)
+        XCTAssertEqual(store.drives.count, 4)
+        store.drives[1].transition(to: .failed)
+        let replacement = try store.prepareReplacement(member: 1, path: array.directory + "-new1", force: false)
+        defer { try? FileManager.default.removeItem(atPath: array.directory + "-new1") }
+        XCTAssertTrue(replacement.entry.hasSuffix("/drive-4"), replacement.entry)
+    }
+
     // MARK: The fuzzer
 
     func testStructureAwareFuzz() throws {
