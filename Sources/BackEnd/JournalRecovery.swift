@@ -189,7 +189,7 @@ public enum JournalRecovery {
     }
 
     /// Makes each region's redundancy agree with its data: P/Q recomputed, mirror copies made equal. A stripe with a
-    /// member out keeps what it has: its parity defines the lost strip, which only a write in flight could have changed.
+    /// member out is read degraded (a lost strip through P) and its parity rewritten from that, as before.
     ///
     /// Recovery never launders rot. Each strip read here is first checked against the checksum entries on the drives
     /// (written back when the last epoch ended). Those entries are stale for blocks a write in flight changed, so a
@@ -210,7 +210,6 @@ public enum JournalRecovery {
         let strips = Arena(sliceBytes: stripBytes, sliceCount: m + 2)  // every member's strip, then P' and Q'
         let table = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: m + 2)
         defer { table.deallocate() }
-        let p = { (stripe: UInt64) in geometry.parityDrive(stripe: stripe) }
         // Stripes with a member out go through a back end of their own (degraded reads, no checksums), as they always did.
         let degraded: RAIDBackEnd
         do { degraded = try RAIDBackEnd(geometry: geometry, drives: drives, memory: memory, marks: BackEndMarks()) } catch {
@@ -265,7 +264,7 @@ public enum JournalRecovery {
                 } else {
                     // Parity: P' (and Q') of the data as it is; consistent stripes need nothing.
                     let dataDrives = (0..<d).map { geometry.dataDrive(stripe: stripe, strip: $0) }
-                    let pDrive = p(stripe)
+                    let pDrive = geometry.parityDrive(stripe: stripe)
                     let qDrive = geometry.raidLevel == .raid6 ? geometry.qDrive(stripe: stripe) : -1
                     func parityOfData() {
                         for i in 0..<d { table[i] = strips.slice(dataDrives[i]) }
@@ -296,9 +295,9 @@ public enum JournalRecovery {
                         io.queueWrite(drive: bad, from: strips.slice(bad), count: stripBytes, offsetBytes: offset)
                         report.resyncRepairedStrips += 1
                         parityOfData()  // Q of the repaired data
-                    } else if failingData.isEmpty || failing & ~(1 << UInt64(pDrive)) & ~(qDrive < 0 ? 0 : 1 << UInt64(qDrive)) == 0 {
-                        // The data passes (or nothing says otherwise): parity follows it, as it always did.
-                    } else {
+                    } else if !failingData.isEmpty {
+                        // Several members fail: nothing says which is right. Parity follows the data, as it always did
+                        // (when only P or Q fails, that is simply the repair).
                         report.resyncUnverifiedStripes += 1
                     }
                     if memcmp(strips.slice(m), strips.slice(pDrive), stripBytes) != 0 {
@@ -313,10 +312,7 @@ public enum JournalRecovery {
                 }
             }
         }
-        for member in 0..<m where drives[member].isWritable && !drives[member].isMemoryBacked { io.queueFlush(drive: member) }
-        guard io.submit() == 0 || geometry.raidLevel.survives(outMask: ArrayGeometry.outMask(drives: drives), memberCount: m) else {
-            throw VSAError("resync: flushing the drives failed")
-        }
+        guard degraded.flush() else { throw VSAError("resync: flushing the drives failed") }
     }
 }
 

@@ -368,8 +368,8 @@ public final class ArrayDaemon: @unchecked Sendable {
             case "drive-replace" where words.count == 5:
                 let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(words[1]) }
                 guard let rate = UInt64(words[4]) else { throw VSAError("bad rate") }
-                let path = try replaceMember(member, with: words[2].isEmpty ? nil : words[2], force: words[3] == "1", rate: rate)
-                return "ok\n\(member)\t\(path)"
+                let replaced = try replaceMember(member, with: words[2].isEmpty ? nil : words[2], force: words[3] == "1", rate: rate)
+                return "ok\n\(member)\t\(replaced.entry)" + (replaced.queued ? "\tqueued" : "")
             case "scrub" where words.count == 3:
                 guard let rate = UInt64(words[2]) else { throw VSAError("bad rate") }
                 try startScrub(repair: words[1] == "1", rate: rate)

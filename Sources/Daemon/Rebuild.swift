@@ -78,9 +78,10 @@ extension ArrayDaemon {
         startRebuildOntoSpare()
     }
 
-    /// `vsa drive replace`: puts a spare (or the drive at `path`) in member `member`'s place and starts the rebuild.
-    /// A healthy member is failed first (if the array survives that). Returns the path of the new drive.
-    func replaceMember(_ member: Int, with path: String?, force: Bool, rate: UInt64) throws(VSAError) -> String {
+    /// `vsa drive replace`: puts a spare (or the drive at `path`) in member `member`'s place and starts the rebuild
+    /// (or queues it behind the running one). A healthy member is failed first (if the array survives that). Returns
+    /// the new drive's entry and whether its rebuild is queued.
+    func replaceMember(_ member: Int, with path: String?, force: Bool, rate: UInt64) throws(VSAError) -> (entry: String, queued: Bool) {
         let (path, queued) = try controlLock.withLock { _ throws(VSAError) -> (String, Bool) in
             guard !shuttingDown.load(ordering: .relaxed) else { throw VSAError("the array is being unmounted") }
             let sb = store.superblock
@@ -143,7 +144,7 @@ extension ArrayDaemon {
             return (replacement.entry, queued)
         }
         if !queued { startRebuildThread(rate: rate) }
-        return queued ? path + "\tqueued" : path
+        return (path, queued)
     }
 
     /// After a failure: a spare takes the first failed member's place, if there is a spare and no rebuild runs.
@@ -156,7 +157,7 @@ extension ArrayDaemon {
         guard let member else { return }
         do {
             let failed = controlLock.withLock { _ in store.drives[member] }
-            let path = try replaceMember(member, with: nil, force: false, rate: defaultRebuildRate)
+            let path = try replaceMember(member, with: nil, force: false, rate: defaultRebuildRate).entry
             let why = ArrayDaemon.failureCounts(failed)
             controlLock.withLock { _ in messages.append("member \(member) failed\(why); hot spare \(path) took its place") }
             daemonLog("member \(member) failed\(why); hot spare \(path) took its place")
@@ -352,10 +353,11 @@ extension ArrayDaemon {
         stopAndWait(request: { rebuildTracker.stopRequested.store(true, ordering: .relaxed) }, running: { rebuildTracker.isRunning })
     }
 
-    /// A member whose drive file vanished (deleted or its device gone), or was truncated, has failed: its data is no
-    /// longer reachable by path, whatever the open descriptor still allows. Applies what the drive probes found (the health thread, every 0.5 s). A probe runs on a thread of its own per
-    /// member and no lock is held while it looks at the drive: a drive that stops answering (a paused network drive
-    /// behind FUSE) stalls only its probe, and a probe still waiting after the drive deadline fails the drive.
+    /// Applies what the drive probes found (the health thread, every 0.5 s). A member whose drive file vanished (deleted
+    /// or its device gone) or was truncated has failed: its data is no longer reachable by path, whatever the open
+    /// descriptor still allows. A probe runs on a thread of its own per member and no lock is held while it looks at
+    /// the drive: a drive that stops answering (a paused network drive behind FUSE) stalls only its probe, and a probe
+    /// still waiting after the drive deadline fails the drive.
     func checkDrivesPresent() {
         let deadline = DriveIO.deadlineSeconds
         controlLock.withLock { _ in
@@ -396,17 +398,11 @@ final class DriveProbe: @unchecked Sendable {
     private var startedAt: Double = 0
     private var lastFinding: (drive: Drive, text: String)? = nil
 
-    private static func now() -> Double {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
-    }
-
     /// Looks at the drive (on the prober's thread; it may block as long as the drive does).
     func run(drive: Drive, path: String, requiredBytes: UInt64) {
         lock.withLock {
             probing = drive
-            startedAt = DriveProbe.now()
+            startedAt = Posix.monotonicSeconds()
         }
         var finding: String? = nil
         if access(path, F_OK) != 0 && errno == ENOENT {
@@ -426,7 +422,7 @@ final class DriveProbe: @unchecked Sendable {
     func finding(for drive: Drive, deadlineSeconds: Double) -> String? {
         lock.withLock {
             if let last = lastFinding, last.drive === drive { return last.text }
-            if deadlineSeconds > 0, let stuck = probing, stuck === drive, DriveProbe.now() - startedAt > deadlineSeconds {
+            if deadlineSeconds > 0, let stuck = probing, stuck === drive, Posix.monotonicSeconds() - startedAt > deadlineSeconds {
                 return "did not answer a look at its file within \(deadlineSeconds) s"
             }
             return nil

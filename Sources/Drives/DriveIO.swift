@@ -69,7 +69,6 @@ public final class DriveIO {
             pageCacheFailures |= 1 << UInt64(op.driveIndex)
             return
         }
-        operations[Int(tag)].finished = false
         if (op.kind <= 1 || op.kind == 4) && !drive.usesDirectIO {
             copyThroughPageCache(tag)
             return
@@ -78,6 +77,8 @@ public final class DriveIO {
             _ = injector.flushed(path: drive.path)
             return
         }
+        // In the kernel from here on: unfinished until its completion is reaped (the deadline looks for these).
+        operations[Int(tag)].finished = false
         switch op.kind {
         case 0: ring.queueRead(fd: drive.fd, into: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag)
         case 1, 4:
@@ -94,7 +95,6 @@ public final class DriveIO {
     /// that cost more than the copy itself. So their reads and writes are done here, synchronously, as the copy
     /// they are; flushes still go through the ring.
     private func copyThroughPageCache(_ tag: UInt64) {
-        operations[Int(tag)].finished = true
         let op = operations[Int(tag)]
         let fd = drives[Int(op.driveIndex)].fd
         if let injector = DriveFaultInjector.active, injector.failingPath == drives[Int(op.driveIndex)].path {

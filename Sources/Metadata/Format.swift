@@ -27,7 +27,7 @@ extension ArrayStore {
             throw VSAError("--spares must be between 0 and the drive count minus one (got \(options.spareCount))")
         }
         let members = total - options.spareCount
-        guard total <= 64 else { throw VSAError("at most 64 drives per array (got \(total))") }
+        guard total <= Layout.drivesMax else { throw VSAError("at most \(Layout.drivesMax) drives per array (got \(total))") }
         guard members >= raid.minimumDrives else {
             throw VSAError("\(raid) needs at least \(raid.minimumDrives) member drives (got \(members)); add drives or pick another --raid")
         }
@@ -36,7 +36,9 @@ extension ArrayStore {
         guard su >= 4096, su <= 16 << 20, su & (su - 1) == 0 else {
             throw VSAError("--stripe-unit must be a power of two from 4K to 16M (got \(su))")
         }
-        guard options.engineCount >= 1, options.engineCount <= 8 else { throw VSAError("--engines must be 1 to 8 (got \(options.engineCount))") }
+        guard options.engineCount >= 1, options.engineCount <= DirectorID.enginesMax else {
+            throw VSAError("--engines must be 1 to \(DirectorID.enginesMax) (got \(options.engineCount))")
+        }
         guard options.cacheBytes >= Layout.cacheBytesMin, options.cacheBytes <= Layout.cacheBytesMax else {
             throw VSAError("--cache must be from 16M to 1T (got \(formatSize(options.cacheBytes)))")
         }

@@ -198,7 +198,7 @@ public struct Superblock: Equatable, Sendable {
         sb.queuedRebuildMember = queuedField == 0 ? nil : queuedField - 1
         sb.journalSliceBytes = r.get(UInt64.self, at: 144)
         sb.checksumBytes = r.get(UInt64.self, at: 152)
-        guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= 64, raid != .raid10 || sb.memberCount % 2 == 0 else {
+        guard sb.memberCount >= raid.minimumDrives, sb.memberCount <= Layout.drivesMax, raid != .raid10 || sb.memberCount % 2 == 0 else {
             throw RecordRejection(reason: "superblock member count \(sb.memberCount) invalid")
         }
         guard sb.spareCount <= Layout.drivesMax - sb.memberCount else {
@@ -215,7 +215,7 @@ public struct Superblock: Equatable, Sendable {
         guard sb.stripUnitBytes >= 4096, sb.stripUnitBytes <= 1 << 24, sb.stripUnitBytes & (sb.stripUnitBytes - 1) == 0 else {
             throw RecordRejection(reason: "superblock stripe unit \(sb.stripUnitBytes) invalid")
         }
-        guard sb.engineCount >= 1, sb.engineCount <= 8 else { throw RecordRejection(reason: "superblock engine count invalid") }
+        guard sb.engineCount >= 1, sb.engineCount <= DirectorID.enginesMax else { throw RecordRejection(reason: "superblock engine count invalid") }
         let minimumSlice = DriveLayout.minimumSliceBytes(stripUnitBytes: sb.stripUnitBytes)
         guard sb.journalSliceBytes % (1 << 20) == 0, sb.journalSliceBytes >= minimumSlice, sb.journalSliceBytes <= max(64 << 20, minimumSlice) else {
             throw RecordRejection(reason: "superblock journal size \(sb.journalSliceBytes) invalid")

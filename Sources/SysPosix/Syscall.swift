@@ -128,6 +128,13 @@ public enum Posix {
         (base + tail).copyMemory(from: keep + tail, byteCount: length - tail)
     }
 
+    /// Seconds on the monotonic clock (for deadlines; never goes back).
+    public static func monotonicSeconds() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
     public static var processID: Int32 { getpid() }
     public static var userID: UInt32 { getuid() }
     public static var groupID: UInt32 { getgid() }

@@ -86,26 +86,31 @@ public final class IORing {
     /// must not reuse this ring (their completions would arrive here later) nor trust their buffers.
     @discardableResult
     public func submitAndReapAll(deadlineSeconds: Double = 0, _ completion: (UInt64, Int32) -> Void) -> Int {
-        var start = timespec()
-        if deadlineSeconds > 0 { clock_gettime(CLOCK_MONOTONIC, &start) }
+        // The clock is read only once there is something to wait for (a batch of page-cache copies has nothing).
+        var start: Double? = nil
+        func elapsed() -> Double {
+            let now = Posix.monotonicSeconds()
+            if start == nil { start = now }
+            return now - start!
+        }
         var refusals = 0
         while inFlightCount > 0 || queuedCount > 0 {
             if queuedCount > 0 && submitQueued() < 0 && inFlightCount == 0 {
                 // The kernel took nothing and nothing is in flight to reap: wait a moment and ask again, within the
                 // deadline (EAGAIN/ENOMEM under memory pressure).
                 refusals += 1
-                if deadlineSeconds > 0 && elapsed(since: start) > deadlineSeconds { return queuedCount }
+                if deadlineSeconds > 0 && elapsed() > deadlineSeconds { return queuedCount }
                 usleep(UInt32(min(refusals, 100)) * 1000)
                 continue
             }
             var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
             var rc: Int32
             if deadlineSeconds > 0 {
-                let left = max(0.001, deadlineSeconds - elapsed(since: start))
+                let left = max(0.001, deadlineSeconds - elapsed())
                 var timeout = __kernel_timespec(tv_sec: Int64(left), tv_nsec: Int64((left - Double(Int64(left))) * 1e9))
                 rc = io_uring_wait_cqe_timeout(&ring, &cqe, &timeout)
                 if rc == -ETIME {
-                    if elapsed(since: start) >= deadlineSeconds { return inFlightCount + queuedCount }
+                    if elapsed() >= deadlineSeconds { return inFlightCount + queuedCount }
                     continue
                 }
             } else {
@@ -129,11 +134,6 @@ public final class IORing {
         return 0
     }
 
-    private func elapsed(since start: timespec) -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Double(now.tv_sec - start.tv_sec) + Double(now.tv_nsec - start.tv_nsec) / 1e9
-    }
 }
 
 extension IORing {

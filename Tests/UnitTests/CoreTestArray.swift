@@ -1,5 +1,6 @@
-// A small array on tmpfs for tests of the core: its store, its first LUN, its block checksums and one engine built
-// by the daemon's factory (threads not started: requests run on the caller's thread unless a test starts them).
+// A small array on tmpfs for tests of the core, mounted as the daemon mounts it (journal recovered, marked not clean):
+// its store, its first LUN, its block checksums and one engine built by the daemon's factory (threads not started:
+// requests run on the caller's thread unless a test starts them).
 import ArrayModel
 import BackEnd
 import Directors
@@ -29,6 +30,7 @@ struct CoreTestArray {
         checksums = BlockChecksums(geometry: store.geometry)
         let recovery = try JournalRecovery.recover(
             geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false, checksums: checksums)
+        try store.writeSuperblocks(clean: false)  // mounted, as the daemon marks it
         engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slots, checksums: checksums)
     }
 

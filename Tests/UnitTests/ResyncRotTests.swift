@@ -20,28 +20,20 @@ final class ResyncRotTests: XCTestCase {
     func testRAID6ResyncRebuildsTheStripThatFails() throws { try rotInsideIntentRegion(level: .raid6, drives: 5) }
 
     private func rotInsideIntentRegion(level: RAIDLevel, drives: Int) throws {
-        let directory = "/dev/shm/vsa-resync-rot-\(getpid())-\(level)"
-        try? FileManager.default.removeItem(atPath: directory)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        var store = try ArrayStore.create(
-            CreateOptions(
-                directory: directory, driveCount: drives, driveSizeBytes: 16 << 20, drivePaths: [], raidLevel: level, spareCount: 0,
-                stripUnitBytes: 16384, cacheBytes: 16 << 20, engineCount: 1, force: false))
-        let entry = try store.createLUN(name: "l", sizeBytes: 2 << 20)
-        let lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
-        let g = store.geometry
-        var rng = SplitMix(seed: UInt64(drives))
-        let original = alignedBuffer(bytes: 2 << 20)
-        for i in 0..<(2 << 20) { original.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
-
         // Mount 1: the whole LUN written and its epoch ended (data and checksum pages on the drives), then a new write
         // that records an intent on region 0 (a full stripe on parity levels, any write on mirrors), made durable, and
         // the daemon dies before its epoch ends: after this the array is not clean and region 0 must be resynced.
-        var checksums = BlockChecksums(geometry: g)
-        var recovery = try JournalRecovery.recover(
-            geometry: g, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false, checksums: checksums)
-        try store.writeSuperblocks(clean: false)
-        var engines = try build(store, recovery.epochs, checksums)
+        let array = try CoreTestArray(
+            name: "resync-rot-\(level)", level: level, drives: drives, driveBytes: 16 << 20, stripUnitBytes: 16384, lunBytes: 2 << 20)
+        defer { array.remove() }
+        let directory = array.directory
+        var store = array.store
+        let lun = array.lun
+        let g = store.geometry
+        var engines = array.engines
+        var rng = SplitMix(seed: UInt64(drives))
+        let original = alignedBuffer(bytes: 2 << 20)
+        for i in 0..<(2 << 20) { original.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
         XCTAssertEqual(engines.write(lun: lun, offsetBytes: 0, count: 2 << 20, from: original.base), 0)
         XCTAssertEqual(engines.flush(lun: lun), 0)
         XCTAssertEqual(engines.endEpochs(), 0)
@@ -61,19 +53,16 @@ final class ResyncRotTests: XCTestCase {
         // Mount 2: recovery resyncs region 0; the rotted strip must be rebuilt, not trusted.
         store = try ArrayStore.assemble(directory: directory)
         XCTAssertFalse(store.wasClean)
-        checksums = BlockChecksums(geometry: g)
-        recovery = try JournalRecovery.recover(geometry: g, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: true, checksums: checksums)
+        let checksums = BlockChecksums(geometry: g)
+        let recovery = try JournalRecovery.recover(
+            geometry: g, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: true, checksums: checksums)
         XCTAssertGreaterThan(recovery.resyncedRegions, 0)
         XCTAssertEqual(recovery.resyncRepairedStrips, 1, "\(level): the rotted strip was not found")
-        engines = try build(store, recovery.epochs, checksums)
+        engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: 64, checksums: checksums)
         let back = alignedBuffer(bytes: 2 << 20)
         XCTAssertEqual(engines.read(lun: lun, offsetBytes: 0, count: 2 << 20, into: back.base), 0)
         XCTAssertEqual(memcmp(back.base, original.base, 2 << 20), 0, "\(level): recovery laundered the rot into the data")
         XCTAssertEqual(checksums.unrecoverable.load(ordering: .relaxed), 0)
         XCTAssertEqual(engines.endEpochs(), 0)
-    }
-
-    private func build(_ store: ArrayStore, _ epochs: [UInt64], _ checksums: BlockChecksums) throws -> Engines {
-        try Simulation.makeEngines(store: store, epochs: epochs, slots: 64, checksums: checksums)
     }
 }
