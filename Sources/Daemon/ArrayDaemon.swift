@@ -260,7 +260,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         stopScrub()
         // Failed directors come back for the stop: the array shuts down whole, and the next mount starts them all.
         for note in engines.restoreAll() { daemonLog("stopping: \(note)") }
-        var flushed = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
+        var flushed = engines.flush(lun: nil)
         if flushed == 0 { flushed = engines.endEpochs() }
         engines.stopAll()
         session?.close()
@@ -385,7 +385,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 daemonLog(line)
                 return "ok\n" + notes.joined(separator: "\n")
             case "flush":
-                let rc = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
+                let rc = engines.flush(lun: nil)
                 if rc != 0 { throw VSAError("flush failed: \(Posix.errnoDescription(rc))") }
                 return "ok\n"
             default:

@@ -215,7 +215,7 @@ extension ArrayDaemon {
                 return false
             }
             let rc = engines.rebuild(member: member, stripes: range) { stripe in
-                ArrayDaemon.lun(holding: stripe, in: luns).map { ($0.lunID, $0.startStripe) }
+                ArrayDaemon.lun(holding: stripe, in: luns).map { StripeHolder(lunID: $0.lunID, startStripe: $0.startStripe) }
             }
             if rc != 0 {
                 outcome = "failed"

@@ -100,7 +100,7 @@ extension ArrayDaemon {
                 return false
             }
             engines.scrub(stripes: range, repair: repair) { stripe in
-                ArrayDaemon.lun(holding: stripe, in: luns).map { ($0.lunID, $0.startStripe) }
+                ArrayDaemon.lun(holding: stripe, in: luns).map { StripeHolder(lunID: $0.lunID, startStripe: $0.startStripe) }
             } tally: { stripe, outcome in
                 scrubTracker.count(outcome)
                 // The log names the first stripes that were not right, for whoever reads it after a failed repair.

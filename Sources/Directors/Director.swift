@@ -32,28 +32,54 @@ public enum DirectorState: UInt8, Sendable, CustomStringConvertible {
     }
 }
 
-/// What a request asks of its owning director.
-public enum RequestKind: UInt8, Sendable {
-    case read, write, zero
-    /// Destage every write-pending slot of `lun` (or every LUN when lunID == 0).
-    case destage
+/// Bytes [offsetBytes, offsetBytes + count) of a LUN (offsets from the LUN's start), all inside one stripe.
+public struct LUNRange: Sendable {
+    public var lun: LUNRef
+    public var offsetBytes: UInt64
+    public var count: Int
+}
+
+/// Where an array stripe lies when a LUN holds it: the LUN's id and first array stripe.
+public struct StripeHolder: Sendable, Equatable {
+    public var lunID: UInt32
+    public var startStripe: UInt64
+    public init(lunID: UInt32, startStripe: UInt64) {
+        self.lunID = lunID
+        self.startStripe = startStripe
+    }
+}
+
+/// What a request asks of the director that runs it, each kind with its own operands: a field cannot mean one thing
+/// for one kind and another for the next. Payloads are stored inline in the preallocated SubRequest (no allocation).
+public enum Work {
+    /// Host I/O on one stripe's part of a LUN, straight into or out of the host's buffer.
+    case read(LUNRange, into: UnsafeMutableRawPointer)
+    case write(LUNRange, from: UnsafeMutableRawPointer)
+    case zero(LUNRange)
+    /// Destage every write-pending slot of one LUN (nil: of every LUN).
+    case destage(lunID: UInt32?)
     /// Flush the drives (once per host flush, after every director destaged).
     case flushDrives
     /// Forget the LUN's slots (the LUN is being deleted).
-    case discard
-    /// Rebuild member `count`'s strip of array stripe `offsetBytes` (run by the stripe's owner).
-    case rebuild
-    /// Put `drive` in member position `count` of this director's back-end adapter.
-    case attachMember
-    /// Check (count 0) or repair (count 1) array stripe `offsetBytes`; the outcome goes in `outcome`.
-    case scrub
+    case discard(lunID: UInt32)
+    /// Rebuild member `member`'s strip of array stripe `stripe` (run by the stripe's owner).
+    case rebuild(stripe: UInt64, member: Int)
+    /// Put `drive` in member position `member` of this director's back-end adapter.
+    case attachMember(member: Int, drive: Drive)
+    /// Check or repair array stripe `stripe` (held by `holder`, if a LUN holds it); the outcome goes in `outcome`.
+    case scrub(stripe: UInt64, repair: Bool, holder: StripeHolder?)
     /// End the back end's journal epoch: checksum pages written back, drives flushed (a clean stop).
     case endEpoch
     /// Set the checksums of a deleted LUN's stripes to none (one director, after every director's discard).
-    case clearChecksums
+    case clearChecksums(LUNRef)
 
     /// Work on one stripe: it runs on the director acting for the stripe's home, whoever that is now.
-    var isStripeWork: Bool { self == .read || self == .write || self == .zero || self == .rebuild || self == .scrub }
+    var isStripeWork: Bool {
+        switch self {
+        case .read, .write, .zero, .rebuild, .scrub: return true
+        case .destage, .flushDrives, .discard, .attachMember, .endEpoch, .clearChecksums: return false
+        }
+    }
 }
 
 /// Completion of one host I/O that may span several directors: the last sub-request to finish wakes the waiter.
@@ -102,13 +128,7 @@ public final class CompletionGroup: @unchecked Sendable {
 
 /// One piece of a host request that lies in a single stripe: what the owning director executes.
 public final class SubRequest: @unchecked Sendable {
-    public var kind: RequestKind = .read
-    public var lun = LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)
-    public var offsetBytes: UInt64 = 0
-    public var count = 0
-    public var data: UnsafeMutableRawPointer? = nil
-    /// The drive of an attachMember request.
-    public var drive: Drive? = nil
+    public var work: Work = .flushDrives
     /// What a scrub request found (a ScrubOutcome).
     public var outcome: ScrubOutcome = .consistent
     /// Whose work this is: the home director of its stripe (stripe work) or the director it was sent to (control).
@@ -383,14 +403,14 @@ public final class Director: @unchecked Sendable {
     /// A request this director will not run: it failed, or failover moved the request's stripes elsewhere.
     private func bounce(_ request: SubRequest, roleHeld: Bool) {
         channel.bounced.add(1, ordering: .relaxed)
-        switch request.kind {
+        switch request.work {
         case .endEpoch:
             // The epoch ended when the director was fenced, and it has written nothing since.
             request.group.complete(error: 0)
-        case .attachMember:
+        case .attachMember(let member, let drive):
             // Always this back end's (the drive must be in it when the director is back), whatever the state now.
             if !roleHeld { acquireRole() }
-            backEnd.attach(member: request.count, drive: request.drive!)
+            backEnd.attach(member: member, drive: drive)
             if !roleHeld { releaseRole() }
             request.group.complete(error: 0)
         default:
@@ -399,51 +419,58 @@ public final class Director: @unchecked Sendable {
         }
     }
 
+    /// A host write (nil source: zeroes) into the cache, mirrored; with the partner out, destaged before it returns.
+    @inline(__always)
+    private func write(_ range: LUNRange, from source: UnsafeRawPointer?) -> Int32 {
+        if !cache.write(lun: range.lun, offsetBytes: range.offsetBytes, count: range.count, from: source) { return EIO }
+        if partnerOut {
+            // Nowhere to mirror it: the write is on the drives before the host hears of it.
+            channel.unmirroredWrites.add(1, ordering: .relaxed)
+            if !cache.destageStripe(lunID: range.lun.lunID, offsetBytes: range.offsetBytes) { return EIO }
+        }
+        return 0
+    }
+
     private func execute(_ request: SubRequest) {
-        if request.kind.isStripeWork && routing.acting(request.home) !== self {
+        if request.work.isStripeWork && routing.acting(request.home) !== self {
             bounce(request, roleHeld: true)
             return
         }
         var error: Int32 = 0
-        switch request.kind {
-        case .read:
-            if !cache.read(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, into: request.data!) { error = EIO }
-        case .write where cache.canWriteThrough(offsetBytes: request.offsetBytes, count: request.count, from: request.data):
-            if !cache.writeThrough(lun: request.lun, offsetBytes: request.offsetBytes, from: request.data!) { error = EIO }
-        case .write, .zero:
-            if !cache.write(lun: request.lun, offsetBytes: request.offsetBytes, count: request.count, from: request.kind == .zero ? nil : request.data!) {
-                error = EIO
-            } else if partnerOut {
-                // Nowhere to mirror it: the write is on the drives before the host hears of it.
-                channel.unmirroredWrites.add(1, ordering: .relaxed)
-                if !cache.destageStripe(lunID: request.lun.lunID, offsetBytes: request.offsetBytes) { error = EIO }
-            }
-        case .destage:
-            let lunID: UInt32? = request.lun.lunID == 0 ? nil : request.lun.lunID
+        switch request.work {
+        case .read(let range, let target):
+            if !cache.read(lun: range.lun, offsetBytes: range.offsetBytes, count: range.count, into: target) { error = EIO }
+        case .write(let range, let source) where cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
+            if !cache.writeThrough(lun: range.lun, offsetBytes: range.offsetBytes, from: source) { error = EIO }
+        case .write(let range, let source):
+            error = write(range, from: source)
+        case .zero(let range):
+            error = write(range, from: nil)
+        case .destage(let lunID):
             if !cache.destageAll(lunID: lunID) { error = EIO }
         case .flushDrives:
             if !backEnd.flush() { error = EIO }
-        case .discard:
-            cache.discard(lunID: request.lun.lunID)
+        case .discard(let lunID):
+            cache.discard(lunID: lunID)
             // The LUN's stripes are about to be zeroed behind the journal's back: records of them must never be
             // replayed, so the epoch ends here (everything is flushed first).
             if !backEnd.advanceEpoch() { error = EIO }
-        case .rebuild:
-            if !backEnd.rebuild(stripe: request.offsetBytes, member: request.count) { error = EIO }
-        case .attachMember:
-            backEnd.attach(member: request.count, drive: request.drive!)
+        case .rebuild(let stripe, let member):
+            if !backEnd.rebuild(stripe: stripe, member: member) { error = EIO }
+        case .attachMember(let member, let drive):
+            backEnd.attach(member: member, drive: drive)
         case .endEpoch:
             if !backEnd.advanceEpoch() { error = EIO }
-        case .clearChecksums:
+        case .clearChecksums(let lun):
             // After every director discarded the LUN (nothing of it is written any more): its stripes are about to
             // read as zeroes, with no checksum until written again.
-            backEnd.clearChecksums(firstStripe: request.lun.startStripe, stripeCount: backEnd.geometry.stripesFor(sizeBytes: request.lun.sizeBytes))
+            backEnd.clearChecksums(firstStripe: lun.startStripe, stripeCount: backEnd.geometry.stripesFor(sizeBytes: lun.sizeBytes))
             if !backEnd.advanceEpoch() { error = EIO }
-        case .scrub:
-            request.outcome = backEnd.scrub(stripe: request.offsetBytes, repair: request.count == 1)
+        case .scrub(let stripe, let repair, let holder):
+            request.outcome = backEnd.scrub(stripe: stripe, repair: repair)
             // A rewritten data strip: what the cache read of it before is stale.
-            if request.outcome == .repairedData && request.lun.sizeBytes != 0 {
-                cache.forgetClean(lunID: request.lun.lunID, lunStripe: request.offsetBytes - request.lun.startStripe)
+            if request.outcome == .repairedData, let holder {
+                cache.forgetClean(lunID: holder.lunID, lunStripe: stripe - holder.startStripe)
             }
         }
         requestsServed.add(1, ordering: .relaxed)

@@ -29,8 +29,8 @@ public protocol HostIOPort: AnyObject, Sendable {
     func read(lun: LUNRef, offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Int32
     func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer) -> Int32
     func zero(lun: LUNRef, offsetBytes: UInt64, count: UInt64) -> Int32
-    /// Destages the LUN's write-pending data (every LUN for lunID 0) and flushes the drives.
-    func flush(lun: LUNRef) -> Int32
+    /// Destages the LUN's write-pending data (every LUN's for nil) and flushes the drives.
+    func flush(lun: LUNRef?) -> Int32
 }
 
 final class RequestContext: @unchecked Sendable {
@@ -143,7 +143,9 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     }
 
     /// Cuts [offset, offset+count) at stripe boundaries and runs the pieces on their owners, a batch at a time.
-    private func run(kind: RequestKind, lun: LUNRef, offsetBytes: UInt64, count: UInt64, data: UnsafeMutableRawPointer?) -> Int32 {
+    /// `work` makes each piece's request from its range and where its data starts in the host buffer.
+    @inline(__always)
+    private func run(lun: LUNRef, offsetBytes: UInt64, count: UInt64, work: (LUNRange, Int) -> Work) -> Int32 {
         let ctx = context()
         let stripeBytes = geometry.stripeDataBytes
         var position = offsetBytes
@@ -155,11 +157,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
                 let lunStripe = cursor / stripeBytes
                 let pieceEnd = min(end, (lunStripe + 1) * stripeBytes)
                 let piece = ctx.pieces[n]
-                piece.kind = kind
-                piece.lun = lun
-                piece.offsetBytes = cursor
-                piece.count = Int(pieceEnd - cursor)
-                piece.data = data.map { $0 + Int(cursor - offsetBytes) }
+                piece.work = work(LUNRange(lun: lun, offsetBytes: cursor, count: Int(pieceEnd - cursor)), Int(cursor - offsetBytes))
                 piece.home = home(lunID: lun.lunID, lunStripe: lunStripe)
                 n += 1
                 cursor = pieceEnd
@@ -180,7 +178,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         for i in 0..<n {
             let piece = ctx.pieces[i]
             piece.bounced = false
-            deliver(piece, to: piece.kind.isStripeWork ? routing.acting(piece.home) : directors[piece.home], from: frontEnd)
+            deliver(piece, to: piece.work.isStripeWork ? routing.acting(piece.home) : directors[piece.home], from: frontEnd)
             afterEachPiece?()
         }
         var error = ctx.group.wait()
@@ -234,22 +232,20 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     }
 
     public func read(lun: LUNRef, offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Int32 {
-        run(kind: .read, lun: lun, offsetBytes: offsetBytes, count: UInt64(count), data: target)
+        run(lun: lun, offsetBytes: offsetBytes, count: UInt64(count)) { .read($0, into: target + $1) }
     }
 
     public func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer) -> Int32 {
-        run(kind: .write, lun: lun, offsetBytes: offsetBytes, count: UInt64(count), data: UnsafeMutableRawPointer(mutating: source))
+        let source = UnsafeMutableRawPointer(mutating: source)
+        return run(lun: lun, offsetBytes: offsetBytes, count: UInt64(count)) { .write($0, from: source + $1) }
     }
 
     public func zero(lun: LUNRef, offsetBytes: UInt64, count: UInt64) -> Int32 {
-        run(kind: .zero, lun: lun, offsetBytes: offsetBytes, count: count, data: nil)
+        run(lun: lun, offsetBytes: offsetBytes, count: count) { range, _ in .zero(range) }
     }
 
     /// Sends one control request to each director in `targets` for which `needed` holds, and waits for them all.
-    private func control(
-        kind: RequestKind, lun: LUNRef, to targets: ArraySlice<Director>, count: Int = 0, drive: Drive? = nil,
-        where needed: (Director) -> Bool = { _ in true }
-    ) -> Int32 {
+    private func control(_ work: Work, to targets: ArraySlice<Director>, where needed: (Director) -> Bool = { _ in true }) -> Int32 {
         let ctx = context()
         // Decide once which directors get a request: `needed` may change its mind meanwhile (a host write makes a
         // director dirty), and the group must be armed with exactly what is submitted.
@@ -257,15 +253,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         for (i, director) in targets.enumerated() where needed(director) { chosen |= 1 << UInt64(i) }
         let n = chosen.nonzeroBitCount
         if n == 0 { return 0 }
-        for i in 0..<n {
-            let piece = ctx.pieces[i]
-            piece.kind = kind
-            piece.lun = lun
-            piece.offsetBytes = 0
-            piece.count = count
-            piece.data = nil
-            piece.drive = drive
-        }
+        for i in 0..<n { ctx.pieces[i].work = work }
         var next = 0
         for (i, director) in targets.enumerated() where chosen & (1 << UInt64(i)) != 0 {
             ctx.pieces[next].home = director.id.index
@@ -274,30 +262,30 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         return send(ctx, n)
     }
 
-    public func flush(lun: LUNRef) -> Int32 {
+    public func flush(lun: LUNRef?) -> Int32 {
         // Every director with write-pending slots destages its part, then one flush of the drives covers them all.
         // A director with none is skipped, and that is safe only because of the durability invariant
         // (docs/ARCHITECTURE.md, "Durability contract"): a slot counts as write-pending from before the host hears of
         // its write until the journal record or in-place write holding its data is on the drives. A destage pass in
         // flight keeps its slots counted until its batch commits (TrackCache.finishPass), so this flush queues behind
         // that pass instead of overtaking it. Drives whose writes are in memory (tmpfs) need no flush.
-        var rc = control(kind: .destage, lun: lun, to: directors[...]) { $0.counters.dirtySlots.load(ordering: .acquiring) > 0 }
+        var rc = control(.destage(lunID: lun?.lunID), to: directors[...]) { $0.counters.dirtySlots.load(ordering: .acquiring) > 0 }
         if rc != 0 { return rc }
-        rc = control(kind: .flushDrives, lun: lun, to: directors.prefix(1)) { $0.backEnd.needsFlush }
+        rc = control(.flushDrives, to: directors.prefix(1)) { $0.backEnd.needsFlush }
         if rc != 0 { return rc }
         return afterFlush?() ?? 0
     }
 
     /// Drops every cached track of a LUN on every director (before the LUN's stripes are zeroed and reused).
     public func discard(lun: LUNRef) {
-        _ = control(kind: .discard, lun: lun, to: directors[...])
+        _ = control(.discard(lunID: lun.lunID), to: directors[...])
         // Only once no director writes the LUN any more: its checksums go (one director does it for all).
-        _ = control(kind: .clearChecksums, lun: lun, to: directors.prefix(1))
+        _ = control(.clearChecksums(lun), to: directors.prefix(1))
     }
 
     /// Every director ends its journal epoch: what it wrote is flushed and its checksum pages written back (a clean
     /// stop, so the next mount recomputes nothing).
-    public func endEpochs() -> Int32 { control(kind: .endEpoch, lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0), to: directors[...]) }
+    public func endEpochs() -> Int32 { control(.endEpoch, to: directors[...]) }
 
     /// Stops every director's thread (after the last flush); no failover runs meanwhile, and none after.
     public func stopAll() { administration.withLock { _ in for d in directors { d.stop() } } }
@@ -306,20 +294,21 @@ public final class Engines: HostIOPort, @unchecked Sendable {
 
     /// Puts `drive` in member position `member` of every director's back-end adapter (each between its requests).
     public func attach(member: Int, drive: Drive) {
-        let rc = control(kind: .attachMember, lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0), to: directors[...], count: member, drive: drive)
+        let rc = control(.attachMember(member: member, drive: drive), to: directors[...])
         precondition(rc == 0, "attaching a drive cannot fail")
         let ctx = context()
-        for piece in ctx.pieces { piece.drive = nil }  // the record does not keep the drive alive
+        for piece in ctx.pieces { piece.work = .flushDrives }  // the record does not keep the drive alive
     }
 
     /// Where an array stripe lies: its LUN's id and first stripe; nil for stripes no LUN holds.
-    public typealias Placement = (UInt64) -> (lunID: UInt32, startStripe: UInt64)?
+    public typealias Placement = (UInt64) -> StripeHolder?
 
-    /// Runs one `kind` request per stripe of `stripes` on the stripe's owning director (director 1a for stripes no
+    /// Runs one `work` request per stripe of `stripes` on the stripe's owning director (director 1a for stripes no
     /// LUN holds), so nothing else touches that stripe meanwhile; a context's worth at a time. `finished` sees each
     /// stripe's request once its batch completed. Returns 0 or the first errno.
     private func perStripe(
-        _ stripes: Range<UInt64>, kind: RequestKind, count: Int, placement: Placement, finished: (UInt64, SubRequest) -> Void = { _, _ in }
+        _ stripes: Range<UInt64>, placement: Placement, work: (UInt64, StripeHolder?) -> Work,
+        finished: (UInt64, SubRequest) -> Void = { _, _ in }
     ) -> Int32 {
         let ctx = context()
         var stripe = stripes.lowerBound
@@ -329,11 +318,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
                 let piece = ctx.pieces[i]
                 let s = stripe + UInt64(i)
                 let place = placement(s)
-                piece.kind = kind
-                piece.lun = place.map { LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: 1) } ?? LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)
-                piece.offsetBytes = s
-                piece.count = count
-                piece.data = nil
+                piece.work = work(s, place)
                 // What a stripe that could not be run (EIO: no director acting) reports.
                 piece.outcome = .unreadable
                 // Stripes no LUN holds are director 1a's (or whoever acts for it).
@@ -349,12 +334,16 @@ public final class Engines: HostIOPort, @unchecked Sendable {
 
     /// Scrubs `stripes` (check, or repair), each on its owning director; `tally` hears each stripe and its outcome.
     public func scrub(stripes: Range<UInt64>, repair: Bool, placement: Placement, tally: (UInt64, ScrubOutcome) -> Void) {
-        _ = perStripe(stripes, kind: .scrub, count: repair ? 1 : 0, placement: placement) { tally($0, $1.outcome) }
+        _ = perStripe(stripes, placement: placement) {
+            .scrub(stripe: $0, repair: repair, holder: $1)
+        } finished: {
+            tally($0, $1.outcome)
+        }
     }
 
     /// Rebuilds member `member` over array stripes `stripes`, each stripe on its owning director, so no destage of
     /// it interleaves. Returns 0 or the first errno.
     public func rebuild(member: Int, stripes: Range<UInt64>, placement: Placement) -> Int32 {
-        perStripe(stripes, kind: .rebuild, count: member, placement: placement)
+        perStripe(stripes, placement: placement) { stripe, _ in .rebuild(stripe: stripe, member: member) }
     }
 }

@@ -43,18 +43,6 @@ func setSectorBits(_ bits: inout [UInt64], base: Int, _ first: Int, _ last: Int)
 @inline(__always)
 func testSectorBit(_ bits: [UInt64], base: Int, _ sector: Int) -> Bool { bits[base + sector >> 6] & (1 << UInt64(sector & 63)) != 0 }
 
-/// Where a LUN sits: its table identity and its first stripe.
-public struct LUNRef: Sendable, Equatable {
-    public let lunID: UInt32
-    public let startStripe: UInt64
-    public let sizeBytes: UInt64
-    public init(lunID: UInt32, startStripe: UInt64, sizeBytes: UInt64) {
-        self.lunID = lunID
-        self.startStripe = startStripe
-        self.sizeBytes = sizeBytes
-    }
-}
-
 /// Counters a portion publishes for `vsa status`.
 public final class CacheCounters: Sendable {
     public let readHits = Atomic<UInt64>(0)

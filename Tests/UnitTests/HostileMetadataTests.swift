@@ -250,7 +250,7 @@ enum Fuzz {
                 }
                 data[entry.name] = bytes
             }
-            guard engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)) == 0 else { throw VSAError("base flush failed") }
+            guard engines.flush(lun: nil) == 0 else { throw VSAError("base flush failed") }
             lunData = data
             // Left unclean, journal records in place: an assembly from here runs recovery as after a crash.
             snapshot = Fuzz.contents(of: directory, drives: total)
@@ -424,7 +424,7 @@ enum Fuzz {
             if let expected = verify?.lunData[entry.name] { XCTAssertTrue(back == expected, "LUN \(entry.name) reads back wrong") }
             if verify == nil { _ = engines.write(lun: ref, offsetBytes: 0, count: 4096, from: buffer.base) }
         }
-        _ = engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0))
+        _ = engines.flush(lun: nil)
         _ = engines.endEpochs()
     }
 

@@ -46,7 +46,7 @@ final class OneDriveDamageTests: XCTestCase {
                 XCTAssertEqual(engines.write(lun: ref(entry), offsetBytes: 0, count: bytes.count, from: buffer.base), 0)
                 written[entry.name] = bytes
             }
-            XCTAssertEqual(engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)), 0)
+            XCTAssertEqual(engines.flush(lun: nil), 0)
             XCTAssertEqual(engines.endEpochs(), 0)
             try store.writeSuperblocks(clean: true)
         }
@@ -112,7 +112,9 @@ final class OneDriveDamageTests: XCTestCase {
     private func placementOf(_ store: ArrayStore) -> Engines.Placement {
         let entries = store.lunTable.entries
         return { stripe in
-            entries.first { stripe >= $0.startStripe && stripe < $0.startStripe + $0.stripeCount }.map { ($0.lunID, $0.startStripe) }
+            entries.first { stripe >= $0.startStripe && stripe < $0.startStripe + $0.stripeCount }.map {
+                StripeHolder(lunID: $0.lunID, startStripe: $0.startStripe)
+            }
         }
     }
 }

@@ -138,7 +138,7 @@ struct Simulation {
     var placement: Engines.Placement {
         let lun = lun
         let stripes = store.geometry.stripesFor(sizeBytes: lun.sizeBytes)
-        return { s in s >= lun.startStripe && s < lun.startStripe + stripes ? (lun.lunID, lun.startStripe) : nil }
+        return { s in s >= lun.startStripe && s < lun.startStripe + stripes ? StripeHolder(lunID: lun.lunID, startStripe: lun.startStripe) : nil }
     }
 
     /// A back end for cold reads that bypass the directors (any director's: they share the drives).
@@ -283,7 +283,7 @@ struct Simulation {
     /// fsync: destage everything, flush the drives, record failures; what was written is durable now.
     mutating func flush() -> String? {
         log.append("flush")
-        guard engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)) == 0 else {
+        guard engines.flush(lun: nil) == 0 else {
             return injector.cut || directorsWereOut ? nil : "flush failed"
         }
         do { _ = try store.recordFailures() } catch { return "recording failures: \(error)" }
@@ -336,7 +336,7 @@ struct Simulation {
                     rebuildingMember = nil
                     log.append("rebuild of member \(member) complete")
                 } else if rng.next() % 2 == 0 {
-                    guard engines.flush(lun: LUNRef(lunID: 0, startStripe: 0, sizeBytes: 0)) == 0, engines.endEpochs() == 0 else {
+                    guard engines.flush(lun: nil) == 0, engines.endEpochs() == 0 else {
                         return directorsWereOut ? nil : "flush before the checkpoint failed"
                     }
                     try store.recordRebuildProgress(stripes: next)
