@@ -9,6 +9,11 @@
 // cache is direct-mapped (frame = hash of member and page), each frame guarded by one of 256 striped locks; a miss
 // reads the page through the caller's DriveIO (between batches), an eviction writes the old page back first.
 //
+// No lock is held across drive I/O: a thread that reads or writes a frame's page marks the frame busy and lets go of
+// the lock; whoever wants that frame meanwhile waits on the lock's condition, and everyone else goes on. So a
+// director stuck on a drive that stopped answering (until the drive deadline fails it) holds up only threads that
+// need that very frame, not every director that touches one of the 1/256 of all frames behind the same lock.
+//
 // Durability: entries change in memory only once their data write is covered (journal records flushed, or a write
 // intent recorded), and pages are written back lazily: at an epoch's end (`writeBack`, before the epoch block), when
 // evicted, and at a clean stop. After an unclean stop recovery recomputes the entries of every block the newest
@@ -28,12 +33,19 @@ public final class BlockChecksums: @unchecked Sendable {
     let layout: DriveLayout
     let geometry: ArrayGeometry
     let pagesPerDrive: Int
-    let frameCount: Int
+    public let frameCount: Int
     private let frames: Arena
     /// Per frame: which (member, page) it holds (UInt64.max: none), and whether it changed since read.
     private let tags: UnsafeMutablePointer<UInt64>
     private let dirty: UnsafeMutablePointer<Bool>
+    /// Per frame: a thread is reading or writing its page without the lock; the frame is its alone until it clears
+    /// this and signals the lock's condition.
+    private let busy: UnsafeMutablePointer<Bool>
     private let locks: UnsafeMutablePointer<pthread_mutex_t>
+    private let settled: UnsafeMutablePointer<pthread_cond_t>
+    /// Tests only: called while a page is loaded, after the frame was marked busy and its lock let go (nil in the
+    /// daemon). Receives the member and page.
+    nonisolated(unsafe) public static var duringLoad: ((Int, Int) -> Void)? = nil
     private static let lockCount = 256
     /// Mismatches found on reads, blocks rewritten from redundancy, entries found wrong (the data was right).
     public let mismatches = Atomic<UInt64>(0)
@@ -54,13 +66,24 @@ public final class BlockChecksums: @unchecked Sendable {
         tags.initialize(repeating: .max, count: frameCount)
         dirty = .allocate(capacity: frameCount)
         dirty.initialize(repeating: false, count: frameCount)
+        busy = .allocate(capacity: frameCount)
+        busy.initialize(repeating: false, count: frameCount)
         locks = .allocate(capacity: BlockChecksums.lockCount)
-        for i in 0..<BlockChecksums.lockCount { pthread_mutex_init(locks + i, nil) }
+        settled = .allocate(capacity: BlockChecksums.lockCount)
+        for i in 0..<BlockChecksums.lockCount {
+            pthread_mutex_init(locks + i, nil)
+            pthread_cond_init(settled + i, nil)
+        }
     }
 
     deinit {
-        for i in 0..<BlockChecksums.lockCount { pthread_mutex_destroy(locks + i) }
+        for i in 0..<BlockChecksums.lockCount {
+            pthread_mutex_destroy(locks + i)
+            pthread_cond_destroy(settled + i)
+        }
         locks.deallocate()
+        settled.deallocate()
+        busy.deallocate()
         tags.deallocate()
         dirty.deallocate()
     }
@@ -93,28 +116,51 @@ public final class BlockChecksums: @unchecked Sendable {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         let tag = UInt64(member) << 40 | UInt64(page)
-        if tags[f] != tag {
-            guard load(frame: f, tag: tag, member: member, page: page, io: io) else { return nil }
+        while busy[f] || tags[f] != tag {
+            if busy[f] {
+                pthread_cond_wait(settled + (f % BlockChecksums.lockCount), lock)
+            } else {
+                guard load(frame: f, tag: tag, member: member, page: page, io: io) else { return nil }
+            }
         }
         let entries = frames.slice(f).assumingMemoryBound(to: UInt32.self)
         return body(entries + Int(blockIndex % UInt64(BlockChecksums.entriesPerPage)), f)
     }
 
-    /// Brings (member, page) into frame `f`, writing back what was there if it changed. Caller holds the lock.
+    /// Brings (member, page) into frame `f`, writing back what was there if it changed. The caller holds the frame's
+    /// lock, which is let go during the I/O (the frame is busy meanwhile) and held again on return.
     private func load(frame f: Int, tag: UInt64, member: Int, page: Int, io: DriveIO) -> Bool {
         precondition(io.queuedCount == 0, "checksum pages are read between batches")
-        if tags[f] != .max && dirty[f] {
-            let oldMember = Int(tags[f] >> 40)
-            let oldPage = Int(tags[f] & 0xFF_FFFF_FFFF)
-            io.queueWrite(drive: oldMember, from: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(oldPage) * 4096)
-            io.submit()
-            dirty[f] = false
-        }
+        let evicted = tags[f] != .max && dirty[f] ? tags[f] : nil
         tags[f] = .max
-        io.queueRead(drive: member, into: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(page) * 4096)
-        guard io.submit() == 0 else { return false }
-        tags[f] = tag
-        return true
+        dirty[f] = false
+        let loaded = withoutLock(frame: f) {
+            if let evicted {
+                let oldMember = Int(evicted >> 40)
+                let oldPage = Int(evicted & 0xFF_FFFF_FFFF)
+                io.queueWrite(drive: oldMember, from: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(oldPage) * 4096)
+                io.submit()
+            }
+            BlockChecksums.duringLoad?(member, page)
+            io.queueRead(drive: member, into: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(page) * 4096)
+            return io.submit() == 0
+        }
+        if loaded { tags[f] = tag }
+        return loaded
+    }
+
+    /// Runs `io` (drive I/O on frame `f`'s page) with the frame marked busy and its lock let go; the caller holds the
+    /// lock before and after. Waiters for the frame are woken when it is done.
+    @inline(__always)
+    private func withoutLock<R>(frame f: Int, _ io: () -> R) -> R {
+        let lock = locks + (f % BlockChecksums.lockCount)
+        busy[f] = true
+        pthread_mutex_unlock(lock)
+        let result = io()
+        pthread_mutex_lock(lock)
+        busy[f] = false
+        pthread_cond_broadcast(settled + (f % BlockChecksums.lockCount))
+        return result
     }
 
     /// Blocks whose checksums are computed before a page lock is taken: the CRCs run outside the lock (directors
@@ -195,12 +241,16 @@ public final class BlockChecksums: @unchecked Sendable {
         for f in 0..<frameCount {
             let lock = locks + (f % BlockChecksums.lockCount)
             pthread_mutex_lock(lock)
+            while busy[f] { pthread_cond_wait(settled + (f % BlockChecksums.lockCount), lock) }
             if tags[f] != .max && dirty[f] && skipping & (1 << (tags[f] >> 40)) == 0 {
                 let member = Int(tags[f] >> 40)
                 let page = Int(tags[f] & 0xFF_FFFF_FFFF)
-                io.queueWrite(drive: member, from: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(page) * 4096)
-                io.submit()
+                // Entries that change while the page is written make it dirty again (they wait: the frame is busy).
                 dirty[f] = false
+                withoutLock(frame: f) {
+                    io.queueWrite(drive: member, from: frames.slice(f), count: 4096, offsetBytes: layout.checksumOffsetBytes + UInt64(page) * 4096)
+                    io.submit()
+                }
             }
             pthread_mutex_unlock(lock)
         }
@@ -212,6 +262,8 @@ public final class BlockChecksums: @unchecked Sendable {
         for f in 0..<frameCount {
             let lock = locks + (f % BlockChecksums.lockCount)
             pthread_mutex_lock(lock)
+            // A page of the old drive being read now would land after this: wait for it.
+            while busy[f] { pthread_cond_wait(settled + (f % BlockChecksums.lockCount), lock) }
             if tags[f] != .max && Int(tags[f] >> 40) == member {
                 tags[f] = .max
                 dirty[f] = false

@@ -487,7 +487,7 @@ public final class RAIDBackEnd: StripeStore {
         for drive in 0..<m where !readable(drive, stripe) { outMask |= 1 << UInt64(drive) }
         if outMask != 0 {
             // Redundancy cannot be compared with a member out, but every block still has its checksum.
-            guard let checksums else { return .skipped }
+            guard checksums != nil else { return .skipped }
             var bad: UInt64 = 0
             for member in 0..<m where outMask & (1 << UInt64(member)) == 0 {
                 io.queueRead(drive: member, into: staging.slice(m), count: stripBytes, offsetBytes: offset)
