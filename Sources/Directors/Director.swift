@@ -82,6 +82,15 @@ public enum Work {
     }
 }
 
+/// Where the seeded simulation's scheduler (Tests/UnitTests/SimulationScheduler.swift) takes over a thread that would
+/// wait for another: it runs the simulation's tasks one at a time on real threads, and a thread that cannot go on
+/// hands the turn to another task instead of spinning or sleeping. Nil in the daemon (one load and a branch per wait).
+public enum ScheduleHooks {
+    /// Called by a thread about to wait until `ready()` holds (a completion group, an executor role, room in a
+    /// ring); returns once it does.
+    nonisolated(unsafe) public static var block: ((() -> Bool) -> Void)? = nil
+}
+
 /// Completion of one host I/O that may span several directors: the last sub-request to finish wakes the waiter.
 public final class CompletionGroup: @unchecked Sendable {
     let remaining = Atomic<Int>(0)
@@ -113,6 +122,7 @@ public final class CompletionGroup: @unchecked Sendable {
     /// finishes a queued piece within microseconds, so the waiter spins briefly before it sleeps: a futex sleep and
     /// wake-up cost more than the wait. The semaphore is still consumed, so its count stays balanced.
     func wait() -> Int32 {
+        if let block = ScheduleHooks.block { block { self.remaining.load(ordering: .acquiring) == 0 } }
         var spins = 0
         while remaining.load(ordering: .acquiring) != 0 && spins < CompletionGroup.spinLimit {
             spins += 1
@@ -251,6 +261,10 @@ public final class Director: @unchecked Sendable {
                 drain(batchesMax: 1)
                 continue
             }
+            if let block = ScheduleHooks.block {
+                block { !self.executorActive.load(ordering: .sequentiallyConsistent) || !self.ring.isFull }
+                continue
+            }
             spins += 1
             if spins < 64 { sched_yield() } else { usleep(50) }
         }
@@ -310,10 +324,7 @@ public final class Director: @unchecked Sendable {
     public func run() {
         var idleSince = ring.sent
         while true {
-            if ring.hasMessage && tryAcquireRole() {
-                drain(batchesMax: Int.max)
-                continue
-            }
+            if runQueued() { continue }
             let current = state
             if current == .stopping {
                 if tryAcquireRole() {
@@ -331,10 +342,7 @@ public final class Director: @unchecked Sendable {
             }
             if current == .online && counters.dirtySlots.load(ordering: .relaxed) > 0 {
                 // Idle with write-pending data: when no request arrived for a while, destage a little.
-                if wake.wait(timeout: .now() + idleDestageDelay) == .timedOut && ring.sent == idleSince && state == .online && tryAcquireRole() {
-                    cache.destage(stripeBudget: 16)
-                    drain(batchesMax: Int.max)
-                }
+                if wake.wait(timeout: .now() + idleDestageDelay) == .timedOut && ring.sent == idleSince { _ = destageWhileIdle() }
                 idleSince = ring.sent
                 continue
             }
@@ -347,6 +355,23 @@ public final class Director: @unchecked Sendable {
     public func stop() {
         if state == .online || state == .failed { transition(to: .stopping) }
         wake.signal()
+    }
+
+    /// The director thread's turn at its queue: runs what front-end executors left, if nobody holds the role.
+    /// Returns whether it ran anything. (The simulation's scheduler calls it where the thread would run.)
+    public func runQueued() -> Bool {
+        guard ring.hasMessage && tryAcquireRole() else { return false }
+        drain(batchesMax: Int.max)
+        return true
+    }
+
+    /// The director thread's idle destage: a pass of a few stripes when online, write-pending and nobody holds the
+    /// role, then whatever queued meanwhile. Returns whether it ran.
+    public func destageWhileIdle() -> Bool {
+        guard state == .online && counters.dirtySlots.load(ordering: .relaxed) > 0 && tryAcquireRole() else { return false }
+        cache.destage(stripeBudget: 16)
+        drain(batchesMax: Int.max)
+        return true
     }
 
     /// VSA_DIRECT_ROUTING: runs `request` on the calling thread, holding the executor role meanwhile (no queue).
@@ -376,6 +401,10 @@ public final class Director: @unchecked Sendable {
         let start = DispatchTime.now().uptimeNanoseconds
         var spins = 0
         while !tryAcquireRole() {
+            if let block = ScheduleHooks.block {
+                block { !self.executorActive.load(ordering: .sequentiallyConsistent) }
+                continue
+            }
             spins += 1
             if spins < 64 { sched_yield() } else { usleep(20) }
             if timeoutSeconds > 0 && spins & 1023 == 0 && Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 > timeoutSeconds { return false }

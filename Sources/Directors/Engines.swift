@@ -91,6 +91,9 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     /// Called after each piece is sent (tests only: the simulation fails or restores a director there, in the middle
     /// of a request). Set before any I/O; nil in the daemon.
     public var afterEachPiece: (() -> Void)?
+    /// Called inside a failover with every executor role held, after the quiesce and again after the new routes are
+    /// in place (tests only: the simulation's scheduler may switch threads there). Nil in the daemon.
+    public var duringFailover: (() -> Void)?
 
     public init(directors: [Director], geometry: ArrayGeometry, engineCount: Int, mirroring: Bool = true, directRouting: Bool = false) {
         precondition(directors.count == engineCount * 2, "an engine is two directors")
@@ -294,8 +297,11 @@ public final class Engines: HostIOPort, @unchecked Sendable {
 
     /// Puts `drive` in member position `member` of every director's back-end adapter (each between its requests).
     public func attach(member: Int, drive: Drive) {
+        // Cannot fail, so nothing to undo after the superblocks named the drive: each director is addressed by index,
+        // not through the routes, and runs the attach online or failed (a fenced director's bounce attaches too);
+        // the request completes with 0 either way.
         let rc = control(.attachMember(member: member, drive: drive), to: directors[...])
-        precondition(rc == 0, "attaching a drive cannot fail")
+        assert(rc == 0, "attaching a drive completes with 0")
         let ctx = context()
         for piece in ctx.pieces { piece.work = .flushDrives }  // the record does not keep the drive alive
     }

@@ -125,6 +125,7 @@ extension Engines {
             }
             held.append(director)
         }
+        duringFailover?()
         let before = directors.indices.map { routing.actingIndex($0) }
         var online = directors.map { $0.state == .online }
         if let failing { online[failing.id.index] = false }
@@ -155,6 +156,7 @@ extension Engines {
             restoring.revive()
         }
         routing.store(after)
+        duringFailover?()
 
         if let failing {
             failing.fence()

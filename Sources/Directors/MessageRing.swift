@@ -78,6 +78,9 @@ final class MessageRing: @unchecked Sendable {
         return sequences[position & mask].load(ordering: .sequentiallyConsistent) == position &+ 1
     }
 
+    /// Whether a send would find no free cell now.
+    var isFull: Bool { depth >= capacity }
+
     /// Messages sent and not yet received (approximate while senders run).
     var depth: Int { max(0, tail.load(ordering: .relaxed) &- head.load(ordering: .relaxed)) }
 

@@ -28,6 +28,9 @@ public final class DriveIO {
     private static let abandonLock = NSLock()
 
     private var ring: IORing
+    /// No ring could be made after a deadline gave the last one up (the kernel out of memory for 10 s): operations
+    /// run synchronously, without a deadline, until a later batch gets a new ring. Slower, never a trap.
+    private var ringless = false
     private var drives: [Drive]
     private var operations: [Operation]
     private var operationCount = 0
@@ -54,6 +57,7 @@ public final class DriveIO {
 
     private func append(_ op: Operation) {
         if operationCount == capacity { preconditionFailure("DriveIO: more than \(capacity) operations in one batch") }
+        if operationCount == 0 { zeroUnsupportedDrives = 0 }
         operations[operationCount] = op
         let tag = UInt64(operationCount)
         operationCount += 1
@@ -71,6 +75,10 @@ public final class DriveIO {
         }
         if (op.kind <= 1 || op.kind == 4) && !drive.usesDirectIO {
             copyThroughPageCache(tag)
+            return
+        }
+        if ringless {
+            runWithoutRing(tag)
             return
         }
         if op.kind == 2, let injector = DriveFaultInjector.active, !drive.usesDirectIO {
@@ -120,6 +128,36 @@ public final class DriveIO {
         }
     }
 
+    /// Tests only: behaves as after a deadline when no new ring could be made.
+    func giveUpRingForTesting() { ringless = true }
+    var hasRing: Bool { !ringless }
+
+    /// One operation done here and now, for a DriveIO that has no ring (see `ringless`). Failures fail the drive as a
+    /// ring completion would. A zero range is left to the caller, who writes zeroes (as on file systems that cannot
+    /// punch holes).
+    private func runWithoutRing(_ tag: UInt64) {
+        let op = operations[Int(tag)]
+        let drive = drives[Int(op.driveIndex)]
+        do throws(SysError) {
+            switch op.kind {
+            case 0:
+                if try Posix.pread(drive.fd, op.pointer! + op.done, count: op.count - op.done, offset: op.offsetBytes + UInt64(op.done)) < op.count - op.done {
+                    pageCacheFailures |= 1 << UInt64(op.driveIndex)  // end of file: the drive shrank
+                }
+            case 1, 4:
+                try Posix.pwrite(drive.fd, op.pointer! + op.done, count: op.count - op.done, offset: op.offsetBytes + UInt64(op.done))
+                if op.kind == 4 { try Posix.fdatasync(drive.fd) }
+            case 2:
+                if drive.isBlockDevice { try Posix.fsync(drive.fd) } else { try Posix.fdatasync(drive.fd) }
+            default:
+                zeroUnsupportedDrives |= 1 << UInt64(op.driveIndex)
+            }
+            operations[Int(tag)].done = op.count
+        } catch {
+            pageCacheFailures |= 1 << UInt64(op.driveIndex)
+        }
+    }
+
     /// The deadline passed with operations still in the kernel: their drives are failed (the array goes on
     /// degraded), the pages a stuck read would fill are replaced under it (the kernel pinned the old ones for direct
     /// I/O, so a late completion lands in pages nobody uses any more), and this batch's ring is given up for a new
@@ -134,17 +172,18 @@ public final class DriveIO {
             operations[i].finished = true
         }
         let old = ring
+        DriveIO.abandonLock.withLock { DriveIO.abandonedRings.append(old) }
+        ringless = true
         var attempts = 0
-        while true {
+        while attempts < 1000 {
             if let fresh = try? IORing(entries: old.entries) {
                 ring = fresh
+                ringless = false
                 break
             }
             attempts += 1
             usleep(10_000)  // out of memory for a moment: try again; the caller is failing drives anyway
-            if attempts > 1000 { preconditionFailure("io_uring: no new ring after a deadline for 10 s") }
         }
-        DriveIO.abandonLock.withLock { DriveIO.abandonedRings.append(old) }
         return failed
     }
 
@@ -179,7 +218,6 @@ public final class DriveIO {
     public func submit() -> UInt64 {
         var failedDrives: UInt64 = pageCacheFailures
         pageCacheFailures = 0
-        zeroUnsupportedDrives = 0
         while true {
             var again = false
             let stuck = ring.submitAndReapAll(deadlineSeconds: DriveIO.deadlineSeconds) { tag, result in
@@ -215,6 +253,12 @@ public final class DriveIO {
             if !again { break }
         }
         operationCount = 0
+        failedDrives |= pageCacheFailures
+        pageCacheFailures = 0
+        if ringless, let fresh = try? IORing(entries: ring.entries) {
+            ring = fresh
+            ringless = false
+        }
         if failedDrives != 0 {
             for i in 0..<drives.count where failedDrives & (1 << UInt64(i)) != 0 {
                 drives[i].errorCount.add(1, ordering: .relaxed)

@@ -101,6 +101,9 @@ public final class TrackCache {
     /// Tests only: runs inside a destage pass after its stripes were written and before their journal batch commits
     /// (the window the fsync-race test holds open). Set before any I/O; nil in the daemon.
     public var beforeCommit: (() -> Void)?
+    /// Tests only: runs inside a destage pass after each stripe it wrote (the simulation's scheduler may switch
+    /// threads there). Nil in the daemon.
+    public var afterEachStripe: (() -> Void)?
 
     // Destage and fill scratch: pointer table and staging strips (one per data strip of a stripe).
     private let stripTable: UnsafeMutablePointer<UnsafeMutableRawPointer?>
@@ -567,6 +570,7 @@ public final class TrackCache {
             guard slotInUse[slot] && slotDirty[slot] && !slotCommitting[slot] else { continue }
             if destageStripe(containing: slot) {
                 destaged += 1
+                afterEachStripe?()
             } else {
                 // Could not destage (too many failed drives): keep it write-pending and stop for now.
                 queueDirty(slot)
@@ -615,7 +619,10 @@ public final class TrackCache {
             let slot = popDirty()
             guard slotInUse[slot] && slotDirty[slot] && !slotCommitting[slot] else { continue }
             if lunID == nil || slotLUN[slot] == lunID! {
-                if destageStripe(containing: slot) { continue }
+                if destageStripe(containing: slot) {
+                    afterEachStripe?()
+                    continue
+                }
                 ok = false
             }
             queueDirty(slot)

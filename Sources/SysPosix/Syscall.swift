@@ -86,6 +86,11 @@ public enum Posix {
         _ = try syscall("fsync") { Glibc.fsync(fd) }
     }
 
+    /// fdatasync: the file's data (and what reading it back needs) on stable storage.
+    public static func fdatasync(_ fd: Int32) throws(SysError) {
+        _ = try syscall("fdatasync") { Glibc.fdatasync(fd) }
+    }
+
     /// Takes an exclusive, non-blocking advisory lock; returns false when another process holds it.
     public static func tryLockExclusive(_ fd: Int32) throws(SysError) -> Bool {
         while true {

@@ -43,6 +43,42 @@ final class ScrubMountTests: FixtureTestCase {
         XCTAssertTrue(degraded.stderr.contains("not checked because a member is out"), degraded.stderr)
     }
 
+    /// Recovery never launders rot, on a real mount: a block written in an earlier mount (its checksum entry written
+    /// back at that clean stop) rots on the first copy of a RAID-1 while a later fsync'd write holds a write intent
+    /// on its region, and the daemon is killed. The next mount resyncs the region: the copy that passes its checksum
+    /// wins (the resync used to copy the first copy over the others and checksum the rot), status says so, and the
+    /// host reads exactly what it wrote.
+    func testRotInAnIntentRegionSurvivesAKilledDaemon() throws {
+        try fixture.createMounted("--drives 2 --drive-size 40M --raid 1 --stripe-unit 16K", lunSize: "8M")
+        let r = fixture.root
+        let m = fixture.mnt
+        XCTAssertEqual(Harness.sh("head -c 8M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+        fixture.unmount()
+        try fixture.mount()
+        // One strip again (the same bytes), fsync'd: a write intent on region 0 (stripes 0..<256) is on the drives.
+        XCTAssertEqual(Harness.sh("dd if=\(r)/data of=\(m)/l bs=16K count=1 oflag=direct conv=notrunc,fsync status=none").status, 0)
+        guard let pid = fixture.daemonPID else { return XCTFail("no daemon pid") }
+        kill(pid, SIGKILL)
+        var waited = 0
+        while kill(pid, 0) == 0 && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        Harness.sh("umount -l '\(m)' 2>/dev/null || fusermount3 -uz '\(m)'")
+        // Rot: 4 KiB of stripe 5 on drive 0 (the first copy), inside region 0. The data area of 40 MiB drives starts
+        // at 4 MiB (docs/FORMAT.md); a RAID-1 stripe is one 16 KiB strip on each drive.
+        XCTAssertEqual(
+            Harness.sh("dd if=/dev/urandom of='\(fixture.dir)/drive-0' bs=4k count=1 seek=\(4 * 256 + 5 * 4 + 1) conv=notrunc status=none").status, 0)
+        try fixture.mount()
+        let status = fixture.vsa("status '\(m)'").stdout
+        XCTAssertTrue(status.contains("not stopped cleanly"), status)
+        XCTAssertTrue(status.contains("1 strips in them failed their checksums and were rebuilt from the others"), status)
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "recovery laundered the rot into the data")
+        let check = fixture.vsa("scrub '\(m)'")
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+        XCTAssertTrue(check.stdout.contains(" 0 mismatches"), check.stdout)
+    }
+
     /// Offline corruption of random 4 KiB blocks of one drive file (a RAID-5, so parity alone could not say which strip
     /// is wrong): the block checksums catch every one on read, the host reads exactly what it wrote, and the blocks
     /// are rewritten on the drive; then fresh damage is found by `vsa scrub` and repaired by `--repair`.

@@ -1,0 +1,49 @@
+// A DriveIO whose ring was given up after a deadline and that could not get a new one (the kernel out of memory for
+// 10 s) runs its operations synchronously instead of trapping (issue 12: runtime conditions are never
+// preconditions). Reads, writes, durable writes and flushes on a direct-I/O drive file must all still do what they
+// say, a zero range is handed back to be written as zeroes, and a failure still fails only that drive.
+import Buffers
+import Foundation
+import XCTest
+
+@testable import Drives
+
+final class DriveIOWithoutRingTests: XCTestCase {
+    func testEveryOperationRunsWithoutARing() throws {
+        // Direct I/O needs a real file system: the temporary directory (ext4 here and in CI), not tmpfs.
+        let directory = NSTemporaryDirectory() + "vsa-ringless-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/drive-0"
+        try Drive.createFile(path: path, sizeBytes: 4 << 20)
+        let drive = try Drive(path: path)
+        XCTAssertTrue(drive.usesDirectIO, "the test needs a drive file with direct I/O (not tmpfs)")
+        let io = try DriveIO(drives: [drive])
+        io.giveUpRingForTesting()
+
+        let block = alignedBuffer(bytes: 64 << 10)
+        for i in 0..<(64 << 10) { block.base.storeBytes(of: UInt8(truncatingIfNeeded: i &* 31 &+ 7), toByteOffset: i, as: UInt8.self) }
+        io.queueWrite(drive: 0, from: block.base, count: 64 << 10, offsetBytes: 1 << 20)
+        io.queueDurableWrite(drive: 0, from: block.base, count: 4096, offsetBytes: 2 << 20)
+        io.queueFlush(drive: 0)
+        XCTAssertEqual(io.submit(), 0)
+        // The next batch gets a ring again where the kernel can make one; take it away again.
+        XCTAssertTrue(io.hasRing)
+        io.giveUpRingForTesting()
+        let back = alignedBuffer(bytes: 64 << 10)
+        io.queueRead(drive: 0, into: back.base, count: 64 << 10, offsetBytes: 1 << 20)
+        XCTAssertEqual(io.submit(), 0)
+        XCTAssertEqual(memcmp(back.base, block.base, 64 << 10), 0)
+        // No hole punching without a ring: the caller is told to write zeroes instead.
+        io.giveUpRingForTesting()
+        io.queueZeroRange(drive: 0, offsetBytes: 1 << 20, count: 64 << 10)
+        XCTAssertEqual(io.submit(), 0)
+        XCTAssertEqual(io.zeroUnsupportedDrives, 1)
+        XCTAssertEqual(drive.state, .online)
+        // A read past the end of the drive: the drive fails, the process does not.
+        io.giveUpRingForTesting()
+        io.queueRead(drive: 0, into: back.base, count: 8192, offsetBytes: (4 << 20) - 4096)
+        XCTAssertEqual(io.submit(), 1)
+        XCTAssertEqual(drive.state, .failed)
+    }
+}
