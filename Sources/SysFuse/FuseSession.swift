@@ -272,8 +272,8 @@ private func makeOperations() -> fuse_lowlevel_ops {
     return ops
 }
 
-/// One mounted FUSE session. `run()` blocks in libfuse's multi-threaded loop until the file system is unmounted
-/// or the process gets SIGINT/SIGTERM/SIGHUP.
+/// One mounted FUSE session. `run()` serves requests on its worker threads until the file system is unmounted or
+/// the process gets SIGINT/SIGTERM/SIGHUP.
 public final class FuseSession: @unchecked Sendable {
     private var session: OpaquePointer?
     private let handlerBox: Unmanaged<HandlerBox>
@@ -308,15 +308,85 @@ public final class FuseSession: @unchecked Sendable {
         if fuse_set_signal_handlers(created) == 0 { signalsInstalled = true }
     }
 
-    /// Serves requests until unmount; returns 0 or the libfuse loop's error/signal.
-    public func run(threadsMax: Int) -> Int32 {
+    /// Serves requests on `threads` workers until unmount; returns 0 or the first error a worker met.
+    ///
+    /// Not libfuse's fuse_session_loop_mt: that loop ends its workers with pthread_cancel while they wait in read(2),
+    /// which ThreadSanitizer cannot follow (the thread dies inside its read interceptor, "finished with ignores
+    /// enabled", and the sanitizer ends the process). Here each worker returns on its own: unmounting makes every
+    /// read of the session's device fail with ENODEV. A signal (fuse_set_signal_handlers: it only marks the session
+    /// exited) is noticed by this thread, which then unmounts to end the workers still waiting.
+    public func run(threadsMax threads: Int) -> Int32 {
         guard let session else { return -EINVAL }
-        let config = fuse_loop_cfg_create()
-        defer { fuse_loop_cfg_destroy(config) }
-        fuse_loop_cfg_set_max_threads(config, UInt32(threadsMax))
-        // Keep every worker: each has a preallocated request context and read buffer.
-        fuse_loop_cfg_set_idle_threads(config, UInt32(threadsMax))
-        return vsa_fuse_session_loop_mt(session, config)
+        let state = LoopState()
+        let box = SessionBox(session)
+        var workers: [pthread_t] = []
+        var createError: Int32 = 0
+        for _ in 0..<max(1, threads) {
+            state.started()
+            let context = Unmanaged.passRetained(WorkerContext(box, state)).toOpaque()
+            var thread = pthread_t()
+            let rc = pthread_create(
+                &thread, nil,
+                { raw in
+                    let context = Unmanaged<WorkerContext>.fromOpaque(raw!).takeRetainedValue()
+                    FuseSession.work(context.box.session, context.state)
+                    return nil
+                }, context)
+            if rc != 0 {
+                // Fewer workers than asked for: serve with those that started (at least one, or fail).
+                Unmanaged<WorkerContext>.fromOpaque(context).release()
+                state.finished()
+                createError = -rc
+                continue
+            }
+            workers.append(thread)
+        }
+        if workers.isEmpty {
+            fuse_session_unmount(session)
+            return createError
+        }
+        var exitedSince: Double? = nil
+        while state.running > 0 {
+            if fuse_session_exited(session) != 0 {
+                // Unmounted: the workers are ending now. Exited and still waiting after a moment: a signal asked for
+                // it, and the unmount ends their reads.
+                let now = Posix.monotonicSeconds()
+                if exitedSince == nil { exitedSince = now }
+                if now - exitedSince! > 0.5 {
+                    fuse_session_unmount(session)
+                    exitedSince = .infinity
+                }
+            }
+            state.waitForChange(milliseconds: 20)
+        }
+        // Each has left its loop; joined, so none is still ending (its thread-key destructors) when the session goes.
+        for worker in workers { pthread_join(worker, nil) }
+        return state.error
+    }
+
+    /// One worker: receive, process, until the session ends. Signals go to the thread in `run` (as libfuse's workers
+    /// block them too), so a read here is not interrupted by them.
+    private static func work(_ session: OpaquePointer, _ state: LoopState) {
+        var blocked = sigset_t()
+        sigemptyset(&blocked)
+        for signal in [SIGHUP, SIGINT, SIGTERM, SIGQUIT] { sigaddset(&blocked, signal) }
+        pthread_sigmask(SIG_BLOCK, &blocked, nil)
+        var buffer = fuse_buf()
+        while fuse_session_exited(session) == 0 {
+            let received = fuse_session_receive_buf(session, &buffer)
+            if received == -EINTR { continue }
+            if received <= 0 {
+                // 0: the session ended (ENODEV: unmounted); < 0: an error that ends it.
+                if received < 0 {
+                    state.fail(received)
+                    fuse_session_exit(session)
+                }
+                break
+            }
+            fuse_session_process_buf(session, &buffer)
+        }
+        free(buffer.mem)
+        state.finished()
     }
 
     /// Unmounts (if still mounted) and frees the session.
@@ -334,5 +404,63 @@ public final class FuseSession: @unchecked Sendable {
         guard let s = session else { return }
         _ = fuse_lowlevel_notify_inval_entry(s, 1, name, name.utf8.count)
         if inode != 0 { _ = fuse_lowlevel_notify_inval_inode(s, inode, 0, 0) }
+    }
+}
+
+/// The session pointer, handed to worker threads.
+private final class SessionBox: @unchecked Sendable {
+    let session: OpaquePointer
+    init(_ session: OpaquePointer) { self.session = session }
+}
+
+/// What a worker thread starts with.
+private final class WorkerContext {
+    let box: SessionBox
+    let state: LoopState
+    init(_ box: SessionBox, _ state: LoopState) {
+        self.box = box
+        self.state = state
+    }
+}
+
+/// The workers' count and first error, and a condition the thread in `run` sleeps on between looks.
+private final class LoopState: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var changed = pthread_cond_t()
+    private var runningCount = 0
+    private var firstError: Int32 = 0
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&changed, nil)
+    }
+    deinit {
+        pthread_cond_destroy(&changed)
+        pthread_mutex_destroy(&mutex)
+    }
+    private func locked<R>(_ body: () -> R) -> R {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return body()
+    }
+    var running: Int { locked { runningCount } }
+    var error: Int32 { locked { firstError } }
+    func started() { locked { runningCount += 1 } }
+    func finished() {
+        locked {
+            runningCount -= 1
+            pthread_cond_broadcast(&changed)
+        }
+    }
+    func fail(_ error: Int32) { locked { if firstError == 0 { firstError = error } } }
+    /// Sleeps until a worker ends or `milliseconds` pass.
+    func waitForChange(milliseconds: Int) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var until = timespec(tv_sec: now.tv_sec, tv_nsec: now.tv_nsec + milliseconds * 1_000_000)
+        if until.tv_nsec >= 1_000_000_000 {
+            until.tv_sec += 1
+            until.tv_nsec -= 1_000_000_000
+        }
+        locked { _ = pthread_cond_timedwait(&changed, &mutex, &until) }
     }
 }
