@@ -1,9 +1,10 @@
 // Daemon: the composition root. It is the only code that knows every layer and the only code that makes threads:
-// one per director, the control socket's, the health monitor's, and libfuse's workers. Life cycle of a mount:
+// one per director, the control socket's and its clients', the health monitor's and the drive probers', and the FUSE
+// workers (FuseSession.run's). Life cycle of a mount:
 //   lock the array folder -> assemble from the drives -> recover the journal (replay after an unclean stop) -> mark dirty ->
-//   build directors (cache portions, back-end adapters) -> mount FUSE -> start the control socket and the health
-//   monitor -> tell the parent "ready" -> serve -> (unmount or signal) -> destage everything -> flush drives ->
-//   mark clean -> exit.
+//   build directors (cache portions, back-end adapters) -> bind the control socket -> mount FUSE -> start accepting on
+//   the socket, the drive probers and the health monitor -> tell the parent "ready" -> serve -> (unmount or signal) ->
+//   destage everything -> flush drives -> mark clean -> exit.
 import ArrayModel
 import BackEnd
 import Buffers

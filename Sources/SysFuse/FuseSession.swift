@@ -177,7 +177,7 @@ public struct FuseReply: ~Copyable {
     }
 }
 
-/// The front end's side of the session: one method per FUSE operation vsa answers. Called on libfuse's worker threads.
+/// The front end's side of the session: one method per FUSE operation vsa answers. Called on `run`'s worker threads.
 public protocol FuseHandler: AnyObject, Sendable {
     func lookup(_ reply: consuming FuseReply, parent: UInt64, name: String)
     func getattr(_ reply: consuming FuseReply, inode: UInt64)
