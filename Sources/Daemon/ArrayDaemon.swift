@@ -149,10 +149,6 @@ public final class ArrayDaemon: @unchecked Sendable {
                 "cache of \(formatSize(cacheBytes)) is too small for this array: give at least \(formatSize(UInt64((2 * geometry.dataStripsPerStripe + 2) * directorCount * sb.stripUnitBytes)))"
             )
         }
-        for (i, drive) in store.drives.enumerated() where !drive.isMissing && !drive.usesDirectIO && !drive.isMemoryBacked && options.driveTimeoutSeconds > 0 {
-            // Its reads and writes are synchronous copies through the page cache: nothing can time them out.
-            warnings.append("\(store.drivePaths[i]) does not take direct I/O: a hang there is not bounded by drive_timeout")
-        }
         for w in store.assemblyWarnings {
             warnings.append(w)
             messages.append(w)

@@ -40,6 +40,11 @@ public final class Drive: Sendable {
     /// tmpfs or ramfs: memory, where a flush has nothing to make durable. Under the simulation's fault injector
     /// such drives stand for disks: their flushes count.
     public var isMemoryBacked: Bool { memoryBackedFile && DriveFaultInjector.active == nil }
+    /// Whether DriveIO copies this drive's reads and writes itself, synchronously, instead of through the ring: only
+    /// memory (tmpfs, where a copy cannot hang and the ring would hand each operation to a worker thread) and the
+    /// simulation's drives (its fault injector sits on that path). Every other drive, direct I/O or buffered, goes
+    /// through the ring, so the drive deadline bounds it.
+    public var copiesSynchronously: Bool { !usesDirectIO && (memoryBackedFile || DriveFaultInjector.active != nil) }
     private let memoryBackedFile: Bool
     private let stateRaw = Atomic<UInt8>(DriveState.online.rawValue)
     public let errorCount = Atomic<UInt64>(0)
@@ -95,14 +100,16 @@ public final class Drive: Sendable {
         stateRaw.store(DriveState.failed.rawValue, ordering: .releasing)
     }
 
-    /// Opens an existing drive for I/O. Tries O_DIRECT first and falls back to buffered I/O where the file system
-    /// refuses it (tmpfs says EINVAL at open or at the first aligned read).
-    public init(path: String, readOnly: Bool = false) throws(SysError) {
+    /// Opens an existing drive for I/O. Tries O_DIRECT first (unless `directIO` is false: tests of buffered drives)
+    /// and falls back to buffered I/O where the file system refuses it (tmpfs says EINVAL at open or at the first
+    /// aligned read).
+    public init(path: String, readOnly: Bool = false, directIO: Bool = true) throws(SysError) {
         self.path = path
         let access = readOnly ? O_RDONLY : O_RDWR
-        var direct = true
+        var direct = directIO
         var fd: Int32
         do throws(SysError) {
+            guard direct else { throw SysError(errno: EINVAL, call: "open") }  // buffered asked for: the fallback below
             fd = try Posix.open(path, flags: access | openDirectFlag | O_CLOEXEC)
             let probe = Posix.allocateAligned(bytes: 4096)
             defer { Posix.free(probe) }

@@ -73,7 +73,7 @@ public final class DriveIO {
             pageCacheFailures |= 1 << UInt64(op.driveIndex)
             return
         }
-        if (op.kind <= 1 || op.kind == 4) && !drive.usesDirectIO {
+        if (op.kind <= 1 || op.kind == 4) && drive.copiesSynchronously {
             copyThroughPageCache(tag)
             return
         }
@@ -98,10 +98,11 @@ public final class DriveIO {
         }
     }
 
-    /// Drives in the page cache (tmpfs, or file systems without O_DIRECT): io_uring cannot complete buffered I/O on
-    /// them inline and hands every operation to an io-wq worker thread, a wake-up and two context switches per I/O
-    /// that cost more than the copy itself. So their reads and writes are done here, synchronously, as the copy
-    /// they are; flushes still go through the ring.
+    /// Drives in memory (tmpfs; `Drive.copiesSynchronously`): io_uring cannot complete buffered I/O on them inline
+    /// and hands every operation to an io-wq worker thread, a wake-up and two context switches per I/O that cost more
+    /// than the copy itself. So their reads and writes are done here, synchronously, as the copy they are (memory
+    /// does not hang); flushes still go through the ring. Buffered drives on real storage (file systems without
+    /// O_DIRECT) go through the ring like direct ones, under the drive deadline.
     private func copyThroughPageCache(_ tag: UInt64) {
         let op = operations[Int(tag)]
         let fd = drives[Int(op.driveIndex)].fd

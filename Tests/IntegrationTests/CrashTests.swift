@@ -92,12 +92,8 @@ final class CrashTests: FixtureTestCase {
             writer.standardError = FileHandle.nullDevice
             try writer.run()
             usleep(UInt32(300_000 + rng.next() % 1_200_000))  // somewhere in 0.3 ... 1.5 s of fsyncs
-            guard let pid = fixture.daemonPID else { return XCTFail("round \(round): no daemon pid") }
-            kill(pid, SIGKILL)
+            guard fixture.killDaemon() else { return XCTFail("round \(round): no daemon pid") }
             var waited = 0
-            while kill(pid, 0) == 0 && waited < 500 { usleep(10_000); waited += 1 }
-            Harness.sh("umount -l '\(m)' 2>/dev/null || fusermount3 -uz '\(m)'")
-            waited = 0
             while writer.isRunning && waited < 500 { usleep(10_000); waited += 1 }
             if writer.isRunning { writer.terminate() }
             writer.waitUntilExit()

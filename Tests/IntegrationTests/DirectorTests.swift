@@ -150,14 +150,7 @@ final class DirectorTests: FixtureTestCase {
         XCTAssertEqual(fixture.vsa("director fail '\(m)' 1a").status, 0)
         XCTAssertEqual(
             Harness.sh("dd if=\(r)/data of=\(m)/l bs=12k skip=682 seek=682 oflag=direct conv=notrunc,fsync status=none").status, 0)
-        guard let pid = fixture.daemonPID else { return XCTFail("no daemon pid") }
-        kill(pid, SIGKILL)
-        var waited = 0
-        while kill(pid, 0) == 0 && waited < 500 {
-            usleep(10_000)
-            waited += 1
-        }
-        Harness.sh("umount -l '\(m)' 2>/dev/null || fusermount3 -uz '\(m)'")
+        guard fixture.killDaemon() else { return XCTFail("no daemon pid") }
         try fixture.mount()
         XCTAssertEqual(same("l", "data", megabytes: 16).status, 0, "fsynced data lost after the kill")
         XCTAssertEqual(try directors().map { $0["state"] as? String }, ["online", "online"], "a mount starts every director")

@@ -119,6 +119,21 @@ final class ArrayFixture {
         return Int32(text.split(separator: " ").first ?? "")
     }
 
+    /// The daemon dies by SIGKILL (no destage, no clean mark), and its dead mount is taken away. False if there was
+    /// no daemon to kill.
+    @discardableResult
+    func killDaemon() -> Bool {
+        guard let pid = daemonPID else { return false }
+        kill(pid, SIGKILL)
+        var waited = 0
+        while kill(pid, 0) == 0 && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        Harness.sh("umount -l '\(mnt)' 2>/dev/null || fusermount3 -uz '\(mnt)'")
+        return true
+    }
+
     func cleanUp() {
         // Loop devices on our files, then our mount, then the daemon, then the files.
         Harness.sh(

@@ -57,14 +57,7 @@ final class ScrubMountTests: FixtureTestCase {
         try fixture.mount()
         // One strip again (the same bytes), fsync'd: a write intent on region 0 (stripes 0..<256) is on the drives.
         XCTAssertEqual(Harness.sh("dd if=\(r)/data of=\(m)/l bs=16K count=1 oflag=direct conv=notrunc,fsync status=none").status, 0)
-        guard let pid = fixture.daemonPID else { return XCTFail("no daemon pid") }
-        kill(pid, SIGKILL)
-        var waited = 0
-        while kill(pid, 0) == 0 && waited < 500 {
-            usleep(10_000)
-            waited += 1
-        }
-        Harness.sh("umount -l '\(m)' 2>/dev/null || fusermount3 -uz '\(m)'")
+        guard fixture.killDaemon() else { return XCTFail("no daemon pid") }
         // Rot: 4 KiB of stripe 5 on drive 0 (the first copy), inside region 0. The data area of 40 MiB drives starts
         // at 4 MiB (docs/FORMAT.md); a RAID-1 stripe is one 16 KiB strip on each drive.
         XCTAssertEqual(

@@ -46,4 +46,29 @@ final class DriveIOWithoutRingTests: XCTestCase {
         XCTAssertEqual(io.submit(), 1)
         XCTAssertEqual(drive.state, .failed)
     }
+
+    /// A buffered drive on real storage (a file system without O_DIRECT, here forced) goes through the ring like a
+    /// direct one, so the drive deadline bounds it; it used to be copied synchronously, with no deadline at all.
+    func testBufferedDriveOnRealStorageGoesThroughTheRing() throws {
+        let directory = NSTemporaryDirectory() + "vsa-buffered-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/drive-0"
+        try Drive.createFile(path: path, sizeBytes: 4 << 20)
+        let drive = try Drive(path: path, directIO: false)
+        XCTAssertFalse(drive.usesDirectIO)
+        XCTAssertFalse(drive.copiesSynchronously, "a buffered drive on ext4 must go through the ring")
+        let io = try DriveIO(drives: [drive])
+        let block = alignedBuffer(bytes: 64 << 10)
+        for i in 0..<(64 << 10) { block.base.storeBytes(of: UInt8(truncatingIfNeeded: i &* 13 &+ 1), toByteOffset: i, as: UInt8.self) }
+        io.queueWrite(drive: 0, from: block.base, count: 64 << 10, offsetBytes: 1 << 20)
+        io.queueDurableWrite(drive: 0, from: block.base, count: 4096, offsetBytes: 2 << 20)
+        io.queueFlush(drive: 0)
+        XCTAssertEqual(io.submit(), 0)
+        let back = alignedBuffer(bytes: 64 << 10)
+        io.queueRead(drive: 0, into: back.base, count: 64 << 10, offsetBytes: 1 << 20)
+        XCTAssertEqual(io.submit(), 0)
+        XCTAssertEqual(memcmp(back.base, block.base, 64 << 10), 0)
+        XCTAssertEqual(drive.state, .online)
+    }
 }
