@@ -118,7 +118,7 @@ public final class BlockChecksums: @unchecked Sendable {
         let tag = UInt64(member) << 40 | UInt64(page)
         while busy[f] || tags[f] != tag {
             if busy[f] {
-                pthread_cond_wait(settled + (f % BlockChecksums.lockCount), lock)
+                waitWhileBusy(frame: f)
             } else {
                 guard load(frame: f, tag: tag, member: member, page: page, io: io) else { return nil }
             }
@@ -147,6 +147,12 @@ public final class BlockChecksums: @unchecked Sendable {
         }
         if loaded { tags[f] = tag }
         return loaded
+    }
+
+    /// Waits (the caller holds frame `f`'s lock, let go while waiting) until no thread does I/O on the frame.
+    @inline(__always)
+    private func waitWhileBusy(frame f: Int) {
+        while busy[f] { pthread_cond_wait(settled + (f % BlockChecksums.lockCount), locks + (f % BlockChecksums.lockCount)) }
     }
 
     /// Runs `io` (drive I/O on frame `f`'s page) with the frame marked busy and its lock let go; the caller holds the
@@ -241,7 +247,7 @@ public final class BlockChecksums: @unchecked Sendable {
         for f in 0..<frameCount {
             let lock = locks + (f % BlockChecksums.lockCount)
             pthread_mutex_lock(lock)
-            while busy[f] { pthread_cond_wait(settled + (f % BlockChecksums.lockCount), lock) }
+            waitWhileBusy(frame: f)
             if tags[f] != .max && dirty[f] && skipping & (1 << (tags[f] >> 40)) == 0 {
                 let member = Int(tags[f] >> 40)
                 let page = Int(tags[f] & 0xFF_FFFF_FFFF)
@@ -263,7 +269,7 @@ public final class BlockChecksums: @unchecked Sendable {
             let lock = locks + (f % BlockChecksums.lockCount)
             pthread_mutex_lock(lock)
             // A page of the old drive being read now would land after this: wait for it.
-            while busy[f] { pthread_cond_wait(settled + (f % BlockChecksums.lockCount), lock) }
+            waitWhileBusy(frame: f)
             if tags[f] != .max && Int(tags[f] >> 40) == member {
                 tags[f] = .max
                 dirty[f] = false

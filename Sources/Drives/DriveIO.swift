@@ -139,23 +139,18 @@ public final class DriveIO {
     private func runWithoutRing(_ tag: UInt64) {
         let op = operations[Int(tag)]
         let drive = drives[Int(op.driveIndex)]
-        do throws(SysError) {
-            switch op.kind {
-            case 0:
-                if try Posix.pread(drive.fd, op.pointer! + op.done, count: op.count - op.done, offset: op.offsetBytes + UInt64(op.done)) < op.count - op.done {
-                    pageCacheFailures |= 1 << UInt64(op.driveIndex)  // end of file: the drive shrank
-                }
-            case 1, 4:
-                try Posix.pwrite(drive.fd, op.pointer! + op.done, count: op.count - op.done, offset: op.offsetBytes + UInt64(op.done))
-                if op.kind == 4 { try Posix.fdatasync(drive.fd) }
-            case 2:
+        switch op.kind {
+        case 0, 1, 4:
+            // The page-cache drives' synchronous copy (a durable write is followed by an fsync there).
+            copyThroughPageCache(tag)
+        case 2:
+            do throws(SysError) {
                 if drive.isBlockDevice { try Posix.fsync(drive.fd) } else { try Posix.fdatasync(drive.fd) }
-            default:
-                zeroUnsupportedDrives |= 1 << UInt64(op.driveIndex)
+            } catch {
+                pageCacheFailures |= 1 << UInt64(op.driveIndex)
             }
-            operations[Int(tag)].done = op.count
-        } catch {
-            pageCacheFailures |= 1 << UInt64(op.driveIndex)
+        default:
+            zeroUnsupportedDrives |= 1 << UInt64(op.driveIndex)
         }
     }
 

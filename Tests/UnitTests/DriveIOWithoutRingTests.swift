@@ -9,24 +9,35 @@ import XCTest
 @testable import Drives
 
 final class DriveIOWithoutRingTests: XCTestCase {
-    func testEveryOperationRunsWithoutARing() throws {
-        // Direct I/O needs a real file system: the temporary directory (ext4 here and in CI), not tmpfs.
-        let directory = NSTemporaryDirectory() + "vsa-ringless-\(getpid())"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let path = directory + "/drive-0"
-        try Drive.createFile(path: path, sizeBytes: 4 << 20)
-        let drive = try Drive(path: path)
-        XCTAssertTrue(drive.usesDirectIO, "the test needs a drive file with direct I/O (not tmpfs)")
-        let io = try DriveIO(drives: [drive])
-        io.giveUpRingForTesting()
+    var directory = ""
+    override func setUp() { directory = NSTemporaryDirectory() + "vsa-driveio-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: directory) }
 
+    /// A 4 MiB drive file in the temporary directory (ext4 here and in CI, not tmpfs: direct I/O needs a real file
+    /// system), opened with or without O_DIRECT.
+    private func makeDrive(directIO: Bool) throws -> Drive {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Drive.createFile(path: directory + "/drive-0", sizeBytes: 4 << 20)
+        return try Drive(path: directory + "/drive-0", directIO: directIO)
+    }
+
+    /// 64 KiB of a pattern written at 1 MiB, 4 KiB of it durable at 2 MiB, then a flush, in one batch: the block.
+    private func writePattern(_ io: DriveIO, seed: Int) -> Arena {
         let block = alignedBuffer(bytes: 64 << 10)
-        for i in 0..<(64 << 10) { block.base.storeBytes(of: UInt8(truncatingIfNeeded: i &* 31 &+ 7), toByteOffset: i, as: UInt8.self) }
+        for i in 0..<(64 << 10) { block.base.storeBytes(of: UInt8(truncatingIfNeeded: i &* seed &+ 7), toByteOffset: i, as: UInt8.self) }
         io.queueWrite(drive: 0, from: block.base, count: 64 << 10, offsetBytes: 1 << 20)
         io.queueDurableWrite(drive: 0, from: block.base, count: 4096, offsetBytes: 2 << 20)
         io.queueFlush(drive: 0)
         XCTAssertEqual(io.submit(), 0)
+        return block
+    }
+
+    func testEveryOperationRunsWithoutARing() throws {
+        let drive = try makeDrive(directIO: true)
+        XCTAssertTrue(drive.usesDirectIO, "the test needs a drive file with direct I/O (not tmpfs)")
+        let io = try DriveIO(drives: [drive])
+        io.giveUpRingForTesting()
+        let block = writePattern(io, seed: 31)
         // The next batch gets a ring again where the kernel can make one; take it away again.
         XCTAssertTrue(io.hasRing)
         io.giveUpRingForTesting()
@@ -50,21 +61,11 @@ final class DriveIOWithoutRingTests: XCTestCase {
     /// A buffered drive on real storage (a file system without O_DIRECT, here forced) goes through the ring like a
     /// direct one, so the drive deadline bounds it; it used to be copied synchronously, with no deadline at all.
     func testBufferedDriveOnRealStorageGoesThroughTheRing() throws {
-        let directory = NSTemporaryDirectory() + "vsa-buffered-\(getpid())"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let path = directory + "/drive-0"
-        try Drive.createFile(path: path, sizeBytes: 4 << 20)
-        let drive = try Drive(path: path, directIO: false)
+        let drive = try makeDrive(directIO: false)
         XCTAssertFalse(drive.usesDirectIO)
         XCTAssertFalse(drive.copiesSynchronously, "a buffered drive on ext4 must go through the ring")
         let io = try DriveIO(drives: [drive])
-        let block = alignedBuffer(bytes: 64 << 10)
-        for i in 0..<(64 << 10) { block.base.storeBytes(of: UInt8(truncatingIfNeeded: i &* 13 &+ 1), toByteOffset: i, as: UInt8.self) }
-        io.queueWrite(drive: 0, from: block.base, count: 64 << 10, offsetBytes: 1 << 20)
-        io.queueDurableWrite(drive: 0, from: block.base, count: 4096, offsetBytes: 2 << 20)
-        io.queueFlush(drive: 0)
-        XCTAssertEqual(io.submit(), 0)
+        let block = writePattern(io, seed: 13)
         let back = alignedBuffer(bytes: 64 << 10)
         io.queueRead(drive: 0, into: back.base, count: 64 << 10, offsetBytes: 1 << 20)
         XCTAssertEqual(io.submit(), 0)
