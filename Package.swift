@@ -43,6 +43,8 @@ let package = Package(
         .target(name: "Drives", dependencies: ["SysURing", "SysPosix", "ArrayModel", "Buffers"], path: "Sources/Drives", swiftSettings: hotPath),
         .target(name: "Metadata", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers", "SysPosix"], path: "Sources/Metadata"),
         .target(name: "BackEnd", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers"], path: "Sources/BackEnd", swiftSettings: hotPath),
+        // The pool between LUN space and the RAID back end: thin LUNs, redirect-on-write, snapshots (docs/POOL.md).
+        .target(name: "Pool", dependencies: ["ArrayModel", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/Pool", swiftSettings: hotPath),
         .target(
             name: "GlobalMemory", dependencies: ["ArrayModel", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/GlobalMemory", swiftSettings: hotPath),
         .target(
@@ -76,7 +78,7 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: [
-                "ArrayModel", "MemoryServices", "Metadata", "BackEnd", "GlobalMemory",
+                "ArrayModel", "MemoryServices", "Metadata", "BackEnd", "Pool", "GlobalMemory",
                 "Directors", "Drives", "Buffers", "SysISAL", "Daemon",
             ], path: "Tests/UnitTests"),
         .testTarget(name: "IntegrationTests", dependencies: ["CLI"], path: "Tests/IntegrationTests"),
