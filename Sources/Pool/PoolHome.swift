@@ -1,0 +1,488 @@
+// PoolHome: one home's part of the pool (docs/POOL.md): its versions, its map, its log of commits and its
+// checkpoints. Used only by the executor of the director acting for the home, so nothing here locks, except the
+// segment claims of `PoolSpace`.
+//
+// The log. Blocks are written in commits, each within one stripe: rows [firstRow, firstRow + rows) of the open
+// stripe. A commit's first block is its summary (the header below, then up to 251 entries of 16 bytes); the blocks
+// after it are the data (and map nodes, at a checkpoint) the entries name, in order; the last row is padded with
+// zeroes. A data entry maps (version, local block) to the block it names, born in the commit's generation, with the
+// block's CRC32C; an unmap entry unmaps a run of a version's blocks; a node entry names a map node a checkpoint wrote
+// (recovery skips it: a checkpoint that completed points at its nodes itself).
+//
+//   summary header (80 bytes): 0 magic "VSS1"  4 CRC32C of the block (this field 0)  8 home  9 reserved (3)
+//     12 generation (the births)  16 checkpoint it follows  24 sequence after that checkpoint  32 stripe
+//     40 first row  44 rows  48 entries  52 blocks after the summary  56 next segment (-1: none yet)  60 reserved
+//     64 pool tag (from the array's UUID: a summary of another array's pool that was on these drives never passes)
+//     72 reserved
+//   entry (16 bytes): 0 kind (4 bits) | block or node position (60 bits)  8 version  12 CRC32C of the block, or the
+//     run length of an unmap
+//
+// A checkpoint writes the dirty map nodes (as commits), then the tables (version records, then segment entries) into
+// the other slot's table stripes, flush, then the slot's header, flush. Recovery loads the newer valid header and its
+// tables, then rolls forward: commits from the header's log head, in sequence, through the segments their summaries
+// chain, until one is missing, out of order or not matching its CRCs; then it takes a checkpoint at once, so a later
+// crash never reads an old summary beyond that point as new (it names an older checkpoint).
+import ArrayModel
+import BackEnd
+import Buffers
+import MemoryServices
+
+/// One version as a home keeps it: a LUN's live contents, a snapshot, or a clone (docs/POOL.md, "Births").
+public struct VersionRecord: Equatable, Sendable {
+    public enum Kind: UInt8, Sendable { case live = 1, snapshot = 2, zombie = 3 }
+    public var id: UInt32
+    public var kind: Kind
+    /// Local blocks (this home's share of the LUN).
+    public var blocks: UInt64
+    /// The root as of the last checkpoint.
+    public var root: MapEntry
+    /// The snapshot this version came from (0: none) and its generation: births at or below it are shared.
+    public var origin: UInt32
+    public var threshold: UInt32
+    /// A snapshot's own generation: what it holds was born at or below it.
+    public var generation: UInt32
+    public var mapped: UInt64
+    /// Mapped blocks born above the threshold.
+    public var own: UInt64
+    public init(id: UInt32, kind: Kind, blocks: UInt64) {
+        self.id = id
+        self.kind = kind
+        self.blocks = blocks
+        root = .unmapped
+        origin = 0
+        threshold = 0
+        generation = 0
+        mapped = 0
+        own = 0
+    }
+}
+
+/// What went wrong in a pool operation that the host sees: no space, or an I/O or map failure.
+public enum PoolFailure: Error, Sendable, Equatable {
+    case noSpace
+    case io
+}
+
+public final class PoolHome: MapBlockReader {
+    public let home: Int
+    public let layout: PoolLayout
+    public let space: PoolSpace
+    /// Written in every summary and checkpoint header: what another pool left on these drives never passes for ours.
+    public let poolTag: UInt64
+    /// The acting director's back end; a failover hands the home to another director with its own.
+    public var store: any StripeStore
+    private let memory: MemoryServices
+    public private(set) var map: BlockMap!
+    /// Free segments host data leaves to checkpoints and unmaps (a checkpoint's nodes: at most the map's frames),
+    /// so that a full pool can still write its map and free space.
+    public let dataReserve: Int
+
+    public internal(set) var generation: UInt32 = 1
+    public internal(set) var versions: [UInt32: VersionRecord] = [:]
+
+    // The log.
+    /// The last durable checkpoint and the slot holding it (-1: none yet, a new home).
+    public internal(set) var checkpointNumber: UInt64 = 0
+    var activeSlot = -1
+    var sequence: UInt64 = 0
+    var openSegment = -1
+    var nextSegment = -1
+    var stripeInSegment: UInt64 = 0
+    var row = 0
+
+    // The commit being filled: rows from `commitRow` of the open stripe, `commitBlocks` blocks used (summary
+    // included), `commitEntries` entries.
+    private var commitOpen = false
+    private var commitRow = 0
+    private var commitBlocks = 0
+    private var commitEntries = 0
+    private var commitStripe: UInt64 = 0
+    let stripeBuffer: Arena
+    private let strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    let readTargets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+
+    public static let entryCapacity = (PoolLayout.blockBytes - PoolHome.summaryHeaderBytes) / 16
+    static let summaryHeaderBytes = 80
+    static let summaryMagic: UInt32 = 0x3153_5356  // "VSS1"
+    static let headerMagic: UInt32 = 0x3143_5056  // "VPC1"
+
+    /// Counters for status and tests.
+    public private(set) var commitsWritten: UInt64 = 0
+    public private(set) var paddingBlocks: UInt64 = 0
+    public internal(set) var rolledForward = 0
+
+    /// A new, empty home (the pool was just made, or this home never wrote). `checkpoint()` makes it durable.
+    public init(home: Int, layout: PoolLayout, space: PoolSpace, poolTag: UInt64, store: any StripeStore, memory: MemoryServices, mapFrames: Int) {
+        precondition(home >= 0 && home < layout.homes)
+        self.home = home
+        self.poolTag = poolTag
+        self.layout = layout
+        self.space = space
+        self.store = store
+        self.memory = memory
+        dataReserve = layout.homes * (1 + (mapFrames + layout.blocksPerSegment - 1) / layout.blocksPerSegment)
+        stripeBuffer = Arena(sliceBytes: layout.geometry.stripUnitBytes, sliceCount: layout.blocksPerRow)
+        strips = .allocate(capacity: layout.blocksPerRow)
+        readTargets = .allocate(capacity: layout.blocksPerRow)
+        strips.initialize(repeating: nil, count: layout.blocksPerRow)
+        readTargets.initialize(repeating: nil, count: layout.blocksPerRow)
+        map = BlockMap(home: UInt8(home), frameCount: mapFrames, blockLimit: layout.blockCount, reader: self)
+    }
+
+    deinit {
+        strips.deallocate()
+        readTargets.deallocate()
+    }
+
+    // MARK: Blocks
+
+    @inline(__always) func bufferAddress(_ j: Int) -> UnsafeMutableRawPointer {
+        stripeBuffer.slice(j % layout.blocksPerRow) + (j / layout.blocksPerRow) * PoolLayout.blockBytes
+    }
+
+    /// Reads pool block `pba`: from the commit being filled if it is there (not on the drives yet), else the drives.
+    public func readBlock(_ pba: UInt64, into target: UnsafeMutableRawPointer) -> Bool {
+        let (stripe, strip, offset) = layout.location(pba)
+        if commitOpen && stripe == commitStripe {
+            let j = Int(pba % UInt64(layout.blocksPerStripe))
+            if j >= commitRow * layout.blocksPerRow && j < commitRow * layout.blocksPerRow + commitBlocks {
+                target.copyMemory(from: bufferAddress(j), byteCount: PoolLayout.blockBytes)
+                return true
+            }
+        }
+        readTargets[strip] = target
+        return store.readStrips(stripe: stripe, stripMask: 1 << UInt64(strip), offsetBytes: offset, count: PoolLayout.blockBytes, targets: readTargets)
+    }
+
+    public func readMapBlock(_ pba: UInt64, into target: UnsafeMutableRawPointer) -> Bool { readBlock(pba, into: target) }
+
+    /// Back to an empty home (a recovery attempt from one checkpoint failed; the other is tried from scratch).
+    func reset() {
+        for id in versions.keys { map.removeVersion(id) }
+        versions = [:]
+        space.forget(home: home)
+        generation = 1
+        checkpointNumber = 0
+        activeSlot = -1
+        sequence = 0
+        openSegment = -1
+        nextSegment = -1
+        stripeInSegment = 0
+        row = 0
+        commitOpen = false
+        rolledForward = 0
+    }
+
+    // MARK: Versions
+
+    /// Adds an empty version (a new thin LUN's share of this home). A checkpoint makes it durable.
+    public func createVersion(_ id: UInt32, blocks: UInt64) {
+        precondition(versions[id] == nil, "version \(id) exists")
+        versions[id] = VersionRecord(id: id, kind: .live, blocks: blocks)
+        map.addVersion(id, blocks: blocks, root: .unmapped)
+    }
+
+    // MARK: Writes
+
+    /// Writes one 4 KiB page as local block `block` of version `id`: into the commit being filled, the map pointing
+    /// at it from now on. Durable after the next `commit()`.
+    public func write(_ id: UInt32, block: UInt64, from page: UnsafeRawPointer) -> PoolFailure? {
+        guard let record = versions[id], record.kind == .live, block < record.blocks else { return .io }
+        guard makeRoomInMap() else { return .io }
+        guard reserveBlock(reserve: dataReserve) else { return .noSpace }
+        let j = commitRow * layout.blocksPerRow + commitBlocks
+        let pba = layout.pba(stripe: commitStripe, block: j)
+        guard let old = map.update(id, block: block, to: MapEntry(pba: pba, birth: generation)) else { return .io }
+        memory.copy(from: page, to: bufferAddress(j), byteCount: PoolLayout.blockBytes)
+        addEntry(kind: 1, position: block, version: id, last: crc32c(bufferAddress(j), count: PoolLayout.blockBytes))
+        commitBlocks += 1
+        space.addLive(layout.segment(ofBlock: pba))
+        account(id, replaced: old, mapped: true)
+        return nil
+    }
+
+    /// Unmaps `count` local blocks of version `id` from `block` (discard): reads of them answer zeroes from now on.
+    public func unmap(_ id: UInt32, block: UInt64, count: UInt64) -> PoolFailure? {
+        guard let record = versions[id], record.kind == .live, count > 0, block < record.blocks, count <= record.blocks - block else { return .io }
+        // In runs of at most 2^16 blocks, each logged after its map changes: an unmap is idempotent, so a checkpoint
+        // in the middle of a run (the map's frames filled) and the run's entry replayed after it agree.
+        var first = block
+        let end = block + count
+        while first < end {
+            let run = min(end - first, 1 << 16)
+            guard reserveEntry() else { return .noSpace }
+            for b in first..<(first + run) {
+                guard makeRoomInMap(), let old = map.update(id, block: b, to: .unmapped) else { return .io }
+                account(id, replaced: old, mapped: false)
+            }
+            guard reserveEntry() else { return .noSpace }
+            addEntry(kind: 2, position: first, version: id, last: UInt32(run))
+            first += run
+        }
+        return nil
+    }
+
+    /// Reads local block `block` of version `id` into `target` (zeroes when not mapped).
+    public func read(_ id: UInt32, block: UInt64, into target: UnsafeMutableRawPointer) -> Bool {
+        guard let record = versions[id], block < record.blocks, let entry = map.lookup(id, block: block) else { return false }
+        guard entry.isMapped else {
+            memory.zero(target, byteCount: PoolLayout.blockBytes)
+            return true
+        }
+        return readBlock(entry.pba, into: target)
+    }
+
+    /// Takes a checkpoint when half the map's frames are dirty: dirty nodes stay until one writes them.
+    private func makeRoomInMap() -> Bool {
+        map.dirtyFrames < map.frameCount / 2 || checkpoint()
+    }
+
+    /// Counts a map change: the replaced block is freed when it was the version's own.
+    func account(_ id: UInt32, replaced old: MapEntry, mapped: Bool) {
+        var record = versions[id]!
+        if old.isMapped {
+            record.mapped -= 1
+            if old.birth > record.threshold {
+                record.own -= 1
+                space.removeLive(layout.segment(ofBlock: old.pba))
+            }
+        }
+        if mapped {
+            record.mapped += 1
+            record.own += 1
+        }
+        versions[id] = record
+    }
+
+    // MARK: Commits
+
+    /// Makes everything written so far durable: the commit being filled goes to the drives, then the drives are
+    /// flushed.
+    public func commit() -> Bool {
+        if commitOpen { guard writeCommit() else { return false } }
+        return store.flush()
+    }
+
+    /// Room for one more block in a commit: ends a full commit, opens one where the log goes on. False when the log
+    /// has nowhere to go (no segment could be had: the pool is full).
+    private func reserveBlock(reserve: Int) -> Bool {
+        if commitOpen && (commitRow * layout.blocksPerRow + commitBlocks == layout.blocksPerStripe || commitEntries == PoolHome.entryCapacity) {
+            guard writeCommit() else { return false }
+        }
+        return commitOpen || openCommit(reserve: reserve)
+    }
+
+    /// Room for one more entry (an unmap takes no block).
+    private func reserveEntry() -> Bool {
+        if commitOpen && commitEntries == PoolHome.entryCapacity { guard writeCommit() else { return false } }
+        return commitOpen || openCommit(reserve: 0)
+    }
+
+    private func openCommit(reserve: Int) -> Bool {
+        guard openSegment >= 0 else { return false }
+        // The last stripe of a segment: its summaries must name the segment the log goes on in, or the log would
+        // end there (only a checkpoint starts it again). Host data takes the next segment only while `reserve` stay
+        // free; checkpoints and unmaps may take those, so a full pool can still free space.
+        if stripeInSegment == layout.stripesPerSegment - 1 && nextSegment < 0 {
+            guard let next = space.claim(home: home, reserve: reserve) else { return false }
+            nextSegment = next
+        }
+        commitOpen = true
+        commitRow = row
+        commitStripe = layout.firstStripe(segment: openSegment) + stripeInSegment
+        commitBlocks = 1
+        commitEntries = 0
+        memset0(bufferAddress(commitRow * layout.blocksPerRow), PoolLayout.blockBytes)
+        return true
+    }
+
+    private func addEntry(kind: UInt64, position: UInt64, version: UInt32, last: UInt32) {
+        let summary = bufferAddress(commitRow * layout.blocksPerRow)
+        let at = PoolHome.summaryHeaderBytes + commitEntries * 16
+        summary.storeBytes(of: (kind << 60 | position).littleEndian, toByteOffset: at, as: UInt64.self)
+        summary.storeBytes(of: version.littleEndian, toByteOffset: at + 8, as: UInt32.self)
+        summary.storeBytes(of: last.littleEndian, toByteOffset: at + 12, as: UInt32.self)
+        commitEntries += 1
+    }
+
+    /// Seals the summary, pads the last row and writes the commit's rows (parity from memory, nothing read; every
+    /// row is new, so the back end records only a write intent). Moves the log on.
+    private func writeCommit() -> Bool {
+        let d = layout.blocksPerRow
+        let first = commitRow * d
+        let rows = (commitBlocks + d - 1) / d
+        for j in (first + commitBlocks)..<(first + rows * d) { memset0(bufferAddress(j), PoolLayout.blockBytes) }
+        paddingBlocks += UInt64(rows * d - commitBlocks)
+        let summary = bufferAddress(first)
+        summary.storeBytes(of: PoolHome.summaryMagic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        summary.storeBytes(of: 0, toByteOffset: 4, as: UInt32.self)
+        summary.storeBytes(of: UInt8(home), toByteOffset: 8, as: UInt8.self)
+        summary.storeBytes(of: generation.littleEndian, toByteOffset: 12, as: UInt32.self)
+        summary.storeBytes(of: checkpointNumber.littleEndian, toByteOffset: 16, as: UInt64.self)
+        summary.storeBytes(of: sequence.littleEndian, toByteOffset: 24, as: UInt64.self)
+        summary.storeBytes(of: commitStripe.littleEndian, toByteOffset: 32, as: UInt64.self)
+        summary.storeBytes(of: UInt32(commitRow).littleEndian, toByteOffset: 40, as: UInt32.self)
+        summary.storeBytes(of: UInt32(rows).littleEndian, toByteOffset: 44, as: UInt32.self)
+        summary.storeBytes(of: UInt32(commitEntries).littleEndian, toByteOffset: 48, as: UInt32.self)
+        summary.storeBytes(of: UInt32(commitBlocks - 1).littleEndian, toByteOffset: 52, as: UInt32.self)
+        summary.storeBytes(of: Int32(nextSegment).littleEndian, toByteOffset: 56, as: Int32.self)
+        summary.storeBytes(of: poolTag.littleEndian, toByteOffset: 64, as: UInt64.self)
+        summary.storeBytes(of: crc32c(summary, count: PoolLayout.blockBytes).littleEndian, toByteOffset: 4, as: UInt32.self)
+        for i in 0..<d { strips[i] = stripeBuffer.slice(i) + commitRow * PoolLayout.blockBytes }
+        let ok = store.writeStripe(
+            stripe: commitStripe, strips: strips, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: commitRow * PoolLayout.blockBytes,
+            count: rows * PoolLayout.blockBytes, allNew: true)
+        guard ok else { return false }
+        commitsWritten += 1
+        sequence += 1
+        commitOpen = false
+        advance(rows: rows)
+        return true
+    }
+
+    /// Moves the log's position on by `rows` rows: to the next stripe, and from a segment's last stripe to the next
+    /// segment its summaries named (none: the log ends here until a checkpoint starts it again).
+    func advance(rows: Int) {
+        row += rows
+        guard row == layout.rowsPerStripe else { return }
+        row = 0
+        stripeInSegment += 1
+        guard stripeInSegment == layout.stripesPerSegment else { return }
+        stripeInSegment = 0
+        openSegment = nextSegment
+        nextSegment = -1
+    }
+
+    // MARK: Checkpoints
+
+    /// Makes the home's whole state durable in the other checkpoint slot: dirty map nodes, tables, then the header.
+    public func checkpoint() -> Bool {
+        // The log must have a head the header can name: a home that has none (new, or its chain ended) claims one.
+        if openSegment < 0 {
+            if commitOpen { return false }
+            guard let s = space.claim(home: home) else { return false }
+            openSegment = s
+            stripeInSegment = 0
+            row = 0
+        }
+        var ok = true
+        let written = map.checkpoint(
+            birth: generation,
+            write: { node in
+                guard self.reserveBlock(reserve: 0) else {
+                    ok = false
+                    return nil
+                }
+                let j = self.commitRow * self.layout.blocksPerRow + self.commitBlocks
+                let pba = self.layout.pba(stripe: self.commitStripe, block: j)
+                self.memory.copy(from: node, to: self.bufferAddress(j), byteCount: PoolLayout.blockBytes)
+                let level = UInt64(node.load(fromByteOffset: 8, as: UInt8.self))
+                let index = UInt64(littleEndian: node.load(fromByteOffset: 16, as: UInt64.self))
+                let version = UInt32(littleEndian: node.load(fromByteOffset: 12, as: UInt32.self))
+                self.addEntry(kind: 3, position: level << 56 | (index & ((1 << 56) - 1)), version: version, last: 0)
+                self.commitBlocks += 1
+                self.space.addLive(self.layout.segment(ofBlock: pba))
+                return pba
+            },
+            replaced: { id, old in
+                if let record = self.versions[id], old.birth > record.threshold { self.space.removeLive(self.layout.segment(ofBlock: old.pba)) }
+            })
+        guard written && ok, commit() else { return false }
+        if openSegment < 0 {
+            // The nodes filled the last segment of the chain: start a new one for the head.
+            guard let s = space.claim(home: home) else { return false }
+            openSegment = s
+            stripeInSegment = 0
+            row = 0
+        }
+        for (id, _) in versions { versions[id]!.root = map.root(of: id)! }
+        let slot = activeSlot == 0 ? 1 : 0
+        let number = checkpointNumber + 1
+        guard writeSlot(slot, number: number) else { return false }
+        checkpointNumber = number
+        activeSlot = slot
+        sequence = 0
+        // Segments wholly dead as of this checkpoint are free again (never the ones the log is in).
+        for s in space.owned(by: home) where space.liveBlocks(s) == 0 && s != openSegment && s != nextSegment { space.release(s, home: home) }
+        return true
+    }
+
+    /// The table bytes: the version records, then (segment, live) for every segment the home owns.
+    private func encodeTables() -> [UInt8] {
+        let owned = space.owned(by: home)
+        var bytes = [UInt8](repeating: 0, count: versions.count * PoolLayout.versionRecordBytes + owned.count * PoolLayout.segmentEntryBytes)
+        bytes.withUnsafeMutableBytes { raw in
+            let base = raw.baseAddress!
+            var at = 0
+            for id in versions.keys.sorted() {
+                let v = versions[id]!
+                base.storeBytes(of: v.id.littleEndian, toByteOffset: at, as: UInt32.self)
+                base.storeBytes(of: v.kind.rawValue, toByteOffset: at + 4, as: UInt8.self)
+                base.storeBytes(of: v.blocks.littleEndian, toByteOffset: at + 8, as: UInt64.self)
+                base.storeBytes(of: v.root.raw.littleEndian, toByteOffset: at + 16, as: UInt64.self)
+                base.storeBytes(of: v.origin.littleEndian, toByteOffset: at + 24, as: UInt32.self)
+                base.storeBytes(of: v.threshold.littleEndian, toByteOffset: at + 28, as: UInt32.self)
+                base.storeBytes(of: v.generation.littleEndian, toByteOffset: at + 32, as: UInt32.self)
+                base.storeBytes(of: v.mapped.littleEndian, toByteOffset: at + 40, as: UInt64.self)
+                base.storeBytes(of: v.own.littleEndian, toByteOffset: at + 48, as: UInt64.self)
+                at += PoolLayout.versionRecordBytes
+            }
+            for s in owned {
+                base.storeBytes(of: UInt32(s).littleEndian, toByteOffset: at, as: UInt32.self)
+                base.storeBytes(of: space.liveBlocks(s).littleEndian, toByteOffset: at + 4, as: UInt32.self)
+                at += PoolLayout.segmentEntryBytes
+            }
+        }
+        return bytes
+    }
+
+    private func writeSlot(_ slot: Int, number: UInt64) -> Bool {
+        let tables = encodeTables()
+        let start = layout.slotStart(home: home, slot: slot)
+        let stripeBytes = Int(layout.geometry.stripeDataBytes)
+        let unit = layout.geometry.stripUnitBytes
+        let d = layout.blocksPerRow
+        let stripes = (tables.count + stripeBytes - 1) / stripeBytes
+        guard UInt64(stripes) < layout.slotStripes else { return false }
+        let buffer = alignedBuffer(bytes: max(stripeBytes, PoolLayout.blockBytes * d))
+        let full: UInt64 = (1 << UInt64(d)) - 1
+        for s in 0..<stripes {
+            memset0(buffer.base, stripeBytes)
+            let from = s * stripeBytes
+            let n = min(stripeBytes, tables.count - from)
+            tables.withUnsafeBytes { buffer.base.copyMemory(from: $0.baseAddress! + from, byteCount: n) }
+            for i in 0..<d { strips[i] = buffer.base + i * unit }
+            guard store.writeStripe(stripe: start + 1 + UInt64(s), strips: strips, dirtyMask: full, offsetBytes: 0, count: unit, allNew: true) else {
+                return false
+            }
+        }
+        guard store.flush() else { return false }
+        // The header: block 0 of the slot's first stripe, alone in its row.
+        memset0(buffer.base, PoolLayout.blockBytes * d)
+        let h = buffer.base
+        h.storeBytes(of: PoolHome.headerMagic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        h.storeBytes(of: UInt8(home), toByteOffset: 8, as: UInt8.self)
+        h.storeBytes(of: UInt8(layout.homes), toByteOffset: 9, as: UInt8.self)
+        h.storeBytes(of: generation.littleEndian, toByteOffset: 12, as: UInt32.self)
+        h.storeBytes(of: number.littleEndian, toByteOffset: 16, as: UInt64.self)
+        h.storeBytes(of: UInt32(versions.count).littleEndian, toByteOffset: 24, as: UInt32.self)
+        h.storeBytes(
+            of: UInt32((tables.count - versions.count * PoolLayout.versionRecordBytes) / PoolLayout.segmentEntryBytes).littleEndian, toByteOffset: 28,
+            as: UInt32.self)
+        h.storeBytes(of: UInt64(tables.count).littleEndian, toByteOffset: 32, as: UInt64.self)
+        h.storeBytes(of: tables.withUnsafeBytes { crc32c($0.baseAddress!, count: tables.count) }.littleEndian, toByteOffset: 40, as: UInt32.self)
+        h.storeBytes(of: Int32(openSegment).littleEndian, toByteOffset: 48, as: Int32.self)
+        h.storeBytes(of: UInt32(row).littleEndian, toByteOffset: 52, as: UInt32.self)
+        h.storeBytes(of: stripeInSegment.littleEndian, toByteOffset: 56, as: UInt64.self)
+        h.storeBytes(of: Int32(nextSegment).littleEndian, toByteOffset: 64, as: Int32.self)
+        h.storeBytes(of: UInt32(layout.blocksPerStripe).littleEndian, toByteOffset: 68, as: UInt32.self)
+        h.storeBytes(of: layout.stripesPerSegment.littleEndian, toByteOffset: 72, as: UInt64.self)
+        h.storeBytes(of: poolTag.littleEndian, toByteOffset: 80, as: UInt64.self)
+        h.storeBytes(of: crc32c(h, count: PoolLayout.blockBytes).littleEndian, toByteOffset: 4, as: UInt32.self)
+        for i in 0..<d { strips[i] = buffer.base + i * PoolLayout.blockBytes }
+        guard store.writeStripe(stripe: start, strips: strips, dirtyMask: full, offsetBytes: 0, count: PoolLayout.blockBytes, allNew: true) else {
+            return false
+        }
+        return store.flush()
+    }
+}

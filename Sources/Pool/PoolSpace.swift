@@ -1,0 +1,104 @@
+// PoolSpace: which home owns each segment, and each segment's live blocks. The pool's one lock guards claims and
+// releases (once per segment, never per I/O); a segment's live count is changed only by the home that owns it, on
+// that home's executor, so it needs no lock (docs/POOL.md, "Segments").
+import ArrayModel
+import Synchronization
+
+public final class PoolSpace: @unchecked Sendable {
+    public static let free: UInt8 = 0xFF
+    /// Not the pool's: a thick LUN or the pool area overlaps it.
+    public static let reserved: UInt8 = 0xFE
+
+    public let layout: PoolLayout
+    private let owners: Locked<[UInt8]>
+    /// Live blocks per segment; written only by the owning home.
+    private let live: UnsafeMutablePointer<UInt32>
+
+    /// Every segment free except those overlapping `reservedStripes` (thick LUN runs and the pool area).
+    public init(layout: PoolLayout, reservedStripes: [Range<UInt64>]) {
+        self.layout = layout
+        var owners = [UInt8](repeating: PoolSpace.free, count: layout.segmentCount)
+        for run in reservedStripes where !run.isEmpty {
+            let first = layout.segment(ofStripe: run.lowerBound)
+            let last = min(layout.segmentCount - 1, layout.segment(ofStripe: run.upperBound - 1))
+            if first <= last { for s in first...last { owners[s] = PoolSpace.reserved } }
+        }
+        self.owners = Locked(owners)
+        live = .allocate(capacity: max(1, layout.segmentCount))
+        live.initialize(repeating: 0, count: max(1, layout.segmentCount))
+    }
+
+    deinit { live.deallocate() }
+
+    /// Claims a free segment for `home` (the lowest-numbered: a young pool fills from the front), leaving at least
+    /// `reserve` free (host data leaves some for checkpoints and the cleaner). Nil when there is none to give.
+    public func claim(home: Int, reserve: Int = 0) -> Int? {
+        owners.withLock { owners in
+            var free = 0
+            for o in owners where o == PoolSpace.free { free += 1 }
+            guard free > reserve, let s = owners.firstIndex(of: PoolSpace.free) else { return nil }
+            owners[s] = UInt8(home)
+            live[s] = 0
+            return s
+        }
+    }
+
+    /// Gives `home` a segment its checkpoint or log names (recovery). False if the segment is not free: reserved,
+    /// or another home's (the drives contradict each other).
+    public func assign(_ segment: Int, home: Int, live count: UInt32) -> Bool {
+        owners.withLock { owners in
+            guard segment >= 0 && segment < owners.count else { return false }
+            if owners[segment] == UInt8(home) {
+                live[segment] = count
+                return true
+            }
+            guard owners[segment] == PoolSpace.free else { return false }
+            owners[segment] = UInt8(home)
+            live[segment] = count
+            return true
+        }
+    }
+
+    /// Returns a wholly dead segment to the free set (after the checkpoint that says so is durable).
+    public func release(_ segment: Int, home: Int) {
+        owners.withLock { owners in
+            guard owners[segment] == UInt8(home) && live[segment] == 0 else { return }
+            owners[segment] = PoolSpace.free
+        }
+    }
+
+    /// Frees every segment of `home` (a recovery attempt that failed gives back what it assigned).
+    public func forget(home: Int) {
+        owners.withLock { owners in
+            for s in owners.indices where owners[s] == UInt8(home) {
+                owners[s] = PoolSpace.free
+                live[s] = 0
+            }
+        }
+    }
+
+    public func owner(_ segment: Int) -> UInt8 { owners.withLock { $0[segment] } }
+
+    /// The segments `home` owns, in order.
+    public func owned(by home: Int) -> [Int] {
+        owners.withLock { owners in owners.indices.filter { owners[$0] == UInt8(home) } }
+    }
+
+    public var freeSegments: Int { owners.withLock { $0.reduce(0) { $0 + ($1 == PoolSpace.free ? 1 : 0) } } }
+    /// Segments that are the pool's (free or owned).
+    public var poolSegments: Int { owners.withLock { $0.reduce(0) { $0 + ($1 == PoolSpace.reserved ? 0 : 1) } } }
+
+    // Owner-only (the home's executor): live counts.
+    @inline(__always) public func liveBlocks(_ segment: Int) -> UInt32 { live[segment] }
+    @inline(__always) func addLive(_ segment: Int) { live[segment] += 1 }
+    /// A free of a block its segment does not count as live: the drives' tables disagree with the map (damage, or a
+    /// hostile image). Counted, never trusted into an underflow.
+    public let inconsistencies = Atomic<Int>(0)
+    @inline(__always) func removeLive(_ segment: Int) {
+        if live[segment] == 0 {
+            inconsistencies.add(1, ordering: .relaxed)
+            return
+        }
+        live[segment] -= 1
+    }
+}
