@@ -276,11 +276,7 @@ public final class BlockMap {
         _ entry: MapEntry, level: Int, index: UInt64, skip: (Int, UInt64, MapEntry) -> Bool, node: (Int, MapEntry) -> Void,
         leaf: (UInt64, MapEntry) -> Void
     ) -> Bool {
-        guard let f = loadClean(entry, level: level, index: index) else { return false }
-        // Copy the entries out: a deeper load may evict this frame.
-        var entries = [UInt64](repeating: 0, count: MapNode.fanout)
-        let source = MapNode.entries(arena.slice(f))
-        for i in 0..<MapNode.fanout { entries[i] = source[i] }
+        guard let entries = entriesOf(entry, level: level, index: index) else { return false }
         for i in 0..<MapNode.fanout where entries[i] != 0 {
             let child = MapEntry(raw: entries[i])
             let childIndex = index * UInt64(MapNode.fanout) + UInt64(i)
@@ -293,6 +289,65 @@ public final class BlockMap {
             guard walkNode(child, level: level - 1, index: childIndex, skip: skip, node: node, leaf: leaf) else { return false }
         }
         return true
+    }
+
+    /// Walks version `x` beside version `d` (nil: beside nothing), position by position, entering only where they
+    /// differ: an entry of `x` equal to `d`'s at the same position (the same block or subtree, shared) is skipped,
+    /// as is one `prune` answers true for (born before a cut-off: shared with an older version). `leaf` gets each
+    /// remaining mapped leaf entry of `x` with `d`'s there; `node` each remaining node entry of `x` (level, x's entry),
+    /// before its subtree. Both versions must have no dirty nodes. False if a node could not be read.
+    public func walkPair(
+        _ x: UInt32, against d: UInt32?, prune: (MapEntry) -> Bool, node: (_ level: Int, _ entry: MapEntry) -> Void,
+        leaf: (_ block: UInt64, _ entry: MapEntry, _ other: MapEntry) -> Void
+    ) -> Bool {
+        guard let xs = slotOf[x] else { return false }
+        precondition(!isDirty(x) && (d == nil || !isDirty(d!)), "walking versions with unwritten changes")
+        let xr = MapEntry(raw: versionRoot[xs])
+        let dr = d.flatMap { slotOf[$0] }.map { MapEntry(raw: versionRoot[$0]) } ?? .unmapped
+        guard xr.isMapped, xr != dr, !prune(xr) else { return true }
+        let level = versionDepth[xs] - 1
+        node(level, xr)
+        return walkPairNode(xr, dr, level: level, index: 0, prune: prune, node: node, leaf: leaf)
+    }
+
+    private func walkPairNode(
+        _ xe: MapEntry, _ de: MapEntry, level: Int, index: UInt64, prune: (MapEntry) -> Bool, node: (Int, MapEntry) -> Void,
+        leaf: (UInt64, MapEntry, MapEntry) -> Void
+    ) -> Bool {
+        guard let xs = entriesOf(xe, level: level, index: index) else { return false }
+        var ds = [UInt64](repeating: 0, count: MapNode.fanout)
+        if de.isMapped {
+            guard let loaded = entriesOf(de, level: level, index: index) else { return false }
+            ds = loaded
+        }
+        for i in 0..<MapNode.fanout where xs[i] != 0 && xs[i] != ds[i] {
+            let child = MapEntry(raw: xs[i])
+            if prune(child) { continue }
+            let childIndex = index * UInt64(MapNode.fanout) + UInt64(i)
+            if level == 0 {
+                leaf(childIndex, child, MapEntry(raw: ds[i]))
+                continue
+            }
+            node(level - 1, child)
+            guard walkPairNode(child, MapEntry(raw: ds[i]), level: level - 1, index: childIndex, prune: prune, node: node, leaf: leaf) else {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// A copy of the entries of the node `entry` points at (a deeper load may evict its frame).
+    private func entriesOf(_ entry: MapEntry, level: Int, index: UInt64) -> [UInt64]? {
+        guard let f = loadClean(entry, level: level, index: index) else { return nil }
+        let source = MapNode.entries(arena.slice(f))
+        return (0..<MapNode.fanout).map { source[$0] }
+    }
+
+    /// Replaces a version's root (a restore or relink: it starts again from a snapshot's root). No dirty nodes.
+    public func setRoot(_ id: UInt32, _ root: MapEntry) {
+        guard let slot = slotOf[id] else { return }
+        precondition(!isDirty(id), "re-rooting a version with unwritten changes")
+        versionRoot[slot] = root.raw
     }
 
     // MARK: Frames

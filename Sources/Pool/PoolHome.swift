@@ -44,6 +44,10 @@ public struct VersionRecord: Equatable, Sendable {
     public var mapped: UInt64
     /// Mapped blocks born above the threshold.
     public var own: UInt64
+    /// A snapshot's own blocks that none of its dependents maps (PoolVersions.swift says when it is exact).
+    public var unique: UInt64
+    /// Versions whose origin this one is (kept in memory, counted again after every change of origins).
+    public var dependentCount = 0
     public init(id: UInt32, kind: Kind, blocks: UInt64) {
         self.id = id
         self.kind = kind
@@ -54,6 +58,7 @@ public struct VersionRecord: Equatable, Sendable {
         generation = 0
         mapped = 0
         own = 0
+        unique = 0
     }
 }
 
@@ -182,6 +187,12 @@ public final class PoolHome: MapBlockReader {
         map.addVersion(id, blocks: blocks, root: .unmapped)
     }
 
+    /// Counts each version's dependents again (after any change of origins).
+    func recountDependents() {
+        for id in versions.keys { versions[id]!.dependentCount = 0 }
+        for v in versions.values where v.origin != 0 { versions[v.origin]?.dependentCount += 1 }
+    }
+
     // MARK: Writes
 
     /// Writes one 4 KiB page as local block `block` of version `id`: into the commit being filled, the map pointing
@@ -245,6 +256,9 @@ public final class PoolHome: MapBlockReader {
             if old.birth > record.threshold {
                 record.own -= 1
                 space.removeLive(layout.segment(ofBlock: old.pba))
+            } else if record.origin != 0, let o = versions[record.origin], old.birth > o.threshold, o.dependentCount == 1 {
+                // The origin's own block, now mapped by the origin alone.
+                versions[record.origin]!.unique += 1
             }
         }
         if mapped {
@@ -425,6 +439,7 @@ public final class PoolHome: MapBlockReader {
                 base.storeBytes(of: v.generation.littleEndian, toByteOffset: at + 32, as: UInt32.self)
                 base.storeBytes(of: v.mapped.littleEndian, toByteOffset: at + 40, as: UInt64.self)
                 base.storeBytes(of: v.own.littleEndian, toByteOffset: at + 48, as: UInt64.self)
+                base.storeBytes(of: v.unique.littleEndian, toByteOffset: at + 56, as: UInt64.self)
                 at += PoolLayout.versionRecordBytes
             }
             for s in owned {

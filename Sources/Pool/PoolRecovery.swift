@@ -135,8 +135,9 @@ extension PoolHome {
             v.generation = UInt32(littleEndian: base.load(fromByteOffset: at + 32, as: UInt32.self))
             v.mapped = UInt64(littleEndian: base.load(fromByteOffset: at + 40, as: UInt64.self))
             v.own = UInt64(littleEndian: base.load(fromByteOffset: at + 48, as: UInt64.self))
+            v.unique = UInt64(littleEndian: base.load(fromByteOffset: at + 56, as: UInt64.self))
             guard id != 0, v.blocks > 0, v.blocks <= PoolLayout.localBlocksMax, !v.root.isMapped || v.root.pba < layout.blockCount,
-                v.threshold <= header.generation, v.generation <= header.generation, v.mapped <= v.blocks, v.own <= v.mapped
+                v.threshold <= header.generation, v.generation <= header.generation, v.mapped <= v.blocks, v.own <= v.mapped, v.unique <= v.own
             else { throw VSAError("pool home \(home): version record \(i) (id \(id)) is out of range") }
             records.append(v)
         }
@@ -150,6 +151,7 @@ extension PoolHome {
             versions[v.id] = v
             map.addVersion(v.id, blocks: v.blocks, root: v.root)
         }
+        recountDependents()
         for i in 0..<header.segmentEntries {
             let at = header.versionCount * PoolLayout.versionRecordBytes + i * PoolLayout.segmentEntryBytes
             let segment = Int(UInt32(littleEndian: base.load(fromByteOffset: at, as: UInt32.self)))
