@@ -46,17 +46,18 @@ let package = Package(
         // The pool between LUN space and the RAID back end: thin LUNs, redirect-on-write, snapshots (docs/POOL.md).
         .target(name: "Pool", dependencies: ["ArrayModel", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/Pool", swiftSettings: hotPath),
         .target(
-            name: "GlobalMemory", dependencies: ["ArrayModel", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/GlobalMemory", swiftSettings: hotPath),
-        .target(
-            name: "Directors", dependencies: ["ArrayModel", "GlobalMemory", "BackEnd", "Drives", "MemoryServices", "Buffers"], path: "Sources/Directors",
+            name: "GlobalMemory", dependencies: ["ArrayModel", "Pool", "BackEnd", "MemoryServices", "Buffers"], path: "Sources/GlobalMemory",
             swiftSettings: hotPath),
+        .target(
+            name: "Directors", dependencies: ["ArrayModel", "GlobalMemory", "Pool", "BackEnd", "Drives", "MemoryServices", "Buffers"],
+            path: "Sources/Directors", swiftSettings: hotPath),
         .target(
             name: "FrontEnd", dependencies: ["SysFuse", "SysPosix", "Directors", "GlobalMemory", "ArrayModel", "Buffers"], path: "Sources/FrontEnd",
             swiftSettings: hotPath),
         .target(
             name: "Daemon",
             dependencies: [
-                "FrontEnd", "Directors", "GlobalMemory", "BackEnd", "Metadata", "Drives",
+                "FrontEnd", "Directors", "GlobalMemory", "Pool", "BackEnd", "Metadata", "Drives",
                 "MemoryServices", "ArrayModel", "Buffers", "SysFuse", "SysPosix",
             ], path: "Sources/Daemon"),
         .executableTarget(

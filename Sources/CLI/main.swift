@@ -203,20 +203,26 @@ struct LUNCreate: VSACommand {
     @Argument(help: "The array folder or its mount point.") var target: String
     @Argument(help: "The LUN's name (its file name on the mount).") var name: String
     @Option(help: "The LUN's size (K, M, G, T); a multiple of 512 bytes.") var size: String
+    @Flag(help: "Thin: blocks come from the array's pool as they are written (the size may exceed the array); snapshots need it. Needs the array mounted.")
+    var thin = false
 
     func execute() throws(VSAError) {
         let bytes = try CLI.size(size, "--size")
         if let problem = validateLUNName(name) { throw VSAError("\(problem): '\(name)'") }
         let (dir, _) = try resolveArray(target)
         if try runningDaemon(dir) != nil {
-            _ = try control(dir, ["lun-create", name, String(bytes)])
+            _ = try control(dir, ["lun-create", name, String(bytes)] + (thin ? ["thin"] : []))
         } else {
+            guard !thin else { throw VSAError("thin LUNs are made on a mounted array: mount it first (vsa mount \(dir) MOUNTPOINT)") }
             _ = try withOfflineLock(dir) { () throws(VSAError) in
                 let store = try ArrayStore.assemble(directory: dir)
+                guard store.lunTable.pool == nil else {
+                    throw VSAError("this array has a pool, whose segments only the mounted array knows: mount it to create LUNs")
+                }
                 return try store.createLUN(name: name, sizeBytes: bytes)
             }
         }
-        print("created LUN \(name) (\(formatSize(bytes)))")
+        print("created \(thin ? "thin " : "")LUN \(name) (\(formatSize(bytes)))")
     }
 }
 
@@ -231,7 +237,11 @@ struct LUNDelete: VSACommand {
             _ = try control(dir, ["lun-delete", name])
         } else {
             _ = try withOfflineLock(dir) { () throws(VSAError) in
-                try ArrayDaemon.deleteLUNOffline(store: try ArrayStore.assemble(directory: dir), name: name)
+                let store = try ArrayStore.assemble(directory: dir)
+                if store.lunTable.entries.first(where: { $0.name == name })?.thin == true {
+                    throw VSAError("LUN \(name) is thin: its blocks are freed through the pool, so mount the array to delete it")
+                }
+                return try ArrayDaemon.deleteLUNOffline(store: store, name: name)
             }
         }
         print("deleted LUN \(name)")

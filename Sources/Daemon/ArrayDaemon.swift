@@ -102,6 +102,8 @@ public final class ArrayDaemon: @unchecked Sendable {
     let controlLock = Locked<Void>(())
     /// Serialises control-socket commands that change the array (each client has its own thread).
     let commandLock = Locked<Void>(())
+    /// The pool, once the array has one (Pool.swift).
+    let pool = Locked<PoolRuntime?>(nil)
     private var session: FuseSession?
     /// Notes for `vsa status` (guarded by controlLock).
     var messages: [String] = []
@@ -195,8 +197,11 @@ public final class ArrayDaemon: @unchecked Sendable {
         spec.directRouting = environment["VSA_DIRECT_ROUTING"] == "1"
         engines = try Engines.build(spec)
         let directors = engines.directors
+        // The pool, before any director runs: its homes are recovered on the directors' back ends from this thread.
+        let openedPool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: cacheBytes, log: { daemonLog($0) })
+        pool.withLock { $0 = openedPool }
         let files = store.lunTable.entries.map {
-            LUNFile(name: $0.name, ref: LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: $0.sizeBytes))
+            LUNFile(name: $0.name, ref: LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: $0.sizeBytes, thin: $0.thin))
         }
         let capacityBytes = geometry.capacityBytes
         let freeBox = FreeBytesBox()
@@ -258,6 +263,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         // Failed directors come back for the stop: the array shuts down whole, and the next mount starts them all.
         for note in engines.restoreAll() { daemonLog("stopping: \(note)") }
         var flushed = engines.flush(lun: nil)
+        // A checkpoint of every pool home: the next mount replays no log.
+        if flushed == 0 && poolRuntime() != nil { flushed = engines.poolEach { .checkpoint(home: $0) } }
         if flushed == 0 { flushed = engines.endEpochs() }
         engines.stopAll()
         session?.close()
@@ -331,12 +338,25 @@ public final class ArrayDaemon: @unchecked Sendable {
     private func command(_ words: [String]) -> String {
         do throws(VSAError) {
             switch words.first ?? "" {
-            case "lun-create" where words.count == 3:
+            case "lun-create" where words.count == 3 || (words.count == 4 && words[3] == "thin"):
                 guard let size = UInt64(words[2]) else { throw VSAError("bad size") }
-                let (entry, free) = try controlLock.withLock { _ throws(VSAError) in
-                    (try store.createLUN(name: words[1], sizeBytes: size), store.freeBytes)
+                let entry: LUNEntry
+                if words.count == 4 {
+                    entry = try createThinLUN(name: words[1], sizeBytes: size)
+                } else {
+                    // A thick LUN's run stays clear of the pool's segments.
+                    let owned =
+                        poolRuntime().map { r in
+                            (0..<r.layout.homes).flatMap { h in r.space.owned(by: h) }.map {
+                                r.layout.firstStripe(segment: $0)..<r.layout.firstStripe(segment: $0 + 1)
+                            }
+                        } ?? []
+                    entry = try controlLock.withLock { _ throws(VSAError) in try store.createLUN(name: words[1], sizeBytes: size, avoiding: owned) }
+                    if let r = poolRuntime() { r.space.reserve(entry.startStripe..<(entry.startStripe + entry.stripeCount)) }
                 }
-                frontEnd.add(LUNFile(name: entry.name, ref: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)))
+                let free = controlLock.withLock { _ in store.freeBytes }
+                frontEnd.add(
+                    LUNFile(name: entry.name, ref: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes, thin: entry.thin)))
                 freeBox.value.store(free, ordering: .relaxed)
                 session?.invalidateEntry(name: entry.name, inode: 0)
                 daemonLog("LUN \(entry.name) created, \(entry.sizeBytes) bytes")
@@ -349,10 +369,17 @@ public final class ArrayDaemon: @unchecked Sendable {
                 guard frontEnd.remove(lunID: entry.lunID) else {
                     throw VSAError("LUN \(name) is open; close it (and detach any loop device on it) first")
                 }
-                engines.discard(lun: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes))
+                engines.discard(lun: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes, thin: entry.thin))
                 let free = try controlLock.withLock { _ throws(VSAError) in
                     _ = try store.deleteLUN(name: name)
                     return store.freeBytes
+                }
+                if entry.thin {
+                    if !deleteThinVersions(lunID: entry.lunID) { daemonLog("LUN \(name): its blocks could not all be freed now; the next mount frees them") }
+                } else if let r = poolRuntime() {
+                    r.space.unreserve(
+                        entry.startStripe..<(entry.startStripe + entry.stripeCount),
+                        stillReserved: controlLock.withLock { _ in ArrayDaemon.reservedRuns(store.lunTable) })
                 }
                 freeBox.value.store(free, ordering: .relaxed)
                 session?.invalidateEntry(name: name, inode: UInt64(entry.lunID) + 1)
@@ -465,6 +492,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.memoryServices = .init(memory)
         report.backEnd = backEnd
         report.messages = notes
+        addPoolStatus(&report)
         report.scrub = scrubInfo()
         report.rebuild = rebuildInfo()
         let encoder = JSONEncoder()

@@ -40,6 +40,28 @@ public struct StatusReport: Codable, Sendable {
         public var id: UInt32
         public var startStripe: UInt64
         public var stripeCount: UInt64
+        /// Thin: blocks from the pool. Mounted, it shows what is allocated (mapped) and unique (shared with no snapshot).
+        public var thin: Bool = false
+        public var allocatedBytes: UInt64? = nil
+        public var uniqueBytes: UInt64? = nil
+    }
+    /// The pool thin LUNs take their blocks from (docs/POOL.md).
+    public struct PoolInfo: Codable, Sendable {
+        public var sizeBytes: UInt64
+        /// Blocks mapped by some version or holding the map, as bytes.
+        public var allocatedBytes: UInt64
+        /// Free segments, as bytes (dead blocks in used segments come back when their segment empties).
+        public var freeBytes: UInt64
+        public var usedPercent: Double
+        public var segments: Int
+        public var freeSegments: Int
+        public var segmentBytes: UInt64
+        public var checkpoints: UInt64
+        public var commits: UInt64
+        public var paddingBytes: UInt64
+        public var damagedMapNodes: UInt64
+        /// Set at 80, 90 and 95% used.
+        public var warning: String?
     }
     public struct CacheInfo: Codable, Sendable {
         public var sizeBytes: UInt64
@@ -188,6 +210,7 @@ public struct StatusReport: Codable, Sendable {
     public var messages: [String]
     public var rebuild: RebuildInfo?
     public var scrub: ScrubInfo?
+    public var pool: PoolInfo? = nil
 
     /// The parts that come from the drives alone.
     public static func offline(store: ArrayStore, cacheBytes: UInt64) -> StatusReport {
@@ -209,7 +232,7 @@ public struct StatusReport: Codable, Sendable {
                 timeouts: d.timeouts.load(ordering: .relaxed))
         }
         let luns = store.lunTable.entries.sorted { $0.name < $1.name }.map {
-            LUNInfo(name: $0.name, sizeBytes: $0.sizeBytes, id: $0.lunID, startStripe: $0.startStripe, stripeCount: $0.stripeCount)
+            LUNInfo(name: $0.name, sizeBytes: $0.sizeBytes, id: $0.lunID, startStripe: $0.startStripe, stripeCount: $0.stripeCount, thin: $0.thin)
         }
         let slotCount = Int(cacheBytes / UInt64(sb.stripUnitBytes))
         let cache = CacheInfo(
@@ -263,7 +286,22 @@ public struct StatusReport: Codable, Sendable {
         }
         lines.append("luns:")
         if luns.isEmpty { lines.append("  (none; create one with `vsa lun create`)") }
-        for l in luns { lines.append("  \(l.name)  \(formatSize(l.sizeBytes))") }
+        for l in luns {
+            var line = "  \(l.name)  \(formatSize(l.sizeBytes))"
+            if l.thin {
+                line += "  thin"
+                if let a = l.allocatedBytes { line += ", allocated \(formatSize(a))" }
+                if let u = l.uniqueBytes { line += ", unique \(formatSize(u))" }
+            }
+            lines.append(line)
+        }
+        if let p = pool {
+            let tenths = Int((p.usedPercent * 10).rounded())
+            lines.append(
+                "pool: \(formatSize(p.sizeBytes)) in \(p.segments) segments of \(formatSize(p.segmentBytes)), allocated \(formatSize(p.allocatedBytes)), free \(formatSize(p.freeBytes)) (\(tenths / 10).\(tenths % 10)% used), \(p.checkpoints) checkpoints, \(p.commits) commits"
+            )
+            if let w = p.warning { lines.append("pool: warning: \(w)") }
+        }
         let ratio = String(Int((cache.hitRatio * 1000).rounded()) / 10) + "." + String(Int((cache.hitRatio * 1000).rounded()) % 10) + "%"
         lines.append(
             "cache: \(formatSize(cache.sizeBytes)) in \(cache.slotCount) slots of \(formatSize(UInt64(cache.slotBytes))), used \(cache.usedSlots), dirty \(formatSize(cache.dirtyBytes)), hit ratio \(ratio)"

@@ -18,6 +18,7 @@ import Drives
 import Foundation
 import GlobalMemory
 import MemoryServices
+import Pool
 import Synchronization
 
 public enum DirectorState: UInt8, Sendable, CustomStringConvertible {
@@ -72,14 +73,30 @@ public enum Work {
     case endEpoch
     /// Set the checksums of a deleted LUN's stripes to none (one director, after every director's discard).
     case clearChecksums(LUNRef)
+    /// Give the cache portion its port to the pool (the array's first thin LUN, or the mount).
+    case setPool(PoolPort)
+    /// Work on one pool home, run by the director acting for it.
+    case pool(PoolWork)
 
     /// Work on one stripe: it runs on the director acting for the stripe's home, whoever that is now.
     var isStripeWork: Bool {
         switch self {
         case .read, .write, .zero, .rebuild, .scrub: return true
-        case .destage, .flushDrives, .discard, .attachMember, .endEpoch, .clearChecksums: return false
+        case .destage, .flushDrives, .discard, .attachMember, .endEpoch, .clearChecksums, .setPool, .pool: return false
         }
     }
+}
+
+/// Control work on a pool home (docs/POOL.md), run on the director acting for the home.
+public enum PoolWork {
+    /// A new thin LUN's share of the home: an empty version, made durable.
+    case createVersion(home: Int, lunID: UInt32, blocks: UInt64)
+    /// A deleted thin LUN's share: its blocks freed, made durable.
+    case deleteVersion(home: Int, lunID: UInt32)
+    /// Everything the home holds in memory made durable (a clean stop: the next mount replays nothing).
+    case checkpoint(home: Int)
+    /// The home's counters, copied where the control plane can read them.
+    case stats(home: Int, into: PoolHomeStats)
 }
 
 /// Where the seeded simulation's scheduler (Tests/UnitTests/SimulationScheduler.swift) takes over a thread that would
@@ -469,7 +486,7 @@ public final class Director: @unchecked Sendable {
         switch request.work {
         case .read(let range, let target):
             if !cache.read(lun: range.lun, offsetBytes: range.offsetBytes, count: range.count, into: target) { error = EIO }
-        case .write(let range, let source) where cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
+        case .write(let range, let source) where !range.lun.thin && cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
             if !cache.writeThrough(lun: range.lun, offsetBytes: range.offsetBytes, from: source) { error = EIO }
         case .write(let range, let source):
             error = write(range, from: source)
@@ -492,9 +509,15 @@ public final class Director: @unchecked Sendable {
             if !backEnd.advanceEpoch() { error = EIO }
         case .clearChecksums(let lun):
             // After every director discarded the LUN (nothing of it is written any more): its stripes are about to
-            // read as zeroes, with no checksum until written again.
-            backEnd.clearChecksums(firstStripe: lun.startStripe, stripeCount: backEnd.geometry.stripesFor(sizeBytes: lun.sizeBytes))
+            // read as zeroes, with no checksum until written again. A thin LUN has no stripes of its own.
+            if !lun.thin {
+                backEnd.clearChecksums(firstStripe: lun.startStripe, stripeCount: backEnd.geometry.stripesFor(sizeBytes: lun.sizeBytes))
+            }
             if !backEnd.advanceEpoch() { error = EIO }
+        case .setPool(let port):
+            cache.pool = port
+        case .pool(let work):
+            if !runPoolWork(work) { error = EIO }
         case .scrub(let stripe, let repair, let holder):
             request.outcome = backEnd.scrub(stripe: stripe, repair: repair)
             // A rewritten data strip: what the cache read of it before is stale.
@@ -504,5 +527,26 @@ public final class Director: @unchecked Sendable {
         }
         requestsServed.add(1, ordering: .relaxed)
         request.group.complete(error: error)
+    }
+}
+
+extension Director {
+    /// Pool control work on a home this director acts for (Engines.poolEach picks the director).
+    func runPoolWork(_ work: PoolWork) -> Bool {
+        guard let pool = cache.pool else { return false }
+        switch work {
+        case .createVersion(let home, let lunID, let blocks):
+            return pool.withHome(home) { h in
+                if h.versions[lunID] == nil { h.createVersion(lunID, blocks: blocks) }
+                return h.checkpoint()
+            }
+        case .deleteVersion(let home, let lunID):
+            return pool.withHome(home) { h in h.versions[lunID] == nil || h.deleteVersion(lunID) }
+        case .checkpoint(let home):
+            return pool.commit() && pool.withHome(home) { $0.checkpoint() }
+        case .stats(let home, let stats):
+            pool.withHome(home) { stats.capture($0) }
+            return true
+        }
     }
 }

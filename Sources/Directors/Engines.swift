@@ -17,6 +17,7 @@ import Drives
 import Foundation
 import GlobalMemory
 import MemoryServices
+import Pool
 import Synchronization
 
 #if canImport(Glibc)
@@ -284,6 +285,26 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         _ = control(.discard(lunID: lun.lunID), to: directors[...])
         // Only once no director writes the LUN any more: its checksums go (one director does it for all).
         _ = control(.clearChecksums(lun), to: directors.prefix(1))
+    }
+
+    /// Gives every director's cache portion its port to the pool's homes (each on its own executor).
+    public func attachPool(layout: PoolLayout, homes: [PoolHome]) -> Int32 {
+        for director in directors {
+            let rc = control(.setPool(PoolPort(layout: layout, homes: homes, backEnd: director.backEnd)), to: directors[director.id.index...director.id.index])
+            if rc != 0 { return rc }
+        }
+        return 0
+    }
+
+    /// Runs `work(home)` for every pool home (one per director), each on the director acting for the home now.
+    /// Returns 0, or the first errno.
+    public func poolEach(_ work: (Int) -> PoolWork) -> Int32 {
+        for home in 0..<directors.count {
+            guard let acting = routing.acting(home) else { return EIO }
+            let rc = control(.pool(work(home)), to: directors[acting.id.index...acting.id.index])
+            if rc != 0 { return rc }
+        }
+        return 0
     }
 
     /// Every director ends its journal epoch: what it wrote is flushed and its checksum pages written back (a clean

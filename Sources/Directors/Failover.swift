@@ -169,9 +169,8 @@ extension Engines {
             if failing.partner.state == .online && !mirror.isEmpty {
                 var replayed: UInt64 = 0
                 var lost = false
-                mirror.forEachRun { lunID, startStripe, offsetBytes, count, data in
-                    let lun = LUNRef(lunID: lunID, startStripe: startStripe, sizeBytes: 0)
-                    let home = self.home(lunID: lunID, lunStripe: offsetBytes / geometry.stripeDataBytes)
+                mirror.forEachRun { lun, offsetBytes, count, data in
+                    let home = self.home(lunID: lun.lunID, lunStripe: offsetBytes / geometry.stripeDataBytes)
                     guard let target = routing.acting(home), target.cache.write(lun: lun, offsetBytes: offsetBytes, count: count, from: data) else {
                         lost = true
                         return

@@ -23,6 +23,7 @@ import ArrayModel
 import BackEnd
 import Buffers
 import MemoryServices
+import Pool
 import Synchronization
 
 /// Sets bits [first, last] of the per-sector bitmap that starts at word `base` of `bits` (one bit per sector).
@@ -69,12 +70,19 @@ public final class TrackCache {
     /// Where write-pending sectors are mirrored (the partner director's memory portion); nil while the partner is
     /// out, when the director destages each write before acknowledging it. Changed only while the portion is idle.
     public private(set) var mirror: WritePendingMirror?
+    /// Where thin LUNs' tracks are read from and destaged to (nil: the array has no pool). Set only while the
+    /// portion is idle (its director quiesced).
+    public var pool: PoolPort?
 
     // Slot table (structure of arrays, allocated once).
     private let arena: Arena
     private var slotLUN: [UInt32]
     private var slotTrack: [UInt64]
+    /// Thick: the array stripe holding the track. Thin: the LUN stripe (the pool maps it).
     private var slotStripe: [UInt64]
+    private var slotThin: [Bool]
+    /// Pages of thin LUNs this destage pass gave the pool: its commit makes them durable (`finishPass`).
+    private var thinStripesThisPass = 0
     private var slotInUse: [Bool]
     private var slotDirty: [Bool]
     private var slotReferenced: [Bool]
@@ -138,6 +146,7 @@ public final class TrackCache {
         slotLUN = Array(repeating: 0, count: slotCount)
         slotTrack = Array(repeating: 0, count: slotCount)
         slotStripe = Array(repeating: 0, count: slotCount)
+        slotThin = Array(repeating: false, count: slotCount)
         slotInUse = Array(repeating: false, count: slotCount)
         slotDirty = Array(repeating: false, count: slotCount)
         slotReferenced = Array(repeating: false, count: slotCount)
@@ -245,11 +254,12 @@ public final class TrackCache {
     // MARK: Slot life cycle
 
     /// Claims a slot for (lun, track); nil when every slot is write-pending and none can be destaged.
-    private func install(lun: UInt32, track: UInt64, stripe: UInt64) -> Int? {
+    private func install(lun: UInt32, track: UInt64, stripe: UInt64, thin: Bool) -> Int? {
         guard let slot = allocateSlot() else { return nil }
         slotLUN[slot] = lun
         slotTrack[slot] = track
         slotStripe[slot] = stripe
+        slotThin[slot] = thin
         slotInUse[slot] = true
         slotDirty[slot] = false
         slotReferenced[slot] = true
@@ -303,7 +313,7 @@ public final class TrackCache {
         // Mirrored before the write is acknowledged (the caller answers the host after this returns).
         mirror?.record(
             slot: slot, lun: slotLUN[slot], track: slotTrack[slot], lunStart: slotStripe[slot] - slotTrack[slot] / UInt64(dataStripsPerStripe),
-            first: first, last: last, from: slotData(slot), memory: memory)
+            thin: slotThin[slot], first: first, last: last, from: slotData(slot), memory: memory)
         if !slotDirty[slot] {
             slotDirty[slot] = true
             dirtyCount += 1
@@ -362,12 +372,24 @@ public final class TrackCache {
         let count = (range.last - range.first + 1) * sectorBytes
         let merge = anyValid(slot, range.first, range.last)
         stripTable[strip] = merge ? staging.slice(strip) : slotData(slot) + offset
-        guard store.readStrips(stripe: slotStripe[slot], stripMask: 1 << UInt64(strip), offsetBytes: offset, count: count, targets: stripTable) else {
+        guard readStrips(lun: slotLUN[slot], thin: slotThin[slot], stripe: slotStripe[slot], stripMask: 1 << UInt64(strip), offset, count, stripTable) else {
             return false
         }
         if merge { mergeInvalid(slot, from: staging.slice(strip), range.first, range.last) }
         setBits(&validBits, slot, range.first, range.last)
         return true
+    }
+
+    /// Reads a stripe range from the back end (thick: array stripe `stripe`) or the pool (thin: LUN stripe `stripe`).
+    @inline(__always)
+    private func readStrips(
+        lun: UInt32, thin: Bool, stripe: UInt64, stripMask: UInt64, _ offset: Int, _ count: Int, _ targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    ) -> Bool {
+        if thin {
+            guard let pool else { return false }
+            return pool.readStrips(lunID: lun, lunStripe: stripe, stripMask: stripMask, offsetBytes: offset, count: count, targets: targets)
+        }
+        return store.readStrips(stripe: stripe, stripMask: stripMask, offsetBytes: offset, count: count, targets: targets)
     }
 
     /// Copies into `slot` the sectors of [first, last] that are not valid there, from `source` (which holds sector
@@ -431,7 +453,7 @@ public final class TrackCache {
         if !sequential {
             // Random: only the pages asked for.
             var slot = existing
-            if slot == nil { slot = install(lun: lun.lunID, track: track, stripe: stripe) }
+            if slot == nil { slot = install(lun: lun.lunID, track: track, stripe: stripe, thin: lun.thin) }
             guard let slot else { return nil }
             guard fill(slot, first, last) else {
                 if !slotDirty[slot] && !anyValid(slot, 0, sectorsPerTrack - 1) { evict(slot) }
@@ -450,7 +472,7 @@ public final class TrackCache {
             if t >= lunTracks { break }
             var slot = strip == firstStrip ? existing : lookup(lun: lun.lunID, track: t)
             if strip != firstStrip && slot != nil { continue }  // already cached: read-ahead skips it
-            if slot == nil { slot = install(lun: lun.lunID, track: t, stripe: stripe) }
+            if slot == nil { slot = install(lun: lun.lunID, track: t, stripe: stripe, thin: lun.thin) }
             if slot == nil {
                 if strip == firstStrip {
                     if let existing { slotPinned[existing] = false }
@@ -470,7 +492,7 @@ public final class TrackCache {
             if partial { merge |= 1 << UInt64(strip) }
         }
         if mask.nonzeroBitCount > 1 { counters.readAheadTracks.add(UInt64(mask.nonzeroBitCount - 1), ordering: .relaxed) }
-        let ok = store.readStrips(stripe: stripe, stripMask: mask, offsetBytes: 0, count: trackBytes, targets: stripTable)
+        let ok = readStrips(lun: lun.lunID, thin: lun.thin, stripe: stripe, stripMask: mask, 0, trackBytes, stripTable)
         for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 {
             let slot = Int(stripeSlots[strip])
             if ok {
@@ -495,7 +517,7 @@ public final class TrackCache {
                 slotReferenced[s] = true
             } else {
                 counters.writeMisses.add(1, ordering: .relaxed)
-                guard let s = install(lun: lun.lunID, track: track, stripe: lun.startStripe + track / UInt64(dataStripsPerStripe)) else {
+                guard let s = install(lun: lun.lunID, track: track, stripe: lun.startStripe + track / UInt64(dataStripsPerStripe), thin: lun.thin) else {
                     return false
                 }
                 slot = s
@@ -587,7 +609,11 @@ public final class TrackCache {
     private func finishPass() -> Bool {
         if stripesThisPass > 0 { beforeCommit?() }
         stripesThisPass = 0
-        let committed = store.commitJournal()
+        var committed = store.commitJournal()
+        if thinStripesThisPass > 0 || pool?.hasUncommitted == true {
+            committed = (pool?.commit() ?? false) && committed
+            thinStripesThisPass = 0
+        }
         for i in 0..<committingCount {
             let slot = Int(committing[i])
             slotCommitting[slot] = false
@@ -646,6 +672,7 @@ public final class TrackCache {
     /// Writes one stripe: all its write-pending tracks together, over the page-aligned range that covers their
     /// dirty sectors. Levels with parity choose read-modify-write or reconstruct-write by which reads less.
     private func destageStripe(containing slot: Int) -> Bool {
+        if slotThin[slot] { return destageThin(containing: slot) }
         let d = dataStripsPerStripe
         let lun = slotLUN[slot]
         let stripe = slotStripe[slot]
@@ -685,6 +712,45 @@ public final class TrackCache {
         counters.destagedStripes.add(1, ordering: .relaxed)
         stripesThisPass += 1
         return true
+    }
+
+    /// A thin LUN's stripe: every page that holds write-pending sectors goes to the pool, whole (completed from the
+    /// pool first where the slot lacks some of its sectors): new blocks, nothing read for parity. Durable at the
+    /// pass's commit (`finishPass`).
+    private func destageThin(containing slot: Int) -> Bool {
+        guard let pool else { return false }
+        let d = dataStripsPerStripe
+        let lun = slotLUN[slot]
+        let lunStripe = slotStripe[slot]
+        let baseTrack = slotTrack[slot] - slotTrack[slot] % UInt64(d)
+        var any = false
+        for strip in 0..<d {
+            guard let s = lookup(lun: lun, track: baseTrack + UInt64(strip)), slotDirty[s] && !slotCommitting[s] else { continue }
+            var first = 0
+            while first < sectorsPerTrack {
+                let last = first + pageSectors - 1
+                if anyDirty(s, first, last) {
+                    if !allValid(s, first, last) { guard fill(s, first, last) else { return false } }
+                    guard
+                        pool.writePage(
+                            lunID: lun, lunStripe: lunStripe, strip: strip, offsetBytes: first * sectorBytes, from: slotData(s) + first * sectorBytes) == nil
+                    else { return false }
+                }
+                first += pageSectors
+            }
+            markCommitting(s)
+            any = true
+        }
+        precondition(any, "destaging a stripe with nothing write-pending")
+        counters.destagedStripes.add(1, ordering: .relaxed)
+        stripesThisPass += 1
+        thinStripesThisPass += 1
+        return true
+    }
+
+    private func anyDirty(_ slot: Int, _ first: Int, _ last: Int) -> Bool {
+        for s in first...last where testBit(dirtyBits, slot, s) { return true }
+        return false
     }
 
     /// Reads the old range of the dirty strips and of parity, completes the dirty slots from it, writes the delta.

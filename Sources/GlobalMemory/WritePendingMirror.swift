@@ -21,6 +21,7 @@ public final class WritePendingMirror: @unchecked Sendable {
     private var slotLUN: [UInt32]
     private var slotTrack: [UInt64]
     private var slotLUNStart: [UInt64]
+    private var slotThin: [Bool]
     private var slotHeld: [Bool]
     private var dirtyBits: [UInt64]
     /// Owner slots with mirrored write-pending sectors now (for `vsa status`).
@@ -35,6 +36,7 @@ public final class WritePendingMirror: @unchecked Sendable {
         slotLUN = Array(repeating: 0, count: slotCount)
         slotTrack = Array(repeating: 0, count: slotCount)
         slotLUNStart = Array(repeating: 0, count: slotCount)
+        slotThin = Array(repeating: false, count: slotCount)
         slotHeld = Array(repeating: false, count: slotCount)
         dirtyBits = Array(repeating: 0, count: slotCount * wordsPerSlot)
     }
@@ -43,13 +45,15 @@ public final class WritePendingMirror: @unchecked Sendable {
     /// the data goes across by the memory services' copy (the emulated DMA into the partner's memory).
     @inline(__always)
     func record(
-        slot: Int, lun: UInt32, track: UInt64, lunStart: UInt64, first: Int, last: Int, from slotData: UnsafeRawPointer, memory: MemoryServices
+        slot: Int, lun: UInt32, track: UInt64, lunStart: UInt64, thin: Bool, first: Int, last: Int, from slotData: UnsafeRawPointer,
+        memory: MemoryServices
     ) {
         if !slotHeld[slot] {
             slotHeld[slot] = true
             slotLUN[slot] = lun
             slotTrack[slot] = track
             slotLUNStart[slot] = lunStart
+            slotThin[slot] = thin
             mirroredSlots.add(1, ordering: .relaxed)
         } else {
             precondition(slotLUN[slot] == lun && slotTrack[slot] == track, "mirror slot \(slot) holds another track")
@@ -77,9 +81,9 @@ public final class WritePendingMirror: @unchecked Sendable {
 
     public var isEmpty: Bool { mirroredSlots.load(ordering: .relaxed) == 0 }
 
-    /// Calls `body` for every run of mirrored write-pending sectors: the LUN id, the LUN's first array stripe, the
+    /// Calls `body` for every run of mirrored write-pending sectors: the LUN (id, first array stripe, thin), the
     /// byte offset in the LUN, the length, and where the bytes are. Only after the owner was fenced.
-    public func forEachRun(_ body: (_ lunID: UInt32, _ startStripe: UInt64, _ offsetBytes: UInt64, _ count: Int, _ data: UnsafeRawPointer) -> Void) {
+    public func forEachRun(_ body: (_ lun: LUNRef, _ offsetBytes: UInt64, _ count: Int, _ data: UnsafeRawPointer) -> Void) {
         let d = UInt64(trackBytes)
         for slot in 0..<slotCount where slotHeld[slot] {
             var s = 0
@@ -91,8 +95,8 @@ public final class WritePendingMirror: @unchecked Sendable {
                 var e = s
                 while e + 1 < sectorsPerTrack && testDirty(slot, e + 1) { e += 1 }
                 body(
-                    slotLUN[slot], slotLUNStart[slot], slotTrack[slot] * d + UInt64(s * sectorBytes), (e - s + 1) * sectorBytes,
-                    arena.slice(slot) + s * sectorBytes)
+                    LUNRef(lunID: slotLUN[slot], startStripe: slotLUNStart[slot], sizeBytes: 0, thin: slotThin[slot]),
+                    slotTrack[slot] * d + UInt64(s * sectorBytes), (e - s + 1) * sectorBytes, arena.slice(slot) + s * sectorBytes)
                 s = e + 1
             }
         }

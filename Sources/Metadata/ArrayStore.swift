@@ -591,7 +591,9 @@ public final class ArrayStore: @unchecked Sendable {
     // MARK: LUNs
 
     /// Places a new LUN in the first free run of stripes big enough (first fit) and writes the LUN table.
-    public func createLUN(name: String, sizeBytes: UInt64) throws(VSAError) -> LUNEntry {
+    /// Checks a new LUN's name, size and count; answers the id it will get (the smallest free one: ids stay at or
+    /// below lunCountMax, so the front end's handle table is fixed-size).
+    public func checkNewLUN(name: String, sizeBytes: UInt64, thin: Bool) throws(VSAError) -> UInt32 {
         if let problem = validateLUNName(name) { throw VSAError("\(problem): \(name)") }
         guard lunTable.entries.first(where: { $0.name == name }) == nil else {
             throw VSAError("a LUN named \(name) already exists; pick another name or delete it first")
@@ -600,31 +602,57 @@ public final class ArrayStore: @unchecked Sendable {
             throw VSAError("LUN size must be a positive multiple of 512 bytes (got \(sizeBytes))")
         }
         guard lunTable.entries.count < Layout.lunCountMax else { throw VSAError("the array already holds \(Layout.lunCountMax) LUNs; delete one first") }
-        guard sizeBytes <= geometry.capacityBytes else {
-            throw VSAError("a LUN of \(formatSize(sizeBytes)) does not fit in this array (capacity \(formatSize(geometry.capacityBytes)))")
+        if thin {
+            guard sizeBytes <= LUNEntry.thinBytesMax else {
+                throw VSAError("a thin LUN provisions at most \(formatSize(LUNEntry.thinBytesMax)) (asked for \(formatSize(sizeBytes)))")
+            }
+        } else {
+            guard sizeBytes <= geometry.capacityBytes else {
+                throw VSAError("a LUN of \(formatSize(sizeBytes)) does not fit in this array (capacity \(formatSize(geometry.capacityBytes)))")
+            }
         }
-        let needed = geometry.stripesFor(sizeBytes: sizeBytes)
-        let used = lunTable.entries.sorted { $0.startStripe < $1.startStripe }
+        var lunID: UInt32 = 1
+        while lunTable.entries.contains(where: { $0.lunID == lunID }) { lunID += 1 }
+        return lunID
+    }
+
+    /// The first run of `needed` stripes that no thick LUN, the pool area or a run in `avoiding` (the pool's
+    /// segments) touches; nil when there is none.
+    public func freeRun(stripes needed: UInt64, avoiding: [Range<UInt64>] = []) -> UInt64? {
+        var runs = lunTable.entries.filter { !$0.thin }.map { $0.startStripe..<($0.startStripe + $0.stripeCount) } + avoiding
+        if let pool = lunTable.pool { runs.append(pool.startStripe..<(pool.startStripe + pool.stripeCount)) }
         var cursor: UInt64 = 0
-        var start: UInt64? = nil
-        for e in used {
-            if e.startStripe - cursor >= needed { start = cursor; break }
-            cursor = e.startStripe + e.stripeCount
+        for run in runs.sorted(by: { $0.lowerBound < $1.lowerBound }) where !run.isEmpty {
+            if run.lowerBound > cursor && run.lowerBound - cursor >= needed { return cursor }
+            cursor = max(cursor, run.upperBound)
         }
-        if start == nil, geometry.stripeCount - cursor >= needed { start = cursor }
-        guard let placed = start else {
+        return geometry.stripeCount > cursor && geometry.stripeCount - cursor >= needed ? cursor : nil
+    }
+
+    /// Creates a thick LUN: a run of its own stripes, outside `avoiding` (the pool's segments).
+    public func createLUN(name: String, sizeBytes: UInt64, avoiding: [Range<UInt64>] = []) throws(VSAError) -> LUNEntry {
+        let lunID = try checkNewLUN(name: name, sizeBytes: sizeBytes, thin: false)
+        let needed = geometry.stripesFor(sizeBytes: sizeBytes)
+        guard let placed = freeRun(stripes: needed, avoiding: avoiding) else {
             throw VSAError(
                 "not enough free space for \(formatSize(sizeBytes)): \(formatSize(freeBytes)) free in the largest runs; delete a LUN or use a smaller size")
         }
-        // The smallest free id: ids stay at or below lunCountMax, so the front end's handle table is fixed-size.
-        var lunID: UInt32 = 1
-        while lunTable.entries.contains(where: { $0.lunID == lunID }) { lunID += 1 }
         let entry = LUNEntry(lunID: lunID, name: name, sizeBytes: sizeBytes, startStripe: placed, stripeCount: needed)
         var table = lunTable
         table.entries.append(entry)
         try writeLUNTable(table)
         _ = try recordFailures()
         return entry
+    }
+
+    /// Records a thin LUN (its versions are already in the pool's homes) and, with the first, the pool area.
+    public func recordThinLUN(_ entry: LUNEntry, pool: PoolArea) throws(VSAError) {
+        precondition(entry.thin && entry.stripeCount == 0)
+        var table = lunTable
+        table.entries.append(entry)
+        table.pool = pool
+        try writeLUNTable(table)
+        _ = try recordFailures()
     }
 
     /// Removes a LUN from the table, then zeroes its stripes on every drive so a later LUN reads zeroes there
@@ -636,7 +664,7 @@ public final class ArrayStore: @unchecked Sendable {
         var table = lunTable
         table.entries.removeAll { $0.name == name }
         try writeLUNTable(table)
-        zeroStripes(start: entry.startStripe, count: entry.stripeCount)
+        if !entry.thin { zeroStripes(start: entry.startStripe, count: entry.stripeCount) }
         _ = try recordFailures()
         return entry
     }
@@ -678,8 +706,10 @@ public final class ArrayStore: @unchecked Sendable {
         io.submit()
     }
 
+    /// Stripes no thick LUN and no pool area holds, as bytes of data (the pool's segments are counted as free here;
+    /// the daemon's status subtracts them).
     public var freeBytes: UInt64 {
-        let used = lunTable.entries.reduce(UInt64(0)) { $0 + $1.stripeCount }
-        return (geometry.stripeCount - used) * geometry.stripeDataBytes
+        let used = lunTable.entries.reduce(UInt64(0)) { $0 + $1.stripeCount } + (lunTable.pool?.stripeCount ?? 0)
+        return (geometry.stripeCount - min(used, geometry.stripeCount)) * geometry.stripeDataBytes
     }
 }

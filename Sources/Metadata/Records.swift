@@ -250,35 +250,56 @@ public struct Superblock: Equatable, Sendable {
     }
 }
 
-/// One LUN: a name, an exact size in bytes, and its placement as a run of whole stripes of the array.
+/// One LUN: a name, an exact size in bytes, and either its placement as a run of whole stripes of the array (thick)
+/// or none (thin: its blocks come from the pool, docs/POOL.md).
 public struct LUNEntry: Equatable, Sendable {
     public var lunID: UInt32  // stable for the LUN's life; the FUSE inode is derived from it
     public var name: String
     public var sizeBytes: UInt64
     public var startStripe: UInt64
     public var stripeCount: UInt64
-    public init(lunID: UInt32, name: String, sizeBytes: UInt64, startStripe: UInt64, stripeCount: UInt64) {
+    public var thin: Bool
+    public init(lunID: UInt32, name: String, sizeBytes: UInt64, startStripe: UInt64, stripeCount: UInt64, thin: Bool = false) {
         self.lunID = lunID
         self.name = name
         self.sizeBytes = sizeBytes
         self.startStripe = startStripe
         self.stripeCount = stripeCount
+        self.thin = thin
+    }
+    /// The most a thin LUN provisions: 256 TiB.
+    public static let thinBytesMax: UInt64 = 1 << 48
+}
+
+/// Where the pool keeps its checkpoints: a run of stripes the LUN table reserves, made with the first thin LUN.
+public struct PoolArea: Equatable, Sendable {
+    public var startStripe: UInt64
+    public var stripeCount: UInt64
+    public var versionsMax: UInt32
+    public init(startStripe: UInt64, stripeCount: UInt64, versionsMax: UInt32) {
+        self.startStripe = startStripe
+        self.stripeCount = stripeCount
+        self.versionsMax = versionsMax
     }
 }
 
 public struct LUNTable: Equatable, Sendable {
     public static let magic: [UInt8] = Array("VSA-LT01".utf8)
-    public static let formatVersion: UInt32 = 2
+    /// Version 3 adds thin LUNs (flags at entry byte 92) and the pool area (header bytes 48-63); version 2 tables
+    /// (all LUNs thick, no pool) are still read. A vsa that reads only version 2 refuses a version 3 table by name.
+    public static let formatVersion: UInt32 = 3
     static let crcOffset = 16
 
     public var generation: UInt64
     public var arrayUUID: UUID128
     public var entries: [LUNEntry]
+    public var pool: PoolArea?
 
-    public init(generation: UInt64, arrayUUID: UUID128, entries: [LUNEntry]) {
+    public init(generation: UInt64, arrayUUID: UUID128, entries: [LUNEntry], pool: PoolArea? = nil) {
         self.generation = generation
         self.arrayUUID = arrayUUID
         self.entries = entries
+        self.pool = pool
     }
 
     public func encode() -> [UInt8] {
@@ -291,6 +312,11 @@ public struct LUNTable: Equatable, Sendable {
         w.put(UInt32(entries.count), at: 20)
         w.put(generation, at: 24)
         w.put(uuid: arrayUUID, at: 32)
+        if let pool {
+            w.put(pool.startStripe, at: 48)
+            w.put(UInt32(truncatingIfNeeded: pool.stripeCount), at: 56)
+            w.put(pool.versionsMax, at: 60)
+        }
         for (i, e) in entries.enumerated() {
             let base = Layout.lunHeaderBytes + i * Layout.lunEntryBytes
             let nameBytes = Array(e.name.utf8)
@@ -300,6 +326,7 @@ public struct LUNTable: Equatable, Sendable {
             w.put(e.startStripe, at: base + 72)
             w.put(e.stripeCount, at: base + 80)
             w.put(e.lunID, at: base + 88)
+            w.put(UInt32(e.thin ? 1 : 0), at: base + 92)
         }
         w.put(recordCRC(w.bytes, crcOffset: LUNTable.crcOffset), at: LUNTable.crcOffset)
         return w.bytes
@@ -312,7 +339,9 @@ public struct LUNTable: Equatable, Sendable {
         let header = RecordReader(bytes: bytes)
         guard Array(bytes[0..<8]) == magic else { throw RecordRejection(reason: "no LUN table magic") }
         let version = header.get(UInt32.self, at: 8)
-        guard version == formatVersion else { throw RecordRejection(reason: "LUN table format version \(version) is not supported") }
+        guard version == 2 || version == formatVersion else {
+            throw RecordRejection(reason: "LUN table format version \(version) is not supported (this vsa reads versions 2 and \(formatVersion))")
+        }
         let length = Int(header.get(UInt32.self, at: 12))
         let count = Int(header.get(UInt32.self, at: 20))
         guard count <= Layout.lunCountMax, length == Layout.lunHeaderBytes + count * Layout.lunEntryBytes else {
@@ -332,14 +361,22 @@ public struct LUNTable: Equatable, Sendable {
             guard let name = String(validating: nameBytes, as: UTF8.self), validateLUNName(name) == nil else {
                 throw RecordRejection(reason: "LUN table entry \(i) has an invalid name")
             }
+            let flags = version >= 3 ? r.get(UInt32.self, at: base + 92) : 0
+            guard flags <= 1 else { throw RecordRejection(reason: "LUN table entry \(i) has unknown flags \(flags)") }
             entries.append(
                 LUNEntry(
                     lunID: r.get(UInt32.self, at: base + 88), name: name, sizeBytes: r.get(UInt64.self, at: base + 64),
-                    startStripe: r.get(UInt64.self, at: base + 72), stripeCount: r.get(UInt64.self, at: base + 80)))
+                    startStripe: r.get(UInt64.self, at: base + 72), stripeCount: r.get(UInt64.self, at: base + 80), thin: flags == 1))
         }
         let generation = header.get(UInt64.self, at: 24)
         guard generation < Layout.generationMax else { throw RecordRejection(reason: "LUN table generation \(generation) out of range") }
-        return LUNTable(generation: generation, arrayUUID: header.uuid(at: 32), entries: entries)
+        var pool: PoolArea? = nil
+        if version >= 3 && header.get(UInt32.self, at: 56) > 0 {
+            pool = PoolArea(
+                startStripe: header.get(UInt64.self, at: 48), stripeCount: UInt64(header.get(UInt32.self, at: 56)), versionsMax: header.get(UInt32.self, at: 60)
+            )
+        }
+        return LUNTable(generation: generation, arrayUUID: header.uuid(at: 32), entries: entries, pool: pool)
     }
 
     /// Checks every entry against the array it claims to describe: ids unique and in 1...lunCountMax, names unique,
@@ -353,6 +390,12 @@ public struct LUNTable: Equatable, Sendable {
                 throw RecordRejection(reason: "LUN table entry \(i) (\(e.name)) has an invalid or duplicate id \(e.lunID)")
             }
             guard names.insert(e.name).inserted else { throw RecordRejection(reason: "LUN table names \(e.name) twice") }
+            if e.thin {
+                guard pool != nil, e.sizeBytes > 0, e.sizeBytes % UInt64(sectorBytes) == 0, e.sizeBytes <= LUNEntry.thinBytesMax, e.startStripe == 0,
+                    e.stripeCount == 0
+                else { throw RecordRejection(reason: "LUN table entry \(e.name): a thin LUN of \(e.sizeBytes) bytes out of range or without a pool") }
+                continue
+            }
             guard e.sizeBytes > 0, e.sizeBytes % UInt64(sectorBytes) == 0, e.sizeBytes <= geometry.capacityBytes,
                 e.stripeCount == geometry.stripesFor(sizeBytes: e.sizeBytes)
             else { throw RecordRejection(reason: "LUN table entry \(e.name): size \(e.sizeBytes) and \(e.stripeCount) stripes disagree") }
@@ -360,9 +403,17 @@ public struct LUNTable: Equatable, Sendable {
                 throw RecordRejection(reason: "LUN table entry \(e.name): stripes \(e.startStripe)+\(e.stripeCount) lie outside the array")
             }
         }
-        let sorted = entries.sorted { $0.startStripe < $1.startStripe }
-        for (a, b) in zip(sorted, sorted.dropFirst()) where a.startStripe + a.stripeCount > b.startStripe {
-            throw RecordRejection(reason: "LUN table entries \(a.name) and \(b.name) overlap")
+        if let pool {
+            guard pool.stripeCount > 0, pool.startStripe <= geometry.stripeCount, pool.stripeCount <= geometry.stripeCount - pool.startStripe,
+                pool.versionsMax >= 1, pool.versionsMax <= 16384
+            else { throw RecordRejection(reason: "LUN table: the pool area (stripes \(pool.startStripe)+\(pool.stripeCount)) is out of range") }
+        }
+        // Thick runs and the pool area: inside the array (checked above) and disjoint.
+        var runs = entries.filter { !$0.thin }.map { ($0.name, $0.startStripe, $0.stripeCount) }
+        if let pool { runs.append(("the pool area", pool.startStripe, pool.stripeCount)) }
+        let sorted = runs.sorted { $0.1 < $1.1 }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where a.1 + a.2 > b.1 {
+            throw RecordRejection(reason: "LUN table entries \(a.0) and \(b.0) overlap")
         }
     }
 }

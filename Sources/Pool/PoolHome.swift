@@ -111,6 +111,13 @@ public final class PoolHome: MapBlockReader {
     static let summaryMagic: UInt32 = 0x3153_5356  // "VSS1"
     static let headerMagic: UInt32 = 0x3143_5056  // "VPC1"
 
+    /// A checkpoint follows after this many commits (bounding what a mount replays), or sooner once a segment
+    /// emptied (its space comes back only with a checkpoint).
+    static let commitsPerCheckpoint = 1024
+    var commitsSinceCheckpoint = 0
+    var segmentsEmptied = 0
+    private var checkpointing = false
+
     /// Counters for status and tests.
     public private(set) var commitsWritten: UInt64 = 0
     public private(set) var paddingBlocks: UInt64 = 0
@@ -255,7 +262,7 @@ public final class PoolHome: MapBlockReader {
             record.mapped -= 1
             if old.birth > record.threshold {
                 record.own -= 1
-                space.removeLive(layout.segment(ofBlock: old.pba))
+                if space.removeLive(layout.segment(ofBlock: old.pba)) { segmentsEmptied += 1 }
             } else if record.origin != 0, let o = versions[record.origin], old.birth > o.threshold, o.dependentCount == 1 {
                 // The origin's own block, now mapped by the origin alone.
                 versions[record.origin]!.unique += 1
@@ -274,7 +281,11 @@ public final class PoolHome: MapBlockReader {
     /// flushed.
     public func commit() -> Bool {
         if commitOpen { guard writeCommit() else { return false } }
-        return store.flush()
+        guard store.flush() else { return false }
+        if !checkpointing && (commitsSinceCheckpoint >= PoolHome.commitsPerCheckpoint || (segmentsEmptied > 0 && commitsSinceCheckpoint >= 8)) {
+            return checkpoint()
+        }
+        return true
     }
 
     /// Room for one more block in a commit: ends a full commit, opens one where the log goes on. False when the log
@@ -348,6 +359,7 @@ public final class PoolHome: MapBlockReader {
             count: rows * PoolLayout.blockBytes, allNew: true)
         guard ok else { return false }
         commitsWritten += 1
+        commitsSinceCheckpoint += 1
         sequence += 1
         commitOpen = false
         advance(rows: rows)
@@ -371,6 +383,8 @@ public final class PoolHome: MapBlockReader {
 
     /// Makes the home's whole state durable in the other checkpoint slot: dirty map nodes, tables, then the header.
     public func checkpoint() -> Bool {
+        checkpointing = true
+        defer { checkpointing = false }
         // The log must have a head the header can name: a home that has none (new, or its chain ended) claims one.
         if openSegment < 0 {
             if commitOpen { return false }
@@ -416,6 +430,8 @@ public final class PoolHome: MapBlockReader {
         checkpointNumber = number
         activeSlot = slot
         sequence = 0
+        commitsSinceCheckpoint = 0
+        segmentsEmptied = 0
         // Segments wholly dead as of this checkpoint are free again (never the ones the log is in).
         for s in space.owned(by: home) where space.liveBlocks(s) == 0 && s != openSegment && s != nextSegment { space.release(s, home: home) }
         return true

@@ -6,6 +6,10 @@ import BackEnd
 import Buffers
 import MemoryServices
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 extension PoolHome {
     /// A checkpoint header as read from a slot.
     struct CheckpointHeader {
@@ -87,8 +91,10 @@ extension PoolHome {
         let unit = layout.geometry.stripUnitBytes
         let stripes = (header.tableBytes + stripeBytes - 1) / stripeBytes
         guard UInt64(stripes) < layout.slotStripes else { throw VSAError("pool home \(home): checkpoint tables larger than their slot") }
-        var tables = [UInt8](repeating: 0, count: stripes * stripeBytes)
-        let ok = tables.withUnsafeMutableBytes { raw -> Bool in
+        // Page-aligned: drives opened for direct I/O take nothing else.
+        let tables = alignedBuffer(bytes: max(1, stripes) * stripeBytes)
+        let ok = { () -> Bool in
+            let raw = UnsafeMutableRawBufferPointer(start: tables.base, count: stripes * stripeBytes)
             for s in 0..<stripes {
                 for i in 0..<layout.blocksPerRow { readTargets[i] = raw.baseAddress! + s * stripeBytes + i * unit }
                 guard
@@ -97,16 +103,10 @@ extension PoolHome {
                         targets: readTargets)
                 else { return false }
             }
-            return crc32c(raw.baseAddress!, count: header.tableBytes) == header.tableCRC
-        }
+            return crc32c(tables.base, count: header.tableBytes) == header.tableCRC
+        }()
         guard ok else { throw VSAError("pool home \(home): checkpoint \(header.number)'s tables cannot be read or fail their CRC") }
-        let failure: VSAError? = tables.withUnsafeBytes { raw in
-            do throws(VSAError) {
-                try parseTables(raw.baseAddress!, header)
-                return nil
-            } catch { return error }
-        }
-        if let failure { throw failure }
+        try parseTables(UnsafeRawPointer(tables.base), header)
         for s in [header.headSegment, header.nextSegment] where s >= 0 {
             guard space.owner(s) == UInt8(home) else { throw VSAError("pool home \(home): the log's segment \(s) is not this home's") }
         }

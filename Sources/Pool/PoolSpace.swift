@@ -67,6 +67,31 @@ public final class PoolSpace: @unchecked Sendable {
         }
     }
 
+    /// Marks the segments a new thick LUN's run overlaps as not the pool's (the run was placed clear of owned ones).
+    public func reserve(_ run: Range<UInt64>) {
+        guard !run.isEmpty else { return }
+        owners.withLock { owners in
+            let last = min(owners.count - 1, layout.segment(ofStripe: run.upperBound - 1))
+            let first = layout.segment(ofStripe: run.lowerBound)
+            if first <= last { for s in first...last where owners[s] == PoolSpace.free { owners[s] = PoolSpace.reserved } }
+        }
+    }
+
+    /// A deleted thick LUN's segments return to the pool, except those another thick run or the pool area still
+    /// overlaps (`stillReserved`).
+    public func unreserve(_ run: Range<UInt64>, stillReserved: [Range<UInt64>] = []) {
+        guard !run.isEmpty else { return }
+        owners.withLock { owners in
+            let last = min(owners.count - 1, layout.segment(ofStripe: run.upperBound - 1))
+            let first = layout.segment(ofStripe: run.lowerBound)
+            guard first <= last else { return }
+            for s in first...last where owners[s] == PoolSpace.reserved {
+                let segment = layout.firstStripe(segment: s)..<layout.firstStripe(segment: s + 1)
+                if !stillReserved.contains(where: { $0.overlaps(segment) }) { owners[s] = PoolSpace.free }
+            }
+        }
+    }
+
     /// Frees every segment of `home` (a recovery attempt that failed gives back what it assigned).
     public func forget(home: Int) {
         owners.withLock { owners in
@@ -94,11 +119,14 @@ public final class PoolSpace: @unchecked Sendable {
     /// A free of a block its segment does not count as live: the drives' tables disagree with the map (damage, or a
     /// hostile image). Counted, never trusted into an underflow.
     public let inconsistencies = Atomic<Int>(0)
-    @inline(__always) func removeLive(_ segment: Int) {
+    /// Returns whether the segment has no live block left.
+    @discardableResult
+    @inline(__always) func removeLive(_ segment: Int) -> Bool {
         if live[segment] == 0 {
             inconsistencies.add(1, ordering: .relaxed)
-            return
+            return true
         }
         live[segment] -= 1
+        return live[segment] == 0
     }
 }

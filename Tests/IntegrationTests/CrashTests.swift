@@ -74,6 +74,21 @@ final class CrashTests: FixtureTestCase {
     func testAcknowledgedWritesSurviveSIGKILL() throws {
         try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
         XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 32M").status, 0)
+        try killRounds()
+    }
+
+    /// The same on a thin LUN: its blocks go to new places in the pool, and what was fsync'd comes back from the
+    /// pool's checkpoint and the log of commits after it (docs/POOL.md).
+    func testAcknowledgedWritesSurviveSIGKILLOnAThinLUN() throws {
+        try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
+        try fixture.mount()
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.mnt)' l --size 1T --thin").status, 0)
+        fixture.unmount()
+        try killRounds()
+        XCTAssertTrue(Harness.sh("grep -c 'commits replayed' '\(fixture.dir)/vsa.log'").stdout.trimmingCharacters(in: .whitespacesAndNewlines) != "0")
+    }
+
+    private func killRounds() throws {
         let r = fixture.root
         let m = fixture.mnt
         try Self.script.write(toFile: "\(r)/crash.py", atomically: true, encoding: .utf8)

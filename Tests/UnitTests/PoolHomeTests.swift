@@ -21,10 +21,13 @@ final class PoolTestArray {
     var space: PoolSpace
     let tag: UInt64 = 0x5EED_7A65
 
-    init(name: String, level: RAIDLevel = .raid5, drives: Int = 4, driveBytes: UInt64 = 48 << 20, stripUnitBytes: Int = 16384, homes: Int = 2)
-        throws
-    {
-        directory = "/dev/shm/vsa-pool-\(name)-\(getpid())"
+    /// `base`: /dev/shm (tmpfs: buffered copies), or a disk folder such as /var/tmp, where drives use direct I/O and
+    /// every buffer must be page-aligned.
+    init(
+        name: String, level: RAIDLevel = .raid5, drives: Int = 4, driveBytes: UInt64 = 48 << 20, stripUnitBytes: Int = 16384, homes: Int = 2,
+        base: String = "/dev/shm"
+    ) throws {
+        directory = "\(base)/vsa-pool-\(name)-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
         store = try ArrayStore.create(
             CreateOptions(
@@ -91,7 +94,9 @@ final class PoolHomeTests: XCTestCase {
     }
 
     func testWritesCommitsAndCheckpointsReadBackAfterARestart() throws {
-        let array = try PoolTestArray(name: "basic")
+        // On a disk folder: direct I/O, so every buffer the pool hands the drives must be page-aligned.
+        let array = try PoolTestArray(name: "basic", base: "/var/tmp")
+        XCTAssertTrue(array.store.drives[0].usesDirectIO || !FileManager.default.fileExists(atPath: "/var/tmp"), "the drives do direct I/O")
         let h = array.newHome()
         h.createVersion(1, blocks: 100_000)
         XCTAssertTrue(h.checkpoint())

@@ -102,9 +102,12 @@ final class RecordTests: XCTestCase {
             entries: [
                 LUNEntry(lunID: 1, name: "lun0", sizeBytes: 1 << 30, startStripe: 0, stripeCount: 5462),
                 LUNEntry(lunID: 2, name: "db.v2", sizeBytes: 512 << 20, startStripe: 5462, stripeCount: 2731),
-            ])
+                LUNEntry(lunID: 3, name: "thin", sizeBytes: 10 << 40, startStripe: 0, stripeCount: 0, thin: true),
+            ], pool: PoolArea(startStripe: 8193, stripeCount: 12, versionsMax: 4096))
         let bytes = table.encode()
-        XCTAssertEqual(bytes.count, Layout.lunHeaderBytes + 2 * Layout.lunEntryBytes)
+        XCTAssertEqual(bytes.count, Layout.lunHeaderBytes + 3 * Layout.lunEntryBytes)
+        XCTAssertEqual(bytes[8], 3)  // format version 3: thin LUNs and the pool area
+        XCTAssertEqual(bytes[Layout.lunHeaderBytes + 2 * Layout.lunEntryBytes + 92], 1)  // thin
         XCTAssertEqual(try LUNTable.decode(bytes), table)
         for i in 0..<bytes.count {
             var damaged = bytes

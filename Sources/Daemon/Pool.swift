@@ -1,0 +1,168 @@
+// The daemon's half of the pool (docs/POOL.md): opening it at mount (every home recovered from its checkpoint and
+// log, versions no thin LUN names dropped), making it with the first thin LUN, thin LUN create and delete, the
+// checkpoints of a clean stop, and the counters status shows. The homes' work runs on the directors acting for them
+// (Engines.poolEach); only the mount, before any director runs, touches a home from this thread.
+import ArrayModel
+import BackEnd
+import Directors
+import Metadata
+import Pool
+import Synchronization
+
+/// The open pool: its layout, its segments and its homes.
+final class PoolRuntime: @unchecked Sendable {
+    let layout: PoolLayout
+    let space: PoolSpace
+    let homes: [PoolHome]
+    init(layout: PoolLayout, space: PoolSpace, homes: [PoolHome]) {
+        self.layout = layout
+        self.space = space
+        self.homes = homes
+    }
+}
+
+extension ArrayDaemon {
+    /// The pool tag: from the array's UUID, so another array's pool on the same drives is never read as this one's.
+    static func poolTag(_ store: ArrayStore) -> UInt64 { store.superblock.arrayUUID.bytes.1 ^ 0x706F_6F6C }
+
+    /// Map frames per home: a sixteenth of the cache, split between the homes, at least 256.
+    static func mapFrames(cacheBytes: UInt64, homes: Int) -> Int { max(256, Int(cacheBytes / 16 / UInt64(PoolLayout.blockBytes)) / homes) }
+
+    /// Stripes no pool segment may take: thick LUNs' runs and the pool area.
+    static func reservedRuns(_ table: LUNTable) -> [Range<UInt64>] {
+        var runs = table.entries.filter { !$0.thin }.map { $0.startStripe..<($0.startStripe + $0.stripeCount) }
+        if let pool = table.pool { runs.append(pool.startStripe..<(pool.startStripe + pool.stripeCount)) }
+        return runs
+    }
+
+    /// At mount, before the directors run: every home recovered on its own director's back end; versions of thin
+    /// LUNs the LUN table no longer names (a delete or create cut short) are dropped.
+    static func openPool(store: ArrayStore, engines: Engines, cacheBytes: UInt64, log: (String) -> Void) throws(VSAError) -> PoolRuntime? {
+        guard let area = store.lunTable.pool else { return nil }
+        let homes = engines.directors.count
+        let layout = PoolLayout(geometry: store.geometry, homes: homes, areaStart: area.startStripe, versionsMax: Int(area.versionsMax))
+        guard layout.areaStripes == area.stripeCount else {
+            throw VSAError(
+                "the pool area of \(area.stripeCount) stripes does not fit this array's layout (\(layout.areaStripes) expected); the LUN table is damaged")
+        }
+        let space = PoolSpace(layout: layout, reservedStripes: reservedRuns(store.lunTable))
+        var opened: [PoolHome] = []
+        for h in 0..<homes {
+            let home = try PoolHome.recover(
+                home: h, layout: layout, space: space, poolTag: poolTag(store), store: engines.directors[h].backEnd, memory: engines.directors[h].memory,
+                mapFrames: mapFrames(cacheBytes: cacheBytes, homes: homes))
+            if home.rolledForward > 0 { log("pool home \(h): \(home.rolledForward) commits replayed after the last checkpoint") }
+            opened.append(home)
+        }
+        let thin = Set(store.lunTable.entries.filter(\.thin).map(\.lunID))
+        for home in opened {
+            for id in home.versions.keys.sorted() where home.versions[id]!.kind == .live && !thin.contains(id) {
+                log("pool home \(home.home): version \(id) belongs to no thin LUN (a create or delete was cut short); dropped")
+                guard home.deleteVersion(id) else { throw VSAError("pool home \(home.home): an orphaned version could not be dropped") }
+            }
+            for id in thin where home.versions[id] == nil {
+                throw VSAError("thin LUN id \(id) has no map in pool home \(home.home): the pool and the LUN table disagree")
+            }
+        }
+        let runtime = PoolRuntime(layout: layout, space: space, homes: opened)
+        guard engines.attachPool(layout: layout, homes: opened) == 0 else { throw VSAError("the pool could not be attached to the directors") }
+        return runtime
+    }
+
+    /// A new thin LUN: its versions in every home (made with the pool, the first time), then its LUN table entry.
+    func createThinLUN(name: String, sizeBytes: UInt64) throws(VSAError) -> LUNEntry {
+        let lunID = try controlLock.withLock { _ throws(VSAError) in try store.checkNewLUN(name: name, sizeBytes: sizeBytes, thin: true) }
+        let runtime: PoolRuntime
+        if let open = poolRuntime() { runtime = open } else { runtime = try createPool() }
+        let area = controlLock.withLock { _ in store.lunTable.pool }
+        let rc = engines.poolEach { h in
+            .createVersion(home: h, lunID: lunID, blocks: runtime.layout.localBlocks(sizeBytes: sizeBytes, homeOffset: lunID, home: h))
+        }
+        guard rc == 0 else { throw VSAError("the pool could not record the new LUN (drives failing)") }
+        let entry = LUNEntry(lunID: lunID, name: name, sizeBytes: sizeBytes, startStripe: 0, stripeCount: 0, thin: true)
+        try controlLock.withLock { _ throws(VSAError) in
+            try store.recordThinLUN(
+                entry,
+                pool: area
+                    ?? PoolArea(startStripe: runtime.layout.areaStart, stripeCount: runtime.layout.areaStripes, versionsMax: UInt32(runtime.layout.versionsMax))
+            )
+        }
+        return entry
+    }
+
+    /// The pool, made: a free run of stripes for its area, a home per director, each checkpointed on its director.
+    /// The LUN table records the area with the first thin LUN (a crash before that leaves free stripes behind).
+    private func createPool() throws(VSAError) -> PoolRuntime {
+        let homes = engines.directors.count
+        let geometry = store.geometry
+        let versionsMax = PoolLayout.versionsMax(capacityBytes: geometry.capacityBytes)
+        let stripes = PoolLayout.areaStripes(geometry: geometry, homes: homes, versionsMax: versionsMax)
+        guard geometry.stripeCount * UInt64(geometry.stripeDataBytes / 4096) < MapEntry.pbaLimit else {
+            throw VSAError("thin LUNs need an array under 4 PiB")
+        }
+        guard let start = controlLock.withLock({ _ in store.freeRun(stripes: stripes) }) else {
+            throw VSAError("no room for the pool's area (\(stripes) stripes): delete a thick LUN first")
+        }
+        let layout = PoolLayout(geometry: geometry, homes: homes, areaStart: start, versionsMax: versionsMax)
+        var reserved = controlLock.withLock { _ in ArrayDaemon.reservedRuns(store.lunTable) }
+        reserved.append(start..<(start + stripes))
+        let space = PoolSpace(layout: layout, reservedStripes: reserved)
+        let made = (0..<homes).map { h in
+            PoolHome(
+                home: h, layout: layout, space: space, poolTag: ArrayDaemon.poolTag(store), store: engines.directors[h].backEnd,
+                memory: engines.directors[h].memory, mapFrames: ArrayDaemon.mapFrames(cacheBytes: cacheBytes, homes: homes))
+        }
+        guard engines.attachPool(layout: layout, homes: made) == 0, engines.poolEach({ .checkpoint(home: $0) }) == 0 else {
+            throw VSAError("the pool could not be made (drives failing)")
+        }
+        let runtime = PoolRuntime(layout: layout, space: space, homes: made)
+        pool.withLock { $0 = runtime }
+        daemonLog(
+            "pool made: area at stripe \(start) (\(stripes) stripes), \(space.poolSegments) segments of \(formatSize(UInt64(layout.blocksPerSegment) * 4096))")
+        return runtime
+    }
+
+    func poolRuntime() -> PoolRuntime? { pool.withLock { $0 } }
+
+    /// A thin LUN's versions go from every home (after the LUN table dropped it: a crash between leaves orphans,
+    /// which the next mount drops).
+    func deleteThinVersions(lunID: UInt32) -> Bool { engines.poolEach { .deleteVersion(home: $0, lunID: lunID) } == 0 }
+
+    /// Per home, its counters (copied on the director acting for it).
+    func poolStats() -> [PoolHomeStats] {
+        guard poolRuntime() != nil else { return [] }
+        let stats = engines.directors.map { _ in PoolHomeStats() }
+        _ = engines.poolEach { .stats(home: $0, into: stats[$0]) }
+        return stats
+    }
+}
+
+extension ArrayDaemon {
+    /// The pool's part of `vsa status`: per thin LUN its allocated and unique bytes, and the pool's size and use.
+    func addPoolStatus(_ report: inout StatusReport) {
+        guard let runtime = poolRuntime() else { return }
+        let stats = poolStats()
+        let block = UInt64(PoolLayout.blockBytes)
+        for i in report.luns.indices where report.luns[i].thin {
+            let id = report.luns[i].id
+            report.luns[i].allocatedBytes = stats.reduce(0) { $0 + ($1.versions[id]?.mapped ?? 0) } * block
+            report.luns[i].uniqueBytes = stats.reduce(0) { $0 + ($1.versions[id]?.own ?? 0) } * block
+        }
+        let segments = runtime.space.poolSegments
+        let free = runtime.space.freeSegments
+        let segmentBytes = UInt64(runtime.layout.blocksPerSegment) * block
+        let used = segments == 0 ? 0 : Double(segments - free) * 100 / Double(segments)
+        var warning: String? = nil
+        for level in [95.0, 90.0, 80.0] where used >= level && warning == nil {
+            warning = "the pool is \(Int(level))% used or more: delete snapshots or LUNs, or discard (fstrim) what is not needed"
+        }
+        report.pool = StatusReport.PoolInfo(
+            sizeBytes: UInt64(segments) * segmentBytes, allocatedBytes: stats.reduce(0) { $0 + $1.liveBlocks } * block,
+            freeBytes: UInt64(free) * segmentBytes, usedPercent: used, segments: segments, freeSegments: free, segmentBytes: segmentBytes,
+            checkpoints: stats.reduce(0) { $0 + $1.checkpoint }, commits: stats.reduce(0) { $0 + $1.commits },
+            paddingBytes: stats.reduce(0) { $0 + $1.paddingBlocks } * block, damagedMapNodes: stats.reduce(0) { $0 + $1.damagedNodes }, warning: warning)
+        // The array's free space: what no thick LUN, pool area or pool segment holds.
+        report.array.freeBytes =
+            report.array.freeBytes > UInt64(segments - free) * segmentBytes ? report.array.freeBytes - UInt64(segments - free) * segmentBytes : 0
+    }
+}

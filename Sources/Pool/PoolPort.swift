@@ -1,0 +1,106 @@
+// PoolPort: the pool as one director's cache portion sees it (GlobalMemory -> Pool). The cache keeps thin LUNs'
+// tracks in its slots as it keeps thick ones; what differs is below: a thin track's pages are read through the map
+// of the LUN stripe's home, and destaged page by page into that home's commit (redirect-on-write: new blocks, whole
+// rows, nothing read), an all-zero page unmapped instead of written. Every director has one; the homes are shared,
+// and each is touched only by the director acting for it (the executor rule), which hands it its own back end.
+import ArrayModel
+import BackEnd
+import Buffers
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+public final class PoolPort {
+    public let layout: PoolLayout
+    public let homes: [PoolHome]
+    private let backEnd: any StripeStore
+    private let zeroPage: Arena
+    /// Homes this director wrote pages to since its last commit (bit per home).
+    private var touched: UInt64 = 0
+
+    public init(layout: PoolLayout, homes: [PoolHome], backEnd: any StripeStore) {
+        precondition(homes.count == layout.homes && homes.count <= 64)
+        self.layout = layout
+        self.homes = homes
+        self.backEnd = backEnd
+        zeroPage = Arena(sliceBytes: PoolLayout.blockBytes, sliceCount: 1)
+    }
+
+    /// The home of LUN stripe `lunStripe`, handed this director's back end.
+    @inline(__always) private func home(_ index: Int) -> PoolHome {
+        let h = homes[index]
+        if h.store !== backEnd { h.store = backEnd }
+        return h
+    }
+
+    /// Reads range [offsetBytes, offsetBytes + count) (whole pages) of the data strips in `stripMask` of thin LUN
+    /// `lunID`'s stripe `lunStripe` into `targets[strip]`. Unmapped pages read as zeroes.
+    public func readStrips(
+        lunID: UInt32, lunStripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    ) -> Bool {
+        precondition(offsetBytes % PoolLayout.blockBytes == 0 && count % PoolLayout.blockBytes == 0, "pool reads are whole pages")
+        let unit = layout.geometry.stripUnitBytes
+        for strip in 0..<layout.blocksPerRow where stripMask & (1 << UInt64(strip)) != 0 {
+            var page = 0
+            while page < count {
+                let (h, block) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: strip * unit + offsetBytes + page)
+                guard home(h).read(lunID, block: block, into: targets[strip]! + page) else { return false }
+                page += PoolLayout.blockBytes
+            }
+        }
+        return true
+    }
+
+    /// Destages one page of thin LUN `lunID`: byte `offsetBytes` (a page boundary) of data strip `strip` of LUN stripe
+    /// `lunStripe`. Durable after `commit()`.
+    public func writePage(lunID: UInt32, lunStripe: UInt64, strip: Int, offsetBytes: Int, from page: UnsafeRawPointer) -> PoolFailure? {
+        let (h, block) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: strip * layout.geometry.stripUnitBytes + offsetBytes)
+        touched |= 1 << UInt64(h)
+        if memcmp(page, zeroPage.base, PoolLayout.blockBytes) == 0 { return home(h).unmap(lunID, block: block, count: 1) }
+        return home(h).write(lunID, block: block, from: page)
+    }
+
+    /// Makes every page this director destaged since the last commit durable.
+    public func commit() -> Bool {
+        var ok = true
+        for h in 0..<homes.count where touched & (1 << UInt64(h)) != 0 { ok = home(h).commit() && ok }
+        if ok { touched = 0 }
+        return ok
+    }
+
+    /// Whether pages wait for `commit()`.
+    public var hasUncommitted: Bool { touched != 0 }
+
+    /// Runs `body` on home `index` with this director's back end (control requests: versions, checkpoints).
+    public func withHome<T>(_ index: Int, _ body: (PoolHome) -> T) -> T { body(home(index)) }
+}
+
+/// A home's counters as the control plane reads them (copied on the home's executor by a stats request).
+public final class PoolHomeStats: @unchecked Sendable {
+    /// Per version: mapped blocks, own blocks, unique blocks.
+    public var versions: [UInt32: (mapped: UInt64, own: UInt64, unique: UInt64)] = [:]
+    public var ownedSegments = 0
+    public var liveBlocks: UInt64 = 0
+    public var checkpoint: UInt64 = 0
+    public var commits: UInt64 = 0
+    public var paddingBlocks: UInt64 = 0
+    public var mapFrames = 0
+    public var dirtyFrames = 0
+    public var damagedNodes: UInt64 = 0
+    public init() {}
+
+    public func capture(_ h: PoolHome) {
+        versions = [:]
+        for (id, v) in h.versions { versions[id] = (v.mapped, v.own, v.unique) }
+        let owned = h.space.owned(by: h.home)
+        ownedSegments = owned.count
+        liveBlocks = owned.reduce(0) { $0 + UInt64(h.space.liveBlocks($1)) }
+        checkpoint = h.checkpointNumber
+        commits = h.commitsWritten
+        paddingBlocks = h.paddingBlocks
+        mapFrames = h.map.frameCount
+        dirtyFrames = h.map.dirtyFrames
+        damagedNodes = h.map.damagedNodes
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import XCTest
+
+/// Thin LUNs on real mounts (docs/POOL.md): provisioned far beyond the array, blocks allocated as written, fio
+/// verify through the pool, discard giving space back, status and --json, remounts, and bad input refused with one line.
+final class ThinTests: FixtureTestCase {
+    override class var rootReason: String? { "real-mount tests run as root (CI does)" }
+
+    /// A thin LUN's entry of `status --json`: thin, allocatedBytes, uniqueBytes.
+    func thin(_ name: String = "t") throws -> [String: Any] {
+        let s = try fixture.json("status '\(fixture.mnt)' --json", as: [String: Any].self)
+        let luns = try XCTUnwrap(s["luns"] as? [[String: Any]])
+        return try XCTUnwrap(luns.first { $0["name"] as? String == name })
+    }
+
+    func allocated(_ name: String = "t") throws -> Int { try XCTUnwrap(try thin(name)["allocatedBytes"] as? Int) }
+
+    func pool() throws -> [String: Any] {
+        try XCTUnwrap(try fixture.json("status '\(fixture.mnt)' --json", as: [String: Any].self)["pool"] as? [String: Any])
+    }
+
+    func testAThinLUNLargerThanTheArrayTakesBlocksAsWrittenAndGivesThemBack() throws {
+        try fixture.create("--drives 4 --drive-size 128M --raid 5")
+        try fixture.mount()
+        let m = fixture.mnt
+        // Offline, and beyond 256 TiB: refused with one line, nothing made.
+        let big = fixture.vsa("lun create '\(m)' t --size 300T --thin")
+        XCTAssertNotEqual(big.status, 0)
+        XCTAssertEqual(big.stderrLines.count, 1, big.stderr)
+        XCTAssertEqual(fixture.vsa("lun create '\(m)' t --size 10T --thin").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(m)' t --size 1G --thin").stderrLines.count, 1, "a duplicate name")
+        XCTAssertEqual(Harness.sh("stat -c %s '\(m)/t'").stdout.trimmingCharacters(in: .whitespacesAndNewlines), "\(10 << 40)")
+        XCTAssertEqual(try thin()["thin"] as? Bool, true)
+        XCTAssertEqual(try allocated(), 0)
+        XCTAssertLessThan(try XCTUnwrap(try pool()["sizeBytes"] as? Int), 400 << 20)
+        // fio verify in two regions terabytes apart: random 4 KiB and sequential 1 MiB, direct.
+        for (offset, rw, bs) in [("1T", "randwrite", "4k"), ("7T", "write", "1M")] {
+            let fio = Harness.sh(
+                "fio --name=v --filename='\(m)/t' --offset=\(offset) --size=48M --rw=\(rw) --bs=\(bs) --iodepth=8 --ioengine=libaio --direct=1 --verify=crc32c --verify_fatal=1 2>&1",
+                timeoutSeconds: 240)
+            XCTAssertEqual(fio.status, 0, fio.stdout)
+        }
+        XCTAssertEqual(Harness.sh("sync '\(m)/t'").status, 0)
+        XCTAssertEqual(try allocated(), 96 << 20, "allocated: what was written, no more")
+        // A punched hole reads zeroes and gives its blocks back.
+        XCTAssertEqual(Harness.sh("fallocate --punch-hole --offset 7T --length 48M '\(m)/t' && sync '\(m)/t'").status, 0)
+        XCTAssertEqual(
+            Harness.sh("dd if='\(m)/t' bs=1M skip=$((7 << 20)) count=48 status=none | tr -d '\\0' | wc -c").stdout.trimmingCharacters(
+                in: .whitespacesAndNewlines), "0")
+        XCTAssertEqual(try allocated(), 48 << 20)
+        // Zeroes written are not stored either.
+        XCTAssertEqual(Harness.sh("dd if=/dev/zero of='\(m)/t' bs=1M seek=$((3 << 20)) count=16 conv=fsync,notrunc status=none").status, 0)
+        XCTAssertEqual(try allocated(), 48 << 20)
+        // The data and the counts across a clean remount (the pool's checkpoint, nothing to replay).
+        fixture.unmount()
+        try fixture.mount()
+        let again = Harness.sh(
+            "fio --name=v --filename='\(m)/t' --offset=1T --size=48M --rw=randwrite --bs=4k --ioengine=psync --verify=crc32c --verify_only 2>&1")
+        XCTAssertEqual(again.status, 0, again.stdout)
+        XCTAssertEqual(try allocated(), 48 << 20)
+        let status = fixture.vsa("status '\(m)'").stdout
+        XCTAssertTrue(status.contains("t  10 TiB  thin, allocated 48 MiB"), status)
+        XCTAssertTrue(status.contains("pool: "), status)
+        // Offline: a thin LUN cannot be made or deleted (the pool's state is the mounted array's), one line each.
+        fixture.unmount()
+        for command in ["lun create '\(fixture.dir)' u --size 1G --thin", "lun delete '\(fixture.dir)' t", "lun create '\(fixture.dir)' u --size 1M"] {
+            let r = fixture.vsa(command)
+            XCTAssertNotEqual(r.status, 0, command)
+            XCTAssertEqual(r.stderrLines.count, 1, "\(command): \(r.stderr)")
+        }
+        try fixture.mount()
+        // Deleting it frees its blocks; a thick LUN fits beside the pool.
+        XCTAssertEqual(fixture.vsa("lun delete '\(m)' t").status, 0)
+        let thick = fixture.vsa("lun create '\(m)' k --size 64M")
+        XCTAssertEqual(thick.status, 0, thick.stderr + fixture.vsa("status '\(m)'").stdout)
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of='\(m)/k' bs=1M count=64 conv=fsync,notrunc status=none").status, 0)
+        XCTAssertLessThan(try XCTUnwrap(try pool()["allocatedBytes"] as? Int), 2 << 20, "only the map is left")
+    }
+}
