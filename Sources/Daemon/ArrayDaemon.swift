@@ -379,7 +379,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 } else if let r = poolRuntime() {
                     r.space.unreserve(
                         entry.startStripe..<(entry.startStripe + entry.stripeCount),
-                        stillReserved: controlLock.withLock { _ in ArrayDaemon.reservedRuns(store.lunTable) })
+                        stillReserved: controlLock.withLock { _ in store.lunTable.reservedRuns })
                 }
                 freeBox.value.store(free, ordering: .relaxed)
                 session?.invalidateEntry(name: name, inode: UInt64(entry.lunID) + 1)

@@ -28,13 +28,6 @@ extension ArrayDaemon {
     /// Map frames per home: a sixteenth of the cache, split between the homes, at least 256.
     static func mapFrames(cacheBytes: UInt64, homes: Int) -> Int { max(256, Int(cacheBytes / 16 / UInt64(PoolLayout.blockBytes)) / homes) }
 
-    /// Stripes no pool segment may take: thick LUNs' runs and the pool area.
-    static func reservedRuns(_ table: LUNTable) -> [Range<UInt64>] {
-        var runs = table.entries.filter { !$0.thin }.map { $0.startStripe..<($0.startStripe + $0.stripeCount) }
-        if let pool = table.pool { runs.append(pool.startStripe..<(pool.startStripe + pool.stripeCount)) }
-        return runs
-    }
-
     /// At mount, before the directors run: every home recovered on its own director's back end; versions of thin
     /// LUNs the LUN table no longer names (a delete or create cut short) are dropped.
     static func openPool(store: ArrayStore, engines: Engines, cacheBytes: UInt64, log: (String) -> Void) throws(VSAError) -> PoolRuntime? {
@@ -45,7 +38,7 @@ extension ArrayDaemon {
             throw VSAError(
                 "the pool area of \(area.stripeCount) stripes does not fit this array's layout (\(layout.areaStripes) expected); the LUN table is damaged")
         }
-        let space = PoolSpace(layout: layout, reservedStripes: reservedRuns(store.lunTable))
+        let space = PoolSpace(layout: layout, reservedStripes: store.lunTable.reservedRuns)
         var opened: [PoolHome] = []
         for h in 0..<homes {
             let home = try PoolHome.recover(
@@ -104,7 +97,7 @@ extension ArrayDaemon {
             throw VSAError("no room for the pool's area (\(stripes) stripes): delete a thick LUN first")
         }
         let layout = PoolLayout(geometry: geometry, homes: homes, areaStart: start, versionsMax: versionsMax)
-        var reserved = controlLock.withLock { _ in ArrayDaemon.reservedRuns(store.lunTable) }
+        var reserved = controlLock.withLock { _ in store.lunTable.reservedRuns }
         reserved.append(start..<(start + stripes))
         let space = PoolSpace(layout: layout, reservedStripes: reserved)
         let made = (0..<homes).map { h in

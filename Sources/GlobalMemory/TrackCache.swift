@@ -81,8 +81,6 @@ public final class TrackCache {
     /// Thick: the array stripe holding the track. Thin: the LUN stripe (the pool maps it).
     private var slotStripe: [UInt64]
     private var slotThin: [Bool]
-    /// Pages of thin LUNs this destage pass gave the pool: its commit makes them durable (`finishPass`).
-    private var thinStripesThisPass = 0
     private var slotInUse: [Bool]
     private var slotDirty: [Bool]
     private var slotReferenced: [Bool]
@@ -216,19 +214,8 @@ public final class TrackCache {
     }
 
     private func unlinkFromIndex(_ slot: Int) {
-        let b = bucket(slotLUN[slot], slotTrack[slot])
-        var prev: Int32 = -1
-        var s = buckets[b]
-        while s >= 0 {
-            if Int(s) == slot {
-                if prev < 0 { buckets[b] = hashNext[slot] } else { hashNext[Int(prev)] = hashNext[slot] }
-                hashNext[slot] = -1
-                return
-            }
-            prev = s
-            s = hashNext[Int(s)]
-        }
-        preconditionFailure("slot \(slot) missing from the cache index")
+        let unlinked = unlinkFromChain(slot, bucket: bucket(slotLUN[slot], slotTrack[slot]), buckets: &buckets, next: &hashNext)
+        precondition(unlinked, "slot \(slot) missing from the cache index")
     }
 
     @inline(__always)
@@ -359,10 +346,13 @@ public final class TrackCache {
         (first - first % pageSectors, min(sectorsPerTrack - 1, last - last % pageSectors + pageSectors - 1))
     }
 
-    private func anyValid(_ slot: Int, _ first: Int, _ last: Int) -> Bool {
-        for s in first...last where testBit(validBits, slot, s) { return true }
+    /// Whether any of sectors [first, last] of `slot` has its bit set in `bits` (valid or dirty).
+    private func anyBit(_ bits: [UInt64], _ slot: Int, _ first: Int, _ last: Int) -> Bool {
+        for s in first...last where testBit(bits, slot, s) { return true }
         return false
     }
+
+    private func anyValid(_ slot: Int, _ first: Int, _ last: Int) -> Bool { anyBit(validBits, slot, first, last) }
 
     /// Makes sectors [first, last] of `slot` valid: reads their pages and merges the sectors the cache lacks.
     private func fill(_ slot: Int, _ first: Int, _ last: Int) -> Bool {
@@ -610,10 +600,8 @@ public final class TrackCache {
         if stripesThisPass > 0 { beforeCommit?() }
         stripesThisPass = 0
         var committed = store.commitJournal()
-        if thinStripesThisPass > 0 || pool?.hasUncommitted == true {
-            committed = (pool?.commit() ?? false) && committed
-            thinStripesThisPass = 0
-        }
+        // Thin LUNs' pages this pass gave the pool: its commit makes them durable.
+        if let pool, pool.hasUncommitted { committed = pool.commit() && committed }
         for i in 0..<committingCount {
             let slot = Int(committing[i])
             slotCommitting[slot] = false
@@ -729,7 +717,7 @@ public final class TrackCache {
             var first = 0
             while first < sectorsPerTrack {
                 let last = first + pageSectors - 1
-                if anyDirty(s, first, last) {
+                if anyBit(dirtyBits, s, first, last) {
                     if !allValid(s, first, last) { guard fill(s, first, last) else { return false } }
                     guard
                         pool.writePage(
@@ -744,13 +732,7 @@ public final class TrackCache {
         precondition(any, "destaging a stripe with nothing write-pending")
         counters.destagedStripes.add(1, ordering: .relaxed)
         stripesThisPass += 1
-        thinStripesThisPass += 1
         return true
-    }
-
-    private func anyDirty(_ slot: Int, _ first: Int, _ last: Int) -> Bool {
-        for s in first...last where testBit(dirtyBits, slot, s) { return true }
-        return false
     }
 
     /// Reads the old range of the dirty strips and of parity, completes the dirty slots from it, writes the delta.

@@ -590,7 +590,6 @@ public final class ArrayStore: @unchecked Sendable {
 
     // MARK: LUNs
 
-    /// Places a new LUN in the first free run of stripes big enough (first fit) and writes the LUN table.
     /// Checks a new LUN's name, size and count; answers the id it will get (the smallest free one: ids stay at or
     /// below lunCountMax, so the front end's handle table is fixed-size).
     public func checkNewLUN(name: String, sizeBytes: UInt64, thin: Bool) throws(VSAError) -> UInt32 {
@@ -619,17 +618,16 @@ public final class ArrayStore: @unchecked Sendable {
     /// The first run of `needed` stripes that no thick LUN, the pool area or a run in `avoiding` (the pool's
     /// segments) touches; nil when there is none.
     public func freeRun(stripes needed: UInt64, avoiding: [Range<UInt64>] = []) -> UInt64? {
-        var runs = lunTable.entries.filter { !$0.thin }.map { $0.startStripe..<($0.startStripe + $0.stripeCount) } + avoiding
-        if let pool = lunTable.pool { runs.append(pool.startStripe..<(pool.startStripe + pool.stripeCount)) }
         var cursor: UInt64 = 0
-        for run in runs.sorted(by: { $0.lowerBound < $1.lowerBound }) where !run.isEmpty {
+        for run in (lunTable.reservedRuns + avoiding).sorted(by: { $0.lowerBound < $1.lowerBound }) where !run.isEmpty {
             if run.lowerBound > cursor && run.lowerBound - cursor >= needed { return cursor }
             cursor = max(cursor, run.upperBound)
         }
         return geometry.stripeCount > cursor && geometry.stripeCount - cursor >= needed ? cursor : nil
     }
 
-    /// Creates a thick LUN: a run of its own stripes, outside `avoiding` (the pool's segments).
+    /// Creates a thick LUN: a run of its own stripes, the first free one big enough (first fit) outside `avoiding`
+    /// (the pool's segments), and writes the LUN table.
     public func createLUN(name: String, sizeBytes: UInt64, avoiding: [Range<UInt64>] = []) throws(VSAError) -> LUNEntry {
         let lunID = try checkNewLUN(name: name, sizeBytes: sizeBytes, thin: false)
         let needed = geometry.stripesFor(sizeBytes: sizeBytes)

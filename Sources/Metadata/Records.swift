@@ -295,6 +295,13 @@ public struct LUNTable: Equatable, Sendable {
     public var entries: [LUNEntry]
     public var pool: PoolArea?
 
+    /// The runs of stripes thick LUNs and the pool area hold: what neither a new thick LUN nor a pool segment may take.
+    public var reservedRuns: [Range<UInt64>] {
+        var runs = entries.filter { !$0.thin }.map { $0.startStripe..<($0.startStripe + $0.stripeCount) }
+        if let pool { runs.append(pool.startStripe..<(pool.startStripe + pool.stripeCount)) }
+        return runs
+    }
+
     public init(generation: UInt64, arrayUUID: UUID128, entries: [LUNEntry], pool: PoolArea? = nil) {
         self.generation = generation
         self.arrayUUID = arrayUUID

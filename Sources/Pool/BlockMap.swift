@@ -1,4 +1,3 @@
-import Buffers
 // BlockMap: one home's maps, every version's copy-on-write radix tree (docs/POOL.md, "The map"), paged through a
 // bounded node cache. Used by one thread at a time (the executor of the director acting for the home): no locks.
 //
@@ -9,6 +8,8 @@ import Buffers
 // a lookup goes down by position while the nodes are dirty and by PBA from the first clean node on. A clean frame that
 // a version changes becomes that version's dirty frame in place; another version still mapping the old node reads it
 // again from its PBA (blocks are never overwritten in place: the pool writes each one once).
+import ArrayModel
+import Buffers
 import MemoryServices
 
 /// Where the map reads nodes from (the home's pool blocks).
@@ -467,7 +468,8 @@ public final class BlockMap {
     }
 
     private func unlinkPBA(_ f: Int) {
-        unlink(f, bucket: pbaBucket(framePBA[f]), buckets: &pbaBuckets, next: &pbaNext)
+        let unlinked = unlinkFromChain(f, bucket: pbaBucket(framePBA[f]), buckets: &pbaBuckets, next: &pbaNext)
+        precondition(unlinked, "map frame \(f) missing from its index")
     }
 
     private func linkPosition(_ f: Int) {
@@ -477,21 +479,8 @@ public final class BlockMap {
     }
 
     private func unlinkPosition(_ f: Int) {
-        unlink(f, bucket: positionBucket(frameVersion[f], Int(frameLevel[f]), frameIndex[f]), buckets: &positionBuckets, next: &positionNext)
-    }
-
-    private func unlink(_ f: Int, bucket b: Int, buckets: inout [Int32], next: inout [Int32]) {
-        var previous: Int32 = -1
-        var s = buckets[b]
-        while s >= 0 {
-            if Int(s) == f {
-                if previous < 0 { buckets[b] = next[f] } else { next[Int(previous)] = next[f] }
-                next[f] = -1
-                return
-            }
-            previous = s
-            s = next[Int(s)]
-        }
-        preconditionFailure("map frame \(f) missing from its index")
+        let unlinked = unlinkFromChain(
+            f, bucket: positionBucket(frameVersion[f], Int(frameLevel[f]), frameIndex[f]), buckets: &positionBuckets, next: &positionNext)
+        precondition(unlinked, "map frame \(f) missing from its index")
     }
 }

@@ -210,12 +210,10 @@ public final class PoolHome: MapBlockReader {
         guard reserveBlock(reserve: dataReserve) else { return .noSpace }
         let j = commitRow * layout.blocksPerRow + commitBlocks
         let pba = layout.pba(stripe: commitStripe, block: j)
-        guard let old = map.update(id, block: block, to: MapEntry(pba: pba, birth: generation)) else { return .io }
+        guard mapBlock(id, block: block, to: pba) else { return .io }
         memory.copy(from: page, to: bufferAddress(j), byteCount: PoolLayout.blockBytes)
         addEntry(kind: 1, position: block, version: id, last: crc32c(bufferAddress(j), count: PoolLayout.blockBytes))
         commitBlocks += 1
-        space.addLive(layout.segment(ofBlock: pba))
-        account(id, replaced: old, mapped: true)
         return nil
     }
 
@@ -230,8 +228,7 @@ public final class PoolHome: MapBlockReader {
             let run = min(end - first, 1 << 16)
             guard reserveEntry() else { return .noSpace }
             for b in first..<(first + run) {
-                guard makeRoomInMap(), let old = map.update(id, block: b, to: .unmapped) else { return .io }
-                account(id, replaced: old, mapped: false)
+                guard makeRoomInMap(), unmapBlock(id, block: b) else { return .io }
             }
             guard reserveEntry() else { return .noSpace }
             addEntry(kind: 2, position: first, version: id, last: UInt32(run))
@@ -255,8 +252,24 @@ public final class PoolHome: MapBlockReader {
         map.dirtyFrames < map.frameCount / 2 || checkpoint()
     }
 
+    /// Points local block `block` of version `id` at `pba`, born now, and counts it: what a write does to the map, and
+    /// what replaying its commit does again after a crash. False when the map could not be changed (nothing was).
+    func mapBlock(_ id: UInt32, block: UInt64, to pba: UInt64) -> Bool {
+        guard let old = map.update(id, block: block, to: MapEntry(pba: pba, birth: generation)) else { return false }
+        space.addLive(layout.segment(ofBlock: pba))
+        account(id, replaced: old, mapped: true)
+        return true
+    }
+
+    /// Unmaps local block `block` of version `id` and counts it (an unmap, or its replay).
+    func unmapBlock(_ id: UInt32, block: UInt64) -> Bool {
+        guard let old = map.update(id, block: block, to: .unmapped) else { return false }
+        account(id, replaced: old, mapped: false)
+        return true
+    }
+
     /// Counts a map change: the replaced block is freed when it was the version's own.
-    func account(_ id: UInt32, replaced old: MapEntry, mapped: Bool) {
+    private func account(_ id: UInt32, replaced old: MapEntry, mapped: Bool) {
         var record = versions[id]!
         if old.isMapped {
             record.mapped -= 1

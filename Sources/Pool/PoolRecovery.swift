@@ -194,18 +194,14 @@ extension PoolHome {
                 switch kind {
                 case 1:
                     k += 1
-                    let pba = layout.pba(stripe: stripe, block: row * d + k)
-                    guard let old = map.update(version, block: position, to: MapEntry(pba: pba, birth: generation)) else {
+                    guard mapBlock(version, block: position, to: layout.pba(stripe: stripe, block: row * d + k)) else {
                         throw VSAError("pool home \(home): the map cache is too small to replay the log (mount with a larger --cache)")
                     }
-                    space.addLive(layout.segment(ofBlock: pba))
-                    account(version, replaced: old, mapped: true)
                 case 2:
                     for b in position..<(position + UInt64(last)) {
-                        guard let old = map.update(version, block: b, to: .unmapped) else {
+                        guard unmapBlock(version, block: b) else {
                             throw VSAError("pool home \(home): the map cache is too small to replay the log (mount with a larger --cache)")
                         }
-                        account(version, replaced: old, mapped: false)
                     }
                 default:
                     k += 1  // a node of a checkpoint that never completed: dead space

@@ -18,17 +18,21 @@ public final class PoolSpace: @unchecked Sendable {
     public init(layout: PoolLayout, reservedStripes: [Range<UInt64>]) {
         self.layout = layout
         var owners = [UInt8](repeating: PoolSpace.free, count: layout.segmentCount)
-        for run in reservedStripes where !run.isEmpty {
-            let first = layout.segment(ofStripe: run.lowerBound)
-            let last = min(layout.segmentCount - 1, layout.segment(ofStripe: run.upperBound - 1))
-            if first <= last { for s in first...last { owners[s] = PoolSpace.reserved } }
-        }
+        for run in reservedStripes { for s in PoolSpace.segments(overlapping: run, layout) { owners[s] = PoolSpace.reserved } }
         self.owners = Locked(owners)
         live = .allocate(capacity: max(1, layout.segmentCount))
         live.initialize(repeating: 0, count: max(1, layout.segmentCount))
     }
 
     deinit { live.deallocate() }
+
+    /// The segments a run of stripes touches (none for an empty run; a segment past the last whole one is not one).
+    static func segments(overlapping run: Range<UInt64>, _ layout: PoolLayout) -> Range<Int> {
+        guard !run.isEmpty else { return 0..<0 }
+        let first = layout.segment(ofStripe: run.lowerBound)
+        let last = min(layout.segmentCount - 1, layout.segment(ofStripe: run.upperBound - 1))
+        return first <= last ? first..<(last + 1) : 0..<0
+    }
 
     /// Claims a free segment for `home` (the lowest-numbered: a young pool fills from the front), leaving at least
     /// `reserve` free (host data leaves some for checkpoints and the cleaner). Nil when there is none to give.
@@ -69,23 +73,16 @@ public final class PoolSpace: @unchecked Sendable {
 
     /// Marks the segments a new thick LUN's run overlaps as not the pool's (the run was placed clear of owned ones).
     public func reserve(_ run: Range<UInt64>) {
-        guard !run.isEmpty else { return }
         owners.withLock { owners in
-            let last = min(owners.count - 1, layout.segment(ofStripe: run.upperBound - 1))
-            let first = layout.segment(ofStripe: run.lowerBound)
-            if first <= last { for s in first...last where owners[s] == PoolSpace.free { owners[s] = PoolSpace.reserved } }
+            for s in PoolSpace.segments(overlapping: run, layout) where owners[s] == PoolSpace.free { owners[s] = PoolSpace.reserved }
         }
     }
 
     /// A deleted thick LUN's segments return to the pool, except those another thick run or the pool area still
     /// overlaps (`stillReserved`).
     public func unreserve(_ run: Range<UInt64>, stillReserved: [Range<UInt64>] = []) {
-        guard !run.isEmpty else { return }
         owners.withLock { owners in
-            let last = min(owners.count - 1, layout.segment(ofStripe: run.upperBound - 1))
-            let first = layout.segment(ofStripe: run.lowerBound)
-            guard first <= last else { return }
-            for s in first...last where owners[s] == PoolSpace.reserved {
+            for s in PoolSpace.segments(overlapping: run, layout) where owners[s] == PoolSpace.reserved {
                 let segment = layout.firstStripe(segment: s)..<layout.firstStripe(segment: s + 1)
                 if !stillReserved.contains(where: { $0.overlaps(segment) }) { owners[s] = PoolSpace.free }
             }
