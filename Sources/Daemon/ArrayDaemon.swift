@@ -344,15 +344,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 if words.count == 4 {
                     entry = try createThinLUN(name: words[1], sizeBytes: size)
                 } else {
-                    // A thick LUN's run stays clear of the pool's segments.
-                    let owned =
-                        poolRuntime().map { r in
-                            (0..<r.layout.homes).flatMap { h in r.space.owned(by: h) }.map {
-                                r.layout.firstStripe(segment: $0)..<r.layout.firstStripe(segment: $0 + 1)
-                            }
-                        } ?? []
-                    entry = try controlLock.withLock { _ throws(VSAError) in try store.createLUN(name: words[1], sizeBytes: size, avoiding: owned) }
-                    if let r = poolRuntime() { r.space.reserve(entry.startStripe..<(entry.startStripe + entry.stripeCount)) }
+                    entry = try createThickLUN(name: words[1], sizeBytes: size)
                 }
                 let free = controlLock.withLock { _ in store.freeBytes }
                 frontEnd.add(

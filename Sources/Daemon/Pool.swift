@@ -117,6 +117,31 @@ extension ArrayDaemon {
 
     func poolRuntime() -> PoolRuntime? { pool.withLock { $0 } }
 
+    /// A thick LUN on an array with a pool: its run is chosen clear of the segments the homes own, and those it
+    /// overlaps are taken out of the pool before the LUN table names the run, so no home claims one meanwhile (the
+    /// directors claim segments without the control lock). A home that claimed one since the choice: choose again.
+    func createThickLUN(name: String, sizeBytes: UInt64) throws(VSAError) -> LUNEntry {
+        guard let r = poolRuntime() else {
+            return try controlLock.withLock { _ throws(VSAError) in try store.createLUN(name: name, sizeBytes: sizeBytes) }
+        }
+        let needed = store.geometry.stripesFor(sizeBytes: sizeBytes)
+        for _ in 0..<8 {
+            let owned = (0..<r.layout.homes).flatMap { r.space.owned(by: $0) }.map { r.layout.firstStripe(segment: $0)..<r.layout.firstStripe(segment: $0 + 1) }
+            let start = controlLock.withLock { _ in store.freeRun(stripes: needed, avoiding: owned) }
+            let run = start.map { $0..<($0 + needed) }
+            if let run, !r.space.reserve(run) { continue }
+            do {
+                let entry = try controlLock.withLock { _ throws(VSAError) in try store.createLUN(name: name, sizeBytes: sizeBytes, avoiding: owned) }
+                assert(run == entry.startStripe..<(entry.startStripe + entry.stripeCount), "the LUN went where its segments were reserved")
+                return entry
+            } catch {
+                if let run { r.space.unreserve(run, stillReserved: controlLock.withLock { _ in store.lunTable.reservedRuns }) }
+                throw error
+            }
+        }
+        throw VSAError("the pool kept taking the space chosen for \(name); try again")
+    }
+
     /// A thin LUN's versions go from every home (after the LUN table dropped it: a crash between leaves orphans,
     /// which the next mount drops).
     func deleteThinVersions(lunID: UInt32) -> Bool { engines.poolEach { .deleteVersion(home: $0, lunID: lunID) } == 0 }

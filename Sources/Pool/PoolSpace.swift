@@ -71,10 +71,14 @@ public final class PoolSpace: @unchecked Sendable {
         }
     }
 
-    /// Marks the segments a new thick LUN's run overlaps as not the pool's (the run was placed clear of owned ones).
-    public func reserve(_ run: Range<UInt64>) {
+    /// Takes the segments a new thick LUN's run overlaps out of the pool, all or none: false (nothing changed) when a
+    /// home owns one of them. Under the pool's lock, so no home claims one between the check and the marking.
+    public func reserve(_ run: Range<UInt64>) -> Bool {
         owners.withLock { owners in
-            for s in PoolSpace.segments(overlapping: run, layout) where owners[s] == PoolSpace.free { owners[s] = PoolSpace.reserved }
+            let segments = PoolSpace.segments(overlapping: run, layout)
+            guard !segments.contains(where: { owners[$0] != PoolSpace.free && owners[$0] != PoolSpace.reserved }) else { return false }
+            for s in segments { owners[s] = PoolSpace.reserved }
+            return true
         }
     }
 
