@@ -159,7 +159,7 @@ struct VSA: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vsa",
         abstract: "A virtual enterprise storage array: LUNs as fixed-size files on a FUSE mount.",
-        subcommands: [Create.self, LUN.self, DriveCommand.self, DirectorCommand.self, Scrub.self, Mount.self, Unmount.self, Status.self, Top.self])
+        subcommands: [Create.self, LUN.self, Snap.self, DriveCommand.self, DirectorCommand.self, Scrub.self, Mount.self, Unmount.self, Status.self, Top.self])
 }
 
 struct Create: VSACommand {
@@ -477,6 +477,121 @@ struct DriveReplace: VSACommand {
         }
         guard wait else { return }
         try waitForRebuild(dir, member: Int(member))
+    }
+}
+
+struct Snap: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snap", abstract: "Snapshots of thin LUNs (instant, nothing copied), linked clones and restores. Needs the array mounted.",
+        subcommands: [SnapCreate.self, SnapList.self, SnapDelete.self, SnapRestore.self, SnapLink.self, SnapUnlink.self, SnapRelink.self])
+}
+
+struct SnapCreate: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create", abstract: "Take a snapshot of a thin LUN: its contents now, kept while the LUN changes.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The thin LUN.") var lun: String
+    @Argument(help: "The snapshot's name (unique among the LUN's snapshots).") var name: String
+    @Option(help: "Secure: the snapshot cannot be deleted for this many days (a decimal, e.g. 0.5), and is deleted after.") var secure: String?
+
+    func execute() throws(VSAError) {
+        var seconds: UInt64 = 0
+        if let secure {
+            guard let days = Double(secure), days.isFinite, days > 0, days <= 36600 else {
+                throw VSAError("--secure takes a number of days from more than 0 to 36600 (got '\(secure)')")
+            }
+            seconds = max(1, UInt64((days * 86400).rounded()))
+        }
+        let dir = try mountedArray(target, "take a snapshot")
+        _ = try control(dir, ["snap-create", lun, name, String(seconds)])
+        print("snapshot \(lun)@\(name) taken" + (secure.map { ", secure for \($0) days" } ?? ""))
+    }
+}
+
+struct SnapList: VSACommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the snapshots (of one LUN, or all).")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "Only this LUN's snapshots.") var lun: String?
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func execute() throws(VSAError) {
+        _ = try mountedArray(target, "list its snapshots")
+        let report = try statusReport(target)
+        if let lun, !report.luns.contains(where: { $0.name == lun }) { throw VSAError("no LUN named \(lun); `vsa lun list` shows the LUNs") }
+        let snapshots = (report.snapshots ?? []).filter { s in lun.map { s.lun == $0 } ?? true }
+        if json {
+            struct Listing: Encodable { var snapshots: [StatusReport.SnapshotInfo] }
+            print(CLI.json(Listing(snapshots: snapshots)))
+            return
+        }
+        if snapshots.isEmpty { print("no snapshots; take one with `vsa snap create \(target) LUN NAME`") }
+        for s in snapshots { print(s.line) }
+    }
+}
+
+struct SnapDelete: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "delete", abstract: "Delete a snapshot (not while a clone is linked to it or it is secure); its unique blocks are freed.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The thin LUN.") var lun: String
+    @Argument(help: "The snapshot.") var name: String
+
+    func execute() throws(VSAError) {
+        _ = try control(try mountedArray(target, "delete a snapshot"), ["snap-delete", lun, name])
+        print("deleted snapshot \(lun)@\(name)")
+    }
+}
+
+struct SnapRestore: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore", abstract: "Make the LUN's contents the snapshot's (the LUN must be closed); the snapshot stays.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The thin LUN.") var lun: String
+    @Argument(help: "The snapshot.") var name: String
+
+    func execute() throws(VSAError) {
+        _ = try control(try mountedArray(target, "restore a snapshot"), ["snap-restore", lun, name])
+        print("restored LUN \(lun) from snapshot \(name)")
+    }
+}
+
+struct SnapLink: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "link", abstract: "Make a writable clone of a snapshot: a new thin LUN sharing the snapshot's blocks.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The thin LUN.") var lun: String
+    @Argument(help: "The snapshot.") var name: String
+    @Argument(help: "The new LUN's name.") var newLUN: String
+
+    func execute() throws(VSAError) {
+        if let problem = validateLUNName(newLUN) { throw VSAError("\(problem): '\(newLUN)'") }
+        _ = try control(try mountedArray(target, "link a snapshot"), ["snap-link", lun, name, newLUN])
+        print("linked clone \(newLUN) to snapshot \(lun)@\(name)")
+    }
+}
+
+struct SnapUnlink: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unlink", abstract: "Unlink a clone: it keeps its contents as a LUN of its own, and its snapshot can be deleted.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The clone.") var clone: String
+
+    func execute() throws(VSAError) {
+        _ = try control(try mountedArray(target, "unlink a clone"), ["snap-unlink", clone])
+        print("unlinked clone \(clone)")
+    }
+}
+
+struct SnapRelink: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relink", abstract: "Make a linked clone's contents another snapshot's of the same LUN (the clone must be closed).")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The clone.") var clone: String
+    @Argument(help: "The snapshot to link it to.") var name: String
+
+    func execute() throws(VSAError) {
+        _ = try control(try mountedArray(target, "relink a clone"), ["snap-relink", clone, name])
+        print("relinked clone \(clone) to snapshot \(name)")
     }
 }
 

@@ -104,7 +104,10 @@ public final class ArrayDaemon: @unchecked Sendable {
     let commandLock = Locked<Void>(())
     /// The pool, once the array has one (Pool.swift).
     let pool = Locked<PoolRuntime?>(nil)
-    private var session: FuseSession?
+    /// The earliest time a secure snapshot expires (0: none), which the health loop waits for (Snapshots.swift);
+    /// 1 at mount, so the first look finds what the pool holds.
+    let nextSecureExpiry = Atomic<UInt64>(1)
+    var session: FuseSession?
     /// Notes for `vsa status` (guarded by controlLock).
     var messages: [String] = []
     let rebuildTracker = RebuildTracker()
@@ -201,7 +204,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         let openedPool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: cacheBytes, log: { daemonLog($0) })
         pool.withLock { $0 = openedPool }
         let files = store.lunTable.entries.map {
-            LUNFile(name: $0.name, ref: LUNRef(lunID: $0.lunID, startStripe: $0.startStripe, sizeBytes: $0.sizeBytes, thin: $0.thin))
+            LUNFile(name: $0.name, ref: $0.ref)
         }
         let capacityBytes = geometry.capacityBytes
         let freeBox = FreeBytesBox()
@@ -319,6 +322,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                     } catch { daemonLog("recording a drive failure failed: \(error)") }
                 }
                 startRebuildOntoSpare()
+                expireSecureSnapshots()
             }
         }
         thread.name = "health"
@@ -348,7 +352,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 }
                 let free = controlLock.withLock { _ in store.freeBytes }
                 frontEnd.add(
-                    LUNFile(name: entry.name, ref: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes, thin: entry.thin)))
+                    LUNFile(name: entry.name, ref: entry.ref))
                 freeBox.value.store(free, ordering: .relaxed)
                 session?.invalidateEntry(name: entry.name, inode: 0)
                 daemonLog("LUN \(entry.name) created, \(entry.sizeBytes) bytes")
@@ -358,10 +362,17 @@ public final class ArrayDaemon: @unchecked Sendable {
                 guard let entry = controlLock.withLock({ _ in store.lunTable.entries.first(where: { $0.name == name }) }) else {
                     throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
                 }
+                if entry.thin {
+                    let snaps = snapshotRecords().filter { $0.label.lunID == entry.lunID }
+                    guard snaps.isEmpty else {
+                        throw VSAError(
+                            "LUN \(name) has \(snaps.count) snapshot\(snaps.count == 1 ? "" : "s"); delete them first (vsa snap list TARGET \(name))")
+                    }
+                }
                 guard frontEnd.remove(lunID: entry.lunID) else {
                     throw VSAError("LUN \(name) is open; close it (and detach any loop device on it) first")
                 }
-                engines.discard(lun: LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes, thin: entry.thin))
+                engines.discard(lun: entry.ref)
                 let free = try controlLock.withLock { _ throws(VSAError) in
                     _ = try store.deleteLUN(name: name)
                     return store.freeBytes
@@ -376,6 +387,26 @@ public final class ArrayDaemon: @unchecked Sendable {
                 freeBox.value.store(free, ordering: .relaxed)
                 session?.invalidateEntry(name: name, inode: UInt64(entry.lunID) + 1)
                 daemonLog("LUN \(name) deleted")
+                return "ok\n"
+            case "snap-create" where words.count == 4:
+                guard let seconds = UInt64(words[3]) else { throw VSAError("bad secure time") }
+                try createSnapshot(lun: words[1], name: words[2], secureSeconds: seconds)
+                return "ok\n"
+            case "snap-delete" where words.count == 3:
+                try deleteSnapshot(lun: words[1], name: words[2])
+                return "ok\n"
+            case "snap-restore" where words.count == 3:
+                try restoreSnapshot(lun: words[1], name: words[2])
+                return "ok\n"
+            case "snap-link" where words.count == 4:
+                let entry = try linkSnapshot(lun: words[1], name: words[2], clone: words[3])
+                freeBox.value.store(controlLock.withLock { _ in store.freeBytes }, ordering: .relaxed)
+                return "ok\n\(entry.lunID)"
+            case "snap-unlink" where words.count == 2:
+                try unlinkClone(words[1])
+                return "ok\n"
+            case "snap-relink" where words.count == 3:
+                try relinkClone(words[1], to: words[2])
                 return "ok\n"
             case "drive-fail" where words.count == 3:
                 let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(words[1]) }

@@ -57,6 +57,7 @@ extension ArrayDaemon {
                 throw VSAError("thin LUN id \(id) has no map in pool home \(home.home): the pool and the LUN table disagree")
             }
         }
+        try checkSnapshots(store: store, homes: opened, log: log)
         let runtime = PoolRuntime(layout: layout, space: space, homes: opened)
         guard engines.attachPool(layout: layout, homes: opened) == 0 else { throw VSAError("the pool could not be attached to the directors") }
         return runtime
@@ -166,6 +167,7 @@ extension ArrayDaemon {
             report.luns[i].allocatedBytes = stats.reduce(0) { $0 + ($1.versions[id]?.mapped ?? 0) } * block
             report.luns[i].uniqueBytes = stats.reduce(0) { $0 + ($1.versions[id]?.own ?? 0) } * block
         }
+        addSnapshotStatus(&report, stats: stats)
         let segments = runtime.space.poolSegments
         let free = runtime.space.freeSegments
         let segmentBytes = UInt64(runtime.layout.blocksPerSegment) * block

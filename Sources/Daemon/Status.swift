@@ -5,6 +5,10 @@ import Drives
 import MemoryServices
 import Metadata
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 public struct StatusReport: Codable, Sendable {
     public struct ArrayInfo: Codable, Sendable {
         public var uuid: String
@@ -44,6 +48,22 @@ public struct StatusReport: Codable, Sendable {
         public var thin: Bool = false
         public var allocatedBytes: UInt64? = nil
         public var uniqueBytes: UInt64? = nil
+        /// A linked clone: the LUN and snapshot it was linked to ("LUN@snapshot").
+        public var linkedTo: String? = nil
+    }
+    /// A snapshot of a thin LUN (docs/POOL.md, "Snapshots, clones, restore").
+    public struct SnapshotInfo: Codable, Sendable {
+        public var lun: String
+        public var name: String
+        public var id: UInt32
+        public var createdSeconds: UInt64
+        /// A secure snapshot cannot be deleted before this time (seconds since the epoch); it is deleted after it.
+        public var secureUntilSeconds: UInt64?
+        /// What the snapshot maps, and what only it holds (deleting it frees that).
+        public var allocatedBytes: UInt64
+        public var uniqueBytes: UInt64
+        /// The clones linked to it.
+        public var linked: [String]
     }
     /// The pool thin LUNs take their blocks from (docs/POOL.md).
     public struct PoolInfo: Codable, Sendable {
@@ -211,6 +231,7 @@ public struct StatusReport: Codable, Sendable {
     public var rebuild: RebuildInfo?
     public var scrub: ScrubInfo?
     public var pool: PoolInfo? = nil
+    public var snapshots: [SnapshotInfo]? = nil
 
     /// The parts that come from the drives alone.
     public static func offline(store: ArrayStore, cacheBytes: UInt64) -> StatusReport {
@@ -292,8 +313,13 @@ public struct StatusReport: Codable, Sendable {
                 line += "  thin"
                 if let a = l.allocatedBytes { line += ", allocated \(formatSize(a))" }
                 if let u = l.uniqueBytes { line += ", unique \(formatSize(u))" }
+                if let origin = l.linkedTo { line += ", clone of \(origin)" }
             }
             lines.append(line)
+        }
+        if let snapshots, !snapshots.isEmpty {
+            lines.append("snapshots:")
+            for s in snapshots { lines.append("  " + s.line) }
         }
         if let p = pool {
             let tenths = Int((p.usedPercent * 10).rounded())
@@ -337,4 +363,23 @@ public struct StatusReport: Codable, Sendable {
         for m in messages { lines.append("note: \(m)") }
         return lines.joined(separator: "\n")
     }
+}
+
+extension StatusReport.SnapshotInfo {
+    /// One line for `vsa status` and `vsa snap list`.
+    public var line: String {
+        var text = "\(lun)@\(name)  taken \(utcTime(createdSeconds)), allocated \(formatSize(allocatedBytes)), unique \(formatSize(uniqueBytes))"
+        if let until = secureUntilSeconds { text += ", secure until \(utcTime(until))" }
+        if !linked.isEmpty { text += ", linked to \(linked.joined(separator: ", "))" }
+        return text
+    }
+}
+
+/// A time as `2026-12-03 07:15:02 UTC`.
+public func utcTime(_ seconds: UInt64) -> String {
+    var t = time_t(truncatingIfNeeded: min(seconds, UInt64(Int32.max) * 64))
+    var parts = tm()
+    gmtime_r(&t, &parts)
+    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) UTC"
 }

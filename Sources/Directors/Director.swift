@@ -97,6 +97,9 @@ public enum PoolWork {
     case checkpoint(home: Int)
     /// The home's counters, copied where the control plane can read them.
     case stats(home: Int, into: PoolHomeStats)
+    /// A change of the home's versions (a snapshot, link, restore or delete), after the director's pages are
+    /// committed; false if it failed.
+    case change(home: Int, body: (PoolHome) -> Bool)
 }
 
 /// Where the seeded simulation's scheduler (Tests/UnitTests/SimulationScheduler.swift) takes over a thread that would
@@ -537,7 +540,10 @@ extension Director {
         switch work {
         case .createVersion(let home, let lunID, let blocks):
             return pool.withHome(home) { h in
-                if h.versions[lunID] == nil { h.createVersion(lunID, blocks: blocks) }
+                if h.versions[lunID] == nil {
+                    guard h.hasVersionRoom else { return false }
+                    h.createVersion(lunID, blocks: blocks)
+                }
                 return h.checkpoint()
             }
         case .deleteVersion(let home, let lunID):
@@ -547,6 +553,8 @@ extension Director {
         case .stats(let home, let stats):
             pool.withHome(home) { stats.capture($0) }
             return true
+        case .change(let home, let body):
+            return pool.commit() && pool.withHome(home, body)
         }
     }
 }

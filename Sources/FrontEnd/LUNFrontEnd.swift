@@ -21,11 +21,37 @@ public final class LUNFile: Sendable {
     public let name: String
     public let ref: LUNRef
     public let openCount = Atomic<Int>(0)
+    /// Writes in flight, plus `held` while a snapshot is being taken: new writes wait then, so that every home's
+    /// part of the snapshot is the same point in time (one acknowledged write in it means every earlier one is).
+    private let writeGate = Atomic<Int>(0)
+    private static let held = 1 << 40
     public var inode: UInt64 { UInt64(ref.lunID) + 1 }
     public init(name: String, ref: LUNRef) {
         self.name = name
         self.ref = ref
     }
+
+    /// A write or zero enters (waiting while the LUN's writes are held; that lasts a snapshot's checkpoints).
+    @inline(__always) func enterWrite() {
+        while true {
+            let gate = writeGate.load(ordering: .acquiring)
+            if gate & LUNFile.held != 0 {
+                usleep(100)
+                continue
+            }
+            if writeGate.compareExchange(expected: gate, desired: gate + 1, ordering: .acquiringAndReleasing).exchanged { return }
+        }
+    }
+
+    @inline(__always) func leaveWrite() { writeGate.subtract(1, ordering: .releasing) }
+
+    /// Holds new writes and waits for those in flight (one holder at a time: the daemon's command lock).
+    public func holdWrites() {
+        writeGate.add(LUNFile.held, ordering: .acquiringAndReleasing)
+        while writeGate.load(ordering: .acquiring) & (LUNFile.held - 1) != 0 { usleep(100) }
+    }
+
+    public func releaseWrites() { writeGate.subtract(LUNFile.held, ordering: .releasing) }
 }
 
 public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
@@ -75,6 +101,9 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
             return true
         }
     }
+
+    /// The LUN's file, if the mount shows it.
+    public func file(lunID: UInt32) -> LUNFile? { luns.withLock { $0[lunID] } }
 
     public func isOpen(lunID: UInt32) -> Bool {
         luns.withLock { $0[lunID]?.openCount.load(ordering: .acquiring) ?? 0 > 0 }
@@ -197,9 +226,11 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         // A LUN never grows: a write that does not fit changes nothing.
         guard offset <= l.ref.sizeBytes, UInt64(count) <= l.ref.sizeBytes - offset else { return reply.error(EFBIG) }
         if count == 0 { return reply.written(0) }
+        l.enterWrite()
         var rc = port.write(lun: l.ref, offsetBytes: offset, count: count, from: data)
         // O_SYNC / O_DSYNC (or RWF_DSYNC): durable before the answer.
         if rc == 0 && flags & O_DSYNC != 0 { rc = port.flush(lun: l.ref) }
+        l.leaveWrite()
         if rc != 0 { return reply.error(rc) }
         reply.written(count)
     }
@@ -226,7 +257,9 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
             if mode & zeroRange != 0 && mode & keepSize == 0 && end > size { return reply.error(EFBIG) }
             guard offset < size else { return reply.ok() }
             // Punched and zeroed ranges read back as zeroes: written as zeroes through global memory.
+            l.enterWrite()
             let rc = port.zero(lun: l.ref, offsetBytes: offset, count: min(end, size) - offset)
+            l.leaveWrite()
             return rc == 0 ? reply.ok() : reply.error(rc)
         }
         if mode & ~keepSize != 0 { return reply.error(EOPNOTSUPP) }

@@ -592,7 +592,8 @@ public final class ArrayStore: @unchecked Sendable {
 
     /// Checks a new LUN's name, size and count; answers the id it will get (the smallest free one: ids stay at or
     /// below lunCountMax, so the front end's handle table is fixed-size).
-    public func checkNewLUN(name: String, sizeBytes: UInt64, thin: Bool) throws(VSAError) -> UInt32 {
+    /// With `idGroup` (r, m), the id is one with id % m == r: a linked clone's id shares its origin's homes.
+    public func checkNewLUN(name: String, sizeBytes: UInt64, thin: Bool, idGroup: (residue: UInt32, modulus: UInt32)? = nil) throws(VSAError) -> UInt32 {
         if let problem = validateLUNName(name) { throw VSAError("\(problem): \(name)") }
         guard lunTable.entries.first(where: { $0.name == name }) == nil else {
             throw VSAError("a LUN named \(name) already exists; pick another name or delete it first")
@@ -610,9 +611,19 @@ public final class ArrayStore: @unchecked Sendable {
                 throw VSAError("a LUN of \(formatSize(sizeBytes)) does not fit in this array (capacity \(formatSize(geometry.capacityBytes)))")
             }
         }
-        var lunID: UInt32 = 1
-        while lunTable.entries.contains(where: { $0.lunID == lunID }) { lunID += 1 }
+        let taken = Set(lunTable.entries.map(\.lunID))
+        guard let lunID = (1...UInt32(Layout.lunCountMax)).first(where: { id in !taken.contains(id) && idGroup.map { id % $0.modulus == $0.residue } ?? true })
+        else { throw VSAError("no LUN id is left that shares the origin's director homes; delete a LUN first") }
         return lunID
+    }
+
+    /// Writes a changed entry of LUN `entry.lunID` (a clone linked or unlinked, a restore begun or finished).
+    public func updateLUN(_ entry: LUNEntry) throws(VSAError) {
+        guard let i = lunTable.entries.firstIndex(where: { $0.lunID == entry.lunID }) else { throw VSAError("LUN \(entry.name) no longer exists") }
+        var table = lunTable
+        table.entries[i] = entry
+        try writeLUNTable(table)
+        _ = try recordFailures()
     }
 
     /// The first run of `needed` stripes that no thick LUN, the pool area or a run in `avoiding` (the pool's

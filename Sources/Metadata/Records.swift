@@ -259,13 +259,23 @@ public struct LUNEntry: Equatable, Sendable {
     public var startStripe: UInt64
     public var stripeCount: UInt64
     public var thin: Bool
-    public init(lunID: UInt32, name: String, sizeBytes: UInt64, startStripe: UInt64, stripeCount: UInt64, thin: Bool = false) {
+    /// A linked clone's snapshot (its pool version id; 0: not a clone, or unlinked).
+    public var linkedSnapshot: UInt32
+    /// A restore or relink under way: the snapshot every home resets the LUN to (0: none). Set before the homes
+    /// change and cleared after, so a crash between is finished at the next mount, never left half done.
+    public var pendingReset: UInt32
+    public init(
+        lunID: UInt32, name: String, sizeBytes: UInt64, startStripe: UInt64, stripeCount: UInt64, thin: Bool = false, linkedSnapshot: UInt32 = 0,
+        pendingReset: UInt32 = 0
+    ) {
         self.lunID = lunID
         self.name = name
         self.sizeBytes = sizeBytes
         self.startStripe = startStripe
         self.stripeCount = stripeCount
         self.thin = thin
+        self.linkedSnapshot = linkedSnapshot
+        self.pendingReset = pendingReset
     }
     /// The most a thin LUN provisions: 256 TiB.
     public static let thinBytesMax: UInt64 = 1 << 48
@@ -334,6 +344,8 @@ public struct LUNTable: Equatable, Sendable {
             w.put(e.stripeCount, at: base + 80)
             w.put(e.lunID, at: base + 88)
             w.put(UInt32(e.thin ? 1 : 0), at: base + 92)
+            w.put(e.linkedSnapshot, at: base + 96)
+            w.put(e.pendingReset, at: base + 100)
         }
         w.put(recordCRC(w.bytes, crcOffset: LUNTable.crcOffset), at: LUNTable.crcOffset)
         return w.bytes
@@ -373,7 +385,8 @@ public struct LUNTable: Equatable, Sendable {
             entries.append(
                 LUNEntry(
                     lunID: r.get(UInt32.self, at: base + 88), name: name, sizeBytes: r.get(UInt64.self, at: base + 64),
-                    startStripe: r.get(UInt64.self, at: base + 72), stripeCount: r.get(UInt64.self, at: base + 80), thin: flags == 1))
+                    startStripe: r.get(UInt64.self, at: base + 72), stripeCount: r.get(UInt64.self, at: base + 80), thin: flags == 1,
+                    linkedSnapshot: version >= 3 ? r.get(UInt32.self, at: base + 96) : 0, pendingReset: version >= 3 ? r.get(UInt32.self, at: base + 100) : 0))
         }
         let generation = header.get(UInt64.self, at: 24)
         guard generation < Layout.generationMax else { throw RecordRejection(reason: "LUN table generation \(generation) out of range") }
@@ -401,7 +414,14 @@ public struct LUNTable: Equatable, Sendable {
                 guard pool != nil, e.sizeBytes > 0, e.sizeBytes % UInt64(sectorBytes) == 0, e.sizeBytes <= LUNEntry.thinBytesMax, e.startStripe == 0,
                     e.stripeCount == 0
                 else { throw RecordRejection(reason: "LUN table entry \(e.name): a thin LUN of \(e.sizeBytes) bytes out of range or without a pool") }
+                // Snapshots' version ids lie above the LUN ids (a LUN's live version is its LUN id).
+                for id in [e.linkedSnapshot, e.pendingReset] where id != 0 && id <= UInt32(Layout.lunCountMax) {
+                    throw RecordRejection(reason: "LUN table entry \(e.name) names snapshot \(id), which cannot be a snapshot")
+                }
                 continue
+            }
+            guard e.linkedSnapshot == 0, e.pendingReset == 0 else {
+                throw RecordRejection(reason: "LUN table entry \(e.name): a thick LUN cannot be a clone or be restored from a snapshot")
             }
             guard e.sizeBytes > 0, e.sizeBytes % UInt64(sectorBytes) == 0, e.sizeBytes <= geometry.capacityBytes,
                 e.stripeCount == geometry.stripesFor(sizeBytes: e.sizeBytes)

@@ -48,6 +48,8 @@ public struct VersionRecord: Equatable, Sendable {
     public var unique: UInt64
     /// Versions whose origin this one is (kept in memory, counted again after every change of origins).
     public var dependentCount = 0
+    /// What the control plane records with a snapshot (the pool keeps it and never reads it).
+    public var label = VersionLabel()
     public init(id: UInt32, kind: Kind, blocks: UInt64) {
         self.id = id
         self.kind = kind
@@ -59,6 +61,23 @@ public struct VersionRecord: Equatable, Sendable {
         mapped = 0
         own = 0
         unique = 0
+    }
+}
+
+/// A snapshot's name, the LUN it was taken of, when, and until when it may not be deleted (0: not secure), kept in
+/// its version record in every home: a snapshot exists when every home holds it (docs/POOL.md, "Snapshots").
+public struct VersionLabel: Equatable, Sendable {
+    public static let nameBytesMax = 64
+    public var lunID: UInt32 = 0
+    public var name = ""
+    public var createdSeconds: UInt64 = 0
+    public var secureUntilSeconds: UInt64 = 0
+    public init(lunID: UInt32 = 0, name: String = "", createdSeconds: UInt64 = 0, secureUntilSeconds: UInt64 = 0) {
+        precondition(name.utf8.count <= VersionLabel.nameBytesMax)
+        self.lunID = lunID
+        self.name = name
+        self.createdSeconds = createdSeconds
+        self.secureUntilSeconds = secureUntilSeconds
     }
 }
 
@@ -469,6 +488,12 @@ public final class PoolHome: MapBlockReader {
                 base.storeBytes(of: v.mapped.littleEndian, toByteOffset: at + 40, as: UInt64.self)
                 base.storeBytes(of: v.own.littleEndian, toByteOffset: at + 48, as: UInt64.self)
                 base.storeBytes(of: v.unique.littleEndian, toByteOffset: at + 56, as: UInt64.self)
+                base.storeBytes(of: v.label.lunID.littleEndian, toByteOffset: at + 64, as: UInt32.self)
+                let name = Array(v.label.name.utf8)
+                base.storeBytes(of: UInt32(name.count).littleEndian, toByteOffset: at + 68, as: UInt32.self)
+                base.storeBytes(of: v.label.createdSeconds.littleEndian, toByteOffset: at + 72, as: UInt64.self)
+                base.storeBytes(of: v.label.secureUntilSeconds.littleEndian, toByteOffset: at + 80, as: UInt64.self)
+                name.withUnsafeBytes { (base + at + 96).copyMemory(from: $0.baseAddress!, byteCount: name.count) }
                 at += PoolLayout.versionRecordBytes
             }
             for s in owned {

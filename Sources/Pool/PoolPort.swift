@@ -80,6 +80,8 @@ public final class PoolPort {
 public final class PoolHomeStats: @unchecked Sendable {
     /// Per version: mapped blocks, own blocks, unique blocks.
     public var versions: [UInt32: (mapped: UInt64, own: UInt64, unique: UInt64)] = [:]
+    /// Per version: its kind, origin and label (snapshots' names and times).
+    public var records: [UInt32: VersionRecord] = [:]
     public var ownedSegments = 0
     public var liveBlocks: UInt64 = 0
     public var checkpoint: UInt64 = 0
@@ -93,6 +95,7 @@ public final class PoolHomeStats: @unchecked Sendable {
     public func capture(_ h: PoolHome) {
         versions = [:]
         for (id, v) in h.versions { versions[id] = (v.mapped, v.own, v.unique) }
+        records = h.versions
         let owned = h.space.owned(by: h.home)
         ownedSegments = owned.count
         liveBlocks = owned.reduce(0) { $0 + UInt64(h.space.liveBlocks($1)) }

@@ -136,6 +136,14 @@ extension PoolHome {
             v.mapped = UInt64(littleEndian: base.load(fromByteOffset: at + 40, as: UInt64.self))
             v.own = UInt64(littleEndian: base.load(fromByteOffset: at + 48, as: UInt64.self))
             v.unique = UInt64(littleEndian: base.load(fromByteOffset: at + 56, as: UInt64.self))
+            let nameCount = Int(UInt32(littleEndian: base.load(fromByteOffset: at + 68, as: UInt32.self)))
+            guard nameCount <= VersionLabel.nameBytesMax,
+                let name = String(validating: UnsafeRawBufferPointer(start: base + at + 96, count: nameCount), as: UTF8.self)
+            else { throw VSAError("pool home \(home): version record \(i) (id \(id)) has a damaged name") }
+            v.label = VersionLabel(
+                lunID: UInt32(littleEndian: base.load(fromByteOffset: at + 64, as: UInt32.self)), name: name,
+                createdSeconds: UInt64(littleEndian: base.load(fromByteOffset: at + 72, as: UInt64.self)),
+                secureUntilSeconds: UInt64(littleEndian: base.load(fromByteOffset: at + 80, as: UInt64.self)))
             guard id != 0, v.blocks > 0, v.blocks <= PoolLayout.localBlocksMax, !v.root.isMapped || v.root.pba < layout.blockCount,
                 v.threshold <= header.generation, v.generation <= header.generation, v.mapped <= v.blocks, v.own <= v.mapped, v.unique <= v.own
             else { throw VSAError("pool home \(home): version record \(i) (id \(id)) is out of range") }

@@ -9,13 +9,25 @@
 import ArrayModel
 
 extension PoolHome {
+    /// Whether the version table has room for one more version (its slots are sized for `layout.versionsMax`).
+    public var hasVersionRoom: Bool { versions.count < layout.versionsMax }
+
+    /// A new live version that maps what snapshot `snapshot` maps (a linked clone). False if a checkpoint failed.
+    public func link(_ id: UInt32, to snapshot: UInt32) -> Bool {
+        guard versions[id] == nil, let snap = versions[snapshot], snap.kind != .live, hasVersionRoom else { return false }
+        createVersion(id, blocks: snap.blocks)
+        return reset(id, to: snapshot)
+    }
+
     /// The versions whose origin is `id`.
     public func dependents(of id: UInt32) -> [UInt32] { versions.values.filter { $0.origin == id }.map(\.id).sorted() }
 
     /// Takes a snapshot of live version `id` as version `snapshot`: the snapshot gets the live root; the live version
     /// goes on from there with the snapshot as its origin. No data moves. False if a checkpoint could not be written.
-    public func snapshot(_ id: UInt32, as snapshot: UInt32) -> Bool {
-        guard let live = versions[id], live.kind == .live, versions[snapshot] == nil, snapshot != 0, generation + 1 < MapEntry.birthLimit else {
+    public func snapshot(_ id: UInt32, as snapshot: UInt32, label: VersionLabel = VersionLabel()) -> Bool {
+        guard let live = versions[id], live.kind == .live, versions[snapshot] == nil, snapshot != 0, hasVersionRoom,
+            generation + 1 < MapEntry.birthLimit
+        else {
             return false
         }
         guard checkpoint() else { return false }
@@ -28,6 +40,7 @@ extension PoolHome {
         snap.own = live.own
         // What the live version held it now shares with the snapshot: nothing is unique to the snapshot yet.
         snap.unique = 0
+        snap.label = label
         map.addVersion(snapshot, blocks: live.blocks, root: snap.root)
         versions[snapshot] = snap
         versions[id]!.origin = snapshot
