@@ -203,7 +203,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         // The pool, before any director runs: its homes are recovered on the directors' back ends from this thread.
         let openedPool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: cacheBytes, log: { daemonLog($0) })
         pool.withLock { $0 = openedPool }
-        let files = store.lunTable.entries.map {
+        // A LUN whose restore could not be finished stays off the mount (Snapshots.swift, checkSnapshots).
+        let files = store.lunTable.entries.filter { $0.pendingReset == 0 }.map {
             LUNFile(name: $0.name, ref: $0.ref)
         }
         let capacityBytes = geometry.capacityBytes
@@ -241,6 +242,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         startControlSocket(listener: listener)
         startDriveProbes()
         startHealthMonitor()
+        startSecureExpiry()
         // A rebuild the last mount did not finish resumes; a failed member with a spare at hand gets it.
         startRebuildThread(rate: defaultRebuildRate)
         startRebuildOntoSpare()
@@ -322,7 +324,6 @@ public final class ArrayDaemon: @unchecked Sendable {
                     } catch { daemonLog("recording a drive failure failed: \(error)") }
                 }
                 startRebuildOntoSpare()
-                expireSecureSnapshots()
             }
         }
         thread.name = "health"
@@ -363,7 +364,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                     throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
                 }
                 if entry.thin {
-                    let snaps = snapshotRecords().filter { $0.label.lunID == entry.lunID }
+                    let snaps = try snapshotRecords().filter { $0.label.lunID == entry.lunID }
                     guard snaps.isEmpty else {
                         throw VSAError(
                             "LUN \(name) has \(snaps.count) snapshot\(snaps.count == 1 ? "" : "s"); delete them first (vsa snap list TARGET \(name))")

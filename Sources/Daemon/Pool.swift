@@ -148,10 +148,11 @@ extension ArrayDaemon {
     func deleteThinVersions(lunID: UInt32) -> Bool { engines.poolEach { .deleteVersion(home: $0, lunID: lunID) } == 0 }
 
     /// Per home, its counters (copied on the director acting for it).
-    func poolStats() -> [PoolHomeStats] {
+    /// Nil when a home did not answer.
+    func poolStats() -> [PoolHomeStats]? {
         guard poolRuntime() != nil else { return [] }
         let stats = engines.directors.map { _ in PoolHomeStats() }
-        _ = engines.poolEach { .stats(home: $0, into: stats[$0]) }
+        guard engines.poolEach({ .stats(home: $0, into: stats[$0]) }) == 0 else { return nil }
         return stats
     }
 }
@@ -160,7 +161,7 @@ extension ArrayDaemon {
     /// The pool's part of `vsa status`: per thin LUN its allocated and unique bytes, and the pool's size and use.
     func addPoolStatus(_ report: inout StatusReport) {
         guard let runtime = poolRuntime() else { return }
-        let stats = poolStats()
+        let stats = poolStats() ?? []
         let block = UInt64(PoolLayout.blockBytes)
         for i in report.luns.indices where report.luns[i].thin {
             let id = report.luns[i].id
@@ -168,10 +169,15 @@ extension ArrayDaemon {
             report.luns[i].uniqueBytes = stats.reduce(0) { $0 + ($1.versions[id]?.own ?? 0) } * block
         }
         addSnapshotStatus(&report, stats: stats)
-        let segments = runtime.space.poolSegments
-        let free = runtime.space.freeSegments
+        // What host data can have: the segments held back for checkpoints, unmaps and the homes' open segments are
+        // neither size nor free, so 100% used is where writes get ENOSPC.
+        let heldBack = runtime.space.heldBackSegments.load(ordering: .relaxed)
+        let segments = max(0, runtime.space.poolSegments - heldBack)
+        // Blocks promised to pages still in the cache are as good as taken.
+        let promised = (runtime.space.promisedBlocks.load(ordering: .relaxed) + runtime.layout.blocksPerSegment - 1) / runtime.layout.blocksPerSegment
+        let free = min(segments, max(0, runtime.space.freeSegments - heldBack - promised))
         let segmentBytes = UInt64(runtime.layout.blocksPerSegment) * block
-        let used = segments == 0 ? 0 : Double(segments - free) * 100 / Double(segments)
+        let used = segments == 0 ? 100 : Double(segments - free) * 100 / Double(segments)
         var warning: String? = nil
         for level in [95.0, 90.0, 80.0] where used >= level && warning == nil {
             warning = "the pool is \(Int(level))% used or more: delete snapshots or LUNs, or discard (fstrim) what is not needed"
@@ -180,7 +186,8 @@ extension ArrayDaemon {
             sizeBytes: UInt64(segments) * segmentBytes, allocatedBytes: stats.reduce(0) { $0 + $1.liveBlocks } * block,
             freeBytes: UInt64(free) * segmentBytes, usedPercent: used, segments: segments, freeSegments: free, segmentBytes: segmentBytes,
             checkpoints: stats.reduce(0) { $0 + $1.checkpoint }, commits: stats.reduce(0) { $0 + $1.commits },
-            paddingBytes: stats.reduce(0) { $0 + $1.paddingBlocks } * block, damagedMapNodes: stats.reduce(0) { $0 + $1.damagedNodes }, warning: warning)
+            paddingBytes: stats.reduce(0) { $0 + $1.paddingBlocks } * block, damagedMapNodes: stats.reduce(0) { $0 + $1.damagedNodes },
+            promisedBytes: UInt64(max(0, runtime.space.promisedBlocks.load(ordering: .relaxed))) * block, warning: warning)
         // The array's free space: what no thick LUN, pool area or pool segment holds.
         report.array.freeBytes =
             report.array.freeBytes > UInt64(segments - free) * segmentBytes ? report.array.freeBytes - UInt64(segments - free) * segmentBytes : 0

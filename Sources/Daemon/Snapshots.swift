@@ -6,6 +6,7 @@
 // cleared after, so a crash between is finished by the next mount.
 import ArrayModel
 import Directors
+import Foundation
 import FrontEnd
 import Metadata
 import Pool
@@ -28,11 +29,16 @@ extension ArrayDaemon {
 
     static func now() -> UInt64 { UInt64(max(0, time(nil))) }
 
-    /// The visible snapshots (zombies, deleted but still shared, are not), from home 0's records: after the mount's
-    /// check every home holds the same ones.
-    func snapshotRecords() -> [VersionRecord] {
-        guard let records = poolStats().first?.records else { return [] }
-        return records.values.filter { $0.kind == .snapshot }.sorted {
+    /// The snapshots: versions every home holds as one (zombies, deleted but still shared, are not; nor is one a
+    /// failed create or delete left in some homes only), in LUN and time order.
+    func snapshotRecords() throws(VSAError) -> [VersionRecord] {
+        guard let stats = poolStats() else { throw VSAError("the pool's homes did not answer (drives or directors failing); try again") }
+        return ArrayDaemon.snapshots(in: stats.map(\.records))
+    }
+
+    static func snapshots(in homes: [[UInt32: VersionRecord]]) -> [VersionRecord] {
+        guard let first = homes.first else { return [] }
+        return first.values.filter { v in v.id >= firstSnapshotID && homes.allSatisfy { $0[v.id]?.kind == .snapshot } }.sorted {
             ($0.label.lunID, $0.label.createdSeconds, $0.id) < ($1.label.lunID, $1.label.createdSeconds, $1.id)
         }
     }
@@ -44,11 +50,14 @@ extension ArrayDaemon {
         guard entry.thin, poolRuntime() != nil else {
             throw VSAError("LUN \(name) is thick: \(action) needs a thin LUN (vsa lun create TARGET NAME --size SIZE --thin)")
         }
+        guard entry.pendingReset == 0 else {
+            throw VSAError("LUN \(name) has a restore or relink that could not finish; unmount and mount the array to finish it")
+        }
         return entry
     }
 
     private func snapshot(_ name: String, of lun: LUNEntry) throws(VSAError) -> VersionRecord {
-        guard let s = snapshotRecords().first(where: { $0.label.lunID == lun.lunID && $0.label.name == name }) else {
+        guard let s = try snapshotRecords().first(where: { $0.label.lunID == lun.lunID && $0.label.name == name }) else {
             throw VSAError("LUN \(lun.name) has no snapshot named \(name); `vsa snap list` shows them")
         }
         return s
@@ -60,8 +69,8 @@ extension ArrayDaemon {
         if let problem = validateLUNName(name) { throw VSAError("\(problem.replacingOccurrences(of: "LUN name", with: "snapshot name")): '\(name)'") }
         guard secureSeconds <= ArrayDaemon.secureSecondsMax else { throw VSAError("--secure is at most 36600 days") }
         let lun = try thinLUN(lunName, for: "a snapshot")
-        let stats = poolStats()
-        let existing = stats.first.map { $0.records.values.filter { $0.kind == .snapshot && $0.label.lunID == lun.lunID } } ?? []
+        guard let stats = poolStats() else { throw VSAError("the pool's homes did not answer (drives or directors failing); no snapshot taken") }
+        let existing = ArrayDaemon.snapshots(in: stats.map(\.records)).filter { $0.label.lunID == lun.lunID }
         guard !existing.contains(where: { $0.label.name == name }) else {
             throw VSAError("LUN \(lunName) already has a snapshot named \(name); pick another name or delete it first")
         }
@@ -72,9 +81,14 @@ extension ArrayDaemon {
         guard stats.allSatisfy({ $0.records.count < layout.versionsMax }) else {
             throw VSAError("the pool's version table is full (\(layout.versionsMax) LUNs, snapshots and clones); delete snapshots first")
         }
-        let used = Set(stats.flatMap { $0.records.keys })
-        var id = ArrayDaemon.firstSnapshotID
-        while used.contains(id) { id += 1 }
+        // A new id above every one in use or named by the LUN table, so no record left over names the new snapshot.
+        let named = controlLock.withLock { _ in store.lunTable.entries.flatMap { [$0.linkedSnapshot, $0.pendingReset] } }
+        let used = Set(stats.flatMap { $0.records.keys } + named)
+        var id = max(ArrayDaemon.firstSnapshotID, (used.max() ?? 0) &+ 1)
+        if id == 0 || id == UInt32.max {
+            id = ArrayDaemon.firstSnapshotID
+            while used.contains(id) { id += 1 }
+        }
         let created = ArrayDaemon.now()
         let label = VersionLabel(lunID: lun.lunID, name: name, createdSeconds: created, secureUntilSeconds: secureSeconds == 0 ? 0 : created + secureSeconds)
         let file = frontEnd.file(lunID: lun.lunID)
@@ -84,7 +98,7 @@ extension ArrayDaemon {
         guard flushed == 0 else { throw VSAError("the LUN's cached writes could not be destaged (\(Posix.errnoDescription(flushed))); no snapshot taken") }
         guard engines.poolEach({ h in .change(home: h) { $0.snapshot(lun.lunID, as: id, label: label) } }) == 0 else {
             // Homes that took their part drop it again (or the next mount does).
-            _ = engines.poolEach { h in .change(home: h) { $0.versions[id] == nil || $0.deleteVersion(id) } }
+            _ = engines.poolEach(everyHome: true) { h in .change(home: h) { $0.versions[id] == nil || $0.deleteVersion(id) } }
             throw VSAError("the snapshot could not be recorded (drives failing); no snapshot taken")
         }
         if label.secureUntilSeconds != 0 { noteSecureExpiry(label.secureUntilSeconds) }
@@ -99,11 +113,11 @@ extension ArrayDaemon {
         if s.label.secureUntilSeconds != 0 && ArrayDaemon.now() < s.label.secureUntilSeconds {
             throw VSAError("snapshot \(lunName)@\(name) is secure until \(utcTime(s.label.secureUntilSeconds)); it cannot be deleted before then")
         }
-        let clones = controlLock.withLock { _ in store.lunTable.entries.filter { $0.linkedSnapshot == s.id }.map(\.name) }
+        let clones = controlLock.withLock { _ in store.lunTable.entries.filter { $0.linkedSnapshot == s.id || $0.pendingReset == s.id }.map(\.name) }
         guard clones.isEmpty else {
             throw VSAError("snapshot \(lunName)@\(name) is linked to \(clones.joined(separator: ", ")); unlink first (vsa snap unlink TARGET CLONE)")
         }
-        guard engines.poolEach({ h in .change(home: h) { $0.versions[s.id] == nil || $0.deleteVersion(s.id) } }) == 0 else {
+        guard engines.poolEach(everyHome: true, { h in .change(home: h) { $0.versions[s.id] == nil || $0.deleteVersion(s.id) } }) == 0 else {
             throw VSAError("snapshot \(lunName)@\(name) could not be deleted everywhere (drives failing); the next mount completes it")
         }
         daemonLog("snapshot \(lunName)@\(name) \(expiring ? "expired and was deleted" : "deleted")")
@@ -114,7 +128,7 @@ extension ArrayDaemon {
     func restoreSnapshot(lun lunName: String, name: String) throws(VSAError) {
         let lun = try thinLUN(lunName, for: "a restore")
         let s = try snapshot(name, of: lun)
-        try reset(lun, to: s, busy: "LUN \(lunName) is open; close it (and detach any loop device on it) before restoring it")
+        try reset(lun, to: s, relink: false, busy: "LUN \(lunName) is open; close it (and detach any loop device on it) before restoring it")
         daemonLog("LUN \(lunName) restored from snapshot \(name)")
     }
 
@@ -128,7 +142,7 @@ extension ArrayDaemon {
             try store.checkNewLUN(name: clone, sizeBytes: lun.sizeBytes, thin: true, idGroup: (lun.lunID % homes, homes))
         }
         guard engines.poolEach({ h in .change(home: h) { $0.link(id, to: s.id) } }) == 0 else {
-            _ = engines.poolEach { h in .change(home: h) { $0.versions[id] == nil || $0.deleteVersion(id) } }
+            _ = engines.poolEach(everyHome: true) { h in .change(home: h) { $0.versions[id] == nil || $0.deleteVersion(id) } }
             throw VSAError("the clone could not be made (drives failing or the pool's version table full); nothing was kept")
         }
         let entry = LUNEntry(lunID: id, name: clone, sizeBytes: lun.sizeBytes, startStripe: 0, stripeCount: 0, thin: true, linkedSnapshot: s.id)
@@ -153,20 +167,20 @@ extension ArrayDaemon {
     /// the clone is dropped). The clone must be closed.
     func relinkClone(_ clone: String, to name: String) throws(VSAError) {
         let entry = try thinLUN(clone, for: "a relink")
-        guard entry.linkedSnapshot != 0, let current = snapshotRecords().first(where: { $0.id == entry.linkedSnapshot }) else {
+        guard entry.linkedSnapshot != 0, let current = try snapshotRecords().first(where: { $0.id == entry.linkedSnapshot }) else {
             throw VSAError("LUN \(clone) is not linked to a snapshot; `vsa snap link` makes a clone")
         }
         guard let origin = controlLock.withLock({ _ in store.lunTable.entries.first(where: { $0.lunID == current.label.lunID }) }) else {
             throw VSAError("the LUN clone \(clone) was linked from no longer exists")
         }
         let s = try snapshot(name, of: origin)
-        try reset(entry, to: s, busy: "LUN \(clone) is open; close it (and detach any loop device on it) before relinking it")
+        try reset(entry, to: s, relink: true, busy: "LUN \(clone) is open; close it (and detach any loop device on it) before relinking it")
         daemonLog("clone \(clone) relinked to snapshot \(origin.name)@\(name)")
     }
 
     /// A restore or relink: the LUN leaves the mount (refused if open), its cached tracks go, the LUN table records
     /// the reset, every home resets the LUN's version to the snapshot's roots, and the record is cleared.
-    private func reset(_ lun: LUNEntry, to s: VersionRecord, busy: String) throws(VSAError) {
+    private func reset(_ lun: LUNEntry, to s: VersionRecord, relink: Bool, busy: String) throws(VSAError) {
         guard let file = frontEnd.file(lunID: lun.lunID), frontEnd.remove(lunID: lun.lunID) else { throw VSAError(busy) }
         var entry = lun
         entry.pendingReset = s.id
@@ -181,7 +195,7 @@ extension ArrayDaemon {
             // Half the homes reset: the LUN stays off the mount; the next mount finishes the reset.
             throw VSAError("LUN \(lun.name) could not be reset everywhere (drives failing); it stays hidden until the next mount finishes it")
         }
-        if lun.linkedSnapshot != 0 { entry.linkedSnapshot = s.id }
+        if relink { entry.linkedSnapshot = s.id }
         entry.pendingReset = 0
         try controlLock.withLock { _ throws(VSAError) in try store.updateLUN(entry) }
         frontEnd.add(file)
@@ -189,7 +203,7 @@ extension ArrayDaemon {
 
     // MARK: Secure snapshots' expiry
 
-    /// Remembers the earliest expiry, so the health loop looks at the snapshots only when one is due.
+    /// Remembers the earliest expiry, so the expiry thread looks at the snapshots only when one is due.
     func noteSecureExpiry(_ seconds: UInt64) {
         var current = nextSecureExpiry.load(ordering: .relaxed)
         while current == 0 || seconds < current {
@@ -199,18 +213,38 @@ extension ArrayDaemon {
         }
     }
 
+    /// A thread of its own (a delete can take a while: it must not hold up the health loop's recording of failed
+    /// drives) that deletes secure snapshots whose time has come, once a second.
+    func startSecureExpiry() {
+        let thread = Thread { [self] in
+            while !shuttingDown.load(ordering: .relaxed) {
+                sleep(1)
+                expireSecureSnapshots()
+            }
+        }
+        thread.name = "snapshot-expiry"
+        thread.start()
+    }
+
     /// Deletes secure snapshots whose time has come (a linked one waits for its clone's unlink).
     func expireSecureSnapshots() {
         let due = nextSecureExpiry.load(ordering: .relaxed)
-        guard due != 0, ArrayDaemon.now() >= due, !shuttingDown.load(ordering: .relaxed) else { return }
+        guard due != 0, ArrayDaemon.now() >= due, poolRuntime() != nil, !shuttingDown.load(ordering: .relaxed) else { return }
         commandLock.withLock { _ in
+            guard !shuttingDown.load(ordering: .relaxed) else { return }
             nextSecureExpiry.store(0, ordering: .relaxed)
             let now = ArrayDaemon.now()
-            for s in snapshotRecords() where s.label.secureUntilSeconds != 0 {
-                guard now >= s.label.secureUntilSeconds,
-                    let lun = controlLock.withLock({ _ in store.lunTable.entries.first(where: { $0.lunID == s.label.lunID }) })
-                else {
+            guard let records = try? snapshotRecords() else {
+                noteSecureExpiry(now + 60)
+                return
+            }
+            for s in records where s.label.secureUntilSeconds != 0 {
+                guard now >= s.label.secureUntilSeconds else {
                     noteSecureExpiry(s.label.secureUntilSeconds)
+                    continue
+                }
+                guard let lun = controlLock.withLock({ _ in store.lunTable.entries.first(where: { $0.lunID == s.label.lunID }) }) else {
+                    noteSecureExpiry(now + 60)
                     continue
                 }
                 do throws(VSAError) { try deleteSnapshot(lun: lun.name, name: s.label.name, expiring: true) } catch {
@@ -225,13 +259,10 @@ extension ArrayDaemon {
 
     /// Per snapshot: its LUN, name, times, bytes and linked clones; per clone, what it is linked to.
     func addSnapshotStatus(_ report: inout StatusReport, stats: [PoolHomeStats]) {
-        guard let home0 = stats.first else { return }
         let entries = controlLock.withLock { _ in store.lunTable.entries }
         let names = Dictionary(uniqueKeysWithValues: entries.map { ($0.lunID, $0.name) })
         let block = UInt64(PoolLayout.blockBytes)
-        let snapshots = home0.records.values.filter { $0.kind == .snapshot }.sorted {
-            ($0.label.lunID, $0.label.createdSeconds, $0.id) < ($1.label.lunID, $1.label.createdSeconds, $1.id)
-        }
+        let snapshots = ArrayDaemon.snapshots(in: stats.map(\.records))
         report.snapshots = snapshots.map { s in
             StatusReport.SnapshotInfo(
                 lun: names[s.label.lunID] ?? "(deleted LUN \(s.label.lunID))", name: s.label.name, id: s.id, createdSeconds: s.label.createdSeconds,
@@ -241,9 +272,9 @@ extension ArrayDaemon {
                 linked: entries.filter { $0.linkedSnapshot == s.id }.map(\.name).sorted())
         }
         for i in report.luns.indices {
-            guard let e = entries.first(where: { $0.lunID == report.luns[i].id }), e.linkedSnapshot != 0,
-                let s = snapshots.first(where: { $0.id == e.linkedSnapshot })
-            else { continue }
+            guard let e = entries.first(where: { $0.lunID == report.luns[i].id }) else { continue }
+            if e.pendingReset != 0 { report.luns[i].linkedTo = "(hidden: a restore could not finish)" }
+            guard e.linkedSnapshot != 0, let s = snapshots.first(where: { $0.id == e.linkedSnapshot }) else { continue }
             report.luns[i].linkedTo = "\(names[s.label.lunID] ?? "?")@\(s.label.name)"
         }
     }
@@ -251,8 +282,10 @@ extension ArrayDaemon {
 
 extension ArrayDaemon {
     /// At mount, after the homes recovered: a snapshot not held as one by every home was being taken or deleted when
-    /// the array stopped (dropped); a restore or relink the LUN table records is finished; a clone linked to a
-    /// snapshot that is gone is unlinked.
+    /// the array stopped (dropped); a zombie nothing needs any more goes; a restore or relink the LUN table records
+    /// is finished; a clone linked to a snapshot that is gone is unlinked. A LUN whose restore cannot be finished
+    /// (its snapshot gone: only a damaged or hostile image does that) keeps its record and stays off the mount, so
+    /// nobody reads it half restored; it can be deleted.
     static func checkSnapshots(store: ArrayStore, homes: [PoolHome], log: (String) -> Void) throws(VSAError) {
         let ids = Set(homes.flatMap { $0.versions.values.filter { $0.kind != .live }.map(\.id) })
         for id in ids.sorted() {
@@ -265,22 +298,29 @@ extension ArrayDaemon {
                 guard home.deleteVersion(id) else { throw VSAError("pool home \(home.home): a snapshot cut short could not be dropped") }
             }
         }
-        for original in store.lunTable.entries where original.thin && (original.pendingReset != 0 || original.linkedSnapshot != 0) {
+        for home in homes {
+            for id in home.versions.keys.sorted() where home.versions[id]?.kind == .zombie {
+                guard home.collapseZombie(id) else { throw VSAError("pool home \(home.home): a deleted snapshot's blocks could not be freed") }
+            }
+        }
+        let entries = store.lunTable.entries
+        for original in entries where original.thin && (original.pendingReset != 0 || original.linkedSnapshot != 0) {
             var entry = original
             if entry.pendingReset != 0 {
                 let s = entry.pendingReset
-                if homes.allSatisfy({ $0.versions[s]?.kind == .snapshot }) {
-                    for home in homes {
-                        guard home.reset(entry.lunID, to: s) else {
-                            throw VSAError("pool home \(home.home): LUN \(entry.name)'s restore could not be finished")
-                        }
-                    }
-                    if entry.linkedSnapshot != 0 { entry.linkedSnapshot = s }
+                // The snapshot a restore (one of the LUN's own) or relink (one of the LUN it is a clone of) named.
+                let label = homes.first?.versions[s]?.label
+                let source = entries.first { $0.lunID == label?.lunID }
+                let fits =
+                    s >= firstSnapshotID && homes.allSatisfy { $0.versions[s]?.kind == .snapshot && $0.versions[s]?.blocks == $0.versions[entry.lunID]?.blocks }
+                    && source?.sizeBytes == entry.sizeBytes
+                if fits && homes.allSatisfy({ $0.reset(entry.lunID, to: s) }) {
+                    if label?.lunID != entry.lunID { entry.linkedSnapshot = s }
+                    entry.pendingReset = 0
                     log("LUN \(entry.name): the restore or relink cut short by the stop was finished")
                 } else {
-                    log("LUN \(entry.name): the snapshot a restore was cut short from is gone; the LUN is left as it is")
+                    log("LUN \(entry.name): a restore or relink could not be finished (its snapshot is gone or damaged); the LUN is hidden: delete it")
                 }
-                entry.pendingReset = 0
             }
             if entry.linkedSnapshot != 0 && !homes.allSatisfy({ $0.versions[entry.linkedSnapshot]?.kind == .snapshot }) {
                 log("LUN \(entry.name) was linked to a snapshot that is gone; unlinked")

@@ -80,6 +80,8 @@ public struct StatusReport: Codable, Sendable {
         public var commits: UInt64
         public var paddingBytes: UInt64
         public var damagedMapNodes: UInt64
+        /// Blocks promised to thin LUNs' write-pending pages in the cache (0 once everything is destaged).
+        public var promisedBytes: UInt64 = 0
         /// Set at 80, 90 and 95% used.
         public var warning: String?
     }

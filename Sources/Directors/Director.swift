@@ -471,7 +471,8 @@ public final class Director: @unchecked Sendable {
     /// A host write (nil source: zeroes) into the cache, mirrored; with the partner out, destaged before it returns.
     @inline(__always)
     private func write(_ range: LUNRange, from source: UnsafeRawPointer?) -> Int32 {
-        if !cache.write(lun: range.lun, offsetBytes: range.offsetBytes, count: range.count, from: source) { return EIO }
+        let rc = cache.writeBack(lun: range.lun, offsetBytes: range.offsetBytes, count: range.count, from: source)
+        if rc != 0 { return rc }
         if partnerOut {
             // Nowhere to mirror it: the write is on the drives before the host hears of it.
             channel.unmirroredWrites.add(1, ordering: .relaxed)

@@ -297,14 +297,16 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     }
 
     /// Runs `work(home)` for every pool home (one per director), each on the director acting for the home now.
-    /// Returns 0, or the first errno.
-    public func poolEach(_ work: (Int) -> PoolWork) -> Int32 {
+    /// Returns 0, or the first errno; it stops there unless `everyHome` (undoing: every home gets its chance).
+    public func poolEach(everyHome: Bool = false, _ work: (Int) -> PoolWork) -> Int32 {
+        var first: Int32 = 0
         for home in 0..<directors.count {
-            guard let acting = routing.acting(home) else { return EIO }
-            let rc = control(.pool(work(home)), to: directors[acting.id.index...acting.id.index])
-            if rc != 0 { return rc }
+            var rc = EIO
+            if let acting = routing.acting(home) { rc = control(.pool(work(home)), to: directors[acting.id.index...acting.id.index]) }
+            if rc != 0 && first == 0 { first = rc }
+            if first != 0 && !everyHome { return first }
         }
-        return 0
+        return first
     }
 
     /// Every director ends its journal epoch: what it wrote is flushed and its checksum pages written back (a clean

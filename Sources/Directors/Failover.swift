@@ -171,7 +171,9 @@ extension Engines {
                 var lost = false
                 mirror.forEachRun { lun, offsetBytes, count, data in
                     let home = self.home(lunID: lun.lunID, lunStripe: offsetBytes / geometry.stripeDataBytes)
-                    guard let target = routing.acting(home), target.cache.write(lun: lun, offsetBytes: offsetBytes, count: count, from: data) else {
+                    guard let target = routing.acting(home),
+                        target.cache.writeBack(lun: lun, offsetBytes: offsetBytes, count: count, from: data, replaying: true) == 0
+                    else {
                         lost = true
                         return
                     }

@@ -35,7 +35,7 @@ public final class LUNFile: Sendable {
     @inline(__always) func enterWrite() {
         while true {
             let gate = writeGate.load(ordering: .acquiring)
-            if gate & LUNFile.held != 0 {
+            if gate >= LUNFile.held {
                 usleep(100)
                 continue
             }
@@ -48,7 +48,7 @@ public final class LUNFile: Sendable {
     /// Holds new writes and waits for those in flight (one holder at a time: the daemon's command lock).
     public func holdWrites() {
         writeGate.add(LUNFile.held, ordering: .acquiringAndReleasing)
-        while writeGate.load(ordering: .acquiring) & (LUNFile.held - 1) != 0 { usleep(100) }
+        while writeGate.load(ordering: .acquiring) % LUNFile.held != 0 { usleep(100) }
     }
 
     public func releaseWrites() { writeGate.subtract(LUNFile.held, ordering: .releasing) }

@@ -26,6 +26,10 @@ import MemoryServices
 import Pool
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Sets bits [first, last] of the per-sector bitmap that starts at word `base` of `bits` (one bit per sector).
 @inline(__always)
 func setSectorBits(_ bits: inout [UInt64], base: Int, _ first: Int, _ last: Int) {
@@ -92,6 +96,10 @@ public final class TrackCache {
     private var stripesThisPass = 0
     private var validBits: [UInt64]
     private var dirtyBits: [UInt64]
+    /// Thin slots: pages the pool promised a block (a bit per 4 KiB page), and how many.
+    private var promisedBits: [UInt64]
+    private let promiseWordsPerSlot: Int
+    private var slotPromised: [Int32]
     private var hashNext: [Int32]
     private var buckets: [Int32]
     private let bucketMask: Int
@@ -153,6 +161,9 @@ public final class TrackCache {
         committing = Array(repeating: -1, count: slotCount)
         validBits = Array(repeating: 0, count: slotCount * wordsPerSlot)
         dirtyBits = Array(repeating: 0, count: slotCount * wordsPerSlot)
+        promiseWordsPerSlot = (sectorsPerTrack / (4096 / sectorBytes) + 63) / 64
+        promisedBits = Array(repeating: 0, count: slotCount * promiseWordsPerSlot)
+        slotPromised = Array(repeating: 0, count: slotCount)
         hashNext = Array(repeating: -1, count: slotCount)
         var bucketCount = 1
         while bucketCount < slotCount * 2 { bucketCount <<= 1 }
@@ -333,6 +344,12 @@ public final class TrackCache {
         mirror?.drop(slot: slot)
         slotDirty[slot] = false
         for w in 0..<wordsPerSlot { dirtyBits[slot * wordsPerSlot + w] = 0 }
+        // A thin slot's pages are in the pool now (or dropped): their promises go back.
+        if slotPromised[slot] > 0 {
+            pool?.keep(Int(slotPromised[slot]))
+            slotPromised[slot] = 0
+            for w in 0..<promiseWordsPerSlot { promisedBits[slot * promiseWordsPerSlot + w] = 0 }
+        }
         dirtyCount -= 1
         counters.dirtySlots.store(dirtyCount, ordering: .relaxed)
     }
@@ -497,6 +514,12 @@ public final class TrackCache {
 
     /// Copies `count` bytes from `source` (or zeroes when nil) into the LUN at `offsetBytes`; write-back.
     public func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer?) -> Bool {
+        writeBack(lun: lun, offsetBytes: offsetBytes, count: count, from: source) == 0
+    }
+
+    /// `write`, answering 0, EIO, or ENOSPC when a thin LUN's pool cannot promise a block for a page this write
+    /// makes write-pending (`replaying`: a failover's replay of acknowledged writes, promised regardless).
+    public func writeBack(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer?, replaying: Bool = false) -> Int32 {
         var done = 0
         while done < count {
             let (track, inTrack, length, first, last) = span(offsetBytes + UInt64(done), count - done)
@@ -508,15 +531,22 @@ public final class TrackCache {
             } else {
                 counters.writeMisses.add(1, ordering: .relaxed)
                 guard let s = install(lun: lun.lunID, track: track, stripe: lun.startStripe + track / UInt64(dataStripsPerStripe), thin: lun.thin) else {
-                    return false
+                    return EIO
                 }
                 slot = s
+            }
+            if lun.thin {
+                guard promisePages(slot, first, last, inTrack: inTrack, length: length, zero: source == nil, force: replaying) else {
+                    // Nothing of this track changed; an untouched slot goes back.
+                    if !slotDirty[slot] && !anyValid(slot, 0, sectorsPerTrack - 1) { evict(slot) }
+                    return ENOSPC
+                }
             }
             // A write that covers part of a sector needs the rest of that sector first.
             let headPartial = inTrack % sectorBytes != 0 && !testBit(validBits, slot, first)
             let tailPartial = (inTrack + length) % sectorBytes != 0 && !testBit(validBits, slot, last)
-            if headPartial { guard fill(slot, first, first) else { return false } }
-            if tailPartial && !testBit(validBits, slot, last) { guard fill(slot, last, last) else { return false } }
+            if headPartial { guard fill(slot, first, first) else { return EIO } }
+            if tailPartial && !testBit(validBits, slot, last) { guard fill(slot, last, last) else { return EIO } }
             // The host data into the slot and, when mirrored, the slot's sectors into the partner's memory: two
             // service requests queued in order and run together before the write is acknowledged.
             if let source {
@@ -529,6 +559,24 @@ public final class TrackCache {
             memory.execute()
             done += length
         }
+        return 0
+    }
+
+    /// A thin LUN's slot: the pool promises a block to every page of sectors [first, last] that has no promise yet,
+    /// except pages this write wholly zeroes (their destage unmaps). False: the pool cannot (ENOSPC).
+    private func promisePages(_ slot: Int, _ first: Int, _ last: Int, inTrack: Int, length: Int, zero: Bool, force: Bool) -> Bool {
+        guard let pool else { return false }
+        let base = slot * promiseWordsPerSlot
+        let pageBytes = pageSectors * sectorBytes
+        @inline(__always) func needs(_ page: Int) -> Bool {
+            !testSectorBit(promisedBits, base: base, page) && !(zero && page * pageBytes >= inTrack && (page + 1) * pageBytes <= inTrack + length)
+        }
+        var needed = 0
+        for page in (first / pageSectors)...(last / pageSectors) where needs(page) { needed += 1 }
+        guard needed > 0 else { return true }
+        guard pool.promise(needed, lunID: slotLUN[slot], lunStripe: slotStripe[slot], force: force) else { return false }
+        for page in (first / pageSectors)...(last / pageSectors) where needs(page) { setSectorBits(&promisedBits, base: base, page, page) }
+        slotPromised[slot] += Int32(needed)
         return true
     }
 

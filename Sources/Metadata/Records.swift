@@ -295,9 +295,11 @@ public struct PoolArea: Equatable, Sendable {
 
 public struct LUNTable: Equatable, Sendable {
     public static let magic: [UInt8] = Array("VSA-LT01".utf8)
-    /// Version 3 adds thin LUNs (flags at entry byte 92) and the pool area (header bytes 48-63); version 2 tables
-    /// (all LUNs thick, no pool) are still read. A vsa that reads only version 2 refuses a version 3 table by name.
-    public static let formatVersion: UInt32 = 3
+    /// Version 3 adds thin LUNs (flags at entry byte 92) and the pool area (header bytes 48-63); version 4 a clone's
+    /// linked snapshot (entry byte 96) and a restore under way (entry byte 100), zero in the tables version 3 wrote.
+    /// Versions 2 (all LUNs thick, no pool) and 3 are still read; a vsa that reads an older version refuses a newer
+    /// table by name, so none drops what it does not know of.
+    public static let formatVersion: UInt32 = 4
     static let crcOffset = 16
 
     public var generation: UInt64
@@ -358,8 +360,8 @@ public struct LUNTable: Equatable, Sendable {
         let header = RecordReader(bytes: bytes)
         guard Array(bytes[0..<8]) == magic else { throw RecordRejection(reason: "no LUN table magic") }
         let version = header.get(UInt32.self, at: 8)
-        guard version == 2 || version == formatVersion else {
-            throw RecordRejection(reason: "LUN table format version \(version) is not supported (this vsa reads versions 2 and \(formatVersion))")
+        guard version >= 2 && version <= formatVersion else {
+            throw RecordRejection(reason: "LUN table format version \(version) is not supported (this vsa reads versions 2 to \(formatVersion))")
         }
         let length = Int(header.get(UInt32.self, at: 12))
         let count = Int(header.get(UInt32.self, at: 20))

@@ -137,6 +137,10 @@ public final class PoolHome: MapBlockReader {
     var segmentsEmptied = 0
     private var checkpointing = false
 
+    /// Whether a checkpoint would give segments back (some emptied since the last one): what a director tries
+    /// before a write gets ENOSPC.
+    public var hasEmptiedSegments: Bool { segmentsEmptied > 0 }
+
     /// Counters for status and tests.
     public private(set) var commitsWritten: UInt64 = 0
     public private(set) var paddingBlocks: UInt64 = 0
@@ -152,6 +156,9 @@ public final class PoolHome: MapBlockReader {
         self.store = store
         self.memory = memory
         dataReserve = layout.homes * (1 + (mapFrames + layout.blocksPerSegment - 1) / layout.blocksPerSegment)
+        // Promises to cached pages leave the reserve and two segments per home (open and next) alone.
+        let held = dataReserve + 2 * layout.homes
+        if space.heldBackSegments.load(ordering: .relaxed) < held { space.heldBackSegments.store(held, ordering: .relaxed) }
         stripeBuffer = Arena(sliceBytes: layout.geometry.stripUnitBytes, sliceCount: layout.blocksPerRow)
         strips = .allocate(capacity: layout.blocksPerRow)
         readTargets = .allocate(capacity: layout.blocksPerRow)
@@ -493,7 +500,7 @@ public final class PoolHome: MapBlockReader {
                 base.storeBytes(of: UInt32(name.count).littleEndian, toByteOffset: at + 68, as: UInt32.self)
                 base.storeBytes(of: v.label.createdSeconds.littleEndian, toByteOffset: at + 72, as: UInt64.self)
                 base.storeBytes(of: v.label.secureUntilSeconds.littleEndian, toByteOffset: at + 80, as: UInt64.self)
-                name.withUnsafeBytes { (base + at + 96).copyMemory(from: $0.baseAddress!, byteCount: name.count) }
+                if !name.isEmpty { name.withUnsafeBytes { (base + at + 96).copyMemory(from: $0.baseAddress!, byteCount: name.count) } }
                 at += PoolLayout.versionRecordBytes
             }
             for s in owned {

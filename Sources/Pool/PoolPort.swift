@@ -69,6 +69,21 @@ public final class PoolPort {
         return ok
     }
 
+    /// Promises blocks to `count` pages of LUN stripe `lunStripe` about to become write-pending. When the pool
+    /// cannot, and the stripe's home has emptied segments a checkpoint would give back, it checkpoints and tries
+    /// again (so space freed by a discard or a delete is found before a write is refused).
+    public func promise(_ count: Int, lunID: UInt32, lunStripe: UInt64, force: Bool) -> Bool {
+        let space = homes[0].space
+        if space.promise(count, force: force) { return true }
+        let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
+        let owner = home(h)
+        guard owner.hasEmptiedSegments, commit(), owner.checkpoint() else { return false }
+        return space.promise(count)
+    }
+
+    /// Gives back the promises of pages committed or dropped.
+    public func keep(_ count: Int) { homes[0].space.keep(count) }
+
     /// Whether pages wait for `commit()`.
     public var hasUncommitted: Bool { touched != 0 }
 

@@ -138,7 +138,8 @@ extension PoolHome {
             v.unique = UInt64(littleEndian: base.load(fromByteOffset: at + 56, as: UInt64.self))
             let nameCount = Int(UInt32(littleEndian: base.load(fromByteOffset: at + 68, as: UInt32.self)))
             guard nameCount <= VersionLabel.nameBytesMax,
-                let name = String(validating: UnsafeRawBufferPointer(start: base + at + 96, count: nameCount), as: UTF8.self)
+                let name = String(validating: UnsafeRawBufferPointer(start: base + at + 96, count: nameCount), as: UTF8.self),
+                name.isEmpty || validateLUNName(name) == nil
             else { throw VSAError("pool home \(home): version record \(i) (id \(id)) has a damaged name") }
             v.label = VersionLabel(
                 lunID: UInt32(littleEndian: base.load(fromByteOffset: at + 64, as: UInt32.self)), name: name,

@@ -13,12 +13,21 @@ public final class PoolSpace: @unchecked Sendable {
     private let owners: Locked<[UInt8]>
     /// Live blocks per segment; written only by the owning home.
     private let live: UnsafeMutablePointer<UInt32>
+    /// Free segments, kept beside `owners` (changed under its lock) so the write path reads it without the lock.
+    private let freeCount = Atomic<Int>(0)
+    /// Blocks promised to write-pending pages of thin LUNs in the directors' caches (docs/POOL.md, "Space"): a host
+    /// write that dirties a page no promise covers takes one, or gets ENOSPC; destaged and committed, it is given back.
+    public let promisedBlocks = Atomic<Int>(0)
+    /// Segments promises may not count on: the homes' reserve for checkpoints and unmaps, and the segments each home
+    /// holds open (a partly written one, and the next its log names).
+    public let heldBackSegments = Atomic<Int>(0)
 
     /// Every segment free except those overlapping `reservedStripes` (thick LUN runs and the pool area).
     public init(layout: PoolLayout, reservedStripes: [Range<UInt64>]) {
         self.layout = layout
         var owners = [UInt8](repeating: PoolSpace.free, count: layout.segmentCount)
         for run in reservedStripes { for s in PoolSpace.segments(overlapping: run, layout) { owners[s] = PoolSpace.reserved } }
+        freeCount.store(owners.reduce(0) { $0 + ($1 == PoolSpace.free ? 1 : 0) }, ordering: .relaxed)
         self.owners = Locked(owners)
         live = .allocate(capacity: max(1, layout.segmentCount))
         live.initialize(repeating: 0, count: max(1, layout.segmentCount))
@@ -43,6 +52,7 @@ public final class PoolSpace: @unchecked Sendable {
             guard free > reserve, let s = owners.firstIndex(of: PoolSpace.free) else { return nil }
             owners[s] = UInt8(home)
             live[s] = 0
+            freeCount.subtract(1, ordering: .relaxed)
             return s
         }
     }
@@ -59,6 +69,7 @@ public final class PoolSpace: @unchecked Sendable {
             guard owners[segment] == PoolSpace.free else { return false }
             owners[segment] = UInt8(home)
             live[segment] = count
+            freeCount.subtract(1, ordering: .relaxed)
             return true
         }
     }
@@ -68,6 +79,7 @@ public final class PoolSpace: @unchecked Sendable {
         owners.withLock { owners in
             guard owners[segment] == UInt8(home) && live[segment] == 0 else { return }
             owners[segment] = PoolSpace.free
+            freeCount.add(1, ordering: .relaxed)
         }
     }
 
@@ -77,7 +89,10 @@ public final class PoolSpace: @unchecked Sendable {
         owners.withLock { owners in
             let segments = PoolSpace.segments(overlapping: run, layout)
             guard !segments.contains(where: { owners[$0] != PoolSpace.free && owners[$0] != PoolSpace.reserved }) else { return false }
-            for s in segments { owners[s] = PoolSpace.reserved }
+            for s in segments where owners[s] == PoolSpace.free {
+                owners[s] = PoolSpace.reserved
+                freeCount.subtract(1, ordering: .relaxed)
+            }
             return true
         }
     }
@@ -88,7 +103,10 @@ public final class PoolSpace: @unchecked Sendable {
         owners.withLock { owners in
             for s in PoolSpace.segments(overlapping: run, layout) where owners[s] == PoolSpace.reserved {
                 let segment = layout.firstStripe(segment: s)..<layout.firstStripe(segment: s + 1)
-                if !stillReserved.contains(where: { $0.overlaps(segment) }) { owners[s] = PoolSpace.free }
+                if !stillReserved.contains(where: { $0.overlaps(segment) }) {
+                    owners[s] = PoolSpace.free
+                    freeCount.add(1, ordering: .relaxed)
+                }
             }
         }
     }
@@ -99,6 +117,7 @@ public final class PoolSpace: @unchecked Sendable {
             for s in owners.indices where owners[s] == UInt8(home) {
                 owners[s] = PoolSpace.free
                 live[s] = 0
+                freeCount.add(1, ordering: .relaxed)
             }
         }
     }
@@ -110,7 +129,28 @@ public final class PoolSpace: @unchecked Sendable {
         owners.withLock { owners in owners.indices.filter { owners[$0] == UInt8(home) } }
     }
 
-    public var freeSegments: Int { owners.withLock { $0.reduce(0) { $0 + ($1 == PoolSpace.free ? 1 : 0) } } }
+    public var freeSegments: Int { freeCount.load(ordering: .relaxed) }
+
+    /// Promises `count` blocks to write-pending pages if the free segments not held back cover every promise;
+    /// `force` promises regardless (a failover's replay of pages a host already had acknowledged). No lock.
+    public func promise(_ count: Int, force: Bool = false) -> Bool {
+        var promised = promisedBlocks.load(ordering: .relaxed)
+        while true {
+            if !force {
+                let room = (freeSegments - heldBackSegments.load(ordering: .relaxed)) * layout.blocksPerSegment
+                guard promised + count <= room else { return false }
+            }
+            let (done, seen) = promisedBlocks.compareExchange(expected: promised, desired: promised + count, ordering: .relaxed)
+            if done { return true }
+            promised = seen
+        }
+    }
+
+    /// Gives back promises whose pages were committed or dropped.
+    public func keep(_ count: Int) {
+        let left = promisedBlocks.subtract(count, ordering: .relaxed).newValue
+        assert(left >= 0, "more promises given back than made")
+    }
     /// Segments that are the pool's (free or owned).
     public var poolSegments: Int { owners.withLock { $0.reduce(0) { $0 + ($1 == PoolSpace.reserved ? 0 : 1) } } }
 

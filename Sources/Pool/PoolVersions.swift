@@ -70,7 +70,15 @@ extension PoolHome {
         recountDependents()
         settleOrigin(oldOrigin)
         settleOrigin(snapshot)
-        return checkpoint()
+        guard checkpoint() else { return false }
+        // The old origin lost a dependent: a zombie left with one or none goes now (as a delete would do).
+        return collapseZombie(oldOrigin)
+    }
+
+    /// Deletes zombie `id` once one version or none depends on it (its last user went by a delete or a reset).
+    public func collapseZombie(_ id: UInt32) -> Bool {
+        guard let z = versions[id], z.kind == .zombie, dependents(of: id).count <= 1 else { return true }
+        return deleteVersion(id)
     }
 
     /// Deletes a version. A snapshot that two or more versions depend on becomes a zombie (hidden, its blocks kept)
@@ -114,8 +122,7 @@ extension PoolHome {
         if let d = deps.first { settleOrigin(d) }
         guard checkpoint() else { return false }
         // A zombie whose dependents came down to one can go now.
-        if let o = versions[origin], o.kind == .zombie, dependents(of: origin).count <= 1 { return deleteVersion(origin) }
-        return true
+        return collapseZombie(origin)
     }
 
     /// Frees every block and node of version `id` born above its threshold (its own), by a walk that does not enter

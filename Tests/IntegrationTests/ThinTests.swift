@@ -76,4 +76,42 @@ final class ThinTests: FixtureTestCase {
         XCTAssertEqual(Harness.sh("dd if=/dev/urandom of='\(m)/k' bs=1M count=64 conv=fsync,notrunc status=none").status, 0)
         XCTAssertLessThan(try XCTUnwrap(try pool()["allocatedBytes"] as? Int), 2 << 20, "only the map is left")
     }
+
+    /// A full pool: writes that need new blocks get ENOSPC before they are acknowledged; what was written reads
+    /// back, a thick LUN and a snapshot still work, status says 95%; discard and snapshot delete give space back and
+    /// writes resume.
+    func testAFullPoolRefusesNewBlocksWithENOSPCAndFreeingSpaceResumesWrites() throws {
+        try fixture.create("--drives 4 --drive-size 64M --raid 5")
+        try fixture.mount("-o cache=32M")
+        let m = fixture.mnt
+        XCTAssertEqual(fixture.vsa("lun create '\(m)' k --size 8M").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(m)' t --size 1G --thin").status, 0)
+        XCTAssertEqual(Harness.sh("head -c 8M /dev/urandom > '\(fixture.root)/first'").status, 0)
+        XCTAssertEqual(Harness.sh("dd if='\(fixture.root)/first' of='\(m)/t' bs=1M conv=notrunc,fsync status=none").status, 0)
+        // Fill it: dd stops at the first write the pool refuses.
+        let fill = Harness.sh("dd if=/dev/urandom of='\(m)/t' bs=1M seek=8 count=1000 oflag=direct conv=notrunc status=none 2>&1")
+        XCTAssertNotEqual(fill.status, 0)
+        XCTAssertTrue(fill.stdout.contains("No space left on device"), fill.stdout)
+        XCTAssertEqual(Harness.sh("sync '\(m)/t'").status, 0, "everything acknowledged goes down")
+        let pool = try pool()
+        XCTAssertEqual(pool["promisedBytes"] as? Int, 0, "every promise kept and given back")
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(pool["usedPercent"] as? Double), 95, "\(pool)")
+        XCTAssertNotNil(pool["warning"] as? String)
+        XCTAssertTrue(fixture.vsa("status '\(m)'").stdout.contains("pool: warning: the pool is 95% used"))
+        XCTAssertEqual(Harness.sh("dd if='\(m)/t' bs=1M count=8 status=none | cmp - '\(fixture.root)/first'").status, 0)
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of='\(m)/k' bs=1M count=8 oflag=direct conv=notrunc status=none").status, 0, "a thick LUN is unaffected")
+        XCTAssertEqual(fixture.vsa("snap create '\(m)' t full").status, 0, "a full pool still takes a snapshot")
+        let again = Harness.sh("dd if=/dev/urandom of='\(m)/t' bs=1M seek=900 count=4 oflag=direct conv=notrunc status=none 2>&1")
+        XCTAssertTrue(again.stdout.contains("No space left on device"), again.stdout)
+        // Space back: the snapshot goes, a discard unmaps most of what was written; writes resume.
+        XCTAssertEqual(fixture.vsa("snap delete '\(m)' t full").status, 0)
+        XCTAssertEqual(Harness.sh("fallocate --punch-hole --offset 8M --length 900M '\(m)/t' && sync '\(m)/t'").status, 0)
+        let resumed = Harness.sh("dd if=/dev/urandom of='\(m)/t' bs=1M seek=900 count=32 oflag=direct conv=notrunc,fsync status=none 2>&1")
+        XCTAssertEqual(resumed.status, 0, resumed.stdout + fixture.vsa("status '\(m)'").stdout)
+        XCTAssertEqual(Harness.sh("dd if='\(m)/t' bs=1M count=8 status=none | cmp - '\(fixture.root)/first'").status, 0)
+        XCTAssertEqual(try self.pool()["promisedBytes"] as? Int, 0)
+        fixture.unmount()
+        try fixture.mount()
+        XCTAssertEqual(Harness.sh("dd if='\(m)/t' bs=1M count=8 status=none | cmp - '\(fixture.root)/first'").status, 0)
+    }
 }

@@ -103,12 +103,22 @@ final class RecordTests: XCTestCase {
                 LUNEntry(lunID: 1, name: "lun0", sizeBytes: 1 << 30, startStripe: 0, stripeCount: 5462),
                 LUNEntry(lunID: 2, name: "db.v2", sizeBytes: 512 << 20, startStripe: 5462, stripeCount: 2731),
                 LUNEntry(lunID: 3, name: "thin", sizeBytes: 10 << 40, startStripe: 0, stripeCount: 0, thin: true),
+                LUNEntry(lunID: 5, name: "clone", sizeBytes: 10 << 40, startStripe: 0, stripeCount: 0, thin: true, linkedSnapshot: 300, pendingReset: 301),
             ], pool: PoolArea(startStripe: 8193, stripeCount: 12, versionsMax: 4096))
         let bytes = table.encode()
-        XCTAssertEqual(bytes.count, Layout.lunHeaderBytes + 3 * Layout.lunEntryBytes)
-        XCTAssertEqual(bytes[8], 3)  // format version 3: thin LUNs and the pool area
+        XCTAssertEqual(bytes.count, Layout.lunHeaderBytes + 4 * Layout.lunEntryBytes)
+        XCTAssertEqual(bytes[8], 4)  // format version 4: thin LUNs, the pool area, clones' links and restores
         XCTAssertEqual(bytes[Layout.lunHeaderBytes + 2 * Layout.lunEntryBytes + 92], 1)  // thin
         XCTAssertEqual(try LUNTable.decode(bytes), table)
+        // A snapshot id that is a LUN id, or a thick LUN linked: not a table a vsa wrote.
+        let geometry = ArrayGeometry(raidLevel: .raid5, memberCount: 4, stripUnitBytes: 65536, stripeCount: 10000, dataOffsetBytes: 0)
+        XCTAssertNoThrow(try table.validate(geometry: geometry))
+        var bad = table
+        bad.entries[3].linkedSnapshot = 7
+        XCTAssertThrowsError(try bad.validate(geometry: geometry))
+        bad = table
+        bad.entries[0].pendingReset = 300
+        XCTAssertThrowsError(try bad.validate(geometry: geometry))
         for i in 0..<bytes.count {
             var damaged = bytes
             damaged[i] ^= 0x01
