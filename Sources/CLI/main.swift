@@ -529,44 +529,50 @@ struct SnapList: VSACommand {
     }
 }
 
-struct SnapDelete: VSACommand {
-    static let configuration = CommandConfiguration(
-        commandName: "delete", abstract: "Delete a snapshot (not while a clone is linked to it or it is secure); its unique blocks are freed.")
+/// The arguments the commands on one snapshot share.
+struct SnapshotArguments: ParsableArguments {
     @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
     @Argument(help: "The thin LUN.") var lun: String
     @Argument(help: "The snapshot.") var name: String
+}
+
+/// Sends a snapshot request to the daemon of a mounted array.
+func snapshotRequest(_ target: String, _ verb: String, _ words: [String]) throws(VSAError) {
+    _ = try control(try mountedArray(target, verb), words)
+}
+
+struct SnapDelete: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "delete", abstract: "Delete a snapshot (not while a clone is linked to it or it is secure); its unique blocks are freed.")
+    @OptionGroup var snapshot: SnapshotArguments
 
     func execute() throws(VSAError) {
-        _ = try control(try mountedArray(target, "delete a snapshot"), ["snap-delete", lun, name])
-        print("deleted snapshot \(lun)@\(name)")
+        try snapshotRequest(snapshot.target, "delete a snapshot", ["snap-delete", snapshot.lun, snapshot.name])
+        print("deleted snapshot \(snapshot.lun)@\(snapshot.name)")
     }
 }
 
 struct SnapRestore: VSACommand {
     static let configuration = CommandConfiguration(
         commandName: "restore", abstract: "Make the LUN's contents the snapshot's (the LUN must be closed); the snapshot stays.")
-    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
-    @Argument(help: "The thin LUN.") var lun: String
-    @Argument(help: "The snapshot.") var name: String
+    @OptionGroup var snapshot: SnapshotArguments
 
     func execute() throws(VSAError) {
-        _ = try control(try mountedArray(target, "restore a snapshot"), ["snap-restore", lun, name])
-        print("restored LUN \(lun) from snapshot \(name)")
+        try snapshotRequest(snapshot.target, "restore a snapshot", ["snap-restore", snapshot.lun, snapshot.name])
+        print("restored LUN \(snapshot.lun) from snapshot \(snapshot.name)")
     }
 }
 
 struct SnapLink: VSACommand {
     static let configuration = CommandConfiguration(
         commandName: "link", abstract: "Make a writable clone of a snapshot: a new thin LUN sharing the snapshot's blocks.")
-    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
-    @Argument(help: "The thin LUN.") var lun: String
-    @Argument(help: "The snapshot.") var name: String
+    @OptionGroup var snapshot: SnapshotArguments
     @Argument(help: "The new LUN's name.") var newLUN: String
 
     func execute() throws(VSAError) {
         if let problem = validateLUNName(newLUN) { throw VSAError("\(problem): '\(newLUN)'") }
-        _ = try control(try mountedArray(target, "link a snapshot"), ["snap-link", lun, name, newLUN])
-        print("linked clone \(newLUN) to snapshot \(lun)@\(name)")
+        try snapshotRequest(snapshot.target, "link a snapshot", ["snap-link", snapshot.lun, snapshot.name, newLUN])
+        print("linked clone \(newLUN) to snapshot \(snapshot.lun)@\(snapshot.name)")
     }
 }
 
@@ -577,7 +583,7 @@ struct SnapUnlink: VSACommand {
     @Argument(help: "The clone.") var clone: String
 
     func execute() throws(VSAError) {
-        _ = try control(try mountedArray(target, "unlink a clone"), ["snap-unlink", clone])
+        try snapshotRequest(target, "unlink a clone", ["snap-unlink", clone])
         print("unlinked clone \(clone)")
     }
 }
@@ -590,7 +596,7 @@ struct SnapRelink: VSACommand {
     @Argument(help: "The snapshot to link it to.") var name: String
 
     func execute() throws(VSAError) {
-        _ = try control(try mountedArray(target, "relink a clone"), ["snap-relink", clone, name])
+        try snapshotRequest(target, "relink a clone", ["snap-relink", clone, name])
         print("relinked clone \(clone) to snapshot \(name)")
     }
 }

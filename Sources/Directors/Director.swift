@@ -97,6 +97,9 @@ public enum PoolWork {
     case checkpoint(home: Int)
     /// The home's counters, copied where the control plane can read them.
     case stats(home: Int, into: PoolHomeStats)
+    /// A thin LUN's whole stripes zeroed: the director's cached tracks of them dropped, the home's share unmapped and
+    /// committed (durable before the host hears of it).
+    case unmapStripes(home: Int, lun: LUNRef, stripes: Range<UInt64>)
     /// A change of the home's versions (a snapshot, link, restore or delete), after the director's pages are
     /// committed; false if it failed.
     case change(home: Int, body: (PoolHome) -> Bool)
@@ -554,6 +557,9 @@ extension Director {
         case .stats(let home, let stats):
             pool.withHome(home) { stats.capture($0) }
             return true
+        case .unmapStripes(let home, let lun, let stripes):
+            cache.discard(lunID: lun.lunID, stripes: stripes)
+            return pool.unmapStripes(lunID: lun.lunID, stripes: stripes, home: home)
         case .change(let home, let body):
             return pool.commit() && pool.withHome(home, body)
         }

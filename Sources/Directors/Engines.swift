@@ -245,7 +245,19 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     }
 
     public func zero(lun: LUNRef, offsetBytes: UInt64, count: UInt64) -> Int32 {
-        run(lun: lun, offsetBytes: offsetBytes, count: count) { range, _ in .zero(range) }
+        let stripeBytes = geometry.stripeDataBytes
+        let firstWhole = (offsetBytes + stripeBytes - 1) / stripeBytes
+        let endWhole = (offsetBytes + count) / stripeBytes
+        guard lun.thin, firstWhole < endWhole else { return run(lun: lun, offsetBytes: offsetBytes, count: count) { range, _ in .zero(range) } }
+        // A thin LUN's whole stripes are unmapped in the pool, each home its own run at once (a discard of terabytes,
+        // as mkfs and fstrim send, costs what they map, not a write per page); the partial stripes at either end
+        // are zeroed through the cache.
+        let head = firstWhole * stripeBytes - offsetBytes
+        var rc = head == 0 ? 0 : run(lun: lun, offsetBytes: offsetBytes, count: head) { range, _ in .zero(range) }
+        if rc == 0 { rc = poolEach { .unmapStripes(home: $0, lun: lun, stripes: firstWhole..<endWhole) } }
+        let tail = offsetBytes + count - endWhole * stripeBytes
+        if rc == 0 && tail > 0 { rc = run(lun: lun, offsetBytes: endWhole * stripeBytes, count: tail) { range, _ in .zero(range) } }
+        return rc
     }
 
     /// Sends one control request to each director in `targets` for which `needed` holds, and waits for them all.

@@ -853,6 +853,25 @@ public final class TrackCache {
     }
 
     /// Forgets every slot of a LUN, write-pending or not (the LUN is being deleted).
+    /// Drops the LUN's tracks in LUN stripes `stripes`, write-pending or not (a thin LUN's stripes being unmapped:
+    /// what the cache held of them is superseded). Not for thick LUNs, whose slots name array stripes.
+    public func discard(lunID: UInt32, stripes: Range<UInt64>) {
+        func drop(_ slot: Int) {
+            precondition(slotThin[slot] && !slotCommitting[slot] && !slotPinned[slot], "discarding a thick, committing or pinned slot")
+            markClean(slot)
+            evict(slot)
+        }
+        // A short range (fstrim sends one per free extent) looks its tracks up; a long one walks the slots once.
+        let d = UInt64(dataStripsPerStripe)
+        if stripes.count * Int(d) < slotCount - freeCount {
+            for track in (stripes.lowerBound * d)..<(stripes.upperBound * d) {
+                if let slot = lookup(lun: lunID, track: track) { drop(slot) }
+            }
+            return
+        }
+        for slot in 0..<slotCount where slotInUse[slot] && slotLUN[slot] == lunID && stripes.contains(slotStripe[slot]) { drop(slot) }
+    }
+
     public func discard(lunID: UInt32) {
         for slot in 0..<slotCount where slotInUse[slot] && slotLUN[slot] == lunID {
             markClean(slot)

@@ -170,6 +170,53 @@ public final class BlockMap {
         }
     }
 
+    /// The first local block in [from, end) that version `id` maps, or `end` when there is none. A subtree that maps
+    /// nothing (a pointer not mapped, and no dirty node at its position) is skipped whole, so a scan of a sparse
+    /// range costs what it maps, not its length. Nil when a node could not be read.
+    public func nextMapped(_ id: UInt32, from: UInt64, end: UInt64) -> UInt64? {
+        guard let slot = slotOf[id] else { return nil }
+        let limit = min(end, versionBlocks[slot])
+        var block = from
+        descent: while block < limit {
+            var level = versionDepth[slot] - 1
+            var frame: Int
+            if let f = findPosition(id, level, 0) {
+                frame = f
+            } else {
+                let root = MapEntry(raw: versionRoot[slot])
+                guard root.isMapped else { return end }
+                guard let f = loadClean(root, level: level, index: 0) else { return nil }
+                frame = f
+            }
+            while true {
+                let entries = MapNode.entries(arena.slice(frame))
+                if level == 0 {
+                    // The rest of this leaf, then the next leaf from the top.
+                    let leafEnd = min(limit, (block / UInt64(MapNode.fanout) + 1) * UInt64(MapNode.fanout))
+                    while block < leafEnd {
+                        if MapEntry(raw: entries[Int(block % UInt64(MapNode.fanout))]).isMapped { return block }
+                        block += 1
+                    }
+                    continue descent
+                }
+                let span = MapNode.entrySpan(level: level)
+                let childIndex = block / span
+                let entry = MapEntry(raw: entries[Int(childIndex % UInt64(MapNode.fanout))])
+                if frameDirty[frame], let f = findPosition(id, level - 1, childIndex) {
+                    frame = f
+                } else if !entry.isMapped {
+                    block = (childIndex + 1) * span
+                    continue descent
+                } else {
+                    guard let f = loadClean(entry, level: level - 1, index: childIndex) else { return nil }
+                    frame = f
+                }
+                level -= 1
+            }
+        }
+        return end
+    }
+
     /// Sets local block `block` of version `id` to `entry` (MapEntry.unmapped unmaps it); returns the entry it replaced,
     /// or nil when a node on the way could not be read or no frame could be had (nothing changed then).
     public func update(_ id: UInt32, block: UInt64, to entry: MapEntry) -> MapEntry? {

@@ -144,6 +144,8 @@ public final class PoolHome: MapBlockReader {
     /// Counters for status and tests.
     public private(set) var commitsWritten: UInt64 = 0
     public private(set) var paddingBlocks: UInt64 = 0
+    /// Unmap runs logged (a discard of what maps nothing logs none, and needs no commit).
+    public private(set) var unmapRunsLogged: UInt64 = 0
     public internal(set) var rolledForward = 0
 
     /// A new, empty home (the pool was just made, or this home never wrote). `checkpoint()` makes it durable.
@@ -248,19 +250,35 @@ public final class PoolHome: MapBlockReader {
         guard let record = versions[id], record.kind == .live, count > 0, block < record.blocks, count <= record.blocks - block else { return .io }
         // In runs of at most 2^16 blocks, each logged after its map changes: an unmap is idempotent, so a checkpoint
         // in the middle of a run (the map's frames filled) and the run's entry replayed after it agree.
+        // Only runs that map something are changed and logged: a discard of a sparse range (fstrim, mkfs) costs
+        // what it maps, not its length.
         var first = block
         let end = block + count
         while first < end {
-            let run = min(end - first, 1 << 16)
+            guard let mapped = map.nextMapped(id, from: first, end: end) else { return .io }
+            if mapped >= end { break }
+            let run = min(end - mapped, 1 << 16)
             guard reserveEntry() else { return .noSpace }
-            for b in first..<(first + run) {
-                guard makeRoomInMap(), unmapBlock(id, block: b) else { return .io }
-            }
+            guard unmapMapped(id, from: mapped, end: mapped + run, makingRoom: true) else { return .io }
             guard reserveEntry() else { return .noSpace }
-            addEntry(kind: 2, position: first, version: id, last: UInt32(run))
-            first += run
+            addEntry(kind: 2, position: mapped, version: id, last: UInt32(run))
+            unmapRunsLogged += 1
+            first = mapped + run
         }
         return nil
+    }
+
+    /// Unmaps every block version `id` maps in [from, end) (skipping what it does not map); `makingRoom` checkpoints
+    /// whenever half the map's frames are dirty (replay cannot: it must fit).
+    func unmapMapped(_ id: UInt32, from: UInt64, end: UInt64, makingRoom: Bool) -> Bool {
+        var b = from
+        while b < end {
+            guard let next = map.nextMapped(id, from: b, end: end) else { return false }
+            if next >= end { break }
+            guard !makingRoom || makeRoomInMap(), unmapBlock(id, block: next) else { return false }
+            b = next + 1
+        }
+        return true
     }
 
     /// Reads local block `block` of version `id` into `target` (zeroes when not mapped).

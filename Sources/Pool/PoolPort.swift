@@ -84,6 +84,26 @@ public final class PoolPort {
     /// Gives back the promises of pages committed or dropped.
     public func keep(_ count: Int) { homes[0].space.keep(count) }
 
+    /// Unmaps home `index`'s share of LUN stripes `stripes` of thin LUN `lunID` and commits it: the stripes whose home
+    /// it is are consecutive local stripes there, so one run of local blocks.
+    public func unmapStripes(lunID: UInt32, stripes: Range<UInt64>, home index: Int) -> Bool {
+        let homes = UInt64(layout.homes)
+        let offset = (UInt64(index) + homes - UInt64(lunID) % homes) % homes  // the home's LUN stripes are offset mod homes
+        let first = stripes.lowerBound + (offset + homes - stripes.lowerBound % homes) % homes
+        guard first < stripes.upperBound else { return true }
+        let count = (stripes.upperBound - 1 - first) / homes + 1
+        let h = home(index)
+        guard let record = h.versions[lunID] else { return false }
+        let block = first / homes * UInt64(layout.blocksPerStripe)
+        guard block < record.blocks else { return true }
+        let blocks = min(count * UInt64(layout.blocksPerStripe), record.blocks - block)
+        let logged = h.unmapRunsLogged
+        guard h.unmap(lunID, block: block, count: blocks) == nil else { return false }
+        if h.unmapRunsLogged == logged { return true }  // nothing was mapped there: nothing to make durable
+        touched |= 1 << UInt64(index)
+        return commit()
+    }
+
     /// Whether pages wait for `commit()`.
     public var hasUncommitted: Bool { touched != 0 }
 

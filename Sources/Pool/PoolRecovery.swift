@@ -207,10 +207,8 @@ extension PoolHome {
                         throw VSAError("pool home \(home): the map cache is too small to replay the log (mount with a larger --cache)")
                     }
                 case 2:
-                    for b in position..<(position + UInt64(last)) {
-                        guard unmapBlock(version, block: b) else {
-                            throw VSAError("pool home \(home): the map cache is too small to replay the log (mount with a larger --cache)")
-                        }
+                    guard unmapMapped(version, from: position, end: position + UInt64(last), makingRoom: false) else {
+                        throw VSAError("pool home \(home): the map cache is too small to replay the log (mount with a larger --cache)")
                     }
                 default:
                     k += 1  // a node of a checkpoint that never completed: dead space

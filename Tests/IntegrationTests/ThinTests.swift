@@ -114,4 +114,40 @@ final class ThinTests: FixtureTestCase {
         try fixture.mount()
         XCTAssertEqual(Harness.sh("dd if='\(m)/t' bs=1M count=8 status=none | cmp - '\(fixture.root)/first'").status, 0)
     }
+
+    /// ext4 on a loop device over a 1 TiB thin LUN of a 1 GiB array: blkdiscard and mkfs discard the whole LUN
+    /// (unmapped per home at once, not page by page), a file's blocks come back with rm and fstrim (one discard per
+    /// free extent), fsck is clean after a remount.
+    func testExt4OnALoopDeviceGivesBlocksBackWithFstrim() throws {
+        try fixture.create("--drives 4 --drive-size 384M --raid 5")
+        try fixture.mount()
+        let m = fixture.mnt
+        XCTAssertEqual(fixture.vsa("lun create '\(m)' t --size 1T --thin").status, 0)
+        let ext4 = "\(fixture.root)/ext4"
+        let made = Harness.sh(
+            """
+            set -e
+            LOOP=$(losetup --find --show --direct-io=on '\(m)/t')
+            echo $LOOP > '\(fixture.root)/loop'
+            test "$(cat /sys/block/$(basename $LOOP)/queue/discard_max_bytes)" -gt 0
+            blkdiscard $LOOP
+            mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 $LOOP
+            mkdir -p '\(ext4)'
+            mount $LOOP '\(ext4)'
+            head -c 96M /dev/urandom > '\(ext4)/big'
+            sync
+            """, timeoutSeconds: 240)
+        XCTAssertEqual(made.status, 0, made.stdout + made.stderr)
+        let loop = (try? String(contentsOfFile: "\(fixture.root)/loop", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        let full = try allocated()
+        XCTAssertGreaterThan(full, 96 << 20, "the file's blocks")
+        let trimmed = Harness.sh("rm '\(ext4)/big' && sync && fstrim -v '\(ext4)' && sync", timeoutSeconds: 240)
+        XCTAssertEqual(trimmed.status, 0, trimmed.stdout + trimmed.stderr)
+        XCTAssertLessThan(try allocated(), full - (90 << 20), "fstrim gave the file's blocks back")
+        XCTAssertEqual(Harness.sh("umount '\(ext4)' && fsck.ext4 -fn \(loop) && losetup -d \(loop)").status, 0)
+        fixture.unmount()
+        try fixture.mount()
+        let again = Harness.sh("LOOP=$(losetup --find --show '\(m)/t') && fsck.ext4 -fn $LOOP; rc=$?; losetup -d $LOOP; exit $rc")
+        XCTAssertEqual(again.status, 0, again.stdout + again.stderr)
+    }
 }

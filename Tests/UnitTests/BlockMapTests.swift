@@ -55,6 +55,14 @@ final class BlockMapTests: XCTestCase {
                 let block = Bool.random(using: &seeded) ? UInt64.random(in: 0..<blocks, using: &seeded) : (oracle.keys.randomElement(using: &seeded) ?? 0)
                 XCTAssertEqual(map.lookup(5, block: block), oracle[block] ?? MapEntry.unmapped)
             }
+            // The next mapped block from anywhere (dirty and clean nodes mixed), as the oracle says.
+            let mapped = oracle.keys.sorted()
+            for _ in 0..<20 {
+                let from = UInt64.random(in: 0..<blocks, using: &seeded)
+                let end = min(blocks, from + UInt64.random(in: 1..<(1 << 21), using: &seeded))
+                let expected = mapped.first { $0 >= from && $0 < end } ?? end
+                XCTAssertEqual(map.nextMapped(5, from: from, end: end), expected, "from \(from) to \(end)")
+            }
         }
         XCTAssertTrue(map.checkpoint(birth: birth, write: store.write, replaced: { _, _ in replaced += 1 }))
         XCTAssertGreaterThan(replaced, 0, "checkpoints after the first replace nodes")
