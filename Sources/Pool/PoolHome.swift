@@ -122,6 +122,9 @@ public final class PoolHome: MapBlockReader {
     private var commitEntries = 0
     private var commitStripe: UInt64 = 0
     let stripeBuffer: Arena
+    /// Where a run of blocks read together lands before each block is copied to its page (`readRun`).
+    private let runBuffer: Arena
+    private let runTargets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     private let strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     let readTargets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
 
@@ -162,6 +165,9 @@ public final class PoolHome: MapBlockReader {
         let held = dataReserve + 2 * layout.homes
         if space.heldBackSegments.load(ordering: .relaxed) < held { space.heldBackSegments.store(held, ordering: .relaxed) }
         stripeBuffer = Arena(sliceBytes: layout.geometry.stripUnitBytes, sliceCount: layout.blocksPerRow)
+        runBuffer = Arena(sliceBytes: layout.geometry.stripUnitBytes, sliceCount: layout.blocksPerRow)
+        runTargets = .allocate(capacity: layout.blocksPerRow)
+        runTargets.initialize(repeating: nil, count: layout.blocksPerRow)
         strips = .allocate(capacity: layout.blocksPerRow)
         readTargets = .allocate(capacity: layout.blocksPerRow)
         strips.initialize(repeating: nil, count: layout.blocksPerRow)
@@ -195,6 +201,46 @@ public final class PoolHome: MapBlockReader {
     }
 
     public func readMapBlock(_ pba: UInt64, into target: UnsafeMutableRawPointer) -> Bool { readBlock(pba, into: target) }
+
+    /// Reads `count` blocks from `pba` on, all in one stripe, into `count` consecutive pages at `target`: one read of
+    /// the rows they fill on every strip they touch (blocks go row by row across the strips), then a copy of each
+    /// block to its page. A block of the commit being filled comes from memory (then block by block).
+    public func readRun(_ pba: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Bool {
+        let d = layout.blocksPerRow
+        let first = Int(pba % UInt64(layout.blocksPerStripe))
+        precondition(count >= 1 && first + count <= layout.blocksPerStripe, "a run of blocks within one stripe")
+        let stripe = pba / UInt64(layout.blocksPerStripe)
+        let open = commitOpen && stripe == commitStripe
+        if count == 1 || (open && first + count > commitRow * d) {
+            for k in 0..<count {
+                guard readBlock(pba + UInt64(k), into: target + k * PoolLayout.blockBytes) else { return false }
+            }
+            return true
+        }
+        let firstRow = first / d
+        let rows = (first + count - 1) / d - firstRow + 1
+        var mask: UInt64 = 0
+        for j in first..<min(first + count, first + d) { mask |= 1 << UInt64(j % d) }
+        for strip in 0..<d { runTargets[strip] = runBuffer.slice(strip) }
+        guard
+            store.readStrips(
+                stripe: stripe, stripMask: mask, offsetBytes: firstRow * PoolLayout.blockBytes, count: rows * PoolLayout.blockBytes, targets: runTargets)
+        else { return false }
+        for k in 0..<count {
+            let j = first + k
+            memory.copy(
+                from: runBuffer.slice(j % d) + (j / d - firstRow) * PoolLayout.blockBytes, to: target + k * PoolLayout.blockBytes,
+                byteCount: PoolLayout.blockBytes)
+        }
+        return true
+    }
+
+    /// The map entry of local block `block` of version `id` (MapEntry.unmapped when not mapped); nil when the
+    /// version has no such block or a map node could not be read.
+    public func entry(_ id: UInt32, block: UInt64) -> MapEntry? {
+        guard let record = versions[id], block < record.blocks else { return nil }
+        return map.lookup(id, block: block)
+    }
 
     /// Back to an empty home (a recovery attempt from one checkpoint failed; the other is tried from scratch).
     func reset() {

@@ -40,13 +40,32 @@ public final class PoolPort {
         lunID: UInt32, lunStripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     ) -> Bool {
         precondition(offsetBytes % PoolLayout.blockBytes == 0 && count % PoolLayout.blockBytes == 0, "pool reads are whole pages")
+        // A strip's pages are consecutive local blocks of one home. Those mapped to consecutive blocks of one stripe
+        // (written together: a destage packs a track's pages in order) are read as one run.
         let unit = layout.geometry.stripUnitBytes
+        let pages = count / PoolLayout.blockBytes
+        let (h, base) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: offsetBytes)
+        let owner = home(h)
         for strip in 0..<layout.blocksPerRow where stripMask & (1 << UInt64(strip)) != 0 {
+            let first = base + UInt64(strip * unit / PoolLayout.blockBytes)
             var page = 0
-            while page < count {
-                let (h, block) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: strip * unit + offsetBytes + page)
-                guard home(h).read(lunID, block: block, into: targets[strip]! + page) else { return false }
-                page += PoolLayout.blockBytes
+            while page < pages {
+                guard let entry = owner.entry(lunID, block: first + UInt64(page)) else { return false }
+                let target = targets[strip]! + page * PoolLayout.blockBytes
+                guard entry.isMapped else {
+                    memset(target, 0, PoolLayout.blockBytes)
+                    page += 1
+                    continue
+                }
+                let inStripe = Int(entry.pba % UInt64(layout.blocksPerStripe))
+                var run = 1
+                while page + run < pages && inStripe + run < layout.blocksPerStripe {
+                    guard let next = owner.entry(lunID, block: first + UInt64(page + run)) else { return false }
+                    guard next.isMapped && next.pba == entry.pba + UInt64(run) else { break }
+                    run += 1
+                }
+                guard owner.readRun(entry.pba, count: run, into: target) else { return false }
+                page += run
             }
         }
         return true
