@@ -203,7 +203,7 @@ struct LUNCreate: VSACommand {
     @Argument(help: "The array folder or its mount point.") var target: String
     @Argument(help: "The LUN's name (its file name on the mount).") var name: String
     @Option(help: "The LUN's size (K, M, G, T); a multiple of 512 bytes.") var size: String
-    @Flag(help: "Thin: blocks come from the array's pool as they are written (the size may exceed the array); snapshots need it. Needs the array mounted.")
+    @Flag(help: "Thin: blocks come from the array's pool as they are written (the size may exceed the array); snapshots need it.")
     var thin = false
 
     func execute() throws(VSAError) {
@@ -213,10 +213,11 @@ struct LUNCreate: VSACommand {
         if try runningDaemon(dir) != nil {
             _ = try control(dir, ["lun-create", name, String(bytes)] + (thin ? ["thin"] : []))
         } else {
-            guard !thin else { throw VSAError("thin LUNs are made on a mounted array: mount it first (vsa mount \(dir) MOUNTPOINT)") }
             _ = try withOfflineLock(dir) { () throws(VSAError) in
                 let store = try ArrayStore.assemble(directory: dir)
-                guard store.lunTable.pool == nil else {
+                if thin { return try ArrayDaemon.createThinLUNOffline(store: store, name: name, sizeBytes: bytes) }
+                // A pool no mount has opened yet owns no segment: a thick LUN can still be placed.
+                guard store.lunTable.pool == nil || store.lunTable.pool!.fresh else {
                     throw VSAError("this array has a pool, whose segments only the mounted array knows: mount it to create LUNs")
                 }
                 return try store.createLUN(name: name, sizeBytes: bytes)

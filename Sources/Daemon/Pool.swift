@@ -41,11 +41,37 @@ extension ArrayDaemon {
         let space = PoolSpace(layout: layout, reservedStripes: store.lunTable.reservedRuns)
         var opened: [PoolHome] = []
         for h in 0..<homes {
+            let frames = mapFrames(cacheBytes: cacheBytes, homes: homes)
+            let (backEnd, memory) = (engines.directors[h].backEnd, engines.directors[h].memory)
+            if area.fresh {
+                // Made offline: no home has written anything yet. Made now (again, if a mount stopped before the
+                // table said so: nothing else was written meanwhile).
+                let home = PoolHome(home: h, layout: layout, space: space, poolTag: poolTag(store), store: backEnd, memory: memory, mapFrames: frames)
+                guard home.checkpoint() else { throw VSAError("pool home \(h) could not be made (drives failing)") }
+                opened.append(home)
+                continue
+            }
             let home = try PoolHome.recover(
-                home: h, layout: layout, space: space, poolTag: poolTag(store), store: engines.directors[h].backEnd, memory: engines.directors[h].memory,
-                mapFrames: mapFrames(cacheBytes: cacheBytes, homes: homes))
+                home: h, layout: layout, space: space, poolTag: poolTag(store), store: backEnd, memory: memory, mapFrames: frames)
             if home.rolledForward > 0 { log("pool home \(h): \(home.rolledForward) commits replayed after the last checkpoint") }
             opened.append(home)
+        }
+        if area.fresh {
+            var table = store.lunTable
+            table.pool?.fresh = false
+            try store.writeLUNTable(table)
+            log("pool made: area at stripe \(area.startStripe) (\(area.stripeCount) stripes)")
+        }
+        // Thin LUNs made offline get their versions now.
+        for original in store.lunTable.entries where original.thin && original.versionsPending {
+            for home in opened where home.versions[original.lunID] == nil {
+                guard home.hasVersionRoom else { throw VSAError("LUN \(original.name): the pool's version table is full") }
+                home.createVersion(original.lunID, blocks: layout.localBlocks(sizeBytes: original.sizeBytes, homeOffset: original.lunID, home: home.home))
+                guard home.checkpoint() else { throw VSAError("pool home \(home.home): LUN \(original.name)'s map could not be made (drives failing)") }
+            }
+            var entry = original
+            entry.versionsPending = false
+            try store.updateLUN(entry)
         }
         let thin = Set(store.lunTable.entries.filter(\.thin).map(\.lunID))
         for home in opened {
@@ -61,6 +87,28 @@ extension ArrayDaemon {
         let runtime = PoolRuntime(layout: layout, space: space, homes: opened)
         guard engines.attachPool(layout: layout, homes: opened) == 0 else { throw VSAError("the pool could not be attached to the directors") }
         return runtime
+    }
+
+    /// `vsa lun create --thin` with no daemon: the LUN table records the LUN with its versions pending (and, the first
+    /// time, the pool area, fresh); the next mount makes what the pool's homes lack.
+    public static func createThinLUNOffline(store: ArrayStore, name: String, sizeBytes: UInt64) throws(VSAError) -> LUNEntry {
+        let lunID = try store.checkNewLUN(name: name, sizeBytes: sizeBytes, thin: true)
+        var area = store.lunTable.pool
+        if area == nil {
+            let geometry = store.geometry
+            let versionsMax = PoolLayout.versionsMax(capacityBytes: geometry.capacityBytes)
+            let stripes = PoolLayout.areaStripes(geometry: geometry, homes: store.superblock.directorCount, versionsMax: versionsMax)
+            guard geometry.stripeCount * UInt64(geometry.stripeDataBytes / 4096) < MapEntry.pbaLimit else {
+                throw VSAError("thin LUNs need an array under 4 PiB")
+            }
+            guard let start = store.freeRun(stripes: stripes) else {
+                throw VSAError("no room for the pool's area (\(stripes) stripes): delete a thick LUN first")
+            }
+            area = PoolArea(startStripe: start, stripeCount: stripes, versionsMax: UInt32(versionsMax), fresh: true)
+        }
+        let entry = LUNEntry(lunID: lunID, name: name, sizeBytes: sizeBytes, startStripe: 0, stripeCount: 0, thin: true, versionsPending: true)
+        try store.recordThinLUN(entry, pool: area!)
+        return entry
     }
 
     /// A new thin LUN: its versions in every home (made with the pool, the first time), then its LUN table entry.

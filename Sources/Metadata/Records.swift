@@ -264,10 +264,13 @@ public struct LUNEntry: Equatable, Sendable {
     /// A restore or relink under way: the snapshot every home resets the LUN to (0: none). Set before the homes
     /// change and cleared after, so a crash between is finished at the next mount, never left half done.
     public var pendingReset: UInt32
+    /// A thin LUN made offline: the next mount gives it its versions in the pool's homes (flags bit 1).
+    public var versionsPending: Bool
     public init(
         lunID: UInt32, name: String, sizeBytes: UInt64, startStripe: UInt64, stripeCount: UInt64, thin: Bool = false, linkedSnapshot: UInt32 = 0,
-        pendingReset: UInt32 = 0
+        pendingReset: UInt32 = 0, versionsPending: Bool = false
     ) {
+        self.versionsPending = versionsPending
         self.lunID = lunID
         self.name = name
         self.sizeBytes = sizeBytes
@@ -286,11 +289,16 @@ public struct PoolArea: Equatable, Sendable {
     public var startStripe: UInt64
     public var stripeCount: UInt64
     public var versionsMax: UInt32
-    public init(startStripe: UInt64, stripeCount: UInt64, versionsMax: UInt32) {
+    /// Made offline with a thin LUN: no home has written its checkpoint slots yet; the next mount makes the homes.
+    public var fresh: Bool
+    public init(startStripe: UInt64, stripeCount: UInt64, versionsMax: UInt32, fresh: Bool = false) {
         self.startStripe = startStripe
         self.stripeCount = stripeCount
         self.versionsMax = versionsMax
+        self.fresh = fresh
     }
+    /// Header bytes 60-63: versions, and bit 31 for `fresh` (versions are at most 16384).
+    static let freshBit: UInt32 = 1 << 31
 }
 
 public struct LUNTable: Equatable, Sendable {
@@ -334,7 +342,7 @@ public struct LUNTable: Equatable, Sendable {
         if let pool {
             w.put(pool.startStripe, at: 48)
             w.put(UInt32(truncatingIfNeeded: pool.stripeCount), at: 56)
-            w.put(pool.versionsMax, at: 60)
+            w.put(pool.versionsMax | (pool.fresh ? PoolArea.freshBit : 0), at: 60)
         }
         for (i, e) in entries.enumerated() {
             let base = Layout.lunHeaderBytes + i * Layout.lunEntryBytes
@@ -345,7 +353,7 @@ public struct LUNTable: Equatable, Sendable {
             w.put(e.startStripe, at: base + 72)
             w.put(e.stripeCount, at: base + 80)
             w.put(e.lunID, at: base + 88)
-            w.put(UInt32(e.thin ? 1 : 0), at: base + 92)
+            w.put(UInt32(e.thin ? 1 : 0) | (e.versionsPending ? 2 : 0), at: base + 92)
             w.put(e.linkedSnapshot, at: base + 96)
             w.put(e.pendingReset, at: base + 100)
         }
@@ -383,19 +391,22 @@ public struct LUNTable: Equatable, Sendable {
                 throw RecordRejection(reason: "LUN table entry \(i) has an invalid name")
             }
             let flags = version >= 3 ? r.get(UInt32.self, at: base + 92) : 0
-            guard flags <= 1 else { throw RecordRejection(reason: "LUN table entry \(i) has unknown flags \(flags)") }
+            guard flags <= 1 || (version >= 4 && flags == 3) else { throw RecordRejection(reason: "LUN table entry \(i) has unknown flags \(flags)") }
             entries.append(
                 LUNEntry(
                     lunID: r.get(UInt32.self, at: base + 88), name: name, sizeBytes: r.get(UInt64.self, at: base + 64),
-                    startStripe: r.get(UInt64.self, at: base + 72), stripeCount: r.get(UInt64.self, at: base + 80), thin: flags == 1,
-                    linkedSnapshot: version >= 3 ? r.get(UInt32.self, at: base + 96) : 0, pendingReset: version >= 3 ? r.get(UInt32.self, at: base + 100) : 0))
+                    startStripe: r.get(UInt64.self, at: base + 72), stripeCount: r.get(UInt64.self, at: base + 80), thin: flags & 1 != 0,
+                    linkedSnapshot: version >= 3 ? r.get(UInt32.self, at: base + 96) : 0, pendingReset: version >= 3 ? r.get(UInt32.self, at: base + 100) : 0,
+                    versionsPending: flags & 2 != 0))
         }
         let generation = header.get(UInt64.self, at: 24)
         guard generation < Layout.generationMax else { throw RecordRejection(reason: "LUN table generation \(generation) out of range") }
         var pool: PoolArea? = nil
         if version >= 3 && header.get(UInt32.self, at: 56) > 0 {
             pool = PoolArea(
-                startStripe: header.get(UInt64.self, at: 48), stripeCount: UInt64(header.get(UInt32.self, at: 56)), versionsMax: header.get(UInt32.self, at: 60)
+                startStripe: header.get(UInt64.self, at: 48), stripeCount: UInt64(header.get(UInt32.self, at: 56)),
+                versionsMax: header.get(UInt32.self, at: 60) & ~PoolArea.freshBit,
+                fresh: version >= 4 && header.get(UInt32.self, at: 60) & PoolArea.freshBit != 0
             )
         }
         return LUNTable(generation: generation, arrayUUID: header.uuid(at: 32), entries: entries, pool: pool)

@@ -61,14 +61,19 @@ final class ThinTests: FixtureTestCase {
         let status = fixture.vsa("status '\(m)'").stdout
         XCTAssertTrue(status.contains("t  10 TiB  thin, allocated 48 MiB"), status)
         XCTAssertTrue(status.contains("pool: "), status)
-        // Offline: a thin LUN cannot be made or deleted (the pool's state is the mounted array's), one line each.
+        // Offline: a thin LUN can be made (the next mount gives it its maps), but not deleted, and no thick LUN can be
+        // placed (the pool's segments are the mounted array's), one line each.
         fixture.unmount()
-        for command in ["lun create '\(fixture.dir)' u --size 1G --thin", "lun delete '\(fixture.dir)' t", "lun create '\(fixture.dir)' u --size 1M"] {
+        for command in ["lun delete '\(fixture.dir)' t", "lun create '\(fixture.dir)' u --size 1M"] {
             let r = fixture.vsa(command)
             XCTAssertNotEqual(r.status, 0, command)
             XCTAssertEqual(r.stderrLines.count, 1, "\(command): \(r.stderr)")
         }
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' u --size 1G --thin").status, 0)
         try fixture.mount()
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of='\(m)/u' bs=1M count=4 conv=notrunc,fsync status=none").status, 0)
+        XCTAssertEqual(try allocated("u"), 4 << 20)
+        XCTAssertEqual(fixture.vsa("lun delete '\(m)' u").status, 0)
         // Deleting it frees its blocks; a thick LUN fits beside the pool.
         XCTAssertEqual(fixture.vsa("lun delete '\(m)' t").status, 0)
         let thick = fixture.vsa("lun create '\(m)' k --size 64M")
@@ -149,5 +154,32 @@ final class ThinTests: FixtureTestCase {
         try fixture.mount()
         let again = Harness.sh("LOOP=$(losetup --find --show '\(m)/t') && fsck.ext4 -fn $LOOP; rc=$?; losetup -d $LOOP; exit $rc")
         XCTAssertEqual(again.status, 0, again.stdout + again.stderr)
+    }
+
+    /// `vsa lun create DIR NAME --size 10T --thin` on an unmounted 4 GiB array: the LUN table records the LUN and a
+    /// fresh pool area; the first mount makes the pool's homes and the LUN's maps; a thick LUN made offline beside it
+    /// (the fresh pool owns no segment yet) keeps its stripes.
+    func testThinLUNsMadeOfflineGetTheirPoolAtTheNextMount() throws {
+        try fixture.create("--drives 5 --drive-size 1G --raid 5")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' big --size 10T --thin").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' k --size 64M").status, 0)
+        let listed = fixture.vsa("lun list '\(fixture.dir)'").stdout
+        XCTAssertTrue(listed.contains("big") && listed.contains("10 TiB"), listed)
+        try fixture.mount()
+        let m = fixture.mnt
+        XCTAssertEqual(try allocated("big"), 0)
+        XCTAssertEqual(Harness.sh("head -c 16M /dev/urandom > '\(fixture.root)/data'").status, 0)
+        for lun in ["big", "k"] {
+            XCTAssertEqual(Harness.sh("dd if='\(fixture.root)/data' of='\(m)/\(lun)' bs=1M conv=notrunc,fsync status=none").status, 0)
+        }
+        XCTAssertEqual(try allocated("big"), 16 << 20)
+        XCTAssertEqual(fixture.vsa("snap create '\(m)' big s").status, 0)
+        XCTAssertTrue(fixture.killDaemon())
+        try fixture.mount()
+        for lun in ["big", "k"] {
+            XCTAssertEqual(Harness.sh("dd if='\(m)/\(lun)' bs=1M count=16 status=none | cmp - '\(fixture.root)/data'").status, 0, lun)
+        }
+        XCTAssertEqual(fixture.vsa("snap link '\(m)' big s c").status, 0)
+        XCTAssertEqual(Harness.sh("dd if='\(m)/c' bs=1M count=16 status=none | cmp - '\(fixture.root)/data'").status, 0)
     }
 }

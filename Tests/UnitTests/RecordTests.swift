@@ -102,13 +102,13 @@ final class RecordTests: XCTestCase {
             entries: [
                 LUNEntry(lunID: 1, name: "lun0", sizeBytes: 1 << 30, startStripe: 0, stripeCount: 5462),
                 LUNEntry(lunID: 2, name: "db.v2", sizeBytes: 512 << 20, startStripe: 5462, stripeCount: 2731),
-                LUNEntry(lunID: 3, name: "thin", sizeBytes: 10 << 40, startStripe: 0, stripeCount: 0, thin: true),
+                LUNEntry(lunID: 3, name: "thin", sizeBytes: 10 << 40, startStripe: 0, stripeCount: 0, thin: true, versionsPending: true),
                 LUNEntry(lunID: 5, name: "clone", sizeBytes: 10 << 40, startStripe: 0, stripeCount: 0, thin: true, linkedSnapshot: 300, pendingReset: 301),
-            ], pool: PoolArea(startStripe: 8193, stripeCount: 12, versionsMax: 4096))
+            ], pool: PoolArea(startStripe: 8193, stripeCount: 12, versionsMax: 4096, fresh: true))
         let bytes = table.encode()
         XCTAssertEqual(bytes.count, Layout.lunHeaderBytes + 4 * Layout.lunEntryBytes)
         XCTAssertEqual(bytes[8], 4)  // format version 4: thin LUNs, the pool area, clones' links and restores
-        XCTAssertEqual(bytes[Layout.lunHeaderBytes + 2 * Layout.lunEntryBytes + 92], 1)  // thin
+        XCTAssertEqual(bytes[Layout.lunHeaderBytes + 2 * Layout.lunEntryBytes + 92], 3)  // thin, versions pending
         XCTAssertEqual(try LUNTable.decode(bytes), table)
         // A snapshot id that is a LUN id, or a thick LUN linked: not a table a vsa wrote.
         let geometry = ArrayGeometry(raidLevel: .raid5, memberCount: 4, stripUnitBytes: 65536, stripeCount: 10000, dataOffsetBytes: 0)
