@@ -138,21 +138,26 @@ public final class BlockMap {
 
     // MARK: Lookup and update
 
+    /// The frame of version `id`'s root node: a dirty one by position, else the clean node read. No frame when the root
+    /// maps nothing; not readable when the node could not be read or failed its checks.
+    private func rootFrame(_ id: UInt32, slot: Int) -> (frame: Int?, readable: Bool) {
+        let level = versionDepth[slot] - 1
+        if let f = findPosition(id, level, 0) { return (f, true) }
+        let root = MapEntry(raw: versionRoot[slot])
+        guard root.isMapped else { return (nil, true) }
+        guard let f = loadClean(root, level: level, index: 0) else { return (nil, false) }
+        return (f, true)
+    }
+
     /// The entry of local block `block` of version `id`: MapEntry.unmapped when not mapped, nil when a node could not be
     /// read or failed its checks (the host gets EIO).
     public func lookup(_ id: UInt32, block: UInt64) -> MapEntry? {
         guard let slot = slotOf[id] else { return nil }
         precondition(block < versionBlocks[slot], "block \(block) beyond version \(id)'s \(versionBlocks[slot])")
         var level = versionDepth[slot] - 1
-        var frame: Int
-        if let f = findPosition(id, level, 0) {
-            frame = f
-        } else {
-            let root = MapEntry(raw: versionRoot[slot])
-            guard root.isMapped else { return MapEntry.unmapped }
-            guard let f = loadClean(root, level: level, index: 0) else { return nil }
-            frame = f
-        }
+        let root = rootFrame(id, slot: slot)
+        guard root.readable else { return nil }
+        guard var frame = root.frame else { return MapEntry.unmapped }
         while true {
             let span = MapNode.entrySpan(level: level)
             let entry = MapEntry(raw: MapNode.entries(arena.slice(frame))[Int((block / span) % UInt64(MapNode.fanout))])
@@ -179,15 +184,9 @@ public final class BlockMap {
         var block = from
         descent: while block < limit {
             var level = versionDepth[slot] - 1
-            var frame: Int
-            if let f = findPosition(id, level, 0) {
-                frame = f
-            } else {
-                let root = MapEntry(raw: versionRoot[slot])
-                guard root.isMapped else { return end }
-                guard let f = loadClean(root, level: level, index: 0) else { return nil }
-                frame = f
-            }
+            let root = rootFrame(id, slot: slot)
+            guard root.readable else { return nil }
+            guard var frame = root.frame else { return end }
             while true {
                 let entries = MapNode.entries(arena.slice(frame))
                 if level == 0 {
