@@ -379,7 +379,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                     return store.freeBytes
                 }
                 if entry.thin {
-                    if !deleteThinVersions(lunID: entry.lunID) { daemonLog("LUN \(name): its blocks could not all be freed now; the next mount frees them") }
+                    if !dropVersion(entry.lunID) { daemonLog("LUN \(name): its blocks could not all be freed now; the next mount frees them") }
                 } else if let r = poolRuntime() {
                     r.space.unreserve(
                         entry.startStripe..<(entry.startStripe + entry.stripeCount),

@@ -89,22 +89,28 @@ extension ArrayDaemon {
         return runtime
     }
 
+    /// Where a new pool's area goes: the first free run of stripes its checkpoint slots need (one pair per director).
+    static func choosePoolArea(store: ArrayStore) throws(VSAError) -> PoolArea {
+        let geometry = store.geometry
+        let versionsMax = PoolLayout.versionsMax(capacityBytes: geometry.capacityBytes)
+        let stripes = PoolLayout.areaStripes(geometry: geometry, homes: store.superblock.directorCount, versionsMax: versionsMax)
+        guard geometry.stripeCount * UInt64(geometry.stripeDataBytes / 4096) < MapEntry.pbaLimit else {
+            throw VSAError("thin LUNs need an array under 4 PiB")
+        }
+        guard let start = store.freeRun(stripes: stripes) else {
+            throw VSAError("no room for the pool's area (\(stripes) stripes): delete a thick LUN first")
+        }
+        return PoolArea(startStripe: start, stripeCount: stripes, versionsMax: UInt32(versionsMax))
+    }
+
     /// `vsa lun create --thin` with no daemon: the LUN table records the LUN with its versions pending (and, the first
     /// time, the pool area, fresh); the next mount makes what the pool's homes lack.
     public static func createThinLUNOffline(store: ArrayStore, name: String, sizeBytes: UInt64) throws(VSAError) -> LUNEntry {
         let lunID = try store.checkNewLUN(name: name, sizeBytes: sizeBytes, thin: true)
         var area = store.lunTable.pool
         if area == nil {
-            let geometry = store.geometry
-            let versionsMax = PoolLayout.versionsMax(capacityBytes: geometry.capacityBytes)
-            let stripes = PoolLayout.areaStripes(geometry: geometry, homes: store.superblock.directorCount, versionsMax: versionsMax)
-            guard geometry.stripeCount * UInt64(geometry.stripeDataBytes / 4096) < MapEntry.pbaLimit else {
-                throw VSAError("thin LUNs need an array under 4 PiB")
-            }
-            guard let start = store.freeRun(stripes: stripes) else {
-                throw VSAError("no room for the pool's area (\(stripes) stripes): delete a thick LUN first")
-            }
-            area = PoolArea(startStripe: start, stripeCount: stripes, versionsMax: UInt32(versionsMax), fresh: true)
+            area = try choosePoolArea(store: store)
+            area!.fresh = true
         }
         let entry = LUNEntry(lunID: lunID, name: name, sizeBytes: sizeBytes, startStripe: 0, stripeCount: 0, thin: true, versionsPending: true)
         try store.recordThinLUN(entry, pool: area!)
@@ -137,14 +143,8 @@ extension ArrayDaemon {
     private func createPool() throws(VSAError) -> PoolRuntime {
         let homes = engines.directors.count
         let geometry = store.geometry
-        let versionsMax = PoolLayout.versionsMax(capacityBytes: geometry.capacityBytes)
-        let stripes = PoolLayout.areaStripes(geometry: geometry, homes: homes, versionsMax: versionsMax)
-        guard geometry.stripeCount * UInt64(geometry.stripeDataBytes / 4096) < MapEntry.pbaLimit else {
-            throw VSAError("thin LUNs need an array under 4 PiB")
-        }
-        guard let start = controlLock.withLock({ _ in store.freeRun(stripes: stripes) }) else {
-            throw VSAError("no room for the pool's area (\(stripes) stripes): delete a thick LUN first")
-        }
+        let area = try controlLock.withLock { _ throws(VSAError) in try ArrayDaemon.choosePoolArea(store: store) }
+        let (start, stripes, versionsMax) = (area.startStripe, area.stripeCount, Int(area.versionsMax))
         let layout = PoolLayout(geometry: geometry, homes: homes, areaStart: start, versionsMax: versionsMax)
         var reserved = controlLock.withLock { _ in store.lunTable.reservedRuns }
         reserved.append(start..<(start + stripes))
@@ -191,9 +191,9 @@ extension ArrayDaemon {
         throw VSAError("the pool kept taking the space chosen for \(name); try again")
     }
 
-    /// A thin LUN's versions go from every home (after the LUN table dropped it: a crash between leaves orphans,
-    /// which the next mount drops).
-    func deleteThinVersions(lunID: UInt32) -> Bool { engines.poolEach { .deleteVersion(home: $0, lunID: lunID) } == 0 }
+    /// Version `id` (a deleted thin LUN's, a snapshot's, or one a failed create left) goes from every home that has
+    /// it; each home is tried even if one fails (a home left holding it: the next mount drops it).
+    func dropVersion(_ id: UInt32) -> Bool { engines.poolEach(everyHome: true) { .deleteVersion(home: $0, lunID: id) } == 0 }
 
     /// Per home, its counters (copied on the director acting for it).
     /// Nil when a home did not answer.
@@ -213,8 +213,8 @@ extension ArrayDaemon {
         let block = UInt64(PoolLayout.blockBytes)
         for i in report.luns.indices where report.luns[i].thin {
             let id = report.luns[i].id
-            report.luns[i].allocatedBytes = stats.reduce(0) { $0 + ($1.versions[id]?.mapped ?? 0) } * block
-            report.luns[i].uniqueBytes = stats.reduce(0) { $0 + ($1.versions[id]?.own ?? 0) } * block
+            report.luns[i].allocatedBytes = stats.reduce(0) { $0 + ($1.records[id]?.mapped ?? 0) } * block
+            report.luns[i].uniqueBytes = stats.reduce(0) { $0 + ($1.records[id]?.own ?? 0) } * block
         }
         addSnapshotStatus(&report, stats: stats)
         // What host data can have: the segments held back for checkpoints, unmaps and the homes' open segments are
@@ -222,7 +222,8 @@ extension ArrayDaemon {
         let heldBack = runtime.space.heldBackSegments.load(ordering: .relaxed)
         let segments = max(0, runtime.space.poolSegments - heldBack)
         // Blocks promised to pages still in the cache are as good as taken.
-        let promised = (runtime.space.promisedBlocks.load(ordering: .relaxed) + runtime.layout.blocksPerSegment - 1) / runtime.layout.blocksPerSegment
+        let promisedBlocks = max(0, runtime.space.promisedBlocks.load(ordering: .relaxed))
+        let promised = (promisedBlocks + runtime.layout.blocksPerSegment - 1) / runtime.layout.blocksPerSegment
         let free = min(segments, max(0, runtime.space.freeSegments - heldBack - promised))
         let segmentBytes = UInt64(runtime.layout.blocksPerSegment) * block
         let used = segments == 0 ? 100 : Double(segments - free) * 100 / Double(segments)
@@ -235,7 +236,7 @@ extension ArrayDaemon {
             freeBytes: UInt64(free) * segmentBytes, usedPercent: used, segments: segments, freeSegments: free, segmentBytes: segmentBytes,
             checkpoints: stats.reduce(0) { $0 + $1.checkpoint }, commits: stats.reduce(0) { $0 + $1.commits },
             paddingBytes: stats.reduce(0) { $0 + $1.paddingBlocks } * block, damagedMapNodes: stats.reduce(0) { $0 + $1.damagedNodes },
-            promisedBytes: UInt64(max(0, runtime.space.promisedBlocks.load(ordering: .relaxed))) * block, warning: warning)
+            promisedBytes: UInt64(promisedBlocks) * block, warning: warning)
         // The array's free space: what no thick LUN, pool area or pool segment holds.
         report.array.freeBytes =
             report.array.freeBytes > UInt64(segments - free) * segmentBytes ? report.array.freeBytes - UInt64(segments - free) * segmentBytes : 0

@@ -98,7 +98,7 @@ extension ArrayDaemon {
         guard flushed == 0 else { throw VSAError("the LUN's cached writes could not be destaged (\(Posix.errnoDescription(flushed))); no snapshot taken") }
         guard engines.poolEach({ h in .change(home: h) { $0.snapshot(lun.lunID, as: id, label: label) } }) == 0 else {
             // Homes that took their part drop it again (or the next mount does).
-            _ = engines.poolEach(everyHome: true) { h in .change(home: h) { $0.versions[id] == nil || $0.deleteVersion(id) } }
+            _ = dropVersion(id)
             throw VSAError("the snapshot could not be recorded (drives failing); no snapshot taken")
         }
         if label.secureUntilSeconds != 0 { noteSecureExpiry(label.secureUntilSeconds) }
@@ -117,7 +117,7 @@ extension ArrayDaemon {
         guard clones.isEmpty else {
             throw VSAError("snapshot \(lunName)@\(name) is linked to \(clones.joined(separator: ", ")); unlink first (vsa snap unlink TARGET CLONE)")
         }
-        guard engines.poolEach(everyHome: true, { h in .change(home: h) { $0.versions[s.id] == nil || $0.deleteVersion(s.id) } }) == 0 else {
+        guard dropVersion(s.id) else {
             throw VSAError("snapshot \(lunName)@\(name) could not be deleted everywhere (drives failing); the next mount completes it")
         }
         daemonLog("snapshot \(lunName)@\(name) \(expiring ? "expired and was deleted" : "deleted")")
@@ -142,7 +142,7 @@ extension ArrayDaemon {
             try store.checkNewLUN(name: clone, sizeBytes: lun.sizeBytes, thin: true, idGroup: (lun.lunID % homes, homes))
         }
         guard engines.poolEach({ h in .change(home: h) { $0.link(id, to: s.id) } }) == 0 else {
-            _ = engines.poolEach(everyHome: true) { h in .change(home: h) { $0.versions[id] == nil || $0.deleteVersion(id) } }
+            _ = dropVersion(id)
             throw VSAError("the clone could not be made (drives failing or the pool's version table full); nothing was kept")
         }
         let entry = LUNEntry(lunID: id, name: clone, sizeBytes: lun.sizeBytes, startStripe: 0, stripeCount: 0, thin: true, linkedSnapshot: s.id)
@@ -267,8 +267,8 @@ extension ArrayDaemon {
             StatusReport.SnapshotInfo(
                 lun: names[s.label.lunID] ?? "(deleted LUN \(s.label.lunID))", name: s.label.name, id: s.id, createdSeconds: s.label.createdSeconds,
                 secureUntilSeconds: s.label.secureUntilSeconds == 0 ? nil : s.label.secureUntilSeconds,
-                allocatedBytes: stats.reduce(0) { $0 + ($1.versions[s.id]?.mapped ?? 0) } * block,
-                uniqueBytes: stats.reduce(0) { $0 + ($1.versions[s.id]?.unique ?? 0) } * block,
+                allocatedBytes: stats.reduce(0) { $0 + ($1.records[s.id]?.mapped ?? 0) } * block,
+                uniqueBytes: stats.reduce(0) { $0 + ($1.records[s.id]?.unique ?? 0) } * block,
                 linked: entries.filter { $0.linkedSnapshot == s.id }.map(\.name).sorted())
         }
         for i in report.luns.indices {

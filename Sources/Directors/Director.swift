@@ -91,7 +91,7 @@ public enum Work {
 public enum PoolWork {
     /// A new thin LUN's share of the home: an empty version, made durable.
     case createVersion(home: Int, lunID: UInt32, blocks: UInt64)
-    /// A deleted thin LUN's share: its blocks freed, made durable.
+    /// A version gone (a deleted thin LUN, a snapshot, a failed create): its own blocks freed, made durable.
     case deleteVersion(home: Int, lunID: UInt32)
     /// Everything the home holds in memory made durable (a clean stop: the next mount replays nothing).
     case checkpoint(home: Int)

@@ -329,7 +329,7 @@ public final class PoolHome: MapBlockReader {
 
     /// Reads local block `block` of version `id` into `target` (zeroes when not mapped).
     public func read(_ id: UInt32, block: UInt64, into target: UnsafeMutableRawPointer) -> Bool {
-        guard let record = versions[id], block < record.blocks, let entry = map.lookup(id, block: block) else { return false }
+        guard let entry = entry(id, block: block) else { return false }
         guard entry.isMapped else {
             memory.zero(target, byteCount: PoolLayout.blockBytes)
             return true

@@ -132,9 +132,7 @@ public final class PoolPort {
 
 /// A home's counters as the control plane reads them (copied on the home's executor by a stats request).
 public final class PoolHomeStats: @unchecked Sendable {
-    /// Per version: mapped blocks, own blocks, unique blocks.
-    public var versions: [UInt32: (mapped: UInt64, own: UInt64, unique: UInt64)] = [:]
-    /// Per version: its kind, origin and label (snapshots' names and times).
+    /// Per version: its kind, origin, counters (mapped, own, unique blocks) and label (snapshots' names and times).
     public var records: [UInt32: VersionRecord] = [:]
     public var ownedSegments = 0
     public var liveBlocks: UInt64 = 0
@@ -147,8 +145,6 @@ public final class PoolHomeStats: @unchecked Sendable {
     public init() {}
 
     public func capture(_ h: PoolHome) {
-        versions = [:]
-        for (id, v) in h.versions { versions[id] = (v.mapped, v.own, v.unique) }
         records = h.versions
         let owned = h.space.owned(by: h.home)
         ownedSegments = owned.count
