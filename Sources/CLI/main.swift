@@ -280,8 +280,11 @@ struct Mount: VSACommand {
     @Argument(help: "The array folder.") var dir: String
     @Argument(help: "An existing empty folder to mount on.") var mountpoint: String
     @Flag(help: "Stay in the foreground and log to stderr.") var foreground = false
-    @Option(name: .short, help: "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS), comma-separated.") var o:
-        [String] = []
+    @Option(
+        name: .short,
+        help:
+            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, cleaner_rate=SIZE per second or 0), comma-separated."
+    ) var o: [String] = []
     @Flag(help: .hidden) var daemonChild = false
 
     func execute() throws(VSAError) {
@@ -291,6 +294,7 @@ struct Mount: VSACommand {
         var cacheBytes: UInt64? = nil
         var fuseThreads = 4
         var driveTimeout: Double = 30
+        var cleanerRate: UInt64? = nil
         for item in o.flatMap({ $0.split(separator: ",").map(String.init) }) {
             if item.hasPrefix("threads=") {
                 guard let n = Int(item.dropFirst(8)), n >= 1, n <= 64 else {
@@ -304,6 +308,13 @@ struct Mount: VSACommand {
                     throw VSAError("-o drive_timeout takes seconds from 0.5 to 3600, or 0 for none (got '\(item.dropFirst(14))')")
                 }
                 driveTimeout = seconds
+            } else if item.hasPrefix("cleaner_rate=") {
+                let value = String(item.dropFirst(13))
+                let rate = value == "0" ? 0 : try size(value, "-o cleaner_rate")
+                guard rate == 0 || (rate >= 1 << 20 && rate <= 64 << 30) else {
+                    throw VSAError("-o cleaner_rate takes a size per second from 1M to 64G, or 0 for no background cleaning (got '\(value)')")
+                }
+                cleanerRate = rate
             } else if [
                 "rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "dev", "suid", "exec", "nodev", "nosuid", "noexec", "async", "atime",
                 "noatime", "relatime",
@@ -322,6 +333,7 @@ struct Mount: VSACommand {
         var options = MountOptions(directory: directory, mountpoint: mp, fuseOptions: fuseOptions, cacheBytes: cacheBytes)
         options.fuseThreads = fuseThreads
         options.driveTimeoutSeconds = driveTimeout
+        if let cleanerRate { options.cleanerRate = cleanerRate }
         if foreground || daemonChild {
             if daemonChild { setsid() }
             let daemon: ArrayDaemon

@@ -35,6 +35,9 @@ public struct MountOptions: Sendable {
     public var fuseThreads = 4
     /// How long a drive may keep one batch of I/O waiting before it is failed (0: forever).
     public var driveTimeoutSeconds: Double = 30
+    /// Bytes per second of pool segments the background cleaner reads at most (0: it cleans only when a write would
+    /// otherwise get ENOSPC, or the pool is nearly full).
+    public var cleanerRate: UInt64 = CleanerControl.defaultRate
     public init(directory: String, mountpoint: String, fuseOptions: [String], cacheBytes: UInt64?) {
         self.directory = directory
         self.mountpoint = mountpoint
@@ -112,6 +115,7 @@ public final class ArrayDaemon: @unchecked Sendable {
     var messages: [String] = []
     let rebuildTracker = RebuildTracker()
     let scrubTracker = ScrubTracker()
+    let cleaner: CleanerControl
     /// The rate the queued rebuild asked for (it starts when the running one ends).
     let queuedRebuildRate = Atomic<UInt64>(defaultRebuildRate)
     /// One prober per member (see `startDriveProbes`).
@@ -128,6 +132,7 @@ public final class ArrayDaemon: @unchecked Sendable {
     /// Builds the whole stack and mounts it. Throws a one-line user error; nothing is written before assembly succeeds.
     public init(options: MountOptions) throws(VSAError) {
         self.options = options
+        cleaner = CleanerControl(rate: options.cleanerRate)
         var st = stat()
         guard stat(options.mountpoint, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
             throw VSAError("mount point \(options.mountpoint) is not a folder; create it with mkdir")
@@ -243,6 +248,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         startDriveProbes()
         startHealthMonitor()
         startSecureExpiry()
+        startCleaner()
         // A rebuild the last mount did not finish resumes; a failed member with a spare at hand gets it.
         startRebuildThread(rate: defaultRebuildRate)
         startRebuildOntoSpare()
@@ -263,6 +269,7 @@ public final class ArrayDaemon: @unchecked Sendable {
     private func shutdown() -> Int32 {
         removeControlSocket()
         controlLock.withLock { _ in shuttingDown.store(true, ordering: .relaxed) }
+        stopCleaner()
         pauseRebuild()
         stopScrub()
         // Failed directors come back for the stop: the array shuts down whole, and the next mount starts them all.

@@ -237,6 +237,19 @@ extension ArrayDaemon {
             checkpoints: stats.reduce(0) { $0 + $1.checkpoint }, commits: stats.reduce(0) { $0 + $1.commits },
             paddingBytes: stats.reduce(0) { $0 + $1.paddingBlocks } * block, damagedMapNodes: stats.reduce(0) { $0 + $1.damagedNodes },
             promisedBytes: UInt64(promisedBlocks) * block, warning: warning)
+        report.pool!.reclaimableBytes = stats.reduce(0) { $0 + $1.reclaimableBlocks } * block
+        let stripeBytes = UInt64(runtime.layout.geometry.stripeDataBytes)
+        report.pool!.cleaner = StatusReport.CleanerInfo(
+            state: CleanerControl.State(rawValue: cleaner.state.load(ordering: .relaxed))?.name ?? "idle", rateBytesPerSecond: cleaner.rate,
+            segmentsCleaned: stats.reduce(0) { $0 + $1.cleaner.segmentsCleaned }, movedBytes: stats.reduce(0) { $0 + $1.cleaner.blocksMoved } * block,
+            nodesMoved: stats.reduce(0) { $0 + $1.cleaner.nodesMoved }, readBytes: stats.reduce(0) { $0 + $1.cleaner.stripesRead } * stripeBytes,
+            pinnedBytes: stats.reduce(0) { $0 + $1.cleaner.blocksPinned } * block,
+            victims: stats.enumerated().compactMap { home, s in
+                s.cleaner.victim < 0
+                    ? nil
+                    : StatusReport.CleanerInfo.Victim(
+                        home: home, segment: s.cleaner.victim, percentDone: Int(s.cleaner.victimStripesDone * 100 / max(1, s.stripesPerSegment)))
+            })
         // The array's free space: what no thick LUN, pool area or pool segment holds.
         report.array.freeBytes =
             report.array.freeBytes > UInt64(segments - free) * segmentBytes ? report.array.freeBytes - UInt64(segments - free) * segmentBytes : 0

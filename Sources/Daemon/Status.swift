@@ -84,6 +84,29 @@ public struct StatusReport: Codable, Sendable {
         public var promisedBytes: UInt64 = 0
         /// Set at 80, 90 and 95% used.
         public var warning: String?
+        /// Dead blocks in partly used segments, as bytes: what the cleaner can give back.
+        public var reclaimableBytes: UInt64 = 0
+        public var cleaner: CleanerInfo? = nil
+    }
+    /// The pool's cleaner (docs/POOL.md, "The cleaner").
+    public struct CleanerInfo: Codable, Sendable {
+        /// idle (enough free space), cleaning (at most `rateBytesPerSecond`), urgent (pool nearly full: full speed),
+        /// off (`-o cleaner_rate=0`: only writes that would get ENOSPC clean).
+        public var state: String
+        public var rateBytesPerSecond: UInt64
+        public var segmentsCleaned: UInt64
+        public var movedBytes: UInt64
+        public var nodesMoved: UInt64
+        public var readBytes: UInt64
+        /// Blocks left in victims because snapshots or clones share them, as bytes.
+        public var pinnedBytes: UInt64
+        /// The segments being cleaned now: home, segment, percent of its stripes done.
+        public var victims: [Victim]
+        public struct Victim: Codable, Sendable {
+            public var home: Int
+            public var segment: Int
+            public var percentDone: Int
+        }
     }
     public struct CacheInfo: Codable, Sendable {
         public var sizeBytes: UInt64
@@ -329,6 +352,15 @@ public struct StatusReport: Codable, Sendable {
                 "pool: \(formatSize(p.sizeBytes)) in \(p.segments) segments of \(formatSize(p.segmentBytes)), allocated \(formatSize(p.allocatedBytes)), free \(formatSize(p.freeBytes)) (\(tenths / 10).\(tenths % 10)% used), \(p.checkpoints) checkpoints, \(p.commits) commits"
             )
             if let w = p.warning { lines.append("pool: warning: \(w)") }
+            if let c = p.cleaner {
+                let rate = c.rateBytesPerSecond == 0 ? "no background rate" : "\(formatSize(c.rateBytesPerSecond))/s"
+                var line =
+                    "cleaner: \(c.state) (\(rate)), reclaimable \(formatSize(p.reclaimableBytes)), \(c.segmentsCleaned) segments cleaned, \(formatSize(c.movedBytes)) moved, \(formatSize(c.pinnedBytes)) kept for snapshots"
+                if !c.victims.isEmpty {
+                    line += "; now " + c.victims.map { "segment \($0.segment) of home \($0.home) \($0.percentDone)%" }.joined(separator: ", ")
+                }
+                lines.append(line)
+            }
         }
         let ratio = String(Int((cache.hitRatio * 1000).rounded()) / 10) + "." + String(Int((cache.hitRatio * 1000).rounded()) % 10) + "%"
         lines.append(

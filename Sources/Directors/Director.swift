@@ -103,6 +103,16 @@ public enum PoolWork {
     /// A change of the home's versions (a snapshot, link, restore or delete), after the director's pages are
     /// committed; false if it failed.
     case change(home: Int, body: (PoolHome) -> Bool)
+    /// One step of the home's cleaner: up to `stripes` stripes of its victim, a victim needing `minimumDead` dead
+    /// blocks; the blocks moved go in `moved` (-1: nothing worth cleaning).
+    case clean(home: Int, stripes: Int, minimumDead: Int, moved: CleanStep)
+}
+
+/// What a cleaner step did (written on the director, read after the request completes).
+public final class CleanStep: @unchecked Sendable {
+    public var moved = 0
+    public var idle = false
+    public init() {}
 }
 
 /// Where the seeded simulation's scheduler (Tests/UnitTests/SimulationScheduler.swift) takes over a thread that would
@@ -562,6 +572,15 @@ extension Director {
             return pool.unmapStripes(lunID: lun.lunID, stripes: stripes, home: home)
         case .change(let home, let body):
             return pool.commit() && pool.withHome(home, body)
+        case .clean(let home, let stripes, let minimumDead, let step):
+            return pool.commit()
+                && pool.withHome(home) { h in
+                    step.idle = h.cleanerCounters.victim < 0 && h.chooseVictim(minimumDead: minimumDead) == nil
+                    if step.idle { return true }
+                    guard let moved = h.clean(stripes: stripes, minimumDead: minimumDead) else { return false }
+                    step.moved = moved
+                    return true
+                }
         }
     }
 }

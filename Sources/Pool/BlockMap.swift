@@ -266,6 +266,62 @@ public final class BlockMap {
         return frame
     }
 
+    // MARK: Node moves (the cleaner)
+
+    /// The pointer to version `id`'s node at (level, index) as the drives have it: the parent's entry, or the root
+    /// entry for the root. `.unmapped` when no such node is on the drives for this version, or its position is dirty
+    /// (the next checkpoint writes it anyway). Nil when a node on the way could not be read.
+    public func nodeEntry(_ id: UInt32, level: Int, index: UInt64) -> MapEntry? {
+        guard let slot = slotOf[id] else { return .unmapped }
+        let depth = versionDepth[slot]
+        guard level >= 0 && level < depth else { return .unmapped }
+        // The node's first block, bounded before any arithmetic that could overflow.
+        let span = MapNode.entrySpan(level: level + 1)
+        guard index <= versionBlocks[slot] / span, index * span < versionBlocks[slot] else { return .unmapped }
+        if findPosition(id, level, index) != nil { return .unmapped }
+        if level == depth - 1 { return index == 0 ? MapEntry(raw: versionRoot[slot]) : .unmapped }
+        let block = index * span
+        var at = depth - 1
+        let root = rootFrame(id, slot: slot)
+        guard root.readable else { return nil }
+        guard var frame = root.frame else { return .unmapped }
+        while true {
+            let entrySpan = MapNode.entrySpan(level: at)
+            let childIndex = block / entrySpan
+            let entry = MapEntry(raw: MapNode.entries(arena.slice(frame))[Int(childIndex % UInt64(MapNode.fanout))])
+            if at == level + 1 { return entry }
+            if frameDirty[frame], let f = findPosition(id, at - 1, childIndex) {
+                frame = f
+            } else {
+                guard entry.isMapped else { return .unmapped }
+                guard let f = loadClean(entry, level: at - 1, index: childIndex) else { return nil }
+                frame = f
+            }
+            at -= 1
+        }
+    }
+
+    /// Makes version `id`'s node at (level, index) dirty, and the path above it, so the next checkpoint writes it to
+    /// a new block and frees the old one (`replaced`): how the cleaner moves a node. False when a node could not be
+    /// read or no frame could be had (nothing changed then).
+    public func touchNode(_ id: UInt32, level target: Int, index: UInt64) -> Bool {
+        guard let slot = slotOf[id], target >= 0, target < versionDepth[slot] else { return false }
+        let block = index * MapNode.entrySpan(level: target + 1)
+        precondition(block < versionBlocks[slot], "node \(index) at level \(target) beyond version \(id)")
+        guard freeOrEvictableFrames(atLeast: versionDepth[slot] - target) else { return false }
+        var level = versionDepth[slot] - 1
+        guard var frame = dirtyNode(id, level: level, index: 0, current: MapEntry(raw: versionRoot[slot])) else { return false }
+        while level > target {
+            let span = MapNode.entrySpan(level: level)
+            let childIndex = block / span
+            let child = MapEntry(raw: MapNode.entries(arena.slice(frame))[Int(childIndex % UInt64(MapNode.fanout))])
+            guard let f = dirtyNode(id, level: level - 1, index: childIndex, current: child) else { return false }
+            frame = f
+            level -= 1
+        }
+        return true
+    }
+
     // MARK: Checkpoint
 
     /// Writes every dirty node, children first, as born in `birth`: `write` puts a sealed node on a new block and
@@ -294,6 +350,12 @@ public final class BlockMap {
                 unlinkPosition(f)
                 frameDirty[f] = false
                 dirtyFrames -= 1
+                // A clean frame still cached for a node that once lived at this PBA (its segment was freed and
+                // written again) must never answer for the new node.
+                if let stale = findPBA(pba) {
+                    unlinkPBA(stale)
+                    releaseFrame(stale)
+                }
                 framePBA[f] = pba
                 linkPBA(f)
                 if old.isMapped { replaced(id, old) }

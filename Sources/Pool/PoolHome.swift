@@ -150,6 +150,8 @@ public final class PoolHome: MapBlockReader {
     /// Unmap runs logged (a discard of what maps nothing logs none, and needs no commit).
     public private(set) var unmapRunsLogged: UInt64 = 0
     public internal(set) var rolledForward = 0
+    /// The cleaner's victim, progress and counters (PoolCleaner.swift).
+    var cleaner: PoolCleanerState
 
     /// A new, empty home (the pool was just made, or this home never wrote). `checkpoint()` makes it durable.
     public init(home: Int, layout: PoolLayout, space: PoolSpace, poolTag: UInt64, store: any StripeStore, memory: MemoryServices, mapFrames: Int) {
@@ -172,10 +174,12 @@ public final class PoolHome: MapBlockReader {
         readTargets = .allocate(capacity: layout.blocksPerRow)
         strips.initialize(repeating: nil, count: layout.blocksPerRow)
         readTargets.initialize(repeating: nil, count: layout.blocksPerRow)
+        cleaner = PoolCleanerState(layout: layout)
         map = BlockMap(home: UInt8(home), frameCount: mapFrames, blockLimit: layout.blockCount, reader: self)
     }
 
     deinit {
+        cleaner.targets.deallocate()
         strips.deallocate()
         readTargets.deallocate()
     }
@@ -257,6 +261,8 @@ public final class PoolHome: MapBlockReader {
         row = 0
         commitOpen = false
         rolledForward = 0
+        cleaner.victim = -1
+        cleaner.pinned = [:]
     }
 
     // MARK: Versions
@@ -279,9 +285,15 @@ public final class PoolHome: MapBlockReader {
     /// Writes one 4 KiB page as local block `block` of version `id`: into the commit being filled, the map pointing
     /// at it from now on. Durable after the next `commit()`.
     public func write(_ id: UInt32, block: UInt64, from page: UnsafeRawPointer) -> PoolFailure? {
+        writeBlock(id, block: block, from: page, reserve: dataReserve)
+    }
+
+    /// `write`, claiming a new segment only while `reserve` stay free (host data: the data reserve; the cleaner's
+    /// moves: less, so a full pool can still be cleaned).
+    func writeBlock(_ id: UInt32, block: UInt64, from page: UnsafeRawPointer, reserve: Int) -> PoolFailure? {
         guard let record = versions[id], record.kind == .live, block < record.blocks else { return .io }
         guard makeRoomInMap() else { return .io }
-        guard reserveBlock(reserve: dataReserve) else { return .noSpace }
+        guard reserveBlock(reserve: reserve) else { return .noSpace }
         let j = commitRow * layout.blocksPerRow + commitBlocks
         let pba = layout.pba(stripe: commitStripe, block: j)
         guard mapBlock(id, block: block, to: pba) else { return .io }
@@ -338,7 +350,7 @@ public final class PoolHome: MapBlockReader {
     }
 
     /// Takes a checkpoint when half the map's frames are dirty: dirty nodes stay until one writes them.
-    private func makeRoomInMap() -> Bool {
+    func makeRoomInMap() -> Bool {
         map.dirtyFrames < map.frameCount / 2 || checkpoint()
     }
 

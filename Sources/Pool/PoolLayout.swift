@@ -33,7 +33,8 @@ public struct PoolLayout: Equatable, Sendable {
     public let areaStart: UInt64
     public let slotStripes: UInt64
 
-    public init(geometry: ArrayGeometry, homes: Int, areaStart: UInt64, versionsMax: Int) {
+    /// `segmentBytes`: the pool's is `segmentTargetBytes`; tests use small segments to make many.
+    public init(geometry: ArrayGeometry, homes: Int, areaStart: UInt64, versionsMax: Int, segmentBytes: UInt64 = PoolLayout.segmentTargetBytes) {
         precondition(homes >= 1 && homes <= 2 * DirectorID.enginesMax && versionsMax >= 1)
         self.geometry = geometry
         self.homes = homes
@@ -42,13 +43,13 @@ public struct PoolLayout: Equatable, Sendable {
         blocksPerRow = geometry.dataStripsPerStripe
         rowsPerStripe = geometry.stripUnitBytes / PoolLayout.blockBytes
         blocksPerStripe = blocksPerRow * rowsPerStripe
-        stripesPerSegment = max(1, PoolLayout.segmentTargetBytes / geometry.stripeDataBytes)
+        stripesPerSegment = max(1, segmentBytes / geometry.stripeDataBytes)
         segmentCount = Int(geometry.stripeCount / stripesPerSegment)
-        slotStripes = PoolLayout.slotStripes(geometry: geometry, versionsMax: versionsMax)
+        slotStripes = PoolLayout.slotStripes(geometry: geometry, versionsMax: versionsMax, segmentBytes: segmentBytes)
     }
 
-    static func slotStripes(geometry: ArrayGeometry, versionsMax: Int) -> UInt64 {
-        let segments = geometry.stripeCount / max(1, PoolLayout.segmentTargetBytes / geometry.stripeDataBytes)
+    static func slotStripes(geometry: ArrayGeometry, versionsMax: Int, segmentBytes: UInt64 = PoolLayout.segmentTargetBytes) -> UInt64 {
+        let segments = geometry.stripeCount / max(1, segmentBytes / geometry.stripeDataBytes)
         let tableBytes = UInt64(versionsMax * versionRecordBytes) + segments * UInt64(segmentEntryBytes)
         return 1 + geometry.stripesFor(sizeBytes: tableBytes)
     }

@@ -89,15 +89,28 @@ public final class PoolPort {
     }
 
     /// Promises blocks to `count` pages of LUN stripe `lunStripe` about to become write-pending. When the pool
-    /// cannot, and the stripe's home has emptied segments a checkpoint would give back, it checkpoints and tries
-    /// again (so space freed by a discard or a delete is found before a write is refused).
+    /// cannot, the stripe's home (this director acts for it) first checkpoints if it has emptied segments (space a
+    /// discard or a delete freed), then cleans: victims' live blocks moved until a segment comes back or nothing is
+    /// worth moving. Only then does the write get ENOSPC. The background cleaner keeps this path rare; it is what
+    /// keeps overwrites of a nearly full pool going when the host writes faster than the cleaner's rate.
     public func promise(_ count: Int, lunID: UInt32, lunStripe: UInt64, force: Bool) -> Bool {
         let space = homes[0].space
         if space.promise(count, force: force) { return true }
         let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
         let owner = home(h)
-        guard owner.hasEmptiedSegments, commit(), owner.checkpoint() else { return false }
-        return space.promise(count)
+        guard commit() else { return false }
+        if owner.hasEmptiedSegments {
+            guard owner.checkpoint() else { return false }
+            if space.promise(count) { return true }
+        }
+        let minimumDead = layout.blocksPerSegment / 8
+        for _ in 0..<8 {
+            guard owner.cleanerCounters.victim >= 0 || owner.chooseVictim(minimumDead: minimumDead) != nil else { return false }
+            guard owner.clean(stripes: Int(layout.stripesPerSegment), minimumDead: minimumDead) != nil else { return false }
+            if owner.hasEmptiedSegments { guard owner.checkpoint() else { return false } }
+            if space.promise(count) { return true }
+        }
+        return false
     }
 
     /// Gives back the promises of pages committed or dropped.
@@ -142,6 +155,9 @@ public final class PoolHomeStats: @unchecked Sendable {
     public var mapFrames = 0
     public var dirtyFrames = 0
     public var damagedNodes: UInt64 = 0
+    public var cleaner = PoolCleanerCounters()
+    public var reclaimableBlocks: UInt64 = 0
+    public var stripesPerSegment: UInt64 = 1
     public init() {}
 
     public func capture(_ h: PoolHome) {
@@ -155,5 +171,8 @@ public final class PoolHomeStats: @unchecked Sendable {
         mapFrames = h.map.frameCount
         dirtyFrames = h.map.dirtyFrames
         damagedNodes = h.map.damagedNodes
+        cleaner = h.cleanerCounters
+        reclaimableBlocks = h.reclaimableBlocks
+        stripesPerSegment = h.layout.stripesPerSegment
     }
 }

@@ -13,6 +13,9 @@ public final class PoolSpace: @unchecked Sendable {
     private let owners: Locked<[UInt8]>
     /// Live blocks per segment; written only by the owning home.
     private let live: UnsafeMutablePointer<UInt32>
+    /// When each segment was claimed, on `segmentClock` (0: before this mount): the cleaner's age of a segment.
+    private let stamps: UnsafeMutablePointer<UInt64>
+    private let clock = Atomic<UInt64>(0)
     /// Free segments, kept beside `owners` (changed under its lock) so the write path reads it without the lock.
     private let freeCount = Atomic<Int>(0)
     /// Blocks promised to write-pending pages of thin LUNs in the directors' caches (docs/POOL.md, "Space"): a host
@@ -31,9 +34,19 @@ public final class PoolSpace: @unchecked Sendable {
         self.owners = Locked(owners)
         live = .allocate(capacity: max(1, layout.segmentCount))
         live.initialize(repeating: 0, count: max(1, layout.segmentCount))
+        stamps = .allocate(capacity: max(1, layout.segmentCount))
+        stamps.initialize(repeating: 0, count: max(1, layout.segmentCount))
     }
 
-    deinit { live.deallocate() }
+    deinit {
+        live.deallocate()
+        stamps.deallocate()
+    }
+
+    /// Segments claimed so far (this mount): the clock segment ages are counted on.
+    public var segmentClock: UInt64 { clock.load(ordering: .relaxed) }
+    /// When segment `s` was claimed (read by its owner: the segment's stamp changes only when it is claimed).
+    public func stamp(_ s: Int) -> UInt64 { stamps[s] }
 
     /// The segments a run of stripes touches (none for an empty run; a segment past the last whole one is not one).
     static func segments(overlapping run: Range<UInt64>, _ layout: PoolLayout) -> Range<Int> {
@@ -52,6 +65,7 @@ public final class PoolSpace: @unchecked Sendable {
             guard free > reserve, let s = owners.firstIndex(of: PoolSpace.free) else { return nil }
             owners[s] = UInt8(home)
             live[s] = 0
+            stamps[s] = clock.add(1, ordering: .relaxed).newValue
             freeCount.subtract(1, ordering: .relaxed)
             return s
         }

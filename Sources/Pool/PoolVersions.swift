@@ -60,6 +60,8 @@ extension PoolHome {
         guard checkpoint(), freeOwn(of: id) else { return false }
         let oldOrigin = live.origin
         map.setRoot(id, snap.root)
+        // Blocks a victim kept for a version that changed may have turned movable (or dead).
+        cleaner.pinned = [:]
         var v = versions[id]!
         v.root = snap.root
         v.origin = snapshot
@@ -116,6 +118,8 @@ extension PoolHome {
         }
         map.removeVersion(id)
         versions[id] = nil
+        // What a victim kept because this version shared it may be another's own now: victims are looked at again.
+        cleaner.pinned = [:]
         recountDependents()
         settleOrigin(origin)
         // The dependent took x's own blocks it maps: its own unique count changes with them.

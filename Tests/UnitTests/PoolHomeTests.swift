@@ -25,7 +25,7 @@ final class PoolTestArray {
     /// every buffer must be page-aligned.
     init(
         name: String, level: RAIDLevel = .raid5, drives: Int = 4, driveBytes: UInt64 = 48 << 20, stripUnitBytes: Int = 16384, homes: Int = 2,
-        base: String = "/dev/shm"
+        base: String = "/dev/shm", segmentBytes: UInt64 = PoolLayout.segmentTargetBytes
     ) throws {
         directory = "\(base)/vsa-pool-\(name)-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
@@ -33,7 +33,7 @@ final class PoolTestArray {
             CreateOptions(
                 directory: directory, driveCount: drives, driveSizeBytes: driveBytes, drivePaths: [], raidLevel: level, spareCount: 0,
                 stripUnitBytes: stripUnitBytes, cacheBytes: 16 << 20, engineCount: 1, force: false))
-        layout = PoolLayout(geometry: store.geometry, homes: homes, areaStart: 0, versionsMax: 64)
+        layout = PoolLayout(geometry: store.geometry, homes: homes, areaStart: 0, versionsMax: 64, segmentBytes: segmentBytes)
         (checksums, backEnd) = try PoolTestArray.mount(store, memory: memory, unclean: false)
         space = PoolSpace(layout: layout, reservedStripes: [0..<layout.areaStripes])
     }

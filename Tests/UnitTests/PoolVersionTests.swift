@@ -23,24 +23,13 @@ final class PoolVersionTests: XCTestCase {
         return out
     }
 
-    /// Every segment's live count against what the versions map: data blocks and map nodes, each counted once.
     func checkSpace(_ h: PoolHome, _ space: PoolSpace, _ layout: PoolLayout, file: StaticString = #filePath, line: UInt = #line) {
-        var referenced = Set<UInt64>()
-        for id in h.versions.keys {
-            XCTAssertTrue(h.map.walk(id, node: { _, e in referenced.insert(e.pba) }) { _, e in referenced.insert(e.pba) }, file: file, line: line)
-            if let root = h.map.root(of: id), root.isMapped { referenced.insert(root.pba) }
-        }
-        var perSegment: [Int: UInt32] = [:]
-        for pba in referenced { perSegment[layout.segment(ofBlock: pba), default: 0] += 1 }
-        for s in space.owned(by: h.home) {
-            XCTAssertEqual(space.liveBlocks(s), perSegment[s] ?? 0, "segment \(s)'s live blocks", file: file, line: line)
-        }
-        for s in perSegment.keys { XCTAssertEqual(Int(space.owner(s)), h.home, "segment \(s) holds mapped blocks", file: file, line: line) }
-        XCTAssertEqual(space.inconsistencies.load(ordering: .relaxed), 0, file: file, line: line)
+        checkPoolSpace(h, space, layout, file: file, line: line)
     }
 
     func testRandomSnapshotsClonesRestoresAndDeletesKeepContentsAndSpaceExact() throws {
-        let array = try PoolTestArray(name: "versions", driveBytes: 32 << 20)
+        // Segments of 8 stripes (96 blocks), so the mix fills and empties many and the cleaner has victims of all kinds.
+        let array = try PoolTestArray(name: "versions", driveBytes: 32 << 20, segmentBytes: 8 * 48 << 10)
         var h = array.newHome(frames: 64)
         let live: UInt32 = 1
         h.createVersion(live, blocks: blocks)
@@ -54,8 +43,22 @@ final class PoolVersionTests: XCTestCase {
         defer { page.deallocate() }
         var stamp: UInt64 = 1
         var seen: Set<String> = []
+        // The cleaner runs between steps on a stream of its own (so the mix of a seed stays what it was): a few
+        // steps of it, sometimes right before a restart, so its moves are replayed from the log too.
+        var cleanRng = SplitMix(seed: seed &+ 0x5EED)
+        var cleaned = PoolCleanerCounters()
+        func tally(_ h: PoolHome) {
+            cleaned.blocksMoved += h.cleanerCounters.blocksMoved
+            cleaned.nodesMoved += h.cleanerCounters.nodesMoved
+            cleaned.segmentsCleaned += h.cleanerCounters.segmentsCleaned
+        }
         for step in 0..<160 {
             let writable = [live] + clones
+            if Int.random(in: 0..<100, using: &cleanRng) < 40 {
+                for _ in 0..<Int.random(in: 1...8, using: &cleanRng) {
+                    XCTAssertNotNil(h.clean(stripes: Int.random(in: 1...4, using: &cleanRng), minimumDead: 8), "step \(step): a cleaner step")
+                }
+            }
             let roll = Int.random(in: 0..<100, using: &rng)
             switch roll {
             case 0..<55:
@@ -110,6 +113,7 @@ final class PoolVersionTests: XCTestCase {
                 seen.insert("link")
             default:
                 XCTAssertTrue(h.commit())
+                tally(h)
                 try array.restart()
                 h = try array.recover(frames: 64)
                 seen.insert("restart")
@@ -140,7 +144,27 @@ final class PoolVersionTests: XCTestCase {
                 XCTAssertEqual(v.unique, unique, "step \(step): snapshot \(v.id) unique")
             }
         }
+        tally(h)
+        if seed == 11 {
+            XCTAssertGreaterThan(cleaned.blocksMoved, 0, "the cleaner moved data")
+        }
         XCTAssertGreaterThan(nextID, 110, "the mix took snapshots")
         if seed == 11 { XCTAssertEqual(seen, ["zombie", "unlink", "delete", "restore", "relink", "link", "restart"], "every kind of step ran") }
     }
+}
+
+/// Every segment's live count against what the versions map: data blocks and map nodes, each counted once.
+func checkPoolSpace(_ h: PoolHome, _ space: PoolSpace, _ layout: PoolLayout, file: StaticString = #filePath, line: UInt = #line) {
+    var referenced = Set<UInt64>()
+    for id in h.versions.keys {
+        XCTAssertTrue(h.map.walk(id, node: { _, e in referenced.insert(e.pba) }) { _, e in referenced.insert(e.pba) }, file: file, line: line)
+        if let root = h.map.root(of: id), root.isMapped { referenced.insert(root.pba) }
+    }
+    var perSegment: [Int: UInt32] = [:]
+    for pba in referenced { perSegment[layout.segment(ofBlock: pba), default: 0] += 1 }
+    for s in space.owned(by: h.home) {
+        XCTAssertEqual(space.liveBlocks(s), perSegment[s] ?? 0, "segment \(s)'s live blocks", file: file, line: line)
+    }
+    for s in perSegment.keys { XCTAssertEqual(Int(space.owner(s)), h.home, "segment \(s) holds mapped blocks", file: file, line: line) }
+    XCTAssertEqual(space.inconsistencies.load(ordering: .relaxed), 0, file: file, line: line)
 }
