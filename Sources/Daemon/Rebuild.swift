@@ -214,9 +214,7 @@ extension ArrayDaemon {
                 detail = "the new drive failed"
                 return false
             }
-            let rc = engines.rebuild(member: member, stripes: range) { stripe in
-                ArrayDaemon.lun(holding: stripe, in: luns).map { StripeHolder(lunID: $0.lunID, startStripe: $0.startStripe) }
-            }
+            let rc = engines.rebuild(member: member, stripes: range) { placement(of: $0, luns: luns) }
             if rc != 0 {
                 outcome = "failed"
                 detail =
@@ -285,6 +283,22 @@ extension ArrayDaemon {
         luns.first { stripe >= $0.startStripe && stripe < $0.startStripe + $0.stripeCount }
     }
 
+    /// Who holds an array stripe for stripe work (rebuild, scrub): a thick LUN (its stripe's home director runs the
+    /// work), the pool (the home of its checkpoint slot, or of its segment: the one thread that writes it), or
+    /// nobody (director 1a). Pool segments are held for the batch (`walkStripes`), so their owners stay.
+    func placement(of stripe: UInt64, luns: [LUNEntry]) -> StripeHolder? {
+        if let lun = ArrayDaemon.lun(holding: stripe, in: luns) { return StripeHolder(lunID: lun.lunID, startStripe: lun.startStripe) }
+        guard let r = poolRuntime() else { return nil }
+        let layout = r.layout
+        if stripe >= layout.areaStart && stripe < layout.areaStart + layout.areaStripes {
+            return StripeHolder(poolHome: Int((stripe - layout.areaStart) / layout.slotStripes / 2))
+        }
+        let segment = layout.segment(ofStripe: stripe)
+        guard segment < layout.segmentCount else { return nil }
+        let owner = r.space.owner(segment)
+        return Int(owner) < layout.homes ? StripeHolder(poolHome: Int(owner)) : nil
+    }
+
     /// Walks the array's stripes from `from` in steps of about 4 MiB per drive (short enough for the control lock,
     /// long enough to batch): `step` runs under the control lock with the LUN table and says whether to go on,
     /// `after` runs outside it with the next stripe and the time; sleeps off whatever runs ahead of `rate` bytes per
@@ -299,7 +313,11 @@ extension ArrayDaemon {
         var next = from
         while next < total {
             let end = min(total, next + stride)
+            // The pool's segments in the batch keep their owners meanwhile (its stripe work runs on theirs).
+            let space = poolRuntime()?.space
+            space?.holdForMaintenance(next..<end)
             let goOn = controlLock.withLock { _ in step(next..<end, store.lunTable.entries) }
+            space?.releaseFromMaintenance(next..<end)
             guard goOn else { break }
             next = end
             let now = Date().timeIntervalSince1970

@@ -99,8 +99,8 @@ extension ArrayDaemon {
                 stopped = true
                 return false
             }
-            engines.scrub(stripes: range, repair: repair) { stripe in
-                ArrayDaemon.lun(holding: stripe, in: luns).map { StripeHolder(lunID: $0.lunID, startStripe: $0.startStripe) }
+            engines.scrub(stripes: range, repair: repair) {
+                placement(of: $0, luns: luns)
             } tally: { stripe, outcome in
                 scrubTracker.count(outcome)
                 // The log names the first stripes that were not right, for whoever reads it after a failed repair.

@@ -44,9 +44,17 @@ public struct LUNRange: Sendable {
 public struct StripeHolder: Sendable, Equatable {
     public var lunID: UInt32
     public var startStripe: UInt64
+    /// A pool stripe's home (a checkpoint slot's, or the owner of its segment): stripe work on it runs on the
+    /// director acting for that home, the one thread that writes it.
+    public var poolHome: Int?
     public init(lunID: UInt32, startStripe: UInt64) {
         self.lunID = lunID
         self.startStripe = startStripe
+    }
+    public init(poolHome: Int) {
+        lunID = 0
+        startStripe = 0
+        self.poolHome = poolHome
     }
 }
 
@@ -78,11 +86,14 @@ public enum Work {
     /// Work on one pool home, run by the director acting for it.
     case pool(PoolWork)
 
-    /// Work on one stripe: it runs on the director acting for the stripe's home, whoever that is now.
-    var isStripeWork: Bool {
+    /// Work routed by home: it runs on the director acting for the home (a stripe's, or a pool home's), whoever that
+    /// is when it runs; one that reaches another director is bounced and sent again. A pool home's state is touched
+    /// by one thread only because of this: a request queued on a director that a failover or a restore has since
+    /// relieved of the home never runs there.
+    var isRoutedByHome: Bool {
         switch self {
-        case .read, .write, .zero, .rebuild, .scrub: return true
-        case .destage, .flushDrives, .discard, .attachMember, .endEpoch, .clearChecksums, .setPool, .pool: return false
+        case .read, .write, .zero, .rebuild, .scrub, .pool: return true
+        case .destage, .flushDrives, .discard, .attachMember, .endEpoch, .clearChecksums, .setPool: return false
         }
     }
 }
@@ -495,7 +506,7 @@ public final class Director: @unchecked Sendable {
     }
 
     private func execute(_ request: SubRequest) {
-        if request.work.isStripeWork && routing.acting(request.home) !== self {
+        if request.work.isRoutedByHome && routing.acting(request.home) !== self {
             bounce(request, roleHeld: true)
             return
         }
@@ -505,6 +516,8 @@ public final class Director: @unchecked Sendable {
             if !cache.read(lun: range.lun, offsetBytes: range.offsetBytes, count: range.count, into: target) { error = EIO }
         case .write(let range, let source) where !range.lun.thin && cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
             if !cache.writeThrough(lun: range.lun, offsetBytes: range.offsetBytes, from: source) { error = EIO }
+        case .write(let range, let source) where range.lun.thin && cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
+            error = cache.writeThroughThin(lun: range.lun, offsetBytes: range.offsetBytes, from: source)
         case .write(let range, let source):
             error = write(range, from: source)
         case .zero(let range):
@@ -538,7 +551,7 @@ public final class Director: @unchecked Sendable {
         case .scrub(let stripe, let repair, let holder):
             request.outcome = backEnd.scrub(stripe: stripe, repair: repair)
             // A rewritten data strip: what the cache read of it before is stale.
-            if request.outcome == .repairedData, let holder {
+            if request.outcome == .repairedData, let holder, holder.poolHome == nil {
                 cache.forgetClean(lunID: holder.lunID, lunStripe: stripe - holder.startStripe)
             }
         }

@@ -182,7 +182,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         for i in 0..<n {
             let piece = ctx.pieces[i]
             piece.bounced = false
-            deliver(piece, to: piece.work.isStripeWork ? routing.acting(piece.home) : directors[piece.home], from: frontEnd)
+            deliver(piece, to: piece.work.isRoutedByHome ? routing.acting(piece.home) : directors[piece.home], from: frontEnd)
             afterEachPiece?()
         }
         var error = ctx.group.wait()
@@ -313,8 +313,12 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     public func poolEach(everyHome: Bool = false, _ work: (Int) -> PoolWork) -> Int32 {
         var first: Int32 = 0
         for home in 0..<directors.count {
-            var rc = EIO
-            if let acting = routing.acting(home) { rc = control(.pool(work(home)), to: directors[acting.id.index...acting.id.index]) }
+            // Routed by the home (not to the director acting now): if a failover or restore moves the home before
+            // the request runs, it is bounced and sent to whoever acts then.
+            let ctx = context()
+            ctx.pieces[0].work = .pool(work(home))
+            ctx.pieces[0].home = home
+            let rc = send(ctx, 1)
             if rc != 0 && first == 0 { first = rc }
             if first != 0 && !everyHome { return first }
         }
@@ -363,7 +367,7 @@ public final class Engines: HostIOPort, @unchecked Sendable {
                 // What a stripe that could not be run (EIO: no director acting) reports.
                 piece.outcome = .unreadable
                 // Stripes no LUN holds are director 1a's (or whoever acts for it).
-                piece.home = place.map { home(lunID: $0.lunID, lunStripe: s - $0.startStripe) } ?? 0
+                piece.home = place.map { $0.poolHome ?? home(lunID: $0.lunID, lunStripe: s - $0.startStripe) } ?? 0
             }
             let rc = send(ctx, n)
             for i in 0..<n { finished(stripe + UInt64(i), ctx.pieces[i]) }

@@ -619,6 +619,31 @@ public final class TrackCache {
         return true
     }
 
+    /// Write-through of one whole stripe of a thin LUN from the host's buffer: its pages go straight into the home's
+    /// commit (the one copy redirect-on-write makes: into the commit's rows, CRC'd there), written to the drives
+    /// before this returns, as a thick write-through's stripe is. Staging them in slots would add a copy, a mirror
+    /// copy and a destage pass. Slots holding tracks of the stripe are forgotten after, write-pending or not: every
+    /// page is superseded. Returns 0, ENOSPC (the pool could not promise the blocks, even after cleaning) or EIO.
+    public func writeThroughThin(lun: LUNRef, offsetBytes: UInt64, from source: UnsafeRawPointer) -> Int32 {
+        guard let pool else { return EIO }
+        let d = dataStripsPerStripe
+        let firstTrack = offsetBytes / UInt64(trackBytes)
+        precondition(firstTrack % UInt64(d) == 0, "write-through of a partial stripe")
+        for strip in 0..<d { destageTable[strip] = UnsafeMutableRawPointer(mutating: source) + strip * trackBytes }
+        counters.writeThroughStripes.add(1, ordering: .relaxed)
+        if let failure = pool.writeStripe(lunID: lun.lunID, lunStripe: firstTrack / UInt64(d), strips: destageTable) {
+            return failure == .noSpace ? ENOSPC : EIO
+        }
+        for strip in 0..<d {
+            if let slot = lookup(lun: lun.lunID, track: firstTrack + UInt64(strip)) {
+                precondition(!slotPinned[slot], "write-through over a pinned slot")
+                markClean(slot)
+                evict(slot)
+            }
+        }
+        return 0
+    }
+
     // MARK: Destage
 
     /// Destages up to `stripeBudget` stripes, oldest write-pending first. Returns how many went down.

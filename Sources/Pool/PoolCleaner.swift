@@ -31,6 +31,9 @@ public struct PoolCleanerCounters: Equatable, Sendable {
     /// The victim being cleaned (-1: none) and how many of its stripes are done.
     public var victim = -1
     public var victimStripesDone: UInt64 = 0
+    /// Victim stripes that could not be read, and map lookups that failed (their blocks stayed).
+    public var stripesUnreadable: UInt64 = 0
+    public var unreadableNodes: UInt64 = 0
     public init() {}
 }
 
@@ -41,6 +44,11 @@ struct PoolCleanerState {
     var nextStripe: UInt64 = 0
     /// Victims left with blocks a snapshot pins, and their live count then: not chosen again while it is the same.
     var pinned: [Int: UInt32] = [:]
+    /// Nodes made dirty in the current victim (their blocks die only with the next checkpoint).
+    var nodesInVictim = 0
+    /// Who took over a deleted version's blocks: its one dependent, or its origin (memory only): summaries name the
+    /// version that wrote a block, which may be gone while its heir maps the block.
+    var heirs: [UInt32: UInt32] = [:]
     let buffer: Arena
     let targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
 
@@ -55,6 +63,13 @@ extension PoolHome {
     /// Free segments a cleaner's moves leave alone: half the checkpoints' reserve (host data leaves all of it), so a
     /// full pool can still be cleaned and its map still written.
     var cleanerReserve: Int { max(layout.homes, dataReserve / 2) }
+
+    /// What a cleaner's claim of a segment leaves free: its reserve, and every block promised to cached pages (those
+    /// must find room at destage): the cleaner may use the segments held back from promises beyond its reserve.
+    var cleanerClaimReserve: Int {
+        let promised = max(0, space.promisedBlocks.load(ordering: .relaxed))
+        return cleanerReserve + (promised + layout.blocksPerSegment - 1) / layout.blocksPerSegment
+    }
 
     public var cleanerCounters: PoolCleanerCounters {
         var c = cleaner.counters
@@ -106,6 +121,7 @@ extension PoolHome {
             guard let victim = chooseVictim(minimumDead: max(8, minimumDead ?? worthCleaning)) else { return 0 }
             cleaner.victim = victim
             cleaner.nextStripe = 0
+            cleaner.nodesInVictim = 0
             cleaner.counters.victim = victim
             cleaner.counters.victimStripesDone = 0
         }
@@ -117,6 +133,7 @@ extension PoolHome {
             // another home's already, and is not read. Only this executor releases this home's segments.
             guard space.owner(victim) == UInt8(home), victim != openSegment, victim != nextSegment, cleaner.nextStripe < layout.stripesPerSegment
             else { break }
+            // A stripe that cannot be read is passed over (its blocks stay; the victim is pinned at the end).
             guard let n = cleanStripe(layout.firstStripe(segment: victim) + cleaner.nextStripe) else {
                 failed = true
                 break
@@ -144,7 +161,16 @@ extension PoolHome {
             cleaner.counters.segmentsCleaned += 1
             return
         }
-        let live = space.liveBlocks(victim)
+        var live = space.liveBlocks(victim)
+        if live > 0 && cleaner.nodesInVictim > 0 {
+            // Nodes moved die with the checkpoint that writes them elsewhere: take it, then look again.
+            _ = checkpoint()
+            guard space.owner(victim) == UInt8(home) else {
+                cleaner.counters.segmentsCleaned += 1
+                return
+            }
+            live = space.liveBlocks(victim)
+        }
         if live == 0 {
             cleaner.pinned[victim] = nil
             cleaner.counters.segmentsCleaned += 1
@@ -155,14 +181,18 @@ extension PoolHome {
         }
     }
 
-    /// Moves the live blocks of one stripe of the victim; nil on a failure.
+    /// Moves the live blocks of one stripe of the victim; nil when a move could not be written (no space, or the
+    /// drives failing). A stripe that cannot be read, or a map node that cannot, leaves its blocks where they are.
     private func cleanStripe(_ stripe: UInt64) -> Int? {
         let d = layout.blocksPerRow
         guard
             store.readStrips(
                 stripe: stripe, stripMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: layout.rowsPerStripe * PoolLayout.blockBytes,
                 targets: cleaner.targets)
-        else { return nil }
+        else {
+            cleaner.counters.stripesUnreadable += 1
+            return 0
+        }
         cleaner.counters.stripesRead += 1
         var moved = 0
         var row = 0
@@ -215,14 +245,18 @@ extension PoolHome {
 
     /// Moves data block `pba` if live version `id` maps local block `block` to it as its own: written again from
     /// `data` (the copy the cleaner read). 1 if moved, 0 if dead or shared, nil on a failure.
-    private func moveData(_ id: UInt32, block: UInt64, at pba: UInt64, from data: UnsafeMutableRawPointer) -> Int? {
+    private func moveData(_ named: UInt32, block: UInt64, at pba: UInt64, from data: UnsafeMutableRawPointer) -> Int? {
+        let id = heir(of: named)
         guard let record = versions[id], record.kind == .live, block < record.blocks else { return 0 }
-        guard let entry = map.lookup(id, block: block) else { return nil }
+        guard let entry = map.lookup(id, block: block) else {
+            cleaner.counters.unreadableNodes += 1
+            return 0
+        }
         guard entry.isMapped, entry.pba == pba else { return 0 }
         guard entry.birth > record.threshold else {
             return 0  // shared with a snapshot: pinned
         }
-        guard writeBlock(id, block: block, from: data, reserve: cleanerReserve) == nil else { return nil }
+        guard writeBlock(id, block: block, from: data, reserve: cleanerClaimReserve) == nil else { return nil }
         cleaner.counters.blocksMoved += 1
         return 1
     }
@@ -233,10 +267,33 @@ extension PoolHome {
         let level = Int(position >> 56)
         let index = position & ((1 << 56) - 1)
         guard let record = versions[id], record.kind == .live, level < MapNode.maxDepth else { return 0 }
-        guard let entry = map.nodeEntry(id, level: level, index: index) else { return nil }
+        guard let entry = map.nodeEntry(id, level: level, index: index) else {
+            cleaner.counters.unreadableNodes += 1
+            return 0
+        }
         guard entry.isMapped, entry.pba == pba, entry.birth > record.threshold else { return 0 }
         guard makeRoomInMap(), map.touchNode(id, level: level, index: index) else { return nil }
         cleaner.counters.nodesMoved += 1
+        cleaner.nodesInVictim += 1
         return 1
+    }
+
+    /// The version that holds what `id` wrote now: `id` itself while it exists, else whoever took its blocks over
+    /// (a chain of at most a few deletes; the map still decides whether the block moves).
+    private func heir(of id: UInt32) -> UInt32 {
+        var current = id
+        for _ in 0..<16 {
+            if versions[current] != nil { return current }
+            guard let next = cleaner.heirs[current] else { return current }
+            current = next
+        }
+        return current
+    }
+
+    /// Records who takes over a deleted version's blocks (PoolVersions.deleteVersion), and forgets heirs that are
+    /// gone without one.
+    func noteHeir(of id: UInt32, _ heir: UInt32) {
+        if heir != 0 { cleaner.heirs[id] = heir }
+        if cleaner.heirs.count > 4 * max(64, versions.count) { cleaner.heirs = cleaner.heirs.filter { versions[$0.value] != nil } }
     }
 }

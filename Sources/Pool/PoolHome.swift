@@ -393,10 +393,10 @@ public final class PoolHome: MapBlockReader {
     // MARK: Commits
 
     /// Makes everything written so far durable: the commit being filled goes to the drives, then the drives are
-    /// flushed.
-    public func commit() -> Bool {
+    /// flushed (`flush: false`: written, durable with the next flush; a write-through's commit).
+    public func commit(flush: Bool = true) -> Bool {
         if commitOpen { guard writeCommit() else { return false } }
-        guard store.flush() else { return false }
+        if flush { guard store.flush() else { return false } }
         if !checkpointing && (commitsSinceCheckpoint >= PoolHome.commitsPerCheckpoint || (segmentsEmptied > 0 && commitsSinceCheckpoint >= 8)) {
             return checkpoint()
         }
@@ -548,13 +548,18 @@ public final class PoolHome: MapBlockReader {
         commitsSinceCheckpoint = 0
         segmentsEmptied = 0
         // Segments wholly dead as of this checkpoint are free again (never the ones the log is in).
-        for s in space.owned(by: home) where space.liveBlocks(s) == 0 && s != openSegment && s != nextSegment { space.release(s, home: home) }
+        for s in space.owned(by: home) where space.liveBlocks(s) == 0 && s != openSegment && s != nextSegment {
+            space.release(s, home: home)
+            cleaner.pinned[s] = nil
+        }
         return true
     }
 
-    /// The table bytes: the version records, then (segment, live) for every segment the home owns.
+    /// The table bytes: the version records, then (segment, live) for every segment the home owns and keeps: a
+    /// wholly dead segment outside the log is released once this checkpoint is durable, and another home may take it
+    /// then, so this checkpoint must not name it (a recovery from it would claim what is another home's).
     private func encodeTables() -> [UInt8] {
-        let owned = space.owned(by: home)
+        let owned = space.owned(by: home).filter { space.liveBlocks($0) > 0 || $0 == openSegment || $0 == nextSegment }
         var bytes = [UInt8](repeating: 0, count: versions.count * PoolLayout.versionRecordBytes + owned.count * PoolLayout.segmentEntryBytes)
         bytes.withUnsafeMutableBytes { raw in
             let base = raw.baseAddress!

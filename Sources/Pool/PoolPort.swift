@@ -80,6 +80,26 @@ public final class PoolPort {
         return home(h).write(lunID, block: block, from: page)
     }
 
+    /// Writes one whole LUN stripe of thin LUN `lunID` (the host's buffer, strip by strip in `strips`) into its home's
+    /// log, page by page as a destage would (pages of zeroes unmapped), and writes the commit out, without a flush
+    /// (a host flush makes it durable, as it does a thick LUN's write-through). Blocks are promised first, so space
+    /// cached pages were promised is never taken: ENOSPC only once cleaning found none.
+    public func writeStripe(lunID: UInt32, lunStripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> PoolFailure? {
+        let blocks = layout.blocksPerStripe
+        guard promise(blocks, lunID: lunID, lunStripe: lunStripe, force: false) else { return .noSpace }
+        defer { keep(blocks) }
+        let unit = layout.geometry.stripUnitBytes
+        for strip in 0..<layout.blocksPerRow {
+            for offset in stride(from: 0, to: unit, by: PoolLayout.blockBytes) {
+                if let failure = writePage(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offset, from: strips[strip]! + offset) {
+                    return failure
+                }
+            }
+        }
+        let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
+        return home(h).commit(flush: false) ? nil : .io
+    }
+
     /// Makes every page this director destaged since the last commit durable.
     public func commit() -> Bool {
         var ok = true

@@ -35,7 +35,7 @@ extension PoolHome {
         let headers = [0, 1].compactMap { h.readHeader(slot: $0) }
         guard !headers.isEmpty else { throw VSAError("pool home \(home): no valid checkpoint in either slot") }
         // The newer checkpoint whose tables read back whole; else the older one.
-        var lastError = ""
+        var errors: [String] = []
         for header in headers.sorted(by: { $0.number > $1.number }) {
             do throws(VSAError) {
                 try h.load(header)
@@ -43,11 +43,12 @@ extension PoolHome {
                 guard h.checkpoint() else { throw VSAError("pool home \(home): the checkpoint after recovery could not be written") }
                 return h
             } catch {
-                lastError = error.message
+                errors.append(error.message)
                 h.reset()
             }
         }
-        throw VSAError(lastError)
+        // Why the newer checkpoint would not do is the first thing to know.
+        throw VSAError(errors.joined(separator: "; then "))
     }
 
     private func readHeader(slot: Int) -> CheckpointHeader? {
@@ -165,8 +166,17 @@ extension PoolHome {
             let at = header.versionCount * PoolLayout.versionRecordBytes + i * PoolLayout.segmentEntryBytes
             let segment = Int(UInt32(littleEndian: base.load(fromByteOffset: at, as: UInt32.self)))
             let live = UInt32(littleEndian: base.load(fromByteOffset: at + 4, as: UInt32.self))
+            // A dead segment outside the log that another home holds: a checkpoint written before tables left out
+            // the segments they release named it; it was given away after. Nothing of this home is in it.
+            if live == 0 && segment < layout.segmentCount && segment != header.headSegment && segment != header.nextSegment
+                && Int(space.owner(segment)) < layout.homes && Int(space.owner(segment)) != home
+            {
+                continue
+            }
             guard segment < layout.segmentCount, Int(live) <= layout.blocksPerSegment, space.assign(segment, home: home, live: live) else {
-                throw VSAError("pool home \(home): segment entry \(i) is out of range or not free for this home")
+                let owner = segment < layout.segmentCount ? space.owner(segment) : PoolSpace.free
+                let whose = owner == PoolSpace.free ? "" : owner == PoolSpace.reserved ? " (reserved)" : " (home \(owner)'s)"
+                throw VSAError("pool home \(home): segment entry \(i) (segment \(segment)\(whose)) is out of range or not free for this home")
             }
         }
     }

@@ -15,6 +15,10 @@ public final class PoolSpace: @unchecked Sendable {
     private let live: UnsafeMutablePointer<UInt32>
     /// When each segment was claimed, on `segmentClock` (0: before this mount): the cleaner's age of a segment.
     private let stamps: UnsafeMutablePointer<UInt64>
+    /// Per segment, how many rebuild or scrub batches hold it (changed and read under the owners' lock): a held
+    /// segment keeps its owner (not released, and not claimed while another free one is there), so the batch's
+    /// stripe work, run on the owner's director, never races a home writing the segment.
+    private let maintained: UnsafeMutablePointer<UInt8>
     private let clock = Atomic<UInt64>(0)
     /// Free segments, kept beside `owners` (changed under its lock) so the write path reads it without the lock.
     private let freeCount = Atomic<Int>(0)
@@ -36,11 +40,23 @@ public final class PoolSpace: @unchecked Sendable {
         live.initialize(repeating: 0, count: max(1, layout.segmentCount))
         stamps = .allocate(capacity: max(1, layout.segmentCount))
         stamps.initialize(repeating: 0, count: max(1, layout.segmentCount))
+        maintained = .allocate(capacity: max(1, layout.segmentCount))
+        maintained.initialize(repeating: 0, count: max(1, layout.segmentCount))
     }
 
     deinit {
         live.deallocate()
         stamps.deallocate()
+        maintained.deallocate()
+    }
+
+    /// Holds the segments array stripes `stripes` touch for a rebuild or scrub batch (see `maintained`).
+    public func holdForMaintenance(_ stripes: Range<UInt64>) {
+        owners.withLock { _ in for s in PoolSpace.segments(overlapping: stripes, layout) { maintained[s] &+= 1 } }
+    }
+
+    public func releaseFromMaintenance(_ stripes: Range<UInt64>) {
+        owners.withLock { _ in for s in PoolSpace.segments(overlapping: stripes, layout) where maintained[s] > 0 { maintained[s] -= 1 } }
     }
 
     /// Segments claimed so far (this mount): the clock segment ages are counted on.
@@ -62,7 +78,10 @@ public final class PoolSpace: @unchecked Sendable {
         owners.withLock { owners in
             var free = 0
             for o in owners where o == PoolSpace.free { free += 1 }
-            guard free > reserve, let s = owners.firstIndex(of: PoolSpace.free) else { return nil }
+            guard free > reserve, let any = owners.firstIndex(of: PoolSpace.free) else { return nil }
+            // One no rebuild or scrub batch holds, if there is one; else the batch races this home's writes of it
+            // (block checksums catch what that garbles on the member being rebuilt), rather than a write failing.
+            let s = owners.indices.first { owners[$0] == PoolSpace.free && maintained[$0] == 0 } ?? any
             owners[s] = UInt8(home)
             live[s] = 0
             stamps[s] = clock.add(1, ordering: .relaxed).newValue
@@ -91,7 +110,8 @@ public final class PoolSpace: @unchecked Sendable {
     /// Returns a wholly dead segment to the free set (after the checkpoint that says so is durable).
     public func release(_ segment: Int, home: Int) {
         owners.withLock { owners in
-            guard owners[segment] == UInt8(home) && live[segment] == 0 else { return }
+            // A segment a rebuild or scrub batch holds stays the home's until a later checkpoint.
+            guard owners[segment] == UInt8(home) && live[segment] == 0 && maintained[segment] == 0 else { return }
             owners[segment] = PoolSpace.free
             freeCount.add(1, ordering: .relaxed)
         }

@@ -120,6 +120,7 @@ extension PoolHome {
         versions[id] = nil
         // What a victim kept because this version shared it may be another's own now: victims are looked at again.
         cleaner.pinned = [:]
+        noteHeir(of: id, deps.first ?? origin)
         recountDependents()
         settleOrigin(origin)
         // The dependent took x's own blocks it maps: its own unique count changes with them.
