@@ -10,7 +10,8 @@ software is measured, not a disk:
   qsd             qemu-storage-daemon's FUSE export
   nbd             nbdkit file plugin + nbdfuse (skipped cleanly if it does not come up)
   s3backer        s3backer --test (opt-in only: its test mode is about 10 IOPS)
-  vsa-r0, vsa-r5  vsa: one LUN on RAID-0 of one drive / RAID-5 of four drives
+  vsa-r0, vsa-r5  vsa: one thick LUN on RAID-0 of one drive / RAID-5 of four drives
+  vsa-r5-thin     vsa: one thin LUN (the pool: redirect-on-write) on RAID-5 of four drives
 
 Invariants: a round runs every workload on every target, the target order rotated by one each round; a daemon's CPU
 time is read from /proc/PID/stat right before and after each fio run; everything started is stopped by pid, unmounted
@@ -65,11 +66,11 @@ GIB = 1 << 30
 LUN_BYTES = GIB
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
-ALL_TARGETS = ["raw", "passthrough_ll", "qsd", "nbd", "s3backer", "vsa-r0", "vsa-r5"]
-DEFAULT_TARGETS = ["raw", "passthrough_ll", "qsd", "nbd", "vsa-r0", "vsa-r5"]
+ALL_TARGETS = ["raw", "passthrough_ll", "qsd", "nbd", "s3backer", "vsa-r0", "vsa-r5", "vsa-r5-thin"]
+DEFAULT_TARGETS = ["raw", "passthrough_ll", "qsd", "nbd", "vsa-r0", "vsa-r5", "vsa-r5-thin"]
 DEFAULT_LOOP_TARGETS = ["vsa-r0", "vsa-r5", "qsd"]
 DEFAULT_VERIFY_TARGETS = ["vsa-r5", "qsd", "passthrough_ll"]
-VSA_TARGETS = ["vsa-r0", "vsa-r5"]
+VSA_TARGETS = ["vsa-r0", "vsa-r5", "vsa-r5-thin"]
 
 
 TEARDOWN_PROBLEMS = []  # what did not stop, unmount or detach cleanly; reported in BENCHMARKS.md
@@ -555,13 +556,16 @@ class Bench:
     def setup_vsa_r5(self, target):
         self.setup_vsa(target, ["--drives", "4", "--drive-size", "400M", "--raid", "5"])
 
-    def setup_vsa(self, target, create_options):
+    def setup_vsa_r5_thin(self, target):
+        self.setup_vsa(target, ["--drives", "4", "--drive-size", "600M", "--raid", "5"], kind="--thin")
+
+    def setup_vsa(self, target, create_options, kind="--thick"):
         folder = self.folder(target.name)
         array_dir = os.path.join(folder, "array")
         mountpoint = self.folder(target.name + "/mnt")
         target.array_dir = array_dir
         target.mountpoint = mountpoint
-        vsa_array_up(self.scope, self.vsa, array_dir, mountpoint, create_options, [("lun0", "1G")],
+        vsa_array_up(self.scope, self.vsa, array_dir, mountpoint, create_options, [("lun0", "1G", kind)],
                      target.commands, self.logdir, target.name)
         target.filename = os.path.join(mountpoint, "lun0")
         self.fill_through(target)
@@ -615,8 +619,9 @@ def vsa_array_up(scope, vsa, array_dir, mountpoint, create_options, luns, record
     """Creates, mounts and fills nothing: an array with `luns` [(name, size)], mounted at mountpoint. The unmount is
     registered in `scope` before mounting, so an interrupted mount is cleaned up too."""
     run([vsa, "create", array_dir] + create_options, record=record)
-    for name, size in luns:
-        run([vsa, "lun", "create", array_dir, name, "--size", size], record=record)
+    for name, size, *kind in luns:
+        # Thick unless told: the targets measured before LUNs were thin by default keep measuring what they did.
+        run([vsa, "lun", "create", array_dir, name, "--size", size] + (kind or ["--thick"]), record=record)
     scope.push(f"unmount {label}", lambda: vsa_array_down(vsa, array_dir, mountpoint, logdir, label))
     started = time.monotonic()
     run([vsa, "mount", array_dir, mountpoint], record=record, timeout=120,
@@ -1139,7 +1144,8 @@ def render_chart(direct, loop, peers_present, path):
     if not groups:
         return "no ratio to chart (a vsa target and passthrough_ll or qsd are needed)"
     colors = {("vsa-r0", "passthrough_ll"): "#9ecae1", ("vsa-r0", "qsd"): "#3182bd",
-              ("vsa-r5", "passthrough_ll"): "#fdae6b", ("vsa-r5", "qsd"): "#e6550d"}
+              ("vsa-r5", "passthrough_ll"): "#fdae6b", ("vsa-r5", "qsd"): "#e6550d",
+              ("vsa-r5-thin", "passthrough_ll"): "#a1d99b", ("vsa-r5-thin", "qsd"): "#31a354"}
     figure, axes = plt.subplots(figsize=(max(9, 1.25 * len(labels) + 2), 5.2), dpi=110)
     width = 0.8 / len(series)
     present = [v for g in groups for v in g if v]

@@ -26,14 +26,28 @@ extension ArrayDaemon {
     static func poolTag(_ store: ArrayStore) -> UInt64 { store.superblock.arrayUUID.bytes.1 ^ 0x706F_6F6C }
 
     /// Map frames per home: a sixteenth of the cache, split between the homes, at least 256.
-    static func mapFrames(cacheBytes: UInt64, homes: Int) -> Int { max(256, Int(cacheBytes / 16 / UInt64(PoolLayout.blockBytes)) / homes) }
+    /// Map frames per home: a sixteenth of the cache, split between the homes, at least 256; and no more than a
+    /// 64th of the array's blocks per home (every frame may have to be written at a checkpoint, so the pool holds
+    /// space back for them: a big cache must not take most of a small array's pool).
+    static func mapFrames(cacheBytes: UInt64, homes: Int, geometry: ArrayGeometry) -> Int {
+        let byCache = Int(cacheBytes / 16 / UInt64(PoolLayout.blockBytes)) / homes
+        let byArray = Int(min(UInt64(Int.max), geometry.capacityBytes / UInt64(PoolLayout.blockBytes) / 64)) / homes
+        return max(256, min(byCache, byArray))
+    }
 
     /// At mount, before the directors run: every home recovered on its own director's back end; versions of thin
     /// LUNs the LUN table no longer names (a delete or create cut short) are dropped.
     static func openPool(store: ArrayStore, engines: Engines, cacheBytes: UInt64, log: (String) -> Void) throws(VSAError) -> PoolRuntime? {
         guard let area = store.lunTable.pool else { return nil }
         let homes = engines.directors.count
-        let layout = PoolLayout(geometry: store.geometry, homes: homes, areaStart: area.startStripe, versionsMax: Int(area.versionsMax))
+        var layout = PoolLayout(geometry: store.geometry, homes: homes, areaStart: area.startStripe, versionsMax: Int(area.versionsMax))
+        if layout.areaStripes != area.stripeCount {
+            // A pool made before segments scaled with small arrays: 4 MiB segments, whatever the array's size.
+            let legacy = PoolLayout(
+                geometry: store.geometry, homes: homes, areaStart: area.startStripe, versionsMax: Int(area.versionsMax),
+                segmentBytes: PoolLayout.segmentTargetBytes)
+            if legacy.areaStripes == area.stripeCount { layout = legacy }
+        }
         guard layout.areaStripes == area.stripeCount else {
             throw VSAError(
                 "the pool area of \(area.stripeCount) stripes does not fit this array's layout (\(layout.areaStripes) expected); the LUN table is damaged")
@@ -41,7 +55,7 @@ extension ArrayDaemon {
         let space = PoolSpace(layout: layout, reservedStripes: store.lunTable.reservedRuns)
         var opened: [PoolHome] = []
         for h in 0..<homes {
-            let frames = mapFrames(cacheBytes: cacheBytes, homes: homes)
+            let frames = mapFrames(cacheBytes: cacheBytes, homes: homes, geometry: store.geometry)
             let (backEnd, memory) = (engines.directors[h].backEnd, engines.directors[h].memory)
             if area.fresh {
                 // Made offline: no home has written anything yet. Made now (again, if a mount stopped before the
@@ -152,7 +166,7 @@ extension ArrayDaemon {
         let made = (0..<homes).map { h in
             PoolHome(
                 home: h, layout: layout, space: space, poolTag: ArrayDaemon.poolTag(store), store: engines.directors[h].backEnd,
-                memory: engines.directors[h].memory, mapFrames: ArrayDaemon.mapFrames(cacheBytes: cacheBytes, homes: homes))
+                memory: engines.directors[h].memory, mapFrames: ArrayDaemon.mapFrames(cacheBytes: cacheBytes, homes: homes, geometry: geometry))
         }
         guard engines.attachPool(layout: layout, homes: made) == 0, engines.poolEach({ .checkpoint(home: $0) }) == 0 else {
             throw VSAError("the pool could not be made (drives failing)")
@@ -225,7 +239,8 @@ extension ArrayDaemon {
         let promisedBlocks = max(0, runtime.space.promisedBlocks.load(ordering: .relaxed))
         let promised = (promisedBlocks + runtime.layout.blocksPerSegment - 1) / runtime.layout.blocksPerSegment
         let free = min(segments, max(0, runtime.space.freeSegments - heldBack - promised))
-        let segmentBytes = UInt64(runtime.layout.blocksPerSegment) * block
+        // Size and free in what promises can count on (a segment less its summaries' and padding's share).
+        let segmentBytes = UInt64(runtime.space.promisableBlocksPerSegment) * block
         let used = segments == 0 ? 100 : Double(segments - free) * 100 / Double(segments)
         var warning: String? = nil
         for level in [95.0, 90.0, 80.0] where used >= level && warning == nil {
@@ -233,7 +248,8 @@ extension ArrayDaemon {
         }
         report.pool = StatusReport.PoolInfo(
             sizeBytes: UInt64(segments) * segmentBytes, allocatedBytes: stats.reduce(0) { $0 + $1.liveBlocks } * block,
-            freeBytes: UInt64(free) * segmentBytes, usedPercent: used, segments: segments, freeSegments: free, segmentBytes: segmentBytes,
+            freeBytes: UInt64(free) * segmentBytes, usedPercent: used, segments: segments, freeSegments: free,
+            segmentBytes: UInt64(runtime.layout.blocksPerSegment) * block,
             checkpoints: stats.reduce(0) { $0 + $1.checkpoint }, commits: stats.reduce(0) { $0 + $1.commits },
             paddingBytes: stats.reduce(0) { $0 + $1.paddingBlocks } * block, damagedMapNodes: stats.reduce(0) { $0 + $1.damagedNodes },
             promisedBytes: UInt64(promisedBlocks) * block, warning: warning)

@@ -162,7 +162,11 @@ public final class PoolHome: MapBlockReader {
         self.space = space
         self.store = store
         self.memory = memory
-        dataReserve = layout.homes * (1 + (mapFrames + layout.blocksPerSegment - 1) / layout.blocksPerSegment)
+        // A checkpoint writes at most the dirty frames, and a home checkpoints once half its frames are dirty (an
+        // update then dirties a path more), plus a summary per stripe of nodes.
+        let nodes = mapFrames / 2 + MapNode.maxDepth
+        let nodeBlocks = nodes + (nodes + layout.blocksPerStripe - 2) / max(1, layout.blocksPerStripe - 1)
+        dataReserve = layout.homes * (1 + (nodeBlocks + layout.blocksPerSegment - 1) / layout.blocksPerSegment)
         // Promises to cached pages leave the reserve and two segments per home (open and next) alone.
         let held = dataReserve + 2 * layout.homes
         if space.heldBackSegments.load(ordering: .relaxed) < held { space.heldBackSegments.store(held, ordering: .relaxed) }
@@ -295,6 +299,7 @@ public final class PoolHome: MapBlockReader {
         guard makeRoomInMap() else { return .io }
         guard reserveBlock(reserve: reserve) else { return .noSpace }
         let j = commitRow * layout.blocksPerRow + commitBlocks
+        precondition(commitOpen && j < layout.blocksPerStripe, "a block past the open stripe")
         let pba = layout.pba(stripe: commitStripe, block: j)
         guard mapBlock(id, block: block, to: pba) else { return .io }
         memory.copy(from: page, to: bufferAddress(j), byteCount: PoolLayout.blockBytes)
@@ -409,7 +414,14 @@ public final class PoolHome: MapBlockReader {
         if commitOpen && (commitRow * layout.blocksPerRow + commitBlocks == layout.blocksPerStripe || commitEntries == PoolHome.entryCapacity) {
             guard writeCommit() else { return false }
         }
-        return commitOpen || openCommit(reserve: reserve)
+        if !commitOpen { guard openCommit(reserve: reserve) else { return false } }
+        if commitRow * layout.blocksPerRow + commitBlocks == layout.blocksPerStripe {
+            // One data strip (RAID-1): a commit opened in a stripe's last row is its summary alone. It goes down as an
+            // empty commit (recovery reads a summary at every row the log passes) and the block goes in the next
+            // stripe. Without this the block was copied past the end of the stripe buffer.
+            guard writeCommit(), openCommit(reserve: reserve) else { return false }
+        }
+        return true
     }
 
     /// Room for one more entry (an unmap takes no block).

@@ -33,8 +33,17 @@ public struct PoolLayout: Equatable, Sendable {
     public let areaStart: UInt64
     public let slotStripes: UInt64
 
-    /// `segmentBytes`: the pool's is `segmentTargetBytes`; tests use small segments to make many.
-    public init(geometry: ArrayGeometry, homes: Int, areaStart: UInt64, versionsMax: Int, segmentBytes: UInt64 = PoolLayout.segmentTargetBytes) {
+    /// About this much data per segment on an array of `geometry`: `segmentTargetBytes`, less on arrays under 1 GiB
+    /// (a 256th of the capacity, at least a stripe). The segments held back from host data (a few per home) are
+    /// counted in segments: 4 MiB ones would leave a 100 MiB array little pool.
+    public static func segmentBytes(for geometry: ArrayGeometry) -> UInt64 {
+        min(segmentTargetBytes, max(geometry.stripeDataBytes, geometry.capacityBytes / 256))
+    }
+
+    /// `segmentBytes`: nil for the array's (`segmentBytes(for:)`); a pool made before the size scaled with the array
+    /// passes `segmentTargetBytes`; tests pass small segments to make many.
+    public init(geometry: ArrayGeometry, homes: Int, areaStart: UInt64, versionsMax: Int, segmentBytes: UInt64? = nil) {
+        let segmentBytes = segmentBytes ?? PoolLayout.segmentBytes(for: geometry)
         precondition(homes >= 1 && homes <= 2 * DirectorID.enginesMax && versionsMax >= 1)
         self.geometry = geometry
         self.homes = homes
@@ -48,7 +57,8 @@ public struct PoolLayout: Equatable, Sendable {
         slotStripes = PoolLayout.slotStripes(geometry: geometry, versionsMax: versionsMax, segmentBytes: segmentBytes)
     }
 
-    static func slotStripes(geometry: ArrayGeometry, versionsMax: Int, segmentBytes: UInt64 = PoolLayout.segmentTargetBytes) -> UInt64 {
+    static func slotStripes(geometry: ArrayGeometry, versionsMax: Int, segmentBytes: UInt64? = nil) -> UInt64 {
+        let segmentBytes = segmentBytes ?? PoolLayout.segmentBytes(for: geometry)
         let segments = geometry.stripeCount / max(1, segmentBytes / geometry.stripeDataBytes)
         let tableBytes = UInt64(versionsMax * versionRecordBytes) + segments * UInt64(segmentEntryBytes)
         return 1 + geometry.stripesFor(sizeBytes: tableBytes)

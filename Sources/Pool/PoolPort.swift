@@ -76,8 +76,31 @@ public final class PoolPort {
     public func writePage(lunID: UInt32, lunStripe: UInt64, strip: Int, offsetBytes: Int, from page: UnsafeRawPointer) -> PoolFailure? {
         let (h, block) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: strip * layout.geometry.stripUnitBytes + offsetBytes)
         touched |= 1 << UInt64(h)
-        if memcmp(page, zeroPage.base, PoolLayout.blockBytes) == 0 { return home(h).unmap(lunID, block: block, count: 1) }
-        return home(h).write(lunID, block: block, from: page)
+        let owner = home(h)
+        if memcmp(page, zeroPage.base, PoolLayout.blockBytes) == 0 { return owner.unmap(lunID, block: block, count: 1) }
+        let failure = owner.write(lunID, block: block, from: page)
+        guard failure == .noSpace else { return failure }
+        // Promised, yet no room: summaries and padding took more than promises count on. Space comes back from
+        // the dead blocks of this home's segments before a destage of acknowledged data is allowed to fail.
+        guard makeRoom(in: owner) else { return .noSpace }
+        return owner.write(lunID, block: block, from: page)
+    }
+
+    /// Cleans `owner` (this director acts for it) until a segment comes back or nothing is worth moving.
+    private func makeRoom(in owner: PoolHome) -> Bool {
+        let freeBefore = owner.space.freeSegments
+        if owner.hasEmptiedSegments {
+            guard owner.checkpoint() else { return false }
+            if owner.space.freeSegments > freeBefore { return true }
+        }
+        let minimumDead = max(8, layout.blocksPerSegment / 8)
+        for _ in 0..<8 {
+            guard owner.cleanerCounters.victim >= 0 || owner.chooseVictim(minimumDead: minimumDead) != nil else { return false }
+            guard owner.clean(stripes: Int(layout.stripesPerSegment), minimumDead: minimumDead) != nil else { return false }
+            if owner.hasEmptiedSegments { guard owner.checkpoint() else { return false } }
+            if owner.space.freeSegments > freeBefore { return true }
+        }
+        return false
     }
 
     /// Writes one whole LUN stripe of thin LUN `lunID` (the host's buffer, strip by strip in `strips`) into its home's
@@ -119,15 +142,14 @@ public final class PoolPort {
         let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
         let owner = home(h)
         guard commit() else { return false }
-        if owner.hasEmptiedSegments {
-            guard owner.checkpoint() else { return false }
+        for _ in 0..<8 {
+            guard makeRoom(in: owner) else { break }
             if space.promise(count) { return true }
         }
-        let minimumDead = layout.blocksPerSegment / 8
-        for _ in 0..<8 {
-            guard owner.cleanerCounters.victim >= 0 || owner.chooseVictim(minimumDead: minimumDead) != nil else { return false }
-            guard owner.clean(stripes: Int(layout.stripesPerSegment), minimumDead: minimumDead) != nil else { return false }
-            if owner.hasEmptiedSegments { guard owner.checkpoint() else { return false } }
+        // The dead blocks may be other homes': their directors' cleaners run flat out once the pool is nearly full.
+        // Wait for them a little (this director's queue waits too) rather than fail a write the pool can take.
+        for _ in 0..<40 {
+            usleep(5000)
             if space.promise(count) { return true }
         }
         return false

@@ -171,7 +171,7 @@ public final class PoolSpace: @unchecked Sendable {
         var promised = promisedBlocks.load(ordering: .relaxed)
         while true {
             if !force {
-                let room = (freeSegments - heldBackSegments.load(ordering: .relaxed)) * layout.blocksPerSegment
+                let room = (freeSegments - heldBackSegments.load(ordering: .relaxed)) * promisableBlocksPerSegment
                 guard promised + count <= room else { return false }
             }
             let (done, seen) = promisedBlocks.compareExchange(expected: promised, desired: promised + count, ordering: .relaxed)
@@ -179,6 +179,11 @@ public final class PoolSpace: @unchecked Sendable {
             promised = seen
         }
     }
+
+    /// Blocks of a segment promises count on: each stripe also carries a commit's summary and the padding of its
+    /// last row (a row, at most, in a stripe filled by one commit); more padding (a commit per fsync) is dead space
+    /// the cleaner takes back, and writes that find no room clean first.
+    public var promisableBlocksPerSegment: Int { max(1, layout.blocksPerSegment - Int(layout.stripesPerSegment) * layout.blocksPerRow) }
 
     /// Gives back promises whose pages were committed or dropped.
     public func keep(_ count: Int) {

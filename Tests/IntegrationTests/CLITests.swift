@@ -35,9 +35,12 @@ final class CLITests: FixtureTestCase {
         try fixture.create("--drives 4 --drive-size 32M")
         let before = Harness.sh("sha256sum '\(d)'/drive-*").stdout
         assertOneLineError("create '\(d)' --drives 4 --drive-size 32M", contains: "--force")
-        assertOneLineError("lun create '\(d)' lun0 --size 1T", contains: "does not fit")
+        assertOneLineError("lun create '\(d)' lun0 --size 1T --thick", contains: "does not fit")
         // Numbers at the far end of the range: refused before any arithmetic (2^64-512 used to trap in stripesFor).
-        assertOneLineError("lun create '\(d)' lun0 --size 18446744073709551104", contains: "does not fit")
+        assertOneLineError("lun create '\(d)' lun0 --size 18446744073709551104 --thick", contains: "does not fit")
+        assertOneLineError("lun create '\(d)' lun0 --size 18446744073709551104 --thin", contains: "256 TiB")
+        assertOneLineError("lun create '\(d)' lun0 --size 300T --thin", contains: "256 TiB")
+        assertOneLineError("lun create '\(d)' lun0 --size 1G --thick --thin", contains: "exclude each other")
         assertOneLineError("lun create '\(d)' lun0 --size 18446744073709551615", contains: "multiple of 512")
         assertOneLineError("lun create '\(d)' lun0 --size 16777216T", contains: "not a whole number")
         assertOneLineError("lun create '\(d)' lun0 --size 1ß", contains: "invalid size")

@@ -73,7 +73,7 @@ final class CrashTests: FixtureTestCase {
 
     func testAcknowledgedWritesSurviveSIGKILL() throws {
         try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 32M").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 32M --thick").status, 0)
         try killRounds()
     }
 

@@ -82,7 +82,7 @@ final class DirectorTests: FixtureTestCase {
     /// remount every block still verifies.
     func testFioVerifiesWhileDirectorsFailAndRestore() throws {
         try fixture.create("--drives 4 --drive-size 64M --raid 5 --stripe-unit 16K --cache 32M")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' a --size 48M").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' a --size 48M --thick").status, 0)
         try fixture.mount()
         let m = fixture.mnt
         XCTAssertEqual(fixture.vsa("lun create '\(m)' b --size 48M --thin").status, 0)

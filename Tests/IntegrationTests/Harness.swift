@@ -94,10 +94,12 @@ final class ArrayFixture {
         }
     }
 
-    /// Creates the array with `createArguments`, a LUN named `l` of `lunSize`, and mounts it.
+    /// Creates the array with `createArguments`, a thick LUN named `l` of `lunSize` (these tests are about the
+    /// array's RAID, drives and directors under a LUN with a fixed place; thin LUNs have tests of their own), and
+    /// mounts it.
     func createMounted(_ createArguments: String, lunSize: String, file: StaticString = #filePath, line: UInt = #line) throws {
         try create(createArguments, file: file, line: line)
-        let r = vsa("lun create '\(dir)' l --size \(lunSize)")
+        let r = vsa("lun create '\(dir)' l --size \(lunSize) --thick")
         XCTAssertEqual(r.status, 0, "lun create: \(r.stderr)", file: file, line: line)
         try mount()
     }

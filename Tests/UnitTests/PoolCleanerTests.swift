@@ -283,4 +283,32 @@ final class PoolCleanerTests: XCTestCase {
             for h in order { checkPoolSpace(homes[h]!, array.space, array.layout) }
         }
     }
+
+    /// RAID-1 has one data strip: a commit opened in a stripe's last row is its summary alone, with no room for a
+    /// block. It used to take one anyway, copied past the end of the stripe buffer (heap corruption: a full thin
+    /// LUN on RAID-1 crashed the daemon). Commits of every size, so some open in every row; then a restart.
+    func testCommitsOfEverySizeOnOneDataStrip() throws {
+        let array = try PoolTestArray(name: "raid1", level: .raid1, drives: 2, driveBytes: 32 << 20, segmentBytes: 8 << 14)
+        var h = array.newHome()
+        h.createVersion(1, blocks: 4000)
+        XCTAssertTrue(h.checkpoint())
+        var oracle: [UInt64: UInt64] = [:]
+        var rng = SplitMix(seed: 3)
+        var stamp: UInt64 = 1
+        for _ in 0..<400 {
+            for _ in 0..<Int.random(in: 1...6, using: &rng) {
+                let b = UInt64.random(in: 0..<4000, using: &rng)
+                XCTAssertNil(write(h, 1, b, stamp))
+                oracle[b] = stamp
+                stamp += 1
+            }
+            XCTAssertTrue(h.commit())
+        }
+        check(h, 1, oracle, "written")
+        try array.restart()
+        h = try array.recover()
+        check(h, 1, oracle, "after a restart")
+        XCTAssertTrue(h.checkpoint())
+        checkPoolSpace(h, array.space, array.layout)
+    }
 }
