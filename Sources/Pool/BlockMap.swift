@@ -222,18 +222,7 @@ public final class BlockMap {
         guard let slot = slotOf[id] else { return nil }
         precondition(block < versionBlocks[slot], "block \(block) beyond version \(id)'s \(versionBlocks[slot])")
         precondition(!entry.isMapped || entry.pba < blockLimit, "mapping a block beyond the pool")
-        // Room first: a path needs at most one new frame per level, and dirty frames cannot be evicted.
-        guard freeOrEvictableFrames(atLeast: versionDepth[slot]) else { return nil }
-        var level = versionDepth[slot] - 1
-        guard var frame = dirtyNode(id, level: level, index: 0, current: MapEntry(raw: versionRoot[slot])) else { return nil }
-        while level > 0 {
-            let span = MapNode.entrySpan(level: level)
-            let childIndex = block / span
-            let child = MapEntry(raw: MapNode.entries(arena.slice(frame))[Int(childIndex % UInt64(MapNode.fanout))])
-            guard let f = dirtyNode(id, level: level - 1, index: childIndex, current: child) else { return nil }
-            frame = f
-            level -= 1
-        }
+        guard let frame = dirtyPath(id, slot: slot, block: block, down: 0) else { return nil }
         let entries = MapNode.entries(arena.slice(frame))
         let i = Int(block % UInt64(MapNode.fanout))
         let old = MapEntry(raw: entries[i])
@@ -308,18 +297,26 @@ public final class BlockMap {
         guard let slot = slotOf[id], target >= 0, target < versionDepth[slot] else { return false }
         let block = index * MapNode.entrySpan(level: target + 1)
         precondition(block < versionBlocks[slot], "node \(index) at level \(target) beyond version \(id)")
-        guard freeOrEvictableFrames(atLeast: versionDepth[slot] - target) else { return false }
+        return dirtyPath(id, slot: slot, block: block, down: target) != nil
+    }
+
+    /// Makes the path of version `id` from its root down to level `target` over local block `block` dirty (the
+    /// dirty closure: every ancestor of a dirty node is dirty) and returns the frame at `target`. Nil when a node
+    /// could not be read or no frame could be had.
+    private func dirtyPath(_ id: UInt32, slot: Int, block: UInt64, down target: Int) -> Int? {
+        // Room first: a path needs at most one new frame per level, and dirty frames cannot be evicted.
+        guard freeOrEvictableFrames(atLeast: versionDepth[slot] - target) else { return nil }
         var level = versionDepth[slot] - 1
-        guard var frame = dirtyNode(id, level: level, index: 0, current: MapEntry(raw: versionRoot[slot])) else { return false }
+        guard var frame = dirtyNode(id, level: level, index: 0, current: MapEntry(raw: versionRoot[slot])) else { return nil }
         while level > target {
             let span = MapNode.entrySpan(level: level)
             let childIndex = block / span
             let child = MapEntry(raw: MapNode.entries(arena.slice(frame))[Int(childIndex % UInt64(MapNode.fanout))])
-            guard let f = dirtyNode(id, level: level - 1, index: childIndex, current: child) else { return false }
+            guard let f = dirtyNode(id, level: level - 1, index: childIndex, current: child) else { return nil }
             frame = f
             level -= 1
         }
-        return true
+        return frame
     }
 
     // MARK: Checkpoint

@@ -101,9 +101,10 @@ final class CrashTests: FixtureTestCase {
         let status = try fixture.json("status '\(m)' --json", as: [String: Any].self)
         let size = try XCTUnwrap((status["pool"] as? [String: Any])?["sizeBytes"] as? Int)
         let mib = (size * 7 / 10) >> 20
-        for (rw, bs) in [("write", "1M"), ("randwrite", "16k")] {
+        for (rw, bs, io) in [("write", "1M", mib), ("randwrite", "16k", mib / 2)] {
             let fio = Harness.sh(
-                "fio --name=f --filename='\(m)/f' --size=\(mib)M --rw=\(rw) --bs=\(bs) --iodepth=8 --ioengine=libaio --direct=1 2>&1", timeoutSeconds: 300)
+                "fio --name=f --filename='\(m)/f' --size=\(mib)M --io_size=\(io)M --rw=\(rw) --bs=\(bs) --iodepth=8 --ioengine=libaio --direct=1 2>&1",
+                timeoutSeconds: 300)
             XCTAssertEqual(fio.status, 0, fio.stdout)
         }
         let sum = "dd if='\(m)/f' bs=1M count=\(mib) status=none | sha256sum"

@@ -83,7 +83,7 @@ final class MountTests: FixtureTestCase {
         try fixture.mount("-o cache=64M")
         for bs in ["4k", "64k"] {
             let r = Harness.sh(
-                "fio --name=p --filename=\(fixture.mnt)/lun0 --numjobs=4 --offset_increment=64M --size=64M --rw=randwrite --bs=\(bs) --ioengine=io_uring --iodepth=16 --direct=1 \(fioVerify) --group_reporting --output-format=terse"
+                "fio --name=p --filename=\(fixture.mnt)/lun0 --numjobs=4 --offset_increment=64M --size=32M --rw=randwrite --bs=\(bs) --ioengine=io_uring --iodepth=16 --direct=1 \(fioVerify) --group_reporting --output-format=terse"
             )
             XCTAssertEqual(r.status, 0, "fio bs=\(bs): \(r.stdout) \(r.stderr)")
         }
@@ -94,7 +94,7 @@ final class MountTests: FixtureTestCase {
             LOOP=$(losetup --find --show --direct-io=on \(fixture.mnt)/lun0)
             trap 'losetup -d $LOOP' EXIT
             for bs in 4k 64k; do
-                fio --name=l --filename=$LOOP --numjobs=4 --offset_increment=64M --size=64M --rw=randwrite --bs=$bs --ioengine=io_uring --iodepth=16 --direct=1 \(fioVerify) --group_reporting --output-format=terse
+                fio --name=l --filename=$LOOP --numjobs=4 --offset_increment=64M --size=32M --rw=randwrite --bs=$bs --ioengine=io_uring --iodepth=16 --direct=1 \(fioVerify) --group_reporting --output-format=terse
             done
             """)
         XCTAssertEqual(loop.status, 0, "fio through the loop device: \(loop.stdout) \(loop.stderr)")
