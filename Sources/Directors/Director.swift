@@ -115,13 +115,13 @@ public enum PoolWork {
     /// committed; false if it failed.
     case change(home: Int, body: (PoolHome) -> Bool)
     /// One step of the home's cleaner: up to `stripes` stripes of its victim, a victim needing `minimumDead` dead
-    /// blocks; the blocks moved go in `moved` (-1: nothing worth cleaning).
-    case clean(home: Int, stripes: Int, minimumDead: Int, moved: CleanStep)
+    /// blocks; `step` says whether there was one.
+    case clean(home: Int, stripes: Int, minimumDead: Int, step: CleanStep)
 }
 
-/// What a cleaner step did (written on the director, read after the request completes).
+/// What a cleaner step found (written on the director, read after the request completes).
 public final class CleanStep: @unchecked Sendable {
-    public var moved = 0
+    /// No victim in progress, and no segment worth cleaning.
     public var idle = false
     public init() {}
 }
@@ -514,10 +514,8 @@ public final class Director: @unchecked Sendable {
         switch request.work {
         case .read(let range, let target):
             if !cache.read(lun: range.lun, offsetBytes: range.offsetBytes, count: range.count, into: target) { error = EIO }
-        case .write(let range, let source) where !range.lun.thin && cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
-            if !cache.writeThrough(lun: range.lun, offsetBytes: range.offsetBytes, from: source) { error = EIO }
-        case .write(let range, let source) where range.lun.thin && cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
-            error = cache.writeThroughThin(lun: range.lun, offsetBytes: range.offsetBytes, from: source)
+        case .write(let range, let source) where cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
+            error = cache.writeThrough(lun: range.lun, offsetBytes: range.offsetBytes, from: source)
         case .write(let range, let source):
             error = write(range, from: source)
         case .zero(let range):
@@ -588,11 +586,8 @@ extension Director {
         case .clean(let home, let stripes, let minimumDead, let step):
             return pool.commit()
                 && pool.withHome(home) { h in
-                    step.idle = h.cleanerCounters.victim < 0 && h.chooseVictim(minimumDead: minimumDead) == nil
-                    if step.idle { return true }
-                    guard let moved = h.clean(stripes: stripes, minimumDead: minimumDead) else { return false }
-                    step.moved = moved
-                    return true
+                    step.idle = !h.startVictim(minimumDead: minimumDead)
+                    return step.idle || h.clean(stripes: stripes, minimumDead: minimumDead) != nil
                 }
         }
     }

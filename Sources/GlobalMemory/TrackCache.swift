@@ -590,49 +590,34 @@ public final class TrackCache {
         return address % 4096 == 0 || (address % 32 == 0 && !store.needsAlignedBuffers)
     }
 
-    /// Write-through of one whole stripe from the host's buffer: parity comes from the request itself and nothing is
-    /// read, so staging it in slots would only add a copy and a destage (sequential writes are rarely read back
-    /// soon). Slots holding tracks of the stripe are forgotten first, write-pending or not: every sector is
-    /// superseded. The data is on the drives when this returns (a stripe the journal takes is committed here: no
-    /// destage pass follows to do it); a host flush still flushes them.
-    public func writeThrough(lun: LUNRef, offsetBytes: UInt64, from source: UnsafeRawPointer) -> Bool {
+    /// Write-through of one whole stripe from the host's buffer: staging it in slots would only add a copy (and, for
+    /// a thin LUN, a mirror copy) and a destage (sequential writes are rarely read back soon). A thick LUN's stripe
+    /// goes to its place with parity from the request itself, nothing read (a stripe the journal takes is committed
+    /// here: no destage pass follows to do it). A thin LUN's pages go straight into its home's commit (the one copy
+    /// redirect-on-write makes), written before this returns. Either way a host flush still flushes the drives.
+    /// Slots holding tracks of the stripe are forgotten after, write-pending or not: every sector is superseded.
+    /// Returns 0, ENOSPC (a thin LUN's pool could not promise the blocks, even after cleaning) or EIO.
+    public func writeThrough(lun: LUNRef, offsetBytes: UInt64, from source: UnsafeRawPointer) -> Int32 {
         let d = dataStripsPerStripe
         let firstTrack = offsetBytes / UInt64(trackBytes)
         precondition(firstTrack % UInt64(d) == 0, "write-through of a partial stripe")
         for strip in 0..<d { destageTable[strip] = UnsafeMutableRawPointer(mutating: source) + strip * trackBytes }
         counters.writeThroughStripes.add(1, ordering: .relaxed)
-        let stripe = lun.startStripe + firstTrack / UInt64(d)
         // The drives first, then the slots: until the new data is down, write-pending slots of the stripe stay
         // counted, so an fsync meanwhile still waits for this director (and a failed write loses nothing older).
-        guard store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes, allNew: true),
-            store.commitJournal()
-        else {
-            return false
-        }
-        for strip in 0..<d {
-            if let slot = lookup(lun: lun.lunID, track: firstTrack + UInt64(strip)) {
-                precondition(!slotPinned[slot], "write-through over a pinned slot")
-                markClean(slot)
-                evict(slot)
+        if lun.thin {
+            guard let pool else { return EIO }
+            if let failure = pool.writeStripe(lunID: lun.lunID, lunStripe: firstTrack / UInt64(d), strips: destageTable) {
+                return failure == .noSpace ? ENOSPC : EIO
             }
-        }
-        return true
-    }
-
-    /// Write-through of one whole stripe of a thin LUN from the host's buffer: its pages go straight into the home's
-    /// commit (the one copy redirect-on-write makes: into the commit's rows, CRC'd there), written to the drives
-    /// before this returns, as a thick write-through's stripe is. Staging them in slots would add a copy, a mirror
-    /// copy and a destage pass. Slots holding tracks of the stripe are forgotten after, write-pending or not: every
-    /// page is superseded. Returns 0, ENOSPC (the pool could not promise the blocks, even after cleaning) or EIO.
-    public func writeThroughThin(lun: LUNRef, offsetBytes: UInt64, from source: UnsafeRawPointer) -> Int32 {
-        guard let pool else { return EIO }
-        let d = dataStripsPerStripe
-        let firstTrack = offsetBytes / UInt64(trackBytes)
-        precondition(firstTrack % UInt64(d) == 0, "write-through of a partial stripe")
-        for strip in 0..<d { destageTable[strip] = UnsafeMutableRawPointer(mutating: source) + strip * trackBytes }
-        counters.writeThroughStripes.add(1, ordering: .relaxed)
-        if let failure = pool.writeStripe(lunID: lun.lunID, lunStripe: firstTrack / UInt64(d), strips: destageTable) {
-            return failure == .noSpace ? ENOSPC : EIO
+        } else {
+            let stripe = lun.startStripe + firstTrack / UInt64(d)
+            guard
+                store.writeStripe(stripe: stripe, strips: destageTable, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: trackBytes, allNew: true),
+                store.commitJournal()
+            else {
+                return EIO
+            }
         }
         for strip in 0..<d {
             if let slot = lookup(lun: lun.lunID, track: firstTrack + UInt64(strip)) {

@@ -107,6 +107,19 @@ extension PoolHome {
         return best?.segment
     }
 
+    /// Whether there is a victim to clean: the one in progress, or one chosen now with at least `minimumDead` dead
+    /// blocks (`worthCleaning` when not given). What a caller asks before a step, so the choice is made once.
+    public func startVictim(minimumDead: Int? = nil) -> Bool {
+        if cleaner.victim >= 0 { return true }
+        guard let victim = chooseVictim(minimumDead: max(8, minimumDead ?? worthCleaning)) else { return false }
+        cleaner.victim = victim
+        cleaner.nextStripe = 0
+        cleaner.nodesInVictim = 0
+        cleaner.counters.victim = victim
+        cleaner.counters.victimStripesDone = 0
+        return true
+    }
+
     /// Dead blocks a segment needs before cleaning it pays: a quarter of it. Every segment has some (summaries, and
     /// the padding of commits that did not fill their last row), and moving a nearly live segment makes about as much
     /// of both as it gives back: a cleaner with a lower bar would move the same blocks around for ever.
@@ -117,14 +130,7 @@ extension PoolHome {
     /// Returns the blocks moved (0 when there was nothing to clean), or nil on a failure (I/O, or no space to move
     /// into; nothing is lost: what moved is committed, what did not stays where it was).
     public func clean(stripes: Int, minimumDead: Int? = nil) -> Int? {
-        if cleaner.victim < 0 {
-            guard let victim = chooseVictim(minimumDead: max(8, minimumDead ?? worthCleaning)) else { return 0 }
-            cleaner.victim = victim
-            cleaner.nextStripe = 0
-            cleaner.nodesInVictim = 0
-            cleaner.counters.victim = victim
-            cleaner.counters.victimStripesDone = 0
-        }
+        guard startVictim(minimumDead: minimumDead) else { return 0 }
         let victim = cleaner.victim
         var moved = 0
         var failed = false

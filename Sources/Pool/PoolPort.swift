@@ -95,7 +95,7 @@ public final class PoolPort {
         }
         let minimumDead = max(8, layout.blocksPerSegment / 8)
         for _ in 0..<8 {
-            guard owner.cleanerCounters.victim >= 0 || owner.chooseVictim(minimumDead: minimumDead) != nil else { return false }
+            guard owner.startVictim(minimumDead: minimumDead) else { return false }
             guard owner.clean(stripes: Int(layout.stripesPerSegment), minimumDead: minimumDead) != nil else { return false }
             if owner.hasEmptiedSegments { guard owner.checkpoint() else { return false } }
             if owner.space.freeSegments > freeBefore { return true }

@@ -160,7 +160,7 @@ final class CacheTests: XCTestCase {
                     let at = Int(rng.next() % UInt64(lunSize / stripeBytes)) * stripeBytes
                     for i in 0..<stripeBytes { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
                     XCTAssertTrue(cache.canWriteThrough(offsetBytes: UInt64(at), count: stripeBytes, from: io.base))
-                    XCTAssertTrue(cache.writeThrough(lun: ref, offsetBytes: UInt64(at), from: io.base))
+                    XCTAssertEqual(cache.writeThrough(lun: ref, offsetBytes: UInt64(at), from: io.base), 0)
                     for i in 0..<stripeBytes { oracle[at + i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
                 default:
                     XCTAssertTrue(cache.read(lun: ref, offsetBytes: UInt64(offset), count: count, into: io.base))
