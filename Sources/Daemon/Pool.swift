@@ -65,11 +65,13 @@ extension ArrayDaemon {
                 opened.append(home)
                 continue
             }
-            let home = try PoolHome.recover(
+            let home = try PoolHome.load(
                 home: h, layout: layout, space: space, poolTag: poolTag(store), store: backEnd, memory: memory, mapFrames: frames)
             if home.rolledForward > 0 { log("pool home \(h): \(home.rolledForward) commits replayed after the last checkpoint") }
             opened.append(home)
         }
+        // Every home's segments are assigned now: a checkpoint's claim takes only what no home names.
+        if !area.fresh { for home in opened { try home.finishRecovery() } }
         if area.fresh {
             var table = store.lunTable
             table.pool?.fresh = false

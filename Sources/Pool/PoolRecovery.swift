@@ -26,9 +26,22 @@ extension PoolHome {
         var nextSegment: Int
     }
 
-    /// Loads home `home` from its checkpoint and log. Throws one line when the home cannot be loaded (no valid
-    /// checkpoint, tables that fail their checks, a map cache too small to replay the log into).
+    /// Loads home `home` from its checkpoint and log, and writes the checkpoint that ends its recovery. Only for a
+    /// pool whose other homes are loaded already (or that has one): see `load`.
     public static func recover(
+        home: Int, layout: PoolLayout, space: PoolSpace, poolTag: UInt64, store: any StripeStore, memory: MemoryServices, mapFrames: Int
+    ) throws(VSAError) -> PoolHome {
+        let h = try load(home: home, layout: layout, space: space, poolTag: poolTag, store: store, memory: memory, mapFrames: mapFrames)
+        try h.finishRecovery()
+        return h
+    }
+
+    /// Loads home `home` from its checkpoint and log: its versions and map, and the segments its tables and log
+    /// name, assigned in `space`. Writes nothing: a pool's homes are all loaded before any writes its checkpoint
+    /// (`finishRecovery`), because a checkpoint may claim a segment, and a segment only a home not yet loaded names
+    /// looks free (home 0 took home 1's segment so, and home 1's mount failed). Throws one line when the home cannot
+    /// be loaded (no valid checkpoint, tables that fail their checks, a map cache too small to replay the log into).
+    public static func load(
         home: Int, layout: PoolLayout, space: PoolSpace, poolTag: UInt64, store: any StripeStore, memory: MemoryServices, mapFrames: Int
     ) throws(VSAError) -> PoolHome {
         let h = PoolHome(home: home, layout: layout, space: space, poolTag: poolTag, store: store, memory: memory, mapFrames: mapFrames)
@@ -40,7 +53,6 @@ extension PoolHome {
             do throws(VSAError) {
                 try h.load(header)
                 try h.rollForward()
-                guard h.checkpoint() else { throw VSAError("pool home \(home): the checkpoint after recovery could not be written") }
                 return h
             } catch {
                 errors.append(error.message)
@@ -49,6 +61,12 @@ extension PoolHome {
         }
         // Why the newer checkpoint would not do is the first thing to know.
         throw VSAError(errors.joined(separator: "; then "))
+    }
+
+    /// The checkpoint that ends a recovery: the replayed log becomes part of the home's durable state, and the log
+    /// starts again after it. Once every home of the pool is loaded.
+    public func finishRecovery() throws(VSAError) {
+        guard checkpoint() else { throw VSAError("pool home \(home): the checkpoint after recovery could not be written") }
     }
 
     private func readHeader(slot: Int) -> CheckpointHeader? {

@@ -276,12 +276,48 @@ final class PoolCleanerTests: XCTestCase {
         XCTAssertFalse(first.isDisjoint(with: array.space.owned(by: 1)), "home b took a segment home a gave back")
         for order in [[0, 1], [1, 0]] {
             try array.restart()
-            var homes: [Int: PoolHome] = [:]
-            for h in order { homes[h] = try array.recover(h) }
+            let homes = try array.recover(homes: order)
             check(homes[1]!, 1, oracle, "home b, recovered in order \(order)")
             XCTAssertEqual(homes[0]!.versions[1]?.mapped, 300)
             for h in order { checkPoolSpace(homes[h]!, array.space, array.layout) }
         }
+    }
+
+    /// A recovery's checkpoint may claim segments (its replayed log dirtied many map nodes); a home loaded later
+    /// names segments that look free until then. A mount once recovered home 0 whole, checkpoint included, before
+    /// loading home 1: home 0's checkpoint took home 1's lowest segment and home 1 could not be mounted ("segment
+    /// entry 0 ... (home 0's)": CI's kill -9 test). Now every home is loaded before any writes.
+    func testARecoveryCheckpointTakesNoSegmentAnotherHomeNames() throws {
+        let array = try PoolTestArray(name: "order", driveBytes: 32 << 20, segmentBytes: PoolCleanerTests.segmentBytes)
+        // Frames for every leaf: home a's map nodes stay dirty in memory until the recovery's checkpoint.
+        let a = array.newHome(0, frames: 1024)
+        let b = array.newHome(1)
+        let span = UInt64(MapNode.fanout)
+        for h in [a, b] {
+            h.createVersion(1, blocks: 200 * span)
+            XCTAssertTrue(h.checkpoint())
+        }
+        // Home b takes the low segments; home a then writes a block in each of 150 leaves, and does not checkpoint.
+        var oracleB: [UInt64: UInt64] = [:]
+        for block: UInt64 in 0..<300 {
+            XCTAssertNil(write(b, 1, block, 7))
+            oracleB[block] = 7
+        }
+        XCTAssertTrue(b.commit())
+        XCTAssertTrue(b.checkpoint())
+        var oracleA: [UInt64: UInt64] = [:]
+        for leaf: UInt64 in 0..<150 {
+            XCTAssertNil(write(a, 1, leaf * span, 9))
+            oracleA[leaf * span] = 9
+        }
+        XCTAssertTrue(a.commit())
+        let owned = Set(array.space.owned(by: 0))
+        try array.restart()
+        let homes = try array.recover(homes: [0, 1], frames: 1024)
+        XCTAssertFalse(Set(array.space.owned(by: 0)).isSubset(of: owned), "home a's recovery checkpoint claimed segments")
+        check(homes[0]!, 1, oracleA, "home a")
+        check(homes[1]!, 1, oracleB, "home b")
+        for h in [0, 1] { checkPoolSpace(homes[h]!, array.space, array.layout) }
     }
 
     /// RAID-1 has one data strip: a commit opened in a stripe's last row is its summary alone, with no room for a

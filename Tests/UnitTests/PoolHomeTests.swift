@@ -66,6 +66,16 @@ final class PoolTestArray {
         try PoolHome.recover(home: home, layout: layout, space: space, poolTag: tag, store: backEnd, memory: memory, mapFrames: frames)
     }
 
+    /// Several homes the way a mount recovers them: all loaded, then each one's checkpoint.
+    func recover(homes order: [Int], frames: Int = 256) throws -> [Int: PoolHome] {
+        var homes: [Int: PoolHome] = [:]
+        for h in order {
+            homes[h] = try PoolHome.load(home: h, layout: layout, space: space, poolTag: tag, store: backEnd, memory: memory, mapFrames: frames)
+        }
+        for h in order { try homes[h]!.finishRecovery() }
+        return homes
+    }
+
     deinit { try? FileManager.default.removeItem(atPath: directory) }
 }
 

@@ -39,7 +39,8 @@ extension PoolHomeTests {
 
         // The stop, and the mount.
         try array.restart()
-        homes = [try array.recover(0), try array.recover(1)]
+        let recovered = try array.recover(homes: [0, 1])
+        homes = [recovered[0]!, recovered[1]!]
         var notes: [String] = []
         try ArrayDaemon.checkSnapshots(store: array.store, homes: homes, log: { notes.append($0) })
         XCTAssertEqual(notes.count, 3, "\(notes)")
