@@ -25,7 +25,6 @@ extension ArrayDaemon {
     /// The pool tag: from the array's UUID, so another array's pool on the same drives is never read as this one's.
     static func poolTag(_ store: ArrayStore) -> UInt64 { store.superblock.arrayUUID.bytes.1 ^ 0x706F_6F6C }
 
-    /// Map frames per home: a sixteenth of the cache, split between the homes, at least 256.
     /// Map frames per home: a sixteenth of the cache, split between the homes, at least 256; and no more than a
     /// 64th of the array's blocks per home (every frame may have to be written at a checkpoint, so the pool holds
     /// space back for them: a big cache must not take most of a small array's pool).
@@ -39,6 +38,8 @@ extension ArrayDaemon {
     /// LUNs the LUN table no longer names (a delete or create cut short) are dropped.
     static func openPool(store: ArrayStore, engines: Engines, cacheBytes: UInt64, log: (String) -> Void) throws(VSAError) -> PoolRuntime? {
         guard let area = store.lunTable.pool else { return nil }
+        // No pool is made on such an array: a LUN table that names one is damaged or hostile.
+        if let problem = PoolLayout.unfit(store.geometry) { throw VSAError("the LUN table names a pool, but \(problem)") }
         let homes = engines.directors.count
         var layout = PoolLayout(geometry: store.geometry, homes: homes, areaStart: area.startStripe, versionsMax: Int(area.versionsMax))
         if layout.areaStripes != area.stripeCount {
@@ -110,6 +111,7 @@ extension ArrayDaemon {
         let geometry = store.geometry
         let versionsMax = PoolLayout.versionsMax(capacityBytes: geometry.capacityBytes)
         let stripes = PoolLayout.areaStripes(geometry: geometry, homes: store.superblock.directorCount, versionsMax: versionsMax)
+        if let problem = PoolLayout.unfit(geometry) { throw VSAError(problem) }
         guard geometry.stripeCount * UInt64(geometry.stripeDataBytes / 4096) < MapEntry.pbaLimit else {
             throw VSAError("thin LUNs need an array under 4 PiB")
         }

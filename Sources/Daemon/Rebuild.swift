@@ -286,9 +286,11 @@ extension ArrayDaemon {
     /// Who holds an array stripe for stripe work (rebuild, scrub): a thick LUN (its stripe's home director runs the
     /// work), the pool (the home of its checkpoint slot, or of its segment: the one thread that writes it), or
     /// nobody (director 1a). Pool segments are held for the batch (`walkStripes`), so their owners stay.
-    func placement(of stripe: UInt64, luns: [LUNEntry]) -> StripeHolder? {
+    func placement(of stripe: UInt64, luns: [LUNEntry]) -> StripeHolder? { ArrayDaemon.placement(of: stripe, luns: luns, pool: poolRuntime()) }
+
+    static func placement(of stripe: UInt64, luns: [LUNEntry], pool: PoolRuntime?) -> StripeHolder? {
         if let lun = ArrayDaemon.lun(holding: stripe, in: luns) { return StripeHolder(lunID: lun.lunID, startStripe: lun.startStripe) }
-        guard let r = poolRuntime() else { return nil }
+        guard let r = pool else { return nil }
         let layout = r.layout
         if stripe >= layout.areaStart && stripe < layout.areaStart + layout.areaStripes {
             return StripeHolder(poolHome: Int((stripe - layout.areaStart) / layout.slotStripes / 2))

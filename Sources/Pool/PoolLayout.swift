@@ -95,6 +95,13 @@ public struct PoolLayout: Equatable, Sendable {
         return (pba / UInt64(blocksPerStripe), j % blocksPerRow, j / blocksPerRow * PoolLayout.blockBytes)
     }
 
+    /// Why an array cannot hold a pool (nil: it can). A commit is a summary block and the blocks it carries, in
+    /// one stripe: a stripe of one 4 KiB block (RAID-1 of 4 KiB strips) has room for the summary alone.
+    public static func unfit(_ geometry: ArrayGeometry) -> String? {
+        guard geometry.stripeDataBytes < 2 * UInt64(blockBytes) else { return nil }
+        return "thin LUNs need stripes of at least 8 KiB of data (this array's hold 4 KiB): use thick LUNs, or an array made with --stripe-unit 8K or more"
+    }
+
     /// Local blocks of home `home` for a LUN of `sizeBytes` placed with `homeOffset`: the blocks of the LUN stripes k
     /// with (k + homeOffset) mod homes == home.
     public func localBlocks(sizeBytes: UInt64, homeOffset: UInt32, home: Int) -> UInt64 {

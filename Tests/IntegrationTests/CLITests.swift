@@ -60,6 +60,11 @@ final class CLITests: FixtureTestCase {
         XCTAssertEqual(list.status, 0)
         let json = try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as! [String: Any]
         XCTAssertEqual((json["luns"] as! [[String: Any]]).first?["sizeBytes"] as? Int, 8 << 20)
+        // A RAID-1 of 4 KiB strips has one-block stripes: no room for a commit's summary and a block. Refused, by name.
+        XCTAssertEqual(fixture.vsa("create '\(d)/r1' --drives 2 --drive-size 32M --raid 1 --stripe-unit 4K").status, 0)
+        let table = Harness.sh("sha256sum '\(d)'/r1/drive-*").stdout
+        assertOneLineError("lun create '\(d)/r1' t --size 1G --thin", contains: "at least 8 KiB")
+        XCTAssertEqual(Harness.sh("sha256sum '\(d)'/r1/drive-*").stdout, table, "a refused thin LUN changed the drives")
         let help = fixture.vsa("--help")
         XCTAssertEqual(help.status, 0)
         XCTAssertTrue(help.stdout.contains("USAGE"))

@@ -15,6 +15,12 @@
 // the last flush holds what that flush made durable; a redundant array with every member in reads the same with any
 // member it can lose left out; scrub finds every stripe consistent after a flush.
 //
+// A second test runs the same on a thin LUN: the pool's homes (docs/POOL.md) under the directors, with snapshots
+// taken, read back and deleted, cleaner steps and checkpoints among the steps, so crashes and power cuts also land
+// mid-commit, mid-checkpoint, mid-cleaning and mid-snapshot; after every crash the pool is recovered from the drives
+// as a mount does, and every snapshot known taken must read as it was taken (one cut short: whole or gone); cold
+// and degraded reads load the homes from the drives alone; bit flips land anywhere in the pool's stripes.
+//
 // Same seed, same run: a failing seed is printed and replays exactly with VSA_SIM_SEED=N (VSA_SIM_LOG=K prints the
 // last K steps; VSA_SIM_NOCRC=1 runs without block checksums, VSA_SIM_LOSS=P loses P% of unflushed writes at a power
 // cut). `make test` runs 24 seeds; `make sim SEEDS=N` runs more.
@@ -26,6 +32,7 @@ import Drives
 import GlobalMemory
 import MemoryServices
 import Metadata
+import Pool
 import XCTest
 
 @testable import Daemon
@@ -33,23 +40,31 @@ import XCTest
 final class SimulationTests: XCTestCase {
     static let levels: [(RAIDLevel, Int)] = [(.raid1, 2), (.raid10, 4), (.raid5, 4), (.raid5, 5), (.raid6, 5), (.raid6, 6)]
 
-    func testSeededSimulation() throws {
+    func testSeededSimulation() throws { try runSeeds(thin: false, count: 24, spacing: 7919, offset: 1) }
+
+    /// The same on a thin LUN: the pool's homes under the directors (redirect-on-write destage, commits,
+    /// checkpoints), with snapshots taken, read back and deleted, and the cleaner and checkpoints as steps of their
+    /// own, so crashes and power cuts land mid-destage, mid-commit, mid-checkpoint, mid-cleaning and mid-snapshot.
+    func testSeededSimulationOfAThinLUN() throws { try runSeeds(thin: true, count: 12, spacing: 6007, offset: 3) }
+
+    func runSeeds(thin: Bool, count defaultCount: Int, spacing: UInt64, offset: UInt64) throws {
         let env = ProcessInfo.processInfo.environment
         let seeds: [UInt64]
         if let one = env["VSA_SIM_SEED"].flatMap(UInt64.init) {
             seeds = [one]
         } else {
-            let count = env["VSA_SIM_SEEDS"].flatMap(Int.init) ?? 24
-            seeds = (0..<UInt64(count)).map { $0 * 7919 + 1 }
+            let count = env["VSA_SIM_SEEDS"].flatMap(Int.init) ?? defaultCount
+            seeds = (0..<UInt64(count)).map { $0 * spacing + offset }
         }
         defer { DriveFaultInjector.active = nil }
+        let test = thin ? "testSeededSimulationOfAThinLUN" : "testSeededSimulation"
         for seed in seeds {
             DriveFaultInjector.active = DriveFaultInjector(seed: seed ^ 0xD1CE)
             if let p = ProcessInfo.processInfo.environment["VSA_SIM_LOSS"].flatMap(UInt64.init) { DriveFaultInjector.active!.lossPercent = p }
-            var sim = try Simulation(seed: seed)
+            var sim = try Simulation(seed: seed, thin: thin)
             defer { sim.cleanUp() }
             if let failure = sim.run(steps: 400) {
-                XCTFail("simulation seed \(seed) failed: \(failure) (replay: VSA_SIM_SEED=\(seed) swift test --filter SimulationTests)")
+                XCTFail("simulation seed \(seed) failed: \(failure) (replay: VSA_SIM_SEED=\(seed) swift test --filter SimulationTests/\(test))")
                 return
             }
         }
@@ -59,6 +74,15 @@ final class SimulationTests: XCTestCase {
 struct Simulation {
     let seed: UInt64
     var rng: SplitMix
+    /// The LUN is thin: its blocks live in the pool (made again from the drives at every crash).
+    let thin: Bool
+    var pool: PoolRuntime? = nil
+    /// Snapshots of the thin LUN known to be taken, with the contents they must keep, and those a power cut or a
+    /// failure left half taken or half deleted: the next mount keeps them whole (with those contents) or drops them.
+    var snapshots: [UInt32: [UInt8]] = [:]
+    var uncertainSnapshots: [UInt32: [UInt8]] = [:]
+    var nextSnapshot: UInt32 = 1000
+    let snapshotIO = alignedBuffer(bytes: 1 << 20)
     let directory: String
     let level: RAIDLevel
     var store: ArrayStore
@@ -87,8 +111,9 @@ struct Simulation {
     var newDrives = 0
     var log: [String] = []
 
-    init(seed: UInt64) throws {
+    init(seed: UInt64, thin: Bool = false) throws {
         self.seed = seed
+        self.thin = thin
         rng = SplitMix(seed: seed)
         let (level, drives) = SimulationTests.levels[Int(rng.next() % UInt64(SimulationTests.levels.count))]
         self.level = level
@@ -96,10 +121,15 @@ struct Simulation {
         try? FileManager.default.removeItem(atPath: directory)
         store = try ArrayStore.create(
             CreateOptions(
-                directory: directory, driveCount: drives, driveSizeBytes: 8 << 20, drivePaths: [], raidLevel: level, spareCount: 0,
-                stripUnitBytes: [4096, 8192, 16384][Int(rng.next() % 3)], cacheBytes: 16 << 20, engineCount: 1, force: false))
-        let entry = try store.createLUN(name: "l", sizeBytes: UInt64(lunSize))
-        lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
+                directory: directory, driveCount: drives, driveSizeBytes: thin ? 24 << 20 : 8 << 20, drivePaths: [], raidLevel: level,
+                spareCount: 0, stripUnitBytes: Simulation.stripUnit(rng.next(), level: level, thin: thin), cacheBytes: 16 << 20, engineCount: 1, force: false))
+        if thin {
+            let entry = try ArrayDaemon.createThinLUNOffline(store: store, name: "l", sizeBytes: UInt64(lunSize))
+            lun = LUNRef(lunID: entry.lunID, startStripe: 0, sizeBytes: entry.sizeBytes, thin: true)
+        } else {
+            let entry = try store.createLUN(name: "l", sizeBytes: UInt64(lunSize))
+            lun = LUNRef(lunID: entry.lunID, startStripe: entry.startStripe, sizeBytes: entry.sizeBytes)
+        }
         checksums = BlockChecksums(geometry: store.geometry, cacheBytes: 4096 * Int(1 + rng.next() % 8))
         let recovery = try JournalRecovery.recover(
             geometry: store.geometry, drives: store.drives, arrayUUID: store.superblock.arrayUUID, unclean: false,
@@ -111,6 +141,8 @@ struct Simulation {
         scheduler = SimulationScheduler(seed: seed ^ 0x5C4E_D01E)
         scheduler.adopt(engines)
         midRequest = MidRequestFailover(seed: seed ^ 0xFA11, scheduler: scheduler)
+        // The mount's part for a pool: its homes made (or recovered) on the directors' back ends, then attached.
+        if thin { pool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: 16 << 20, log: { _ in }) }
         // The whole LUN is written once, so every block of its stripes has a checksum (a flip is then always seen).
         for i in 0..<lunSize { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
         guard engines.write(lun: lun, offsetBytes: 0, count: lunSize, from: io.base) == 0, engines.flush(lun: lun) == 0 else {
@@ -122,6 +154,12 @@ struct Simulation {
         latest = durable
         writtenSinceFlush = [Bool](repeating: false, count: lunSize / 512)
         unknown = writtenSinceFlush
+    }
+
+    /// 4, 8 or 16 KiB; a pool (thin) needs stripes of two blocks at least, so RAID-1 then takes 8 KiB for 4.
+    static func stripUnit(_ roll: UInt64, level: RAIDLevel, thin: Bool) -> Int {
+        let unit = [4096, 8192, 16384][Int(roll % 3)]
+        return thin && level == .raid1 && unit == 4096 ? 8192 : unit
     }
 
     func cleanUp() {
@@ -149,6 +187,10 @@ struct Simulation {
 
     /// Where array stripes lie (for rebuild and scrub requests): the LUN's, else none.
     var placement: Engines.Placement {
+        if thin {
+            let (luns, pool) = (store.lunTable.entries, pool)
+            return { s in ArrayDaemon.placement(of: s, luns: luns, pool: pool) }
+        }
         let lun = lun
         let stripes = store.geometry.stripesFor(sizeBytes: lun.sizeBytes)
         return { s in s >= lun.startStripe && s < lun.startStripe + stripes ? StripeHolder(lunID: lun.lunID, startStripe: lun.startStripe) : nil }
@@ -167,21 +209,26 @@ struct Simulation {
             midRequest.sawNoDirector = false
             let roll = rng.next() % 100
             let problem: String?
-            switch roll {
-            case 0..<40: problem = write(zero: roll < 4)
-            case 40..<56: problem = read()
-            case 56..<60: problem = failOrRestoreDirector()
-            case 60..<68: problem = destageSome()
-            case 68..<78: problem = flush()
-            case 78..<82: problem = failDrive()
-            case 82..<88: problem = replaceOrRebuild()
-            case 88..<92: problem = scrubAll()
-            case 92..<94: problem = crash()
-            case 94..<96: problem = powerCut()
-            case 96..<98: problem = flush() ?? crash()
-            case 98: problem = flipBits()
-            case 99: problem = armIOError()
-            default: problem = readAllDegraded()
+            // A thin LUN's pool has steps of its own, taken now and then instead of the usual ones.
+            if thin && rng.next() % 100 < 12 {
+                problem = poolStep()
+            } else {
+                switch roll {
+                case 0..<40: problem = write(zero: roll < 4)
+                case 40..<56: problem = read()
+                case 56..<60: problem = failOrRestoreDirector()
+                case 60..<68: problem = destageSome()
+                case 68..<78: problem = flush()
+                case 78..<82: problem = failDrive()
+                case 82..<88: problem = replaceOrRebuild()
+                case 88..<92: problem = scrubAll()
+                case 92..<94: problem = crash()
+                case 94..<96: problem = powerCut()
+                case 96..<98: problem = flush() ?? crash()
+                case 98: problem = flipBits()
+                case 99: problem = armIOError()
+                default: problem = readAllDegraded()
+                }
             }
             log += midRequest.events
             midRequest.events.removeAll()
@@ -212,7 +259,7 @@ struct Simulation {
             }
             // After a power cut the process runs on (a real one would be dead): reads see what never got written.
             if directorsWereOut { return nil }  // EIO is the answer with every director out
-            return membersOutTolerated && !injector.cut ? "write failed with the array within its tolerance" : nil
+            return membersOutTolerated && !injector.cut ? "write failed with the array within its tolerance (errno \(rc))" : nil
         }
         for i in 0..<count { latest[offset + i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
         for s in (offset / 512)...((offset + count - 1) / 512) {
@@ -335,7 +382,11 @@ struct Simulation {
             log.append("rebuild member \(member) stripes \(next)..<\(end)")
             guard anyDirectorOnline else { return nil }
             while next < end {
-                guard engines.rebuild(member: member, stripes: next..<(next + 1), placement: placement) == 0 else {
+                // As the daemon's walk does: the stripe's segment keeps its owner while its home runs the rebuild.
+                pool?.space.holdForMaintenance(next..<(next + 1))
+                let rc = engines.rebuild(member: member, stripes: next..<(next + 1), placement: placement)
+                pool?.space.releaseFromMaintenance(next..<(next + 1))
+                guard rc == 0 else {
                     // The new drive itself died: the rebuild stops (the daemon's would too), the member is failed.
                     if drive.state == .failed { return noticeIOErrors() }
                     if directorsWereOut { return nil }  // both directors went out in the middle: EIO, resumed later
@@ -380,9 +431,12 @@ struct Simulation {
         guard membersLost == 0, anyDirectorOnline else { return nil }
         if let problem = flush() { return problem }
         log.append("scrub")
-        let stripes = store.geometry.stripesFor(sizeBytes: UInt64(lunSize))
         var outcomes: [(UInt64, ScrubOutcome)] = []
-        engines.scrub(stripes: lun.startStripe..<(lun.startStripe + stripes), repair: false, placement: placement) { outcomes.append(($0, $1)) }
+        for run in lunStripeRuns {
+            pool?.space.holdForMaintenance(run)
+            engines.scrub(stripes: run, repair: false, placement: placement) { outcomes.append(($0, $1)) }
+            pool?.space.releaseFromMaintenance(run)
+        }
         if directorsWereOut { return nil }  // both directors went out during it: stripes not run report unreadable
         for (s, outcome) in outcomes {
             if outcome != .consistent {
@@ -457,8 +511,16 @@ struct Simulation {
         let member = Int(rng.next() % UInt64(store.memberCount))
         guard store.drives[member].state == .online else { return nil }
         let g = store.geometry
-        let stripes = g.stripesFor(sizeBytes: UInt64(lunSize))
-        let stripe = lun.startStripe + rng.next() % stripes
+        let runs = lunStripeRuns
+        var pick = rng.next() % UInt64(max(1, runs.reduce(0) { $0 + $1.count }))
+        var stripe = runs.first?.lowerBound ?? 0
+        for run in runs {
+            if pick < UInt64(run.count) {
+                stripe = run.lowerBound + pick
+                break
+            }
+            pick -= UInt64(run.count)
+        }
         let block = UInt64(rng.next() % UInt64(g.stripUnitBytes / 4096))
         let at = g.driveOffset(stripe: stripe) + block * 4096 + rng.next() % 4096
         log.append("flip a byte of member \(member) at \(at) (stripe \(stripe))")
@@ -470,11 +532,14 @@ struct Simulation {
         guard pwrite(fd, &byte, 1, off_t(at)) == 1 else { return "pwrite" }
         close(fd)
         var outcome = ScrubOutcome.consistent
+        pool?.space.holdForMaintenance(stripe..<(stripe + 1))
         engines.scrub(stripes: stripe..<(stripe + 1), repair: true, placement: placement) { outcome = $1 }
+        pool?.space.releaseFromMaintenance(stripe..<(stripe + 1))
         // (With both directors gone out during it, the scrub did not run: the read below still finds the damage.)
-        guard outcome == .repaired || outcome == .repairedData || directorsWereOut else { return "scrub after a bit flip: \(outcome)" }
-        let cold = TrackCache(slotCount: slotsPerDirector, store: anyBackEnd, memory: memory, counters: CacheCounters())
-        guard cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "read after the repair failed" }
+        // A pool stripe may hold blocks never written since it was made (past a log's head: no checksum, and no
+        // one reads them); a flip there is a parity mismatch at most. Whatever it hit, the LUN must read right.
+        guard thin || outcome == .repaired || outcome == .repairedData || directorsWereOut else { return "scrub after a bit flip: \(outcome)" }
+        guard coldRead(from: anyBackEnd) else { return "read after the repair failed" }
         for i in 0..<lunSize where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[i] {
             return "after the repair: byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest \(latest[i])"
         }
@@ -520,6 +585,7 @@ struct Simulation {
             // Director failures do not outlive the process: both directors start again.
             engines = try Simulation.makeEngines(store: store, epochs: recovery.epochs, slots: slotsPerDirector, checksums: checksums)
             scheduler.adopt(engines)
+            if thin { pool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: 16 << 20, log: { log.append("  (mount) " + $0) }) }
         } catch { return "recovery: \(error)" }
         rebuildingMember = store.superblock.rebuildMember
         // Every sector not written since the last flush must hold what that flush made durable.
@@ -527,6 +593,7 @@ struct Simulation {
         for i in 0..<lunSize where !writtenSinceFlush[i / 512] && io.base.load(fromByteOffset: i, as: UInt8.self) != durable[i] {
             return "after recovery: byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), flushed \(durable[i])"
         }
+        if thin, let problem = checkSnapshotsAfterCrash() { return problem }
         midRequest.attach(to: engines)
         // What was written but not flushed may be old or new: from here on the drives are the truth.
         for i in 0..<lunSize { latest[i] = io.base.load(fromByteOffset: i, as: UInt8.self) }
@@ -558,10 +625,156 @@ struct Simulation {
             else {
                 return "back end"
             }
-            let cold = TrackCache(slotCount: slotsPerDirector, store: degraded, memory: memory, counters: CacheCounters())
-            guard cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base) else { return "degraded read without member \(member) failed" }
+            guard coldRead(from: degraded) else { return "degraded read without member \(member) failed" }
             for i in 0..<lunSize where io.base.load(fromByteOffset: i, as: UInt8.self) != latest[i] {
                 return "without member \(member): byte \(i) is \(io.base.load(fromByteOffset: i, as: UInt8.self)), newest \(latest[i])"
+            }
+        }
+        return nil
+    }
+}
+
+extension Simulation {
+    /// The stripes that hold the LUN's data: its own run (thick), or the pool's (its checkpoint slots and every
+    /// segment a home owns), as runs.
+    var lunStripeRuns: [Range<UInt64>] {
+        guard thin else { return [lun.startStripe..<(lun.startStripe + store.geometry.stripesFor(sizeBytes: UInt64(lunSize)))] }
+        let where_ = placement
+        var runs: [Range<UInt64>] = []
+        var s: UInt64 = 0
+        let total = store.geometry.stripeCount
+        while s < total {
+            guard where_(s) != nil else {
+                s += 1
+                continue
+            }
+            var e = s + 1
+            while e < total && where_(e) != nil { e += 1 }
+            runs.append(s..<e)
+            s = e
+        }
+        return runs
+    }
+
+    /// Reads the whole LUN into `io` from the drives alone, through `backEnd` (cold: no director's cache). A thin
+    /// LUN's map comes from the drives too: every home loaded as a mount would (nothing written), on its own space.
+    func coldRead(from backEnd: any StripeStore) -> Bool {
+        let cold = TrackCache(slotCount: slotsPerDirector, store: backEnd, memory: memory, counters: CacheCounters())
+        if thin {
+            guard let layout = pool?.layout else { return false }
+            let space = PoolSpace(layout: layout, reservedStripes: store.lunTable.reservedRuns)
+            var homes: [PoolHome] = []
+            for h in 0..<layout.homes {
+                guard
+                    let home = try? PoolHome.load(
+                        home: h, layout: layout, space: space, poolTag: ArrayDaemon.poolTag(store), store: backEnd, memory: memory, mapFrames: 256)
+                else { return false }
+                homes.append(home)
+            }
+            cold.pool = PoolPort(layout: layout, homes: homes, backEnd: backEnd)
+        }
+        return cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base)
+    }
+
+    /// A step of the pool's own: a snapshot taken, read back or deleted; cleaner steps; a checkpoint.
+    mutating func poolStep() -> String? {
+        switch rng.next() % 6 {
+        case 0, 1: return takeSnapshot()
+        case 2: return verifySnapshot()
+        case 3: return deleteSnapshot()
+        case 4:
+            let steps = 1 + Int(rng.next() % 6)
+            let stripes = 1 + Int(rng.next() % 4)
+            // Now and then a victim with a single dead block: the cleaner moves nearly everything it finds.
+            let minimumDead = rng.next() % 3 == 0 ? 1 : max(1, pool!.layout.blocksPerSegment / 4)
+            log.append("cleaner: \(steps) steps of \(stripes) stripes (victims \(minimumDead)+ dead)")
+            for _ in 0..<steps { _ = engines.poolEach { .clean(home: $0, stripes: stripes, minimumDead: minimumDead, step: CleanStep()) } }
+            return nil
+        default:
+            log.append("pool checkpoint")
+            _ = engines.poolEach { .checkpoint(home: $0) }
+            return nil
+        }
+    }
+
+    /// As `vsa snap create` does: the LUN flushed (its cached writes destaged), then every home records the
+    /// snapshot. Its contents are then the flushed data, never to change.
+    mutating func takeSnapshot() -> String? {
+        guard snapshots.count + uncertainSnapshots.count < 3 else { return deleteSnapshot() }
+        if let problem = flush() { return problem }
+        // The flush did not make everything durable (directors out, the power off): the daemon takes no snapshot.
+        guard !writtenSinceFlush.contains(true), !injector.cut else { return nil }
+        let id = nextSnapshot
+        nextSnapshot += 1
+        let (lunID, label) = (lun.lunID, VersionLabel(lunID: lun.lunID, name: "s\(id)", createdSeconds: 1))
+        log.append("snapshot \(id)")
+        if engines.poolEach({ h in .change(home: h) { $0.snapshot(lunID, as: id, label: label) } }) == 0 && !injector.cut {
+            snapshots[id] = durable
+        } else {
+            // As the daemon does: the homes that took their part drop it (or the next mount does).
+            _ = engines.poolEach(everyHome: true) { .deleteVersion(home: $0, lunID: id) }
+            uncertainSnapshots[id] = durable
+        }
+        return nil
+    }
+
+    mutating func deleteSnapshot() -> String? {
+        guard let id = snapshots.keys.sorted().randomElement(using: &rng) else { return nil }
+        log.append("delete snapshot \(id)")
+        let contents = snapshots.removeValue(forKey: id)!
+        if engines.poolEach(everyHome: true, { .deleteVersion(home: $0, lunID: id) }) != 0 || injector.cut { uncertainSnapshots[id] = contents }
+        return nil
+    }
+
+    /// A snapshot read from the homes, block by block, into `snapshotIO`: 0, or the errno of a home that does not
+    /// hold it or cannot read it.
+    func readSnapshot(_ id: UInt32) -> Int32 {
+        let (layout, lunID, lunSize) = (pool!.layout, lun.lunID, lunSize)
+        let stripeBytes = Int(store.geometry.stripeDataBytes)
+        let target = snapshotIO.base
+        return engines.poolEach { h in
+            .change(home: h) { home in
+                guard home.versions[id] != nil else { return false }
+                var offset = 0
+                while offset < lunSize {
+                    let (owner, block) = layout.local(lunStripe: UInt64(offset / stripeBytes), homeOffset: lunID, offsetInStripe: offset % stripeBytes)
+                    if owner == h { guard home.read(id, block: block, into: target + offset) else { return false } }
+                    offset += PoolLayout.blockBytes
+                }
+                return true
+            }
+        }
+    }
+
+    mutating func verifySnapshot() -> String? {
+        guard let id = snapshots.keys.sorted().randomElement(using: &rng) else { return nil }
+        log.append("read snapshot \(id)")
+        guard readSnapshot(id) == 0 else { return directorsWereOut ? nil : "snapshot \(id) could not be read" }
+        let expected = snapshots[id]!
+        for i in 0..<lunSize where snapshotIO.base.load(fromByteOffset: i, as: UInt8.self) != expected[i] {
+            return "snapshot \(id): byte \(i) is \(snapshotIO.base.load(fromByteOffset: i, as: UInt8.self)), taken as \(expected[i])"
+        }
+        return nil
+    }
+
+    /// After a crash: every snapshot known taken is there with its contents; one left uncertain is there whole
+    /// (with the contents it was taken with) or gone; no other snapshot is there.
+    mutating func checkSnapshotsAfterCrash() -> String? {
+        let stats = engines.directors.map { _ in PoolHomeStats() }
+        guard engines.poolEach({ .stats(home: $0, into: stats[$0]) }) == 0 else { return "pool stats after the crash" }
+        let present = Set(stats.flatMap { $0.records.values.filter { $0.kind == .snapshot }.map(\.id) })
+        for id in present where snapshots[id] == nil && uncertainSnapshots[id] == nil { return "after the crash: snapshot \(id) was never taken" }
+        for (id, contents) in uncertainSnapshots where present.contains(id) {
+            snapshots[id] = contents
+            log.append("  snapshot \(id) was kept")
+        }
+        uncertainSnapshots = [:]
+        for id in snapshots.keys.sorted() {
+            guard present.contains(id) else { return "after the crash: snapshot \(id) is gone" }
+            guard readSnapshot(id) == 0 else { return "after the crash: snapshot \(id) could not be read" }
+            let expected = snapshots[id]!
+            for i in 0..<lunSize where snapshotIO.base.load(fromByteOffset: i, as: UInt8.self) != expected[i] {
+                return "after the crash: snapshot \(id) byte \(i) is \(snapshotIO.base.load(fromByteOffset: i, as: UInt8.self)), taken as \(expected[i])"
             }
         }
         return nil
