@@ -203,13 +203,14 @@ struct LUNCreate: VSACommand {
     @Argument(help: "The array folder or its mount point.") var target: String
     @Argument(help: "The LUN's name (its file name on the mount).") var name: String
     @Option(help: "The LUN's size (K, M, G, T); a multiple of 512 bytes.") var size: String
-    @Flag(help: "Thick (the default for now): a run of the array's stripes of its own, written in place (no snapshots).")
+    @Flag(help: "Thick: a run of the array's stripes of its own, written in place (the size must fit the array; no snapshots).")
     var thick = false
-    @Flag(help: "Thin: blocks come from the array's pool as they are written (the size may exceed the array); snapshots need it.")
+    @Flag(help: "Thin (the default): blocks come from the array's pool as they are written; the size may exceed the array.")
     var thin = false
 
     func execute() throws(VSAError) {
         if thick && thin { throw VSAError("--thick and --thin exclude each other: a LUN is one or the other") }
+        let thin = !thick
         let bytes = try CLI.size(size, "--size")
         if let problem = validateLUNName(name) { throw VSAError("\(problem): '\(name)'") }
         let (dir, _) = try resolveArray(target)

@@ -142,7 +142,7 @@ final class MountTests: FixtureTestCase {
         for (level, drives) in [("0", 2), ("1", 2), ("10", 4), ("6", 5)] {
             Harness.sh("rm -rf '\(fixture.dir)'")
             try fixture.create("--drives \(drives) --drive-size 48M --raid \(level) --stripe-unit 32K")
-            XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 40M").status, 0)
+            XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 40M --thick").status, 0)
             try fixture.mount()
             let w = Harness.sh(
                 "head -c 40M /dev/urandom > \(fixture.root)/data && dd if=\(fixture.root)/data of=\(fixture.mnt)/l bs=256k conv=notrunc,fsync status=none")

@@ -124,14 +124,14 @@ final class ScrubMountTests: FixtureTestCase {
         XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "data differs after the repair")
     }
 
-    /// The issue-12 reproduction on a real mount: a RAID-5 of 4 x 128 MiB drives with lun0 (128 MiB) and lun1 (96 MiB)
+    /// The issue-12 reproduction on a real mount: a RAID-5 of 4 x 128 MiB drives with lun0 (128 MiB, thick) and lun1 (96 MiB, thin)
     /// full of random data; unmounted, drive 1's first checksum page and a data block it covers are overwritten, and
     /// 64 more random 4 KiB regions of drive 1 past its superblocks and LUN tables (journal, checksum area, data). Both
     /// LUNs read back exactly, status counts nothing unrecoverable, scrub --repair leaves 0 unrecoverable and a second
     /// scrub is clean. (Before: 27 of lun0's first 2,048 blocks read EIO and scrub could not repair them.)
     func testDamageAnywhereOnOneDriveCostsNoData() throws {
         try fixture.create("--drives 4 --drive-size 128M --raid 5")
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' lun0 --size 128M").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' lun0 --size 128M --thick").status, 0)
         XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' lun1 --size 96M").status, 0)
         try fixture.mount()
         let r = fixture.root

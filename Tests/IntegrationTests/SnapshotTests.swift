@@ -38,7 +38,7 @@ final class SnapshotTests: FixtureTestCase {
         try fixture.mount()
         let m = fixture.mnt
         XCTAssertEqual(fixture.vsa("lun create '\(m)' t --size 1T --thin").status, 0)
-        XCTAssertEqual(fixture.vsa("lun create '\(m)' k --size 16M").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(m)' k --size 16M --thick").status, 0)
         put("A", "t")
         XCTAssertEqual(fixture.vsa("snap create '\(m)' t s1").status, 0)
         put("B", "t")

@@ -64,7 +64,7 @@ final class ThinTests: FixtureTestCase {
         // Offline: a thin LUN can be made (the next mount gives it its maps), but not deleted, and no thick LUN can be
         // placed (the pool's segments are the mounted array's), one line each.
         fixture.unmount()
-        for command in ["lun delete '\(fixture.dir)' t", "lun create '\(fixture.dir)' u --size 1M"] {
+        for command in ["lun delete '\(fixture.dir)' t", "lun create '\(fixture.dir)' u --size 1M --thick"] {
             let r = fixture.vsa(command)
             XCTAssertNotEqual(r.status, 0, command)
             XCTAssertEqual(r.stderrLines.count, 1, "\(command): \(r.stderr)")
@@ -76,7 +76,7 @@ final class ThinTests: FixtureTestCase {
         XCTAssertEqual(fixture.vsa("lun delete '\(m)' u").status, 0)
         // Deleting it frees its blocks; a thick LUN fits beside the pool.
         XCTAssertEqual(fixture.vsa("lun delete '\(m)' t").status, 0)
-        let thick = fixture.vsa("lun create '\(m)' k --size 64M")
+        let thick = fixture.vsa("lun create '\(m)' k --size 64M --thick")
         XCTAssertEqual(thick.status, 0, thick.stderr + fixture.vsa("status '\(m)'").stdout)
         XCTAssertEqual(Harness.sh("dd if=/dev/urandom of='\(m)/k' bs=1M count=64 conv=fsync,notrunc status=none").status, 0)
         XCTAssertLessThan(try XCTUnwrap(try pool()["allocatedBytes"] as? Int), 2 << 20, "only the map is left")
@@ -89,7 +89,7 @@ final class ThinTests: FixtureTestCase {
         try fixture.create("--drives 4 --drive-size 64M --raid 5")
         try fixture.mount("-o cache=32M")
         let m = fixture.mnt
-        XCTAssertEqual(fixture.vsa("lun create '\(m)' k --size 8M").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(m)' k --size 8M --thick").status, 0)
         XCTAssertEqual(fixture.vsa("lun create '\(m)' t --size 1G --thin").status, 0)
         XCTAssertEqual(Harness.sh("head -c 8M /dev/urandom > '\(fixture.root)/first'").status, 0)
         XCTAssertEqual(Harness.sh("dd if='\(fixture.root)/first' of='\(m)/t' bs=1M conv=notrunc,fsync status=none").status, 0)
@@ -200,7 +200,7 @@ final class ThinTests: FixtureTestCase {
     func testThinLUNsMadeOfflineGetTheirPoolAtTheNextMount() throws {
         try fixture.create("--drives 5 --drive-size 1G --raid 5")
         XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' big --size 10T --thin").status, 0)
-        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' k --size 64M").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' k --size 64M --thick").status, 0)
         let listed = fixture.vsa("lun list '\(fixture.dir)'").stdout
         XCTAssertTrue(listed.contains("big") && listed.contains("10 TiB"), listed)
         try fixture.mount()

@@ -13,7 +13,7 @@ final class TmpfsMountTests: FixtureTestCase {
         for (level, drives) in [("5", 4), ("6", 5), ("10", 4)] {
             Harness.sh("rm -rf '\(fixture.dir)'")
             try fixture.create("--drives \(drives) --drive-size 40M --raid \(level)")
-            XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 24M").status, 0)
+            XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 24M --thick").status, 0)
             try fixture.mount()
             let r = fixture.root
             let m = fixture.mnt
