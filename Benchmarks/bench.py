@@ -23,6 +23,8 @@ Usage, as root (loop devices; FUSE mounts of the peers):
   TARGETS=raw,qsd,vsa-r5 ROUNDS=5 RUNTIME=20 Benchmarks/run --no-scale
   Benchmarks/run --scale                   only the scale section; the rest of BENCHMARKS.md is kept
   Benchmarks/run --directors               only the director-cost section (issue 6); the rest is kept
+  Benchmarks/run --pool                    only the pool section (issue 13: snapshots, extents, the cleaner;
+                                           Benchmarks/pool_bench.py); the rest is kept
 Standard library only, plus matplotlib (Agg) for the chart. All options and variables: Benchmarks/run --help.
 """
 
@@ -44,6 +46,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+
+import pool_bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO, "Benchmarks")
@@ -1535,6 +1539,16 @@ def directors_section(options, outdir, vsa_source, main_text, scale_text):
     log(f"wrote the directors section of {os.path.relpath(MD_PATH, REPO)} (took {directors['seconds'] / 60:.1f} min)")
 
 
+def pool_section(options, outdir, vsa_source):
+    """Runs the pool benchmark (Benchmarks/pool_bench.py) and rewrites its section; the others are kept."""
+    results = pool_bench.run_pool(sys.modules[__name__], options, outdir, vsa_source)
+    with open(os.path.join(outdir, "pool.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    write_markdown(existing_main_section(), existing_scale_section(), None,
+                   pool_bench.render_pool(sys.modules[__name__], results))
+    log(f"wrote the pool section of {os.path.relpath(MD_PATH, REPO)} (took {results['seconds'] / 60:.1f} min)")
+
+
 def existing_section(begin_marker, end_marker):
     try:
         with open(MD_PATH) as f:
@@ -1557,7 +1571,8 @@ def existing_main_section():
             text = f.read()
     except OSError:
         return None
-    for begin_marker, end_marker in ((SCALE_BEGIN, SCALE_END), (DIRECTORS_BEGIN, DIRECTORS_END)):
+    for begin_marker, end_marker in ((SCALE_BEGIN, SCALE_END), (DIRECTORS_BEGIN, DIRECTORS_END),
+                                     (pool_bench.POOL_BEGIN, pool_bench.POOL_END)):
         begin = text.find(begin_marker)
         if begin >= 0:
             end = text.find(end_marker)
@@ -1565,9 +1580,10 @@ def existing_main_section():
     return text.strip() or None
 
 
-def write_markdown(main_text, scale_text, directors_text=None):
+def write_markdown(main_text, scale_text, directors_text=None, pool_text=None):
     directors_text = directors_text or existing_section(DIRECTORS_BEGIN, DIRECTORS_END)
-    parts = [p.strip() for p in (main_text, scale_text, directors_text) if p]
+    pool_text = pool_text or existing_section(pool_bench.POOL_BEGIN, pool_bench.POOL_END)
+    parts = [p.strip() for p in (main_text, scale_text, directors_text, pool_text) if p]
     if not parts:
         return
     with open(MD_PATH, "w") as f:
@@ -1602,6 +1618,10 @@ def parse_options(argv):
                         help="run only the director-cost benchmark (--engines 1 against VSA_DIRECT_ROUTING=1); "
                              "the other sections of BENCHMARKS.md are kept")
     parser.add_argument("--no-directors", action="store_true", help="skip the director-cost benchmark")
+    parser.add_argument("--pool", action="store_true",
+                        help="run only the pool benchmark (64 snapshots, snapshot create and mount times with mapped "
+                             "extents, the cleaner at 90%% fill); the other sections of BENCHMARKS.md are kept")
+    parser.add_argument("--no-pool", action="store_true", help="skip the pool benchmark")
     parser.add_argument("--no-verify", action="store_true", help="skip the verify-under-load runs")
     options = parser.parse_args(argv)
 
@@ -1655,13 +1675,17 @@ def main(argv):
         raise SystemExit("bench: another bench run is going on (it holds a lock on Benchmarks/bench.py)")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    outdir = os.path.join(OUT_ROOT, stamp + ("-scale" if options.scale else "-directors" if options.directors else ""))
+    outdir = os.path.join(OUT_ROOT, stamp + ("-scale" if options.scale else "-directors" if options.directors
+                                             else "-pool" if options.pool else ""))
     os.makedirs(outdir, exist_ok=True)
     log(f"vsa binary {vsa_source}; raw output in {os.path.relpath(outdir, REPO)}")
     if "/debug/" in vsa_source:
         log("warning: this is a debug build; numbers will not be representative (make release)")
 
     main_text = scale_text = None
+    if options.pool:
+        pool_section(options, outdir, vsa_source)
+        return 0
     if options.directors:
         directors_section(options, outdir, vsa_source, existing_main_section(), existing_scale_section())
         return 0
@@ -1684,6 +1708,8 @@ def main(argv):
     if not (options.scale or options.quick or options.no_directors):
         directors_section(options, outdir, vsa_source, main_text or existing_main_section(),
                           scale_text or existing_scale_section())
+    if not (options.scale or options.quick or options.no_pool):
+        pool_section(options, outdir, vsa_source)
     return 0
 
 

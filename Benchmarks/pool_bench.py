@@ -1,0 +1,291 @@
+"""The pool's section of `make bench` (issue 13's targets): `Benchmarks/run --pool` runs it alone, a full `make bench`
+runs it last. A module of its own, the first of bench.py's sections to move out; it takes bench.py's helpers as the
+module `b` (Scope, vsa_array_up, run_fio, ...), so nothing here starts what bench.py's scopes would not stop.
+
+Three arrays, each on tmpfs drives, each torn down before the next:
+
+  snapshots-64  RAID-5 of 4 x 4 GiB, a 1 GiB thin LUN filled with random data: fio's workloads with no snapshot, then
+                64 times (a 10% random overwrite, a snapshot), then the same workloads again; snapshot create times
+                along the way; the daemon's RSS against its cache.
+  extents       RAID-5 of 4 x 2 GiB, a 1 TiB thin LUN holding 4 GiB (1 M mapped 4 KiB blocks): snapshot create
+                times when nothing changed and after 64 MiB of 4 KiB overwrites; unmount and mount times; RSS after
+                the mount (the map is read on demand: memory bounded by the cache, not by what is mapped).
+  cleaner       RAID-5 of 4 x 600 MiB, a thin LUN of 90% of the pool, written whole, then 4 KiB random overwrites at
+                QD16 for 2 minutes: IOPS per second, the second minute against the first, and what the cleaner did.
+"""
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+POOL_BEGIN = "<!-- BEGIN pool (bench.py --pool rewrites this section) -->"
+POOL_END = "<!-- END pool -->"
+SNAPSHOT_WORKLOAD_KEYS = ["4k-randread-qd1", "4k-randread-qd16", "4k-randwrite-qd16", "1m-read-qd4", "1m-write-qd4"]
+SNAPSHOTS = 64
+CACHE = "256M"
+
+
+def timed(b, args, timeout=300):
+    started = time.monotonic()
+    b.run(args, timeout=timeout)
+    return time.monotonic() - started
+
+
+def status_json(b, vsa, target):
+    return json.loads(b.run([vsa, "status", target, "--json"]).stdout)
+
+
+def fio_fill(b, lun, size, outdir, label):
+    """Writes `size` of the LUN once, 1M sequential (fio's buffers: random, never zero, so every block is stored)."""
+    return b.run(["fio", f"--name={label}", f"--filename={lun}", f"--size={size}", "--rw=write", "--bs=1M",
+                  "--ioengine=io_uring", "--iodepth=4", "--direct=1", "--fallocate=none",
+                  f"--output={os.path.join(outdir, label + '.json')}", "--output-format=json"], timeout=1800)
+
+
+def fio_overwrite(b, lun, io_size, outdir, label, seed):
+    """Random 4 KiB overwrites of `io_size` in all, QD16 (a snapshot's worth of change)."""
+    return b.run(["fio", f"--name={label}", f"--filename={lun}", "--size=1G", f"--io_size={io_size}",
+                  "--rw=randwrite", "--bs=4k", "--ioengine=io_uring", "--iodepth=16", "--direct=1",
+                  "--fallocate=none", f"--randseed={seed}", f"--output={os.path.join(outdir, label + '.json')}",
+                  "--output-format=json"], timeout=1800)
+
+
+def run_workloads(b, options, lun, pid, outdir, label):
+    results = {}
+    for key in SNAPSHOT_WORKLOAD_KEYS:
+        workload = b.WORKLOAD_BY_KEY[key]
+        record = b.run_fio(workload.fio_args(lun, options.runtime), os.path.join(outdir, f"{label}-{key}.json"),
+                           [pid] if pid else [], options.runtime + 120)
+        results[key] = b.summarize(record, workload)
+        b.log(f"  {label} {workload.title}: {results[key].get('value', 0):.0f} {workload.unit}")
+    return results
+
+
+def snapshots_64(b, options, outdir, vsa, shm_dir, logdir, results):
+    label = "pool-snapshots-64"
+    with b.Scope(label) as scope:
+        array_dir, mnt = b.array_folder(scope, shm_dir, label)
+        b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "4G", "--raid", "5",
+                                                    "--cache", CACHE], [("lun0", "1G", "--thin")], [], logdir, label)
+        lun = os.path.join(mnt, "lun0")
+        fio_fill(b, lun, "1G", outdir, f"{label}-fill")
+        b.vsa_control(array_dir, "flush")  # destaged: the first workload does not share the drives with the fill's tail
+        pid = b.vsa_daemon_pid(array_dir)
+        results["none"] = run_workloads(b, options, lun, pid, outdir, f"{label}-none")
+        creates = []
+        count = SNAPSHOTS if not options.quick else 8
+        for i in range(count):
+            fio_overwrite(b, lun, "102M", outdir, f"{label}-overwrite-{i}", seed=1000 + i)
+            creates.append(timed(b, [vsa, "snap", "create", mnt, "lun0", f"s{i}"]))
+        results["snapshots"] = count
+        results["create_seconds"] = creates
+        b.vsa_control(array_dir, "flush")
+        results["with"] = run_workloads(b, options, lun, pid, outdir, f"{label}-with")
+        status = status_json(b, vsa, mnt)
+        pool = status.get("pool", {})
+        results["pool_used_bytes"] = pool.get("allocatedBytes")
+        results["pool_size_bytes"] = pool.get("sizeBytes")
+        results["rss_kib"] = b.status_kib(pid, "VmRSS") if pid else None
+        results["hwm_kib"] = b.status_kib(pid, "VmHWM") if pid else None
+        results["cache"] = CACHE
+
+
+def extents(b, options, outdir, vsa, shm_dir, logdir, results):
+    label = "pool-extents"
+    data = "4G" if not options.quick else "512M"
+    with b.Scope(label) as scope:
+        array_dir, mnt = b.array_folder(scope, shm_dir, label)
+        b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "2G", "--raid", "5",
+                                                    "--cache", CACHE], [("big", "1T", "--thin")], [], logdir, label)
+        lun = os.path.join(mnt, "big")
+        started = time.monotonic()
+        fio_fill(b, lun, data, outdir, f"{label}-fill")
+        b.vsa_control(array_dir, "flush")
+        results["fill_seconds"] = time.monotonic() - started
+        results["data"] = data
+        quiet, busy = [], []
+        for i in range(5):
+            quiet.append(timed(b, [vsa, "snap", "create", mnt, "big", f"q{i}"]))
+            fio_overwrite(b, lun, "64M", outdir, f"{label}-overwrite-{i}", seed=2000 + i)
+            busy.append(timed(b, [vsa, "snap", "create", mnt, "big", f"b{i}"]))
+        results["create_quiet_seconds"] = quiet
+        results["create_busy_seconds"] = busy
+        # A request that does nothing: what the command line itself costs (process start, the control socket).
+        results["cli_baseline_seconds"] = statistics.median(timed(b, [vsa, "snap", "list", mnt]) for _ in range(5))
+        status = status_json(b, vsa, mnt)
+        lun_status = next((l for l in status.get("luns", []) if l.get("name") == "big"), {})
+        results["mapped_blocks"] = (lun_status.get("allocatedBytes") or 0) // 4096
+        results["unmount_seconds"] = timed(b, [vsa, "unmount", mnt], timeout=600)
+        results["mount_seconds"] = timed(b, [vsa, "mount", array_dir, mnt], timeout=600)
+        pid = b.vsa_daemon_pid(array_dir)
+        results["rss_after_mount_kib"] = b.status_kib(pid, "VmRSS") if pid else None
+        record = b.run_fio(["fio", "--name=readall", f"--filename={lun}", f"--size={data}", "--rw=read", "--bs=1M",
+                            "--ioengine=io_uring", "--iodepth=4", "--direct=1", "--output-format=json"],
+                           os.path.join(outdir, f"{label}-readall.json"), [pid] if pid else [], 1800)
+        results["read_all"] = b.summarize(record, b.WORKLOAD_BY_KEY["1m-read-qd4"])
+        results["rss_after_read_kib"] = b.status_kib(pid, "VmRSS") if pid else None
+        results["hwm_kib"] = b.status_kib(pid, "VmHWM") if pid else None
+
+
+def cleaner(b, options, outdir, vsa, shm_dir, logdir, results):
+    label = "pool-cleaner"
+    seconds = 120 if not options.quick else 20
+    with b.Scope(label) as scope:
+        array_dir, mnt = b.array_folder(scope, shm_dir, label)
+        b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "600M", "--raid", "5",
+                                                    "--cache", CACHE], [], [], logdir, label)
+        # The pool's size is known once it exists: a first LUN makes it, the measured one is 90% of it.
+        b.run([vsa, "lun", "create", mnt, "probe", "--size", "1M"])
+        size = status_json(b, vsa, mnt)["pool"]["sizeBytes"]
+        b.run([vsa, "lun", "delete", mnt, "probe"])
+        lun_bytes = size * 9 // 10 // (1 << 20) * (1 << 20)
+        b.run([vsa, "lun", "create", mnt, "full", "--size", str(lun_bytes)])
+        lun = os.path.join(mnt, "full")
+        fio_fill(b, lun, str(lun_bytes), outdir, f"{label}-fill")
+        b.vsa_control(array_dir, "flush")
+        pid = b.vsa_daemon_pid(array_dir)
+        prefix = os.path.join(outdir, f"{label}-iops")
+        record = b.run_fio(["fio", "--name=overwrite", f"--filename={lun}", f"--size={lun_bytes}", "--time_based",
+                            f"--runtime={seconds}", "--rw=randwrite", "--bs=4k", "--ioengine=io_uring",
+                            "--iodepth=16", "--direct=1", "--fallocate=none", f"--write_iops_log={prefix}",
+                            "--log_avg_msec=1000", "--output-format=json"],
+                           os.path.join(outdir, f"{label}.json"), [pid] if pid else [], seconds + 300)
+        results["summary"] = b.summarize(record, b.WORKLOAD_BY_KEY["4k-randwrite-qd16"])
+        per_second = []
+        for name in sorted(os.listdir(outdir)):
+            if name.startswith(os.path.basename(prefix)) and name.endswith(".log"):
+                with open(os.path.join(outdir, name)) as f:
+                    for line in f:
+                        fields = [x.strip() for x in line.split(",")]
+                        if len(fields) >= 2 and fields[1].isdigit():
+                            per_second.append(int(fields[1]))
+        half = len(per_second) // 2
+        results["seconds"] = seconds
+        results["per_second"] = per_second
+        results["first_half_iops"] = statistics.mean(per_second[:half]) if half else None
+        results["second_half_iops"] = statistics.mean(per_second[half:]) if half else None
+        results["lun_bytes"] = lun_bytes
+        results["pool_bytes"] = size
+        status = status_json(b, vsa, mnt)
+        results["cleaner"] = status.get("pool", {}).get("cleaner")
+        results["pool_used_percent"] = status.get("pool", {}).get("usedPercent")
+
+
+def run_pool(b, options, outdir, vsa_source):
+    results = {"runtime": options.runtime, "quick": options.quick}
+    started = time.monotonic()
+    with b.Scope("pool") as scope:
+        shm_dir = tempfile.mkdtemp(prefix="vsa-bench-pool.", dir="/dev/shm")
+        scope.push(f"remove {shm_dir}", lambda: b.remove_tree(shm_dir))
+        vsa = os.path.join(shm_dir, "vsa")
+        b.shutil.copy2(vsa_source, vsa)
+        logdir = os.path.join(outdir, "logs")
+        os.makedirs(logdir, exist_ok=True)
+        for name, step in (("snapshots-64", snapshots_64), ("extents", extents), ("cleaner", cleaner)):
+            b.log(f"pool: {name}")
+            part = results.setdefault(name, {})
+            try:
+                step(b, options, outdir, vsa, shm_dir, logdir, part)
+            except b.SetupError as error:
+                part["error"] = str(error)
+                b.log(f"  failed: {error}")
+    results["seconds"] = time.monotonic() - started
+    return results
+
+
+def ms(values):
+    if not values:
+        return "—"
+    return f"{statistics.median(values) * 1000:.0f} ms (max {max(values) * 1000:.0f})"
+
+
+def mib(kib):
+    return "—" if kib is None else f"{kib / 1024:.0f} MiB"
+
+
+def render_pool(b, results):
+    lines = []
+    add = lines.append
+    add(POOL_BEGIN)
+    add("## The pool: snapshots, mapped extents, the cleaner (issue 13)")
+    add("")
+    add(f"Generated by `Benchmarks/run --pool` on {b.datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+        f" (took {results['seconds'] / 60:.1f} min{', --quick: fewer snapshots, less data, a shorter cleaner run' if results.get('quick') else ''})."
+        f" Release build, tmpfs drives, RAID-5 of 4, `--cache {CACHE}`, fio `--direct=1`; one run per figure (no rounds:"
+        f" the spread of the main table applies). Times of `vsa snap create` are the command's wall time, process start"
+        f" and control socket included.")
+    add("")
+    s = results.get("snapshots-64", {})
+    add(f"### The same workloads with {s.get('snapshots', SNAPSHOTS)} snapshots (target: within 15% of none)")
+    add("")
+    if "error" in s:
+        add(f"**Failed**: {b.one_line(s['error'])}")
+    else:
+        add("A 1 GiB thin LUN, filled; the workloads; then, 64 times, 102 MiB of random 4 KiB overwrites (10%) and a"
+            " snapshot; the workloads again.")
+        add("")
+        add("| workload | no snapshot | 64 snapshots | ratio |")
+        add("|---|---:|---:|---:|")
+        for key in SNAPSHOT_WORKLOAD_KEYS:
+            workload = b.WORKLOAD_BY_KEY[key]
+            none, with_ = s.get("none", {}).get(key, {}), s.get("with", {}).get(key, {})
+            a, c = none.get("value"), with_.get("value")
+            ratio = f"{c / a:.2f}×" if a and c else "—"
+            add(f"| {workload.title} | {b.fmt_value(a, workload.unit) if a else '—'} | "
+                f"{b.fmt_value(c, workload.unit) if c else '—'} | {ratio} |")
+        add("")
+        add(f"Snapshot create after each 10% overwrite: {ms(s.get('create_seconds'))}. Pool used at the end: "
+            f"{(s.get('pool_used_bytes') or 0) / (1 << 30):.1f} of {(s.get('pool_size_bytes') or 0) / (1 << 30):.1f} GiB."
+            f" Daemon RSS after the runs: {mib(s.get('rss_kib'))} (peak {mib(s.get('hwm_kib'))}), cache {CACHE}"
+            f" (target: RSS at most the cache + 64 MiB).")
+    add("")
+    e = results.get("extents", {})
+    add("### Snapshot create time, mount time and memory with mapped extents")
+    add("")
+    if "error" in e:
+        add(f"**Failed**: {b.one_line(e['error'])}")
+    else:
+        add(f"A 1 TiB thin LUN holding {e.get('data')}iB ({e.get('mapped_blocks', 0):,} mapped 4 KiB blocks; written and "
+            f"flushed in {e.get('fill_seconds', 0):.1f} s).")
+        add("")
+        add("| what | time |")
+        add("|---|---:|")
+        add(f"| snapshot create, nothing written since the last (target < 20 ms) | {ms(e.get('create_quiet_seconds'))} |")
+        add(f"| snapshot create after 64 MiB of 4 KiB random overwrites | {ms(e.get('create_busy_seconds'))} |")
+        add(f"| `vsa snap list` (the command line's own cost) | {ms([e['cli_baseline_seconds']]) if 'cli_baseline_seconds' in e else '—'} |")
+        add(f"| unmount (destage, checkpoint, clean stop) | {e.get('unmount_seconds', 0):.2f} s |")
+        add(f"| mount | {e.get('mount_seconds', 0):.2f} s |")
+        add("")
+        read_all = e.get("read_all", {})
+        add(f"Daemon RSS right after the mount: {mib(e.get('rss_after_mount_kib'))}; after reading all "
+            f"{e.get('data')}iB back ({read_all.get('value', 0):.0f} MiB/s): {mib(e.get('rss_after_read_kib'))} (peak "
+            f"{mib(e.get('hwm_kib'))}). The map is read on demand into frames bounded by the cache, so neither "
+            f"figure grows with what is mapped; 10 M extents (40 GiB of data) do not fit this machine's tmpfs and are "
+            f"not measured.")
+    add("")
+    c = results.get("cleaner", {})
+    add(f"### The cleaner at 90% fill (target: the second minute keeps at least 50% of the first's IOPS)")
+    add("")
+    if "error" in c:
+        add(f"**Failed**: {b.one_line(c['error'])}")
+    else:
+        first, second = c.get("first_half_iops"), c.get("second_half_iops")
+        kept = f"{second / first * 100:.0f}%" if first and second else "—"
+        summary = c.get("summary", {})
+        cleaner_status = c.get("cleaner") or {}
+        add(f"A thin LUN of {(c.get('lun_bytes') or 0) >> 20} MiB (90% of a {(c.get('pool_bytes') or 0) >> 20} MiB pool),"
+            f" written whole, then 4 KiB random overwrites at QD16 for {c.get('seconds')} s: first half "
+            f"{(first or 0) / 1000:.1f}k IOPS, second half {(second or 0) / 1000:.1f}k IOPS (kept {kept}); overall "
+            f"{(summary.get('value') or 0) / 1000:.1f}k IOPS{', fio error: ' + summary['error'] if 'error' in summary else ''}."
+            f" The cleaner moved {(cleaner_status.get('movedBytes') or 0) >> 20} MiB in "
+            f"{cleaner_status.get('segmentsCleaned', 0)} segments; pool {c.get('pool_used_percent') or 0:.1f}% used at the end.")
+        per_second = c.get("per_second") or []
+        if per_second:
+            step = max(1, len(per_second) // 12)
+            add("")
+            add("IOPS by second (every " + str(step) + " s): " +
+                ", ".join(f"{v / 1000:.1f}k" for v in per_second[::step]))
+    add(POOL_END)
+    return "\n".join(lines)
