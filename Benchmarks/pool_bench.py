@@ -205,6 +205,16 @@ def mib(kib):
     return "—" if kib is None else f"{kib / 1024:.0f} MiB"
 
 
+def subsection(b, add, title, part):
+    """A subsection's heading, then its failure instead of its body when the part failed. True: write the body."""
+    add(title)
+    add("")
+    if "error" in part:
+        add(f"**Failed**: {b.one_line(part['error'])}")
+        return False
+    return True
+
+
 def render_pool(b, results):
     lines = []
     add = lines.append
@@ -218,15 +228,12 @@ def render_pool(b, results):
         f" and control socket included.")
     add("")
     s = results.get("snapshots-64", {})
-    add(f"### The same workloads with {s.get('snapshots', SNAPSHOTS)} snapshots (target: within 15% of none)")
-    add("")
-    if "error" in s:
-        add(f"**Failed**: {b.one_line(s['error'])}")
-    else:
-        add("A 1 GiB thin LUN, filled; the workloads; then, 64 times, 102 MiB of random 4 KiB overwrites (10%) and a"
+    count = s.get("snapshots", SNAPSHOTS)
+    if subsection(b, add, f"### The same workloads with {count} snapshots (target: within 15% of none)", s):
+        add(f"A 1 GiB thin LUN, filled; the workloads; then, {count} times, 102 MiB of random 4 KiB overwrites (10%) and a"
             " snapshot; the workloads again.")
         add("")
-        add("| workload | no snapshot | 64 snapshots | ratio |")
+        add(f"| workload | no snapshot | {count} snapshots | ratio |")
         add("|---|---:|---:|---:|")
         for key in SNAPSHOT_WORKLOAD_KEYS:
             workload = b.WORKLOAD_BY_KEY[key]
@@ -242,11 +249,7 @@ def render_pool(b, results):
             f" (target: RSS at most the cache + 64 MiB).")
     add("")
     e = results.get("extents", {})
-    add("### Snapshot create time, mount time and memory with mapped extents")
-    add("")
-    if "error" in e:
-        add(f"**Failed**: {b.one_line(e['error'])}")
-    else:
+    if subsection(b, add, "### Snapshot create time, mount time and memory with mapped extents", e):
         add(f"A 1 TiB thin LUN holding {e.get('data')}iB ({e.get('mapped_blocks', 0):,} mapped 4 KiB blocks; written and "
             f"flushed in {e.get('fill_seconds', 0):.1f} s).")
         add("")
@@ -266,19 +269,20 @@ def render_pool(b, results):
             f"not measured.")
     add("")
     c = results.get("cleaner", {})
-    add(f"### The cleaner at 90% fill (target: the second minute keeps at least 50% of the first's IOPS)")
-    add("")
-    if "error" in c:
-        add(f"**Failed**: {b.one_line(c['error'])}")
-    else:
+    if subsection(b, add, "### The cleaner at 90% fill (target: the second minute keeps at least 50% of the first's IOPS)", c):
         first, second = c.get("first_half_iops"), c.get("second_half_iops")
         kept = f"{second / first * 100:.0f}%" if first and second else "—"
         summary = c.get("summary", {})
         cleaner_status = c.get("cleaner") or {}
+        ran = len(c.get("per_second") or [])
+        if "error" in summary:
+            outcome = (f"fio stopped after {ran} s: {summary['error']}. IOPS while it ran: first half "
+                       f"{(first or 0) / 1000:.1f}k, second half {(second or 0) / 1000:.1f}k")
+        else:
+            outcome = (f"first half {(first or 0) / 1000:.1f}k IOPS, second half {(second or 0) / 1000:.1f}k IOPS (kept "
+                       f"{kept}); overall {(summary.get('value') or 0) / 1000:.1f}k IOPS")
         add(f"A thin LUN of {(c.get('lun_bytes') or 0) >> 20} MiB (90% of a {(c.get('pool_bytes') or 0) >> 20} MiB pool),"
-            f" written whole, then 4 KiB random overwrites at QD16 for {c.get('seconds')} s: first half "
-            f"{(first or 0) / 1000:.1f}k IOPS, second half {(second or 0) / 1000:.1f}k IOPS (kept {kept}); overall "
-            f"{(summary.get('value') or 0) / 1000:.1f}k IOPS{', fio error: ' + summary['error'] if 'error' in summary else ''}."
+            f" written whole, then 4 KiB random overwrites at QD16 for {c.get('seconds')} s: {outcome}."
             f" The cleaner moved {(cleaner_status.get('movedBytes') or 0) >> 20} MiB in "
             f"{cleaner_status.get('segmentsCleaned', 0)} segments; pool {c.get('pool_used_percent') or 0:.1f}% used at the end.")
         per_second = c.get("per_second") or []
