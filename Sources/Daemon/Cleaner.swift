@@ -46,8 +46,13 @@ extension ArrayDaemon {
             var credit = 0.0
             var last = Posix.monotonicSeconds()
             var urgent = false
+            var tick = 0
             while !shuttingDown.load(ordering: .relaxed) {
                 usleep(50_000)
+                // The pool thread also counts thin LUN files' allocated bytes, once a second (not the health loop:
+                // a request a director is slow to answer must not hold up the recording of drive failures).
+                tick += 1
+                if tick % 20 == 0 { countAllocated() }
                 let now = Posix.monotonicSeconds()
                 let elapsed = now - last
                 last = now

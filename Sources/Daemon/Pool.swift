@@ -213,6 +213,19 @@ extension ArrayDaemon {
     /// it; each home is tried even if one fails (a home left holding it: the next mount drops it).
     func dropVersion(_ id: UInt32) -> Bool { engines.poolEach(everyHome: true) { .deleteVersion(home: $0, lunID: id) } == 0 }
 
+    /// Each thin LUN file's allocated bytes (its st_blocks), from the homes' counters: the pool thread's, once a
+    /// second. Under the cleaner's gate, so it never sends a request after the directors stopped.
+    func countAllocated() {
+        guard poolRuntime() != nil else { return }
+        let stats: [PoolHomeStats]? = cleaner.gate.withLock { _ in shuttingDown.load(ordering: .relaxed) ? nil : poolStats() }
+        guard let stats else { return }
+        let thin = controlLock.withLock { _ in store.lunTable.entries.filter(\.thin).map(\.lunID) }
+        for id in thin {
+            let blocks = stats.reduce(UInt64(0)) { $0 + ($1.records[id]?.mapped ?? 0) }
+            frontEnd.file(lunID: id)?.allocatedBytes.store(blocks * UInt64(PoolLayout.blockBytes), ordering: .relaxed)
+        }
+    }
+
     /// Per home, its counters (copied on the director acting for it).
     /// Nil when a home did not answer.
     func poolStats() -> [PoolHomeStats]? {

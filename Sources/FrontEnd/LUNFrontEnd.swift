@@ -21,6 +21,9 @@ public final class LUNFile: Sendable {
     public let name: String
     public let ref: LUNRef
     public let openCount = Atomic<Int>(0)
+    /// A thin LUN's blocks in the pool, in bytes, as the daemon last counted them (about once a second; UInt64.max:
+    /// not yet): the file's st_blocks, so `du` and `ls -s` show what it takes. A thick LUN takes its size.
+    public let allocatedBytes = Atomic<UInt64>(UInt64.max)
     /// Writes in flight, plus `held` while a snapshot is being taken: new writes wait then, so that every home's
     /// part of the snapshot is the same point in time (one acknowledged write in it means every earlier one is).
     private let writeGate = Atomic<Int>(0)
@@ -117,7 +120,13 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
     private func attributes(_ l: LUNFile) -> FileAttributes {
         FileAttributes(
             inode: l.inode, isDirectory: false, permissions: 0o600, sizeBytes: l.ref.sizeBytes, userID: userID,
-            groupID: groupID, modifiedSeconds: mountSeconds)
+            groupID: groupID, modifiedSeconds: mountSeconds, allocatedBytes: allocatedBytes(l))
+    }
+
+    private func allocatedBytes(_ l: LUNFile) -> UInt64? {
+        guard l.ref.thin else { return nil }
+        let counted = l.allocatedBytes.load(ordering: .relaxed)
+        return counted == UInt64.max ? nil : min(counted, l.ref.sizeBytes)
     }
 
     private var rootAttributes: FileAttributes {

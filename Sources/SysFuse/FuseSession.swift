@@ -18,10 +18,13 @@ public struct FileAttributes: Sendable {
     public var userID: UInt32
     public var groupID: UInt32
     public var modifiedSeconds: Int
+    /// Bytes the file takes on the array (st_blocks: what `du` shows); nil: its size (a thick LUN).
+    public var allocatedBytes: UInt64?
     public init(
         inode: UInt64, isDirectory: Bool, permissions: UInt32, sizeBytes: UInt64, userID: UInt32, groupID: UInt32,
-        modifiedSeconds: Int
+        modifiedSeconds: Int, allocatedBytes: UInt64? = nil
     ) {
+        self.allocatedBytes = allocatedBytes
         self.inode = inode
         self.isDirectory = isDirectory
         self.permissions = permissions
@@ -37,7 +40,7 @@ public struct FileAttributes: Sendable {
         st.st_mode = (isDirectory ? S_IFDIR : S_IFREG) | permissions
         st.st_nlink = isDirectory ? 2 : 1
         st.st_size = off_t(sizeBytes)
-        st.st_blocks = blkcnt_t((sizeBytes + 511) / 512)
+        st.st_blocks = blkcnt_t(((allocatedBytes ?? sizeBytes) + 511) / 512)
         st.st_blksize = 4096
         st.st_uid = userID
         st.st_gid = groupID

@@ -58,6 +58,13 @@ final class ThinTests: FixtureTestCase {
             "fio --name=v --filename='\(m)/t' --offset=1T --size=48M --rw=randwrite --bs=4k --ioengine=psync --verify=crc32c --verify_only 2>&1")
         XCTAssertEqual(again.status, 0, again.stdout)
         XCTAssertEqual(try allocated(), 48 << 20)
+        // The file's st_blocks are what it takes (counted about once a second; attributes cached for one): du shows it.
+        var blocks = ""
+        for _ in 0..<20 where blocks != "\((48 << 20) / 512)" {
+            usleep(250_000)
+            blocks = Harness.sh("stat -c %b '\(m)/t'").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        XCTAssertEqual(blocks, "\((48 << 20) / 512)", "st_blocks of a 10 TiB thin LUN holding 48 MiB")
         let status = fixture.vsa("status '\(m)'").stdout
         XCTAssertTrue(status.contains("t  10 TiB  thin, allocated 48 MiB"), status)
         XCTAssertTrue(status.contains("pool: "), status)
