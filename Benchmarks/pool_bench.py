@@ -2,7 +2,9 @@
 runs it last. A module of its own, the first of bench.py's sections to move out; it takes bench.py's helpers as the
 module `b` (Scope, vsa_array_up, run_fio, ...), so nothing here starts what bench.py's scopes would not stop.
 
-Three arrays, each on tmpfs drives, each torn down before the next:
+Three arrays, each on tmpfs drives whose files are allocated whole before the mount (tmpfs allocates and zeroes a page
+at its first write: a pool that writes to segments never written before, as it does while snapshots keep the old
+blocks, paid that and ran at a third of its speed), each torn down before the next:
 
   snapshots-64  RAID-5 of 4 x 4 GiB, a 1 GiB thin LUN filled with random data: fio's workloads with no snapshot, then
                 64 times (a 10% random overwrite, a snapshot), then the same workloads again; snapshot create times
@@ -68,7 +70,8 @@ def snapshots_64(b, options, outdir, vsa, shm_dir, logdir, results):
     with b.Scope(label) as scope:
         array_dir, mnt = b.array_folder(scope, shm_dir, label)
         b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "4G", "--raid", "5",
-                                                    "--cache", CACHE], [("lun0", "1G", "--thin")], [], logdir, label)
+                                                    "--cache", CACHE], [("lun0", "1G", "--thin")], [], logdir, label,
+                       preallocate=True)
         lun = os.path.join(mnt, "lun0")
         fio_fill(b, lun, "1G", outdir, f"{label}-fill")
         b.vsa_control(array_dir, "flush")  # destaged: the first workload does not share the drives with the fill's tail
@@ -98,7 +101,8 @@ def extents(b, options, outdir, vsa, shm_dir, logdir, results):
     with b.Scope(label) as scope:
         array_dir, mnt = b.array_folder(scope, shm_dir, label)
         b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "2G", "--raid", "5",
-                                                    "--cache", CACHE], [("big", "1T", "--thin")], [], logdir, label)
+                                                    "--cache", CACHE], [("big", "1T", "--thin")], [], logdir, label,
+                       preallocate=True)
         lun = os.path.join(mnt, "big")
         started = time.monotonic()
         fio_fill(b, lun, data, outdir, f"{label}-fill")
@@ -135,7 +139,8 @@ def cleaner(b, options, outdir, vsa, shm_dir, logdir, results):
     with b.Scope(label) as scope:
         array_dir, mnt = b.array_folder(scope, shm_dir, label)
         b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "600M", "--raid", "5",
-                                                    "--cache", CACHE], [], [], logdir, label)
+                                                    "--cache", CACHE], [], [], logdir, label,
+                       preallocate=True)
         # The pool's size is known once it exists: a first LUN makes it, the measured one is 90% of it.
         b.run([vsa, "lun", "create", mnt, "probe", "--size", "1M"])
         size = status_json(b, vsa, mnt)["pool"]["sizeBytes"]

@@ -38,8 +38,12 @@ extension ArrayDaemon {
     /// LUNs the LUN table no longer names (a delete or create cut short) are dropped.
     static func openPool(store: ArrayStore, engines: Engines, cacheBytes: UInt64, log: (String) -> Void) throws(VSAError) -> PoolRuntime? {
         guard let area = store.lunTable.pool else { return nil }
-        // No pool is made on such an array: a LUN table that names one is damaged or hostile.
-        if let problem = PoolLayout.unfit(store.geometry) { throw VSAError("the LUN table names a pool, but \(problem)") }
+        // No pool is made on such an array now (an older build made one): the array mounts without it, its thick
+        // LUNs served, its thin ones answering EIO, rather than not at all.
+        if let problem = PoolLayout.unfit(store.geometry) {
+            log("the pool is not opened: \(problem); this array's thin LUNs answer EIO, its thick LUNs are served")
+            return nil
+        }
         let homes = engines.directors.count
         var layout = PoolLayout(geometry: store.geometry, homes: homes, areaStart: area.startStripe, versionsMax: Int(area.versionsMax))
         if layout.areaStripes != area.stripeCount {
@@ -106,6 +110,10 @@ extension ArrayDaemon {
         return runtime
     }
 
+    /// The fewest free segments a new pool starts with: each home's log and the next segment it names, and as many
+    /// again for checkpoints and the cleaner.
+    static func poolSegmentsMin(homes: Int) -> Int { 4 * homes }
+
     /// Where a new pool's area goes: the first free run of stripes its checkpoint slots need (one pair per director).
     static func choosePoolArea(store: ArrayStore) throws(VSAError) -> PoolArea {
         let geometry = store.geometry
@@ -117,6 +125,16 @@ extension ArrayDaemon {
         }
         guard let start = store.freeRun(stripes: stripes) else {
             throw VSAError("no room for the pool's area (\(stripes) stripes): delete a thick LUN first")
+        }
+        // Segments outside the area and the thick LUNs, for every home's log and its reserve: else the first mount
+        // could not make the homes, and the array would not mount until a thick LUN (and its data) went.
+        let homes = store.superblock.directorCount
+        let layout = PoolLayout(geometry: geometry, homes: homes, areaStart: start, versionsMax: versionsMax)
+        let free = PoolSpace(layout: layout, reservedStripes: store.lunTable.reservedRuns + [start..<(start + stripes)]).freeSegments
+        guard free >= ArrayDaemon.poolSegmentsMin(homes: homes) else {
+            throw VSAError(
+                "no room for a pool: thick LUNs leave \(free) of the \(ArrayDaemon.poolSegmentsMin(homes: homes)) segments it needs at least; delete a thick LUN first, or make this LUN --thick"
+            )
         }
         return PoolArea(startStripe: start, stripeCount: stripes, versionsMax: UInt32(versionsMax))
     }

@@ -184,11 +184,10 @@ extension PoolHome {
             let at = header.versionCount * PoolLayout.versionRecordBytes + i * PoolLayout.segmentEntryBytes
             let segment = Int(UInt32(littleEndian: base.load(fromByteOffset: at, as: UInt32.self)))
             let live = UInt32(littleEndian: base.load(fromByteOffset: at + 4, as: UInt32.self))
-            // A dead segment outside the log that another home holds: a checkpoint written before tables left out
-            // the segments they release named it; it was given away after. Nothing of this home is in it.
-            if live == 0 && segment < layout.segmentCount && segment != header.headSegment && segment != header.nextSegment
-                && Int(space.owner(segment)) < layout.homes && Int(space.owner(segment)) != home
-            {
+            // A dead segment outside the log holds nothing of this home: it is not taken. A checkpoint written before
+            // tables left out the segments they release may name one another home took since, and that home may be
+            // loaded after this one (it must find the segment free).
+            if live == 0 && segment < layout.segmentCount && segment != header.headSegment && segment != header.nextSegment {
                 continue
             }
             guard segment < layout.segmentCount, Int(live) <= layout.blocksPerSegment, space.assign(segment, home: home, live: live) else {

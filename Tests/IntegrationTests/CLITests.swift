@@ -65,6 +65,13 @@ final class CLITests: FixtureTestCase {
         let table = Harness.sh("sha256sum '\(d)'/r1/drive-*").stdout
         assertOneLineError("lun create '\(d)/r1' t --size 1G --thin", contains: "at least 8 KiB")
         XCTAssertEqual(Harness.sh("sha256sum '\(d)'/r1/drive-*").stdout, table, "a refused thin LUN changed the drives")
+        // Thick LUNs that leave too few segments for a pool's homes: the thin LUN (the default) is refused, nothing
+        // recorded (it was recorded, and the next mount failed making the homes).
+        XCTAssertEqual(fixture.vsa("create '\(d)/full' --drives 3 --drive-size 32M --raid 5").status, 0)
+        XCTAssertEqual(fixture.vsa("lun create '\(d)/full' k --size 55M --thick").status, 0)
+        let full = Harness.sh("sha256sum '\(d)'/full/drive-*").stdout
+        assertOneLineError("lun create '\(d)/full' t --size 1G", contains: "no room for a pool")
+        XCTAssertEqual(Harness.sh("sha256sum '\(d)'/full/drive-*").stdout, full, "a refused thin LUN changed the drives")
         let help = fixture.vsa("--help")
         XCTAssertEqual(help.status, 0)
         XCTAssertTrue(help.stdout.contains("USAGE"))
