@@ -65,13 +65,19 @@ def run_workloads(b, options, lun, pid, outdir, label):
     return results
 
 
+def raid5_up(b, scope, vsa, shm_dir, logdir, label, drive_size, luns):
+    """A RAID-5 of 4 preallocated tmpfs drives of `drive_size` with `luns` [(name, size, kind)], mounted; its unmount
+    and removal registered in `scope`. Returns (array_dir, mountpoint)."""
+    array_dir, mnt = b.array_folder(scope, shm_dir, label)
+    b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", drive_size, "--raid", "5", "--cache",
+                                                CACHE], luns, [], logdir, label, preallocate=True)
+    return array_dir, mnt
+
+
 def snapshots_64(b, options, outdir, vsa, shm_dir, logdir, results):
     label = "pool-snapshots-64"
     with b.Scope(label) as scope:
-        array_dir, mnt = b.array_folder(scope, shm_dir, label)
-        b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "4G", "--raid", "5",
-                                                    "--cache", CACHE], [("lun0", "1G", "--thin")], [], logdir, label,
-                       preallocate=True)
+        array_dir, mnt = raid5_up(b, scope, vsa, shm_dir, logdir, label, "4G", [("lun0", "1G", "--thin")])
         lun = os.path.join(mnt, "lun0")
         fio_fill(b, lun, "1G", outdir, f"{label}-fill")
         b.vsa_control(array_dir, "flush")  # destaged: the first workload does not share the drives with the fill's tail
@@ -99,10 +105,7 @@ def extents(b, options, outdir, vsa, shm_dir, logdir, results):
     label = "pool-extents"
     data = "4G" if not options.quick else "512M"
     with b.Scope(label) as scope:
-        array_dir, mnt = b.array_folder(scope, shm_dir, label)
-        b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "2G", "--raid", "5",
-                                                    "--cache", CACHE], [("big", "1T", "--thin")], [], logdir, label,
-                       preallocate=True)
+        array_dir, mnt = raid5_up(b, scope, vsa, shm_dir, logdir, label, "2G", [("big", "1T", "--thin")])
         lun = os.path.join(mnt, "big")
         started = time.monotonic()
         fio_fill(b, lun, data, outdir, f"{label}-fill")
@@ -137,10 +140,7 @@ def cleaner(b, options, outdir, vsa, shm_dir, logdir, results):
     label = "pool-cleaner"
     seconds = 120 if not options.quick else 20
     with b.Scope(label) as scope:
-        array_dir, mnt = b.array_folder(scope, shm_dir, label)
-        b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", "600M", "--raid", "5",
-                                                    "--cache", CACHE], [], [], logdir, label,
-                       preallocate=True)
+        array_dir, mnt = raid5_up(b, scope, vsa, shm_dir, logdir, label, "600M", [])
         # The pool's size is known once it exists: a first LUN makes it, the measured one is 90% of it.
         b.run([vsa, "lun", "create", mnt, "probe", "--size", "1M"])
         size = status_json(b, vsa, mnt)["pool"]["sizeBytes"]
