@@ -238,10 +238,12 @@ extension ArrayDaemon {
         let stats: [PoolHomeStats]? = cleaner.gate.withLock { _ in shuttingDown.load(ordering: .relaxed) ? nil : poolStats() }
         guard let stats else { return }
         let thin = controlLock.withLock { _ in store.lunTable.entries.filter(\.thin).map(\.lunID) }
-        for id in thin {
-            let blocks = stats.reduce(UInt64(0)) { $0 + ($1.records[id]?.mapped ?? 0) }
-            frontEnd.file(lunID: id)?.allocatedBytes.store(blocks * UInt64(PoolLayout.blockBytes), ordering: .relaxed)
-        }
+        for id in thin { frontEnd.file(lunID: id)?.allocatedBytes.store(ArrayDaemon.allocatedBytes(of: id, in: stats), ordering: .relaxed) }
+    }
+
+    /// The bytes version `id` (a thin LUN, clone or snapshot) maps, over every home.
+    static func allocatedBytes(of id: UInt32, in stats: [PoolHomeStats]) -> UInt64 {
+        stats.reduce(0) { $0 + ($1.records[id]?.mapped ?? 0) } * UInt64(PoolLayout.blockBytes)
     }
 
     /// Per home, its counters (copied on the director acting for it).
@@ -262,7 +264,7 @@ extension ArrayDaemon {
         let block = UInt64(PoolLayout.blockBytes)
         for i in report.luns.indices where report.luns[i].thin {
             let id = report.luns[i].id
-            report.luns[i].allocatedBytes = stats.reduce(0) { $0 + ($1.records[id]?.mapped ?? 0) } * block
+            report.luns[i].allocatedBytes = ArrayDaemon.allocatedBytes(of: id, in: stats)
             report.luns[i].uniqueBytes = stats.reduce(0) { $0 + ($1.records[id]?.own ?? 0) } * block
         }
         addSnapshotStatus(&report, stats: stats)

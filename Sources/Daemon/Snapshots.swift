@@ -267,7 +267,7 @@ extension ArrayDaemon {
             StatusReport.SnapshotInfo(
                 lun: names[s.label.lunID] ?? "(deleted LUN \(s.label.lunID))", name: s.label.name, id: s.id, createdSeconds: s.label.createdSeconds,
                 secureUntilSeconds: s.label.secureUntilSeconds == 0 ? nil : s.label.secureUntilSeconds,
-                allocatedBytes: stats.reduce(0) { $0 + ($1.records[s.id]?.mapped ?? 0) } * block,
+                allocatedBytes: ArrayDaemon.allocatedBytes(of: s.id, in: stats),
                 uniqueBytes: stats.reduce(0) { $0 + ($1.records[s.id]?.unique ?? 0) } * block,
                 linked: entries.filter { $0.linkedSnapshot == s.id }.map(\.name).sorted())
         }

@@ -26,16 +26,6 @@ extension PoolHome {
         var nextSegment: Int
     }
 
-    /// Loads home `home` from its checkpoint and log, and writes the checkpoint that ends its recovery. Only for a
-    /// pool whose other homes are loaded already (or that has one): see `load`.
-    public static func recover(
-        home: Int, layout: PoolLayout, space: PoolSpace, poolTag: UInt64, store: any StripeStore, memory: MemoryServices, mapFrames: Int
-    ) throws(VSAError) -> PoolHome {
-        let h = try load(home: home, layout: layout, space: space, poolTag: poolTag, store: store, memory: memory, mapFrames: mapFrames)
-        try h.finishRecovery()
-        return h
-    }
-
     /// Loads home `home` from its checkpoint and log: its versions and map, and the segments its tables and log
     /// name, assigned in `space`. Writes nothing: a pool's homes are all loaded before any writes its checkpoint
     /// (`finishRecovery`), because a checkpoint may claim a segment, and a segment only a home not yet loaded names

@@ -62,9 +62,8 @@ final class PoolTestArray {
         space = PoolSpace(layout: layout, reservedStripes: [0..<layout.areaStripes])
     }
 
-    func recover(_ home: Int = 0, frames: Int = 256) throws -> PoolHome {
-        try PoolHome.recover(home: home, layout: layout, space: space, poolTag: tag, store: backEnd, memory: memory, mapFrames: frames)
-    }
+    /// One home, loaded and its recovery finished (the other homes, if any, loaded already).
+    func recover(_ home: Int = 0, frames: Int = 256) throws -> PoolHome { try recover(homes: [home], frames: frames)[home]! }
 
     /// Several homes the way a mount recovers them: all loaded, then each one's checkpoint.
     func recover(homes order: [Int], frames: Int = 256) throws -> [Int: PoolHome] {

@@ -750,6 +750,11 @@ extension Simulation {
         guard let id = snapshots.keys.sorted().randomElement(using: &rng) else { return nil }
         log.append("read snapshot \(id)")
         guard readSnapshot(id) == 0 else { return directorsWereOut ? nil : "snapshot \(id) could not be read" }
+        return snapshotDiffers(id)
+    }
+
+    /// The first byte of snapshot `id` as read (in `snapshotIO`) that is not what it was taken with, if any.
+    func snapshotDiffers(_ id: UInt32) -> String? {
         let expected = snapshots[id]!
         for i in 0..<lunSize where snapshotIO.base.load(fromByteOffset: i, as: UInt8.self) != expected[i] {
             return "snapshot \(id): byte \(i) is \(snapshotIO.base.load(fromByteOffset: i, as: UInt8.self)), taken as \(expected[i])"
@@ -772,10 +777,7 @@ extension Simulation {
         for id in snapshots.keys.sorted() {
             guard present.contains(id) else { return "after the crash: snapshot \(id) is gone" }
             guard readSnapshot(id) == 0 else { return "after the crash: snapshot \(id) could not be read" }
-            let expected = snapshots[id]!
-            for i in 0..<lunSize where snapshotIO.base.load(fromByteOffset: i, as: UInt8.self) != expected[i] {
-                return "after the crash: snapshot \(id) byte \(i) is \(snapshotIO.base.load(fromByteOffset: i, as: UInt8.self)), taken as \(expected[i])"
-            }
+            if let problem = snapshotDiffers(id) { return "after the crash: " + problem }
         }
         return nil
     }
