@@ -1,6 +1,6 @@
 """The pool's section of `make bench` (issue 13's targets): `Benchmarks/run --pool` runs it alone, a full `make bench`
-runs it last. A module of its own, the first of bench.py's sections to move out; it takes bench.py's helpers as the
-module `b` (Scope, vsa_array_up, run_fio, ...), so nothing here starts what bench.py's scopes would not stop.
+runs it last. It brings arrays up and down with the package's helpers (Scope, vsa_array_up, run_fio, ...), so nothing
+here starts what the Scopes would not stop.
 
 Three arrays, each on tmpfs drives whose files are allocated whole before the mount (tmpfs allocates and zeroes a page
 at its first write: a pool that writes to segments never written before, as it does while snapshots keep the old
@@ -16,148 +16,154 @@ blocks, paid that and ran at a third of its speed), each torn down before the ne
                 QD16 for 2 minutes: IOPS per second, the second minute against the first, and what the cleaner did.
 """
 
+import datetime
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
 
-POOL_BEGIN = "<!-- BEGIN pool (bench.py --pool rewrites this section) -->"
-POOL_END = "<!-- END pool -->"
+from .common import MD_PATH, REPO, Scope, SetupError, log, one_line, remove_tree, run, status_kib
+from .fio import WORKLOAD_BY_KEY, run_fio, summarize
+from .markdown import POOL_BEGIN, POOL_END, existing_main_section, existing_scale_section, write_markdown
+from .render import fmt_value
+from .vsa import array_folder, vsa_array_up, vsa_control, vsa_daemon_pid
+
 SNAPSHOT_WORKLOAD_KEYS = ["4k-randread-qd1", "4k-randread-qd16", "4k-randwrite-qd16", "1m-read-qd4", "1m-write-qd4"]
 SNAPSHOTS = 64
 CACHE = "256M"
 
 
-def timed(b, args, timeout=300):
+def timed(args, timeout=300):
     started = time.monotonic()
-    b.run(args, timeout=timeout)
+    run(args, timeout=timeout)
     return time.monotonic() - started
 
 
-def status_json(b, vsa, target):
-    return json.loads(b.run([vsa, "status", target, "--json"]).stdout)
+def status_json(vsa, target):
+    return json.loads(run([vsa, "status", target, "--json"]).stdout)
 
 
-def fio_fill(b, lun, size, outdir, label):
+def fio_fill(lun, size, outdir, label):
     """Writes `size` of the LUN once, 1M sequential (fio's buffers: random, never zero, so every block is stored)."""
-    return b.run(["fio", f"--name={label}", f"--filename={lun}", f"--size={size}", "--rw=write", "--bs=1M",
-                  "--ioengine=io_uring", "--iodepth=4", "--direct=1", "--fallocate=none",
-                  f"--output={os.path.join(outdir, label + '.json')}", "--output-format=json"], timeout=1800)
+    return run(["fio", f"--name={label}", f"--filename={lun}", f"--size={size}", "--rw=write", "--bs=1M",
+                "--ioengine=io_uring", "--iodepth=4", "--direct=1", "--fallocate=none",
+                f"--output={os.path.join(outdir, label + '.json')}", "--output-format=json"], timeout=1800)
 
 
-def fio_overwrite(b, lun, io_size, outdir, label, seed):
+def fio_overwrite(lun, io_size, outdir, label, seed):
     """Random 4 KiB overwrites of `io_size` in all, QD16 (a snapshot's worth of change)."""
-    return b.run(["fio", f"--name={label}", f"--filename={lun}", "--size=1G", f"--io_size={io_size}",
-                  "--rw=randwrite", "--bs=4k", "--ioengine=io_uring", "--iodepth=16", "--direct=1",
-                  "--fallocate=none", f"--randseed={seed}", f"--output={os.path.join(outdir, label + '.json')}",
-                  "--output-format=json"], timeout=1800)
+    return run(["fio", f"--name={label}", f"--filename={lun}", "--size=1G", f"--io_size={io_size}",
+                "--rw=randwrite", "--bs=4k", "--ioengine=io_uring", "--iodepth=16", "--direct=1",
+                "--fallocate=none", f"--randseed={seed}", f"--output={os.path.join(outdir, label + '.json')}",
+                "--output-format=json"], timeout=1800)
 
 
-def run_workloads(b, options, lun, pid, outdir, label):
+def run_workloads(options, lun, pid, outdir, label):
     results = {}
     for key in SNAPSHOT_WORKLOAD_KEYS:
-        workload = b.WORKLOAD_BY_KEY[key]
-        record = b.run_fio(workload.fio_args(lun, options.runtime), os.path.join(outdir, f"{label}-{key}.json"),
+        workload = WORKLOAD_BY_KEY[key]
+        record = run_fio(workload.fio_args(lun, options.runtime), os.path.join(outdir, f"{label}-{key}.json"),
                            [pid] if pid else [], options.runtime + 120)
-        results[key] = b.summarize(record, workload)
-        b.log(f"  {label} {workload.title}: {results[key].get('value', 0):.0f} {workload.unit}")
+        results[key] = summarize(record, workload)
+        log(f"  {label} {workload.title}: {results[key].get('value', 0):.0f} {workload.unit}")
     return results
 
 
-def raid5_up(b, scope, vsa, shm_dir, logdir, label, drive_size, luns):
+def raid5_up(scope, vsa, shm_dir, logdir, label, drive_size, luns):
     """A RAID-5 of 4 preallocated tmpfs drives of `drive_size` with `luns` [(name, size, kind)], mounted; its unmount
     and removal registered in `scope`. Returns (array_dir, mountpoint)."""
-    array_dir, mnt = b.array_folder(scope, shm_dir, label)
-    b.vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", drive_size, "--raid", "5", "--cache",
-                                                CACHE], luns, [], logdir, label, preallocate=True)
+    array_dir, mnt = array_folder(scope, shm_dir, label)
+    vsa_array_up(scope, vsa, array_dir, mnt, ["--drives", "4", "--drive-size", drive_size, "--raid", "5", "--cache",
+                                              CACHE], luns, [], logdir, label, preallocate=True)
     return array_dir, mnt
 
 
-def snapshots_64(b, options, outdir, vsa, shm_dir, logdir, results):
+def snapshots_64(options, outdir, vsa, shm_dir, logdir, results):
     label = "pool-snapshots-64"
-    with b.Scope(label) as scope:
-        array_dir, mnt = raid5_up(b, scope, vsa, shm_dir, logdir, label, "4G", [("lun0", "1G", "--thin")])
+    with Scope(label) as scope:
+        array_dir, mnt = raid5_up(scope, vsa, shm_dir, logdir, label, "4G", [("lun0", "1G", "--thin")])
         lun = os.path.join(mnt, "lun0")
-        fio_fill(b, lun, "1G", outdir, f"{label}-fill")
-        b.vsa_control(array_dir, "flush")  # destaged: the first workload does not share the drives with the fill's tail
-        pid = b.vsa_daemon_pid(array_dir)
-        results["none"] = run_workloads(b, options, lun, pid, outdir, f"{label}-none")
+        fio_fill(lun, "1G", outdir, f"{label}-fill")
+        vsa_control(array_dir, "flush")  # destaged: the first workload does not share the drives with the fill's tail
+        pid = vsa_daemon_pid(array_dir)
+        results["none"] = run_workloads(options, lun, pid, outdir, f"{label}-none")
         creates = []
         count = SNAPSHOTS if not options.quick else 8
         for i in range(count):
-            fio_overwrite(b, lun, "102M", outdir, f"{label}-overwrite-{i}", seed=1000 + i)
-            creates.append(timed(b, [vsa, "snap", "create", mnt, "lun0", f"s{i}"]))
+            fio_overwrite(lun, "102M", outdir, f"{label}-overwrite-{i}", seed=1000 + i)
+            creates.append(timed([vsa, "snap", "create", mnt, "lun0", f"s{i}"]))
         results["snapshots"] = count
         results["create_seconds"] = creates
-        b.vsa_control(array_dir, "flush")
-        results["with"] = run_workloads(b, options, lun, pid, outdir, f"{label}-with")
-        status = status_json(b, vsa, mnt)
+        vsa_control(array_dir, "flush")
+        results["with"] = run_workloads(options, lun, pid, outdir, f"{label}-with")
+        status = status_json(vsa, mnt)
         pool = status.get("pool", {})
         results["pool_used_bytes"] = pool.get("allocatedBytes")
         results["pool_size_bytes"] = pool.get("sizeBytes")
-        results["rss_kib"] = b.status_kib(pid, "VmRSS") if pid else None
-        results["hwm_kib"] = b.status_kib(pid, "VmHWM") if pid else None
+        results["rss_kib"] = status_kib(pid, "VmRSS") if pid else None
+        results["hwm_kib"] = status_kib(pid, "VmHWM") if pid else None
         results["cache"] = CACHE
 
 
-def extents(b, options, outdir, vsa, shm_dir, logdir, results):
+def extents(options, outdir, vsa, shm_dir, logdir, results):
     label = "pool-extents"
     data = "4G" if not options.quick else "512M"
-    with b.Scope(label) as scope:
-        array_dir, mnt = raid5_up(b, scope, vsa, shm_dir, logdir, label, "2G", [("big", "1T", "--thin")])
+    with Scope(label) as scope:
+        array_dir, mnt = raid5_up(scope, vsa, shm_dir, logdir, label, "2G", [("big", "1T", "--thin")])
         lun = os.path.join(mnt, "big")
         started = time.monotonic()
-        fio_fill(b, lun, data, outdir, f"{label}-fill")
-        b.vsa_control(array_dir, "flush")
+        fio_fill(lun, data, outdir, f"{label}-fill")
+        vsa_control(array_dir, "flush")
         results["fill_seconds"] = time.monotonic() - started
         results["data"] = data
         quiet, busy = [], []
         for i in range(5):
-            quiet.append(timed(b, [vsa, "snap", "create", mnt, "big", f"q{i}"]))
-            fio_overwrite(b, lun, "64M", outdir, f"{label}-overwrite-{i}", seed=2000 + i)
-            busy.append(timed(b, [vsa, "snap", "create", mnt, "big", f"b{i}"]))
+            quiet.append(timed([vsa, "snap", "create", mnt, "big", f"q{i}"]))
+            fio_overwrite(lun, "64M", outdir, f"{label}-overwrite-{i}", seed=2000 + i)
+            busy.append(timed([vsa, "snap", "create", mnt, "big", f"b{i}"]))
         results["create_quiet_seconds"] = quiet
         results["create_busy_seconds"] = busy
         # A request that does nothing: what the command line itself costs (process start, the control socket).
-        results["cli_baseline_seconds"] = statistics.median(timed(b, [vsa, "snap", "list", mnt]) for _ in range(5))
-        status = status_json(b, vsa, mnt)
+        results["cli_baseline_seconds"] = statistics.median(timed([vsa, "snap", "list", mnt]) for _ in range(5))
+        status = status_json(vsa, mnt)
         lun_status = next((l for l in status.get("luns", []) if l.get("name") == "big"), {})
         results["mapped_blocks"] = (lun_status.get("allocatedBytes") or 0) // 4096
-        results["unmount_seconds"] = timed(b, [vsa, "unmount", mnt], timeout=600)
-        results["mount_seconds"] = timed(b, [vsa, "mount", array_dir, mnt], timeout=600)
-        pid = b.vsa_daemon_pid(array_dir)
-        results["rss_after_mount_kib"] = b.status_kib(pid, "VmRSS") if pid else None
-        record = b.run_fio(["fio", "--name=readall", f"--filename={lun}", f"--size={data}", "--rw=read", "--bs=1M",
-                            "--ioengine=io_uring", "--iodepth=4", "--direct=1", "--output-format=json"],
-                           os.path.join(outdir, f"{label}-readall.json"), [pid] if pid else [], 1800)
-        results["read_all"] = b.summarize(record, b.WORKLOAD_BY_KEY["1m-read-qd4"])
-        results["rss_after_read_kib"] = b.status_kib(pid, "VmRSS") if pid else None
-        results["hwm_kib"] = b.status_kib(pid, "VmHWM") if pid else None
+        results["unmount_seconds"] = timed([vsa, "unmount", mnt], timeout=600)
+        results["mount_seconds"] = timed([vsa, "mount", array_dir, mnt], timeout=600)
+        pid = vsa_daemon_pid(array_dir)
+        results["rss_after_mount_kib"] = status_kib(pid, "VmRSS") if pid else None
+        record = run_fio(["fio", "--name=readall", f"--filename={lun}", f"--size={data}", "--rw=read", "--bs=1M",
+                          "--ioengine=io_uring", "--iodepth=4", "--direct=1", "--output-format=json"],
+                         os.path.join(outdir, f"{label}-readall.json"), [pid] if pid else [], 1800)
+        results["read_all"] = summarize(record, WORKLOAD_BY_KEY["1m-read-qd4"])
+        results["rss_after_read_kib"] = status_kib(pid, "VmRSS") if pid else None
+        results["hwm_kib"] = status_kib(pid, "VmHWM") if pid else None
 
 
-def cleaner(b, options, outdir, vsa, shm_dir, logdir, results):
+def cleaner(options, outdir, vsa, shm_dir, logdir, results):
     label = "pool-cleaner"
     seconds = 120 if not options.quick else 20
-    with b.Scope(label) as scope:
-        array_dir, mnt = raid5_up(b, scope, vsa, shm_dir, logdir, label, "600M", [])
+    with Scope(label) as scope:
+        array_dir, mnt = raid5_up(scope, vsa, shm_dir, logdir, label, "600M", [])
         # The pool's size is known once it exists: a first LUN makes it, the measured one is 90% of it.
-        b.run([vsa, "lun", "create", mnt, "probe", "--size", "1M"])
-        size = status_json(b, vsa, mnt)["pool"]["sizeBytes"]
-        b.run([vsa, "lun", "delete", mnt, "probe"])
+        run([vsa, "lun", "create", mnt, "probe", "--size", "1M"])
+        size = status_json(vsa, mnt)["pool"]["sizeBytes"]
+        run([vsa, "lun", "delete", mnt, "probe"])
         lun_bytes = size * 9 // 10 // (1 << 20) * (1 << 20)
-        b.run([vsa, "lun", "create", mnt, "full", "--size", str(lun_bytes)])
+        run([vsa, "lun", "create", mnt, "full", "--size", str(lun_bytes)])
         lun = os.path.join(mnt, "full")
-        fio_fill(b, lun, str(lun_bytes), outdir, f"{label}-fill")
-        b.vsa_control(array_dir, "flush")
-        pid = b.vsa_daemon_pid(array_dir)
+        fio_fill(lun, str(lun_bytes), outdir, f"{label}-fill")
+        vsa_control(array_dir, "flush")
+        pid = vsa_daemon_pid(array_dir)
         prefix = os.path.join(outdir, f"{label}-iops")
-        record = b.run_fio(["fio", "--name=overwrite", f"--filename={lun}", f"--size={lun_bytes}", "--time_based",
-                            f"--runtime={seconds}", "--rw=randwrite", "--bs=4k", "--ioengine=io_uring",
-                            "--iodepth=16", "--direct=1", "--fallocate=none", f"--write_iops_log={prefix}",
-                            "--log_avg_msec=1000", "--output-format=json"],
-                           os.path.join(outdir, f"{label}.json"), [pid] if pid else [], seconds + 300)
-        results["summary"] = b.summarize(record, b.WORKLOAD_BY_KEY["4k-randwrite-qd16"])
+        record = run_fio(["fio", "--name=overwrite", f"--filename={lun}", f"--size={lun_bytes}", "--time_based",
+                          f"--runtime={seconds}", "--rw=randwrite", "--bs=4k", "--ioengine=io_uring",
+                          "--iodepth=16", "--direct=1", "--fallocate=none", f"--write_iops_log={prefix}",
+                          "--log_avg_msec=1000", "--output-format=json"],
+                         os.path.join(outdir, f"{label}.json"), [pid] if pid else [], seconds + 300)
+        results["summary"] = summarize(record, WORKLOAD_BY_KEY["4k-randwrite-qd16"])
         per_second = []
         for name in sorted(os.listdir(outdir)):
             if name.startswith(os.path.basename(prefix)) and name.endswith(".log"):
@@ -173,29 +179,29 @@ def cleaner(b, options, outdir, vsa, shm_dir, logdir, results):
         results["second_half_iops"] = statistics.mean(per_second[half:]) if half else None
         results["lun_bytes"] = lun_bytes
         results["pool_bytes"] = size
-        status = status_json(b, vsa, mnt)
+        status = status_json(vsa, mnt)
         results["cleaner"] = status.get("pool", {}).get("cleaner")
         results["pool_used_percent"] = status.get("pool", {}).get("usedPercent")
 
 
-def run_pool(b, options, outdir, vsa_source):
+def run_pool(options, outdir, vsa_source):
     results = {"runtime": options.runtime, "quick": options.quick}
     started = time.monotonic()
-    with b.Scope("pool") as scope:
+    with Scope("pool") as scope:
         shm_dir = tempfile.mkdtemp(prefix="vsa-bench-pool.", dir="/dev/shm")
-        scope.push(f"remove {shm_dir}", lambda: b.remove_tree(shm_dir))
+        scope.push(f"remove {shm_dir}", lambda: remove_tree(shm_dir))
         vsa = os.path.join(shm_dir, "vsa")
-        b.shutil.copy2(vsa_source, vsa)
+        shutil.copy2(vsa_source, vsa)
         logdir = os.path.join(outdir, "logs")
         os.makedirs(logdir, exist_ok=True)
         for name, step in (("snapshots-64", snapshots_64), ("extents", extents), ("cleaner", cleaner)):
-            b.log(f"pool: {name}")
+            log(f"pool: {name}")
             part = results.setdefault(name, {})
             try:
-                step(b, options, outdir, vsa, shm_dir, logdir, part)
-            except b.SetupError as error:
+                step(options, outdir, vsa, shm_dir, logdir, part)
+            except SetupError as error:
                 part["error"] = str(error)
-                b.log(f"  failed: {error}")
+                log(f"  failed: {error}")
     results["seconds"] = time.monotonic() - started
     return results
 
@@ -210,23 +216,23 @@ def mib(kib):
     return "—" if kib is None else f"{kib / 1024:.0f} MiB"
 
 
-def subsection(b, add, title, part):
+def subsection(add, title, part):
     """A subsection's heading, then its failure instead of its body when the part failed. True: write the body."""
     add(title)
     add("")
     if "error" in part:
-        add(f"**Failed**: {b.one_line(part['error'])}")
+        add(f"**Failed**: {one_line(part['error'])}")
         return False
     return True
 
 
-def render_pool(b, results):
+def render_pool(results):
     lines = []
     add = lines.append
     add(POOL_BEGIN)
     add("## The pool: snapshots, mapped extents, the cleaner (issue 13)")
     add("")
-    add(f"Generated by `Benchmarks/run --pool` on {b.datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+    add(f"Generated by `Benchmarks/run --pool` on {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
         f" (took {results['seconds'] / 60:.1f} min{', --quick: fewer snapshots, less data, a shorter cleaner run' if results.get('quick') else ''})."
         f" Release build, tmpfs drives, RAID-5 of 4, `--cache {CACHE}`, fio `--direct=1`; one run per figure (no rounds:"
         f" the spread of the main table applies). Times of `vsa snap create` are the command's wall time, process start"
@@ -234,19 +240,19 @@ def render_pool(b, results):
     add("")
     s = results.get("snapshots-64", {})
     count = s.get("snapshots", SNAPSHOTS)
-    if subsection(b, add, f"### The same workloads with {count} snapshots (target: within 15% of none)", s):
+    if subsection(add, f"### The same workloads with {count} snapshots (target: within 15% of none)", s):
         add(f"A 1 GiB thin LUN, filled; the workloads; then, {count} times, 102 MiB of random 4 KiB overwrites (10%) and a"
             " snapshot; the workloads again.")
         add("")
         add(f"| workload | no snapshot | {count} snapshots | ratio |")
         add("|---|---:|---:|---:|")
         for key in SNAPSHOT_WORKLOAD_KEYS:
-            workload = b.WORKLOAD_BY_KEY[key]
+            workload = WORKLOAD_BY_KEY[key]
             none, with_ = s.get("none", {}).get(key, {}), s.get("with", {}).get(key, {})
             a, c = none.get("value"), with_.get("value")
             ratio = f"{c / a:.2f}×" if a and c else "—"
-            add(f"| {workload.title} | {b.fmt_value(a, workload.unit) if a else '—'} | "
-                f"{b.fmt_value(c, workload.unit) if c else '—'} | {ratio} |")
+            add(f"| {workload.title} | {fmt_value(a, workload.unit) if a else '—'} | "
+                f"{fmt_value(c, workload.unit) if c else '—'} | {ratio} |")
         add("")
         add(f"Snapshot create after each 10% overwrite: {ms(s.get('create_seconds'))}. Pool used at the end: "
             f"{(s.get('pool_used_bytes') or 0) / (1 << 30):.1f} of {(s.get('pool_size_bytes') or 0) / (1 << 30):.1f} GiB."
@@ -254,7 +260,7 @@ def render_pool(b, results):
             f" (target: RSS at most the cache + 64 MiB).")
     add("")
     e = results.get("extents", {})
-    if subsection(b, add, "### Snapshot create time, mount time and memory with mapped extents", e):
+    if subsection(add, "### Snapshot create time, mount time and memory with mapped extents", e):
         add(f"A 1 TiB thin LUN holding {e.get('data')}iB ({e.get('mapped_blocks', 0):,} mapped 4 KiB blocks; written and "
             f"flushed in {e.get('fill_seconds', 0):.1f} s).")
         add("")
@@ -274,7 +280,7 @@ def render_pool(b, results):
             f"not measured.")
     add("")
     c = results.get("cleaner", {})
-    if subsection(b, add, "### The cleaner at 90% fill (target: the second minute keeps at least 50% of the first's IOPS)", c):
+    if subsection(add, "### The cleaner at 90% fill (target: the second minute keeps at least 50% of the first's IOPS)", c):
         first, second = c.get("first_half_iops"), c.get("second_half_iops")
         kept = f"{second / first * 100:.0f}%" if first and second else "—"
         summary = c.get("summary", {})
@@ -298,3 +304,12 @@ def render_pool(b, results):
                 ", ".join(f"{v / 1000:.1f}k" for v in per_second[::step]))
     add(POOL_END)
     return "\n".join(lines)
+
+
+def pool_section(options, outdir, vsa_source):
+    """Runs the pool benchmark and rewrites its section; the others are kept."""
+    results = run_pool(options, outdir, vsa_source)
+    with open(os.path.join(outdir, "pool.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    write_markdown(existing_main_section(), existing_scale_section(), None, render_pool(results))
+    log(f"wrote the pool section of {os.path.relpath(MD_PATH, REPO)} (took {results['seconds'] / 60:.1f} min)")
