@@ -268,28 +268,30 @@ extension ArrayDaemon {
             report.luns[i].uniqueBytes = stats.reduce(0) { $0 + ($1.records[id]?.own ?? 0) } * block
         }
         addSnapshotStatus(&report, stats: stats)
-        // What host data can have: the segments held back for checkpoints, unmaps and the homes' open segments are
-        // neither size nor free, so 100% used is where writes get ENOSPC.
-        let heldBack = runtime.space.heldBackSegments.load(ordering: .relaxed)
-        let segments = max(0, runtime.space.poolSegments - heldBack)
-        // Blocks promised to pages still in the cache are as good as taken.
-        let promisedBlocks = max(0, runtime.space.promisedBlocks.load(ordering: .relaxed))
-        let promised = (promisedBlocks + runtime.layout.blocksPerSegment - 1) / runtime.layout.blocksPerSegment
-        let free = min(segments, max(0, runtime.space.freeSegments - heldBack - promised))
-        // Size and free in what promises can count on (a segment less its summaries' and padding's share).
-        let segmentBytes = UInt64(runtime.space.promisableBlocksPerSegment) * block
-        let used = segments == 0 ? 100 : Double(segments - free) * 100 / Double(segments)
+        // The pool's size is what promises count on: the segments held back for checkpoints, unmaps and the homes'
+        // open segments, and the cleaner's spare ones, are neither size nor free, so 100% used is where writes that
+        // need new blocks get ENOSPC. Used: every live block (data of every version, the map) and every block
+        // promised to pages still in the cache; dead blocks not yet cleaned are free (the cleaner gives them back).
+        let space = runtime.space
+        let heldBack = space.heldBackSegments.load(ordering: .relaxed)
+        let segments = max(0, space.poolSegments - heldBack)
+        let promisedBlocks = max(0, space.promisedBlocks.load(ordering: .relaxed))
+        let capacity = space.capacityBlocks
+        let taken = min(capacity, space.liveBlocksTotal + promisedBlocks)
+        let used = capacity == 0 ? 100 : Double(taken) * 100 / Double(capacity)
         var warning: String? = nil
         for level in [95.0, 90.0, 80.0] where used >= level && warning == nil {
             warning = "the pool is \(Int(level))% used or more: delete snapshots or LUNs, or discard (fstrim) what is not needed"
         }
         report.pool = StatusReport.PoolInfo(
-            sizeBytes: UInt64(segments) * segmentBytes, allocatedBytes: stats.reduce(0) { $0 + $1.liveBlocks } * block,
-            freeBytes: UInt64(free) * segmentBytes, usedPercent: used, segments: segments, freeSegments: free,
+            sizeBytes: UInt64(capacity) * block, allocatedBytes: stats.reduce(0) { $0 + $1.liveBlocks } * block,
+            freeBytes: UInt64(capacity - taken) * block, usedPercent: used, segments: segments,
+            freeSegments: max(0, min(segments, space.freeSegments - heldBack)),
             segmentBytes: UInt64(runtime.layout.blocksPerSegment) * block,
             checkpoints: stats.reduce(0) { $0 + $1.checkpoint }, commits: stats.reduce(0) { $0 + $1.commits },
             paddingBytes: stats.reduce(0) { $0 + $1.paddingBlocks } * block, damagedMapNodes: stats.reduce(0) { $0 + $1.damagedNodes },
             promisedBytes: UInt64(promisedBlocks) * block, warning: warning)
+        report.pool!.spareBytes = UInt64(space.spareSegments * runtime.layout.blocksPerSegment) * block
         report.pool!.reclaimableBytes = stats.reduce(0) { $0 + $1.reclaimableBlocks } * block
         let stripeBytes = UInt64(runtime.layout.geometry.stripeDataBytes)
         report.pool!.cleaner = StatusReport.CleanerInfo(
@@ -304,7 +306,7 @@ extension ArrayDaemon {
                         home: home, segment: s.cleaner.victim, percentDone: Int(s.cleaner.victimStripesDone * 100 / max(1, s.stripesPerSegment)))
             })
         // The array's free space: what no thick LUN, pool area or pool segment holds.
-        report.array.freeBytes =
-            report.array.freeBytes > UInt64(segments - free) * segmentBytes ? report.array.freeBytes - UInt64(segments - free) * segmentBytes : 0
+        let owned = UInt64(max(0, space.poolSegments - space.freeSegments)) * UInt64(runtime.layout.blocksPerSegment) * block
+        report.array.freeBytes = report.array.freeBytes > owned ? report.array.freeBytes - owned : 0
     }
 }

@@ -70,9 +70,12 @@ public struct StatusReport: Codable, Sendable {
         public var sizeBytes: UInt64
         /// Blocks mapped by some version or holding the map, as bytes.
         public var allocatedBytes: UInt64
-        /// Free segments, as bytes (dead blocks in used segments come back when their segment empties).
+        /// What the pool can hold (the segments host data may use less the cleaner's spare ones, less each segment's
+        /// share for summaries) and what of it is neither live nor promised: dead blocks not yet cleaned count as free.
         public var freeBytes: UInt64
         public var usedPercent: Double
+        /// Segments host data may use (the pool's less those held back for checkpoints and open logs), and how many
+        /// of them are wholly free now.
         public var segments: Int
         public var freeSegments: Int
         public var segmentBytes: UInt64
@@ -86,6 +89,8 @@ public struct StatusReport: Codable, Sendable {
         public var warning: String?
         /// Dead blocks in partly used segments, as bytes: what the cleaner can give back.
         public var reclaimableBytes: UInt64 = 0
+        /// Segments kept out of the size for the cleaner (as an SSD keeps spare area), as bytes.
+        public var spareBytes: UInt64 = 0
         public var cleaner: CleanerInfo? = nil
     }
     /// The pool's cleaner (docs/POOL.md, "The cleaner").

@@ -60,16 +60,20 @@ struct PoolCleanerState {
 }
 
 extension PoolHome {
-    /// Free segments a cleaner's moves leave alone: half the checkpoints' reserve (host data leaves all of it), so a
-    /// full pool can still be cleaned and its map still written.
-    var cleanerReserve: Int { max(layout.homes, dataReserve / 2) }
+    /// Free segments a cleaner's moves leave alone: the checkpoints' room, so that a victim emptied can be given back.
+    var cleanerReserve: Int { checkpointReserve }
 
-    /// What a cleaner's claim of a segment leaves free: its reserve, and every block promised to cached pages (those
-    /// must find room at destage): the cleaner may use the segments held back from promises beyond its reserve.
-    var cleanerClaimReserve: Int {
-        let promised = max(0, space.promisedBlocks.load(ordering: .relaxed))
-        return cleanerReserve + (promised + layout.blocksPerSegment - 1) / layout.blocksPerSegment
-    }
+    /// Free segments per home host data leaves to the cleaner's moves, above the checkpoints' room: four (fewer on a
+    /// pool of few segments). A checkpoint gives emptied victims back, and writes every dirty map node of the home,
+    /// which under random overwrites is about every leaf; room for a few victims per home lets one checkpoint give
+    /// back several (`releasePays`). With room for one, a full pool's cleaner paid a checkpoint per victim and, with
+    /// victims a quarter dead, gained nothing: free segments ran down to the checkpoints' room and writes stopped.
+    static func cleanerRoomPerHome(_ layout: PoolLayout) -> Int { max(1, min(4, layout.segmentCount / (16 * layout.homes))) }
+
+    /// Whether the cleaner is short of room: no free segment above its reserve for another victim. Then what it
+    /// emptied is given back at once, whatever the checkpoint costs, and a victim pinned by moved map nodes is
+    /// finished by one.
+    var cleanerIsShort: Bool { !space.hasVictimRoom(floor: cleanerReserve) }
 
     public var cleanerCounters: PoolCleanerCounters {
         var c = cleaner.counters
@@ -97,7 +101,8 @@ extension PoolHome {
         var best: (segment: Int, score: Double)? = nil
         for s in space.owned(by: home) where s != openSegment && s != nextSegment {
             let live = Int(space.liveBlocks(s))
-            guard layout.blocksPerSegment - live >= minimumDead else { continue }
+            // A wholly dead segment waits for a checkpoint, not for the cleaner.
+            guard live > 0, layout.blocksPerSegment - live >= minimumDead else { continue }
             if let seen = cleaner.pinned[s], seen == space.liveBlocks(s) { continue }
             let u = Double(live) / capacity
             let age = Double(now &- space.stamp(s)) + 1
@@ -111,7 +116,11 @@ extension PoolHome {
     /// blocks (`worthCleaning` when not given). What a caller asks before a step, so the choice is made once.
     public func startVictim(minimumDead: Int? = nil) -> Bool {
         if cleaner.victim >= 0 { return true }
-        guard let victim = chooseVictim(minimumDead: max(8, minimumDead ?? worthCleaning)) else { return false }
+        guard space.takeVictimRoom(floor: cleanerReserve) else { return false }
+        guard let victim = chooseVictim(minimumDead: max(8, minimumDead ?? worthCleaning, victimOverhead)) else {
+            space.giveVictimRoom()
+            return false
+        }
         cleaner.victim = victim
         cleaner.nextStripe = 0
         cleaner.nodesInVictim = 0
@@ -119,6 +128,11 @@ extension PoolHome {
         cleaner.counters.victimStripesDone = 0
         return true
     }
+
+    /// Dead blocks a victim needs at least so its live ones, with the summaries of the commits that move them (one
+    /// per stripe they fill) and a row of padding, fit in one segment (`PoolSpace.takeVictimRoom` counts one per
+    /// victim).
+    var victimOverhead: Int { Int(layout.stripesPerSegment) + layout.blocksPerRow }
 
     /// Dead blocks a segment needs before cleaning it pays: a quarter of it. Every segment has some (summaries, and
     /// the padding of commits that did not fill their last row), and moving a nearly live segment makes about as much
@@ -130,7 +144,11 @@ extension PoolHome {
     /// Returns the blocks moved (0 when there was nothing to clean), or nil on a failure (I/O, or no space to move
     /// into; nothing is lost: what moved is committed, what did not stays where it was).
     public func clean(stripes: Int, minimumDead: Int? = nil) -> Int? {
-        guard startVictim(minimumDead: minimumDead) else { return 0 }
+        guard startVictim(minimumDead: minimumDead) else {
+            // No room to start one: what earlier victims emptied comes back with a checkpoint.
+            if releasePays { return checkpoint() ? 0 : nil }
+            return 0
+        }
         let victim = cleaner.victim
         var moved = 0
         var failed = false
@@ -158,6 +176,7 @@ extension PoolHome {
 
     /// The victim is done: wholly dead (a checkpoint now gives it back), or pinned by snapshots' blocks.
     private func finishVictim(_ victim: Int) {
+        space.giveVictimRoom()
         cleaner.victim = -1
         cleaner.counters.victim = -1
         cleaner.counters.victimStripesDone = 0
@@ -168,8 +187,8 @@ extension PoolHome {
             return
         }
         var live = space.liveBlocks(victim)
-        if live > 0 && cleaner.nodesInVictim > 0 {
-            // Nodes moved die with the checkpoint that writes them elsewhere: take it, then look again.
+        if live > 0 && cleaner.nodesInVictim > 0 && (releasePays || cleanerIsShort) {
+            // Nodes moved die with the checkpoint that writes them elsewhere: take it when it pays, then look again.
             _ = checkpoint()
             guard space.owner(victim) == UInt8(home) else {
                 cleaner.counters.segmentsCleaned += 1
@@ -180,9 +199,11 @@ extension PoolHome {
         if live == 0 {
             cleaner.pinned[victim] = nil
             cleaner.counters.segmentsCleaned += 1
-            // Released by the next checkpoint; take it now so the space is there for the writes waiting for it.
-            _ = checkpoint()
+            // Released by the next checkpoint: now, if giving back what the cleaner emptied pays for the map nodes it
+            // writes (`releasePays`), else with a later one.
+            if releasePays { _ = checkpoint() }
         } else {
+            // Pinned by snapshots' blocks, or by map nodes the next checkpoint moves (the count changes then).
             cleaner.pinned[victim] = live
         }
     }
@@ -262,8 +283,9 @@ extension PoolHome {
         guard entry.birth > record.threshold else {
             return 0  // shared with a snapshot: pinned
         }
-        guard writeBlock(id, block: block, from: data, reserve: cleanerClaimReserve) == nil else { return nil }
+        guard writeBlock(id, block: block, from: data, reserve: cleanerReserve) == nil else { return nil }
         cleaner.counters.blocksMoved += 1
+        blocksMovedSinceCheckpoint += 1
         return 1
     }
 

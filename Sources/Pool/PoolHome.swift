@@ -97,9 +97,12 @@ public final class PoolHome: MapBlockReader {
     public var store: any StripeStore
     private let memory: MemoryServices
     public private(set) var map: BlockMap!
-    /// Free segments host data leaves to checkpoints and unmaps (a checkpoint's nodes: at most the map's frames),
-    /// so that a full pool can still write its map and free space.
+    /// Free segments host data leaves to checkpoints, unmaps and the cleaner, so that a full pool can still write
+    /// its map, free space and clean: every home's checkpoint (its nodes: at most half the map's frames), then
+    /// `cleanerRoomPerHome` segments per home for the cleaner's moves (PoolCleaner.swift).
     public let dataReserve: Int
+    /// Free segments the cleaner's moves leave to checkpoints.
+    public let checkpointReserve: Int
 
     public internal(set) var generation: UInt32 = 1
     public internal(set) var versions: [UInt32: VersionRecord] = [:]
@@ -133,12 +136,24 @@ public final class PoolHome: MapBlockReader {
     static let summaryMagic: UInt32 = 0x3153_5356  // "VSS1"
     static let headerMagic: UInt32 = 0x3143_5056  // "VPC1"
 
-    /// A checkpoint follows after this many commits (bounding what a mount replays), or sooner once a segment
-    /// emptied (its space comes back only with a checkpoint).
+    /// A checkpoint follows after this many commits (bounding what a mount replays), or sooner once emptied segments
+    /// are worth giving back (`releasePays`: their space comes back only with a checkpoint).
     static let commitsPerCheckpoint = 1024
     var commitsSinceCheckpoint = 0
     var segmentsEmptied = 0
+    /// Blocks the cleaner moved since the last checkpoint (what the segments it emptied cost to empty).
+    var blocksMovedSinceCheckpoint = 0
     private var checkpointing = false
+
+    /// Whether a checkpoint now to give back emptied segments pays: the cleaner is short of room, or what they give back
+    /// net of the blocks moved to empty them is at least twice what the checkpoint writes (the dirty map nodes).
+    /// Random overwrites keep most of a home's map leaves dirty: a checkpoint after every victim writes about as many
+    /// node blocks as a victim a quarter dead gives back, and a cleaner doing that at a full pool gains nothing.
+    var releasePays: Bool {
+        guard segmentsEmptied > 0 else { return false }
+        if cleanerIsShort { return true }
+        return segmentsEmptied * layout.blocksPerSegment - blocksMovedSinceCheckpoint >= 2 * max(map.dirtyFrames, layout.blocksPerRow)
+    }
 
     /// Whether a checkpoint would give segments back (some emptied since the last one): what a director tries
     /// before a write gets ENOSPC.
@@ -166,7 +181,9 @@ public final class PoolHome: MapBlockReader {
         // update then dirties a path more), plus a summary per stripe of nodes.
         let nodes = mapFrames / 2 + MapNode.maxDepth
         let nodeBlocks = nodes + (nodes + layout.blocksPerStripe - 2) / max(1, layout.blocksPerStripe - 1)
-        dataReserve = layout.homes * (1 + (nodeBlocks + layout.blocksPerSegment - 1) / layout.blocksPerSegment)
+        checkpointReserve = layout.homes * (1 + (nodeBlocks + layout.blocksPerSegment - 1) / layout.blocksPerSegment)
+        // Above the checkpoints' room, the cleaner's (PoolCleaner.swift, `cleanerRoom`): host data stops above both.
+        dataReserve = checkpointReserve + PoolHome.cleanerRoomPerHome(layout) * layout.homes
         // Promises to cached pages leave the reserve and two segments per home (open and next) alone.
         let held = dataReserve + 2 * layout.homes
         if space.heldBackSegments.load(ordering: .relaxed) < held { space.heldBackSegments.store(held, ordering: .relaxed) }
@@ -250,6 +267,13 @@ public final class PoolHome: MapBlockReader {
         return map.lookup(id, block: block)
     }
 
+    /// Whether version `id` maps local block `block` to a block of its own (not one a snapshot or clone shares): an
+    /// overwrite of it frees as much as it takes.
+    public func ownsBlock(_ id: UInt32, block: UInt64) -> Bool {
+        guard let record = versions[id], block < record.blocks, let entry = map.lookup(id, block: block) else { return false }
+        return entry.isMapped && entry.birth > record.threshold
+    }
+
     /// Back to an empty home (a recovery attempt from one checkpoint failed; the other is tried from scratch).
     func reset() {
         for id in versions.keys { map.removeVersion(id) }
@@ -265,6 +289,7 @@ public final class PoolHome: MapBlockReader {
         row = 0
         commitOpen = false
         rolledForward = 0
+        if cleaner.victim >= 0 { space.giveVictimRoom() }
         cleaner.victim = -1
         cleaner.pinned = [:]
     }
@@ -402,7 +427,7 @@ public final class PoolHome: MapBlockReader {
     public func commit(flush: Bool = true) -> Bool {
         if commitOpen { guard writeCommit() else { return false } }
         if flush { guard store.flush() else { return false } }
-        if !checkpointing && (commitsSinceCheckpoint >= PoolHome.commitsPerCheckpoint || (segmentsEmptied > 0 && commitsSinceCheckpoint >= 8)) {
+        if !checkpointing && (commitsSinceCheckpoint >= PoolHome.commitsPerCheckpoint || (commitsSinceCheckpoint >= 8 && releasePays)) {
             return checkpoint()
         }
         return true
@@ -411,6 +436,10 @@ public final class PoolHome: MapBlockReader {
     /// Room for one more block in a commit: ends a full commit, opens one where the log goes on. False when the log
     /// has nowhere to go (no segment could be had: the pool is full).
     private func reserveBlock(reserve: Int) -> Bool {
+        // Host data and the cleaner's moves share the log: a segment the cleaner claimed below the data reserve is
+        // the cleaner's to finish its victim in, not host data's (which would take it and leave the victim, and every
+        // other home's, stuck half moved with no room to go on).
+        guard reserve <= cleanerReserve || space.freeSegments >= reserve else { return false }
         if commitOpen && (commitRow * layout.blocksPerRow + commitBlocks == layout.blocksPerStripe || commitEntries == PoolHome.entryCapacity) {
             guard writeCommit() else { return false }
         }
@@ -559,6 +588,7 @@ public final class PoolHome: MapBlockReader {
         sequence = 0
         commitsSinceCheckpoint = 0
         segmentsEmptied = 0
+        blocksMovedSinceCheckpoint = 0
         // Segments wholly dead as of this checkpoint are free again (never the ones the log is in).
         for s in space.owned(by: home) where space.liveBlocks(s) == 0 && s != openSegment && s != nextSegment {
             space.release(s, home: home)

@@ -80,24 +80,36 @@ public final class PoolPort {
         if memcmp(page, zeroPage.base, PoolLayout.blockBytes) == 0 { return owner.unmap(lunID, block: block, count: 1) }
         let failure = owner.write(lunID, block: block, from: page)
         guard failure == .noSpace else { return failure }
-        // Promised, yet no room: summaries and padding took more than promises count on. Space comes back from
-        // the dead blocks of this home's segments before a destage of acknowledged data is allowed to fail.
-        guard makeRoom(in: owner) else { return .noSpace }
-        return owner.write(lunID, block: block, from: page)
+        // The page was promised space, but no free segment is at hand: the dead blocks of partly used segments are
+        // where it is (promises leave the spare segments' worth of them). This home cleans first; the dead blocks
+        // may be other homes', whose directors' cleaners run flat out once free segments are short: wait for them
+        // a little (this director's queue waits too) before a destage of acknowledged data fails (it is tried
+        // again with the next pass; the data stays write-pending).
+        for attempt in 0..<100 {
+            if !makeRoom(in: owner) { usleep(attempt < 10 ? 1000 : 5000) }
+            let again = owner.write(lunID, block: block, from: page)
+            guard again == .noSpace else { return again }
+        }
+        return .noSpace
     }
 
-    /// Cleans `owner` (this director acts for it) until a segment comes back or nothing is worth moving.
+    /// Cleans `owner` (this director acts for it) until a segment comes back or nothing is worth moving. The bar is
+    /// lower than the background cleaner's: a write is waiting, and a victim gives back more than its moves take
+    /// as long as its dead blocks outnumber the summaries and padding of the commits that move its live ones.
     private func makeRoom(in owner: PoolHome) -> Bool {
         let freeBefore = owner.space.freeSegments
-        if owner.hasEmptiedSegments {
+        if owner.releasePays {
             guard owner.checkpoint() else { return false }
             if owner.space.freeSegments > freeBefore { return true }
         }
-        let minimumDead = max(8, layout.blocksPerSegment / 8)
+        let minimumDead = max(8, layout.blocksPerSegment / 16)
         for _ in 0..<8 {
-            guard owner.startVictim(minimumDead: minimumDead) else { return false }
+            guard owner.startVictim(minimumDead: minimumDead) else {
+                if owner.hasEmptiedSegments { guard owner.checkpoint() else { return false } }
+                return owner.space.freeSegments > freeBefore
+            }
             guard owner.clean(stripes: Int(layout.stripesPerSegment), minimumDead: minimumDead) != nil else { return false }
-            if owner.hasEmptiedSegments { guard owner.checkpoint() else { return false } }
+            if owner.releasePays { guard owner.checkpoint() else { return false } }
             if owner.space.freeSegments > freeBefore { return true }
         }
         return false
@@ -108,10 +120,18 @@ public final class PoolPort {
     /// (a host flush makes it durable, as it does a thick LUN's write-through). Blocks are promised first, so space
     /// cached pages were promised is never taken: ENOSPC only once cleaning found none.
     public func writeStripe(lunID: UInt32, lunStripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> PoolFailure? {
-        let blocks = layout.blocksPerStripe
-        guard promise(blocks, lunID: lunID, lunStripe: lunStripe, force: false) else { return .noSpace }
-        defer { keep(blocks) }
         let unit = layout.geometry.stripUnitBytes
+        var promised = layout.blocksPerStripe
+        if !promise(promised, lunID: lunID, lunStripe: lunStripe, force: false) {
+            // A full pool: the blocks the LUN owns already are overwrites and need no promise.
+            promised = 0
+            for strip in 0..<layout.blocksPerRow {
+                for offset in stride(from: 0, to: unit, by: PoolLayout.blockBytes)
+                where !owns(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offset) { promised += 1 }
+            }
+            guard promised == 0 || promise(promised, lunID: lunID, lunStripe: lunStripe, force: false) else { return .noSpace }
+        }
+        defer { keep(promised) }
         for strip in 0..<layout.blocksPerRow {
             for offset in stride(from: 0, to: unit, by: PoolLayout.blockBytes) {
                 if let failure = writePage(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offset, from: strips[strip]! + offset) {
@@ -131,28 +151,20 @@ public final class PoolPort {
         return ok
     }
 
-    /// Promises blocks to `count` pages of LUN stripe `lunStripe` about to become write-pending. When the pool
-    /// cannot, the stripe's home (this director acts for it) first checkpoints if it has emptied segments (space a
-    /// discard or a delete freed), then cleans: victims' live blocks moved until a segment comes back or nothing is
-    /// worth moving. Only then does the write get ENOSPC. The background cleaner keeps this path rare; it is what
-    /// keeps overwrites of a nearly full pool going when the host writes faster than the cleaner's rate.
+    /// Promises blocks to `count` pages of LUN stripe `lunStripe` about to become write-pending: false (ENOSPC) when
+    /// the pool's capacity would be passed. Space, not a free segment now: the destage finds room (cleaning first
+    /// if it must, `writePage`). No lock, nothing read.
     public func promise(_ count: Int, lunID: UInt32, lunStripe: UInt64, force: Bool) -> Bool {
-        let space = homes[0].space
-        if space.promise(count, force: force) { return true }
-        let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
-        let owner = home(h)
-        guard commit() else { return false }
-        for _ in 0..<8 {
-            guard makeRoom(in: owner) else { break }
-            if space.promise(count) { return true }
-        }
-        // The dead blocks may be other homes': their directors' cleaners run flat out once the pool is nearly full.
-        // Wait for them a little (this director's queue waits too) rather than fail a write the pool can take.
-        for _ in 0..<40 {
-            usleep(5000)
-            if space.promise(count) { return true }
-        }
-        return false
+        homes[0].space.promise(count, force: force)
+    }
+
+    /// Whether the page at byte `offsetBytes` of data strip `strip` of LUN stripe `lunStripe` is a block thin LUN
+    /// `lunID` owns (mapped, shared with no snapshot): an overwrite of it needs no promise, since the block it
+    /// writes kills one, so a full pool still takes overwrites of what is allocated (the cleaner gives the dead
+    /// block back). Asked only once a promise failed: it reads the map.
+    public func owns(lunID: UInt32, lunStripe: UInt64, strip: Int, offsetBytes: Int) -> Bool {
+        let (h, block) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: strip * layout.geometry.stripUnitBytes + offsetBytes)
+        return home(h).ownsBlock(lunID, block: block)
     }
 
     /// Gives back the promises of pages committed or dropped.

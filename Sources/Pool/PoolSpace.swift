@@ -28,6 +28,11 @@ public final class PoolSpace: @unchecked Sendable {
     /// Segments promises may not count on: the homes' reserve for checkpoints and unmaps, and the segments each home
     /// holds open (a partly written one, and the next its log names).
     public let heldBackSegments = Atomic<Int>(0)
+    /// Live blocks in all segments (data and map nodes, of every version): what the pool holds. Kept beside `live`
+    /// (every change of a segment's count changes it), so a promise reads it without a lock or a sum.
+    private let liveTotal = Atomic<Int>(0)
+    /// Segments that are the pool's (free or owned), kept beside `owners`.
+    private let poolSegmentCount = Atomic<Int>(0)
 
     /// Every segment free except those overlapping `reservedStripes` (thick LUN runs and the pool area).
     public init(layout: PoolLayout, reservedStripes: [Range<UInt64>]) {
@@ -35,6 +40,7 @@ public final class PoolSpace: @unchecked Sendable {
         var owners = [UInt8](repeating: PoolSpace.free, count: layout.segmentCount)
         for run in reservedStripes { for s in PoolSpace.segments(overlapping: run, layout) { owners[s] = PoolSpace.reserved } }
         freeCount.store(owners.reduce(0) { $0 + ($1 == PoolSpace.free ? 1 : 0) }, ordering: .relaxed)
+        poolSegmentCount.store(owners.reduce(0) { $0 + ($1 == PoolSpace.reserved ? 0 : 1) }, ordering: .relaxed)
         self.owners = Locked(owners)
         live = .allocate(capacity: max(1, layout.segmentCount))
         live.initialize(repeating: 0, count: max(1, layout.segmentCount))
@@ -83,7 +89,7 @@ public final class PoolSpace: @unchecked Sendable {
             // (block checksums catch what that garbles on the member being rebuilt), rather than a write failing.
             let s = owners.indices.first { owners[$0] == PoolSpace.free && maintained[$0] == 0 } ?? any
             owners[s] = UInt8(home)
-            live[s] = 0
+            setLive(s, 0)
             stamps[s] = clock.add(1, ordering: .relaxed).newValue
             freeCount.subtract(1, ordering: .relaxed)
             return s
@@ -96,12 +102,12 @@ public final class PoolSpace: @unchecked Sendable {
         owners.withLock { owners in
             guard segment >= 0 && segment < owners.count else { return false }
             if owners[segment] == UInt8(home) {
-                live[segment] = count
+                setLive(segment, count)
                 return true
             }
             guard owners[segment] == PoolSpace.free else { return false }
             owners[segment] = UInt8(home)
-            live[segment] = count
+            setLive(segment, count)
             freeCount.subtract(1, ordering: .relaxed)
             return true
         }
@@ -126,6 +132,7 @@ public final class PoolSpace: @unchecked Sendable {
             for s in segments where owners[s] == PoolSpace.free {
                 owners[s] = PoolSpace.reserved
                 freeCount.subtract(1, ordering: .relaxed)
+                poolSegmentCount.subtract(1, ordering: .relaxed)
             }
             return true
         }
@@ -140,6 +147,7 @@ public final class PoolSpace: @unchecked Sendable {
                 if !stillReserved.contains(where: { $0.overlaps(segment) }) {
                     owners[s] = PoolSpace.free
                     freeCount.add(1, ordering: .relaxed)
+                    poolSegmentCount.add(1, ordering: .relaxed)
                 }
             }
         }
@@ -150,7 +158,7 @@ public final class PoolSpace: @unchecked Sendable {
         owners.withLock { owners in
             for s in owners.indices where owners[s] == UInt8(home) {
                 owners[s] = PoolSpace.free
-                live[s] = 0
+                setLive(s, 0)
                 freeCount.add(1, ordering: .relaxed)
             }
         }
@@ -165,14 +173,16 @@ public final class PoolSpace: @unchecked Sendable {
 
     public var freeSegments: Int { freeCount.load(ordering: .relaxed) }
 
-    /// Promises `count` blocks to write-pending pages if the free segments not held back cover every promise;
-    /// `force` promises regardless (a failover's replay of pages a host already had acknowledged). No lock.
+    /// Promises `count` blocks to write-pending pages if what the pool holds, with every promise, stays within its
+    /// capacity (`capacityBlocks`: what is left once the segments held back and the cleaner's spare segments are
+    /// set aside); `force` promises regardless (a failover's replay of pages a host already had acknowledged). No
+    /// lock. A promise is of space, not of a free segment now: the dead blocks of partly used segments are what the
+    /// cleaner turns into free ones, and the spare segments are what it needs to do so at any fill.
     public func promise(_ count: Int, force: Bool = false) -> Bool {
         var promised = promisedBlocks.load(ordering: .relaxed)
         while true {
             if !force {
-                let room = (freeSegments - heldBackSegments.load(ordering: .relaxed)) * promisableBlocksPerSegment
-                guard promised + count <= room else { return false }
+                guard liveTotal.load(ordering: .relaxed) + promised + count <= capacityBlocks else { return false }
             }
             let (done, seen) = promisedBlocks.compareExchange(expected: promised, desired: promised + count, ordering: .relaxed)
             if done { return true }
@@ -180,10 +190,59 @@ public final class PoolSpace: @unchecked Sendable {
         }
     }
 
+    /// Segments kept out of the pool's size for the cleaner (as an SSD keeps spare area): a tenth of what host data may
+    /// use, two per home at least. A pool full of live data then still has a tenth of its segments' worth of dead
+    /// blocks and free segments, so overwrites (each a new block, the old one dead) go on at any fill, the cleaner
+    /// gaining about a tenth of every segment it moves at worst, more as overwrites age the segments unevenly.
+    public var spareSegments: Int {
+        let usable = max(0, poolSegmentCount.load(ordering: .relaxed) - heldBackSegments.load(ordering: .relaxed))
+        return min(usable, max(2 * layout.homes, usable / 10))
+    }
+
+    /// What the pool can hold, in blocks: the segments host data may use less the spare ones, each counted as the
+    /// blocks promises count on.
+    public var capacityBlocks: Int {
+        let usable = max(0, poolSegmentCount.load(ordering: .relaxed) - heldBackSegments.load(ordering: .relaxed))
+        return max(0, usable - spareSegments) * promisableBlocksPerSegment
+    }
+
+    /// Victims being cleaned, in every home: each may need a segment to finish in (`takeVictimRoom`).
+    private let victimsInProgress = Atomic<Int>(0)
+
+    /// Counts one more victim in progress if the free segments above `floor` (what the cleaner leaves to checkpoints)
+    /// cover every victim in progress and this one, a segment each: a victim's live blocks fit in one, so every victim
+    /// started can be finished, whatever the other homes do (host data stops above the floor with a segment per home
+    /// to spare). A cleaner that starts victims it cannot finish stops with all of them half moved and no room left.
+    public func takeVictimRoom(floor: Int) -> Bool {
+        var count = victimsInProgress.load(ordering: .relaxed)
+        while true {
+            guard freeSegments - floor > count else { return false }
+            let (done, seen) = victimsInProgress.compareExchange(expected: count, desired: count + 1, ordering: .relaxed)
+            if done { return true }
+            count = seen
+        }
+    }
+
+    /// Whether a victim could be started now.
+    public func hasVictimRoom(floor: Int) -> Bool { freeSegments - floor > victimsInProgress.load(ordering: .relaxed) }
+
+    /// A victim is done (or given up): its room is no longer counted.
+    public func giveVictimRoom() {
+        let left = victimsInProgress.subtract(1, ordering: .relaxed).newValue
+        assert(left >= 0, "more victims finished than started")
+    }
+
+    /// Live blocks in all segments.
+    public var liveBlocksTotal: Int { liveTotal.load(ordering: .relaxed) }
+
     /// Blocks of a segment promises count on: each stripe also carries a commit's summary and the padding of its
     /// last row (a row, at most, in a stripe filled by one commit); more padding (a commit per fsync) is dead space
     /// the cleaner takes back, and writes that find no room clean first.
-    public var promisableBlocksPerSegment: Int { max(1, layout.blocksPerSegment - Int(layout.stripesPerSegment) * layout.blocksPerRow) }
+    public var promisableBlocksPerSegment: Int {
+        // A stripe of one row has no padding: a commit there ends when the row is full (the summary and what follows).
+        let perStripe = layout.rowsPerStripe > 1 ? layout.blocksPerRow : 1
+        return max(1, layout.blocksPerSegment - Int(layout.stripesPerSegment) * perStripe)
+    }
 
     /// Gives back promises whose pages were committed or dropped.
     public func keep(_ count: Int) {
@@ -191,11 +250,20 @@ public final class PoolSpace: @unchecked Sendable {
         assert(left >= 0, "more promises given back than made")
     }
     /// Segments that are the pool's (free or owned).
-    public var poolSegments: Int { owners.withLock { $0.reduce(0) { $0 + ($1 == PoolSpace.reserved ? 0 : 1) } } }
+    public var poolSegments: Int { poolSegmentCount.load(ordering: .relaxed) }
 
     // Owner-only (the home's executor): live counts.
     @inline(__always) public func liveBlocks(_ segment: Int) -> UInt32 { live[segment] }
-    @inline(__always) func addLive(_ segment: Int) { live[segment] += 1 }
+    @inline(__always) func addLive(_ segment: Int) {
+        live[segment] += 1
+        liveTotal.add(1, ordering: .relaxed)
+    }
+
+    /// Sets a segment's live count (claimed, assigned by recovery, forgotten), the total with it.
+    private func setLive(_ segment: Int, _ count: UInt32) {
+        liveTotal.add(Int(count) - Int(live[segment]), ordering: .relaxed)
+        live[segment] = count
+    }
     /// A free of a block its segment does not count as live: the drives' tables disagree with the map (damage, or a
     /// hostile image). Counted, never trusted into an underflow.
     public let inconsistencies = Atomic<Int>(0)
@@ -207,6 +275,7 @@ public final class PoolSpace: @unchecked Sendable {
             return true
         }
         live[segment] -= 1
+        liveTotal.subtract(1, ordering: .relaxed)
         return live[segment] == 0
     }
 }

@@ -112,6 +112,16 @@ final class ThinTests: FixtureTestCase {
         XCTAssertTrue(fixture.vsa("status '\(m)'").stdout.contains("pool: warning: the pool is 95% used"))
         XCTAssertEqual(Harness.sh("dd if='\(m)/t' bs=1M count=8 status=none | cmp - '\(fixture.root)/first'").status, 0)
         XCTAssertEqual(Harness.sh("dd if=/dev/urandom of='\(m)/k' bs=1M count=8 oflag=direct conv=notrunc status=none").status, 0, "a thick LUN is unaffected")
+        // Overwrites of what the LUN holds need no new space (each kills the block it replaces; the cleaner gives it
+        // back): they go on at a full pool, whole stripes and 4 KiB pages alike.
+        XCTAssertEqual(Harness.sh("head -c 4M /dev/urandom > '\(fixture.root)/second'").status, 0)
+        let over = Harness.sh("dd if='\(fixture.root)/second' of='\(m)/t' bs=1M seek=8 count=4 oflag=direct conv=notrunc,fsync status=none 2>&1")
+        XCTAssertEqual(over.status, 0, over.stdout)
+        let small = Harness.sh(
+            "fio --name=o --filename='\(m)/t' --offset=16M --size=8M --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio --direct=1 --number_ios=2000 --fallocate=none 2>&1"
+        )
+        XCTAssertEqual(small.status, 0, small.stdout)
+        XCTAssertEqual(Harness.sh("sync '\(m)/t' && dd if='\(m)/t' bs=1M skip=8 count=4 status=none | cmp - '\(fixture.root)/second'").status, 0)
         XCTAssertEqual(fixture.vsa("snap create '\(m)' t full").status, 0, "a full pool still takes a snapshot")
         let again = Harness.sh("dd if=/dev/urandom of='\(m)/t' bs=1M seek=900 count=4 oflag=direct conv=notrunc status=none 2>&1")
         XCTAssertTrue(again.stdout.contains("No space left on device"), again.stdout)

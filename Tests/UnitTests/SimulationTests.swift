@@ -146,7 +146,9 @@ struct Simulation {
         // The whole LUN is written once, so every block of its stripes has a checksum (a flip is then always seen).
         for i in 0..<lunSize { io.base.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
         guard engines.write(lun: lun, offsetBytes: 0, count: lunSize, from: io.base) == 0, engines.flush(lun: lun) == 0 else {
-            throw VSAError("first write failed")
+            throw VSAError(
+                "first write failed: capacity \(pool?.space.capacityBlocks ?? -1) live \(pool?.space.liveBlocksTotal ?? -1) segments \(pool?.space.poolSegments ?? -1) held \(pool?.space.heldBackSegments.load(ordering: .relaxed) ?? -1) bps \(pool?.layout.blocksPerSegment ?? -1) promisable \(pool?.space.promisableBlocksPerSegment ?? -1) homes \(pool?.layout.homes ?? -1)"
+            )
         }
         midRequest.attach(to: engines)
         let written = io.base
