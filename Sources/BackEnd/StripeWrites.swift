@@ -1,0 +1,218 @@
+// The back end's writes: reconstruct-write (every data strip's range given, parity computed from all: a full-stripe
+// write when every strip is new), read-modify-write (old data and parity read, the delta written), and write-back's
+// destage, which chooses between the two.
+import ArrayModel
+import Buffers
+import Drives
+import MemoryServices
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension RAIDBackEnd {
+    // MARK: Reconstruct-write
+
+    public func writeStripe(
+        stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int, allNew: Bool = false
+    ) -> Bool {
+        checkRange(offsetBytes, count)
+        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
+        let d = geometry.dataStripsPerStripe
+        let full = dirtyMask.nonzeroBitCount == d
+        if hasParity {
+            for i in 0..<d { table[i] = strips[i] }
+            computeParity(count: count)
+            if full {
+                marks.fullStripeWrites.add(1, ordering: .relaxed)
+            } else {
+                marks.reconstructWrites.add(1, ordering: .relaxed)
+            }
+            // Data that is not new (other strips, or untouched sectors in this range) depends on this parity once
+            // the write is torn and a drive is lost: the write goes through the journal. So does a stripe journaled
+            // in this epoch, whose older record must not be replayed over this write.
+            if let journal, !(full && allNew) || journal.isPending(stripe) || journal.wasJournaled(stripe) {
+                return journalWrite(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count)
+            }
+        }
+        guard recordIntent(stripe: stripe) else { return false }
+        recordChecksums(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
+        queueDataWrites(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
+        if hasParity { queueParityWrites(stripe: stripe, offset: offset, count: count) }
+        return finishWrite()
+    }
+
+    /// The checksums of a write about to go in place (its intent or journal record is on the drives already).
+    func recordChecksums(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offset: UInt64, count: Int) {
+        guard let checksums else { return }
+        precondition(offset % 4096 == 0 && count % 4096 == 0, "checksummed writes are whole blocks")
+        for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
+                checksums.update(member: drive, driveOffset: offset, count: count, data: strips[strip]!, io: io, memory: memory)
+            }
+        }
+        guard hasParity else { return }
+        let p = geometry.parityDrive(stripe: stripe)
+        if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP, io: io, memory: memory) }
+        if geometry.raidLevel == .raid6 {
+            let q = geometry.qDrive(stripe: stripe)
+            if writable(q) { checksums.update(member: q, driveOffset: offset, count: count, data: newQ, io: io, memory: memory) }
+        }
+    }
+
+    func queueDataWrites(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offset: UInt64, count: Int) {
+        for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
+                io.queueWrite(drive: drive, from: strips[strip]!, count: count, offsetBytes: offset)
+            }
+            marks.stripWrites.add(1, ordering: .relaxed)
+        }
+    }
+
+    func queueParityWrites(stripe: UInt64, offset: UInt64, count: Int) {
+        let p = geometry.parityDrive(stripe: stripe)
+        if writable(p) { io.queueWrite(drive: p, from: newP, count: count, offsetBytes: offset) }
+        if geometry.raidLevel == .raid6 {
+            let q = geometry.qDrive(stripe: stripe)
+            if writable(q) { io.queueWrite(drive: q, from: newQ, count: count, offsetBytes: offset) }
+        }
+    }
+
+    func finishWrite() -> Bool {
+        let failed = io.submit()
+        let down = failedMembers()
+        if failed != 0 || down != 0 { marks.degradedWrites.add(1, ordering: .relaxed) }
+        return geometry.raidLevel.survives(outMask: down, memberCount: m)
+    }
+
+    // MARK: Destage: read-modify-write or reconstruct-write
+
+    public func destage(
+        stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, cachedMask: UInt64, offsetBytes: Int, count: Int,
+        allNew: Bool, complete: (_ strip: Int, _ old: UnsafeRawPointer) -> Void
+    ) -> Bool {
+        let d = geometry.dataStripsPerStripe
+        let missingMask = ((1 << UInt64(d)) - 1) & ~cachedMask
+        // Read-modify-write reads the dirty strips and parity; reconstruct-write reads the data strips the cache
+        // lacks. The first only when it reads fewer and every member's part of the stripe can be read.
+        if hasParity && missingMask != 0 && dirtyMask.nonzeroBitCount + geometry.parityStripsPerStripe < missingMask.nonzeroBitCount
+            && canReadModifyWrite(stripe: stripe)
+        {
+            if readOld(stripe: stripe, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count) {
+                for strip in 0..<d where dirtyMask & (1 << UInt64(strip)) != 0 { complete(strip, oldData(strip: strip)) }
+                return writeDelta(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count)
+            }
+            // A drive failed since the check, or an old block failed its checksum; nothing has changed yet:
+            // reconstruct instead, through readStrips, which repairs what it can.
+        }
+        // Reconstruct-write: every strip's range in memory (without parity, only the dirty strips matter).
+        let readMask = hasParity ? missingMask : missingMask & dirtyMask
+        for strip in 0..<d {
+            destageStrips[strip] = readMask & (1 << UInt64(strip)) != 0 ? oldData(strip: strip) : strips[strip]
+        }
+        if readMask != 0 {
+            guard readStrips(stripe: stripe, stripMask: readMask, offsetBytes: offsetBytes, count: count, targets: destageStrips) else { return false }
+            for strip in 0..<d where readMask & (1 << UInt64(strip)) != 0 {
+                guard let copy = strips[strip] else { continue }  // not cached: parity uses what was read
+                complete(strip, oldData(strip: strip))
+                destageStrips[strip] = copy
+            }
+        }
+        return writeStripe(stripe: stripe, strips: destageStrips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count, allNew: allNew)
+    }
+
+    // MARK: Read-modify-write
+
+    public func oldData(strip: Int) -> UnsafeMutableRawPointer { staging.slice(m + strip) }
+
+    public func readOld(stripe: UInt64, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool {
+        checkRange(offsetBytes, count)
+        precondition(hasParity, "read-modify-write needs parity")
+        // Another director may have failed a drive since the caller looked: then the caller reconstructs instead.
+        guard canReadModifyWrite(stripe: stripe) else { return false }
+        settle(stripe)
+        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
+        for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+            io.queueRead(drive: geometry.dataDrive(stripe: stripe, strip: strip), into: oldData(strip: strip), count: count, offsetBytes: offset)
+        }
+        io.queueRead(drive: geometry.parityDrive(stripe: stripe), into: oldP, count: count, offsetBytes: offset)
+        if geometry.raidLevel == .raid6 {
+            io.queueRead(drive: geometry.qDrive(stripe: stripe), into: oldQ, count: count, offsetBytes: offset)
+        }
+        marks.stripReads.add(UInt64(dirtyMask.nonzeroBitCount + geometry.parityStripsPerStripe), ordering: .relaxed)
+        guard io.submit() == 0 else { return false }
+        // A block failing its checksum makes the delta wrong: the caller reconstructs instead, through readStrips,
+        // which repairs what it can.
+        if let checksums {
+            for strip in 0..<geometry.dataStripsPerStripe where dirtyMask & (1 << UInt64(strip)) != 0 {
+                let drive = geometry.dataDrive(stripe: stripe, strip: strip)
+                if checksums.verify(member: drive, driveOffset: offset, count: count, data: oldData(strip: strip), io: io, memory: memory) != nil {
+                    return false
+                }
+            }
+            if checksums.verify(member: geometry.parityDrive(stripe: stripe), driveOffset: offset, count: count, data: oldP, io: io, memory: memory) != nil {
+                return false
+            }
+            if geometry.raidLevel == .raid6
+                && checksums.verify(member: geometry.qDrive(stripe: stripe), driveOffset: offset, count: count, data: oldQ, io: io, memory: memory) != nil
+            {
+                return false
+            }
+        }
+        return true
+    }
+
+    public func writeDelta(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int) -> Bool {
+        checkRange(offsetBytes, count)
+        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
+        let d = geometry.dataStripsPerStripe
+        if geometry.raidLevel == .raid5 {
+            // P' = P ^ Σ(old_i ^ new_i) over the dirty strips: one XOR pass over exactly those sources.
+            var sources = 0
+            table[sources] = oldP
+            sources += 1
+            for strip in 0..<d where dirtyMask & (1 << UInt64(strip)) != 0 {
+                table[sources] = oldData(strip: strip)
+                table[sources + 1] = strips[strip]
+                sources += 2
+            }
+            table[sources] = newP
+            memory.xorParity(sourceCount: sources, lengthBytes: count, table: table)
+        } else {
+            // Q needs each delta at its strip's position (its GF(2^8) coefficient): delta_i = old_i ^ new_i for dirty
+            // strips, zeroes for the others, then P/Q of the deltas folded into the old P and Q.
+            zeroes.initializeMemory(as: UInt8.self, repeating: 0, count: count)
+            for strip in 0..<d {
+                if dirtyMask & (1 << UInt64(strip)) != 0 {
+                    let delta = staging.slice(2 * m + strip)
+                    table[0] = oldData(strip: strip)
+                    table[1] = strips[strip]
+                    table[2] = delta
+                    memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
+                    table[d + 2 + strip] = delta
+                } else {
+                    table[d + 2 + strip] = zeroes
+                }
+            }
+            for i in 0..<d { table[i] = table[d + 2 + i] }
+            table[d] = deltaP
+            table[d + 1] = deltaQ
+            memory.pqParity(sourceCount: d, lengthBytes: count, table: table)
+            table[0] = oldP
+            table[1] = deltaP
+            table[2] = newP
+            memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
+            table[0] = oldQ
+            table[1] = deltaQ
+            table[2] = newQ
+            memory.xorParity(sourceCount: 2, lengthBytes: count, table: table)
+        }
+        marks.readModifyWrites.add(1, ordering: .relaxed)
+        if journal != nil { return journalWrite(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count) }
+        recordChecksums(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
+        queueDataWrites(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offset: offset, count: count)
+        queueParityWrites(stripe: stripe, offset: offset, count: count)
+        return finishWrite()
+    }
+}
