@@ -32,7 +32,7 @@ from .vsa import array_folder, vsa_array_up, vsa_control, vsa_daemon_pid
 
 SNAPSHOT_WORKLOAD_KEYS = ["4k-randread-qd1", "4k-randread-qd16", "4k-randwrite-qd16", "1m-read-qd4", "1m-write-qd4"]
 SNAPSHOTS = 64
-CACHE = "256M"
+CACHE = "512M"
 
 
 def timed(args, timeout=300):

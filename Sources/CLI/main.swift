@@ -171,7 +171,7 @@ struct Create: VSACommand {
     @Option(help: "RAID level: 0, 1, 5, 6 or 10.") var raid: String = "5"
     @Option(help: "How many of the drives are hot spares.") var spares: Int = 0
     @Option(help: "Stripe unit (strip) size.") var stripeUnit: String = "64K"
-    @Option(help: "Global memory (cache) size used when mounting.") var cache: String = "256M"
+    @Option(help: "Global memory size used when mounting: cache slots, the partners' mirrors and the pool's map.") var cache: String = "512M"
     @Option(help: "Number of engines (two directors each).") var engines: Int = 1
     @Flag(help: "Destroy an existing array in DIR or on the drives.") var force = false
 

@@ -149,15 +149,14 @@ public final class ArrayDaemon: @unchecked Sendable {
         let physicalBytes = UInt64(max(0, sysconf(Int32(_SC_PHYS_PAGES)))) * UInt64(max(0, sysconf(Int32(_SC_PAGESIZE))))
         guard cacheBytes >= Layout.cacheBytesMin, cacheBytes <= Layout.cacheBytesMax, physicalBytes == 0 || cacheBytes <= physicalBytes / 4 else {
             throw VSAError(
-                "a cache of \(formatSize(cacheBytes)) does not fit: give -o cache=SIZE from 16M to \(formatSize(min(Layout.cacheBytesMax, max(Layout.cacheBytesMin, physicalBytes / 4)))) (the cache and its mirror take up to half this machine's memory)"
+                "a cache of \(formatSize(cacheBytes)) does not fit: give -o cache=SIZE from 16M to \(formatSize(min(Layout.cacheBytesMax, max(Layout.cacheBytesMin, physicalBytes / 4)))) (the cache is all of global memory: slots, the partners' mirrors and the pool's map; at most a quarter of this machine's memory)"
             )
         }
         let directorCount = sb.engineCount * 2
-        let slotsPerDirector = Int(cacheBytes / UInt64(sb.stripUnitBytes)) / directorCount
+        let slotsPerDirector = Int(Layout.slotBytes(ofCache: cacheBytes) / UInt64(sb.stripUnitBytes)) / directorCount
         guard slotsPerDirector >= 2 * geometry.dataStripsPerStripe + 2 else {
-            throw VSAError(
-                "cache of \(formatSize(cacheBytes)) is too small for this array: give at least \(formatSize(UInt64((2 * geometry.dataStripsPerStripe + 2) * directorCount * sb.stripUnitBytes)))"
-            )
+            let least = UInt64((2 * geometry.dataStripsPerStripe + 2) * directorCount * sb.stripUnitBytes) / 15 * 32 + (1 << 20)
+            throw VSAError("cache of \(formatSize(cacheBytes)) is too small for this array: give at least \(formatSize((least >> 20) << 20))")
         }
         for w in store.assemblyWarnings {
             warnings.append(w)
@@ -344,7 +343,12 @@ public final class ArrayDaemon: @unchecked Sendable {
     func handle(_ request: String) -> String {
         let words = request.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
         if words.first == "status" { return "ok\n" + statusJSON() }
-        return commandLock.withLock { _ in command(words) }
+        return commandLock.withLock { _ in
+            let answer = command(words)
+            // Snapshots, clones and deletes change whether versions share blocks (PoolSpace.sharing).
+            if words.first?.hasPrefix("snap-") == true || words.first == "lun-delete" { noteSharing() }
+            return answer
+        }
     }
 
     private func command(_ words: [String]) -> String {

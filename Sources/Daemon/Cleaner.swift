@@ -52,7 +52,10 @@ extension ArrayDaemon {
                 // The pool thread also counts thin LUN files' allocated bytes, once a second (not the health loop:
                 // a request a director is slow to answer must not hold up the recording of drive failures).
                 tick += 1
-                if tick % 20 == 0 { countAllocated() }
+                if tick % 20 == 1 {
+                    countAllocated()
+                    noteSharing()
+                }
                 let now = Posix.monotonicSeconds()
                 let elapsed = now - last
                 last = now

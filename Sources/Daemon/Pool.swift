@@ -202,6 +202,15 @@ extension ArrayDaemon {
 
     func poolRuntime() -> PoolRuntime? { pool.withLock { $0 } }
 
+    /// Looks at whether some version shares blocks (a snapshot, a clone, a zombie) and tells the pool's promises
+    /// (PoolSpace.sharing). The pool thread calls it once a second, and the control socket after every snapshot
+    /// command; a snapshot or clone being made sets it first. When the homes do not answer, it stays as it was.
+    func noteSharing() {
+        guard let runtime = poolRuntime(), let stats = poolStats() else { return }
+        let sharing = stats.contains { $0.records.values.contains { $0.kind != .live || $0.origin != 0 } }
+        runtime.space.sharing.store(sharing, ordering: .relaxed)
+    }
+
     /// A thick LUN on an array with a pool: its run is chosen clear of the segments the homes own, and those it
     /// overlaps are taken out of the pool before the LUN table names the run, so no home claims one meanwhile (the
     /// directors claim segments without the control lock). A home that claimed one since the choice: choose again.

@@ -69,6 +69,8 @@ extension ArrayDaemon {
         if let problem = validateLUNName(name) { throw VSAError("\(problem.replacingOccurrences(of: "LUN name", with: "snapshot name")): '\(name)'") }
         guard secureSeconds <= ArrayDaemon.secureSecondsMax else { throw VSAError("--secure is at most 36600 days") }
         let lun = try thinLUN(lunName, for: "a snapshot")
+        // Versions will share blocks: promises keep within free segments from now on (PoolSpace.sharing).
+        poolRuntime()?.space.sharing.store(true, ordering: .relaxed)
         guard let stats = poolStats() else { throw VSAError("the pool's homes did not answer (drives or directors failing); no snapshot taken") }
         let existing = ArrayDaemon.snapshots(in: stats.map(\.records)).filter { $0.label.lunID == lun.lunID }
         guard !existing.contains(where: { $0.label.name == name }) else {
@@ -137,6 +139,7 @@ extension ArrayDaemon {
     func linkSnapshot(lun lunName: String, name: String, clone: String) throws(VSAError) -> LUNEntry {
         let lun = try thinLUN(lunName, for: "a link")
         let s = try snapshot(name, of: lun)
+        poolRuntime()?.space.sharing.store(true, ordering: .relaxed)
         let homes = UInt32(engines.directors.count)
         let id = try controlLock.withLock { _ throws(VSAError) in
             try store.checkNewLUN(name: clone, sizeBytes: lun.sizeBytes, thin: true, idGroup: (lun.lunID % homes, homes))

@@ -285,7 +285,7 @@ public struct StatusReport: Codable, Sendable {
         let luns = store.lunTable.entries.sorted { $0.name < $1.name }.map {
             LUNInfo(name: $0.name, sizeBytes: $0.sizeBytes, id: $0.lunID, startStripe: $0.startStripe, stripeCount: $0.stripeCount, thin: $0.thin)
         }
-        let slotCount = Int(cacheBytes / UInt64(sb.stripUnitBytes))
+        let slotCount = Int(Layout.slotBytes(ofCache: cacheBytes) / UInt64(sb.stripUnitBytes))
         let cache = CacheInfo(
             sizeBytes: cacheBytes, slotBytes: sb.stripUnitBytes, slotCount: slotCount, usedSlots: 0, writePendingSlots: 0,
             dirtyBytes: 0, hitRatio: 0, readHits: 0, readMisses: 0, writeHits: 0, writeMisses: 0, destagedStripes: 0,

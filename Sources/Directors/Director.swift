@@ -587,7 +587,10 @@ extension Director {
             return pool.commit()
                 && pool.withHome(home) { h in
                     step.idle = !h.startVictim(minimumDead: minimumDead)
-                    return step.idle || h.clean(stripes: stripes, minimumDead: minimumDead) != nil
+                    // Idle: what earlier victims emptied still comes back when that pays (a home with no host
+                    // writes takes no commits, and so no checkpoint of its own).
+                    guard !step.idle else { return !h.releasePays || h.checkpoint() }
+                    return h.clean(stripes: stripes, minimumDead: minimumDead) != nil
                 }
         }
     }

@@ -22,6 +22,11 @@ public enum Layout {
     /// The cache a superblock, `vsa create --cache` or `-o cache=` may ask for.
     public static let cacheBytesMin: UInt64 = 16 << 20
     public static let cacheBytesMax: UInt64 = 1 << 40
+
+    /// What of the cache (global memory) goes to the directors' slots: 15/32. Global memory is the slots, the
+    /// partners' mirrors of write-pending data (as many slots again: a director mirrors its partner's) and the pool
+    /// map's frames (a sixteenth), so `--cache` bounds all three and the daemon's memory with them.
+    public static func slotBytes(ofCache cacheBytes: UInt64) -> UInt64 { cacheBytes / 32 * 15 }
 }
 
 /// Little-endian writer and reader over a fixed-size byte array.

@@ -149,7 +149,7 @@ public final class PoolHome: MapBlockReader {
     /// net of the blocks moved to empty them is at least twice what the checkpoint writes (the dirty map nodes).
     /// Random overwrites keep most of a home's map leaves dirty: a checkpoint after every victim writes about as many
     /// node blocks as a victim a quarter dead gives back, and a cleaner doing that at a full pool gains nothing.
-    var releasePays: Bool {
+    public var releasePays: Bool {
         guard segmentsEmptied > 0 else { return false }
         if cleanerIsShort { return true }
         return segmentsEmptied * layout.blocksPerSegment - blocksMovedSinceCheckpoint >= 2 * max(map.dirtyFrames, layout.blocksPerRow)

@@ -85,7 +85,7 @@ public final class PoolPort {
         // may be other homes', whose directors' cleaners run flat out once free segments are short: wait for them
         // a little (this director's queue waits too) before a destage of acknowledged data fails (it is tried
         // again with the next pass; the data stays write-pending).
-        for attempt in 0..<100 {
+        for attempt in 0..<20 {
             if !makeRoom(in: owner) { usleep(attempt < 10 ? 1000 : 5000) }
             let again = owner.write(lunID, block: block, from: page)
             guard again == .noSpace else { return again }
@@ -155,7 +155,26 @@ public final class PoolPort {
     /// the pool's capacity would be passed. Space, not a free segment now: the destage finds room (cleaning first
     /// if it must, `writePage`). No lock, nothing read.
     public func promise(_ count: Int, lunID: UInt32, lunStripe: UInt64, force: Bool) -> Bool {
-        homes[0].space.promise(count, force: force)
+        let space = homes[0].space
+        guard space.promise(count, force: force) else { return false }
+        guard !force, space.sharing.load(ordering: .relaxed), !space.promisesFitFreeSegments else { return true }
+        // Versions share blocks: dead blocks beside shared ones stay until the sharing ends, so promises also stay
+        // within the free segments. The stripe's home (this director acts for it) cleans first; other homes' cleaners
+        // are waited for a little; then the write gets ENOSPC, before it is acknowledged.
+        let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
+        let owner = home(h)
+        if commit() {
+            for _ in 0..<8 {
+                guard makeRoom(in: owner) else { break }
+                if space.promisesFitFreeSegments { return true }
+            }
+            for _ in 0..<20 {
+                usleep(5000)
+                if space.promisesFitFreeSegments { return true }
+            }
+        }
+        keep(count)
+        return false
     }
 
     /// Whether the page at byte `offsetBytes` of data strip `strip` of LUN stripe `lunStripe` is a block thin LUN
@@ -163,6 +182,8 @@ public final class PoolPort {
     /// writes kills one, so a full pool still takes overwrites of what is allocated (the cleaner gives the dead
     /// block back). Asked only once a promise failed: it reads the map.
     public func owns(lunID: UInt32, lunStripe: UInt64, strip: Int, offsetBytes: Int) -> Bool {
+        // While versions share blocks, the block an overwrite kills may sit beside shared ones the cleaner cannot move.
+        guard !homes[0].space.sharing.load(ordering: .relaxed) else { return false }
         let (h, block) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: strip * layout.geometry.stripUnitBytes + offsetBytes)
         return home(h).ownsBlock(lunID, block: block)
     }

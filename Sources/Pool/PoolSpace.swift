@@ -206,6 +206,18 @@ public final class PoolSpace: @unchecked Sendable {
         return max(0, usable - spareSegments) * promisableBlocksPerSegment
     }
 
+    /// Whether some version shares blocks with another (a snapshot, a clone, a zombie). The cleaner moves only blocks
+    /// one version owns, so a segment holding a shared block keeps its dead blocks until the sharing ends: then dead
+    /// blocks are not all free space, and promises also stay within the free segments (`PoolPort.promise`). Set by
+    /// the daemon (true before a snapshot or clone is made, looked at again after deletes and once a second); true
+    /// until it has looked.
+    public let sharing = Atomic<Bool>(true)
+
+    /// Whether every promise fits in the free segments not held back (the bound while versions share blocks).
+    public var promisesFitFreeSegments: Bool {
+        promisedBlocks.load(ordering: .relaxed) <= (freeSegments - heldBackSegments.load(ordering: .relaxed)) * promisableBlocksPerSegment
+    }
+
     /// Victims being cleaned, in every home: each may need a segment to finish in (`takeVictimRoom`).
     private let victimsInProgress = Atomic<Int>(0)
 
