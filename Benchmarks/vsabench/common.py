@@ -3,6 +3,7 @@ small process, mount and /proc helpers. Kept apart so that each benchmark (the m
 starts and stops things the one way the Scopes know how to undo; nothing here knows about a target or a section."""
 
 import json
+import datetime
 import os
 import re
 import shlex
@@ -273,3 +274,8 @@ def one_line(text, characters=300):
 
 def first_line(text):
     return (text.strip().splitlines() or [""])[0].strip()
+
+
+def generated_on():
+    """The local date and time a section says it was generated on."""
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

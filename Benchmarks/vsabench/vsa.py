@@ -6,10 +6,23 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 
 from .common import (SetupError, is_mounted, one_line, remove_tree, run, teardown_problem, unmount_fuse,
                      with_suppressed)
+
+
+def bench_workspace(scope, name, vsa_source, outdir):
+    """A section's tmpfs folder (removed by `scope`) with its own copy of the vsa binary (a build while the bench
+    runs must not change what is measured), and the log folder. Returns (shm_dir, vsa, logdir)."""
+    shm_dir = tempfile.mkdtemp(prefix=f"vsa-bench-{name}.", dir="/dev/shm")
+    scope.push(f"remove {shm_dir}", lambda: remove_tree(shm_dir))
+    vsa = os.path.join(shm_dir, "vsa")
+    shutil.copy2(vsa_source, vsa)
+    logdir = os.path.join(outdir, "logs")
+    os.makedirs(logdir, exist_ok=True)
+    return shm_dir, vsa, logdir
 
 
 def array_folder(scope, parent, name):
