@@ -100,6 +100,8 @@ public final class TrackCache {
     /// Thin slots: pages the pool promised a block (a bit per 4 KiB page), and how many.
     var promisedBits: [UInt64]
     let promiseWordsPerSlot: Int
+    /// A full pool's promise: the pages of one slot it promises, gathered before the promise is asked for.
+    var freshPages: [UInt64]
     var slotPromised: [Int32]
     var hashNext: [Int32]
     var buckets: [Int32]
@@ -163,6 +165,7 @@ public final class TrackCache {
         dirtyBits = Array(repeating: 0, count: slotCount * wordsPerSlot)
         promiseWordsPerSlot = (sectorsPerTrack / (4096 / sectorBytes) + 63) / 64
         promisedBits = Array(repeating: 0, count: slotCount * promiseWordsPerSlot)
+        freshPages = Array(repeating: 0, count: promiseWordsPerSlot)
         slotPromised = Array(repeating: 0, count: slotCount)
         hashNext = Array(repeating: -1, count: slotCount)
         var bucketCount = 1

@@ -179,18 +179,18 @@ extension TrackCache {
             return true
         }
         // A full pool: pages whose blocks the LUN owns are overwrites, which free what they take; only the others need
-        // a promise. The owned ones stay unpromised (asked again if written again before their destage).
+        // a promise. The owned ones stay unpromised (asked again if written again before their destage). Each page's
+        // map is read once: the pages promised are exactly the ones counted.
         let strip = Int(slotTrack[slot] % UInt64(dataStripsPerStripe))
         var fresh = 0
-        for page in (first / pageSectors)...(last / pageSectors) where needs(page) {
-            if pool.owns(lunID: lun, lunStripe: lunStripe, strip: strip, offsetBytes: page * pageBytes) { continue }
+        for w in 0..<promiseWordsPerSlot { freshPages[w] = 0 }
+        for page in (first / pageSectors)...(last / pageSectors)
+        where needs(page) && !pool.owns(lunID: lun, lunStripe: lunStripe, strip: strip, offsetBytes: page * pageBytes) {
+            setSectorBits(&freshPages, base: 0, page, page)
             fresh += 1
         }
         guard fresh == 0 || pool.promise(fresh, lunID: lun, lunStripe: lunStripe, force: false) else { return false }
-        for page in (first / pageSectors)...(last / pageSectors)
-        where needs(page) && !pool.owns(lunID: lun, lunStripe: lunStripe, strip: strip, offsetBytes: page * pageBytes) {
-            setSectorBits(&promisedBits, base: base, page, page)
-        }
+        for w in 0..<promiseWordsPerSlot { promisedBits[base + w] |= freshPages[w] }
         slotPromised[slot] += Int32(fresh)
         return true
     }

@@ -81,16 +81,25 @@ public final class PoolPort {
         let failure = owner.write(lunID, block: block, from: page)
         guard failure == .noSpace else { return failure }
         // The page was promised space, but no free segment is at hand: the dead blocks of partly used segments are
-        // where it is (promises leave the spare segments' worth of them). This home cleans first; the dead blocks
-        // may be other homes', whose directors' cleaners run flat out once free segments are short: wait for them
-        // a little (this director's queue waits too) before a destage of acknowledged data fails (it is tried
-        // again with the next pass; the data stays write-pending).
+        // where it is (promises leave the spare segments' worth of them). If none comes, the destage of acknowledged
+        // data fails: it is tried again with the next pass (the data stays write-pending).
+        var outcome: PoolFailure? = .noSpace
+        _ = makeRoom(in: owner) {
+            outcome = owner.write(lunID, block: block, from: page)
+            return outcome != .noSpace
+        }
+        return outcome
+    }
+
+    /// Until `done()` holds (asked after each try): `owner` (this director acts for it) cleans, and when it has nothing
+    /// to clean, the other homes' cleaners (which run flat out once free segments are short) are waited for a little;
+    /// this director's queue waits too, about 60 ms at most. Whether `done()` held.
+    private func makeRoom(in owner: PoolHome, until done: () -> Bool) -> Bool {
         for attempt in 0..<20 {
             if !makeRoom(in: owner) { usleep(attempt < 10 ? 1000 : 5000) }
-            let again = owner.write(lunID, block: block, from: page)
-            guard again == .noSpace else { return again }
+            if done() { return true }
         }
-        return .noSpace
+        return false
     }
 
     /// Cleans `owner` (this director acts for it) until a segment comes back or nothing is worth moving. The bar is
@@ -162,17 +171,7 @@ public final class PoolPort {
         // within the free segments. The stripe's home (this director acts for it) cleans first; other homes' cleaners
         // are waited for a little; then the write gets ENOSPC, before it is acknowledged.
         let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
-        let owner = home(h)
-        if commit() {
-            for _ in 0..<8 {
-                guard makeRoom(in: owner) else { break }
-                if space.promisesFitFreeSegments { return true }
-            }
-            for _ in 0..<20 {
-                usleep(5000)
-                if space.promisesFitFreeSegments { return true }
-            }
-        }
+        if commit() && makeRoom(in: home(h), until: { space.promisesFitFreeSegments }) { return true }
         keep(count)
         return false
     }

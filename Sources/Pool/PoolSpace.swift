@@ -194,16 +194,18 @@ public final class PoolSpace: @unchecked Sendable {
     /// use, two per home at least. A pool full of live data then still has a tenth of its segments' worth of dead
     /// blocks and free segments, so overwrites (each a new block, the old one dead) go on at any fill, the cleaner
     /// gaining about a tenth of every segment it moves at worst, more as overwrites age the segments unevenly.
-    public var spareSegments: Int {
-        let usable = max(0, poolSegmentCount.load(ordering: .relaxed) - heldBackSegments.load(ordering: .relaxed))
-        return min(usable, max(2 * layout.homes, usable / 10))
-    }
+    public var spareSegments: Int { PoolSpace.spare(ofUsable: usableSegments, homes: layout.homes) }
+
+    private static func spare(ofUsable usable: Int, homes: Int) -> Int { min(usable, max(2 * homes, usable / 10)) }
+
+    /// Segments host data may use: the pool's, less those held back.
+    private var usableSegments: Int { max(0, poolSegmentCount.load(ordering: .relaxed) - heldBackSegments.load(ordering: .relaxed)) }
 
     /// What the pool can hold, in blocks: the segments host data may use less the spare ones, each counted as the
     /// blocks promises count on.
     public var capacityBlocks: Int {
-        let usable = max(0, poolSegmentCount.load(ordering: .relaxed) - heldBackSegments.load(ordering: .relaxed))
-        return max(0, usable - spareSegments) * promisableBlocksPerSegment
+        let usable = usableSegments
+        return (usable - PoolSpace.spare(ofUsable: usable, homes: layout.homes)) * promisableBlocksPerSegment
     }
 
     /// Whether some version shares blocks with another (a snapshot, a clone, a zombie). The cleaner moves only blocks
