@@ -16,10 +16,12 @@
 // member it can lose left out; scrub finds every stripe consistent after a flush.
 //
 // A second test runs the same on a thin LUN: the pool's homes (docs/POOL.md) under the directors, with snapshots
-// taken, read back and deleted, cleaner steps and checkpoints among the steps, so crashes and power cuts also land
-// mid-commit, mid-checkpoint, mid-cleaning and mid-snapshot; after every crash the pool is recovered from the drives
-// as a mount does, and every snapshot known taken must read as it was taken (one cut short: whole or gone); cold
-// and degraded reads load the homes from the drives alone; bit flips land anywhere in the pool's stripes.
+// taken, read back and deleted, restores, a linked clone (written, read, relinked, unlinked, deleted:
+// SimulationClones.swift), discards of many stripes, cleaner steps and checkpoints among the steps, so crashes and
+// power cuts also land mid-commit, mid-checkpoint, mid-cleaning, mid-snapshot and mid-reset; after every crash the
+// pool is recovered from the drives as a mount does, every snapshot known taken must read as it was taken (one cut
+// short: whole or gone), and the clone as written; cold and degraded reads load the homes from the drives alone;
+// bit flips land anywhere in the pool's stripes.
 //
 // Same seed, same run: a failing seed is printed and replays exactly with VSA_SIM_SEED=N (VSA_SIM_LOG=K prints the
 // last K steps; VSA_SIM_NOCRC=1 runs without block checksums, VSA_SIM_LOSS=P loses P% of unflushed writes at a power
@@ -43,8 +45,9 @@ final class SimulationTests: XCTestCase {
     func testSeededSimulation() throws { try runSeeds(thin: false, count: 24, spacing: 7919, offset: 1) }
 
     /// The same on a thin LUN: the pool's homes under the directors (redirect-on-write destage, commits,
-    /// checkpoints), with snapshots taken, read back and deleted, and the cleaner and checkpoints as steps of their
-    /// own, so crashes and power cuts land mid-destage, mid-commit, mid-checkpoint, mid-cleaning and mid-snapshot.
+    /// checkpoints), with snapshots taken, read back and deleted, restores, a linked clone, discards, and the cleaner
+    /// and checkpoints as steps of their own, so crashes and power cuts land mid-destage, mid-commit, mid-checkpoint,
+    /// mid-cleaning, mid-snapshot and mid-reset.
     func testSeededSimulationOfAThinLUN() throws { try runSeeds(thin: true, count: 12, spacing: 6007, offset: 3) }
 
     func runSeeds(thin: Bool, count defaultCount: Int, spacing: UInt64, offset: UInt64) throws {
@@ -82,6 +85,8 @@ struct Simulation {
     var snapshots: [UInt32: [UInt8]] = [:]
     var uncertainSnapshots: [UInt32: [UInt8]] = [:]
     var nextSnapshot: UInt32 = 1000
+    /// A clone linked to one of those snapshots (as `vsa snap link` makes it), written and read as a LUN of its own.
+    var clone: SimulatedClone? = nil
     let snapshotIO = alignedBuffer(bytes: 1 << 20)
     let directory: String
     let level: RAIDLevel
@@ -244,8 +249,8 @@ struct Simulation {
         return crash() ?? readAllDegraded()
     }
 
-    mutating func write(zero: Bool) -> String? {
-        let count = Int(rng.next() % 40000) + 1
+    mutating func write(zero: Bool, countMax: Int = 40000) -> String? {
+        let count = Int(rng.next() % UInt64(countMax)) + 1
         let offset = Int(rng.next() % UInt64(lunSize - count))
         for i in 0..<count { io.base.storeBytes(of: zero ? 0 : UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
         log.append("write \(offset)+\(count)\(zero ? " zeroes" : "")")
@@ -604,7 +609,8 @@ struct Simulation {
             writtenSinceFlush[i] = false
             unknown[i] = false
         }
-        return nil
+        // Last: it reads the clone into `io`, which held the LUN until here.
+        return thin ? checkCloneAfterCrash() : nil
     }
 
     /// With every member in and nothing write-pending, leave out each member the level can lose in turn: the
@@ -678,13 +684,14 @@ extension Simulation {
         return cold.read(lun: lun, offsetBytes: 0, count: lunSize, into: io.base)
     }
 
-    /// A step of the pool's own: a snapshot taken, read back or deleted; cleaner steps; a checkpoint.
+    /// A step of the pool's own: a snapshot taken, read back or deleted; cleaner steps; a checkpoint; a discard of
+    /// many stripes (unmapped in the pool); a restore; a clone linked, written, read, unlinked, relinked or deleted.
     mutating func poolStep() -> String? {
-        switch rng.next() % 6 {
+        switch rng.next() % 12 {
         case 0, 1: return takeSnapshot()
         case 2: return verifySnapshot()
         case 3: return deleteSnapshot()
-        case 4:
+        case 4, 5:
             let steps = 1 + Int(rng.next() % 6)
             let stripes = 1 + Int(rng.next() % 4)
             // Now and then a victim with a single dead block: the cleaner moves nearly everything it finds.
@@ -692,6 +699,11 @@ extension Simulation {
             log.append("cleaner: \(steps) steps of \(stripes) stripes (victims \(minimumDead)+ dead)")
             for _ in 0..<steps { _ = engines.poolEach { .clean(home: $0, stripes: stripes, minimumDead: minimumDead, step: CleanStep()) } }
             return nil
+        case 6:
+            // As fstrim or a punch-hole: whole stripes leave the map, the ends are zeroed through the cache.
+            return write(zero: true, countMax: lunSize / 2)
+        case 7: return restoreSnapshot()
+        case 8, 9, 10: return cloneStep()
         default:
             log.append("pool checkpoint")
             _ = engines.poolEach { .checkpoint(home: $0) }
@@ -721,7 +733,8 @@ extension Simulation {
     }
 
     mutating func deleteSnapshot() -> String? {
-        guard let id = snapshots.keys.sorted().randomElement(using: &rng) else { return nil }
+        // The daemon refuses to delete a snapshot a clone is linked to.
+        guard let id = snapshots.keys.sorted().filter({ $0 != clone?.snapshot }).randomElement(using: &rng) else { return nil }
         log.append("delete snapshot \(id)")
         let contents = snapshots.removeValue(forKey: id)!
         if engines.poolEach(everyHome: true, { .deleteVersion(home: $0, lunID: id) }) != 0 || injector.cut { uncertainSnapshots[id] = contents }
