@@ -86,7 +86,7 @@ extension ArrayDaemon {
                     let steps = (0..<runtime.layout.homes).map { _ in CleanStep() }
                     let rc: Int32 = cleaner.gate.withLock { _ in
                         guard !shuttingDown.load(ordering: .relaxed) else { return -1 }
-                        return engines.poolEach(everyHome: true) { .clean(home: $0, stripes: perHome, minimumDead: minimumDead, step: steps[$0]) }
+                        return engines.poolEach { .clean(home: $0, stripes: perHome, minimumDead: minimumDead, step: steps[$0]) }
                     }
                     if rc != 0 { break }
                     let busy = steps.filter { !$0.idle }.count

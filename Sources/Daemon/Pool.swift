@@ -238,7 +238,7 @@ extension ArrayDaemon {
 
     /// Version `id` (a deleted thin LUN's, a snapshot's, or one a failed create left) goes from every home that has
     /// it; each home is tried even if one fails (a home left holding it: the next mount drops it).
-    func dropVersion(_ id: UInt32) -> Bool { engines.poolEach(everyHome: true) { .deleteVersion(home: $0, lunID: id) } == 0 }
+    func dropVersion(_ id: UInt32) -> Bool { engines.poolEach { .deleteVersion(home: $0, lunID: id) } == 0 }
 
     /// Each thin LUN file's allocated bytes (its st_blocks), from the homes' counters: the pool thread's, once a
     /// second. Under the cleaner's gate, so it never sends a request after the directors stopped.

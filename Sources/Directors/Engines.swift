@@ -308,21 +308,20 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         return 0
     }
 
-    /// Runs `work(home)` for every pool home (one per director), each on the director acting for the home now.
-    /// Returns 0, or the first errno; it stops there unless `everyHome` (undoing: every home gets its chance).
-    public func poolEach(everyHome: Bool = false, _ work: (Int) -> PoolWork) -> Int32 {
-        var first: Int32 = 0
+    /// Runs `work(home)` for every pool home (one per director), each on the director acting for the home now, all
+    /// sent before any is waited for: homes on two directors work side by side (a snapshot's checkpoints, the
+    /// cleaner's steps), and a director busy with a long destage delays only the homes it acts for. Every home gets
+    /// its request whatever another's answer; callers undo what a failure leaves half done (a version dropped, a
+    /// reset finished at the next mount). Returns 0, or the first errno.
+    public func poolEach(_ work: (Int) -> PoolWork) -> Int32 {
+        let ctx = context()
+        // Routed by the home (not to the director acting now): if a failover or restore moves a home before its
+        // request runs, it is bounced and sent to whoever acts then.
         for home in 0..<directors.count {
-            // Routed by the home (not to the director acting now): if a failover or restore moves the home before
-            // the request runs, it is bounced and sent to whoever acts then.
-            let ctx = context()
-            ctx.pieces[0].work = .pool(work(home))
-            ctx.pieces[0].home = home
-            let rc = send(ctx, 1)
-            if rc != 0 && first == 0 { first = rc }
-            if first != 0 && !everyHome { return first }
+            ctx.pieces[home].work = .pool(work(home))
+            ctx.pieces[home].home = home
         }
-        return first
+        return send(ctx, directors.count)
     }
 
     /// Every director ends its journal epoch: what it wrote is flushed and its checksum pages written back (a clean

@@ -104,14 +104,14 @@ extension Simulation {
         } catch { return "link: \(error)" }
         log.append("link clone \(cloneID) to snapshot \(id)")
         guard engines.poolEach({ h in .change(home: h) { $0.link(cloneID, to: id) } }) == 0 else {
-            _ = engines.poolEach(everyHome: true) { .deleteVersion(home: $0, lunID: cloneID) }
+            _ = engines.poolEach { .deleteVersion(home: $0, lunID: cloneID) }
             log.append("  not linked")
             return nil
         }
         let entry = LUNEntry(
             lunID: cloneID, name: SimulatedClone.name, sizeBytes: UInt64(lunSize), startStripe: 0, stripeCount: 0, thin: true, linkedSnapshot: id)
         do { try store.recordThinLUN(entry, pool: area) } catch {
-            _ = engines.poolEach(everyHome: true) { .deleteVersion(home: $0, lunID: cloneID) }
+            _ = engines.poolEach { .deleteVersion(home: $0, lunID: cloneID) }
             log.append("  not recorded: \(error)")
             return nil
         }
@@ -196,7 +196,7 @@ extension Simulation {
         engines.discard(lun: c.ref)
         do { _ = try store.deleteLUN(name: SimulatedClone.name) } catch { return nil }
         clone = nil
-        if engines.poolEach(everyHome: true, { .deleteVersion(home: $0, lunID: c.ref.lunID) }) != 0 { log.append("  versions left for the mount") }
+        if engines.poolEach({ .deleteVersion(home: $0, lunID: c.ref.lunID) }) != 0 { log.append("  versions left for the mount") }
         return nil
     }
 

@@ -726,7 +726,7 @@ extension Simulation {
             snapshots[id] = durable
         } else {
             // As the daemon does: the homes that took their part drop it (or the next mount does).
-            _ = engines.poolEach(everyHome: true) { .deleteVersion(home: $0, lunID: id) }
+            _ = engines.poolEach { .deleteVersion(home: $0, lunID: id) }
             uncertainSnapshots[id] = durable
         }
         return nil
@@ -737,7 +737,7 @@ extension Simulation {
         guard let id = snapshots.keys.sorted().filter({ $0 != clone?.snapshot }).randomElement(using: &rng) else { return nil }
         log.append("delete snapshot \(id)")
         let contents = snapshots.removeValue(forKey: id)!
-        if engines.poolEach(everyHome: true, { .deleteVersion(home: $0, lunID: id) }) != 0 || injector.cut { uncertainSnapshots[id] = contents }
+        if engines.poolEach({ .deleteVersion(home: $0, lunID: id) }) != 0 || injector.cut { uncertainSnapshots[id] = contents }
         return nil
     }
 
