@@ -463,7 +463,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.daemon = .init(pid: getpid(), mountpoint: options.mountpoint)
         var hits: UInt64 = 0, misses: UInt64 = 0, whits: UInt64 = 0, wmisses: UInt64 = 0
         var used = 0, pending = 0
-        var destaged: UInt64 = 0, readAhead: UInt64 = 0, writeThrough: UInt64 = 0
+        var destaged: UInt64 = 0, readAhead: UInt64 = 0, writeThrough: UInt64 = 0, deferred: UInt64 = 0
         var memory = MemoryServices.Counters()
         var backEnd = StatusReport.BackEndInfo(
             fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0,
@@ -483,6 +483,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             destaged += c.destagedStripes.load(ordering: .relaxed)
             readAhead += c.readAheadTracks.load(ordering: .relaxed)
             writeThrough += c.writeThroughStripes.load(ordering: .relaxed)
+            deferred += c.writeThroughDeferred.load(ordering: .relaxed)
             memory = memory + d.memory.counters
             backEnd.fullStripeWrites += d.marks.fullStripeWrites.load(ordering: .relaxed)
             backEnd.reconstructWrites += d.marks.reconstructWrites.load(ordering: .relaxed)
@@ -524,6 +525,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.cache.destagedStripes = destaged
         report.cache.readAheadTracks = readAhead
         report.cache.writeThroughStripes = writeThrough
+        report.cache.writeThroughDeferred = deferred
         report.memoryServices = .init(memory)
         report.backEnd = backEnd
         report.messages = notes

@@ -128,6 +128,8 @@ public struct StatusReport: Codable, Sendable {
         public var destagedStripes: UInt64
         public var readAheadTracks: UInt64
         public var writeThroughStripes: UInt64
+        /// Write-through stripes of thin LUNs cached instead (no pool segment at hand: the cleaners were behind).
+        public var writeThroughDeferred: UInt64 = 0
     }
     public struct DirectorInfo: Codable, Sendable {
         public var id: String

@@ -516,6 +516,12 @@ public final class Director: @unchecked Sendable {
             if !cache.read(lun: range.lun, offsetBytes: range.offsetBytes, count: range.count, into: target) { error = EIO }
         case .write(let range, let source) where cache.canWriteThrough(offsetBytes: range.offsetBytes, count: range.count, from: source):
             error = cache.writeThrough(lun: range.lun, offsetBytes: range.offsetBytes, from: source)
+            // A thin LUN's pool had the space but no segment at hand (its cleaners behind): the stripe waits in the
+            // cache as write-pending data, as any smaller write would, rather than failing a write it has room for.
+            if error == EAGAIN {
+                cache.counters.writeThroughDeferred.add(1, ordering: .relaxed)
+                error = write(range, from: source)
+            }
         case .write(let range, let source):
             error = write(range, from: source)
         case .zero(let range):

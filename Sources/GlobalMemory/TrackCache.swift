@@ -60,6 +60,8 @@ public final class CacheCounters: Sendable {
     public let destagedStripes = Atomic<UInt64>(0)
     public let readAheadTracks = Atomic<UInt64>(0)
     public let writeThroughStripes = Atomic<UInt64>(0)
+    /// Whole-stripe writes of thin LUNs that found no pool segment at hand and went through the cache instead.
+    public let writeThroughDeferred = Atomic<UInt64>(0)
     public init() {}
 }
 

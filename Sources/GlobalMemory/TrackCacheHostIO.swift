@@ -211,7 +211,8 @@ extension TrackCache {
     /// here: no destage pass follows to do it). A thin LUN's pages go straight into its home's commit (the one copy
     /// redirect-on-write makes), written before this returns. Either way a host flush still flushes the drives.
     /// Slots holding tracks of the stripe are forgotten after, write-pending or not: every sector is superseded.
-    /// Returns 0, ENOSPC (a thin LUN's pool could not promise the blocks, even after cleaning) or EIO.
+    /// Returns 0, ENOSPC (a thin LUN's pool could not promise the blocks, even after cleaning), EAGAIN (promised, but no
+    /// segment could be had in time: the director caches the stripe instead) or EIO.
     public func writeThrough(lun: LUNRef, offsetBytes: UInt64, from source: UnsafeRawPointer) -> Int32 {
         let d = dataStripsPerStripe
         let firstTrack = offsetBytes / UInt64(trackBytes)
@@ -222,9 +223,13 @@ extension TrackCache {
         // counted, so an fsync meanwhile still waits for this director (and a failed write loses nothing older).
         if lun.thin {
             guard let pool else { return EIO }
-            if let failure = pool.writeStripe(lunID: lun.lunID, lunStripe: firstTrack / UInt64(d), strips: destageTable) {
-                return failure == .noSpace ? ENOSPC : EIO
+            let pageBytes = pageSectors * sectorBytes
+            let failure = pool.writeStripe(lunID: lun.lunID, lunStripe: firstTrack / UInt64(d), strips: destageTable) { strip, offset in
+                guard let slot = lookup(lun: lun.lunID, track: firstTrack + UInt64(strip)) else { return false }
+                return testSectorBit(promisedBits, base: slot * promiseWordsPerSlot, offset / pageBytes)
             }
+            // No segment at hand though the space is there: EAGAIN tells the director to cache the stripe.
+            if let failure { return failure == .noSpace ? ENOSPC : failure == .noSegmentYet ? EAGAIN : EIO }
         } else {
             let stripe = lun.startStripe + firstTrack / UInt64(d)
             guard

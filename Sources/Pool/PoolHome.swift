@@ -84,6 +84,9 @@ public struct VersionLabel: Equatable, Sendable {
 /// What went wrong in a pool operation that the host sees: no space, or an I/O or map failure.
 public enum PoolFailure: Error, Sendable, Equatable {
     case noSpace
+    /// Space was promised, but no free segment could be had in time (the cleaners are behind): what the caller
+    /// holds is not lost, it can wait in the cache and go down with a later destage.
+    case noSegmentYet
     case io
 }
 

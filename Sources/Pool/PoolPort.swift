@@ -127,16 +127,22 @@ public final class PoolPort {
     /// Writes one whole LUN stripe of thin LUN `lunID` (the host's buffer, strip by strip in `strips`) into its home's
     /// log, page by page as a destage would (pages of zeroes unmapped), and writes the commit out, without a flush
     /// (a host flush makes it durable, as it does a thick LUN's write-through). Blocks are promised first, so space
-    /// cached pages were promised is never taken: ENOSPC only once cleaning found none.
-    public func writeStripe(lunID: UInt32, lunStripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> PoolFailure? {
+    /// cached pages were promised is never taken: `.noSpace` (ENOSPC) only when the promise is refused, before
+    /// anything is written; `.noSegmentYet` when the promised space could not be had in a segment in time.
+    /// `promisedInCache(strip, offsetBytes)`: whether the cache holds a promise for that page already (a write-pending
+    /// page this stripe supersedes; its promise goes back once the write is down and the slot forgotten).
+    public func writeStripe(
+        lunID: UInt32, lunStripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, promisedInCache: (Int, Int) -> Bool
+    ) -> PoolFailure? {
         let unit = layout.geometry.stripUnitBytes
         var promised = layout.blocksPerStripe
         if !promise(promised, lunID: lunID, lunStripe: lunStripe, force: false) {
-            // A full pool: the blocks the LUN owns already are overwrites and need no promise.
+            // A full pool: the blocks the LUN owns already are overwrites and need no promise, and pages the cache
+            // promised (write-pending, not destaged yet: not mapped) have theirs until this write supersedes them.
             promised = 0
             for strip in 0..<layout.blocksPerRow {
                 for offset in stride(from: 0, to: unit, by: PoolLayout.blockBytes)
-                where !owns(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offset) { promised += 1 }
+                where !promisedInCache(strip, offset) && !owns(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offset) { promised += 1 }
             }
             guard promised == 0 || promise(promised, lunID: lunID, lunStripe: lunStripe, force: false) else { return .noSpace }
         }
@@ -144,7 +150,9 @@ public final class PoolPort {
         for strip in 0..<layout.blocksPerRow {
             for offset in stride(from: 0, to: unit, by: PoolLayout.blockBytes) {
                 if let failure = writePage(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offset, from: strips[strip]! + offset) {
-                    return failure
+                    // The space was promised, so a missing segment is not ENOSPC: the pages written so far hold the
+                    // new data (uncommitted) and the caller puts the whole stripe in the cache instead.
+                    return failure == .noSpace ? .noSegmentYet : failure
                 }
             }
         }
