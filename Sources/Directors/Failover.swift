@@ -17,6 +17,7 @@ import BackEnd
 import Drives
 import Foundation
 import GlobalMemory
+import Pool
 import Synchronization
 
 /// Home director -> acting director. Read on every request (one atomic load); written only by `reconfigure`.
@@ -157,6 +158,19 @@ extension Engines {
         }
         routing.store(after)
         duringFailover?()
+
+        // Pool homes whose state was in a failed director's memory (the one failing now, or the last to act for a
+        // home nobody could take): the director taking one over loads it from the drives, before the mirror's
+        // write-pending pages are replayed into it below.
+        failing?.cache.pool?.forgetUncommitted()
+        for home in directors.indices where after[home] >= 0 && (before[home] < 0 || before[home] == failing?.id.index) {
+            guard let port = directors[after[home]].cache.pool else { continue }
+            do throws(VSAError) {
+                try port.reload(home: home)
+            } catch {
+                notes.append("pool home \(home) could not be loaded from the drives (\(error.message)); its thin LUN stripes answer EIO until the next mount")
+            }
+        }
 
         if let failing {
             failing.fence()

@@ -99,7 +99,7 @@ public final class PoolHome: MapBlockReader {
     /// The acting director's back end; a failover hands the home to another director with its own.
     public var store: any StripeStore
     private let memory: MemoryServices
-    public private(set) var map: BlockMap!
+    public internal(set) var map: BlockMap!
     /// Free segments host data leaves to checkpoints, unmaps and the cleaner, so that a full pool can still write
     /// its map, free space and clean: every home's checkpoint (its nodes: at most half the map's frames), then
     /// `cleanerRoomPerHome` segments per home for the cleaner's moves (PoolCleaner.swift).
@@ -168,6 +168,9 @@ public final class PoolHome: MapBlockReader {
     /// Unmap runs logged (a discard of what maps nothing logs none, and needs no commit).
     public private(set) var unmapRunsLogged: UInt64 = 0
     public internal(set) var rolledForward = 0
+    /// A failover could not load this home from the drives (`reloadFromDrives`): it is empty, answers EIO, and
+    /// writes no checkpoint until the next mount recovers it.
+    public internal(set) var lost = false
     /// The cleaner's victim, progress and counters (PoolCleaner.swift).
     var cleaner: PoolCleanerState
 
@@ -542,6 +545,8 @@ public final class PoolHome: MapBlockReader {
 
     /// Makes the home's whole state durable in the other checkpoint slot: dirty map nodes, tables, then the header.
     public func checkpoint() -> Bool {
+        // A home a failover could not load from the drives: an empty checkpoint would make its loss durable.
+        guard !lost else { return false }
         checkpointing = true
         defer { checkpointing = false }
         // The log must have a head the header can name: a home that has none (new, or its chain ended) claims one.

@@ -221,6 +221,14 @@ public final class PoolPort {
     /// Whether pages wait for `commit()`.
     public var hasUncommitted: Bool { touched != 0 }
 
+    /// This director failed: the pages it put in homes' commits since its last commit went with the homes' memory
+    /// (they are write-pending in the mirror); nothing is left for it to commit.
+    public func forgetUncommitted() { touched = 0 }
+
+    /// Loads home `index` from the drives for this director, which takes it over from a failed one
+    /// (`PoolHome.reloadFromDrives`).
+    public func reload(home index: Int) throws(VSAError) { try home(index).reloadFromDrives() }
+
     /// Runs `body` on home `index` with this director's back end (control requests: versions, checkpoints).
     public func withHome<T>(_ index: Int, _ body: (PoolHome) -> T) -> T { body(home(index)) }
 }

@@ -35,22 +35,52 @@ extension PoolHome {
         home: Int, layout: PoolLayout, space: PoolSpace, poolTag: UInt64, store: any StripeStore, memory: MemoryServices, mapFrames: Int
     ) throws(VSAError) -> PoolHome {
         let h = PoolHome(home: home, layout: layout, space: space, poolTag: poolTag, store: store, memory: memory, mapFrames: mapFrames)
-        let headers = [0, 1].compactMap { h.readHeader(slot: $0) }
+        try h.recover()
+        return h
+    }
+
+    /// The newer checkpoint whose tables read back whole, else the older one; then the log after it.
+    private func recover() throws(VSAError) {
+        let headers = [0, 1].compactMap { readHeader(slot: $0) }
         guard !headers.isEmpty else { throw VSAError("pool home \(home): no valid checkpoint in either slot") }
-        // The newer checkpoint whose tables read back whole; else the older one.
         var errors: [String] = []
         for header in headers.sorted(by: { $0.number > $1.number }) {
             do throws(VSAError) {
-                try h.load(header)
-                try h.rollForward()
-                return h
+                try load(header)
+                try rollForward()
+                return
             } catch {
                 errors.append(error.message)
-                h.reset()
+                reset()
             }
         }
         // Why the newer checkpoint would not do is the first thing to know.
         throw VSAError(errors.joined(separator: "; then "))
+    }
+
+    /// A failover: the director that acted for this home failed, and what it held of the home in memory (the map's
+    /// dirty nodes and cached frames, the commit it was filling, the cleaner's victim) went with it. The director
+    /// taking over loads the home from the drives as a mount does: the newer checkpoint, the commits after it, then
+    /// a checkpoint. Nothing acknowledged is lost: a page in the lost commit is still write-pending in the partner's
+    /// mirror (a slot stays write-pending until its pass commits), and the failover replays it after this. The
+    /// other homes go on (every director is quiesced meanwhile); the segments this one names are assigned again.
+    /// If the drives cannot give the home back, it is left empty and `lost`: its LUNs answer EIO (no version maps
+    /// anything), it writes no checkpoint (which would make the loss durable), and the next mount recovers it.
+    public func reloadFromDrives() throws(VSAError) {
+        reset()
+        commitsSinceCheckpoint = 0
+        segmentsEmptied = 0
+        blocksMovedSinceCheckpoint = 0
+        map = BlockMap(home: UInt8(home), frameCount: map.frameCount, blockLimit: layout.blockCount, reader: self)
+        do throws(VSAError) {
+            try recover()
+            lost = false
+            try finishRecovery()
+        } catch {
+            reset()
+            lost = true
+            throw error
+        }
     }
 
     /// The checkpoint that ends a recovery: the replayed log becomes part of the home's durable state, and the log

@@ -191,6 +191,64 @@ final class PoolHomeTests: XCTestCase {
         }
     }
 
+    /// A failover: the failed director's memory of its home (dirty map nodes, the commit it was filling) is gone, and
+    /// the director taking over loads the home from the drives while the other home goes on. What was committed is
+    /// there, the open commit's pages are not (the mirror replays them), live counts match, and the home writes on.
+    /// A home the drives cannot give back is empty, answers nothing, and writes no checkpoint over what is there.
+    func testAFailoverLoadsTheFailedDirectorsHomeFromTheDrives() throws {
+        let array = try PoolTestArray(name: "reload")
+        let (a, b) = (array.newHome(0), array.newHome(1))
+        for h in [a, b] {
+            h.createVersion(5, blocks: 40_000)
+            XCTAssertTrue(h.checkpoint())
+        }
+        for blk: UInt64 in 0..<300 { XCTAssertNil(write(a, 5, blk, 1)) }
+        XCTAssertTrue(a.checkpoint())
+        for blk: UInt64 in 0..<300 where blk % 3 == 0 { XCTAssertNil(write(a, 5, blk, 2)) }
+        XCTAssertTrue(a.commit())  // committed after the checkpoint: replayed by the roll-forward
+        for blk: UInt64 in 0..<40 { XCTAssertNil(write(a, 5, blk, 3)) }  // the commit being filled: lost
+        for blk: UInt64 in 0..<100 { XCTAssertNil(write(b, 5, blk, 7)) }
+        XCTAssertTrue(b.commit())
+        let bLive = array.space.owned(by: 1).map { array.space.liveBlocks($0) }.reduce(0, +)
+        try a.reloadFromDrives()
+        XCTAssertGreaterThan(a.rolledForward, 0)
+        for blk: UInt64 in 0..<300 {
+            let got = read(a, 5, blk)
+            let committed = page(blk, blk % 3 == 0 ? 2 : 1)
+            if blk < 40 && got == page(blk, 3) { continue }  // a full commit of the open pages may have gone down
+            XCTAssertEqual(got, committed, "block \(blk)")
+        }
+        XCTAssertEqual(array.space.owned(by: 1).map { array.space.liveBlocks($0) }.reduce(0, +), bLive, "the other home untouched")
+        for blk: UInt64 in 0..<100 { XCTAssertEqual(read(b, 5, blk), page(blk, 7)) }
+        for blk: UInt64 in 0..<40 { XCTAssertNil(write(a, 5, blk, 4)) }
+        XCTAssertTrue(a.commit())
+        XCTAssertTrue(a.checkpoint() && b.checkpoint())
+        let live = (0..<2).map { h in array.space.owned(by: h).map { array.space.liveBlocks($0) }.reduce(0, +) }
+        // A restart finds both homes as they are now, with the same live blocks (data and map nodes).
+        try array.restart()
+        let r = try array.recover(homes: [0, 1])
+        XCTAssertEqual((0..<2).map { h in array.space.owned(by: h).map { array.space.liveBlocks($0) }.reduce(0, +) }, live)
+        for blk: UInt64 in 0..<40 { XCTAssertEqual(read(r[0]!, 5, blk), page(blk, 4)) }
+        for blk: UInt64 in 0..<100 { XCTAssertEqual(read(r[1]!, 5, blk), page(blk, 7)) }
+        // Both checkpoint slots damaged: the reload fails, the home is empty and lost, and nothing is checkpointed.
+        let h0 = r[0]!
+        let unit = array.store.geometry.stripUnitBytes
+        let junk = UnsafeMutableRawPointer.allocate(byteCount: unit * 3, alignment: 4096)
+        defer { junk.deallocate() }
+        memset(junk, 0x5A, unit * 3)
+        let strips = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 3)
+        defer { strips.deallocate() }
+        for i in 0..<3 { strips[i] = junk + i * unit }
+        for slot in 0..<2 {
+            let stripe = array.layout.slotStart(home: 0, slot: slot)
+            XCTAssertTrue(r[1]!.store.writeStripe(stripe: stripe, strips: strips, dirtyMask: 7, offsetBytes: 0, count: unit, allNew: true))
+        }
+        XCTAssertThrowsError(try h0.reloadFromDrives())
+        XCTAssertTrue(h0.lost)
+        XCTAssertNil(read(h0, 5, 0), "a lost home answers nothing")
+        XCTAssertFalse(h0.checkpoint(), "a lost home writes no checkpoint")
+    }
+
     func testHostileCheckpointSlotsAreRefusedOrTheOtherSlotIsUsed() throws {
         let array = try PoolTestArray(name: "hostile")
         let h = array.newHome()
