@@ -33,9 +33,9 @@ class Workload:
     def direction(self):
         return "read" if self.rw in ("read", "randread") else "write"
 
-    def fio_args(self, filename, runtime_seconds):
+    def fio_args(self, filename, runtime_seconds, size="1G"):
         args = [
-            "fio", f"--name={self.key}", f"--filename={filename}", "--size=1G", "--time_based",
+            "fio", f"--name={self.key}", f"--filename={filename}", f"--size={size}", "--time_based",
             f"--runtime={runtime_seconds}", "--fallocate=none", "--direct=1", f"--rw={self.rw}", f"--bs={self.bs}",
             f"--ioengine={self.engine}", f"--iodepth={self.depth}",
         ]

@@ -520,8 +520,8 @@ struct SnapCreate: VSACommand {
             seconds = max(1, UInt64((days * 86400).rounded()))
         }
         let dir = try mountedArray(target, "take a snapshot")
-        _ = try control(dir, ["snap-create", lun, name, String(seconds)])
-        print("snapshot \(lun)@\(name) taken" + (secure.map { ", secure for \($0) days" } ?? ""))
+        let took = try control(dir, ["snap-create", lun, name, String(seconds)]).trimmingCharacters(in: .whitespacesAndNewlines)
+        print("snapshot \(lun)@\(name) taken" + (took.isEmpty ? "" : " in \(took) ms") + (secure.map { ", secure for \($0) days" } ?? ""))
     }
 }
 

@@ -402,8 +402,10 @@ public final class ArrayDaemon: @unchecked Sendable {
                 return "ok\n"
             case "snap-create" where words.count == 4:
                 guard let seconds = UInt64(words[3]) else { throw VSAError("bad secure time") }
+                // The daemon's own time for it (the command line's process start and socket are not the array's).
+                let began = Posix.monotonicSeconds()
                 try createSnapshot(lun: words[1], name: words[2], secureSeconds: seconds)
-                return "ok\n"
+                return "ok\n" + String(format: "%.1f", (Posix.monotonicSeconds() - began) * 1000) + "\n"
             case "snap-delete" where words.count == 3:
                 try deleteSnapshot(lun: words[1], name: words[2])
                 return "ok\n"
