@@ -36,26 +36,16 @@ extension Simulation {
         guard let id = anySnapshot(), let entry = store.lunTable.entries.first(where: { $0.lunID == lun.lunID }) else { return nil }
         log.append("restore from snapshot \(id)")
         // What the LUN held before no longer matters, whatever happens from here: the reset is recorded first.
-        switch resetLUN(entry, to: id, relink: false) {
-        case .notStarted: return nil
-        case .done:
-            latest = snapshots[id]!
-            durable = latest
-            for i in writtenSinceFlush.indices {
-                writtenSinceFlush[i] = false
-                unknown[i] = false
-            }
-            return nil
-        case .cutShort:
-            // The LUN stays off the mount until the next one finishes the reset: a crash, then the check.
-            latest = snapshots[id]!
-            durable = latest
-            for i in writtenSinceFlush.indices {
-                writtenSinceFlush[i] = false
-                unknown[i] = false
-            }
-            return crash()
+        let outcome = resetLUN(entry, to: id, relink: false)
+        guard outcome != .notStarted else { return nil }
+        latest = snapshots[id]!
+        durable = latest
+        for i in writtenSinceFlush.indices {
+            writtenSinceFlush[i] = false
+            unknown[i] = false
         }
+        // Cut short: the LUN stays off the mount until the next one finishes the reset (a crash, then the check).
+        return outcome == .done ? nil : crash()
     }
 
     enum ResetOutcome { case notStarted, done, cutShort }
