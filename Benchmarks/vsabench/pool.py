@@ -321,8 +321,8 @@ def render_pool(results):
         add(f"Daemon RSS right after the mount: {mib(e.get('rss_after_mount_kib'))}; after reading all "
             f"{e.get('data')}iB back ({read_all.get('value', 0):.0f} MiB/s): {mib(e.get('rss_after_read_kib'))} (peak "
             f"{mib(e.get('hwm_kib'))}). The map is read on demand into frames bounded by the cache, so neither "
-            f"figure grows with what is mapped; 10 M extents (40 GiB of data) do not fit this machine's tmpfs and are "
-            f"not measured.")
+            f"figure grows with what is mapped; 10 M extents (40 GiB of data) do not fit this machine's tmpfs: "
+            f"`Benchmarks/extents-10m` measures them on disk-backed drives, by hand (docs/ROADMAP.md has its figures).")
     add("")
     c = results.get("cleaner", {})
     if subsection(add, "### The cleaner at 90% fill (target: the second minute keeps at least 50% of the first's IOPS)", c):
