@@ -280,7 +280,8 @@ public final class PoolHome: MapBlockReader {
         return entry.isMapped && entry.birth > record.threshold
     }
 
-    /// Back to an empty home (a recovery attempt from one checkpoint failed; the other is tried from scratch).
+    /// Back to an empty home, counters and the cleaner's victim included (a recovery attempt from one checkpoint
+    /// failed and the other is tried from scratch, or a failover loads the home again).
     func reset() {
         for id in versions.keys { map.removeVersion(id) }
         versions = [:]
@@ -295,6 +296,9 @@ public final class PoolHome: MapBlockReader {
         row = 0
         commitOpen = false
         rolledForward = 0
+        commitsSinceCheckpoint = 0
+        segmentsEmptied = 0
+        blocksMovedSinceCheckpoint = 0
         if cleaner.victim >= 0 { space.giveVictimRoom() }
         cleaner.victim = -1
         cleaner.pinned = [:]

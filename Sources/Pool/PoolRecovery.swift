@@ -68,9 +68,6 @@ extension PoolHome {
     /// anything), it writes no checkpoint (which would make the loss durable), and the next mount recovers it.
     public func reloadFromDrives() throws(VSAError) {
         reset()
-        commitsSinceCheckpoint = 0
-        segmentsEmptied = 0
-        blocksMovedSinceCheckpoint = 0
         map = BlockMap(home: UInt8(home), frameCount: map.frameCount, blockLimit: layout.blockCount, reader: self)
         do throws(VSAError) {
             try recover()
