@@ -56,6 +56,19 @@ final class PoolTestArray {
         return h
     }
 
+    /// Writes junk over the first unit of every data strip of array stripe `stripe`, through the back end (so the
+    /// checksums agree: a hostile image, not rot).
+    func writeJunk(stripe: UInt64) -> Bool {
+        let (unit, d) = (store.geometry.stripUnitBytes, store.geometry.dataStripsPerStripe)
+        let junk = UnsafeMutableRawPointer.allocate(byteCount: unit * d, alignment: 4096)
+        defer { junk.deallocate() }
+        memset(junk, 0x5A, unit * d)
+        let strips = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: d)
+        defer { strips.deallocate() }
+        for i in 0..<d { strips[i] = junk + i * unit }
+        return backEnd.writeStripe(stripe: stripe, strips: strips, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: 0, count: unit, allNew: true)
+    }
+
     /// What a crash leaves: the drives. A new back end and space, as after a restart.
     func restart() throws {
         (checksums, backEnd) = try PoolTestArray.mount(store, memory: memory, unclean: true)
@@ -232,17 +245,7 @@ final class PoolHomeTests: XCTestCase {
         for blk: UInt64 in 0..<100 { XCTAssertEqual(read(r[1]!, 5, blk), page(blk, 7)) }
         // Both checkpoint slots damaged: the reload fails, the home is empty and lost, and nothing is checkpointed.
         let h0 = r[0]!
-        let unit = array.store.geometry.stripUnitBytes
-        let junk = UnsafeMutableRawPointer.allocate(byteCount: unit * 3, alignment: 4096)
-        defer { junk.deallocate() }
-        memset(junk, 0x5A, unit * 3)
-        let strips = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 3)
-        defer { strips.deallocate() }
-        for i in 0..<3 { strips[i] = junk + i * unit }
-        for slot in 0..<2 {
-            let stripe = array.layout.slotStart(home: 0, slot: slot)
-            XCTAssertTrue(r[1]!.store.writeStripe(stripe: stripe, strips: strips, dirtyMask: 7, offsetBytes: 0, count: unit, allNew: true))
-        }
+        for slot in 0..<2 { XCTAssertTrue(array.writeJunk(stripe: array.layout.slotStart(home: 0, slot: slot))) }
         XCTAssertThrowsError(try h0.reloadFromDrives())
         XCTAssertTrue(h0.lost)
         XCTAssertNil(read(h0, 5, 0), "a lost home answers nothing")
@@ -261,15 +264,7 @@ final class PoolHomeTests: XCTestCase {
         XCTAssertTrue(h.commit())
         // Damage the newer slot's tables (through the back end, so checksums agree: a hostile image, not rot).
         let tableStripe = array.layout.slotStart(home: 0, slot: 1) + 1
-        let junk = UnsafeMutableRawPointer.allocate(byteCount: array.store.geometry.stripUnitBytes * 3, alignment: 4096)
-        defer { junk.deallocate() }
-        memset(junk, 0x5A, array.store.geometry.stripUnitBytes * 3)
-        let strips = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 3)
-        defer { strips.deallocate() }
-        for i in 0..<3 { strips[i] = junk + i * array.store.geometry.stripUnitBytes }
-        XCTAssertTrue(
-            array.backEnd.writeStripe(
-                stripe: tableStripe, strips: strips, dirtyMask: 7, offsetBytes: 0, count: array.store.geometry.stripUnitBytes, allNew: true))
+        XCTAssertTrue(array.writeJunk(stripe: tableStripe))
         try array.restart()
         // The older checkpoint: its log then holds block 10's commit, but also names the newer checkpoint's nodes
         // (skipped) and nothing after the newer one (another checkpoint number): block 11 is lost with the slot.
@@ -278,10 +273,7 @@ final class PoolHomeTests: XCTestCase {
         XCTAssertEqual(read(r, 1, 11), [UInt8](repeating: 0, count: 4096), "what followed the damaged checkpoint went with it")
         // Both slots bad: one line.
         let other = array.layout.slotStart(home: 0, slot: 0)
-        for s in [other, tableStripe - 1] {
-            XCTAssertTrue(
-                array.backEnd.writeStripe(stripe: s, strips: strips, dirtyMask: 7, offsetBytes: 0, count: array.store.geometry.stripUnitBytes, allNew: true))
-        }
+        for s in [other, tableStripe - 1] { XCTAssertTrue(array.writeJunk(stripe: s)) }
         try array.restart()
         XCTAssertThrowsError(try array.recover()) { error in
             XCTAssertEqual((error as? VSAError)?.message, "pool home 0: no valid checkpoint in either slot")
