@@ -13,6 +13,47 @@ import Synchronization
 extension RAIDBackEnd {
     // MARK: Reads
 
+    /// `StripeStore.readPages`: one scatter read per strip, from the strip's first readable copy, then each wanted
+    /// page checked against its checksum. Any doubt returns false before anything is repaired or counted as a
+    /// mismatch: `readStrips` reads it all again and does both.
+    public func readPages(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool {
+        checkRange(offsetBytes, count)
+        guard offsetBytes % 4096 == 0 && count % 4096 == 0 else { return false }
+        settle(stripe)
+        let pagesPerStrip = count / 4096
+        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
+        var strips: UInt64 = 0
+        for strip in 0..<geometry.dataStripsPerStripe where stripMask & (1 << UInt64(strip)) != 0 {
+            var source = -1
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where readable(drive, stripe) {
+                source = drive
+                break
+            }
+            guard source >= 0 else {
+                _ = io.submit()  // what was queued goes (and is ignored): a batch is never left half built
+                return false
+            }
+            readFrom[strip] = source
+            let vectors = pageVectors + strip * pagesPerStrip
+            for k in 0..<pagesPerStrip {
+                vectors[k] = iovec(iov_base: pages[strip * pagesPerStrip + k] ?? unwantedPage.base, iov_len: 4096)
+            }
+            io.queueReadVector(drive: source, vectors: vectors, vectorCount: pagesPerStrip, count: count, offsetBytes: offset)
+            strips += 1
+        }
+        guard io.submit() == 0 else { return false }
+        marks.stripReads.add(strips, ordering: .relaxed)
+        guard let checksums else { return true }
+        for strip in 0..<geometry.dataStripsPerStripe where stripMask & (1 << UInt64(strip)) != 0 {
+            for k in 0..<pagesPerStrip {
+                guard let page = pages[strip * pagesPerStrip + k] else { continue }
+                let at = offset + UInt64(k * 4096)
+                guard checksums.verify(member: readFrom[strip], driveOffset: at, count: 4096, data: page, io: io, memory: memory) == nil else { return false }
+            }
+        }
+        return true
+    }
+
     public func readStrips(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool {
         checkRange(offsetBytes, count)
         settle(stripe)

@@ -38,6 +38,11 @@ public protocol StripeStore: AnyObject {
     var needsAlignedBuffers: Bool { get }
     /// Reads the range of the data strips in `stripMask` (bit i = data strip i) into `targets[i]`.
     func readStrips(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool
+    /// The healthy case of a read whose 4 KiB pages go to scattered places: page k of data strip i's range goes to
+    /// `pages[i * count / 4096 + k]` (nil: not wanted), straight from the drives, nothing copied. False when it cannot
+    /// be done so (a strip's copy out, a drive failed, a checksum disagrees): nothing is repaired, and the caller
+    /// reads with `readStrips`, which knows every other way.
+    func readPages(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool
     /// Reconstruct-write: writes the range of the strips in `dirtyMask` to every copy, and P/Q computed from all `strips`.
     /// `allNew`: every byte of every data strip's range is new host data (nothing older rides along), so a torn write
     /// can only garble data that was in flight, and the write needs no journal, only a write intent.
@@ -129,6 +134,10 @@ public final class RAIDBackEnd: StripeStore {
     let destageStrips: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     /// Whole-block reads for ranges that do not start or end on a 4 KiB block (checksums cover whole blocks).
     let alignedStaging: Arena
+    /// `readPages`' scatter lists, a page each (a strip's range is at most a strip), and the page its unwanted pages
+    /// land in.
+    let pageVectors: UnsafeMutablePointer<iovec>
+    let unwantedPage: Arena
 
     public init(
         geometry: ArrayGeometry, drives: [Drive], memory: MemoryServices, marks: BackEndMarks, journal owner: JournalOwner? = nil,
@@ -140,6 +149,8 @@ public final class RAIDBackEnd: StripeStore {
         self.destageStrips = .allocate(capacity: geometry.memberCount)
         self.destageStrips.initialize(repeating: nil, count: geometry.memberCount)
         self.alignedStaging = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: checksums == nil ? 1 : geometry.dataStripsPerStripe)
+        self.pageVectors = .allocate(capacity: max(1, geometry.dataStripsPerStripe * geometry.stripUnitBytes / 4096))
+        self.unwantedPage = Arena(sliceBytes: 4096, sliceCount: 1)
         self.geometry = geometry
         self.drives = Array(drives.prefix(geometry.memberCount))
         self.memory = memory
@@ -168,6 +179,7 @@ public final class RAIDBackEnd: StripeStore {
         table.deallocate()
         readFrom.deallocate()
         destageStrips.deallocate()
+        pageVectors.deallocate()
     }
 
     var newP: UnsafeMutableRawPointer { staging.slice(3 * m) }

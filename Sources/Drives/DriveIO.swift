@@ -9,7 +9,7 @@ import SysURing
 
 public final class DriveIO {
     private struct Operation {
-        var kind: UInt8 = 0  // 0 read, 1 write, 2 flush, 3 punch, 4 durable write
+        var kind: UInt8 = 0  // 0 read, 1 write, 2 flush, 3 punch, 4 durable write, 5 scatter read
         var driveIndex: Int32 = 0
         var pointer: UnsafeMutableRawPointer? = nil
         var count: Int = 0
@@ -17,6 +17,10 @@ public final class DriveIO {
         var done: Int = 0
         /// Its last completion was reaped (or it never went to the kernel).
         var finished = true
+        /// A scatter read's buffers (the caller's, consumed as they fill) and the first one with bytes still to come.
+        var vectors: UnsafeMutablePointer<iovec>? = nil
+        var vectorCount = 0
+        var vectorFirst = 0
     }
 
     /// How long one batch may wait for a drive before the drives still owing completions are failed
@@ -73,7 +77,7 @@ public final class DriveIO {
             pageCacheFailures |= 1 << UInt64(op.driveIndex)
             return
         }
-        if (op.kind <= 1 || op.kind == 4) && drive.copiesSynchronously {
+        if (op.kind <= 1 || op.kind >= 4) && drive.copiesSynchronously {
             copyThroughPageCache(tag)
             return
         }
@@ -94,6 +98,10 @@ public final class DriveIO {
                 fd: drive.fd, from: op.pointer! + op.done, count: op.count - op.done, offsetBytes: op.offsetBytes + UInt64(op.done), tag: tag,
                 durable: op.kind == 4)
         case 2: ring.queueFsync(fd: drive.fd, dataOnly: !drive.isBlockDevice, tag: tag)
+        case 5:
+            ring.queueReadVector(
+                fd: drive.fd, vectors: op.vectors! + op.vectorFirst, count: op.vectorCount - op.vectorFirst, offsetBytes: op.offsetBytes + UInt64(op.done),
+                tag: tag)
         default: ring.queuePunchHole(fd: drive.fd, offsetBytes: op.offsetBytes, count: UInt64(op.count), tag: tag)
         }
     }
@@ -111,8 +119,11 @@ public final class DriveIO {
             return
         }
         do throws(SysError) {
-            if op.kind == 0 {
-                let n = try Posix.pread(fd, op.pointer!, count: op.count, offset: op.offsetBytes)
+            if op.kind == 0 || op.kind == 5 {
+                let n =
+                    op.kind == 0
+                    ? try Posix.pread(fd, op.pointer!, count: op.count, offset: op.offsetBytes)
+                    : try Posix.preadv(fd, op.vectors!, count: op.vectorCount, offset: op.offsetBytes)
                 if n < op.count { pageCacheFailures |= 1 << UInt64(op.driveIndex) }  // end of file: the drive shrank
             } else if let injector = DriveFaultInjector.active {
                 let path = drives[Int(op.driveIndex)].path
@@ -140,7 +151,7 @@ public final class DriveIO {
         let op = operations[Int(tag)]
         let drive = drives[Int(op.driveIndex)]
         switch op.kind {
-        case 0, 1, 4:
+        case 0, 1, 4, 5:
             // The page-cache drives' synchronous copy (a durable write is followed by an fsync there).
             copyThroughPageCache(tag)
         case 2:
@@ -165,6 +176,9 @@ public final class DriveIO {
             failed |= 1 << UInt64(op.driveIndex)
             drives[Int(op.driveIndex)].timeouts.add(1, ordering: .relaxed)
             if op.kind == 0, let pointer = op.pointer { Posix.replacePages(covering: pointer, count: op.count) }
+            if op.kind == 5, let vectors = op.vectors {
+                for v in op.vectorFirst..<op.vectorCount { Posix.replacePages(covering: vectors[v].iov_base!, count: vectors[v].iov_len) }
+            }
             operations[i].finished = true
         }
         let old = ring
@@ -186,6 +200,18 @@ public final class DriveIO {
     public func queueRead(drive: Int, into pointer: UnsafeMutableRawPointer, count: Int, offsetBytes: UInt64) {
         precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive reads are whole sectors")
         append(Operation(kind: 0, driveIndex: Int32(drive), pointer: pointer, count: count, offsetBytes: offsetBytes))
+    }
+
+    /// A scatter read of `count` bytes from `offsetBytes` into the `vectorCount` buffers of `vectors` in turn (whole
+    /// sectors each). The vectors are the caller's scratch: they must stay until the batch is submitted, and are
+    /// consumed (advanced as bytes arrive).
+    public func queueReadVector(drive: Int, vectors: UnsafeMutablePointer<iovec>, vectorCount: Int, count: Int, offsetBytes: UInt64) {
+        precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive reads are whole sectors")
+        precondition((0..<vectorCount).reduce(0) { $0 + vectors[$1].iov_len } == count, "a scatter read's buffers add up to its count")
+        var op = Operation(kind: 5, driveIndex: Int32(drive), count: count, offsetBytes: offsetBytes)
+        op.vectors = vectors
+        op.vectorCount = vectorCount
+        append(op)
     }
 
     public func queueWrite(drive: Int, from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64) {
@@ -229,13 +255,16 @@ public final class DriveIO {
                     failedDrives |= 1 << UInt64(op.driveIndex)
                     return
                 }
-                if op.kind <= 1 || op.kind == 4 {
+                if op.kind <= 1 || op.kind >= 4 {
                     if result == 0 {
                         // End of file inside the data area: the drive shrank under us. Never invent zeroes.
                         failedDrives |= 1 << UInt64(op.driveIndex)
                         return
                     }
                     operations[index].done += Int(result)
+                    if op.kind == 5 {
+                        operations[index].vectorFirst = Posix.advance(op.vectors!, first: op.vectorFirst, count: op.vectorCount, by: Int(result))
+                    }
                     if operations[index].done < op.count {
                         issue(tag)
                         again = true

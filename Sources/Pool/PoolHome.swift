@@ -128,9 +128,13 @@ public final class PoolHome: MapBlockReader {
     private var commitEntries = 0
     private var commitStripe: UInt64 = 0
     let stripeBuffer: Arena
-    /// Where a run of blocks read together lands before each block is copied to its page (`readRun`).
+    /// Where a run of blocks read together lands before each block is copied to its page (`readRun`), when the
+    /// back end cannot put each block straight on its page (a drive out, a checksum in doubt).
     private let runBuffer: Arena
     private let runTargets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    /// A run's blocks as the back end's `readPages` takes them: each data strip's rows in turn, the page each lands
+    /// on (nil: a block of the run's first or last row outside the run).
+    private let runPages: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     private let strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     let readTargets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
 
@@ -197,6 +201,8 @@ public final class PoolHome: MapBlockReader {
         runBuffer = Arena(sliceBytes: layout.geometry.stripUnitBytes, sliceCount: layout.blocksPerRow)
         runTargets = .allocate(capacity: layout.blocksPerRow)
         runTargets.initialize(repeating: nil, count: layout.blocksPerRow)
+        runPages = .allocate(capacity: layout.blocksPerStripe)
+        runPages.initialize(repeating: nil, count: layout.blocksPerStripe)
         strips = .allocate(capacity: layout.blocksPerRow)
         readTargets = .allocate(capacity: layout.blocksPerRow)
         strips.initialize(repeating: nil, count: layout.blocksPerRow)
@@ -209,6 +215,8 @@ public final class PoolHome: MapBlockReader {
         cleaner.targets.deallocate()
         strips.deallocate()
         readTargets.deallocate()
+        runTargets.deallocate()
+        runPages.deallocate()
     }
 
     // MARK: Blocks
@@ -233,10 +241,10 @@ public final class PoolHome: MapBlockReader {
 
     public func readMapBlock(_ pba: UInt64, into target: UnsafeMutableRawPointer) -> Bool { readBlock(pba, into: target) }
 
-    /// Reads `count` blocks from `pba` on, all in one stripe, into `count` consecutive pages at `target`: one read of
-    /// the rows they fill on every strip they touch (blocks go row by row across the strips), then a copy of each
-    /// block to its page. A block of the commit being filled comes from memory (then block by block).
-    public func readRun(_ pba: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Bool {
+    /// Reads `count` blocks from `pba` on, all in one stripe, block k into page `page(k)`: one read of the rows they
+    /// fill on every strip they touch (blocks go row by row across the strips), each block straight to its page. A
+    /// block of the commit being filled comes from memory (then block by block).
+    public func readRun(_ pba: UInt64, count: Int, pages page: (Int) -> UnsafeMutableRawPointer) -> Bool {
         let d = layout.blocksPerRow
         let first = Int(pba % UInt64(layout.blocksPerStripe))
         precondition(count >= 1 && first + count <= layout.blocksPerStripe, "a run of blocks within one stripe")
@@ -244,7 +252,7 @@ public final class PoolHome: MapBlockReader {
         let open = commitOpen && stripe == commitStripe
         if count == 1 || (open && first + count > commitRow * d) {
             for k in 0..<count {
-                guard readBlock(pba + UInt64(k), into: target + k * PoolLayout.blockBytes) else { return false }
+                guard readBlock(pba + UInt64(k), into: page(k)) else { return false }
             }
             return true
         }
@@ -252,6 +260,19 @@ public final class PoolHome: MapBlockReader {
         let rows = (first + count - 1) / d - firstRow + 1
         var mask: UInt64 = 0
         for j in first..<min(first + count, first + d) { mask |= 1 << UInt64(j % d) }
+        // Block j of the stripe is row j / d of data strip j % d: the run's rows of each strip go straight to their
+        // pages (a scatter read), so sequential reads cost no copy beyond the drive's.
+        for strip in 0..<d where mask & (1 << UInt64(strip)) != 0 {
+            for r in 0..<rows {
+                let j = (firstRow + r) * d + strip
+                runPages[strip * rows + r] = j >= first && j < first + count ? page(j - first) : nil
+            }
+        }
+        if store.readPages(stripe: stripe, stripMask: mask, offsetBytes: firstRow * PoolLayout.blockBytes, count: rows * PoolLayout.blockBytes, pages: runPages)
+        {
+            return true
+        }
+        // A drive out or a checksum in doubt: read as the back end knows how into the run buffer, then copy.
         for strip in 0..<d { runTargets[strip] = runBuffer.slice(strip) }
         guard
             store.readStrips(
@@ -260,8 +281,7 @@ public final class PoolHome: MapBlockReader {
         for k in 0..<count {
             let j = first + k
             memory.copy(
-                from: runBuffer.slice(j % d) + (j / d - firstRow) * PoolLayout.blockBytes, to: target + k * PoolLayout.blockBytes,
-                byteCount: PoolLayout.blockBytes)
+                from: runBuffer.slice(j % d) + (j / d - firstRow) * PoolLayout.blockBytes, to: page(k), byteCount: PoolLayout.blockBytes)
         }
         return true
     }
@@ -412,23 +432,36 @@ public final class PoolHome: MapBlockReader {
 
     /// Counts a map change: the replaced block is freed when it was the version's own.
     private func account(_ id: UInt32, replaced old: MapEntry, mapped: Bool) {
-        var record = versions[id]!
-        if old.isMapped {
-            record.mapped -= 1
-            if old.birth > record.threshold {
-                record.own -= 1
-                if space.removeLive(layout.segment(ofBlock: old.pba)) { segmentsEmptied += 1 }
-            } else if record.origin != 0, let o = versions[record.origin], old.birth > o.threshold, o.dependentCount == 1 {
-                // The origin's own block, now mapped by the origin alone.
-                versions[record.origin]!.unique += 1
+        // Every block a write maps comes through here: the record is changed where it lies in the table (one hash,
+        // and no copy of the record, label and all, out and back).
+        guard let i = versions.index(forKey: id) else { preconditionFailure("a map change for version \(id), which this home does not have") }
+        var freed = false
+        var origin: UInt32 = 0
+        PoolHome.change(&versions.values[i]) { record in
+            if old.isMapped {
+                record.mapped -= 1
+                if old.birth > record.threshold {
+                    record.own -= 1
+                    freed = true
+                } else {
+                    origin = record.origin
+                }
+            }
+            if mapped {
+                record.mapped += 1
+                record.own += 1
             }
         }
-        if mapped {
-            record.mapped += 1
-            record.own += 1
+        if freed && space.removeLive(layout.segment(ofBlock: old.pba)) { segmentsEmptied += 1 }
+        if origin != 0, let o = versions.index(forKey: origin) {
+            PoolHome.change(&versions.values[o]) { record in
+                // The origin's own block, now mapped by the origin alone.
+                if old.birth > record.threshold && record.dependentCount == 1 { record.unique += 1 }
+            }
         }
-        versions[id] = record
     }
+
+    @inline(__always) private static func change(_ record: inout VersionRecord, _ body: (inout VersionRecord) -> Void) { body(&record) }
 
     // MARK: Commits
 

@@ -40,33 +40,49 @@ public final class PoolPort {
         lunID: UInt32, lunStripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     ) -> Bool {
         precondition(offsetBytes % PoolLayout.blockBytes == 0 && count % PoolLayout.blockBytes == 0, "pool reads are whole pages")
-        // A strip's pages are consecutive local blocks of one home. Those mapped to consecutive blocks of one stripe
-        // (written together: a destage packs a track's pages in order) are read as one run.
+        // A strip's pages are consecutive local blocks of one home, and so are the pages of neighbouring strips when
+        // each is read whole (a sequential read's read-ahead: the rest of the stripe). Pages mapped to consecutive
+        // blocks of one pool stripe (written together: a destage packs a track's pages in order, a whole-stripe
+        // write the stripe's) are read as one run, however many strips it spans.
         let unit = layout.geometry.stripUnitBytes
         let pages = count / PoolLayout.blockBytes
         let (h, base) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: offsetBytes)
         let owner = home(h)
-        for strip in 0..<layout.blocksPerRow where stripMask & (1 << UInt64(strip)) != 0 {
+        let wholeStrips = offsetBytes == 0 && count == unit
+        var strip = 0
+        while strip < layout.blocksPerRow {
+            guard stripMask & (1 << UInt64(strip)) != 0 else {
+                strip += 1
+                continue
+            }
+            var strips = 1
+            while wholeStrips && strip + strips < layout.blocksPerRow && stripMask & (1 << UInt64(strip + strips)) != 0 { strips += 1 }
             let first = base + UInt64(strip * unit / PoolLayout.blockBytes)
+            let startStrip = strip
+            @inline(__always) func target(_ p: Int) -> UnsafeMutableRawPointer {
+                targets[startStrip + p / pages]! + (p % pages) * PoolLayout.blockBytes
+            }
+            let total = strips * pages
             var page = 0
-            while page < pages {
+            while page < total {
                 guard let entry = owner.entry(lunID, block: first + UInt64(page)) else { return false }
-                let target = targets[strip]! + page * PoolLayout.blockBytes
                 guard entry.isMapped else {
-                    memset(target, 0, PoolLayout.blockBytes)
+                    memset(target(page), 0, PoolLayout.blockBytes)
                     page += 1
                     continue
                 }
                 let inStripe = Int(entry.pba % UInt64(layout.blocksPerStripe))
                 var run = 1
-                while page + run < pages && inStripe + run < layout.blocksPerStripe {
+                while page + run < total && inStripe + run < layout.blocksPerStripe {
                     guard let next = owner.entry(lunID, block: first + UInt64(page + run)) else { return false }
                     guard next.isMapped && next.pba == entry.pba + UInt64(run) else { break }
                     run += 1
                 }
-                guard owner.readRun(entry.pba, count: run, into: target) else { return false }
+                let start = page
+                guard owner.readRun(entry.pba, count: run, pages: { target(start + $0) }) else { return false }
                 page += run
             }
+            strip += strips
         }
         return true
     }

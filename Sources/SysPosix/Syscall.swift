@@ -65,6 +65,37 @@ public enum Posix {
         return done
     }
 
+    /// A scatter read: fills the `count` buffers of `vectors` in turn from `offset`, continuing short reads. The
+    /// vectors are consumed (advanced past what was read). Returns the bytes read, fewer only at end of file.
+    public static func preadv(_ fd: Int32, _ vectors: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64) throws(SysError) -> Int {
+        var done = 0
+        var first = 0
+        while first < count {
+            // At most UIO_MAXIOV (1024) buffers a call.
+            let n = try syscall("preadv") { Glibc.preadv(fd, vectors + first, Int32(min(count - first, 1024)), off_t(offset) + off_t(done)) }
+            if n == 0 { break }
+            done += n
+            first = advance(vectors, first: first, count: count, by: n)
+        }
+        return done
+    }
+
+    /// Moves a vector list past `bytes` transferred from entry `first` on: whole entries are skipped, a partly done
+    /// one starts where the transfer stopped. Returns the first entry with bytes left (`count` when none).
+    public static func advance(_ vectors: UnsafeMutablePointer<iovec>, first: Int, count: Int, by bytes: Int) -> Int {
+        var i = first
+        var left = bytes
+        while i < count && left >= vectors[i].iov_len {
+            left -= vectors[i].iov_len
+            i += 1
+        }
+        if i < count && left > 0 {
+            vectors[i].iov_base = vectors[i].iov_base! + left
+            vectors[i].iov_len -= left
+        }
+        return i
+    }
+
     public static func pwrite(_ fd: Int32, _ pointer: UnsafeRawPointer, count: Int, offset: UInt64) throws(SysError) {
         var done = 0
         while done < count {

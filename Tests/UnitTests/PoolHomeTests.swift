@@ -312,4 +312,62 @@ final class PoolHomeTests: XCTestCase {
         XCTAssertEqual(read(r, 1, 999), page(999, 2))
         XCTAssertEqual(read(r, 1, 1000), [UInt8](repeating: 0, count: 4096))
     }
+
+    /// A run of blocks goes from the drives straight to the pages it is read into (a scatter read per strip), on
+    /// buffered drives (tmpfs: preadv) and direct ones (disk: io_uring readv); a block that fails its checksum or a
+    /// failed drive sends the run down the back end's full read path, which repairs or rebuilds it.
+    func testARunIsReadStraightToItsPagesAndADamagedBlockIsStillRepaired() throws {
+        for base in ["/dev/shm", "/var/tmp"] {
+            let array = try PoolTestArray(name: "run", base: base)
+            let h = array.newHome()
+            h.createVersion(1, blocks: 10_000)
+            XCTAssertTrue(h.checkpoint())
+            let perStripe = array.layout.blocksPerStripe
+            for b in 0..<UInt64(perStripe) { XCTAssertNil(write(h, 1, b, 7)) }
+            XCTAssertTrue(h.commit())
+            // The longest run of consecutive blocks among the first ones: written together, so consecutive in the log.
+            let start = h.entry(1, block: 0)!.pba
+            var count = 1
+            while count < perStripe, let e = h.entry(1, block: UInt64(count)), e.pba == start + UInt64(count),
+                (start + UInt64(count)) % UInt64(perStripe) != 0
+            {
+                count += 1
+            }
+            XCTAssertGreaterThan(count, 2 * array.layout.blocksPerRow, "a run spanning rows (\(base))")
+            let pages = UnsafeMutableRawPointer.allocate(byteCount: count * 4096, alignment: 4096)
+            defer { pages.deallocate() }
+            func readRunBackwards() -> Bool {
+                memset(pages, 0xEE, count * 4096)
+                // Page k of the run lands in slot count - 1 - k: nothing about the run's order survives but the pointers.
+                guard h.readRun(start, count: count, pages: { pages + (count - 1 - $0) * 4096 }) else { return false }
+                for k in 0..<count where memcmp(pages + (count - 1 - k) * 4096, page(UInt64(k), 7), 4096) != 0 {
+                    XCTFail("block \(k) of the run (\(base))")
+                    return false
+                }
+                return true
+            }
+            let copiesBefore = array.memory.counters.copyCount
+            XCTAssertTrue(readRunBackwards())
+            XCTAssertEqual(array.memory.counters.copyCount, copiesBefore, "no block copied on the way (\(base))")
+            XCTAssertEqual(array.checksums.mismatches.load(ordering: .relaxed), 0)
+            // Rot in the run's third block, on its drive: found, read from parity, repaired in place.
+            let geometry = array.store.geometry
+            let d = array.layout.blocksPerRow
+            let j = Int((start + 2) % UInt64(perStripe))
+            let stripe = (start + 2) / UInt64(perStripe)
+            let drive = geometry.dataDrive(stripe: stripe, strip: j % d)
+            let fd = open(array.store.drives[drive].path, O_WRONLY)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            XCTAssertEqual(pwrite(fd, [UInt8](repeating: 0x42, count: 4096), 4096, off_t(geometry.driveOffset(stripe: stripe) + UInt64(j / d * 4096))), 4096)
+            close(fd)
+            XCTAssertTrue(readRunBackwards(), "a damaged block is read right (\(base))")
+            XCTAssertEqual(array.checksums.mismatches.load(ordering: .relaxed), 1)
+            XCTAssertEqual(array.checksums.repairs.load(ordering: .relaxed), 1)
+            XCTAssertTrue(readRunBackwards())
+            XCTAssertEqual(array.checksums.mismatches.load(ordering: .relaxed), 1, "repaired on the drive: no second mismatch")
+            // A failed drive: the run is rebuilt from the others.
+            _ = array.store.drives[(drive + 1) % geometry.memberCount].transition(to: .failed)
+            XCTAssertTrue(readRunBackwards(), "a run read degraded (\(base))")
+        }
+    }
 }
