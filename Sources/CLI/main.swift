@@ -287,7 +287,7 @@ struct Mount: VSACommand {
     @Option(
         name: .short,
         help:
-            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, cleaner_rate=SIZE per second or 0), comma-separated."
+            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, cleaner_rate=SIZE per second or 0, read_realloc=on|off), comma-separated."
     ) var o: [String] = []
     @Flag(help: .hidden) var daemonChild = false
 
@@ -299,6 +299,7 @@ struct Mount: VSACommand {
         var fuseThreads = 4
         var driveTimeout: Double = 30
         var cleanerRate: UInt64? = nil
+        var readReallocation = true
         for item in o.flatMap({ $0.split(separator: ",").map(String.init) }) {
             if item.hasPrefix("threads=") {
                 guard let n = Int(item.dropFirst(8)), n >= 1, n <= 64 else {
@@ -319,6 +320,10 @@ struct Mount: VSACommand {
                     throw VSAError("-o cleaner_rate takes a size per second from 1M to 64G, or 0 for no background cleaning (got '\(value)')")
                 }
                 cleanerRate = rate
+            } else if item.hasPrefix("read_realloc=") {
+                let value = String(item.dropFirst(13))
+                guard value == "on" || value == "off" else { throw VSAError("-o read_realloc takes on or off (got '\(value)')") }
+                readReallocation = value == "on"
             } else if [
                 "rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "dev", "suid", "exec", "nodev", "nosuid", "noexec", "async", "atime",
                 "noatime", "relatime",
@@ -338,6 +343,7 @@ struct Mount: VSACommand {
         options.fuseThreads = fuseThreads
         options.driveTimeoutSeconds = driveTimeout
         if let cleanerRate { options.cleanerRate = cleanerRate }
+        options.readReallocation = readReallocation
         if foreground || daemonChild {
             if daemonChild { setsid() }
             let daemon: ArrayDaemon

@@ -38,6 +38,9 @@ public struct MountOptions: Sendable {
     /// Bytes per second of pool segments the background cleaner reads at most (0: it cleans only when a write would
     /// otherwise get ENOSPC, or the pool is nearly full).
     public var cleanerRate: UInt64 = CleanerControl.defaultRate
+    /// Whether sequential reads of thin LUN pages scattered by random writes write them again in order
+    /// (`-o read_realloc=off` turns it off; docs/POOL.md, "Read reallocation").
+    public var readReallocation = true
     public init(directory: String, mountpoint: String, fuseOptions: [String], cacheBytes: UInt64?) {
         self.directory = directory
         self.mountpoint = mountpoint
@@ -206,6 +209,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         let directors = engines.directors
         // The pool, before any director runs: its homes are recovered on the directors' back ends from this thread.
         let openedPool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: cacheBytes, log: { daemonLog($0) })
+        openedPool?.space.readReallocation.store(options.readReallocation, ordering: .relaxed)
         pool.withLock { $0 = openedPool }
         // A LUN whose restore could not be finished stays off the mount (Snapshots.swift, checkSnapshots).
         let files = store.lunTable.entries.filter { $0.pendingReset == 0 }.map {

@@ -32,15 +32,6 @@ final class CleanerControl: @unchecked Sendable {
 }
 
 extension ArrayDaemon {
-    /// The share of the segments host data may use that is free, with promised blocks counted as used.
-    static func freeFraction(_ runtime: PoolRuntime) -> Double {
-        let space = runtime.space
-        let held = space.heldBackSegments.load(ordering: .relaxed)
-        let usable = max(1, space.poolSegments - held)
-        let promised = (max(0, space.promisedBlocks.load(ordering: .relaxed)) + runtime.layout.blocksPerSegment - 1) / runtime.layout.blocksPerSegment
-        return Double(max(0, space.freeSegments - held - promised)) / Double(usable)
-    }
-
     func startCleaner() {
         let thread = Thread { [self] in
             var credit = 0.0
@@ -60,7 +51,7 @@ extension ArrayDaemon {
                 let elapsed = now - last
                 last = now
                 guard let runtime = poolRuntime() else { continue }
-                let fraction = ArrayDaemon.freeFraction(runtime)
+                let fraction = runtime.space.freeFraction
                 urgent = fraction < (urgent ? 0.12 : 0.10)
                 if !urgent && cleaner.rate == 0 {
                     cleaner.state.store(CleanerControl.State.off.rawValue, ordering: .relaxed)

@@ -194,6 +194,7 @@ extension ArrayDaemon {
             throw VSAError("the pool could not be made (drives failing)")
         }
         let runtime = PoolRuntime(layout: layout, space: space, homes: made)
+        space.readReallocation.store(options.readReallocation, ordering: .relaxed)
         pool.withLock { $0 = runtime }
         daemonLog(
             "pool made: area at stripe \(start) (\(stripes) stripes), \(space.poolSegments) segments of \(formatSize(UInt64(layout.blocksPerSegment) * 4096))")
@@ -302,6 +303,8 @@ extension ArrayDaemon {
             promisedBytes: UInt64(promisedBlocks) * block, warning: warning)
         report.pool!.spareBytes = UInt64(space.spareSegments * runtime.layout.blocksPerSegment) * block
         report.pool!.reclaimableBytes = stats.reduce(0) { $0 + $1.reclaimableBlocks } * block
+        report.pool!.reallocatedBytes = stats.reduce(0) { $0 + $1.reallocatedBlocks } * block
+        report.pool!.readReallocation = space.readReallocation.load(ordering: .relaxed)
         let stripeBytes = UInt64(runtime.layout.geometry.stripeDataBytes)
         report.pool!.cleaner = StatusReport.CleanerInfo(
             state: CleanerControl.State(rawValue: cleaner.state.load(ordering: .relaxed))?.name ?? "idle", rateBytesPerSecond: cleaner.rate,

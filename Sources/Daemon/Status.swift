@@ -91,6 +91,10 @@ public struct StatusReport: Codable, Sendable {
         public var reclaimableBytes: UInt64 = 0
         /// Segments kept out of the size for the cleaner (as an SSD keeps spare area), as bytes.
         public var spareBytes: UInt64 = 0
+        /// Read reallocation: bytes of thin LUN pages that sequential reads found scattered and wrote again in order
+        /// (docs/POOL.md, "Read reallocation"; `-o read_realloc`), and whether it is on.
+        public var reallocatedBytes: UInt64 = 0
+        public var readReallocation = true
         public var cleaner: CleanerInfo? = nil
     }
     /// The pool's cleaner (docs/POOL.md, "The cleaner").
@@ -368,6 +372,9 @@ public struct StatusReport: Codable, Sendable {
                 }
                 lines.append(line)
             }
+            lines.append(
+                "read reallocation: \(p.readReallocation ? "on" : "off (-o read_realloc=off)"), \(formatSize(p.reallocatedBytes)) of scattered pages written again in order"
+            )
         }
         let ratio = String(Int((cache.hitRatio * 1000).rounded()) / 10) + "." + String(Int((cache.hitRatio * 1000).rounded()) % 10) + "%"
         lines.append(

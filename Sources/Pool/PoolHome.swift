@@ -347,6 +347,18 @@ public final class PoolHome: MapBlockReader {
         writeBlock(id, block: block, from: page, reserve: dataReserve)
     }
 
+    /// Blocks written again where a sequential read goes next (read reallocation, `PoolPort.readStrips`).
+    public private(set) var blocksReallocated: UInt64 = 0
+
+    /// Read reallocation of local block `block` of version `id`: `page` holds what the block holds now (just read),
+    /// written again at the log's head like a cleaner's move, so blocks read in order come to lie in order. Only a
+    /// block the version owns (a shared one stays where the snapshot has it). Whether it was written.
+    public func reallocate(_ id: UInt32, block: UInt64, from page: UnsafeRawPointer) -> Bool {
+        guard ownsBlock(id, block: block), writeBlock(id, block: block, from: page, reserve: dataReserve) == nil else { return false }
+        blocksReallocated += 1
+        return true
+    }
+
     /// `write`, claiming a new segment only while `reserve` stay free (host data: the data reserve; the cleaner's
     /// moves: less, so a full pool can still be cleaned).
     func writeBlock(_ id: UInt32, block: UInt64, from page: UnsafeRawPointer, reserve: Int) -> PoolFailure? {

@@ -64,6 +64,7 @@ public final class PoolPort {
             }
             let total = strips * pages
             var page = 0
+            var runs = 0
             while page < total {
                 guard let entry = owner.entry(lunID, block: first + UInt64(page)) else { return false }
                 guard entry.isMapped else {
@@ -81,10 +82,37 @@ public final class PoolPort {
                 let start = page
                 guard owner.readRun(entry.pba, count: run, pages: { target(start + $0) }) else { return false }
                 page += run
+                runs += 1
+            }
+            // Scattered (random writes redirected each page to wherever the log was): written again in order.
+            if wholeStrips && runs * PoolPort.scatteredRunPages > total {
+                reallocate(owner, lunID: lunID, lunStripe: lunStripe, first: first, pages: total, target)
             }
             strip += strips
         }
         return true
+    }
+
+    /// Runs shorter than this on average make a whole-strip read scattered: its pages are worth writing again in order.
+    static let scatteredRunPages = 4
+
+    /// Read reallocation (as WAFL's read_realloc; docs/POOL.md): redirect-on-write puts each randomly written page
+    /// wherever the log is, so a later sequential read of them is a read per page where a thick LUN reads a strip.
+    /// Pages just read whole strips at a time that came in short runs are written again at the log's head, in order:
+    /// the next sequential read of them is a few long runs. It moves data the way the cleaner does (the same
+    /// contents, born now; a crash replays or forgets the commit, and either way the block reads the same), and only
+    /// pages the LUN owns: a page a snapshot shares stays shared. Only while the pool has room to spare (15% free:
+    /// the cleaner, at its background rate below 25%, keeps up with the dead blocks it leaves, and is never made
+    /// urgent by it), with the space promised like a write's, so it never takes what cached writes were promised,
+    /// and never under `-o read_realloc=off`.
+    private func reallocate(_ owner: PoolHome, lunID: UInt32, lunStripe: UInt64, first: UInt64, pages: Int, _ page: (Int) -> UnsafeMutableRawPointer) {
+        let space = owner.space
+        guard space.readReallocation.load(ordering: .relaxed), space.freeFraction >= 0.15, space.promise(pages, force: false) else { return }
+        defer { keep(pages) }
+        if space.sharing.load(ordering: .relaxed) && !space.promisesFitFreeSegments { return }
+        var written = 0
+        for p in 0..<pages where owner.reallocate(lunID, block: first + UInt64(p), from: page(p)) { written += 1 }
+        if written > 0 { _ = owner.commit(flush: false) }
     }
 
     /// Destages one page of thin LUN `lunID`: byte `offsetBytes` (a page boundary) of data strip `strip` of LUN stripe
@@ -264,6 +292,7 @@ public final class PoolHomeStats: @unchecked Sendable {
     public var cleaner = PoolCleanerCounters()
     public var reclaimableBlocks: UInt64 = 0
     public var stripesPerSegment: UInt64 = 1
+    public var reallocatedBlocks: UInt64 = 0
     public init() {}
 
     public func capture(_ h: PoolHome) {
@@ -274,6 +303,7 @@ public final class PoolHomeStats: @unchecked Sendable {
         checkpoint = h.checkpointNumber
         commits = h.commitsWritten
         paddingBlocks = h.paddingBlocks
+        reallocatedBlocks = h.blocksReallocated
         mapFrames = h.map.frameCount
         dirtyFrames = h.map.dirtyFrames
         damagedNodes = h.map.damagedNodes

@@ -215,6 +215,18 @@ public final class PoolSpace: @unchecked Sendable {
     /// until it has looked.
     public let sharing = Atomic<Bool>(true)
 
+    /// The share of the segments host data may use that is free, with promised blocks counted as used: what the
+    /// cleaner's policy and read reallocation go by.
+    public var freeFraction: Double {
+        let held = heldBackSegments.load(ordering: .relaxed)
+        let usable = max(1, poolSegments - held)
+        let promised = (max(0, promisedBlocks.load(ordering: .relaxed)) + layout.blocksPerSegment - 1) / layout.blocksPerSegment
+        return Double(max(0, freeSegments - held - promised)) / Double(usable)
+    }
+
+    /// Read reallocation (`PoolPort.readStrips`): on unless the mount says `-o read_realloc=off`.
+    public let readReallocation = Atomic<Bool>(true)
+
     /// Whether every promise fits in the free segments not held back (the bound while versions share blocks).
     public var promisesFitFreeSegments: Bool {
         promisedBlocks.load(ordering: .relaxed) <= (freeSegments - heldBackSegments.load(ordering: .relaxed)) * promisableBlocksPerSegment

@@ -175,6 +175,68 @@ final class ThinTests: FixtureTestCase {
         XCTAssertEqual(bad.stderrLines.count, 1, bad.stderr)
     }
 
+    /// Read reallocation (docs/POOL.md): pages random writes scattered, read in order, are written again in order;
+    /// never pages a snapshot shares, never with `-o read_realloc=off`; the data stays what fio wrote, across remounts.
+    func testSequentialReadsOfScatteredPagesWriteThemAgainInOrder() throws {
+        try fixture.create("--drives 4 --drive-size 128M --raid 5")
+        try fixture.mount("-o cache=16M")
+        let m = fixture.mnt
+        XCTAssertEqual(fixture.vsa("lun create '\(m)' t --size 1G --thin").status, 0)
+        func scatter(_ seed: Int) {
+            let fio = Harness.sh(
+                "fio --name=s --filename='\(m)/t' --size=48M --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio --direct=1 --randseed=\(seed) --verify=crc32c --do_verify=0 2>&1",
+                timeoutSeconds: 300)
+            XCTAssertEqual(fio.status, 0, fio.stdout)
+        }
+        func verify(_ seed: Int) {
+            let fio = Harness.sh(
+                "fio --name=s --filename='\(m)/t' --size=48M --rw=randwrite --bs=4k --ioengine=psync --randseed=\(seed) --verify=crc32c --verify_only 2>&1",
+                timeoutSeconds: 300)
+            XCTAssertEqual(fio.status, 0, fio.stdout)
+        }
+        func readInOrder() {
+            let dd = Harness.sh("dd if='\(m)/t' of=/dev/null bs=1M count=48 iflag=direct 2>&1")
+            XCTAssertEqual(dd.status, 0, dd.stdout)
+        }
+        func reallocated() throws -> Int { try XCTUnwrap(try pool()["reallocatedBytes"] as? Int) }
+        scatter(1)
+        // A snapshot shares every page: reading in order moves none of them (that would unshare them).
+        XCTAssertEqual(fixture.vsa("snap create '\(m)' t s1").status, 0)
+        fixture.unmount()
+        try fixture.mount("-o cache=16M")  // a cold cache: the reads go to the pool
+        readInOrder()
+        XCTAssertEqual(try reallocated(), 0, "pages a snapshot shares stay where they are")
+        let unique = try XCTUnwrap(try thin()["uniqueBytes"] as? Int)
+        XCTAssertEqual(fixture.vsa("snap delete '\(m)' t s1").status, 0)
+        fixture.unmount()
+        try fixture.mount("-o cache=16M")
+        readInOrder()
+        let moved = try reallocated()
+        XCTAssertGreaterThan(moved, 16 << 20, "scattered pages read in order were written again: \(fixture.vsa("status '\(m)'").stdout)")
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(try thin()["uniqueBytes"] as? Int), unique)
+        verify(1)
+        // In order now: the next pass over them finds few to move.
+        fixture.unmount()
+        try fixture.mount("-o cache=16M")
+        readInOrder()
+        XCTAssertLessThan(try reallocated(), moved / 4, "a second pass finds the pages in order")
+        XCTAssertTrue(fixture.vsa("status '\(m)'").stdout.contains("read reallocation: on"))
+        verify(1)
+        // Off: scattered again, read in order, nothing moves.
+        scatter(2)
+        fixture.unmount()
+        try fixture.mount("-o cache=16M,read_realloc=off")
+        readInOrder()
+        XCTAssertEqual(try reallocated(), 0)
+        XCTAssertEqual(try pool()["readReallocation"] as? Bool, false)
+        verify(2)
+        fixture.unmount()
+        let bad = fixture.vsa("mount '\(fixture.dir)' '\(m)' -o read_realloc=maybe")
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertEqual(bad.stderrLines.count, 1, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("read_realloc"), bad.stderr)
+    }
+
     /// ext4 on a loop device over a 1 TiB thin LUN of a 1 GiB array: blkdiscard and mkfs discard the whole LUN
     /// (unmapped per home at once, not page by page), a file's blocks come back with rm and fstrim (one discard per
     /// free extent), fsck is clean after a remount.

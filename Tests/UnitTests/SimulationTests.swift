@@ -671,6 +671,9 @@ extension Simulation {
         if thin {
             guard let layout = pool?.layout else { return false }
             let space = PoolSpace(layout: layout, reservedStripes: store.lunTable.reservedRuns)
+            // A look at the drives, nothing written: these homes are not the live ones, and a commit of theirs would
+            // land where the live homes' log goes.
+            space.readReallocation.store(false, ordering: .relaxed)
             var homes: [PoolHome] = []
             for h in 0..<layout.homes {
                 guard
