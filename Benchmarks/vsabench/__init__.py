@@ -10,7 +10,8 @@ software is measured, not a disk:
   nbd             nbdkit file plugin + nbdfuse (skipped cleanly if it does not come up)
   s3backer        s3backer --test (opt-in only: its test mode is about 10 IOPS)
   vsa-r0, vsa-r5  vsa: one thick LUN on RAID-0 of one drive / RAID-5 of four drives
-  vsa-r5-thin     vsa: one thin LUN (the pool: redirect-on-write) on RAID-5 of four drives
+  vsa-r5-thin     vsa: one thin LUN (the pool: redirect-on-write) on RAID-5 of four 1 GiB drives (the 1 GiB LUN
+                  fills a third of the pool: thin pools are run with room, and read reallocation needs 15% free)
 
 Invariants: a round runs every workload on every target, the target order rotated by one each round; a daemon's CPU
 time is read from /proc/PID/stat right before and after each fio run; everything started is stopped by pid, unmounted

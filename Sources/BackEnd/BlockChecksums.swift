@@ -91,9 +91,20 @@ public final class BlockChecksums: @unchecked Sendable {
     /// The checksum a block must have: CRC32C of its 4 KiB, seeded with its address; never 0.
     @inline(__always)
     public static func checksum(_ block: UnsafeRawPointer, member: Int, blockIndex: UInt64, memory: MemoryServices) -> UInt32 {
-        let seed = UInt32(truncatingIfNeeded: (blockIndex &* 0x9E37_79B9) ^ (UInt64(member) << 24) ^ 0x5641_5342)
-        let crc = memory.crc32c(block, count: 4096, seed: seed)
+        let crc = memory.crc32c(block, count: 4096, seed: seed(member: member, blockIndex: blockIndex))
         return crc == 0 ? 1 : crc
+    }
+
+    /// The same checksum from the block's CRC32C with seed 0, known already (a pool's summary has it): not read again.
+    @inline(__always)
+    public static func checksum(crc: UInt32, member: Int, blockIndex: UInt64) -> UInt32 {
+        let sum = crc32c4KReseeded(crc, seed: seed(member: member, blockIndex: blockIndex))
+        return sum == 0 ? 1 : sum
+    }
+
+    @inline(__always)
+    static func seed(member: Int, blockIndex: UInt64) -> UInt32 {
+        UInt32(truncatingIfNeeded: (blockIndex &* 0x9E37_79B9) ^ (UInt64(member) << 24) ^ 0x5641_5342)
     }
 
     /// The block number (within the member's data area) of the byte at `driveOffset`.
@@ -218,6 +229,19 @@ public final class BlockChecksums: @unchecked Sendable {
                 dirty[f] = true
             }
             return nil
+        }
+    }
+
+    /// Records the checksum of one block about to be written to `member` at `driveOffset`, from its CRC32C with seed
+    /// 0 (`crc`, known already).
+    public func update(member: Int, driveOffset: UInt64, crc: UInt32, io: DriveIO) {
+        let b = blockIndex(driveOffset: driveOffset)
+        let sum = BlockChecksums.checksum(crc: crc, member: member, blockIndex: b)
+        _ = withEntry(member: member, blockIndex: b, io: io) { entry, f in
+            if entry[0] != sum {
+                entry[0] = sum
+                dirty[f] = true
+            }
         }
     }
 

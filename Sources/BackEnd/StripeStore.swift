@@ -48,6 +48,14 @@ public protocol StripeStore: AnyObject {
     /// can only garble data that was in flight, and the write needs no journal, only a write intent.
     func writeStripe(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int, allNew: Bool)
         -> Bool
+    /// Reconstruct-write of new rows whose 4 KiB pages lie in scattered places (a pool's commit, blocks from the
+    /// host's buffer): page k of data strip i's range comes from `pages[i * count / 4096 + k]`, written straight from
+    /// there (a gather write per strip), parity computed row by row; as `writeStripe` with every strip dirty and
+    /// `allNew`. `crcs`, when given, holds the same pages' CRC32C (seed 0) where known (0: not known), so their
+    /// checksums need not read them again. The pages must not change until it returns.
+    func writePages(
+        stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
+    ) -> Bool
     /// Write-back's destage of one stripe: writes range [offsetBytes, offsetBytes + count) of the data strips in
     /// `dirtyMask`. `strips[i]` is the cache's copy of data strip i's range (nil: not cached), `cachedMask` the strips
     /// whose copy holds the range whole. The back end chooses how (read-modify-write or reconstruct-write: what reads
@@ -138,6 +146,9 @@ public final class RAIDBackEnd: StripeStore {
     /// land in.
     let pageVectors: UnsafeMutablePointer<iovec>
     let unwantedPage: Arena
+    /// `writePages`' gather lists, one member's after another (each drive is written once a call, and its list is
+    /// consumed as it goes, so no two writes share one).
+    let writeVectors: UnsafeMutablePointer<iovec>
 
     public init(
         geometry: ArrayGeometry, drives: [Drive], memory: MemoryServices, marks: BackEndMarks, journal owner: JournalOwner? = nil,
@@ -151,6 +162,7 @@ public final class RAIDBackEnd: StripeStore {
         self.alignedStaging = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: checksums == nil ? 1 : geometry.dataStripsPerStripe)
         self.pageVectors = .allocate(capacity: max(1, geometry.dataStripsPerStripe * geometry.stripUnitBytes / 4096))
         self.unwantedPage = Arena(sliceBytes: 4096, sliceCount: 1)
+        self.writeVectors = .allocate(capacity: max(1, geometry.memberCount * geometry.stripUnitBytes / 4096))
         self.geometry = geometry
         self.drives = Array(drives.prefix(geometry.memberCount))
         self.memory = memory
@@ -180,6 +192,7 @@ public final class RAIDBackEnd: StripeStore {
         readFrom.deallocate()
         destageStrips.deallocate()
         pageVectors.deallocate()
+        writeVectors.deallocate()
     }
 
     var newP: UnsafeMutableRawPointer { staging.slice(3 * m) }

@@ -43,6 +43,86 @@ extension RAIDBackEnd {
         return finishWrite()
     }
 
+    public func writePages(
+        stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
+    ) -> Bool {
+        checkRange(offsetBytes, count)
+        precondition(offsetBytes % 4096 == 0 && count % 4096 == 0, "a gather write of whole pages")
+        let d = geometry.dataStripsPerStripe
+        let pagesPerStrip = count / 4096
+        if hasParity, let journal, journal.isPending(stripe) || journal.wasJournaled(stripe) {
+            // The journal takes this stripe (it was journaled in this epoch): gathered into staging first, as the
+            // journal's record copies it anyway. Rare: a pool writes a stripe's rows once per pass of its log.
+            for strip in 0..<d {
+                destageStrips[strip] = staging.slice(strip)
+                for k in 0..<pagesPerStrip {
+                    memory.copy(from: pages[strip * pagesPerStrip + k]!, to: staging.slice(strip) + k * 4096, byteCount: 4096)
+                }
+            }
+            return writeStripe(stripe: stripe, strips: destageStrips, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: offsetBytes, count: count, allNew: true)
+        }
+        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
+        if hasParity {
+            // Row by row: a row's pages are the parity sources of that row's P (and Q).
+            for k in 0..<pagesPerStrip {
+                for strip in 0..<d { table[strip] = pages[strip * pagesPerStrip + k] }
+                table[d] = newP + k * 4096
+                table[d + 1] = newQ + k * 4096
+                if geometry.raidLevel == .raid5 {
+                    memory.xorParity(sourceCount: d, lengthBytes: 4096, table: table)
+                } else {
+                    memory.pqParity(sourceCount: d, lengthBytes: 4096, table: table)
+                }
+            }
+            marks.fullStripeWrites.add(1, ordering: .relaxed)
+        }
+        guard recordIntent(stripe: stripe) else { return false }
+        // The checksums first: updating them may read a checksum page, which is never done with a batch queued.
+        if let checksums {
+            for strip in 0..<d {
+                for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
+                    for k in 0..<pagesPerStrip {
+                        let at = offset + UInt64(k * 4096)
+                        if let crcs, crcs[strip * pagesPerStrip + k] != 0 {
+                            checksums.update(member: drive, driveOffset: at, crc: crcs[strip * pagesPerStrip + k], io: io)
+                        } else {
+                            checksums.update(member: drive, driveOffset: at, count: 4096, data: pages[strip * pagesPerStrip + k]!, io: io, memory: memory)
+                        }
+                    }
+                }
+            }
+            if hasParity {
+                let p = geometry.parityDrive(stripe: stripe)
+                if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP, io: io, memory: memory) }
+                if geometry.raidLevel == .raid6 {
+                    let q = geometry.qDrive(stripe: stripe)
+                    if writable(q) { checksums.update(member: q, driveOffset: offset, count: count, data: newQ, io: io, memory: memory) }
+                }
+            }
+        }
+        let vectorsPerMember = stripBytes / 4096
+        for strip in 0..<d {
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
+                // Pages that lie one after another in memory are one buffer (a commit's own rows are).
+                let vectors = writeVectors + drive * vectorsPerMember
+                var n = 0
+                for k in 0..<pagesPerStrip {
+                    let page = pages[strip * pagesPerStrip + k]!
+                    if n > 0 && vectors[n - 1].iov_base! + vectors[n - 1].iov_len == page {
+                        vectors[n - 1].iov_len += 4096
+                    } else {
+                        vectors[n] = iovec(iov_base: page, iov_len: 4096)
+                        n += 1
+                    }
+                }
+                io.queueWriteVector(drive: drive, vectors: vectors, vectorCount: n, count: count, offsetBytes: offset)
+            }
+            marks.stripWrites.add(1, ordering: .relaxed)
+        }
+        if hasParity { queueParityWrites(stripe: stripe, offset: offset, count: count) }
+        return finishWrite()
+    }
+
     /// The checksums of a write about to go in place (its intent or journal record is on the drives already).
     func recordChecksums(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offset: UInt64, count: Int) {
         guard let checksums else { return }

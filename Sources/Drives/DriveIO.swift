@@ -9,7 +9,7 @@ import SysURing
 
 public final class DriveIO {
     private struct Operation {
-        var kind: UInt8 = 0  // 0 read, 1 write, 2 flush, 3 punch, 4 durable write, 5 scatter read
+        var kind: UInt8 = 0  // 0 read, 1 write, 2 flush, 3 punch, 4 durable write, 5 scatter read, 6 gather write
         var driveIndex: Int32 = 0
         var pointer: UnsafeMutableRawPointer? = nil
         var count: Int = 0
@@ -17,7 +17,8 @@ public final class DriveIO {
         var done: Int = 0
         /// Its last completion was reaped (or it never went to the kernel).
         var finished = true
-        /// A scatter read's buffers (the caller's, consumed as they fill) and the first one with bytes still to come.
+        /// A scatter read's or gather write's buffers (the caller's, consumed as they are done) and the first one with
+        /// bytes still to come.
         var vectors: UnsafeMutablePointer<iovec>? = nil
         var vectorCount = 0
         var vectorFirst = 0
@@ -102,6 +103,10 @@ public final class DriveIO {
             ring.queueReadVector(
                 fd: drive.fd, vectors: op.vectors! + op.vectorFirst, count: op.vectorCount - op.vectorFirst, offsetBytes: op.offsetBytes + UInt64(op.done),
                 tag: tag)
+        case 6:
+            ring.queueWriteVector(
+                fd: drive.fd, vectors: op.vectors! + op.vectorFirst, count: op.vectorCount - op.vectorFirst, offsetBytes: op.offsetBytes + UInt64(op.done),
+                tag: tag)
         default: ring.queuePunchHole(fd: drive.fd, offsetBytes: op.offsetBytes, count: UInt64(op.count), tag: tag)
         }
     }
@@ -128,7 +133,19 @@ public final class DriveIO {
             } else if let injector = DriveFaultInjector.active {
                 let path = drives[Int(op.driveIndex)].path
                 let landed = injector.beforeWrite(path: path, fd: fd, offset: op.offsetBytes, count: op.count, durable: op.kind == 4)
-                if landed > 0 { try Posix.pwrite(fd, op.pointer!, count: landed, offset: op.offsetBytes) }
+                if op.kind == 6 {
+                    // A torn gather write: its buffers in turn, as far as the bytes that land.
+                    var at = 0
+                    for v in 0..<op.vectorCount where at < landed {
+                        let n = min(op.vectors![v].iov_len, landed - at)
+                        try Posix.pwrite(fd, op.vectors![v].iov_base!, count: n, offset: op.offsetBytes + UInt64(at))
+                        at += n
+                    }
+                } else if landed > 0 {
+                    try Posix.pwrite(fd, op.pointer!, count: landed, offset: op.offsetBytes)
+                }
+            } else if op.kind == 6 {
+                try Posix.pwritev(fd, op.vectors!, count: op.vectorCount, offset: op.offsetBytes)
             } else {
                 try Posix.pwrite(fd, op.pointer!, count: op.count, offset: op.offsetBytes)
                 // A durable write on a page-cache drive that keeps data (not tmpfs): the flush makes it so.
@@ -151,7 +168,7 @@ public final class DriveIO {
         let op = operations[Int(tag)]
         let drive = drives[Int(op.driveIndex)]
         switch op.kind {
-        case 0, 1, 4, 5:
+        case 0, 1, 4, 5, 6:
             // The page-cache drives' synchronous copy (a durable write is followed by an fsync there).
             copyThroughPageCache(tag)
         case 2:
@@ -206,9 +223,14 @@ public final class DriveIO {
     /// sectors each). The vectors are the caller's scratch: they must stay until the batch is submitted, and are
     /// consumed (advanced as bytes arrive).
     public func queueReadVector(drive: Int, vectors: UnsafeMutablePointer<iovec>, vectorCount: Int, count: Int, offsetBytes: UInt64) {
-        precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive reads are whole sectors")
-        precondition((0..<vectorCount).reduce(0) { $0 + vectors[$1].iov_len } == count, "a scatter read's buffers add up to its count")
-        var op = Operation(kind: 5, driveIndex: Int32(drive), count: count, offsetBytes: offsetBytes)
+        appendVector(kind: 5, drive: drive, vectors: vectors, vectorCount: vectorCount, count: count, offsetBytes: offsetBytes)
+    }
+
+    /// A scatter read (kind 5) or gather write (kind 6).
+    private func appendVector(kind: UInt8, drive: Int, vectors: UnsafeMutablePointer<iovec>, vectorCount: Int, count: Int, offsetBytes: UInt64) {
+        precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive I/O is whole sectors")
+        precondition((0..<vectorCount).reduce(0) { $0 + vectors[$1].iov_len } == count, "a vector's buffers add up to its count")
+        var op = Operation(kind: kind, driveIndex: Int32(drive), count: count, offsetBytes: offsetBytes)
         op.vectors = vectors
         op.vectorCount = vectorCount
         append(op)
@@ -217,6 +239,13 @@ public final class DriveIO {
     public func queueWrite(drive: Int, from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64) {
         precondition(count > 0 && offsetBytes % UInt64(sectorBytes) == 0 && count % sectorBytes == 0, "drive writes are whole sectors")
         append(Operation(kind: 1, driveIndex: Int32(drive), pointer: UnsafeMutableRawPointer(mutating: pointer), count: count, offsetBytes: offsetBytes))
+    }
+
+    /// A gather write of `count` bytes at `offsetBytes` from the `vectorCount` buffers of `vectors` in turn (whole
+    /// sectors each). The vectors are the caller's scratch, as for `queueReadVector`; the buffers must stay as they are
+    /// until the batch is submitted.
+    public func queueWriteVector(drive: Int, vectors: UnsafeMutablePointer<iovec>, vectorCount: Int, count: Int, offsetBytes: UInt64) {
+        appendVector(kind: 6, drive: drive, vectors: vectors, vectorCount: vectorCount, count: count, offsetBytes: offsetBytes)
     }
 
     /// A write that is durable when the batch completes (RWF_DSYNC / FUA): no flush of the drive's other writes needed.
@@ -262,7 +291,7 @@ public final class DriveIO {
                         return
                     }
                     operations[index].done += Int(result)
-                    if op.kind == 5 {
+                    if op.kind >= 5 {
                         operations[index].vectorFirst = Posix.advance(op.vectors!, first: op.vectorFirst, count: op.vectorCount, by: Int(result))
                     }
                     if operations[index].done < op.count {

@@ -208,8 +208,8 @@ extension TrackCache {
     /// Write-through of one whole stripe from the host's buffer: staging it in slots would only add a copy (and, for
     /// a thin LUN, a mirror copy) and a destage (sequential writes are rarely read back soon). A thick LUN's stripe
     /// goes to its place with parity from the request itself, nothing read (a stripe the journal takes is committed
-    /// here: no destage pass follows to do it). A thin LUN's pages go straight into its home's commit (the one copy
-    /// redirect-on-write makes), written before this returns. Either way a host flush still flushes the drives.
+    /// here: no destage pass follows to do it). A thin LUN's pages join its home's commit where they lie (written
+    /// from the request by a gather write, before this returns). Either way a host flush still flushes the drives.
     /// Slots holding tracks of the stripe are forgotten after, write-pending or not: every sector is superseded.
     /// Returns 0, ENOSPC (a thin LUN's pool could not promise the blocks, even after cleaning), EAGAIN (promised, but no
     /// segment could be had in time: the director caches the stripe instead) or EIO.

@@ -203,6 +203,35 @@ public func crc32c(_ pointer: UnsafeRawPointer, count: Int, seed: UInt32 = 0) ->
     ISAL.crc32c(pointer, count: count, seed: seed)
 }
 
+/// The CRC32C of a 4 KiB block with seed `seed`, from its CRC32C with seed 0 (`crc`), without reading the block
+/// again. CRC32C is linear in its register: crc(s, d) = crc(0, d) ^ L(s), where L(s) is what 4096 zero bytes make of a
+/// register holding s, a linear map of 32 bits, applied here a byte of `seed` at a time from four tables.
+@inline(__always)
+public func crc32c4KReseeded(_ crc: UInt32, seed: UInt32) -> UInt32 {
+    Crc32c4KShift.table.withUnsafeBufferPointer { t in
+        crc ^ t[Int(seed & 0xFF)] ^ t[256 + Int(seed >> 8 & 0xFF)] ^ t[512 + Int(seed >> 16 & 0xFF)] ^ t[768 + Int(seed >> 24)]
+    }
+}
+
+private enum Crc32c4KShift {
+    /// Entry 256 * p + v: L(v << 8p). Built once from L of the 32 single bits (each the difference of two CRCs of a
+    /// zero block).
+    static let table: [UInt32] = {
+        let zeroes = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
+        defer { zeroes.deallocate() }
+        zeroes.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        let base = ISAL.crc32c(zeroes, count: 4096, seed: 0)
+        let bit = (0..<32).map { ISAL.crc32c(zeroes, count: 4096, seed: UInt32(1) << UInt32($0)) ^ base }
+        var table = [UInt32](repeating: 0, count: 1024)
+        for p in 0..<4 {
+            for v in 0..<256 {
+                for b in 0..<8 where v & (1 << b) != 0 { table[256 * p + v] ^= bit[8 * p + b] }
+            }
+        }
+        return table
+    }()
+}
+
 /// CRC32C over a byte array, for metadata records (control plane; not counted).
 public func crc32c(_ bytes: [UInt8]) -> UInt32 {
     bytes.withUnsafeBytes { ISAL.crc32c($0.baseAddress!, count: $0.count) }

@@ -136,6 +136,17 @@ public final class PoolHome: MapBlockReader {
     /// on (nil: a block of the run's first or last row outside the run).
     private let runPages: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     private let strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    /// Blocks of the commit being filled that are not in the stripe buffer but on the writer's own page (a whole-stripe
+    /// host write, `write(borrowing:)`): written from there by a gather write, no copy made. Only for as long as the
+    /// writer's call: `keepBorrowedPages()` copies what is still here before it returns.
+    private let borrowed: UnsafeMutablePointer<UnsafeRawPointer?>
+    private var borrowedCount = 0
+    /// A commit's blocks as the back end's `writePages` takes them: each data strip's rows in turn, and their CRCs.
+    private let commitPages: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    private let commitCRCs: UnsafeMutablePointer<UInt32>
+    /// The CRC32C of each data block of the open stripe's commit, as its summary entry has it (0: not a data block):
+    /// the back end's checksums are made from it, not from the block read once more.
+    private let blockCRCs: UnsafeMutablePointer<UInt32>
     let readTargets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
 
     public static let entryCapacity = (PoolLayout.blockBytes - PoolHome.summaryHeaderBytes) / 16
@@ -204,6 +215,14 @@ public final class PoolHome: MapBlockReader {
         runPages = .allocate(capacity: layout.blocksPerStripe)
         runPages.initialize(repeating: nil, count: layout.blocksPerStripe)
         strips = .allocate(capacity: layout.blocksPerRow)
+        borrowed = .allocate(capacity: layout.blocksPerStripe)
+        borrowed.initialize(repeating: nil, count: layout.blocksPerStripe)
+        commitPages = .allocate(capacity: layout.blocksPerStripe)
+        commitPages.initialize(repeating: nil, count: layout.blocksPerStripe)
+        commitCRCs = .allocate(capacity: layout.blocksPerStripe)
+        commitCRCs.initialize(repeating: 0, count: layout.blocksPerStripe)
+        blockCRCs = .allocate(capacity: layout.blocksPerStripe)
+        blockCRCs.initialize(repeating: 0, count: layout.blocksPerStripe)
         readTargets = .allocate(capacity: layout.blocksPerRow)
         strips.initialize(repeating: nil, count: layout.blocksPerRow)
         readTargets.initialize(repeating: nil, count: layout.blocksPerRow)
@@ -217,6 +236,10 @@ public final class PoolHome: MapBlockReader {
         readTargets.deallocate()
         runTargets.deallocate()
         runPages.deallocate()
+        borrowed.deallocate()
+        commitPages.deallocate()
+        commitCRCs.deallocate()
+        blockCRCs.deallocate()
     }
 
     // MARK: Blocks
@@ -231,7 +254,7 @@ public final class PoolHome: MapBlockReader {
         if commitOpen && stripe == commitStripe {
             let j = Int(pba % UInt64(layout.blocksPerStripe))
             if j >= commitRow * layout.blocksPerRow && j < commitRow * layout.blocksPerRow + commitBlocks {
-                target.copyMemory(from: bufferAddress(j), byteCount: PoolLayout.blockBytes)
+                target.copyMemory(from: borrowed[j] ?? UnsafeRawPointer(bufferAddress(j)), byteCount: PoolLayout.blockBytes)
                 return true
             }
         }
@@ -315,6 +338,11 @@ public final class PoolHome: MapBlockReader {
         stripeInSegment = 0
         row = 0
         commitOpen = false
+        for j in 0..<layout.blocksPerStripe {
+            borrowed[j] = nil
+            blockCRCs[j] = 0
+        }
+        borrowedCount = 0
         rolledForward = 0
         commitsSinceCheckpoint = 0
         segmentsEmptied = 0
@@ -347,6 +375,25 @@ public final class PoolHome: MapBlockReader {
         writeBlock(id, block: block, from: page, reserve: dataReserve)
     }
 
+    /// `write`, the block written from `page` itself when its commit goes down (a gather write), not copied into the
+    /// commit: for a caller whose page stays as it is until it calls `keepBorrowedPages()`, before it returns (a
+    /// whole-stripe host write from the host's buffer, a read reallocation from the cache's pages).
+    public func write(_ id: UInt32, block: UInt64, borrowing page: UnsafeRawPointer) -> PoolFailure? {
+        writeBlock(id, block: block, from: page, reserve: dataReserve, borrow: true)
+    }
+
+    /// Copies the blocks of the commit being filled that still lie on their writers' pages into the commit: what a
+    /// caller of `write(borrowing:)` calls before it returns, so no page of its outlives its call here.
+    public func keepBorrowedPages() {
+        guard borrowedCount > 0 else { return }
+        for j in 0..<layout.blocksPerStripe {
+            guard let page = borrowed[j] else { continue }
+            memory.copy(from: page, to: bufferAddress(j), byteCount: PoolLayout.blockBytes)
+            borrowed[j] = nil
+        }
+        borrowedCount = 0
+    }
+
     /// Blocks written again where a sequential read goes next (read reallocation, `PoolPort.readStrips`).
     public private(set) var blocksReallocated: UInt64 = 0
 
@@ -354,14 +401,14 @@ public final class PoolHome: MapBlockReader {
     /// written again at the log's head like a cleaner's move, so blocks read in order come to lie in order. Only a
     /// block the version owns (a shared one stays where the snapshot has it). Whether it was written.
     public func reallocate(_ id: UInt32, block: UInt64, from page: UnsafeRawPointer) -> Bool {
-        guard ownsBlock(id, block: block), writeBlock(id, block: block, from: page, reserve: dataReserve) == nil else { return false }
+        guard ownsBlock(id, block: block), writeBlock(id, block: block, from: page, reserve: dataReserve, borrow: true) == nil else { return false }
         blocksReallocated += 1
         return true
     }
 
     /// `write`, claiming a new segment only while `reserve` stay free (host data: the data reserve; the cleaner's
-    /// moves: less, so a full pool can still be cleaned).
-    func writeBlock(_ id: UInt32, block: UInt64, from page: UnsafeRawPointer, reserve: Int) -> PoolFailure? {
+    /// moves: less, so a full pool can still be cleaned); `borrow`: as `write(borrowing:)`.
+    func writeBlock(_ id: UInt32, block: UInt64, from page: UnsafeRawPointer, reserve: Int, borrow: Bool = false) -> PoolFailure? {
         guard let record = versions[id], record.kind == .live, block < record.blocks else { return .io }
         guard makeRoomInMap() else { return .io }
         guard reserveBlock(reserve: reserve) else { return .noSpace }
@@ -369,8 +416,15 @@ public final class PoolHome: MapBlockReader {
         precondition(commitOpen && j < layout.blocksPerStripe, "a block past the open stripe")
         let pba = layout.pba(stripe: commitStripe, block: j)
         guard mapBlock(id, block: block, to: pba) else { return .io }
-        memory.copy(from: page, to: bufferAddress(j), byteCount: PoolLayout.blockBytes)
-        addEntry(kind: 1, position: block, version: id, last: crc32c(bufferAddress(j), count: PoolLayout.blockBytes))
+        if borrow {
+            borrowed[j] = page
+            borrowedCount += 1
+        } else {
+            memory.copy(from: page, to: bufferAddress(j), byteCount: PoolLayout.blockBytes)
+        }
+        let crc = crc32c(page, count: PoolLayout.blockBytes)
+        blockCRCs[j] = crc
+        addEntry(kind: 1, position: block, version: id, last: crc)
         commitBlocks += 1
         return nil
     }
@@ -564,11 +618,27 @@ public final class PoolHome: MapBlockReader {
         summary.storeBytes(of: Int32(nextSegment).littleEndian, toByteOffset: 56, as: Int32.self)
         summary.storeBytes(of: poolTag.littleEndian, toByteOffset: 64, as: UInt64.self)
         summary.storeBytes(of: crc32c(summary, count: PoolLayout.blockBytes).littleEndian, toByteOffset: 4, as: UInt32.self)
-        for i in 0..<d { strips[i] = stripeBuffer.slice(i) + commitRow * PoolLayout.blockBytes }
-        let ok = store.writeStripe(
-            stripe: commitStripe, strips: strips, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: commitRow * PoolLayout.blockBytes,
-            count: rows * PoolLayout.blockBytes, allNew: true)
-        guard ok else { return false }
+        // Each strip's rows are written from wherever each block lies: the commit's buffer, or a writer's page still
+        // (a gather write; parity row by row), with the data blocks' CRCs the summary took.
+        for i in 0..<d {
+            for r in 0..<rows {
+                let j = (commitRow + r) * d + i
+                commitPages[i * rows + r] = UnsafeMutableRawPointer(mutating: borrowed[j]) ?? bufferAddress(j)
+                commitCRCs[i * rows + r] = blockCRCs[j]
+            }
+        }
+        guard
+            store.writePages(
+                stripe: commitStripe, offsetBytes: commitRow * PoolLayout.blockBytes, count: rows * PoolLayout.blockBytes, pages: commitPages,
+                crcs: commitCRCs)
+        else { return false }
+        for j in first..<(first + rows * d) {
+            blockCRCs[j] = 0
+            if borrowed[j] != nil {
+                borrowed[j] = nil
+                borrowedCount -= 1
+            }
+        }
         commitsWritten += 1
         commitsSinceCheckpoint += 1
         sequence += 1

@@ -110,6 +110,8 @@ public final class PoolPort {
         guard space.readReallocation.load(ordering: .relaxed), space.freeFraction >= 0.15, space.promise(pages, force: false) else { return }
         defer { keep(pages) }
         if space.sharing.load(ordering: .relaxed) && !space.promisesFitFreeSegments { return }
+        // The pages are the cache's, just read, and stay as they are for this call: written from there.
+        defer { owner.keepBorrowedPages() }
         var written = 0
         for p in 0..<pages where owner.reallocate(lunID, block: first + UInt64(p), from: page(p)) { written += 1 }
         if written > 0 { _ = owner.commit(flush: false) }
@@ -118,18 +120,24 @@ public final class PoolPort {
     /// Destages one page of thin LUN `lunID`: byte `offsetBytes` (a page boundary) of data strip `strip` of LUN stripe
     /// `lunStripe`. Durable after `commit()`.
     public func writePage(lunID: UInt32, lunStripe: UInt64, strip: Int, offsetBytes: Int, from page: UnsafeRawPointer) -> PoolFailure? {
+        writePage(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offsetBytes, from: page, borrow: false)
+    }
+
+    /// `borrow`: the page is written from where it is when its commit goes down (`PoolHome.write(borrowing:)`); the
+    /// caller calls the home's `keepBorrowedPages()` before it returns.
+    private func writePage(lunID: UInt32, lunStripe: UInt64, strip: Int, offsetBytes: Int, from page: UnsafeRawPointer, borrow: Bool) -> PoolFailure? {
         let (h, block) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: strip * layout.geometry.stripUnitBytes + offsetBytes)
         touched |= 1 << UInt64(h)
         let owner = home(h)
         if memcmp(page, zeroPage.base, PoolLayout.blockBytes) == 0 { return owner.unmap(lunID, block: block, count: 1) }
-        let failure = owner.write(lunID, block: block, from: page)
+        let failure = borrow ? owner.write(lunID, block: block, borrowing: page) : owner.write(lunID, block: block, from: page)
         guard failure == .noSpace else { return failure }
         // The page was promised space, but no free segment is at hand: the dead blocks of partly used segments are
         // where it is (promises leave the spare segments' worth of them). If none comes, the destage of acknowledged
         // data fails: it is tried again with the next pass (the data stays write-pending).
         var outcome: PoolFailure? = .noSpace
         _ = makeRoom(in: owner) {
-            outcome = owner.write(lunID, block: block, from: page)
+            outcome = borrow ? owner.write(lunID, block: block, borrowing: page) : owner.write(lunID, block: block, from: page)
             return outcome != .noSpace
         }
         return outcome
@@ -191,16 +199,19 @@ public final class PoolPort {
             guard promised == 0 || promise(promised, lunID: lunID, lunStripe: lunStripe, force: false) else { return .noSpace }
         }
         defer { keep(promised) }
+        // The host's buffer stays as it is for this call: its pages are written from there (a gather write), and what
+        // a failure leaves in the open commit is copied in before the call returns.
+        let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
+        defer { home(h).keepBorrowedPages() }
         for strip in 0..<layout.blocksPerRow {
             for offset in stride(from: 0, to: unit, by: PoolLayout.blockBytes) {
-                if let failure = writePage(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offset, from: strips[strip]! + offset) {
+                if let failure = writePage(lunID: lunID, lunStripe: lunStripe, strip: strip, offsetBytes: offset, from: strips[strip]! + offset, borrow: true) {
                     // The space was promised, so a missing segment is not ENOSPC: the pages written so far hold the
                     // new data (uncommitted) and the caller puts the whole stripe in the cache instead.
                     return failure == .noSpace ? .noSegmentYet : failure
                 }
             }
         }
-        let (h, _) = layout.local(lunStripe: lunStripe, homeOffset: lunID, offsetInStripe: 0)
         return home(h).commit(flush: false) ? nil : .io
     }
 

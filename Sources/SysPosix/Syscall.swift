@@ -80,6 +80,21 @@ public enum Posix {
         return done
     }
 
+    /// A gather write: writes the `count` buffers of `vectors` in turn from `offset`, continuing short writes. The
+    /// vectors are consumed (advanced past what was written).
+    public static func pwritev(_ fd: Int32, _ vectors: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64) throws(SysError) {
+        var done = 0
+        var first = 0
+        while first < count {
+            // At most UIO_MAXIOV (1024) buffers a call.
+            let n = try syscall("pwritev") { Glibc.pwritev(fd, vectors + first, Int32(min(count - first, 1024)), off_t(offset) + off_t(done)) }
+            // Nothing written and no error: the device takes no more (never spin on it).
+            guard n > 0 else { throw SysError(errno: EIO, call: "pwritev wrote nothing") }
+            done += n
+            first = advance(vectors, first: first, count: count, by: n)
+        }
+    }
+
     /// Moves a vector list past `bytes` transferred from entry `first` on: whole entries are skipped, a partly done
     /// one starts where the transfer stopped. Returns the first entry with bytes left (`count` when none).
     public static func advance(_ vectors: UnsafeMutablePointer<iovec>, first: Int, count: Int, by bytes: Int) -> Int {

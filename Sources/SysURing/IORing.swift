@@ -48,6 +48,14 @@ public final class IORing {
         queuedCount += 1
     }
 
+    /// A gather write from the `count` buffers of `vectors`, which must stay as they are until it completes.
+    public func queueWriteVector(fd: Int32, vectors: UnsafePointer<iovec>, count: Int, offsetBytes: UInt64, tag: UInt64) {
+        let sqe = nextEntry()
+        io_uring_prep_writev(sqe, fd, vectors, UInt32(count), offsetBytes)
+        io_uring_sqe_set_data64(sqe, tag)
+        queuedCount += 1
+    }
+
     /// `durable`: the write is on stable storage when it completes (RWF_DSYNC), with no flush of anything else.
     public func queueWrite(fd: Int32, from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64, tag: UInt64, durable: Bool = false) {
         let sqe = nextEntry()

@@ -75,6 +75,21 @@ final class ParityTests: XCTestCase {
         XCTAssertEqual(crc32c([UInt8](repeating: 0xFF, count: 32)), 0x62A8_AB43)
     }
 
+    /// A 4 KiB block's CRC32C under any seed, from its CRC with seed 0 alone (how the back end's checksums of a
+    /// pool's blocks are made from the CRCs their summary holds), equals the CRC computed over the block.
+    func testCRC32COfA4KBlockReseededMatchesTheCRCComputedWithTheSeed() {
+        var rng = SystemRandomNumberGenerator()
+        let block = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
+        defer { block.deallocate() }
+        for round in 0..<200 {
+            for i in 0..<512 { block.storeBytes(of: round == 0 ? 0 : rng.next() as UInt64, toByteOffset: i * 8, as: UInt64.self) }
+            let seeds: [UInt32] = [0, 1, 0x8000_0000, 0xFFFF_FFFF, rng.next()]
+            for seed in seeds {
+                XCTAssertEqual(crc32c4KReseeded(crc32c(block, count: 4096), seed: seed), crc32c(block, count: 4096, seed: seed), "seed \(seed)")
+            }
+        }
+    }
+
     func testCopyIsCounted() {
         let memory = MemoryServices()
         let a = Arena(sliceBytes: 4096, sliceCount: 2)
