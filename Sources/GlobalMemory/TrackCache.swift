@@ -134,10 +134,15 @@ public final class TrackCache {
     var slotPinned: [Bool]
     // Recent read streams: where each expects its next read (LUN id, byte offset), replaced round-robin. Guessing
     // "sequential" from cached neighbours misfires once random reads have warmed the cache, and a wrong guess costs
-    // a whole stripe of reads for a 4 KiB request.
+    // a whole stripe of reads for a 4 KiB request (and, on a thin LUN, read reallocation of the stripe). A read is
+    // sequential only once its stream has read `streamConfirmBytes` before it: fio's random reads (its random map
+    // picks a free neighbour when its pick was read) continue some stream one read in a few hundred, and each such
+    // guess read 192 KiB and wrote it again for a 4 KiB read.
     static let streamCount = 16
+    static let streamConfirmBytes: UInt64 = 64 << 10
     var streamLUN: [UInt32]
     var streamNext: [UInt64]
+    var streamStart: [UInt64]
     var streamVictim = 0
 
     public init(slotCount: Int, store: any StripeStore, memory: MemoryServices, counters: CacheCounters) {
@@ -187,18 +192,21 @@ public final class TrackCache {
         slotPinned = Array(repeating: false, count: slotCount)
         streamLUN = Array(repeating: 0, count: TrackCache.streamCount)
         streamNext = Array(repeating: UInt64.max, count: TrackCache.streamCount)
+        streamStart = Array(repeating: 0, count: TrackCache.streamCount)
     }
 
-    /// Whether a read at `offsetBytes` continues a recent read stream of the LUN; records where this read ends.
+    /// Whether a read at `offsetBytes` continues a recent read stream of the LUN that has read `streamConfirmBytes`
+    /// already; records where this read ends.
     @inline(__always)
     func continuesStream(lun: UInt32, offsetBytes: UInt64, count: Int) -> Bool {
         let end = offsetBytes + UInt64(count)
         for i in 0..<TrackCache.streamCount where streamNext[i] == offsetBytes && streamLUN[i] == lun {
             streamNext[i] = end
-            return true
+            return offsetBytes - streamStart[i] >= TrackCache.streamConfirmBytes
         }
         streamLUN[streamVictim] = lun
         streamNext[streamVictim] = end
+        streamStart[streamVictim] = offsetBytes
         streamVictim = (streamVictim + 1) % TrackCache.streamCount
         return false
     }

@@ -93,6 +93,27 @@ final class CacheTests: XCTestCase {
         XCTAssertEqual(counters.readAheadTracks.load(ordering: .relaxed), 0)
     }
 
+    func testRandomReadsThatHappenToFollowAnotherDoNotReadAhead() throws {
+        // fio's random map picks a free neighbour when its pick was read: random reads then continue another read one
+        // time in a few hundred. Such a pair (or a short run) is not a stream: no read-ahead (nor, on a thin LUN, read
+        // reallocation of the stripe). A stream is once it has read 64 KiB.
+        let store = try makeArray(.raid5, drives: 5)
+        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
+        let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
+        let (cache, counters, _) = try makeCache(store, slots: 512)
+        let buffer = alignedBuffer(bytes: 4096)
+        var rng = SplitMix(seed: 7)
+        for _ in 0..<300 {
+            let page = rng.next() % UInt64((4 << 20) / 4096 - 4)
+            for k in 0..<UInt64(1 + rng.next() % 4) {
+                XCTAssertTrue(cache.read(lun: ref, offsetBytes: (page + k) * 4096, count: 4096, into: buffer.base))
+            }
+        }
+        XCTAssertEqual(counters.readAheadTracks.load(ordering: .relaxed), 0)
+        for page in 0..<UInt64(24) { XCTAssertTrue(cache.read(lun: ref, offsetBytes: (512 + page) * 4096, count: 4096, into: buffer.base)) }
+        XCTAssertGreaterThan(counters.readAheadTracks.load(ordering: .relaxed), 0, "a stream of 4 KiB reads reads ahead past 64 KiB")
+    }
+
     func testFlushLeavesNoStaleQueueEntries() throws {
         // write + fsync in a loop (fio --fsync=1): each fsync must cost what is dirty, so destaged slots may not pile
         // up in the dirty queue for later fsyncs to walk.
