@@ -28,6 +28,14 @@ final class CacheTests: XCTestCase {
                 stripUnitBytes: stripUnit, cacheBytes: 16 << 20, engineCount: 1, force: false))
     }
 
+    /// A 4 MiB LUN on RAID-5 of 5 drives and a cache of `slots` slots over it.
+    func makeFourMiBLUNCache(slots: Int) throws -> (LUNRef, TrackCache, CacheCounters) {
+        let store = try makeArray(.raid5, drives: 5)
+        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
+        let (cache, counters, _) = try makeCache(store, slots: slots)
+        return (LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes), cache, counters)
+    }
+
     func makeCache(_ store: ArrayStore, slots: Int) throws -> (TrackCache, CacheCounters, BackEndMarks) {
         let counters = CacheCounters()
         let marks = BackEndMarks()
@@ -62,10 +70,7 @@ final class CacheTests: XCTestCase {
     }
 
     func testSequentialReadAhead() throws {
-        let store = try makeArray(.raid5, drives: 5)
-        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
-        let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
-        let (cache, counters, _) = try makeCache(store, slots: 64)
+        let (ref, cache, counters) = try makeFourMiBLUNCache(slots: 64)
         let buffer = alignedBuffer(bytes: 16384)
         for track in 0..<8 {
             XCTAssertTrue(cache.read(lun: ref, offsetBytes: UInt64(track * 16384), count: 16384, into: buffer.base))
@@ -77,10 +82,7 @@ final class CacheTests: XCTestCase {
     func testRandomReadsDoNotReadAhead() throws {
         // Random 4 KiB reads over a warm cache: neighbours are often cached, but no read continues another, so none
         // may fetch the rest of a stripe.
-        let store = try makeArray(.raid5, drives: 5)
-        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
-        let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
-        let (cache, counters, _) = try makeCache(store, slots: 512)
+        let (ref, cache, counters) = try makeFourMiBLUNCache(slots: 512)
         let buffer = alignedBuffer(bytes: 4096)
         var rng = SplitMix(seed: 42)
         var recentEnds = [UInt64](repeating: .max, count: 32)
@@ -97,10 +99,7 @@ final class CacheTests: XCTestCase {
         // fio's random map picks a free neighbour when its pick was read: random reads then continue another read one
         // time in a few hundred. Such a pair (or a short run) is not a stream: no read-ahead (nor, on a thin LUN, read
         // reallocation of the stripe). A stream is once it has read 64 KiB.
-        let store = try makeArray(.raid5, drives: 5)
-        let lun = try store.createLUN(name: "l", sizeBytes: 4 << 20)
-        let ref = LUNRef(lunID: lun.lunID, startStripe: lun.startStripe, sizeBytes: lun.sizeBytes)
-        let (cache, counters, _) = try makeCache(store, slots: 512)
+        let (ref, cache, counters) = try makeFourMiBLUNCache(slots: 512)
         let buffer = alignedBuffer(bytes: 4096)
         var rng = SplitMix(seed: 7)
         for _ in 0..<300 {
