@@ -96,7 +96,8 @@ extension ArrayDaemon {
         }
         let thin = Set(store.lunTable.entries.filter(\.thin).map(\.lunID))
         for home in opened {
-            for id in home.versions.keys.sorted() where home.versions[id]!.kind == .live && !thin.contains(id) {
+            // Dropping a version may drop others with it (a clone's hidden origin): those are gone when their turn comes.
+            for id in home.versions.keys.sorted() where home.versions[id]?.kind == .live && !thin.contains(id) {
                 log("pool home \(home.home): version \(id) belongs to no thin LUN (a create or delete was cut short); dropped")
                 guard home.deleteVersion(id) else { throw VSAError("pool home \(home.home): an orphaned version could not be dropped") }
             }
