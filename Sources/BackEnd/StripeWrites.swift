@@ -91,14 +91,7 @@ extension RAIDBackEnd {
                     }
                 }
             }
-            if hasParity {
-                let p = geometry.parityDrive(stripe: stripe)
-                if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP, io: io, memory: memory) }
-                if geometry.raidLevel == .raid6 {
-                    let q = geometry.qDrive(stripe: stripe)
-                    if writable(q) { checksums.update(member: q, driveOffset: offset, count: count, data: newQ, io: io, memory: memory) }
-                }
-            }
+            recordParityChecksums(checksums, stripe: stripe, offset: offset, count: count)
         }
         let vectorsPerMember = stripBytes / 4096
         for strip in 0..<d {
@@ -132,6 +125,11 @@ extension RAIDBackEnd {
                 checksums.update(member: drive, driveOffset: offset, count: count, data: strips[strip]!, io: io, memory: memory)
             }
         }
+        recordParityChecksums(checksums, stripe: stripe, offset: offset, count: count)
+    }
+
+    /// The checksums of the new P (and Q) of a write about to go in place.
+    private func recordParityChecksums(_ checksums: BlockChecksums, stripe: UInt64, offset: UInt64, count: Int) {
         guard hasParity else { return }
         let p = geometry.parityDrive(stripe: stripe)
         if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP, io: io, memory: memory) }

@@ -96,7 +96,8 @@ extension ArrayDaemon {
         }
         let thin = Set(store.lunTable.entries.filter(\.thin).map(\.lunID))
         for home in opened {
-            // Dropping a version may drop others with it (a clone's hidden origin): those are gone when their turn comes.
+            // Dropping a version may drop another with it (a zombie origin whose dependents come down to one):
+            // that one is gone when its turn comes.
             for id in home.versions.keys.sorted() where home.versions[id]?.kind == .live && !thin.contains(id) {
                 log("pool home \(home.home): version \(id) belongs to no thin LUN (a create or delete was cut short); dropped")
                 guard home.deleteVersion(id) else { throw VSAError("pool home \(home.home): an orphaned version could not be dropped") }

@@ -130,14 +130,15 @@ public final class PoolPort {
         touched |= 1 << UInt64(h)
         let owner = home(h)
         if memcmp(page, zeroPage.base, PoolLayout.blockBytes) == 0 { return owner.unmap(lunID, block: block, count: 1) }
-        let failure = borrow ? owner.write(lunID, block: block, borrowing: page) : owner.write(lunID, block: block, from: page)
+        func write() -> PoolFailure? { borrow ? owner.write(lunID, block: block, borrowing: page) : owner.write(lunID, block: block, from: page) }
+        let failure = write()
         guard failure == .noSpace else { return failure }
         // The page was promised space, but no free segment is at hand: the dead blocks of partly used segments are
         // where it is (promises leave the spare segments' worth of them). If none comes, the destage of acknowledged
         // data fails: it is tried again with the next pass (the data stays write-pending).
         var outcome: PoolFailure? = .noSpace
         _ = makeRoom(in: owner) {
-            outcome = borrow ? owner.write(lunID, block: block, borrowing: page) : owner.write(lunID, block: block, from: page)
+            outcome = write()
             return outcome != .noSpace
         }
         return outcome
