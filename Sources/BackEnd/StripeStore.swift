@@ -56,6 +56,13 @@ public protocol StripeStore: AnyObject {
     func writePages(
         stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
     ) -> Bool
+    /// `writePages` of rows that run from `offsetBytes` to the end of `stripe` and on into the first `nextCount`
+    /// bytes of stripe `stripe + 1` (a log's commits across a stripe boundary): the second stripe's pages follow the
+    /// first's in `pages` (and `crcs`), laid out alike. Adjacent stripes are adjacent on every drive, so each member
+    /// is written once for both: half the writes of two calls. `nextCount` 0: `writePages`.
+    func writePages(
+        stripe: UInt64, offsetBytes: Int, count: Int, nextCount: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
+    ) -> Bool
     /// Write-back's destage of one stripe: writes range [offsetBytes, offsetBytes + count) of the data strips in
     /// `dirtyMask`. `strips[i]` is the cache's copy of data strip i's range (nil: not cached), `cachedMask` the strips
     /// whose copy holds the range whole. The back end chooses how (read-modify-write or reconstruct-write: what reads
@@ -149,6 +156,9 @@ public final class RAIDBackEnd: StripeStore {
     /// `writePages`' gather lists, one member's after another (each drive is written once a call, and its list is
     /// consumed as it goes, so no two writes share one).
     let writeVectors: UnsafeMutablePointer<iovec>
+    let writeVectorsPerMember: Int
+    /// How many vectors each member's list holds so far.
+    let writeVectorCounts: UnsafeMutablePointer<Int>
 
     public init(
         geometry: ArrayGeometry, drives: [Drive], memory: MemoryServices, marks: BackEndMarks, journal owner: JournalOwner? = nil,
@@ -162,7 +172,11 @@ public final class RAIDBackEnd: StripeStore {
         self.alignedStaging = Arena(sliceBytes: geometry.stripUnitBytes, sliceCount: checksums == nil ? 1 : geometry.dataStripsPerStripe)
         self.pageVectors = .allocate(capacity: max(1, geometry.dataStripsPerStripe * geometry.stripUnitBytes / 4096))
         self.unwantedPage = Arena(sliceBytes: 4096, sliceCount: 1)
-        self.writeVectors = .allocate(capacity: max(1, geometry.memberCount * geometry.stripUnitBytes / 4096))
+        // A member's part of a gather write spans at most two stripes' rows, a vector per page at worst.
+        self.writeVectorsPerMember = max(1, 2 * geometry.stripUnitBytes / 4096)
+        self.writeVectors = .allocate(capacity: geometry.memberCount * writeVectorsPerMember)
+        self.writeVectorCounts = .allocate(capacity: geometry.memberCount)
+        self.writeVectorCounts.initialize(repeating: 0, count: geometry.memberCount)
         self.geometry = geometry
         self.drives = Array(drives.prefix(geometry.memberCount))
         self.memory = memory
@@ -193,12 +207,17 @@ public final class RAIDBackEnd: StripeStore {
         destageStrips.deallocate()
         pageVectors.deallocate()
         writeVectors.deallocate()
+        writeVectorCounts.deallocate()
     }
 
     var newP: UnsafeMutableRawPointer { staging.slice(3 * m) }
     var newQ: UnsafeMutableRawPointer { staging.slice(3 * m + 1) }
     var oldP: UnsafeMutableRawPointer { staging.slice(3 * m + 2) }
     var oldQ: UnsafeMutableRawPointer { staging.slice(3 * m + 3) }
+    /// The P and Q of a gather write's second stripe (`writePages(nextCount:)`): the old parity's slots, which a
+    /// write that reads nothing does not use.
+    var nextP: UnsafeMutableRawPointer { oldP }
+    var nextQ: UnsafeMutableRawPointer { oldQ }
     var deltaP: UnsafeMutableRawPointer { staging.slice(3 * m + 4) }
     var deltaQ: UnsafeMutableRawPointer { staging.slice(3 * m + 5) }
     var zeroes: UnsafeMutableRawPointer { staging.slice(3 * m + 6) }

@@ -46,74 +46,137 @@ extension RAIDBackEnd {
     public func writePages(
         stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
     ) -> Bool {
+        writePages(stripe: stripe, offsetBytes: offsetBytes, count: count, nextCount: 0, pages: pages, crcs: crcs)
+    }
+
+    public func writePages(
+        stripe: UInt64, offsetBytes: Int, count: Int, nextCount: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
+        crcs: UnsafePointer<UInt32>?
+    ) -> Bool {
         checkRange(offsetBytes, count)
-        precondition(offsetBytes % 4096 == 0 && count % 4096 == 0, "a gather write of whole pages")
+        precondition(offsetBytes % 4096 == 0 && count % 4096 == 0 && nextCount % 4096 == 0, "a gather write of whole pages")
         let d = geometry.dataStripsPerStripe
+        let spans = nextCount > 0
+        if spans {
+            checkRange(0, nextCount)
+            precondition(offsetBytes + count == stripBytes && stripe + 1 < geometry.stripeCount, "rows that run on into the next stripe end this one")
+        }
         let pagesPerStrip = count / 4096
-        if hasParity, let journal, journal.isPending(stripe) || journal.wasJournaled(stripe) {
-            // The journal takes this stripe (it was journaled in this epoch): gathered into staging first, as the
-            // journal's record copies it anyway. Rare: a pool writes a stripe's rows once per pass of its log.
-            for strip in 0..<d {
-                destageStrips[strip] = staging.slice(strip)
-                for k in 0..<pagesPerStrip {
-                    memory.copy(from: pages[strip * pagesPerStrip + k]!, to: staging.slice(strip) + k * 4096, byteCount: 4096)
-                }
-            }
-            return writeStripe(stripe: stripe, strips: destageStrips, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: offsetBytes, count: count, allNew: true)
+        let secondPages = pages + d * pagesPerStrip
+        let secondCRCs = crcs.map { $0 + d * pagesPerStrip }
+        if hasParity, let journal,
+            journal.isPending(stripe) || journal.wasJournaled(stripe) || (spans && (journal.isPending(stripe + 1) || journal.wasJournaled(stripe + 1)))
+        {
+            // The journal takes a stripe (it was journaled in this epoch): each stripe is gathered into staging first,
+            // as the journal's record copies it anyway. Rare: a pool writes a stripe's rows once per pass of its log.
+            guard gatherAndWriteStripe(stripe: stripe, offsetBytes: offsetBytes, count: count, pages: pages) else { return false }
+            return !spans || gatherAndWriteStripe(stripe: stripe + 1, offsetBytes: 0, count: nextCount, pages: secondPages)
         }
-        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         if hasParity {
-            // Row by row: a row's pages are the parity sources of that row's P (and Q).
-            for k in 0..<pagesPerStrip {
-                for strip in 0..<d { table[strip] = pages[strip * pagesPerStrip + k] }
-                table[d] = newP + k * 4096
-                table[d + 1] = newQ + k * 4096
-                if geometry.raidLevel == .raid5 {
-                    memory.xorParity(sourceCount: d, lengthBytes: 4096, table: table)
-                } else {
-                    memory.pqParity(sourceCount: d, lengthBytes: 4096, table: table)
-                }
-            }
-            marks.fullStripeWrites.add(1, ordering: .relaxed)
+            computePageParity(pages: pages, rows: pagesPerStrip, p: newP, q: newQ)
+            if spans { computePageParity(pages: secondPages, rows: nextCount / 4096, p: nextP, q: nextQ) }
         }
-        guard recordIntent(stripe: stripe) else { return false }
+        guard recordIntent(stripe: stripe), !spans || recordIntent(stripe: stripe + 1) else { return false }
         // The checksums first: updating them may read a checksum page, which is never done with a batch queued.
         if let checksums {
-            for strip in 0..<d {
-                for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
-                    for k in 0..<pagesPerStrip {
-                        let at = offset + UInt64(k * 4096)
-                        if let crcs, crcs[strip * pagesPerStrip + k] != 0 {
-                            checksums.update(member: drive, driveOffset: at, crc: crcs[strip * pagesPerStrip + k], io: io)
-                        } else {
-                            checksums.update(member: drive, driveOffset: at, count: 4096, data: pages[strip * pagesPerStrip + k]!, io: io, memory: memory)
-                        }
-                    }
-                }
+            let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
+            recordPageChecksums(checksums, stripe: stripe, offset: offset, count: count, pages: pages, crcs: crcs, p: newP, q: newQ)
+            if spans {
+                recordPageChecksums(
+                    checksums, stripe: stripe + 1, offset: geometry.driveOffset(stripe: stripe + 1), count: nextCount, pages: secondPages, crcs: secondCRCs,
+                    p: nextP, q: nextQ)
             }
-            recordParityChecksums(checksums, stripe: stripe, offset: offset, count: count)
         }
-        let vectorsPerMember = stripBytes / 4096
-        for strip in 0..<d {
-            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
-                // Pages that lie one after another in memory are one buffer (a commit's own rows are).
-                let vectors = writeVectors + drive * vectorsPerMember
-                var n = 0
-                for k in 0..<pagesPerStrip {
-                    let page = pages[strip * pagesPerStrip + k]!
-                    if n > 0 && vectors[n - 1].iov_base! + vectors[n - 1].iov_len == page {
-                        vectors[n - 1].iov_len += 4096
-                    } else {
-                        vectors[n] = iovec(iov_base: page, iov_len: 4096)
-                        n += 1
-                    }
-                }
-                io.queueWriteVector(drive: drive, vectors: vectors, vectorCount: n, count: count, offsetBytes: offset)
-            }
-            marks.stripWrites.add(1, ordering: .relaxed)
+        // Each member's part of the rows, in both stripes (adjacent on every drive: a stripe's strips lie at the same
+        // offset of every member), as one gather write: its data pages, or its parity, whichever it holds in each.
+        for member in 0..<m { writeVectorCounts[member] = 0 }
+        appendMemberVectors(stripe: stripe, count: count, pages: pages, p: newP, q: newQ)
+        if spans { appendMemberVectors(stripe: stripe + 1, count: nextCount, pages: secondPages, p: nextP, q: nextQ) }
+        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
+        for member in 0..<m where writable(member) && writeVectorCounts[member] > 0 {
+            io.queueWriteVector(
+                drive: member, vectors: writeVectors + member * writeVectorsPerMember, vectorCount: writeVectorCounts[member], count: count + nextCount,
+                offsetBytes: offset)
         }
-        if hasParity { queueParityWrites(stripe: stripe, offset: offset, count: count) }
+        marks.stripWrites.add(UInt64(spans ? 2 * d : d), ordering: .relaxed)
+        if hasParity { marks.fullStripeWrites.add(spans ? 2 : 1, ordering: .relaxed) }
         return finishWrite()
+    }
+
+    /// A gather write the journal takes: its pages copied into staging, then `writeStripe`.
+    private func gatherAndWriteStripe(stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool {
+        let d = geometry.dataStripsPerStripe
+        let pagesPerStrip = count / 4096
+        for strip in 0..<d {
+            destageStrips[strip] = staging.slice(strip)
+            for k in 0..<pagesPerStrip {
+                memory.copy(from: pages[strip * pagesPerStrip + k]!, to: staging.slice(strip) + k * 4096, byteCount: 4096)
+            }
+        }
+        return writeStripe(stripe: stripe, strips: destageStrips, dirtyMask: (1 << UInt64(d)) - 1, offsetBytes: offsetBytes, count: count, allNew: true)
+    }
+
+    /// P (and Q) of `rows` rows of scattered pages, row by row: a row's pages are the parity sources of that row.
+    private func computePageParity(pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, rows: Int, p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer) {
+        let d = geometry.dataStripsPerStripe
+        for k in 0..<rows {
+            for strip in 0..<d { table[strip] = pages[strip * rows + k] }
+            table[d] = p + k * 4096
+            table[d + 1] = q + k * 4096
+            if geometry.raidLevel == .raid5 {
+                memory.xorParity(sourceCount: d, lengthBytes: 4096, table: table)
+            } else {
+                memory.pqParity(sourceCount: d, lengthBytes: 4096, table: table)
+            }
+        }
+    }
+
+    /// The checksums of a gather write's rows of one stripe: data blocks from their known CRCs where given.
+    private func recordPageChecksums(
+        _ checksums: BlockChecksums, stripe: UInt64, offset: UInt64, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
+        crcs: UnsafePointer<UInt32>?, p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer
+    ) {
+        let pagesPerStrip = count / 4096
+        for strip in 0..<geometry.dataStripsPerStripe {
+            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where writable(drive) {
+                for k in 0..<pagesPerStrip {
+                    let at = offset + UInt64(k * 4096)
+                    if let crcs, crcs[strip * pagesPerStrip + k] != 0 {
+                        checksums.update(member: drive, driveOffset: at, crc: crcs[strip * pagesPerStrip + k], io: io)
+                    } else {
+                        checksums.update(member: drive, driveOffset: at, count: 4096, data: pages[strip * pagesPerStrip + k]!, io: io, memory: memory)
+                    }
+                }
+            }
+        }
+        recordParityChecksums(checksums, stripe: stripe, offset: offset, count: count, p: p, q: q)
+    }
+
+    /// Appends each member's part of one stripe's rows to its gather list: the data pages of the strip it holds a
+    /// copy of (pages that lie one after another in memory are one buffer: a commit's own rows are), or its parity.
+    private func appendMemberVectors(
+        stripe: UInt64, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer
+    ) {
+        let pagesPerStrip = count / 4096
+        for strip in 0..<geometry.dataStripsPerStripe {
+            for member in geometry.copyDrives(stripe: stripe, strip: strip) {
+                for k in 0..<pagesPerStrip { appendVector(member: member, base: pages[strip * pagesPerStrip + k]!, length: 4096) }
+            }
+        }
+        if hasParity { appendVector(member: geometry.parityDrive(stripe: stripe), base: p, length: count) }
+        if geometry.raidLevel == .raid6 { appendVector(member: geometry.qDrive(stripe: stripe), base: q, length: count) }
+    }
+
+    @inline(__always) private func appendVector(member: Int, base: UnsafeMutableRawPointer, length: Int) {
+        let vectors = writeVectors + member * writeVectorsPerMember
+        let n = writeVectorCounts[member]
+        if n > 0 && vectors[n - 1].iov_base! + vectors[n - 1].iov_len == base {
+            vectors[n - 1].iov_len += length
+        } else {
+            precondition(n < writeVectorsPerMember, "a member's gather list overflows")
+            vectors[n] = iovec(iov_base: base, iov_len: length)
+            writeVectorCounts[member] = n + 1
+        }
     }
 
     /// The checksums of a write about to go in place (its intent or journal record is on the drives already).
@@ -129,13 +192,15 @@ extension RAIDBackEnd {
     }
 
     /// The checksums of the new P (and Q) of a write about to go in place.
-    private func recordParityChecksums(_ checksums: BlockChecksums, stripe: UInt64, offset: UInt64, count: Int) {
+    private func recordParityChecksums(
+        _ checksums: BlockChecksums, stripe: UInt64, offset: UInt64, count: Int, p newP: UnsafeMutableRawPointer? = nil, q newQ: UnsafeMutableRawPointer? = nil
+    ) {
         guard hasParity else { return }
         let p = geometry.parityDrive(stripe: stripe)
-        if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP, io: io, memory: memory) }
+        if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP ?? self.newP, io: io, memory: memory) }
         if geometry.raidLevel == .raid6 {
             let q = geometry.qDrive(stripe: stripe)
-            if writable(q) { checksums.update(member: q, driveOffset: offset, count: count, data: newQ, io: io, memory: memory) }
+            if writable(q) { checksums.update(member: q, driveOffset: offset, count: count, data: newQ ?? self.newQ, io: io, memory: memory) }
         }
     }
 

@@ -36,7 +36,12 @@ extension TrackCache {
                 slotReferenced[s] = true
             } else {
                 counters.readMisses.add(1, ordering: .relaxed)
-                guard let filled = readMiss(lun: lun, track: track, existing: slot, first: first, last: last, sequential: sequential || done > 0) else {
+                // A read that runs on through the whole next track wants the tracks after this one too: fetched with
+                // this one, in one batch (a thin LUN's pages of neighbouring tracks are one run: a read per drive,
+                // not one per drive and track).
+                let runsOn = count - done >= length + trackBytes
+                guard let filled = readMiss(lun: lun, track: track, existing: slot, first: first, last: last, sequential: sequential || done > 0 || runsOn)
+                else {
                     return false
                 }
                 slot = filled

@@ -127,6 +127,17 @@ public final class PoolHome: MapBlockReader {
     private var commitBlocks = 0
     private var commitEntries = 0
     private var commitStripe: UInt64 = 0
+    /// A commit that filled its stripe, sealed but not written yet (`held`): the log goes on in the next stripe of
+    /// the segment, and the next commit goes down with it, one gather write per drive for both
+    /// (`writePages(nextCount:)`): a LUN stripe written through (its blocks and a summary fill a stripe and a row
+    /// more) costs as many writes as a thick LUN's. Written before anything reads its stripe, and by every `commit()`.
+    private var held = false
+    private var heldStripe: UInt64 = 0
+    private var heldRow = 0
+    private var heldRows = 0
+    /// Whether a commit is held (for tests).
+    public var holdsACommit: Bool { held }
+    /// Two stripes' buffers (banks), the stripe's parity choosing: a held commit's rows and the next commit's.
     let stripeBuffer: Arena
     /// Where a run of blocks read together lands before each block is copied to its page (`readRun`), when the
     /// back end cannot put each block straight on its page (a drive out, a checksum in doubt).
@@ -136,16 +147,16 @@ public final class PoolHome: MapBlockReader {
     /// on (nil: a block of the run's first or last row outside the run).
     private let runPages: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     private let strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>
-    /// Blocks of the commit being filled that are not in the stripe buffer but on the writer's own page (a whole-stripe
-    /// host write, `write(borrowing:)`): written from there by a gather write, no copy made. Only for as long as the
-    /// writer's call: `keepBorrowedPages()` copies what is still here before it returns.
+    /// Blocks of the commit being filled (and of a held one) that are not in the stripe buffer but on the writer's own
+    /// page (a whole-stripe host write, `write(borrowing:)`): written from there by a gather write, no copy made. Only
+    /// for as long as the writer's call: `keepBorrowedPages()` copies what is still here before it returns. Per bank.
     private let borrowed: UnsafeMutablePointer<UnsafeRawPointer?>
     private var borrowedCount = 0
     /// A commit's blocks as the back end's `writePages` takes them: each data strip's rows in turn, and their CRCs.
     private let commitPages: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     private let commitCRCs: UnsafeMutablePointer<UInt32>
-    /// The CRC32C of each data block of the open stripe's commit, as its summary entry has it (0: not a data block):
-    /// the back end's checksums are made from it, not from the block read once more.
+    /// The CRC32C of each data block of the open stripe's commit (and a held one's), as its summary entry has it (0: not
+    /// a data block): the back end's checksums are made from it, not from the block read once more. Per bank.
     private let blockCRCs: UnsafeMutablePointer<UInt32>
     let readTargets: UnsafeMutablePointer<UnsafeMutableRawPointer?>
 
@@ -208,21 +219,21 @@ public final class PoolHome: MapBlockReader {
         // Promises to cached pages leave the reserve and two segments per home (open and next) alone.
         let held = dataReserve + 2 * layout.homes
         if space.heldBackSegments.load(ordering: .relaxed) < held { space.heldBackSegments.store(held, ordering: .relaxed) }
-        stripeBuffer = Arena(sliceBytes: layout.geometry.stripUnitBytes, sliceCount: layout.blocksPerRow)
+        stripeBuffer = Arena(sliceBytes: layout.geometry.stripUnitBytes, sliceCount: 2 * layout.blocksPerRow)
         runBuffer = Arena(sliceBytes: layout.geometry.stripUnitBytes, sliceCount: layout.blocksPerRow)
         runTargets = .allocate(capacity: layout.blocksPerRow)
         runTargets.initialize(repeating: nil, count: layout.blocksPerRow)
         runPages = .allocate(capacity: layout.blocksPerStripe)
         runPages.initialize(repeating: nil, count: layout.blocksPerStripe)
         strips = .allocate(capacity: layout.blocksPerRow)
-        borrowed = .allocate(capacity: layout.blocksPerStripe)
-        borrowed.initialize(repeating: nil, count: layout.blocksPerStripe)
-        commitPages = .allocate(capacity: layout.blocksPerStripe)
-        commitPages.initialize(repeating: nil, count: layout.blocksPerStripe)
-        commitCRCs = .allocate(capacity: layout.blocksPerStripe)
-        commitCRCs.initialize(repeating: 0, count: layout.blocksPerStripe)
-        blockCRCs = .allocate(capacity: layout.blocksPerStripe)
-        blockCRCs.initialize(repeating: 0, count: layout.blocksPerStripe)
+        borrowed = .allocate(capacity: 2 * layout.blocksPerStripe)
+        borrowed.initialize(repeating: nil, count: 2 * layout.blocksPerStripe)
+        commitPages = .allocate(capacity: 2 * layout.blocksPerStripe)
+        commitPages.initialize(repeating: nil, count: 2 * layout.blocksPerStripe)
+        commitCRCs = .allocate(capacity: 2 * layout.blocksPerStripe)
+        commitCRCs.initialize(repeating: 0, count: 2 * layout.blocksPerStripe)
+        blockCRCs = .allocate(capacity: 2 * layout.blocksPerStripe)
+        blockCRCs.initialize(repeating: 0, count: 2 * layout.blocksPerStripe)
         readTargets = .allocate(capacity: layout.blocksPerRow)
         strips.initialize(repeating: nil, count: layout.blocksPerRow)
         readTargets.initialize(repeating: nil, count: layout.blocksPerRow)
@@ -244,17 +255,25 @@ public final class PoolHome: MapBlockReader {
 
     // MARK: Blocks
 
-    @inline(__always) func bufferAddress(_ j: Int) -> UnsafeMutableRawPointer {
-        stripeBuffer.slice(j % layout.blocksPerRow) + (j / layout.blocksPerRow) * PoolLayout.blockBytes
+    /// Block `j` of the open commit's stripe in the stripe buffer.
+    @inline(__always) func bufferAddress(_ j: Int) -> UnsafeMutableRawPointer { bufferAddress(j, bank: bank(commitStripe)) }
+
+    @inline(__always) func bufferAddress(_ j: Int, bank: Int) -> UnsafeMutableRawPointer {
+        stripeBuffer.slice(bank * layout.blocksPerRow + j % layout.blocksPerRow) + (j / layout.blocksPerRow) * PoolLayout.blockBytes
     }
+
+    /// The stripe buffer's bank for a stripe, and where its blocks' entries start in `borrowed` and `blockCRCs`.
+    @inline(__always) func bank(_ stripe: UInt64) -> Int { Int(stripe & 1) }
+    @inline(__always) private func bankBase(_ stripe: UInt64) -> Int { bank(stripe) * layout.blocksPerStripe }
 
     /// Reads pool block `pba`: from the commit being filled if it is there (not on the drives yet), else the drives.
     public func readBlock(_ pba: UInt64, into target: UnsafeMutableRawPointer) -> Bool {
         let (stripe, strip, offset) = layout.location(pba)
+        if held && stripe == heldStripe { guard writeHeld() else { return false } }
         if commitOpen && stripe == commitStripe {
             let j = Int(pba % UInt64(layout.blocksPerStripe))
             if j >= commitRow * layout.blocksPerRow && j < commitRow * layout.blocksPerRow + commitBlocks {
-                target.copyMemory(from: borrowed[j] ?? UnsafeRawPointer(bufferAddress(j)), byteCount: PoolLayout.blockBytes)
+                target.copyMemory(from: borrowed[bankBase(stripe) + j] ?? UnsafeRawPointer(bufferAddress(j)), byteCount: PoolLayout.blockBytes)
                 return true
             }
         }
@@ -272,6 +291,7 @@ public final class PoolHome: MapBlockReader {
         let first = Int(pba % UInt64(layout.blocksPerStripe))
         precondition(count >= 1 && first + count <= layout.blocksPerStripe, "a run of blocks within one stripe")
         let stripe = pba / UInt64(layout.blocksPerStripe)
+        if held && stripe == heldStripe { guard writeHeld() else { return false } }
         let open = commitOpen && stripe == commitStripe
         if count == 1 || (open && first + count > commitRow * d) {
             for k in 0..<count {
@@ -338,7 +358,8 @@ public final class PoolHome: MapBlockReader {
         stripeInSegment = 0
         row = 0
         commitOpen = false
-        for j in 0..<layout.blocksPerStripe {
+        held = false
+        for j in 0..<(2 * layout.blocksPerStripe) {
             borrowed[j] = nil
             blockCRCs[j] = 0
         }
@@ -386,10 +407,12 @@ public final class PoolHome: MapBlockReader {
     /// caller of `write(borrowing:)` calls before it returns, so no page of its outlives its call here.
     public func keepBorrowedPages() {
         guard borrowedCount > 0 else { return }
-        for j in 0..<layout.blocksPerStripe {
-            guard let page = borrowed[j] else { continue }
-            memory.copy(from: page, to: bufferAddress(j), byteCount: PoolLayout.blockBytes)
-            borrowed[j] = nil
+        for bank in 0..<2 {
+            for j in 0..<layout.blocksPerStripe {
+                guard let page = borrowed[bank * layout.blocksPerStripe + j] else { continue }
+                memory.copy(from: page, to: bufferAddress(j, bank: bank), byteCount: PoolLayout.blockBytes)
+                borrowed[bank * layout.blocksPerStripe + j] = nil
+            }
         }
         borrowedCount = 0
     }
@@ -417,13 +440,13 @@ public final class PoolHome: MapBlockReader {
         let pba = layout.pba(stripe: commitStripe, block: j)
         guard mapBlock(id, block: block, to: pba) else { return .io }
         if borrow {
-            borrowed[j] = page
+            borrowed[bankBase(commitStripe) + j] = page
             borrowedCount += 1
         } else {
             memory.copy(from: page, to: bufferAddress(j), byteCount: PoolLayout.blockBytes)
         }
         let crc = crc32c(page, count: PoolLayout.blockBytes)
-        blockCRCs[j] = crc
+        blockCRCs[bankBase(commitStripe) + j] = crc
         addEntry(kind: 1, position: block, version: id, last: crc)
         commitBlocks += 1
         return nil
@@ -534,7 +557,7 @@ public final class PoolHome: MapBlockReader {
     /// Makes everything written so far durable: the commit being filled goes to the drives, then the drives are
     /// flushed (`flush: false`: written, durable with the next flush; a write-through's commit).
     public func commit(flush: Bool = true) -> Bool {
-        if commitOpen { guard writeCommit() else { return false } }
+        if commitOpen || held { guard writeCommit() else { return false } }
         if flush { guard store.flush() else { return false } }
         if !checkpointing && (commitsSinceCheckpoint >= PoolHome.commitsPerCheckpoint || (commitsSinceCheckpoint >= 8 && releasePays)) {
             return checkpoint()
@@ -550,7 +573,7 @@ public final class PoolHome: MapBlockReader {
         // other home's, stuck half moved with no room to go on).
         guard reserve <= cleanerReserve || space.freeSegments >= reserve else { return false }
         if commitOpen && (commitRow * layout.blocksPerRow + commitBlocks == layout.blocksPerStripe || commitEntries == PoolHome.entryCapacity) {
-            guard writeCommit() else { return false }
+            guard writeCommit(hold: true) else { return false }
         }
         if !commitOpen { guard openCommit(reserve: reserve) else { return false } }
         if commitRow * layout.blocksPerRow + commitBlocks == layout.blocksPerStripe {
@@ -596,8 +619,62 @@ public final class PoolHome: MapBlockReader {
     }
 
     /// Seals the summary, pads the last row and writes the commit's rows (parity from memory, nothing read; every
-    /// row is new, so the back end records only a write intent). Moves the log on.
-    private func writeCommit() -> Bool {
+    /// row is new, so the back end records only a write intent), with a held commit's before them. Moves the log on.
+    /// `hold`: a commit that fills its stripe, with the log going on in the next stripe of the segment, is held
+    /// (sealed, the log moved on, not written) to go down with the next commit. With no commit open, writes a held one.
+    private func writeCommit(hold: Bool = false) -> Bool {
+        guard commitOpen else { return writeHeld() }
+        let d = layout.blocksPerRow
+        let rows = sealCommit()
+        if hold && !held && commitRow + rows == layout.rowsPerStripe && stripeInSegment + 1 < layout.stripesPerSegment {
+            held = true
+            heldStripe = commitStripe
+            heldRow = commitRow
+            heldRows = rows
+            commitWritten(rows: rows)
+            return true
+        }
+        if held && !(heldStripe + 1 == commitStripe && commitRow == 0) { guard writeHeld() else { return false } }
+        // Each strip's rows are written from wherever each block lies: the commit's buffer, or a writer's page still
+        // (a gather write; parity row by row), with the data blocks' CRCs the summary took. A held commit's rows
+        // come first: they end the stripe before this one, and lie just before these on every drive.
+        let heldPages = held ? d * heldRows : 0
+        if held { gatherPages(stripe: heldStripe, firstRow: heldRow, rows: heldRows, at: 0) }
+        gatherPages(stripe: commitStripe, firstRow: commitRow, rows: rows, at: heldPages)
+        let written =
+            held
+            ? store.writePages(
+                stripe: heldStripe, offsetBytes: heldRow * PoolLayout.blockBytes, count: heldRows * PoolLayout.blockBytes,
+                nextCount: rows * PoolLayout.blockBytes, pages: commitPages, crcs: commitCRCs)
+            : store.writePages(
+                stripe: commitStripe, offsetBytes: commitRow * PoolLayout.blockBytes, count: rows * PoolLayout.blockBytes, pages: commitPages,
+                crcs: commitCRCs)
+        guard written else { return false }
+        if held {
+            releasePages(stripe: heldStripe, first: heldRow * d, count: heldRows * d)
+            held = false
+        }
+        releasePages(stripe: commitStripe, first: commitRow * d, count: rows * d)
+        commitWritten(rows: rows)
+        return true
+    }
+
+    /// Writes the held commit on its own (something reads its stripe, or the next commit is not in the next stripe).
+    private func writeHeld() -> Bool {
+        guard held else { return true }
+        gatherPages(stripe: heldStripe, firstRow: heldRow, rows: heldRows, at: 0)
+        guard
+            store.writePages(
+                stripe: heldStripe, offsetBytes: heldRow * PoolLayout.blockBytes, count: heldRows * PoolLayout.blockBytes, pages: commitPages,
+                crcs: commitCRCs)
+        else { return false }
+        releasePages(stripe: heldStripe, first: heldRow * layout.blocksPerRow, count: heldRows * layout.blocksPerRow)
+        held = false
+        return true
+    }
+
+    /// Pads the open commit's last row and seals its summary. The commit's rows.
+    private func sealCommit() -> Int {
         let d = layout.blocksPerRow
         let first = commitRow * d
         let rows = (commitBlocks + d - 1) / d
@@ -618,33 +695,42 @@ public final class PoolHome: MapBlockReader {
         summary.storeBytes(of: Int32(nextSegment).littleEndian, toByteOffset: 56, as: Int32.self)
         summary.storeBytes(of: poolTag.littleEndian, toByteOffset: 64, as: UInt64.self)
         summary.storeBytes(of: crc32c(summary, count: PoolLayout.blockBytes).littleEndian, toByteOffset: 4, as: UInt32.self)
-        // Each strip's rows are written from wherever each block lies: the commit's buffer, or a writer's page still
-        // (a gather write; parity row by row), with the data blocks' CRCs the summary took.
+        return rows
+    }
+
+    /// Lists `rows` rows of `stripe` from `firstRow` as `writePages` takes them, from `commitPages[at]` on: each data
+    /// strip's rows in turn, each block from a writer's page or the stripe buffer, and its CRC.
+    private func gatherPages(stripe: UInt64, firstRow: Int, rows: Int, at: Int) {
+        let d = layout.blocksPerRow
+        let base = bankBase(stripe)
         for i in 0..<d {
             for r in 0..<rows {
-                let j = (commitRow + r) * d + i
-                commitPages[i * rows + r] = UnsafeMutableRawPointer(mutating: borrowed[j]) ?? bufferAddress(j)
-                commitCRCs[i * rows + r] = blockCRCs[j]
+                let j = (firstRow + r) * d + i
+                commitPages[at + i * rows + r] = UnsafeMutableRawPointer(mutating: borrowed[base + j]) ?? bufferAddress(j, bank: bank(stripe))
+                commitCRCs[at + i * rows + r] = blockCRCs[base + j]
             }
         }
-        guard
-            store.writePages(
-                stripe: commitStripe, offsetBytes: commitRow * PoolLayout.blockBytes, count: rows * PoolLayout.blockBytes, pages: commitPages,
-                crcs: commitCRCs)
-        else { return false }
-        for j in first..<(first + rows * d) {
-            blockCRCs[j] = 0
-            if borrowed[j] != nil {
-                borrowed[j] = nil
+    }
+
+    /// Blocks `[first, first + count)` of `stripe` are on the drives: their pages and CRCs are no longer kept.
+    private func releasePages(stripe: UInt64, first: Int, count: Int) {
+        let base = bankBase(stripe)
+        for j in first..<(first + count) {
+            blockCRCs[base + j] = 0
+            if borrowed[base + j] != nil {
+                borrowed[base + j] = nil
                 borrowedCount -= 1
             }
         }
+    }
+
+    /// The open commit is sealed (written, or held): the log moves on past its rows.
+    private func commitWritten(rows: Int) {
         commitsWritten += 1
         commitsSinceCheckpoint += 1
         sequence += 1
         commitOpen = false
         advance(rows: rows)
-        return true
     }
 
     /// Moves the log's position on by `rows` rows: to the next stripe, and from a segment's last stripe to the next

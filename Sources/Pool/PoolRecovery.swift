@@ -226,6 +226,7 @@ extension PoolHome {
             guard readBlock(layout.pba(stripe: stripe, block: row * d), into: summary.base) else { break }
             guard let commit = parseSummary(summary.base, stripe: stripe, row: row, sequence: expected) else { break }
             // The commit's rows, then every block against its CRC: a torn commit is not replayed.
+            // Into the stripe buffer's bank 0 (nothing else is in it while the log is replayed).
             for i in 0..<d { readTargets[i] = stripeBuffer.slice(i) + row * PoolLayout.blockBytes }
             guard
                 store.readStrips(
@@ -238,7 +239,7 @@ extension PoolHome {
                 let (kind, _, _, last) = entry(summary.base, e)
                 guard kind == 1 || kind == 3 else { continue }
                 k += 1
-                if kind == 1 && crc32c(bufferAddress(row * d + k), count: PoolLayout.blockBytes) != last { whole = false }
+                if kind == 1 && crc32c(bufferAddress(row * d + k, bank: 0), count: PoolLayout.blockBytes) != last { whole = false }
             }
             guard whole else { break }
             k = 0

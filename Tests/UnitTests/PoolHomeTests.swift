@@ -437,6 +437,52 @@ final class PoolHomeTests: XCTestCase {
     }
 
     /// A journaled write of junk to the first page of data strip 0 of `stripe` (only that strip: not all new).
+    func testACommitRunningIntoTheNextStripeGoesDownWithTheOneBeforeInOneWritePerDrive() throws {
+        let array = try PoolTestArray(name: "span", level: .raid5, drives: 4, base: "/dev/shm")
+        var h = array.newHome()
+        let counting = CountingStore(array.backEnd)
+        h.store = counting
+        h.createVersion(1, blocks: 10_000)
+        XCTAssertTrue(h.checkpoint())
+        let perStripe = array.layout.blocksPerStripe
+        // A commit of a few rows, so the next one starts mid-stripe.
+        for b in 0..<10 { XCTAssertNil(write(h, 1, UInt64(b), 1)) }
+        XCTAssertTrue(h.commit())
+        counting.reset()
+        // Two stripes' worth: the first commit fills its stripe and is held, the second fills the next stripe and
+        // goes down with it (one gather write per drive for both), the third is the rest.
+        for b in 10..<(10 + 2 * perStripe) { XCTAssertNil(write(h, 1, UInt64(b), 1)) }
+        XCTAssertEqual(counting.spanningWrites, 1, "the held commit went down with the next one")
+        XCTAssertEqual(counting.writes, 1)
+        XCTAssertTrue(h.commit())
+        XCTAssertEqual(counting.writes, 2, "the last commit on its own")
+        // A held commit is written before its stripe is read: fill to the end of a stripe, then read what it holds.
+        counting.reset()
+        var b = UInt64(10 + 2 * perStripe)
+        while counting.writes == 0 && !h.holdsACommit {
+            XCTAssertNil(write(h, 1, b, 2))
+            b += 1
+        }
+        // The last block written opened the next commit: the one before it ends the held stripe.
+        XCTAssertTrue(h.holdsACommit)
+        XCTAssertEqual(read(h, 1, b - 2), page(b - 2, 2), "a held block reads back")
+        XCTAssertFalse(h.holdsACommit, "written by the read")
+        XCTAssertTrue(h.commit())
+        for block in 0..<b where read(h, 1, block) != page(block, block < 10 + UInt64(2 * perStripe) ? 1 : 2) {
+            XCTFail("block \(block)")
+            break
+        }
+        let stripes = Set((0..<b).map { h.entry(1, block: $0)!.pba / UInt64(perStripe) })
+        for s in stripes.sorted() { XCTAssertEqual(array.backEnd.scrub(stripe: s, repair: false), .consistent, "stripe \(s)") }
+        try array.restart()
+        h = try array.recover()
+        for block in 0..<b where read(h, 1, block) != page(block, block < 10 + UInt64(2 * perStripe) ? 1 : 2) {
+            XCTFail("block \(block) after a restart")
+            break
+        }
+        XCTAssertEqual(array.checksums.mismatches.load(ordering: .relaxed), 0)
+    }
+
     private func writeOnePage(_ array: PoolTestArray, stripe: UInt64) -> Bool {
         let d = array.store.geometry.dataStripsPerStripe
         let junk = UnsafeMutableRawPointer.allocate(byteCount: 4096 * d, alignment: 4096)
@@ -447,4 +493,48 @@ final class PoolHomeTests: XCTestCase {
         for i in 0..<d { strips[i] = junk + i * 4096 }
         return array.backEnd.writeStripe(stripe: stripe, strips: strips, dirtyMask: 1, offsetBytes: 0, count: 4096, allNew: false)
     }
+}
+
+/// A back end that counts a pool home's gather writes, and those that span two stripes.
+final class CountingStore: StripeStore {
+    let inner: RAIDBackEnd
+    var writes = 0
+    var spanningWrites = 0
+    init(_ inner: RAIDBackEnd) { self.inner = inner }
+    func reset() { (writes, spanningWrites) = (0, 0) }
+    var geometry: ArrayGeometry { inner.geometry }
+    var needsAlignedBuffers: Bool { inner.needsAlignedBuffers }
+    func readStrips(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool {
+        inner.readStrips(stripe: stripe, stripMask: stripMask, offsetBytes: offsetBytes, count: count, targets: targets)
+    }
+    func readPages(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool {
+        inner.readPages(stripe: stripe, stripMask: stripMask, offsetBytes: offsetBytes, count: count, pages: pages)
+    }
+    func writeStripe(stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, offsetBytes: Int, count: Int, allNew: Bool)
+        -> Bool
+    {
+        inner.writeStripe(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count, allNew: allNew)
+    }
+    func writePages(stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?)
+        -> Bool
+    {
+        writePages(stripe: stripe, offsetBytes: offsetBytes, count: count, nextCount: 0, pages: pages, crcs: crcs)
+    }
+    func writePages(
+        stripe: UInt64, offsetBytes: Int, count: Int, nextCount: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
+    ) -> Bool {
+        writes += 1
+        if nextCount > 0 { spanningWrites += 1 }
+        return inner.writePages(stripe: stripe, offsetBytes: offsetBytes, count: count, nextCount: nextCount, pages: pages, crcs: crcs)
+    }
+    func destage(
+        stripe: UInt64, strips: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dirtyMask: UInt64, cachedMask: UInt64, offsetBytes: Int, count: Int,
+        allNew: Bool, complete: (_ strip: Int, _ old: UnsafeRawPointer) -> Void
+    ) -> Bool {
+        inner.destage(
+            stripe: stripe, strips: strips, dirtyMask: dirtyMask, cachedMask: cachedMask, offsetBytes: offsetBytes, count: count, allNew: allNew,
+            complete: complete)
+    }
+    func flush() -> Bool { inner.flush() }
+    func commitJournal() -> Bool { inner.commitJournal() }
 }
