@@ -49,6 +49,8 @@ public final class BlockMap {
     // Versions: id -> slot; per slot its depth, local block count and root entry (the root node's PBA and birth as
     // of the last checkpoint; a dirty root is found by position).
     private var slotOf: [UInt32: Int] = [:]
+    /// The frame of the leaf the last `update` changed (-1: none): valid while it is dirty and still that leaf.
+    private var lastUpdatedLeaf = -1
     private var versionID: [UInt32] = []
     private var versionDepth: [Int] = []
     private var versionBlocks: [UInt64] = []
@@ -219,10 +221,21 @@ public final class BlockMap {
     /// Sets local block `block` of version `id` to `entry` (MapEntry.unmapped unmaps it); returns the entry it replaced,
     /// or nil when a node on the way could not be read or no frame could be had (nothing changed then).
     public func update(_ id: UInt32, block: UInt64, to entry: MapEntry) -> MapEntry? {
-        guard let slot = slotOf[id] else { return nil }
-        precondition(block < versionBlocks[slot], "block \(block) beyond version \(id)'s \(versionBlocks[slot])")
         precondition(!entry.isMapped || entry.pba < blockLimit, "mapping a block beyond the pool")
-        guard let frame = dirtyPath(id, slot: slot, block: block, down: 0) else { return nil }
+        let frame: Int
+        let leafIndex = block / UInt64(MapNode.fanout)
+        let last = lastUpdatedLeaf
+        if last >= 0 && frameDirty[last] && frameInUse[last] && frameLevel[last] == 0 && frameIndex[last] == leafIndex && frameVersion[last] == id {
+            // The leaf the last update changed, still dirty (so is its path): a write's pages mostly share a leaf
+            // (504 blocks), and this skips the version lookup and the walk down by position.
+            frame = last
+        } else {
+            guard let slot = slotOf[id] else { return nil }
+            precondition(block < versionBlocks[slot], "block \(block) beyond version \(id)'s \(versionBlocks[slot])")
+            guard let f = dirtyPath(id, slot: slot, block: block, down: 0) else { return nil }
+            frame = f
+            lastUpdatedLeaf = f
+        }
         let entries = MapNode.entries(arena.slice(frame))
         let i = Int(block % UInt64(MapNode.fanout))
         let old = MapEntry(raw: entries[i])
