@@ -53,13 +53,10 @@ public protocol StripeStore: AnyObject {
     /// there (a gather write per strip), parity computed row by row; as `writeStripe` with every strip dirty and
     /// `allNew`. `crcs`, when given, holds the same pages' CRC32C (seed 0) where known (0: not known), so their
     /// checksums need not read them again. The pages must not change until it returns.
-    func writePages(
-        stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
-    ) -> Bool
-    /// `writePages` of rows that run from `offsetBytes` to the end of `stripe` and on into the first `nextCount`
-    /// bytes of stripe `stripe + 1` (a log's commits across a stripe boundary): the second stripe's pages follow the
-    /// first's in `pages` (and `crcs`), laid out alike. Adjacent stripes are adjacent on every drive, so each member
-    /// is written once for both: half the writes of two calls. `nextCount` 0: `writePages`.
+    /// `nextCount` > 0: the rows run from `offsetBytes` to the end of `stripe` and on into the first `nextCount` bytes
+    /// of stripe `stripe + 1` (a log's commits across a stripe boundary); the second stripe's pages follow the first's
+    /// in `pages` (and `crcs`), laid out alike. Adjacent stripes are adjacent on every drive, so each member is written
+    /// once for both: half the writes of two calls.
     func writePages(
         stripe: UInt64, offsetBytes: Int, count: Int, nextCount: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
     ) -> Bool

@@ -44,12 +44,6 @@ extension RAIDBackEnd {
     }
 
     public func writePages(
-        stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
-    ) -> Bool {
-        writePages(stripe: stripe, offsetBytes: offsetBytes, count: count, nextCount: 0, pages: pages, crcs: crcs)
-    }
-
-    public func writePages(
         stripe: UInt64, offsetBytes: Int, count: Int, nextCount: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
         crcs: UnsafePointer<UInt32>?
     ) -> Bool {
@@ -62,6 +56,7 @@ extension RAIDBackEnd {
             precondition(offsetBytes + count == stripBytes && stripe + 1 < geometry.stripeCount, "rows that run on into the next stripe end this one")
         }
         let pagesPerStrip = count / 4096
+        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         let secondPages = pages + d * pagesPerStrip
         let secondCRCs = crcs.map { $0 + d * pagesPerStrip }
         if hasParity, let journal,
@@ -79,7 +74,6 @@ extension RAIDBackEnd {
         guard recordIntent(stripe: stripe), !spans || recordIntent(stripe: stripe + 1) else { return false }
         // The checksums first: updating them may read a checksum page, which is never done with a batch queued.
         if let checksums {
-            let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
             recordPageChecksums(checksums, stripe: stripe, offset: offset, count: count, pages: pages, crcs: crcs, p: newP, q: newQ)
             if spans {
                 recordPageChecksums(
@@ -92,7 +86,6 @@ extension RAIDBackEnd {
         for member in 0..<m { writeVectorCounts[member] = 0 }
         appendMemberVectors(stripe: stripe, count: count, pages: pages, p: newP, q: newQ)
         if spans { appendMemberVectors(stripe: stripe + 1, count: nextCount, pages: secondPages, p: nextP, q: nextQ) }
-        let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         for member in 0..<m where writable(member) && writeVectorCounts[member] > 0 {
             io.queueWriteVector(
                 drive: member, vectors: writeVectors + member * writeVectorsPerMember, vectorCount: writeVectorCounts[member], count: count + nextCount,
@@ -188,19 +181,19 @@ extension RAIDBackEnd {
                 checksums.update(member: drive, driveOffset: offset, count: count, data: strips[strip]!, io: io, memory: memory)
             }
         }
-        recordParityChecksums(checksums, stripe: stripe, offset: offset, count: count)
+        recordParityChecksums(checksums, stripe: stripe, offset: offset, count: count, p: newP, q: newQ)
     }
 
     /// The checksums of the new P (and Q) of a write about to go in place.
     private func recordParityChecksums(
-        _ checksums: BlockChecksums, stripe: UInt64, offset: UInt64, count: Int, p newP: UnsafeMutableRawPointer? = nil, q newQ: UnsafeMutableRawPointer? = nil
+        _ checksums: BlockChecksums, stripe: UInt64, offset: UInt64, count: Int, p newP: UnsafeMutableRawPointer, q newQ: UnsafeMutableRawPointer
     ) {
         guard hasParity else { return }
         let p = geometry.parityDrive(stripe: stripe)
-        if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP ?? self.newP, io: io, memory: memory) }
+        if writable(p) { checksums.update(member: p, driveOffset: offset, count: count, data: newP, io: io, memory: memory) }
         if geometry.raidLevel == .raid6 {
             let q = geometry.qDrive(stripe: stripe)
-            if writable(q) { checksums.update(member: q, driveOffset: offset, count: count, data: newQ ?? self.newQ, io: io, memory: memory) }
+            if writable(q) { checksums.update(member: q, driveOffset: offset, count: count, data: newQ, io: io, memory: memory) }
         }
     }
 

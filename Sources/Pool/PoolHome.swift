@@ -624,7 +624,6 @@ public final class PoolHome: MapBlockReader {
     /// (sealed, the log moved on, not written) to go down with the next commit. With no commit open, writes a held one.
     private func writeCommit(hold: Bool = false) -> Bool {
         guard commitOpen else { return writeHeld() }
-        let d = layout.blocksPerRow
         let rows = sealCommit()
         if hold && !held && commitRow + rows == layout.rowsPerStripe && stripeInSegment + 1 < layout.stripesPerSegment {
             held = true
@@ -635,26 +634,13 @@ public final class PoolHome: MapBlockReader {
             return true
         }
         if held && !(heldStripe + 1 == commitStripe && commitRow == 0) { guard writeHeld() else { return false } }
-        // Each strip's rows are written from wherever each block lies: the commit's buffer, or a writer's page still
-        // (a gather write; parity row by row), with the data blocks' CRCs the summary took. A held commit's rows
-        // come first: they end the stripe before this one, and lie just before these on every drive.
-        let heldPages = held ? d * heldRows : 0
-        if held { gatherPages(stripe: heldStripe, firstRow: heldRow, rows: heldRows, at: 0) }
-        gatherPages(stripe: commitStripe, firstRow: commitRow, rows: rows, at: heldPages)
+        // A held commit's rows end the stripe before this one, and lie just before these on every drive.
         let written =
             held
-            ? store.writePages(
-                stripe: heldStripe, offsetBytes: heldRow * PoolLayout.blockBytes, count: heldRows * PoolLayout.blockBytes,
-                nextCount: rows * PoolLayout.blockBytes, pages: commitPages, crcs: commitCRCs)
-            : store.writePages(
-                stripe: commitStripe, offsetBytes: commitRow * PoolLayout.blockBytes, count: rows * PoolLayout.blockBytes, pages: commitPages,
-                crcs: commitCRCs)
+            ? writeRows(stripe: heldStripe, firstRow: heldRow, rows: heldRows, nextRows: rows)
+            : writeRows(stripe: commitStripe, firstRow: commitRow, rows: rows, nextRows: 0)
         guard written else { return false }
-        if held {
-            releasePages(stripe: heldStripe, first: heldRow * d, count: heldRows * d)
-            held = false
-        }
-        releasePages(stripe: commitStripe, first: commitRow * d, count: rows * d)
+        held = false
         commitWritten(rows: rows)
         return true
     }
@@ -662,14 +648,26 @@ public final class PoolHome: MapBlockReader {
     /// Writes the held commit on its own (something reads its stripe, or the next commit is not in the next stripe).
     private func writeHeld() -> Bool {
         guard held else { return true }
-        gatherPages(stripe: heldStripe, firstRow: heldRow, rows: heldRows, at: 0)
+        guard writeRows(stripe: heldStripe, firstRow: heldRow, rows: heldRows, nextRows: 0) else { return false }
+        held = false
+        return true
+    }
+
+    /// Writes `rows` rows of `stripe` from `firstRow` (to the stripe's end when `nextRows` > 0) and the first `nextRows`
+    /// rows of the next stripe with them: each strip's rows from wherever each block lies, the commit's buffer or a
+    /// writer's page still (a gather write; parity row by row), with the data blocks' CRCs the summary took. Then
+    /// those blocks' pages and CRCs are no longer kept.
+    private func writeRows(stripe: UInt64, firstRow: Int, rows: Int, nextRows: Int) -> Bool {
+        let d = layout.blocksPerRow
+        gatherPages(stripe: stripe, firstRow: firstRow, rows: rows, at: 0)
+        if nextRows > 0 { gatherPages(stripe: stripe + 1, firstRow: 0, rows: nextRows, at: d * rows) }
         guard
             store.writePages(
-                stripe: heldStripe, offsetBytes: heldRow * PoolLayout.blockBytes, count: heldRows * PoolLayout.blockBytes, pages: commitPages,
-                crcs: commitCRCs)
+                stripe: stripe, offsetBytes: firstRow * PoolLayout.blockBytes, count: rows * PoolLayout.blockBytes,
+                nextCount: nextRows * PoolLayout.blockBytes, pages: commitPages, crcs: commitCRCs)
         else { return false }
-        releasePages(stripe: heldStripe, first: heldRow * layout.blocksPerRow, count: heldRows * layout.blocksPerRow)
-        held = false
+        releasePages(stripe: stripe, first: firstRow * d, count: rows * d)
+        if nextRows > 0 { releasePages(stripe: stripe + 1, first: 0, count: nextRows * d) }
         return true
     }
 

@@ -515,11 +515,6 @@ final class CountingStore: StripeStore {
     {
         inner.writeStripe(stripe: stripe, strips: strips, dirtyMask: dirtyMask, offsetBytes: offsetBytes, count: count, allNew: allNew)
     }
-    func writePages(stripe: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?)
-        -> Bool
-    {
-        writePages(stripe: stripe, offsetBytes: offsetBytes, count: count, nextCount: 0, pages: pages, crcs: crcs)
-    }
     func writePages(
         stripe: UInt64, offsetBytes: Int, count: Int, nextCount: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>, crcs: UnsafePointer<UInt32>?
     ) -> Bool {
