@@ -54,16 +54,19 @@ let package = Package(
         .target(
             name: "FrontEnd", dependencies: ["SysFuse", "SysPosix", "Directors", "GlobalMemory", "ArrayModel", "Buffers"], path: "Sources/FrontEnd",
             swiftSettings: hotPath),
+        // The control protocol (requests and replies, typed) and the socket's client end: shared by the daemon, the
+        // `vsa` command and what else drives the array.
+        .target(name: "Control", dependencies: ["ArrayModel", "Metadata", "SysPosix"], path: "Sources/Control"),
         .target(
             name: "Daemon",
             dependencies: [
-                "FrontEnd", "Directors", "GlobalMemory", "Pool", "BackEnd", "Metadata", "Drives",
+                "Control", "FrontEnd", "Directors", "GlobalMemory", "Pool", "BackEnd", "Metadata", "Drives",
                 "MemoryServices", "ArrayModel", "Buffers", "SysFuse", "SysPosix",
             ], path: "Sources/Daemon"),
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Daemon", "ArrayModel", "Metadata", "SysPosix",
+                "Daemon", "Control", "ArrayModel", "Metadata", "SysPosix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/CLI"),
@@ -80,7 +83,7 @@ let package = Package(
             name: "UnitTests",
             dependencies: [
                 "ArrayModel", "MemoryServices", "Metadata", "BackEnd", "Pool", "GlobalMemory",
-                "Directors", "Drives", "Buffers", "SysISAL", "Daemon",
+                "Directors", "Drives", "Buffers", "SysISAL", "Daemon", "Control",
             ], path: "Tests/UnitTests"),
         .testTarget(name: "IntegrationTests", dependencies: ["CLI"], path: "Tests/IntegrationTests"),
     ]

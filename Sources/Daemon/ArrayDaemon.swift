@@ -8,6 +8,7 @@
 import ArrayModel
 import BackEnd
 import Buffers
+import Control
 import Directors
 import Drives
 import Foundation
@@ -342,122 +343,113 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     // MARK: Control socket
 
-    /// One control request: a command word and arguments, separated by tabs. Reply: "ok\n" + payload, or "error <line>".
-    /// `status` answers at once; commands that change something run one at a time.
-    func handle(_ request: String) -> String {
-        let words = request.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-        if words.first == "status" { return "ok\n" + statusJSON() }
+    /// One control request line (ControlProtocol.swift): its reply on the wire. `status` answers at once; requests
+    /// that change something run one at a time.
+    func handle(_ line: String) -> String {
+        let request: ControlRequest
+        do throws(VSAError) { request = try ControlRequest(line: line) } catch { return ControlReply.refused(error.message).wire }
+        return perform(request).wire
+    }
+
+    /// Carries out one typed request (the control socket's, or anything else inside the daemon that drives the array).
+    public func perform(_ request: ControlRequest) -> ControlReply {
+        guard request.changesArray else { return .done(statusJSON()) }
         return commandLock.withLock { _ in
-            let answer = command(words)
+            let reply: ControlReply
+            do throws(VSAError) { reply = .done(try command(request)) } catch { reply = .refused(error.message) }
             // Snapshots, clones and deletes change whether versions share blocks (PoolSpace.sharing).
-            if words.first?.hasPrefix("snap-") == true || words.first == "lun-delete" { noteSharing() }
-            return answer
+            if request.changesSharing { noteSharing() }
+            return reply
         }
     }
 
-    private func command(_ words: [String]) -> String {
-        do throws(VSAError) {
-            switch words.first ?? "" {
-            case "lun-create" where words.count == 3 || (words.count == 4 && words[3] == "thin"):
-                guard let size = UInt64(words[2]) else { throw VSAError("bad size") }
-                let entry: LUNEntry
-                if words.count == 4 {
-                    entry = try createThinLUN(name: words[1], sizeBytes: size)
-                } else {
-                    entry = try createThickLUN(name: words[1], sizeBytes: size)
-                }
-                let free = controlLock.withLock { _ in store.freeBytes }
-                frontEnd.add(
-                    LUNFile(name: entry.name, ref: entry.ref))
-                freeBox.value.store(free, ordering: .relaxed)
-                session?.invalidateEntry(name: entry.name, inode: 0)
-                daemonLog("LUN \(entry.name) created, \(entry.sizeBytes) bytes")
-                return "ok\n"
-            case "lun-delete" where words.count == 2:
-                let name = words[1]
-                guard let entry = controlLock.withLock({ _ in store.lunTable.entries.first(where: { $0.name == name }) }) else {
-                    throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
-                }
-                if entry.thin {
-                    let snaps = try snapshotRecords().filter { $0.label.lunID == entry.lunID }
-                    guard snaps.isEmpty else {
-                        throw VSAError(
-                            "LUN \(name) has \(snaps.count) snapshot\(snaps.count == 1 ? "" : "s"); delete them first (vsa snap list TARGET \(name))")
-                    }
-                }
-                guard frontEnd.remove(lunID: entry.lunID) else {
-                    throw VSAError("LUN \(name) is open; close it (and detach any loop device on it) first")
-                }
-                engines.discard(lun: entry.ref)
-                let free = try controlLock.withLock { _ throws(VSAError) in
-                    _ = try store.deleteLUN(name: name)
-                    return store.freeBytes
-                }
-                if entry.thin {
-                    if !dropVersion(entry.lunID) { daemonLog("LUN \(name): its blocks could not all be freed now; the next mount frees them") }
-                } else if let r = poolRuntime() {
-                    r.space.unreserve(
-                        entry.startStripe..<(entry.startStripe + entry.stripeCount),
-                        stillReserved: controlLock.withLock { _ in store.lunTable.reservedRuns })
-                }
-                freeBox.value.store(free, ordering: .relaxed)
-                session?.invalidateEntry(name: name, inode: UInt64(entry.lunID) + 1)
-                daemonLog("LUN \(name) deleted")
-                return "ok\n"
-            case "snap-create" where words.count == 4:
-                guard let seconds = UInt64(words[3]) else { throw VSAError("bad secure time") }
-                // The daemon's own time for it (the command line's process start and socket are not the array's).
-                let began = Posix.monotonicSeconds()
-                try createSnapshot(lun: words[1], name: words[2], secureSeconds: seconds)
-                return "ok\n" + String(format: "%.1f", (Posix.monotonicSeconds() - began) * 1000) + "\n"
-            case "snap-delete" where words.count == 3:
-                try deleteSnapshot(lun: words[1], name: words[2])
-                return "ok\n"
-            case "snap-restore" where words.count == 3:
-                try restoreSnapshot(lun: words[1], name: words[2])
-                return "ok\n"
-            case "snap-link" where words.count == 4:
-                let entry = try linkSnapshot(lun: words[1], name: words[2], clone: words[3])
-                freeBox.value.store(controlLock.withLock { _ in store.freeBytes }, ordering: .relaxed)
-                return "ok\n\(entry.lunID)"
-            case "snap-unlink" where words.count == 2:
-                try unlinkClone(words[1])
-                return "ok\n"
-            case "snap-relink" where words.count == 3:
-                try relinkClone(words[1], to: words[2])
-                return "ok\n"
-            case "drive-fail" where words.count == 3:
-                let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(words[1]) }
-                try failMember(member, force: words[2] == "1")
-                return "ok\n"
-            case "drive-replace" where words.count == 5:
-                let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(words[1]) }
-                guard let rate = UInt64(words[4]) else { throw VSAError("bad rate") }
-                let replaced = try replaceMember(member, with: words[2].isEmpty ? nil : words[2], force: words[3] == "1", rate: rate)
-                return "ok\n\(member)\t\(replaced.entry)" + (replaced.queued ? "\tqueued" : "")
-            case "scrub" where words.count == 3:
-                guard let rate = UInt64(words[2]) else { throw VSAError("bad rate") }
-                try startScrub(repair: words[1] == "1", rate: rate)
-                return "ok\n"
-            case "director-fail" where words.count == 2, "director-restore" where words.count == 2:
-                guard !shuttingDown.load(ordering: .relaxed) else { throw VSAError("the array is being unmounted; its directors can no longer change") }
-                guard let id = DirectorID(parsing: words[1]) else {
-                    throw VSAError("\(words[1]) is not a director id; directors are named 1a, 1b, 2a, ... (see vsa director list)")
-                }
-                let notes = words[0] == "director-fail" ? try engines.failDirector(id) : try engines.restoreDirector(id)
-                let line = "director \(id) \(words[0] == "director-fail" ? "failed" : "restored"): " + notes.joined(separator: "; ")
-                controlLock.withLock { _ in messages.append(line) }
-                daemonLog(line)
-                return "ok\n" + notes.joined(separator: "\n")
-            case "flush":
-                let rc = engines.flush(lun: nil)
-                if rc != 0 { throw VSAError("flush failed: \(Posix.errnoDescription(rc))") }
-                return "ok\n"
-            default:
-                throw VSAError("unknown control request")
+    /// A request that changes the array: its payload, or one line of refusal.
+    private func command(_ request: ControlRequest) throws(VSAError) -> String {
+        switch request {
+        case .status:
+            return statusJSON()
+        case .lunCreate(let name, let size, let thin):
+            let entry = thin ? try createThinLUN(name: name, sizeBytes: size) : try createThickLUN(name: name, sizeBytes: size)
+            let free = controlLock.withLock { _ in store.freeBytes }
+            frontEnd.add(LUNFile(name: entry.name, ref: entry.ref))
+            freeBox.value.store(free, ordering: .relaxed)
+            session?.invalidateEntry(name: entry.name, inode: 0)
+            daemonLog("LUN \(entry.name) created, \(entry.sizeBytes) bytes")
+            return ""
+        case .lunDelete(let name):
+            guard let entry = controlLock.withLock({ _ in store.lunTable.entries.first(where: { $0.name == name }) }) else {
+                throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
             }
-        } catch {
-            return "error \(error.message)"
+            if entry.thin {
+                let snaps = try snapshotRecords().filter { $0.label.lunID == entry.lunID }
+                guard snaps.isEmpty else {
+                    throw VSAError("LUN \(name) has \(snaps.count) snapshot\(snaps.count == 1 ? "" : "s"); delete them first (vsa snap list TARGET \(name))")
+                }
+            }
+            guard frontEnd.remove(lunID: entry.lunID) else {
+                throw VSAError("LUN \(name) is open; close it (and detach any loop device on it) first")
+            }
+            engines.discard(lun: entry.ref)
+            let free = try controlLock.withLock { _ throws(VSAError) in
+                _ = try store.deleteLUN(name: name)
+                return store.freeBytes
+            }
+            if entry.thin {
+                if !dropVersion(entry.lunID) { daemonLog("LUN \(name): its blocks could not all be freed now; the next mount frees them") }
+            } else if let r = poolRuntime() {
+                r.space.unreserve(
+                    entry.startStripe..<(entry.startStripe + entry.stripeCount), stillReserved: controlLock.withLock { _ in store.lunTable.reservedRuns })
+            }
+            freeBox.value.store(free, ordering: .relaxed)
+            session?.invalidateEntry(name: name, inode: UInt64(entry.lunID) + 1)
+            daemonLog("LUN \(name) deleted")
+            return ""
+        case .snapCreate(let lun, let name, let seconds):
+            let began = Posix.monotonicSeconds()
+            try createSnapshot(lun: lun, name: name, secureSeconds: seconds)
+            return SnapshotTaken(milliseconds: (Posix.monotonicSeconds() - began) * 1000).payload
+        case .snapDelete(let lun, let name):
+            try deleteSnapshot(lun: lun, name: name)
+            return ""
+        case .snapRestore(let lun, let name):
+            try restoreSnapshot(lun: lun, name: name)
+            return ""
+        case .snapLink(let lun, let name, let clone):
+            let entry = try linkSnapshot(lun: lun, name: name, clone: clone)
+            freeBox.value.store(controlLock.withLock { _ in store.freeBytes }, ordering: .relaxed)
+            return CloneLinked(lunID: entry.lunID).payload
+        case .snapUnlink(let clone):
+            try unlinkClone(clone)
+            return ""
+        case .snapRelink(let clone, let name):
+            try relinkClone(clone, to: name)
+            return ""
+        case .driveFail(let drive, let force):
+            let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(drive) }
+            try failMember(member, force: force)
+            return ""
+        case .driveReplace(let drive, let newDrive, let force, let rate):
+            let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(drive) }
+            let replaced = try replaceMember(member, with: newDrive, force: force, rate: rate)
+            return ReplaceStarted(member: member, newDrive: replaced.entry, queued: replaced.queued).payload
+        case .scrub(let repair, let rate):
+            try startScrub(repair: repair, rate: rate)
+            return ""
+        case .directorFail(let director), .directorRestore(let director):
+            guard !shuttingDown.load(ordering: .relaxed) else { throw VSAError("the array is being unmounted; its directors can no longer change") }
+            guard let id = DirectorID(parsing: director) else {
+                throw VSAError("\(director) is not a director id; directors are named 1a, 1b, 2a, ... (see vsa director list)")
+            }
+            let failing = request == .directorFail(director: director)
+            let notes = failing ? try engines.failDirector(id) : try engines.restoreDirector(id)
+            let line = "director \(id) \(failing ? "failed" : "restored"): " + notes.joined(separator: "; ")
+            controlLock.withLock { _ in messages.append(line) }
+            daemonLog(line)
+            return DirectorChanged(notes: notes).payload
+        case .flush:
+            let rc = engines.flush(lun: nil)
+            if rc != 0 { throw VSAError("flush failed: \(Posix.errnoDescription(rc))") }
+            return ""
         }
     }
 

@@ -1,0 +1,246 @@
+// The control protocol: every request the daemon takes on its control socket (DIR/control.sock), and its replies,
+// as one typed definition that the daemon, the `vsa` command and anything else that drives the array share. Nobody
+// builds or splits request strings by hand.
+//
+// On the wire a request is one line: its verb and its arguments, separated by tabs (names may hold spaces, never a
+// tab or a newline: `validateLUNName` refuses both). A reply is "ok\n" and a payload, or "error " and one line. What
+// arrives on the socket is input: `ControlRequest(line:)` checks the argument count and bounds every number before
+// anything acts on it, and refuses the rest with one line.
+import ArrayModel
+
+public enum ControlRequest: Sendable, Equatable {
+    /// The array's state as JSON (`StatusReport`). Answered at once, beside commands that change the array.
+    case status
+    case lunCreate(name: String, sizeBytes: UInt64, thin: Bool)
+    case lunDelete(name: String)
+    /// `secureSeconds` 0: an ordinary snapshot.
+    case snapCreate(lun: String, name: String, secureSeconds: UInt64)
+    case snapDelete(lun: String, name: String)
+    case snapRestore(lun: String, name: String)
+    case snapLink(lun: String, name: String, clone: String)
+    case snapUnlink(clone: String)
+    case snapRelink(clone: String, name: String)
+    /// `drive`: a member's index, path or name in the array folder.
+    case driveFail(drive: String, force: Bool)
+    /// `newDrive` nil: onto a hot spare. `rateBytes` per second per drive, 0 for no limit.
+    case driveReplace(drive: String, newDrive: String?, force: Bool, rateBytes: UInt64)
+    case scrub(repair: Bool, rateBytes: UInt64)
+    case directorFail(director: String)
+    case directorRestore(director: String)
+    /// Every LUN's write-pending data destaged and the drives flushed.
+    case flush
+
+    /// The request's verb on the wire.
+    public var verb: String {
+        switch self {
+        case .status: "status"
+        case .lunCreate: "lun-create"
+        case .lunDelete: "lun-delete"
+        case .snapCreate: "snap-create"
+        case .snapDelete: "snap-delete"
+        case .snapRestore: "snap-restore"
+        case .snapLink: "snap-link"
+        case .snapUnlink: "snap-unlink"
+        case .snapRelink: "snap-relink"
+        case .driveFail: "drive-fail"
+        case .driveReplace: "drive-replace"
+        case .scrub: "scrub"
+        case .directorFail: "director-fail"
+        case .directorRestore: "director-restore"
+        case .flush: "flush"
+        }
+    }
+
+    /// The arguments after the verb, in wire order.
+    public var arguments: [String] {
+        switch self {
+        case .status, .flush: []
+        case .lunCreate(let name, let size, let thin): [name, String(size)] + (thin ? ["thin"] : [])
+        case .lunDelete(let name): [name]
+        case .snapCreate(let lun, let name, let seconds): [lun, name, String(seconds)]
+        case .snapDelete(let lun, let name), .snapRestore(let lun, let name): [lun, name]
+        case .snapLink(let lun, let name, let clone): [lun, name, clone]
+        case .snapUnlink(let clone): [clone]
+        case .snapRelink(let clone, let name): [clone, name]
+        case .driveFail(let drive, let force): [drive, wireFlag(force)]
+        case .driveReplace(let drive, let newDrive, let force, let rate): [drive, newDrive ?? "", wireFlag(force), String(rate)]
+        case .scrub(let repair, let rate): [wireFlag(repair), String(rate)]
+        case .directorFail(let director), .directorRestore(let director): [director]
+        }
+    }
+
+    /// The request as it goes on the wire, newline included.
+    public var line: String { ([verb] + arguments).joined(separator: "\t") + "\n" }
+
+    /// Whether the request changes the array (run one at a time); `status` only looks.
+    public var changesArray: Bool { self != .status }
+
+    /// Whether the request can change which versions of the pool share blocks (snapshots, clones, deleted LUNs).
+    public var changesSharing: Bool {
+        switch self {
+        case .lunDelete, .snapCreate, .snapDelete, .snapRestore, .snapLink, .snapUnlink, .snapRelink: true
+        default: false
+        }
+    }
+
+    /// Parses a request line (its trailing newline optional). Throws one line for anything that is not a request:
+    /// an unknown verb, the wrong number of arguments, a number that is not one or out of range, a flag not 0 or 1.
+    public init(line: String) throws(VSAError) {
+        var text = Substring(line)
+        if text.hasSuffix("\n") { text = text.dropLast() }
+        let words = text.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+        let verb = words[0]
+        let args = Array(words.dropFirst())
+        func expect(_ counts: Int...) throws(VSAError) {
+            guard counts.contains(args.count) else {
+                throw VSAError("\(verb) takes \(counts.map(String.init).joined(separator: " or ")) arguments, not \(args.count)")
+            }
+        }
+        switch verb {
+        case "status":
+            try expect(0)
+            self = .status
+        case "flush":
+            try expect(0)
+            self = .flush
+        case "lun-create":
+            try expect(2, 3)
+            guard args.count == 2 || args[2] == "thin" else { throw VSAError("lun-create's third argument is thin or nothing, not '\(args[2])'") }
+            self = .lunCreate(name: args[0], sizeBytes: try Self.number(args[1], "size"), thin: args.count == 3)
+        case "lun-delete":
+            try expect(1)
+            self = .lunDelete(name: args[0])
+        case "snap-create":
+            try expect(3)
+            self = .snapCreate(lun: args[0], name: args[1], secureSeconds: try Self.number(args[2], "secure time"))
+        case "snap-delete":
+            try expect(2)
+            self = .snapDelete(lun: args[0], name: args[1])
+        case "snap-restore":
+            try expect(2)
+            self = .snapRestore(lun: args[0], name: args[1])
+        case "snap-link":
+            try expect(3)
+            self = .snapLink(lun: args[0], name: args[1], clone: args[2])
+        case "snap-unlink":
+            try expect(1)
+            self = .snapUnlink(clone: args[0])
+        case "snap-relink":
+            try expect(2)
+            self = .snapRelink(clone: args[0], name: args[1])
+        case "drive-fail":
+            try expect(2)
+            self = .driveFail(drive: args[0], force: try Self.parseFlag(args[1], "force"))
+        case "drive-replace":
+            try expect(4)
+            self = .driveReplace(
+                drive: args[0], newDrive: args[1].isEmpty ? nil : args[1], force: try Self.parseFlag(args[2], "force"),
+                rateBytes: try Self.number(args[3], "rate"))
+        case "scrub":
+            try expect(2)
+            self = .scrub(repair: try Self.parseFlag(args[0], "repair"), rateBytes: try Self.number(args[1], "rate"))
+        case "director-fail":
+            try expect(1)
+            self = .directorFail(director: args[0])
+        case "director-restore":
+            try expect(1)
+            self = .directorRestore(director: args[0])
+        default:
+            throw VSAError("unknown control request")
+        }
+    }
+
+    /// A decimal number of at most 19 digits (below 10^19: no overflow anywhere it is added to an offset's worth).
+    private static func number(_ text: String, _ what: String) throws(VSAError) -> UInt64 {
+        guard !text.isEmpty, text.utf8.count <= 19, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let value = UInt64(text) else {
+            throw VSAError("bad \(what) '\(text.prefix(40))': a decimal number of at most 19 digits")
+        }
+        return value
+    }
+
+    private static func parseFlag(_ text: String, _ what: String) throws(VSAError) -> Bool {
+        guard text == "0" || text == "1" else { throw VSAError("bad \(what) flag '\(text.prefix(40))': 0 or 1") }
+        return text == "1"
+    }
+}
+
+private func wireFlag(_ value: Bool) -> String { value ? "1" : "0" }
+
+/// A reply: done, with a payload (JSON for `status`, one of the payload types below for the requests that have one,
+/// empty for the rest), or refused with one line saying what is wrong and what to do.
+public enum ControlReply: Sendable, Equatable {
+    case done(String)
+    case refused(String)
+
+    public var wire: String {
+        switch self {
+        case .done(let payload): "ok\n" + payload
+        case .refused(let line): "error " + line.split(separator: "\n").joined(separator: "; ")
+        }
+    }
+
+    /// Reads a reply off the wire; nil when it is neither form (a daemon that died while answering).
+    public init?(wire: String) {
+        if wire.hasPrefix("ok\n") {
+            self = .done(String(wire.dropFirst(3)))
+        } else if wire.hasPrefix("error ") {
+            self = .refused(String(wire.dropFirst(6)).trimmingWhitespace())
+        } else {
+            return nil
+        }
+    }
+}
+
+/// The payload of `snapCreate`: how long the daemon took (its own clock: the command line's process start and socket
+/// are not the array's).
+public struct SnapshotTaken: Sendable, Equatable {
+    public var milliseconds: Double
+    public init(milliseconds: Double) { self.milliseconds = milliseconds }
+    public var payload: String {
+        let tenths = Int((milliseconds * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10)\n"
+    }
+    public init?(payload: String) {
+        guard let ms = Double(payload.trimmingWhitespace()), ms.isFinite, ms >= 0 else { return nil }
+        milliseconds = ms
+    }
+}
+
+/// The payload of `snapLink`: the clone's LUN id.
+public struct CloneLinked: Sendable, Equatable {
+    public var lunID: UInt32
+    public init(lunID: UInt32) { self.lunID = lunID }
+    public var payload: String { "\(lunID)" }
+    public init?(payload: String) {
+        guard let id = UInt32(payload.trimmingWhitespace()) else { return nil }
+        lunID = id
+    }
+}
+
+/// The payload of `driveReplace`: which member, onto what, and whether it waits for a rebuild already running.
+public struct ReplaceStarted: Sendable, Equatable {
+    public var member: Int
+    public var newDrive: String
+    public var queued: Bool
+    public init(member: Int, newDrive: String, queued: Bool) {
+        self.member = member
+        self.newDrive = newDrive
+        self.queued = queued
+    }
+    public var payload: String { "\(member)\t\(newDrive)" + (queued ? "\tqueued" : "") }
+    public init?(payload: String) {
+        let parts = payload.trimmingWhitespace().split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2 || (parts.count == 3 && parts[2] == "queued"), let member = Int(parts[0]), member >= 0 else { return nil }
+        self.member = member
+        newDrive = parts[1]
+        queued = parts.count == 3
+    }
+}
+
+/// The payload of `directorFail` and `directorRestore`: what the array did, a note a line.
+public struct DirectorChanged: Sendable, Equatable {
+    public var notes: [String]
+    public init(notes: [String]) { self.notes = notes }
+    public var payload: String { notes.joined(separator: "\n") }
+    public init(payload: String) { notes = payload.split(separator: "\n").map(String.init).filter { !$0.isEmpty } }
+}

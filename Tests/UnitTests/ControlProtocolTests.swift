@@ -1,0 +1,66 @@
+// The control protocol is input on the daemon's side: every request goes through the wire and back unchanged, and
+// anything that is not a request is refused with one line before anything acts on it.
+import ArrayModel
+import Control
+import XCTest
+
+final class ControlProtocolTests: XCTestCase {
+    static let requests: [ControlRequest] = [
+        .status, .flush,
+        .lunCreate(name: "db 1", sizeBytes: 10 << 40, thin: true), .lunCreate(name: "x", sizeBytes: 512, thin: false),
+        .lunDelete(name: "x"),
+        .snapCreate(lun: "db", name: "s1", secureSeconds: 0), .snapCreate(lun: "db", name: "s2", secureSeconds: 86400),
+        .snapDelete(lun: "db", name: "s1"), .snapRestore(lun: "db", name: "s1"), .snapLink(lun: "db", name: "s1", clone: "c"),
+        .snapUnlink(clone: "c"), .snapRelink(clone: "c", name: "s2"),
+        .driveFail(drive: "2", force: false), .driveFail(drive: "/dev/loop3", force: true),
+        .driveReplace(drive: "1", newDrive: nil, force: false, rateBytes: 200 << 20),
+        .driveReplace(drive: "d1", newDrive: "/tmp/new drive", force: true, rateBytes: 0),
+        .scrub(repair: true, rateBytes: 0), .scrub(repair: false, rateBytes: 1 << 30),
+        .directorFail(director: "1a"), .directorRestore(director: "2b"),
+    ]
+
+    func testEveryRequestCrossesTheWireUnchanged() throws {
+        for request in Self.requests {
+            XCTAssertTrue(request.line.hasSuffix("\n"))
+            XCTAssertEqual(request.line.filter { $0 == "\n" }.count, 1, request.line)
+            XCTAssertEqual(try ControlRequest(line: request.line), request)
+            XCTAssertEqual(try ControlRequest(line: String(request.line.dropLast())), request, "the newline is optional")
+        }
+    }
+
+    func testWhatIsNotARequestIsRefusedWithOneLine() {
+        let refused = [
+            "", "\n", "\u{0}\u{ff} garbage", "\t\t\t", "status\textra", "flush\t",
+            "lun-create\tx", "lun-create\tx\t10\tthick", "lun-create\tx\t-1", "lun-create\tx\t18446744073709551615",
+            "lun-create\tx\t99999999999999999999999", "lun-create\tx\t1e9", "lun-create\tx\t 5", "lun-create\tx\t",
+            "snap-create\tdb\ts", "snap-create\tdb\ts\tsoon", "drive-fail\t1\tyes", "drive-fail\t1", "drive-replace\t-1\t\t0",
+            "drive-replace\t1\t\t2\t0", "scrub\t1\t-5", "scrub\ttrue\t0", "director-fail", "director-fail\t1a\t1b", "lun-delete",
+            "LUN-CREATE\tx\t10", "unknown",
+        ]
+        for line in refused {
+            XCTAssertThrowsError(try ControlRequest(line: line), line.debugDescription) { error in
+                let message = (error as? VSAError)?.message ?? ""
+                XCTAssertFalse(message.isEmpty)
+                XCTAssertFalse(message.contains("\n"), message)
+            }
+        }
+    }
+
+    func testRepliesAndTheirPayloadsCrossTheWire() {
+        XCTAssertEqual(ControlReply(wire: ControlReply.done("{}").wire), .done("{}"))
+        XCTAssertEqual(ControlReply(wire: ControlReply.refused("no LUN named x").wire), .refused("no LUN named x"))
+        XCTAssertEqual(ControlReply.refused("two\nlines").wire, "error two; lines", "a refusal is one line")
+        XCTAssertNil(ControlReply(wire: ""))
+        XCTAssertNil(ControlReply(wire: "okay"))
+        XCTAssertEqual(SnapshotTaken(payload: SnapshotTaken(milliseconds: 12.34).payload), SnapshotTaken(milliseconds: 12.3))
+        XCTAssertNil(SnapshotTaken(payload: "-1"))
+        XCTAssertEqual(CloneLinked(payload: CloneLinked(lunID: 7).payload), CloneLinked(lunID: 7))
+        XCTAssertNil(CloneLinked(payload: "99999999999"))
+        for started in [ReplaceStarted(member: 2, newDrive: "/x y", queued: true), ReplaceStarted(member: 0, newDrive: "d4", queued: false)] {
+            XCTAssertEqual(ReplaceStarted(payload: started.payload), started)
+        }
+        XCTAssertNil(ReplaceStarted(payload: "-1\tx"))
+        XCTAssertNil(ReplaceStarted(payload: "1\tx\tlater"))
+        XCTAssertEqual(DirectorChanged(payload: DirectorChanged(notes: ["a", "b"]).payload).notes, ["a", "b"])
+    }
+}
