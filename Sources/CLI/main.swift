@@ -45,7 +45,9 @@ struct VSA: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vsa",
         abstract: "A virtual enterprise storage array: LUNs as fixed-size files on a FUSE mount.",
-        subcommands: [Create.self, LUN.self, Snap.self, DriveCommand.self, DirectorCommand.self, Scrub.self, Mount.self, Unmount.self, Status.self, Top.self])
+        subcommands: [
+            Create.self, LUN.self, Snap.self, DriveCommand.self, DirectorCommand.self, Inject.self, Scrub.self, Mount.self, Unmount.self, Status.self, Top.self,
+        ])
 }
 
 /// Columns padded to their widest cell, two spaces apart.

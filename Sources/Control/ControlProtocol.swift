@@ -29,6 +29,10 @@ public enum ControlRequest: Sendable, Equatable {
     case directorRestore(director: String)
     /// Every LUN's write-pending data destaged and the drives flushed.
     case flush
+    /// A fault injected into the running array (`vsa inject`); `seed` nil: the daemon picks one and reports it.
+    case inject(FaultSpec, seed: UInt64?)
+    /// Clears injected fault `id`, or all of them (nil).
+    case injectClear(id: Int?)
 
     /// The request's verb on the wire.
     public var verb: String {
@@ -48,6 +52,8 @@ public enum ControlRequest: Sendable, Equatable {
         case .directorFail: "director-fail"
         case .directorRestore: "director-restore"
         case .flush: "flush"
+        case .inject: "inject"
+        case .injectClear: "inject-clear"
         }
     }
 
@@ -66,6 +72,8 @@ public enum ControlRequest: Sendable, Equatable {
         case .driveReplace(let drive, let newDrive, let force, let rate): [drive, newDrive ?? "", wireFlag(force), String(rate)]
         case .scrub(let repair, let rate): [wireFlag(repair), String(rate)]
         case .directorFail(let director), .directorRestore(let director): [director]
+        case .inject(let spec, let seed): spec.words + [seed.map(String.init) ?? ""]
+        case .injectClear(let id): [id.map(String.init) ?? ""]
         }
     }
 
@@ -145,20 +153,33 @@ public enum ControlRequest: Sendable, Equatable {
         case "director-restore":
             try expect(1)
             self = .directorRestore(director: args[0])
+        case "inject":
+            guard args.count >= 2 else { throw VSAError("inject takes a fault and a seed") }
+            let seed = args[args.count - 1]
+            self = .inject(try FaultSpec(words: Array(args.dropLast())), seed: seed.isEmpty ? nil : try Self.number(seed, "seed"))
+        case "inject-clear":
+            try expect(1)
+            if args[0].isEmpty {
+                self = .injectClear(id: nil)
+            } else {
+                let id = try Self.number(args[0], "fault id")
+                guard id <= UInt64(Int32.max) else { throw VSAError("no fault has id \(id)") }
+                self = .injectClear(id: Int(id))
+            }
         default:
             throw VSAError("unknown control request")
         }
     }
 
     /// A decimal number of at most 19 digits (below 10^19: no overflow anywhere it is added to an offset's worth).
-    private static func number(_ text: String, _ what: String) throws(VSAError) -> UInt64 {
+    static func number(_ text: String, _ what: String) throws(VSAError) -> UInt64 {
         guard !text.isEmpty, text.utf8.count <= 19, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let value = UInt64(text) else {
             throw VSAError("bad \(what) '\(text.prefix(40))': a decimal number of at most 19 digits")
         }
         return value
     }
 
-    private static func parseFlag(_ text: String, _ what: String) throws(VSAError) -> Bool {
+    static func parseFlag(_ text: String, _ what: String) throws(VSAError) -> Bool {
         guard text == "0" || text == "1" else { throw VSAError("bad \(what) flag '\(text.prefix(40))': 0 or 1") }
         return text == "1"
     }
@@ -243,4 +264,117 @@ public struct DirectorChanged: Sendable, Equatable {
     public init(notes: [String]) { self.notes = notes }
     public var payload: String { notes.joined(separator: "\n") }
     public init(payload: String) { notes = payload.split(separator: "\n").map(String.init).filter { !$0.isEmpty } }
+}
+
+/// A fault to inject (docs/FAULTS.md). Drives are named as `vsa drive` names them: index, path or entry name.
+public enum FaultSpec: Sendable, Equatable {
+    /// Each operation on the drive completes later: `fixedMicros`, plus up to `jitterMicros`, plus `spikeMicros` for
+    /// `spikePerMillion` of them.
+    case driveLatency(drive: String, fixedMicros: UInt64, jitterMicros: UInt64, spikeMicros: UInt64, spikePerMillion: UInt32)
+    /// Reads and/or writes of the drive fail with an I/O error: those touching [fromByte, fromByte + lengthBytes) (nil:
+    /// anywhere), `perMillion` of them.
+    case driveErrors(drive: String, reads: Bool, writes: Bool, fromByte: UInt64?, lengthBytes: UInt64?, perMillion: UInt32)
+    /// The drive stops answering: its operations wait until the fault is cleared or the drive deadline fails it.
+    case driveHang(drive: String)
+    /// One bit flipped in each of `blocks` random written 4 KiB blocks of the drive's data area, once.
+    case driveRot(drive: String, blocks: UInt32)
+
+    /// The largest latency, the most rotted blocks: numbers are bounded before they reach a drive.
+    public static let maxMicros: UInt64 = 60_000_000
+    public static let maxRotBlocks: UInt32 = 1_000_000
+
+    public var drive: String {
+        switch self {
+        case .driveLatency(let d, _, _, _, _), .driveErrors(let d, _, _, _, _, _), .driveHang(let d), .driveRot(let d, _): d
+        }
+    }
+
+    public var kind: String {
+        switch self {
+        case .driveLatency: "latency"
+        case .driveErrors: "errors"
+        case .driveHang: "hang"
+        case .driveRot: "rot"
+        }
+    }
+
+    var words: [String] {
+        switch self {
+        case .driveLatency(let d, let fixed, let jitter, let spike, let rate): ["drive", d, kind, String(fixed), String(jitter), String(spike), String(rate)]
+        case .driveErrors(let d, let reads, let writes, let from, let length, let rate):
+            ["drive", d, kind, reads ? "1" : "0", writes ? "1" : "0", from.map(String.init) ?? "", length.map(String.init) ?? "", String(rate)]
+        case .driveHang(let d): ["drive", d, kind]
+        case .driveRot(let d, let blocks): ["drive", d, kind, String(blocks)]
+        }
+    }
+
+    init(words w: [String]) throws(VSAError) {
+        guard w.count >= 3, w[0] == "drive" else { throw VSAError("inject takes drive DRIVE KIND ...") }
+        let drive = w[1]
+        guard !drive.isEmpty else { throw VSAError("inject needs a drive: its index, path or name") }
+        func expect(_ n: Int) throws(VSAError) {
+            guard w.count == 3 + n else { throw VSAError("a \(w[2]) fault takes \(n) values, not \(w.count - 3)") }
+        }
+        func micros(_ text: String, _ what: String) throws(VSAError) -> UInt64 {
+            let v = try ControlRequest.number(text, what)
+            guard v <= Self.maxMicros else { throw VSAError("\(what) \(v) us is more than 60 s") }
+            return v
+        }
+        func perMillion(_ text: String) throws(VSAError) -> UInt32 {
+            let v = try ControlRequest.number(text, "rate")
+            guard v <= 1_000_000 else { throw VSAError("rate \(v) is more than a million per million") }
+            return UInt32(v)
+        }
+        switch w[2] {
+        case "latency":
+            try expect(4)
+            self = .driveLatency(
+                drive: drive, fixedMicros: try micros(w[3], "latency"), jitterMicros: try micros(w[4], "jitter"), spikeMicros: try micros(w[5], "spike"),
+                spikePerMillion: try perMillion(w[6]))
+        case "errors":
+            try expect(5)
+            let reads = try ControlRequest.parseFlag(w[3], "reads")
+            let writes = try ControlRequest.parseFlag(w[4], "writes")
+            guard reads || writes else { throw VSAError("an errors fault fails reads, writes or both, not neither") }
+            guard w[5].isEmpty == w[6].isEmpty else { throw VSAError("an errors fault's range needs both its start and its length") }
+            let from = w[5].isEmpty ? nil : try ControlRequest.number(w[5], "range start")
+            let length = w[6].isEmpty ? nil : try ControlRequest.number(w[6], "range length")
+            if let length, length == 0 { throw VSAError("an errors fault's range is empty (length 0)") }
+            if let from, let length, from > UInt64.max - length { throw VSAError("an errors fault's range runs past the largest offset") }
+            let rate = try perMillion(w[7])
+            guard rate > 0 else { throw VSAError("an errors fault's rate is 0: it would fail nothing") }
+            self = .driveErrors(drive: drive, reads: reads, writes: writes, fromByte: from, lengthBytes: length, perMillion: rate)
+        case "hang":
+            try expect(0)
+            self = .driveHang(drive: drive)
+        case "rot":
+            try expect(1)
+            let blocks = try ControlRequest.number(w[3], "block count")
+            guard blocks >= 1 && blocks <= UInt64(Self.maxRotBlocks) else { throw VSAError("rot takes 1 to \(Self.maxRotBlocks) blocks, not \(blocks)") }
+            self = .driveRot(drive: drive, blocks: UInt32(blocks))
+        default:
+            throw VSAError("unknown drive fault '\(w[2].prefix(40))': latency, errors, hang or rot")
+        }
+    }
+}
+
+/// The payload of `inject`: the fault's id (for `inject-clear`), the seed its random choices come from (give it again
+/// to replay them), and one line saying what it did.
+public struct FaultAdded: Sendable, Equatable {
+    public var id: Int
+    public var seed: UInt64
+    public var detail: String
+    public init(id: Int, seed: UInt64, detail: String) {
+        self.id = id
+        self.seed = seed
+        self.detail = detail
+    }
+    public var payload: String { "\(id)\t\(seed)\t\(detail)" }
+    public init?(payload: String) {
+        let parts = payload.trimmingWhitespace().split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3, let id = Int(parts[0]), id >= 0, let seed = UInt64(parts[1]) else { return nil }
+        self.id = id
+        self.seed = seed
+        detail = parts[2]
+    }
 }

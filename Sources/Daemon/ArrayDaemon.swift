@@ -118,6 +118,8 @@ public final class ArrayDaemon: @unchecked Sendable {
     /// Notes for `vsa status` (guarded by controlLock).
     var messages: [String] = []
     let rebuildTracker = RebuildTracker()
+    /// Faults injected with `vsa inject` (Faults.swift).
+    let faults = FaultRegistry()
     let scrubTracker = ScrubTracker()
     let cleaner: CleanerControl
     /// The rate the queued rebuild asked for (it starts when the running one ends).
@@ -450,6 +452,10 @@ public final class ArrayDaemon: @unchecked Sendable {
             let rc = engines.flush(lun: nil)
             if rc != 0 { throw VSAError("flush failed: \(Posix.errnoDescription(rc))") }
             return ""
+        case .inject(let spec, let seed):
+            return try injectFault(spec, seed: seed).payload
+        case .injectClear(let id):
+            return String(try clearFaults(id: id))
         }
     }
 
@@ -530,6 +536,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         addPoolStatus(&report)
         report.scrub = scrubInfo()
         report.rebuild = rebuildInfo()
+        report.faults = faultInfos()
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: (try? encoder.encode(report)) ?? Data(), as: UTF8.self)

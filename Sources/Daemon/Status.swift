@@ -268,6 +268,28 @@ public struct StatusReport: Codable, Sendable {
     public var scrub: ScrubInfo?
     public var pool: PoolInfo? = nil
     public var snapshots: [SnapshotInfo]? = nil
+    /// Faults injected with `vsa inject` (mounted arrays only).
+    public var faults: [FaultInfo]? = nil
+
+    /// One injected fault (docs/FAULTS.md).
+    public struct FaultInfo: Codable, Sendable {
+        public var id: Int
+        /// "drive" (a director later).
+        public var target: String
+        public var member: Int
+        public var path: String
+        /// latency, errors, hang or rot.
+        public var kind: String
+        public var detail: String
+        public var seed: UInt64
+        /// Operations it delayed, failed or held so far (rot: the blocks it flipped).
+        public var hits: UInt64
+        /// active, "active (drive failed)", done (rot), "gone (member replaced)".
+        public var state: String
+
+        /// One line for `vsa status` and `vsa inject list`.
+        public var line: String { "\(id)  member \(member)  \(kind)  \(state)  \(hits) hits  seed \(seed)  \(detail)" }
+    }
 
     /// The parts that come from the drives alone.
     public static func offline(store: ArrayStore, cacheBytes: UInt64) -> StatusReport {
@@ -407,6 +429,10 @@ public struct StatusReport: Codable, Sendable {
         if let s = scrub {
             let tenths = Int((s.percent * 10).rounded(.down))
             lines.append("scrub (\(s.repair ? "repair" : "check")): \(s.state)  \(tenths / 10).\(tenths % 10)%  \(s.summary)")
+        }
+        if let faults, !faults.isEmpty {
+            lines.append("injected faults (vsa inject list; vsa inject clear):")
+            for f in faults { lines.append("  " + f.line) }
         }
         for m in messages { lines.append("note: \(m)") }
         return lines.joined(separator: "\n")

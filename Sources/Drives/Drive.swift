@@ -50,6 +50,8 @@ public final class Drive: Sendable {
     public let errorCount = Atomic<UInt64>(0)
     /// Operations that did not complete within the drive deadline (each failed the drive).
     public let timeouts = Atomic<UInt64>(0)
+    /// Faults injected into this drive while it runs (`vsa inject`); none normally.
+    public let faults = DriveFaults()
 
     public var state: DriveState { DriveState(rawValue: stateRaw.load(ordering: .acquiring))! }
 

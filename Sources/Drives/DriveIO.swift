@@ -48,6 +48,8 @@ public final class DriveIO {
         self.capacity = capacity
         self.ring = try IORing(entries: UInt32(min(capacity, 4096)).nextPowerOfTwo)
         self.operations = Array(repeating: Operation(), count: capacity)
+        self.driveDelayMicros = Array(repeating: 0, count: drives.count)
+        self.heldTags.reserveCapacity(capacity)
     }
 
     /// Puts `drive` in position `index` (a new drive taking a failed member's place). Between batches only.
@@ -59,6 +61,10 @@ public final class DriveIO {
     public private(set) var zeroUnsupportedDrives: UInt64 = 0
     /// Drives whose synchronous page-cache I/O failed since the last submit.
     private var pageCacheFailures: UInt64 = 0
+    /// Injected faults (`DriveFaults`): operations held by a drive that stopped answering, and the latency each drive
+    /// adds to this batch. Used only while a drive has a fault rule.
+    private var heldTags: [UInt64] = []
+    private var driveDelayMicros: [UInt64]
 
     private func append(_ op: Operation) {
         if operationCount == capacity { preconditionFailure("DriveIO: more than \(capacity) operations in one batch") }
@@ -77,6 +83,21 @@ public final class DriveIO {
         if drive.isMissing || drive.state == .failed {
             pageCacheFailures |= 1 << UInt64(op.driveIndex)
             return
+        }
+        if drive.faults.isArmed {
+            // Flushes are delayed and held like the rest, never failed (count 0); a zero range is a write.
+            let write = op.kind == 1 || op.kind == 3 || op.kind == 4 || op.kind == 6
+            switch drive.faults.decide(write: write, offset: op.offsetBytes, count: op.kind == 2 ? 0 : op.count) {
+            case .proceed(let delay):
+                let d = Int(op.driveIndex)
+                driveDelayMicros[d] = max(driveDelayMicros[d], delay)
+            case .fail:
+                pageCacheFailures |= 1 << UInt64(op.driveIndex)
+                return
+            case .hang:
+                heldTags.append(tag)
+                return
+            }
         }
         if (op.kind <= 1 || op.kind >= 4) && drive.copiesSynchronously {
             copyThroughPageCache(tag)
@@ -155,6 +176,51 @@ public final class DriveIO {
         } catch {
             pageCacheFailures |= 1 << UInt64(op.driveIndex)
         }
+    }
+
+    /// Operations held by drives that stopped answering (an injected `hang`): each goes ahead once its drive's rule is
+    /// cleared; when the drive deadline passes first, its drive is failed, as the deadline fails a drive whose
+    /// operations the kernel still holds. No deadline (0): they wait as long as the drive hangs.
+    private func waitOutHungDrives() {
+        let began = Posix.monotonicSeconds()
+        while !heldTags.isEmpty {
+            let waiting = heldTags
+            heldTags.removeAll(keepingCapacity: true)
+            for tag in waiting {
+                let drive = drives[Int(operations[Int(tag)].driveIndex)]
+                if drive.faults.isHung && drive.state != .failed { heldTags.append(tag) } else { issue(tag) }
+            }
+            guard !heldTags.isEmpty else { return }
+            if DriveIO.deadlineSeconds > 0 && Posix.monotonicSeconds() - began >= DriveIO.deadlineSeconds {
+                for tag in heldTags {
+                    let d = Int(operations[Int(tag)].driveIndex)
+                    drives[d].timeouts.add(1, ordering: .relaxed)
+                    pageCacheFailures |= 1 << UInt64(d)
+                }
+                heldTags.removeAll(keepingCapacity: true)
+                return
+            }
+            usleep(10_000)
+        }
+    }
+
+    /// The latency injected into this batch's drives: the batch completes when the slowest of them would have. A
+    /// drive whose latency reaches the drive deadline is failed after the deadline, as one that slow would be.
+    private func sleepInjectedLatency() -> UInt64 {
+        var longest: UInt64 = 0
+        for d in driveDelayMicros.indices where driveDelayMicros[d] > longest { longest = driveDelayMicros[d] }
+        guard longest > 0 else { return 0 }
+        let deadline = DriveIO.deadlineSeconds > 0 ? UInt64(DriveIO.deadlineSeconds * 1_000_000) : UInt64.max
+        usleep(UInt32(min(longest, deadline, DriveFaultRule.maxMicros)))
+        var failed: UInt64 = 0
+        for d in driveDelayMicros.indices {
+            if driveDelayMicros[d] >= deadline {
+                failed |= 1 << UInt64(d)
+                drives[d].timeouts.add(1, ordering: .relaxed)
+            }
+            driveDelayMicros[d] = 0
+        }
+        return failed
     }
 
     /// Tests only: behaves as after a deadline when no new ring could be made.
@@ -267,6 +333,7 @@ public final class DriveIO {
     /// (bit i = drive index i); those drives have been moved to `failed`.
     @discardableResult
     public func submit() -> UInt64 {
+        if !heldTags.isEmpty { waitOutHungDrives() }
         var failedDrives: UInt64 = pageCacheFailures
         pageCacheFailures = 0
         while true {
@@ -307,6 +374,7 @@ public final class DriveIO {
             if !again { break }
         }
         operationCount = 0
+        failedDrives |= sleepInjectedLatency()
         failedDrives |= pageCacheFailures
         pageCacheFailures = 0
         if ringless, let fresh = try? IORing(entries: ring.entries) {

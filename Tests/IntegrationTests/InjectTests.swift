@@ -1,0 +1,123 @@
+// `vsa inject` on a real mount (issue 14): each drive fault verb does what it says and the array survives it. Latency
+// shows in fio's p99 and in the fault's hit count; bit rot is found and repaired by a scrub; read errors on a member
+// are survived with redundancy (the member is failed and the hot spare rebuilt) and counted; a drive that stops
+// answering is failed within the drive deadline while host reads go on. Every bad input gets one line and changes
+// nothing. The LUN reads back byte for byte at the end.
+import Foundation
+import XCTest
+
+final class InjectTests: FixtureTestCase {
+    override class var rootReason: String? { "mounts FUSE file systems" }
+    override class var fixtureBase: String { "/dev/shm" }
+
+    private func status() throws -> [String: Any] { try fixture.json("status '\(fixture.mnt)' --json", as: [String: Any].self) }
+    private func faults() throws -> [[String: Any]] { try status()["faults"] as? [[String: Any]] ?? [] }
+    private func drive(_ index: Int) throws -> [String: Any] {
+        ((try status()["drives"] as? [[String: Any]]) ?? []).first { $0["index"] as? Int == index } ?? [:]
+    }
+
+    /// fio 4 KiB random reads at QD1 for `seconds`: the 99th percentile completion latency in microseconds.
+    private func p99Micros(seconds: Int) -> Double {
+        let r = Harness.sh(
+            "fio --name=p --filename='\(fixture.mnt)/l' --rw=randread --bs=4k --direct=1 --ioengine=psync --runtime=\(seconds) --time_based --output-format=json",
+            timeoutSeconds: 120)
+        guard let json = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
+            let job = (json["jobs"] as? [[String: Any]])?.first, let read = job["read"] as? [String: Any],
+            let clat = read["clat_ns"] as? [String: Any], let percentiles = clat["percentile"] as? [String: Any],
+            let p99 = percentiles["99.000000"] as? Double
+        else {
+            XCTFail("fio: \(r.stderr) \(r.stdout.prefix(300))")
+            return 0
+        }
+        return p99 / 1000
+    }
+
+    func testDriveFaultsAreInjectedListedClearedAndSurvived() throws {
+        let f = fixture!
+        let (m, r) = (f.mnt, f.root)
+        try f.create("--drives 5 --spares 1 --drive-size 96M --raid 5 --stripe-unit 16K")
+        XCTAssertEqual(f.vsa("lun create '\(f.dir)' l --size 160M").status, 0)
+        // A small cache, so reads reach the drives.
+        try f.mount("-o drive_timeout=2,cache=16M")
+        defer { f.unmount() }
+        XCTAssertEqual(Harness.sh("head -c 160M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+
+        // Bad input: one line each, and nothing injected.
+        for bad in [
+            "drive 9 hang", "drive 1 latency abc", "drive 1 latency 70000", "drive 1 latency 0", "drive 1 latency 5 --reads",
+            "drive 1 latency 5 --spike 100", "drive 1 errors --rate 0", "drive 1 errors --rate 101", "drive 1 errors --offset 1M",
+            "drive 1 errors --reads --writes", "drive 1 errors --offset 1M --length 0", "drive 1 rot 0", "drive 1 rot", "drive 1 melt",
+            "director 1a hang", "drive '' hang",
+        ] {
+            let out = f.vsa("inject '\(m)' \(bad)")
+            XCTAssertNotEqual(out.status, 0, bad)
+            XCTAssertEqual(out.stderrLines.count, 1, "\(bad): \(out.stderr)")
+        }
+        for bad in ["inject clear '\(m)' 99", "inject clear '\(m)' 0", "inject list '\(r)'", "inject '\(r)' drive 1 hang"] {
+            let out = f.vsa(bad)
+            XCTAssertNotEqual(out.status, 0, bad)
+            XCTAssertEqual(out.stderrLines.count, 1, "\(bad): \(out.stderr)")
+        }
+        XCTAssertEqual(try faults().count, 0)
+
+        // Latency: 20 ms on member 1 shows in fio's p99, and in the fault's hits; clearing it takes it away.
+        let before = p99Micros(seconds: 2)
+        let add = f.vsa("inject '\(m)' drive 1 latency 20 --seed 5")
+        XCTAssertEqual(add.status, 0, add.stderr)
+        XCTAssertTrue(add.stdout.contains("fault 1") && add.stdout.contains("seed 5"), add.stdout)
+        let slow = p99Micros(seconds: 2)
+        print("4k randread QD1 p99: \(Int(before)) us, with 20 ms on member 1: \(Int(slow)) us")
+        XCTAssertGreaterThan(slow, 15_000, "p99 with a 20 ms member")
+        let latency = try XCTUnwrap(try faults().first)
+        XCTAssertEqual(latency["kind"] as? String, "latency")
+        XCTAssertEqual(latency["member"] as? Int, 1)
+        XCTAssertGreaterThan(latency["hits"] as? Int ?? 0, 0)
+        XCTAssertTrue(f.vsa("inject list '\(m)'").stdout.contains("latency"))
+        XCTAssertEqual(f.vsa("inject clear '\(m)' 1").status, 0)
+        XCTAssertEqual(try faults().count, 0)
+        XCTAssertLessThan(p99Micros(seconds: 1), 15_000, "latency gone once cleared")
+
+        // Bit rot: 12 blocks of member 3 flipped; a scrub finds and repairs every one of them.
+        XCTAssertEqual(f.vsa("inject '\(m)' drive 3 rot 12 --seed 9").status, 0)
+        let scrub = f.vsa("scrub '\(m)' --repair")
+        XCTAssertEqual(scrub.status, 0, scrub.stderr)
+        let scrubbed = try XCTUnwrap(try status()["scrub"] as? [String: Any])
+        XCTAssertEqual(scrubbed["mismatches"] as? Int, 12, "\(scrubbed)")
+        XCTAssertEqual(scrubbed["repaired"] as? Int, 12, "\(scrubbed)")
+        XCTAssertEqual(try faults().first?["state"] as? String, "done")
+        XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
+
+        // Read errors on member 2: survived (the member is failed, the spare takes its place and is rebuilt), counted.
+        XCTAssertEqual(f.vsa("inject '\(m)' drive 2 errors --reads").status, 0)
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "read back with read errors on member 2")
+        var rebuilt = false
+        for _ in 0..<600 {
+            if (try status()["rebuild"] as? [String: Any])?["state"] as? String == "complete" {
+                rebuilt = true
+                break
+            }
+            usleep(100_000)
+        }
+        let rebuild = try status()["rebuild"]
+        XCTAssertTrue(rebuilt, "\(rebuild ?? "no rebuild")")
+        let errors = try XCTUnwrap(try faults().first)
+        XCTAssertGreaterThan(errors["hits"] as? Int ?? 0, 0)
+        XCTAssertEqual(errors["state"] as? String, "gone (member replaced)")
+        XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
+
+        // A member that stops answering: failed within the 2 s deadline, host reads complete meanwhile.
+        XCTAssertEqual(f.vsa("inject '\(m)' drive 0 hang").status, 0)
+        let start = Date()
+        XCTAssertEqual(
+            Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data", timeoutSeconds: 120).status, 0, "read back with member 0 hung")
+        let took = Date().timeIntervalSince(start)
+        print("hung member: the LUN read back in \(String(format: "%.1f", took)) s")
+        XCTAssertLessThan(took, 20)
+        let member0 = try drive(0)
+        XCTAssertEqual(member0["state"] as? String, "failed", "\(member0)")
+        XCTAssertGreaterThan(member0["timeouts"] as? Int ?? 0, 0, "\(member0)")
+        XCTAssertEqual(try faults().first?["state"] as? String, "active (drive failed)")
+        XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
+        XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("fault 4 injected into member 0"))
+    }
+}
