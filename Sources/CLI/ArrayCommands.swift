@@ -49,7 +49,7 @@ struct Mount: VSACommand {
     @Option(
         name: .short,
         help:
-            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, cleaner_rate=SIZE per second or 0, read_realloc=on|off), comma-separated."
+            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, director_timeout=SECONDS, cleaner_rate=SIZE per second or 0, read_realloc=on|off), comma-separated."
     ) var o: [String] = []
     @Flag(help: .hidden) var daemonChild = false
 
@@ -60,6 +60,7 @@ struct Mount: VSACommand {
         var cacheBytes: UInt64? = nil
         var fuseThreads = 4
         var driveTimeout: Double = 30
+        var directorTimeout: Double? = nil
         var cleanerRate: UInt64? = nil
         var readReallocation = true
         for item in o.flatMap({ $0.split(separator: ",").map(String.init) }) {
@@ -75,6 +76,11 @@ struct Mount: VSACommand {
                     throw VSAError("-o drive_timeout takes seconds from 0.5 to 3600, or 0 for none (got '\(item.dropFirst(14))')")
                 }
                 driveTimeout = seconds
+            } else if item.hasPrefix("director_timeout=") {
+                guard let seconds = Double(item.dropFirst(17)), seconds.isFinite, seconds == 0 || (seconds >= 0.5 && seconds <= 3600) else {
+                    throw VSAError("-o director_timeout takes seconds from 0.5 to 3600, or 0 for none (got '\(item.dropFirst(17))')")
+                }
+                directorTimeout = seconds
             } else if item.hasPrefix("cleaner_rate=") {
                 let value = String(item.dropFirst(13))
                 let rate = value == "0" ? 0 : try size(value, "-o cleaner_rate")
@@ -104,6 +110,7 @@ struct Mount: VSACommand {
         var options = MountOptions(directory: directory, mountpoint: mp, fuseOptions: fuseOptions, cacheBytes: cacheBytes)
         options.fuseThreads = fuseThreads
         options.driveTimeoutSeconds = driveTimeout
+        options.directorTimeoutSeconds = directorTimeout
         if let cleanerRate { options.cleanerRate = cleanerRate }
         options.readReallocation = readReallocation
         if foreground || daemonChild {

@@ -3,6 +3,8 @@
 //   vsa inject TARGET drive DRIVE errors [--reads | --writes] [--offset BYTES --length BYTES] [--rate PERCENT] [--seed S]
 //   vsa inject TARGET drive DRIVE hang
 //   vsa inject TARGET drive DRIVE rot BLOCKS [--seed S]
+//   vsa inject TARGET director ID slow MS
+//   vsa inject TARGET director ID hang
 //   vsa inject list TARGET [--json]
 //   vsa inject clear TARGET [ID]
 import ArgumentParser
@@ -20,19 +22,22 @@ import SysPosix
 struct Inject: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inject",
-        abstract: "Inject faults into a mounted array on purpose (drive latency, I/O errors, a hung drive, bit rot); list and clear them.",
+        abstract:
+            "Inject faults into a mounted array on purpose (drive latency, I/O errors, a hung drive, bit rot; a slow or hung director); list and clear them.",
         subcommands: [InjectAdd.self, InjectList.self, InjectClear.self], defaultSubcommand: InjectAdd.self)
 }
 
 struct InjectAdd: VSACommand {
     static let configuration = CommandConfiguration(
         commandName: "add",
-        abstract: "Inject a fault: `vsa inject TARGET drive DRIVE latency MS | errors | hang | rot BLOCKS` (the word add is optional).")
+        abstract:
+            "Inject a fault: `vsa inject TARGET drive DRIVE latency MS | errors | hang | rot BLOCKS` or `director ID slow MS | hang` (the word add is optional)."
+    )
     @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
-    @Argument(help: "What to break: drive.") var what: String
-    @Argument(help: "The member drive: its index, path or name in the array folder (see vsa status).") var drive: String
-    @Argument(help: "The fault: latency, errors, hang or rot.") var kind: String
-    @Argument(help: "latency: milliseconds added to each operation; rot: how many written blocks get a bit flipped.") var amount: String?
+    @Argument(help: "What to break: drive or director.") var what: String
+    @Argument(help: "The member drive (its index, path or name in the array folder) or the director (1a, 1b, ...).") var drive: String
+    @Argument(help: "The fault: latency, errors, hang or rot (a drive); slow or hang (a director).") var kind: String
+    @Argument(help: "latency, slow: milliseconds added to each operation or request; rot: how many written blocks get a bit flipped.") var amount: String?
     @Option(help: "latency: up to this many milliseconds more, at random.") var jitter: String?
     @Option(help: "latency: spikes of this many milliseconds...") var spike: String?
     @Option(help: "latency: ...on this percent of operations (e.g. 1 or 0.1).") var spikeRate: String?
@@ -44,13 +49,17 @@ struct InjectAdd: VSACommand {
     @Option(help: "The seed of the fault's random choices (default: the daemon picks one and prints it).") var seed: UInt64?
 
     func execute() throws(VSAError) {
-        guard what == "drive" else { throw VSAError("vsa inject breaks a drive: `vsa inject TARGET drive DRIVE KIND` (got '\(what)')") }
+        guard what == "drive" || what == "director" else {
+            throw VSAError("vsa inject breaks a drive or a director: `vsa inject TARGET drive DRIVE KIND` or `director ID KIND` (got '\(what)')")
+        }
         let spec = try faultSpec()
         let dir = try mountedArray(target, "inject a fault")
         guard let added = FaultAdded(payload: try control(dir, .inject(spec, seed: seed))) else {
             throw VSAError("the daemon's answer could not be read; vsa inject list shows the faults")
         }
-        print("fault \(added.id): member \(drive): \(added.detail) (seed \(added.seed); vsa inject clear \(target) \(added.id) ends it)")
+        print(
+            "fault \(added.id): \(what == "drive" ? "member" : "director") \(drive): \(added.detail) (seed \(added.seed); vsa inject clear \(target) \(added.id) ends it)"
+        )
     }
 
     private func faultSpec() throws(VSAError) -> FaultSpec {
@@ -61,6 +70,21 @@ struct InjectAdd: VSACommand {
         let errorOptions = [
             ("--reads", reads), ("--writes", writes), ("--offset", offset != nil), ("--length", length != nil), ("--rate", rate != nil),
         ]
+        if what == "director" {
+            try unused(latencyOptions + errorOptions + [("--seed", seed != nil)])
+            switch kind {
+            case "slow":
+                guard let amount else { throw VSAError("a slow fault needs its milliseconds: vsa inject TARGET director ID slow MS") }
+                let micros = try micros(amount, "slow")
+                guard micros > 0 else { throw VSAError("a slow fault of 0 ms slows nothing") }
+                return .directorSlow(director: drive, micros: micros)
+            case "hang":
+                try unused([("an amount", amount != nil)])
+                return .directorHang(director: drive)
+            default:
+                throw VSAError("unknown director fault '\(kind)': slow or hang")
+            }
+        }
         switch kind {
         case "latency":
             try unused(errorOptions)

@@ -278,14 +278,28 @@ public enum FaultSpec: Sendable, Equatable {
     case driveHang(drive: String)
     /// One bit flipped in each of `blocks` random written 4 KiB blocks of the drive's data area, once.
     case driveRot(drive: String, blocks: UInt32)
+    /// The director (1a, 1b, ...) takes `micros` longer over every request it executes.
+    case directorSlow(director: String, micros: UInt64)
+    /// The director stops taking requests: the array finds it (the director deadline) and fails it over.
+    case directorHang(director: String)
 
     /// The largest latency, the most rotted blocks: numbers are bounded before they reach a drive.
     public static let maxMicros: UInt64 = 60_000_000
     public static let maxRotBlocks: UInt32 = 1_000_000
 
-    public var drive: String {
+    /// What the fault is on: "drive" or "director".
+    public var target: String {
+        switch self {
+        case .driveLatency, .driveErrors, .driveHang, .driveRot: "drive"
+        case .directorSlow, .directorHang: "director"
+        }
+    }
+
+    /// The drive or director, as the user named it.
+    public var name: String {
         switch self {
         case .driveLatency(let d, _, _, _, _), .driveErrors(let d, _, _, _, _, _), .driveHang(let d), .driveRot(let d, _): d
+        case .directorSlow(let d, _), .directorHang(let d): d
         }
     }
 
@@ -293,8 +307,9 @@ public enum FaultSpec: Sendable, Equatable {
         switch self {
         case .driveLatency: "latency"
         case .driveErrors: "errors"
-        case .driveHang: "hang"
+        case .driveHang, .directorHang: "hang"
         case .driveRot: "rot"
+        case .directorSlow: "slow"
         }
     }
 
@@ -305,13 +320,15 @@ public enum FaultSpec: Sendable, Equatable {
             ["drive", d, kind, reads ? "1" : "0", writes ? "1" : "0", from.map(String.init) ?? "", length.map(String.init) ?? "", String(rate)]
         case .driveHang(let d): ["drive", d, kind]
         case .driveRot(let d, let blocks): ["drive", d, kind, String(blocks)]
+        case .directorSlow(let d, let micros): ["director", d, kind, String(micros)]
+        case .directorHang(let d): ["director", d, kind]
         }
     }
 
     init(words w: [String]) throws(VSAError) {
-        guard w.count >= 3, w[0] == "drive" else { throw VSAError("inject takes drive DRIVE KIND ...") }
+        guard w.count >= 3, w[0] == "drive" || w[0] == "director" else { throw VSAError("inject takes drive DRIVE KIND ... or director ID KIND ...") }
         let drive = w[1]
-        guard !drive.isEmpty else { throw VSAError("inject needs a drive: its index, path or name") }
+        guard !drive.isEmpty else { throw VSAError("inject needs a \(w[0]): \(w[0] == "drive" ? "its index, path or name" : "1a, 1b, ...")") }
         func expect(_ n: Int) throws(VSAError) {
             guard w.count == 3 + n else { throw VSAError("a \(w[2]) fault takes \(n) values, not \(w.count - 3)") }
         }
@@ -324,6 +341,21 @@ public enum FaultSpec: Sendable, Equatable {
             let v = try ControlRequest.number(text, "rate")
             guard v <= 1_000_000 else { throw VSAError("rate \(v) is more than a million per million") }
             return UInt32(v)
+        }
+        if w[0] == "director" {
+            switch w[2] {
+            case "slow":
+                try expect(1)
+                let micros = try micros(w[3], "slowness")
+                guard micros > 0 else { throw VSAError("a slow fault of 0 us slows nothing") }
+                self = .directorSlow(director: drive, micros: micros)
+            case "hang":
+                try expect(0)
+                self = .directorHang(director: drive)
+            default:
+                throw VSAError("unknown director fault '\(w[2].prefix(40))': slow or hang")
+            }
+            return
         }
         switch w[2] {
         case "latency":

@@ -36,6 +36,12 @@ public struct MountOptions: Sendable {
     public var fuseThreads = 4
     /// How long a drive may keep one batch of I/O waiting before it is failed (0: forever).
     public var driveTimeoutSeconds: Double = 30
+    /// How long a director may finish no request while work waits for it before the array fails it over by itself
+    /// (0: never; nil: the drive deadline and 10 s more, so a director waiting on a drive is never taken for a
+    /// hung one; 60 s when drives have no deadline).
+    public var directorTimeoutSeconds: Double? = nil
+    /// The director deadline in force.
+    public var directorDeadlineSeconds: Double { directorTimeoutSeconds ?? (driveTimeoutSeconds > 0 ? driveTimeoutSeconds + 10 : 60) }
     /// Bytes per second of pool segments the background cleaner reads at most (0: it cleans only when a write would
     /// otherwise get ENOSPC, or the pool is nearly full).
     public var cleanerRate: UInt64 = CleanerControl.defaultRate
@@ -253,6 +259,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         startControlSocket(listener: listener)
         startDriveProbes()
         startHealthMonitor()
+        startDirectorWatch()
         startSecureExpiry()
         startCleaner()
         // A rebuild the last mount did not finish resumes; a failed member with a spare at hand gets it.
@@ -320,6 +327,35 @@ public final class ArrayDaemon: @unchecked Sendable {
     }
 
     // MARK: Health
+
+    /// The array's own detection of a hung director: a director that finishes no request for the director deadline
+    /// while work waits for it is failed over, as `vsa director fail` would (its partner replays its mirrored
+    /// write-pending data and takes its stripes). A thread of its own, so a failover that waits on a stuck drive holds
+    /// up nothing else.
+    private func startDirectorWatch() {
+        let deadline = options.directorDeadlineSeconds
+        guard deadline > 0, !engines.directRouting else { return }
+        let thread = Thread { [self] in
+            let watchdog = DirectorWatchdog(directorCount: engines.directors.count)
+            while !shuttingDown.load(ordering: .relaxed) {
+                usleep(UInt32(min(500_000, max(50_000, deadline * 250_000))))
+                for director in watchdog.stalled(engines.directors, now: Posix.monotonicSeconds(), deadlineSeconds: deadline) {
+                    guard !shuttingDown.load(ordering: .relaxed) else { return }
+                    var line = "director \(director.id) finished no request for \(deadline) s with work waiting (the director deadline): "
+                    do throws(VSAError) {
+                        let notes = try engines.failDirector(director.id)
+                        line += "failed over by the array: " + notes.joined(separator: "; ")
+                    } catch {
+                        line += "its failover failed: \(error.message)"
+                    }
+                    controlLock.withLock { _ in messages.append(line) }
+                    daemonLog(line)
+                }
+            }
+        }
+        thread.name = "director-watch"
+        thread.start()
+    }
 
     /// Records drive failures in the superblocks soon after they happen (flushes record them at once).
     private func startHealthMonitor() {
@@ -464,7 +500,9 @@ public final class ArrayDaemon: @unchecked Sendable {
         var report = locked.0
         let notes = locked.1
         report.array.clean = false
-        report.daemon = .init(pid: getpid(), mountpoint: options.mountpoint)
+        report.daemon = .init(
+            pid: getpid(), mountpoint: options.mountpoint, driveTimeoutSeconds: options.driveTimeoutSeconds,
+            directorTimeoutSeconds: engines.directRouting ? 0 : options.directorDeadlineSeconds)
         var hits: UInt64 = 0, misses: UInt64 = 0, whits: UInt64 = 0, wmisses: UInt64 = 0
         var used = 0, pending = 0
         var destaged: UInt64 = 0, readAhead: UInt64 = 0, writeThrough: UInt64 = 0, deferred: UInt64 = 0

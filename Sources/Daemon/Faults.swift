@@ -6,6 +6,7 @@
 import ArrayModel
 import Buffers
 import Control
+import Directors
 import Drives
 import SysPosix
 
@@ -14,9 +15,11 @@ final class FaultRegistry: Sendable {
         var id: Int
         var spec: FaultSpec
         var seed: UInt64
-        var member: Int
-        /// The drive the rule is on: a member replaced since then takes its rules with it.
-        var drive: Drive
+        /// A drive fault: the member, and the drive the rule is on (a member replaced since takes its rules with it).
+        var member: Int? = nil
+        var drive: Drive? = nil
+        /// A director fault: the director.
+        var director: Director? = nil
         var detail: String
         /// Rot: the blocks flipped (it is done once; hits are those).
         var rotted: UInt64 = 0
@@ -31,48 +34,95 @@ final class FaultRegistry: Sendable {
 extension ArrayDaemon {
     /// `inject`: checks the fault, puts it in force (or, for rot, does it), and lists it.
     func injectFault(_ spec: FaultSpec, seed: UInt64?) throws(VSAError) -> FaultAdded {
-        let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(spec.drive) }
-        let drive = store.drives[member]
-        guard !drive.isMissing, drive.state != .failed else {
-            throw VSAError("member \(member) has failed; faults go on drives still in the array (see vsa status)")
-        }
         let seed = seed ?? UInt64.random(in: 0...UInt64(Int64.max))
-        let id = faults.state.withLock { s in
+        var entry = FaultRegistry.Entry(id: 0, spec: spec, seed: seed, detail: "")
+        if spec.target == "director" {
+            let director = try faultyDirector(spec)
+            entry.director = director
+            entry.id = nextFaultID()
+            switch spec {
+            case .directorSlow(_, let micros):
+                director.faults.setSlow(micros: micros)
+                entry.detail = "\(milliseconds(micros)) more over every request"
+            default:
+                director.faults.setHung(true)
+                let deadline = options.directorDeadlineSeconds
+                entry.detail =
+                    engines.directRouting
+                    ? "stops taking requests (VSA_DIRECT_ROUTING: nothing routes through it)"
+                    : deadline > 0
+                        ? "stops taking requests: failed over by the array after the \(deadline) s director deadline"
+                        : "stops taking requests (no director deadline: until cleared)"
+            }
+        } else {
+            let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(spec.name) }
+            let drive = store.drives[member]
+            guard !drive.isMissing, drive.state != .failed else {
+                throw VSAError("member \(member) has failed; faults go on drives still in the array (see vsa status)")
+            }
+            entry.member = member
+            entry.drive = drive
+            if case .driveRot(_, let blocks) = spec {
+                let flipped = try rot(drive, member: member, blocks: Int(blocks), seed: seed)
+                entry.rotted = UInt64(flipped)
+                entry.detail =
+                    "one bit flipped in \(flipped) written block\(flipped == 1 ? "" : "s") of the data area"
+                    + (flipped < blocks ? " (only \(flipped) written blocks found)" : "")
+            }
+            entry.id = nextFaultID()
+            switch spec {
+            case .driveLatency(_, let fixed, let jitter, let spike, let rate):
+                drive.faults.add(
+                    DriveFaultRule(
+                        id: entry.id, effect: .latency(fixedMicros: fixed, jitterMicros: jitter, spikeMicros: spike, spikePerMillion: rate), seed: seed))
+                entry.detail =
+                    "latency \(milliseconds(fixed))" + (jitter > 0 ? " + up to \(milliseconds(jitter)) jitter" : "")
+                    + (rate > 0 && spike > 0 ? ", spikes of \(milliseconds(spike)) on \(percent(rate)) of operations" : "")
+            case .driveErrors(_, let reads, let writes, let from, let length, let rate):
+                let range = from.map { $0..<($0 + length!) }
+                drive.faults.add(DriveFaultRule(id: entry.id, effect: .errors(reads: reads, writes: writes, range: range, perMillion: rate), seed: seed))
+                entry.detail =
+                    "I/O errors on \(reads && writes ? "reads and writes" : reads ? "reads" : "writes")"
+                    + (range.map { " touching bytes \($0.lowerBound) to \($0.upperBound)" } ?? "") + (rate < 1_000_000 ? ", \(percent(rate)) of them" : "")
+            case .driveHang:
+                drive.faults.add(DriveFaultRule(id: entry.id, effect: .hang, seed: seed))
+                entry.detail =
+                    DriveIO.deadlineSeconds > 0
+                    ? "not answering: failed by the \(DriveIO.deadlineSeconds) s drive deadline unless cleared first"
+                    : "not answering (no drive deadline: until cleared)"
+            default:
+                break
+            }
+        }
+        faults.state.withLock { s in s.entries.append(entry) }
+        let on = entry.member.map { "member \($0) (\(store.drives[$0].path))" } ?? "director \(spec.name)"
+        let line = "fault \(entry.id) injected into \(on): \(entry.detail); seed \(seed)"
+        controlLock.withLock { _ in messages.append(line) }
+        daemonLog(line)
+        return FaultAdded(id: entry.id, seed: seed, detail: entry.detail)
+    }
+
+    private func nextFaultID() -> Int {
+        faults.state.withLock { s in
             defer { s.nextID += 1 }
             return s.nextID
         }
-        var entry = FaultRegistry.Entry(id: id, spec: spec, seed: seed, member: member, drive: drive, detail: "")
-        switch spec {
-        case .driveLatency(_, let fixed, let jitter, let spike, let rate):
-            drive.faults.add(
-                DriveFaultRule(id: id, effect: .latency(fixedMicros: fixed, jitterMicros: jitter, spikeMicros: spike, spikePerMillion: rate), seed: seed))
-            entry.detail =
-                "latency \(milliseconds(fixed))" + (jitter > 0 ? " + up to \(milliseconds(jitter)) jitter" : "")
-                + (rate > 0 && spike > 0 ? ", spikes of \(milliseconds(spike)) on \(percent(rate)) of operations" : "")
-        case .driveErrors(_, let reads, let writes, let from, let length, let rate):
-            let range = from.map { $0..<($0 + length!) }
-            drive.faults.add(DriveFaultRule(id: id, effect: .errors(reads: reads, writes: writes, range: range, perMillion: rate), seed: seed))
-            entry.detail =
-                "I/O errors on \(reads && writes ? "reads and writes" : reads ? "reads" : "writes")"
-                + (range.map { " touching bytes \($0.lowerBound) to \($0.upperBound)" } ?? "") + (rate < 1_000_000 ? ", \(percent(rate)) of them" : "")
-        case .driveHang:
-            drive.faults.add(DriveFaultRule(id: id, effect: .hang, seed: seed))
-            entry.detail =
-                DriveIO.deadlineSeconds > 0
-                ? "not answering: failed by the \(DriveIO.deadlineSeconds) s drive deadline unless cleared first"
-                : "not answering (no drive deadline: until cleared)"
-        case .driveRot(_, let blocks):
-            let flipped = try rot(drive, member: member, blocks: Int(blocks), seed: seed)
-            entry.rotted = UInt64(flipped)
-            entry.detail =
-                "one bit flipped in \(flipped) written block\(flipped == 1 ? "" : "s") of the data area"
-                + (flipped < blocks ? " (only \(flipped) written blocks found)" : "")
+    }
+
+    /// The director a director fault names: online, with no fault of that kind on it yet.
+    private func faultyDirector(_ spec: FaultSpec) throws(VSAError) -> Director {
+        guard let id = DirectorID(parsing: spec.name) else {
+            throw VSAError("\(spec.name) is not a director id; directors are named 1a, 1b, 2a, ... (see vsa director list)")
         }
-        faults.state.withLock { s in s.entries.append(entry) }
-        let line = "fault \(id) injected into member \(member) (\(drive.path)): \(entry.detail); seed \(seed)"
-        controlLock.withLock { _ in messages.append(line) }
-        daemonLog(line)
-        return FaultAdded(id: id, seed: seed, detail: entry.detail)
+        guard id.engine >= 1, id.index < engines.directors.count else {
+            throw VSAError("no director \(id) (this array has \(engines.directors.map(\.id.description).joined(separator: ", ")))")
+        }
+        let director = engines.directors[id.index]
+        guard director.state == .online else { throw VSAError("director \(id) is \(director.state); faults go on online directors") }
+        if let same = faults.state.withLock({ s in s.entries.first { $0.director === director && $0.spec.kind == spec.kind } }) {
+            throw VSAError("director \(id) already has a \(spec.kind) fault (fault \(same.id)); clear it first")
+        }
+        return director
     }
 
     /// `inject-clear`: takes fault `id` (nil: every one) out of force; returns how many were cleared. Rotted blocks
@@ -84,7 +134,14 @@ extension ArrayDaemon {
             s.entries.removeAll { id == nil || $0.id == id }
             return picked
         }
-        for e in cleared { e.drive.faults.remove(id: e.id) }
+        for e in cleared {
+            e.drive?.faults.remove(id: e.id)
+            switch e.spec {
+            case .directorSlow: e.director?.faults.setSlow(micros: 0)
+            case .directorHang: e.director?.faults.setHung(false)
+            default: break
+            }
+        }
         let line = id.map { "fault \($0) cleared" } ?? "\(cleared.count) fault\(cleared.count == 1 ? "" : "s") cleared"
         controlLock.withLock { _ in messages.append(line) }
         daemonLog(line)
@@ -95,17 +152,24 @@ extension ArrayDaemon {
     func faultInfos() -> [StatusReport.FaultInfo] {
         let entries = faults.state.withLock { s in s.entries }
         return entries.map { e in
-            let hits = e.drive.faults.snapshot.first { $0.rule.id == e.id }?.hits ?? e.rotted
+            if let director = e.director {
+                return StatusReport.FaultInfo(
+                    id: e.id, target: "director", director: director.id.description, kind: e.spec.kind, detail: e.detail, seed: e.seed,
+                    hits: director.faults.hits.load(ordering: .relaxed), state: director.state == .online ? "active" : "active (director \(director.state))")
+            }
+            let drive = e.drive!
+            let member = e.member!
+            let hits = drive.faults.snapshot.first { $0.rule.id == e.id }?.hits ?? e.rotted
             let state: String
             if case .driveRot = e.spec {
                 state = "done"
-            } else if store.drives[e.member] !== e.drive {
+            } else if store.drives[member] !== drive {
                 state = "gone (member replaced)"
             } else {
-                state = e.drive.state == .failed ? "active (drive failed)" : "active"
+                state = drive.state == .failed ? "active (drive failed)" : "active"
             }
             return StatusReport.FaultInfo(
-                id: e.id, target: "drive", member: e.member, path: e.drive.path, kind: e.spec.kind, detail: e.detail, seed: e.seed, hits: hits, state: state)
+                id: e.id, target: "drive", member: member, path: drive.path, kind: e.spec.kind, detail: e.detail, seed: e.seed, hits: hits, state: state)
         }
     }
 

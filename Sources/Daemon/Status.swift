@@ -26,6 +26,10 @@ public struct StatusReport: Codable, Sendable {
     public struct DaemonInfo: Codable, Sendable {
         public var pid: Int32
         public var mountpoint: String
+        /// The drive deadline (`-o drive_timeout`) and the director deadline (`-o director_timeout`): how long a
+        /// drive or a director may keep work waiting before the array fails it (0: never).
+        public var driveTimeoutSeconds: Double? = nil
+        public var directorTimeoutSeconds: Double? = nil
     }
     public struct DriveInfo: Codable, Sendable {
         public var index: Int
@@ -274,21 +278,25 @@ public struct StatusReport: Codable, Sendable {
     /// One injected fault (docs/FAULTS.md).
     public struct FaultInfo: Codable, Sendable {
         public var id: Int
-        /// "drive" (a director later).
+        /// "drive" or "director".
         public var target: String
-        public var member: Int
-        public var path: String
+        /// A drive fault: the member and its drive's path; a director fault: the director.
+        public var member: Int? = nil
+        public var path: String? = nil
+        public var director: String? = nil
         /// latency, errors, hang or rot.
         public var kind: String
         public var detail: String
         public var seed: UInt64
         /// Operations it delayed, failed or held so far (rot: the blocks it flipped).
         public var hits: UInt64
-        /// active, "active (drive failed)", done (rot), "gone (member replaced)".
+        /// active, "active (drive failed)", "active (director failed)", done (rot), "gone (member replaced)".
         public var state: String
 
         /// One line for `vsa status` and `vsa inject list`.
-        public var line: String { "\(id)  member \(member)  \(kind)  \(state)  \(hits) hits  seed \(seed)  \(detail)" }
+        public var line: String {
+            "\(id)  \(member.map { "member \($0)" } ?? "director \(director ?? "?")")  \(kind)  \(state)  \(hits) hits  seed \(seed)  \(detail)"
+        }
     }
 
     /// The parts that come from the drives alone.
@@ -345,7 +353,15 @@ public struct StatusReport: Codable, Sendable {
         lines.append("  folder \(array.directory)")
         lines.append(
             "  capacity \(formatSize(array.capacityBytes)), free \(formatSize(array.freeBytes)), stripe unit \(formatSize(UInt64(array.stripeUnitBytes)))")
-        if let d = daemon { lines.append("  mounted at \(d.mountpoint) (daemon pid \(d.pid))") } else { lines.append("  not mounted") }
+        if let d = daemon {
+            lines.append("  mounted at \(d.mountpoint) (daemon pid \(d.pid))")
+            if let drive = d.driveTimeoutSeconds, let director = d.directorTimeoutSeconds {
+                func deadline(_ s: Double) -> String { s == 0 ? "none" : s == s.rounded() ? "\(Int(s)) s" : "\(s) s" }
+                lines.append("  deadlines: drive \(deadline(drive)), director \(deadline(director))")
+            }
+        } else {
+            lines.append("  not mounted")
+        }
         lines.append("engines: \(array.engineCount)")
         for d in directors {
             lines.append(

@@ -241,6 +241,8 @@ public final class Director: @unchecked Sendable {
     let partnerOutFlag = Atomic<Bool>(false)
     private let stateRaw = Atomic<UInt8>(DirectorState.online.rawValue)
     public let requestsServed = Atomic<UInt64>(0)
+    /// Faults injected into this director (`vsa inject`; DirectorFaults.swift); none normally.
+    public let faults = DirectorFaults()
 
     // Channel adapter, receive side: this director's front-end queue is a lock-free ring on the virtual switch.
     private let ring: MessageRing
@@ -254,6 +256,8 @@ public final class Director: @unchecked Sendable {
     private let roleWanted = Atomic<Int>(0)
     /// Requests in the front-end queue now.
     public var queueDepth: Int { ring.depth }
+    /// Whether some thread runs this director's work now.
+    public var isExecuting: Bool { executorActive.load(ordering: .relaxed) }
     /// Destage starts when this many slots are write-pending, and runs whenever the director is idle.
     private let destageHighWater: Int
     /// How long the director waits, idle with write-pending data, before it destages some (VSA_IDLE_DESTAGE_MS;
@@ -506,6 +510,7 @@ public final class Director: @unchecked Sendable {
     }
 
     private func execute(_ request: SubRequest) {
+        if faults.isArmed { faults.hold { self.state == .online } }
         if request.work.isRoutedByHome && routing.acting(request.home) !== self {
             bounce(request, roleHeld: true)
             return

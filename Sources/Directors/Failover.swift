@@ -74,6 +74,9 @@ extension Engines {
     public func failDirector(_ id: DirectorID) throws(VSAError) -> [String] {
         let director = try self.director(id)
         guard !directRouting else { throw VSAError("VSA_DIRECT_ROUTING is set: this mount routes around the directors, so it has no failover") }
+        // A director held by an injected hang lets go at once, so the failover can take its role.
+        director.faults.releaseForFailover.store(true, ordering: .releasing)
+        defer { director.faults.releaseForFailover.store(false, ordering: .releasing) }
         return try administration.withLock { _ throws(VSAError) in
             guard director.state == .online else { throw VSAError("director \(id) is \(director.state), not online") }
             return try reconfigure(failing: director, restoring: nil)

@@ -47,7 +47,7 @@ final class InjectTests: FixtureTestCase {
             "drive 9 hang", "drive 1 latency abc", "drive 1 latency 70000", "drive 1 latency 0", "drive 1 latency 5 --reads",
             "drive 1 latency 5 --spike 100", "drive 1 errors --rate 0", "drive 1 errors --rate 101", "drive 1 errors --offset 1M",
             "drive 1 errors --reads --writes", "drive 1 errors --offset 1M --length 0", "drive 1 rot 0", "drive 1 rot", "drive 1 melt",
-            "director 1a hang", "drive '' hang",
+            "engine 1 hang", "drive '' hang",
         ] {
             let out = f.vsa("inject '\(m)' \(bad)")
             XCTAssertNotEqual(out.status, 0, bad)
@@ -119,5 +119,60 @@ final class InjectTests: FixtureTestCase {
         XCTAssertEqual(try faults().first?["state"] as? String, "active (drive failed)")
         XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
         XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("fault 4 injected into member 0"))
+    }
+
+    /// Director faults: a slow director shows in the latency of the stripes it serves; a hung one is found by the array
+    /// itself within the director deadline and failed over (its partner replays its mirrored write-pending data), with
+    /// no error to the host and nothing lost; once cleared it can be restored.
+    func testASlowDirectorShowsAndAHungOneIsFailedOverByTheArray() throws {
+        let f = fixture!
+        let (m, r) = (f.mnt, f.root)
+        try f.create("--drives 4 --drive-size 64M --raid 5 --stripe-unit 16K")
+        XCTAssertEqual(f.vsa("lun create '\(f.dir)' l --size 96M").status, 0)
+        try f.mount("-o director_timeout=2,cache=16M")
+        defer { f.unmount() }
+        XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("deadlines: drive 30 s, director 2 s"))
+        XCTAssertEqual(Harness.sh("head -c 96M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+
+        for bad in [
+            "director 9z hang", "director 3a hang", "director 1a melt", "director 1a slow 0", "director 1a slow", "director 1a hang --seed 3",
+            "director 1a slow 5 --reads", "director 1a hang 5",
+        ] {
+            let out = f.vsa("inject '\(m)' \(bad)")
+            XCTAssertNotEqual(out.status, 0, bad)
+            XCTAssertEqual(out.stderrLines.count, 1, "\(bad): \(out.stderr)")
+        }
+        XCTAssertEqual(try faults().count, 0)
+
+        // Slow: 10 ms over every request of 1b.
+        XCTAssertEqual(f.vsa("inject '\(m)' director 1b slow 10").status, 0)
+        let again = f.vsa("inject '\(m)' director 1b slow 1")
+        XCTAssertEqual(again.stderrLines.count, 1, again.stderr)
+        XCTAssertTrue(again.stderr.contains("already has a slow fault"), again.stderr)
+        let slow = p99Micros(seconds: 2)
+        print("4k randread QD1 p99 with director 1b 10 ms slow: \(Int(slow)) us")
+        XCTAssertGreaterThan(slow, 9_000)
+        XCTAssertGreaterThan(try faults().first?["hits"] as? Int ?? 0, 0)
+        XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
+
+        // Hung: 1a stops taking requests; the host's writes and reads wait for the director deadline, then go on
+        // through 1b, which took 1a's stripes and replayed its mirrored write-pending data.
+        XCTAssertEqual(f.vsa("inject '\(m)' director 1a hang").status, 0)
+        let start = Date()
+        let io = Harness.sh(
+            "dd if=\(r)/data of=\(m)/l bs=64k count=512 conv=notrunc status=none && cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data",
+            timeoutSeconds: 120)
+        let took = Date().timeIntervalSince(start)
+        print("hung director: 32 MiB written and 96 MiB read back in \(String(format: "%.1f", took)) s")
+        XCTAssertEqual(io.status, 0, io.stderr)
+        XCTAssertLessThan(took, 30)
+        let directors = try status()["directors"] as? [[String: Any]] ?? []
+        XCTAssertEqual(directors.first { $0["id"] as? String == "1a" }?["state"] as? String, "failed", "\(directors)")
+        let messages = try status()["messages"] as? [String] ?? []
+        XCTAssertTrue(messages.contains { $0.contains("director 1a finished no request") && $0.contains("failed over by the array") }, "\(messages)")
+        XCTAssertEqual(try faults().first?["state"] as? String, "active (director failed)")
+        XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
+        XCTAssertEqual(f.vsa("director restore '\(m)' 1a").status, 0)
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0)
     }
 }
