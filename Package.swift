@@ -74,7 +74,7 @@ let package = Package(
         .executableTarget(
             name: "HotPath",
             dependencies: [
-                "ArrayModel", "Buffers", "MemoryServices", "Drives", "Metadata", "BackEnd", "GlobalMemory", "Directors",
+                "ArrayModel", "Buffers", "MemoryServices", "Drives", "Metadata", "BackEnd", "GlobalMemory", "Directors", "SysPosix",
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/HotPath",

@@ -12,6 +12,7 @@ import Foundation
 import GlobalMemory
 import MemoryServices
 import Metadata
+import SysPosix
 
 /// One RAID-5 array of four small drives, a LUN on it, and the layers over it, made once per process.
 final class TestBed: @unchecked Sendable {
@@ -117,6 +118,18 @@ let benchmarks: @Sendable () -> Void = {
         for i in benchmark.scaledIterations {
             bed.io.queueRead(drive: i % 4, into: bed.buffer.base, count: 4096, offsetBytes: (1 << 20) + UInt64(i % 1024) * 4096)
             blackHole(bed.io.submit())
+        }
+    }
+
+    // What the latency histograms add to each host request and each drive batch: two clock reads and a record. A
+    // thousand a sample, so the harness's own clock reads do not swamp it: the time is for 1000.
+    let histogram = LatencyHistogram()
+    Benchmark("latency-record-with-clock-x1000") { benchmark in
+        for _ in benchmark.scaledIterations {
+            for _ in 0..<1000 {
+                let began = Posix.monotonicNanoseconds()
+                histogram.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
+            }
         }
     }
 }

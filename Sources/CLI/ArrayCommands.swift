@@ -262,6 +262,20 @@ struct Top: VSACommand {
                 ])
             }
             lines.append(table(rows))
+            // LUNs: operations per second since the last refresh, and latency percentiles since the mount.
+            var lunRows = [["lun", "reads/s", "writes/s", "fsyncs/s", "read p50", "read p99", "write p50", "write p99", "fsync p99"]]
+            for l in report.luns {
+                guard let now = l.latency else { continue }
+                let then = previous?.luns.first { $0.id == l.id }?.latency
+                func rate(_ a: UInt64, _ b: UInt64?) -> String { b.map { String(a &- $0) } ?? "-" }
+                func ms(_ micros: Double, _ count: UInt64) -> String { count == 0 ? "-" : LatencySummary.format(micros) }
+                lunRows.append([
+                    l.name, rate(now.read.count, then?.read.count), rate(now.write.count, then?.write.count), rate(now.flush.count, then?.flush.count),
+                    ms(now.read.p50Micros, now.read.count), ms(now.read.p99Micros, now.read.count), ms(now.write.p50Micros, now.write.count),
+                    ms(now.write.p99Micros, now.write.count), ms(now.flush.p99Micros, now.flush.count),
+                ])
+            }
+            if lunRows.count > 1 { lines.append(table(lunRows)) }
             let c = report.cache
             lines.append("cache: used \(c.usedSlots)/\(c.slotCount) slots, dirty \(formatSize(c.dirtyBytes)), hit ratio \(Int((c.hitRatio * 100).rounded()))%")
             for m in report.messages.suffix(3) { lines.append("note: \(m)") }

@@ -575,6 +575,10 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.scrub = scrubInfo()
         report.rebuild = rebuildInfo()
         report.faults = faultInfos()
+        for i in report.drives.indices where i < store.drives.count { report.drives[i].latency = .init(store.drives[i].latency) }
+        for i in report.luns.indices {
+            if let file = frontEnd.file(lunID: report.luns[i].id) { report.luns[i].latency = .init(file.latency) }
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: (try? encoder.encode(report)) ?? Data(), as: UTF8.self)

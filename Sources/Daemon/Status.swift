@@ -41,6 +41,25 @@ public struct StatusReport: Codable, Sendable {
         public var errors: UInt64
         /// Operations that outlived the drive deadline (`-o drive_timeout=`); the first one failed the drive.
         public var timeouts: UInt64 = 0
+        /// Mounted: how long the batches of I/O this drive took part in took (the back end's view).
+        public var latency: LatencyInfo? = nil
+    }
+    /// Latency summaries (LatencyHistogram.swift) of reads, writes and flushes, in microseconds.
+    public struct LatencyInfo: Codable, Sendable {
+        public var read: LatencySummary
+        public var write: LatencySummary
+        public var flush: LatencySummary
+
+        public init(_ l: IOLatency) {
+            read = l.reads.summary
+            write = l.writes.summary
+            flush = l.flushes.summary
+        }
+
+        /// Indented lines, one per kind that saw any operation.
+        public var lines: [String] {
+            [("read", read), ("write", write), ("flush", flush)].filter { $0.1.count > 0 }.map { "       \($0.0) \($0.1.count): \($0.1.line)" }
+        }
     }
     public struct LUNInfo: Codable, Sendable {
         public var name: String
@@ -54,6 +73,8 @@ public struct StatusReport: Codable, Sendable {
         public var uniqueBytes: UInt64? = nil
         /// A linked clone: the LUN and snapshot it was linked to ("LUN@snapshot").
         public var linkedTo: String? = nil
+        /// Mounted: the host's latency of this LUN's reads, writes and fsyncs (front end to answer).
+        public var latency: LatencyInfo? = nil
     }
     /// A snapshot of a thin LUN (docs/POOL.md, "Snapshots, clones, restore").
     public struct SnapshotInfo: Codable, Sendable {
@@ -378,6 +399,7 @@ public struct StatusReport: Codable, Sendable {
             lines.append(
                 "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")\(d.timeouts > 0 ? "  timed out \(d.timeouts)" : "")"
             )
+            lines += d.latency?.lines ?? []
         }
         lines.append("luns:")
         if luns.isEmpty { lines.append("  (none; create one with `vsa lun create`)") }
@@ -390,6 +412,7 @@ public struct StatusReport: Codable, Sendable {
                 if let origin = l.linkedTo { line += ", clone of \(origin)" }
             }
             lines.append(line)
+            lines += l.latency?.lines ?? []
         }
         if let snapshots, !snapshots.isEmpty {
             lines.append("snapshots:")

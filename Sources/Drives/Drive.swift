@@ -52,6 +52,9 @@ public final class Drive: Sendable {
     public let timeouts = Atomic<UInt64>(0)
     /// Faults injected into this drive while it runs (`vsa inject`); none normally.
     public let faults = DriveFaults()
+    /// How long the batches of I/O this drive took part in took, by kind (LatencyHistogram.swift): the back end's
+    /// view of the drive, recorded once per batch by `DriveIO.submit`.
+    public let latency = IOLatency()
 
     public var state: DriveState { DriveState(rawValue: stateRaw.load(ordering: .acquiring))! }
 

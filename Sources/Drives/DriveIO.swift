@@ -65,10 +65,25 @@ public final class DriveIO {
     /// adds to this batch. Used only while a drive has a fault rule.
     private var heldTags: [UInt64] = []
     private var driveDelayMicros: [UInt64]
+    /// When the batch's first operation was queued, and which drives it reads, writes and flushes (bit per drive):
+    /// each drive's latency histograms get the batch's time.
+    private var batchBegan: UInt64 = 0
+    private var batchReads: UInt64 = 0
+    private var batchWrites: UInt64 = 0
+    private var batchFlushes: UInt64 = 0
 
     private func append(_ op: Operation) {
         if operationCount == capacity { preconditionFailure("DriveIO: more than \(capacity) operations in one batch") }
-        if operationCount == 0 { zeroUnsupportedDrives = 0 }
+        if operationCount == 0 {
+            zeroUnsupportedDrives = 0
+            batchBegan = Posix.monotonicNanoseconds()
+        }
+        let bit: UInt64 = 1 << UInt64(op.driveIndex)
+        switch op.kind {
+        case 0, 5: batchReads |= bit
+        case 2: batchFlushes |= bit
+        default: batchWrites |= bit
+        }
         operations[operationCount] = op
         let tag = UInt64(operationCount)
         operationCount += 1
@@ -176,6 +191,21 @@ public final class DriveIO {
         } catch {
             pageCacheFailures |= 1 << UInt64(op.driveIndex)
         }
+    }
+
+    /// The batch's time goes to the latency histograms of each drive it read, wrote or flushed.
+    private func recordBatchLatency() {
+        guard batchReads | batchWrites | batchFlushes != 0 else { return }
+        let took = Posix.monotonicNanoseconds() &- batchBegan
+        for d in drives.indices {
+            let bit: UInt64 = 1 << UInt64(d)
+            if batchReads & bit != 0 { drives[d].latency.reads.record(nanoseconds: took) }
+            if batchWrites & bit != 0 { drives[d].latency.writes.record(nanoseconds: took) }
+            if batchFlushes & bit != 0 { drives[d].latency.flushes.record(nanoseconds: took) }
+        }
+        batchReads = 0
+        batchWrites = 0
+        batchFlushes = 0
     }
 
     /// Operations held by drives that stopped answering (an injected `hang`): each goes ahead once its drive's rule is
@@ -375,6 +405,7 @@ public final class DriveIO {
         }
         operationCount = 0
         failedDrives |= sleepInjectedLatency()
+        recordBatchLatency()
         failedDrives |= pageCacheFailures
         pageCacheFailures = 0
         if ringless, let fresh = try? IORing(entries: ring.entries) {

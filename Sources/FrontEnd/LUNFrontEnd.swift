@@ -24,6 +24,9 @@ public final class LUNFile: Sendable {
     /// A thin LUN's blocks in the pool, in bytes, as the daemon last counted them (about once a second; UInt64.max:
     /// not yet): the file's st_blocks, so `du` and `ls -s` show what it takes. A thick LUN takes its size.
     public let allocatedBytes = Atomic<UInt64>(UInt64.max)
+    /// The host's latency of this LUN's reads, writes (and zeroed ranges) and fsyncs, from the request's arrival in
+    /// the front end to its answer (LatencyHistogram.swift).
+    public let latency = IOLatency()
     /// Writes in flight, plus `held` while a snapshot is being taken: new writes wait then, so that every home's
     /// part of the snapshot is the same point in time (one acknowledged write in it means every earlier one is).
     private let writeGate = Atomic<Int>(0)
@@ -223,7 +226,9 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         if offset >= size || count == 0 { return reply.data(readBuffer(), count: 0) }
         let length = Int(min(UInt64(min(count, LUNFrontEnd.requestBytesMax)), size - offset))
         let buffer = readBuffer()
+        let began = Posix.monotonicNanoseconds()
         let rc = port.read(lun: l.ref, offsetBytes: offset, count: length, into: buffer)
+        l.latency.reads.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
         if rc != 0 { return reply.error(rc) }
         reply.data(buffer, count: length)
     }
@@ -235,11 +240,13 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         // A LUN never grows: a write that does not fit changes nothing.
         guard offset <= l.ref.sizeBytes, UInt64(count) <= l.ref.sizeBytes - offset else { return reply.error(EFBIG) }
         if count == 0 { return reply.written(0) }
+        let began = Posix.monotonicNanoseconds()
         l.enterWrite()
         var rc = port.write(lun: l.ref, offsetBytes: offset, count: count, from: data)
         // O_SYNC / O_DSYNC (or RWF_DSYNC): durable before the answer.
         if rc == 0 && flags & O_DSYNC != 0 { rc = port.flush(lun: l.ref) }
         l.leaveWrite()
+        l.latency.writes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
         if rc != 0 { return reply.error(rc) }
         reply.written(count)
     }
@@ -250,7 +257,10 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
     }
 
     public func fsync(_ reply: consuming FuseReply, handle: UInt64, dataOnly: Bool) {
-        let rc = port.flush(lun: file(handle: handle).ref)
+        let l = file(handle: handle)
+        let began = Posix.monotonicNanoseconds()
+        let rc = port.flush(lun: l.ref)
+        l.latency.flushes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
         rc == 0 ? reply.ok() : reply.error(rc)
     }
 
@@ -266,9 +276,11 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
             if mode & zeroRange != 0 && mode & keepSize == 0 && end > size { return reply.error(EFBIG) }
             guard offset < size else { return reply.ok() }
             // Punched and zeroed ranges read back as zeroes: written as zeroes through global memory.
+            let began = Posix.monotonicNanoseconds()
             l.enterWrite()
             let rc = port.zero(lun: l.ref, offsetBytes: offset, count: min(end, size) - offset)
             l.leaveWrite()
+            l.latency.writes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
             return rc == 0 ? reply.ok() : reply.error(rc)
         }
         if mode & ~keepSize != 0 { return reply.error(EOPNOTSUPP) }

@@ -186,6 +186,14 @@ public enum Posix {
         return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
     }
 
+    /// The monotonic clock in nanoseconds (the vDSO: no system call), for latencies.
+    @inline(__always)
+    public static func monotonicNanoseconds() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
+    }
+
     public static var processID: Int32 { getpid() }
     public static var userID: UInt32 { getuid() }
     public static var groupID: UInt32 { getgid() }

@@ -72,6 +72,15 @@ final class InjectTests: FixtureTestCase {
         XCTAssertEqual(latency["kind"] as? String, "latency")
         XCTAssertEqual(latency["member"] as? Int, 1)
         XCTAssertGreaterThan(latency["hits"] as? Int ?? 0, 0)
+        // The latency histograms (cumulative since the mount, so their tail) see it: member 1's reads and the LUN's.
+        let latencies = try status()
+        let member1 = ((latencies["drives"] as? [[String: Any]]) ?? []).first { $0["index"] as? Int == 1 }
+        let driveRead = (member1?["latency"] as? [String: Any])?["read"] as? [String: Any]
+        XCTAssertGreaterThanOrEqual(driveRead?["maxMicros"] as? Double ?? 0, 20_000, "\(member1 ?? [:])")
+        let lun = ((latencies["luns"] as? [[String: Any]]) ?? []).first
+        let lunRead = (lun?["latency"] as? [String: Any])?["read"] as? [String: Any]
+        XCTAssertGreaterThanOrEqual(lunRead?["maxMicros"] as? Double ?? 0, 20_000, "\(lun ?? [:])")
+        XCTAssertGreaterThan(lunRead?["count"] as? Int ?? 0, 10)
         XCTAssertTrue(f.vsa("inject list '\(m)'").stdout.contains("latency"))
         XCTAssertEqual(f.vsa("inject clear '\(m)' 1").status, 0)
         XCTAssertEqual(try faults().count, 0)
