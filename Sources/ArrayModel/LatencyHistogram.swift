@@ -11,7 +11,7 @@ public final class LatencyHistogram: @unchecked Sendable {
     static let subBits = 3
     static let firstPower = 10
     static let lastPower = 36
-    static let bucketCount = 1 + (lastPower - firstPower) * (1 << subBits)
+    public static let bucketCount = 1 + (lastPower - firstPower) * (1 << subBits)
 
     /// Atomics in memory of its own (an Atomic cannot sit in an array); only ever touched through their atomic
     /// operations, which is what makes the class Sendable.
@@ -57,26 +57,38 @@ public final class LatencyHistogram: @unchecked Sendable {
         }
     }
 
+    /// Each bucket's count as of now: two of them a while apart give that while's own percentiles
+    /// (`LatencySummary(counts:)`).
+    public var counts: [UInt64] { (0..<Self.bucketCount).map { buckets[$0].load(ordering: .relaxed) } }
+
     /// Counts and percentiles as of now (operations still recording may or may not be in it).
-    public var summary: LatencySummary {
-        var counts = [UInt64](repeating: 0, count: Self.bucketCount)
+    public var summary: LatencySummary { LatencySummary(counts: counts, maxNanoseconds: maximum.load(ordering: .relaxed)) }
+}
+
+extension LatencySummary {
+    /// The summary of bucket counts (a histogram's, or the difference of two): `maxNanoseconds` nil takes the
+    /// largest non-empty bucket's upper bound as the maximum.
+    public init(counts: [UInt64], maxNanoseconds known: UInt64? = nil) {
+        precondition(counts.count == LatencyHistogram.bucketCount, "one count per bucket")
         var total: UInt64 = 0
-        for i in 0..<Self.bucketCount {
-            counts[i] = buckets[i].load(ordering: .relaxed)
-            total &+= counts[i]
+        for c in counts { total &+= c }
+        var maxNanoseconds: UInt64 = 0
+        if let known {
+            maxNanoseconds = known
+        } else if let last = counts.lastIndex(where: { $0 > 0 }) {
+            maxNanoseconds = LatencyHistogram.upperBound(last)
         }
-        let maxNanoseconds = maximum.load(ordering: .relaxed)
         func percentile(_ p: Double) -> Double {
             guard total > 0 else { return 0 }
             let rank = UInt64((Double(total) * p).rounded(.up))
             var seen: UInt64 = 0
-            for i in 0..<Self.bucketCount {
+            for i in 0..<LatencyHistogram.bucketCount {
                 seen &+= counts[i]
-                if seen >= max(rank, 1) { return Double(min(Self.upperBound(i), max(maxNanoseconds, 1))) / 1000 }
+                if seen >= max(rank, 1) { return Double(min(LatencyHistogram.upperBound(i), max(maxNanoseconds, 1))) / 1000 }
             }
             return Double(maxNanoseconds) / 1000
         }
-        return LatencySummary(
+        self.init(
             count: total, p50Micros: percentile(0.50), p99Micros: percentile(0.99), p999Micros: percentile(0.999), maxMicros: Double(maxNanoseconds) / 1000)
     }
 }

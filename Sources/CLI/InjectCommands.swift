@@ -49,9 +49,6 @@ struct InjectAdd: VSACommand {
     @Option(help: "The seed of the fault's random choices (default: the daemon picks one and prints it).") var seed: UInt64?
 
     func execute() throws(VSAError) {
-        guard what == "drive" || what == "director" else {
-            throw VSAError("vsa inject breaks a drive or a director: `vsa inject TARGET drive DRIVE KIND` or `director ID KIND` (got '\(what)')")
-        }
         let spec = try faultSpec()
         let dir = try mountedArray(target, "inject a fault")
         guard let added = FaultAdded(payload: try control(dir, .inject(spec, seed: seed))) else {
@@ -62,7 +59,11 @@ struct InjectAdd: VSACommand {
         )
     }
 
-    private func faultSpec() throws(VSAError) -> FaultSpec {
+    /// The fault these words describe, checked (the daemon checks it again).
+    func faultSpec() throws(VSAError) -> FaultSpec {
+        guard what == "drive" || what == "director" else {
+            throw VSAError("vsa inject breaks a drive or a director: `vsa inject TARGET drive DRIVE KIND` or `director ID KIND` (got '\(what)')")
+        }
         func unused(_ options: [(String, Bool)]) throws(VSAError) {
             if let (name, _) = options.first(where: { $0.1 }) { throw VSAError("\(name) does not apply to a \(kind) fault") }
         }

@@ -33,6 +33,9 @@ public enum ControlRequest: Sendable, Equatable {
     case inject(FaultSpec, seed: UInt64?)
     /// Clears injected fault `id`, or all of them (nil).
     case injectClear(id: Int?)
+    /// Every LUN's latency histogram bucket counts now (JSON `LatencyCounts`): two of them give the percentiles of
+    /// what happened in between (a scenario's phases).
+    case latencyCounts
 
     /// The request's verb on the wire.
     public var verb: String {
@@ -54,13 +57,14 @@ public enum ControlRequest: Sendable, Equatable {
         case .flush: "flush"
         case .inject: "inject"
         case .injectClear: "inject-clear"
+        case .latencyCounts: "latency-counts"
         }
     }
 
     /// The arguments after the verb, in wire order.
     public var arguments: [String] {
         switch self {
-        case .status, .flush: []
+        case .status, .flush, .latencyCounts: []
         case .lunCreate(let name, let size, let thin): [name, String(size)] + (thin ? ["thin"] : [])
         case .lunDelete(let name): [name]
         case .snapCreate(let lun, let name, let seconds): [lun, name, String(seconds)]
@@ -81,7 +85,7 @@ public enum ControlRequest: Sendable, Equatable {
     public var line: String { ([verb] + arguments).joined(separator: "\t") + "\n" }
 
     /// Whether the request changes the array (run one at a time); `status` only looks.
-    public var changesArray: Bool { self != .status }
+    public var changesArray: Bool { self != .status && self != .latencyCounts }
 
     /// Whether the request can change which versions of the pool share blocks (snapshots, clones, deleted LUNs).
     public var changesSharing: Bool {
@@ -111,6 +115,9 @@ public enum ControlRequest: Sendable, Equatable {
         case "flush":
             try expect(0)
             self = .flush
+        case "latency-counts":
+            try expect(0)
+            self = .latencyCounts
         case "lun-create":
             try expect(2, 3)
             guard args.count == 2 || args[2] == "thin" else { throw VSAError("lun-create's third argument is thin or nothing, not '\(args[2])'") }
@@ -408,5 +415,34 @@ public struct FaultAdded: Sendable, Equatable {
         self.id = id
         self.seed = seed
         detail = parts[2]
+    }
+}
+
+/// The payload of `latencyCounts`: per LUN name, the non-empty buckets of its read, write and flush histograms as
+/// [bucket, count] pairs.
+public struct LatencyCounts: Codable, Sendable {
+    public var luns: [String: LUN]
+    public struct LUN: Codable, Sendable {
+        public var read: [[UInt64]]
+        public var write: [[UInt64]]
+        public var flush: [[UInt64]]
+        /// Requests answered with an error.
+        public var errors: UInt64
+        public init(read: [UInt64], write: [UInt64], flush: [UInt64], errors: UInt64) {
+            self.read = LatencyCounts.sparse(read)
+            self.write = LatencyCounts.sparse(write)
+            self.flush = LatencyCounts.sparse(flush)
+            self.errors = errors
+        }
+    }
+    public init(luns: [String: LUN]) { self.luns = luns }
+
+    static func sparse(_ counts: [UInt64]) -> [[UInt64]] { counts.indices.filter { counts[$0] > 0 }.map { [UInt64($0), counts[$0]] } }
+
+    /// Dense counts back from pairs (pairs out of range are ignored: this is input).
+    public static func dense(_ pairs: [[UInt64]]) -> [UInt64] {
+        var counts = [UInt64](repeating: 0, count: LatencyHistogram.bucketCount)
+        for p in pairs where p.count == 2 && p[0] < UInt64(counts.count) { counts[Int(p[0])] = p[1] }
+        return counts
     }
 }

@@ -391,7 +391,7 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     /// Carries out one typed request (the control socket's, or anything else inside the daemon that drives the array).
     public func perform(_ request: ControlRequest) -> ControlReply {
-        guard request.changesArray else { return .done(statusJSON()) }
+        guard request.changesArray else { return .done(request == .latencyCounts ? latencyCountsJSON() : statusJSON()) }
         return commandLock.withLock { _ in
             let reply: ControlReply
             do throws(VSAError) { reply = .done(try command(request)) } catch { reply = .refused(error.message) }
@@ -406,6 +406,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         switch request {
         case .status:
             return statusJSON()
+        case .latencyCounts:
+            return latencyCountsJSON()
         case .lunCreate(let name, let size, let thin):
             let entry = thin ? try createThinLUN(name: name, sizeBytes: size) : try createThickLUN(name: name, sizeBytes: size)
             let free = controlLock.withLock { _ in store.freeBytes }
@@ -495,6 +497,18 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
     }
 
+    /// Every LUN's latency histogram counts and host errors (`latencyCounts`).
+    func latencyCountsJSON() -> String {
+        var luns: [String: LatencyCounts.LUN] = [:]
+        for f in frontEnd.files {
+            luns[f.name] = .init(
+                read: f.latency.reads.counts, write: f.latency.writes.counts, flush: f.latency.flushes.counts, errors: f.hostErrors.load(ordering: .relaxed))
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(LatencyCounts(luns: luns))) ?? Data(), as: UTF8.self)
+    }
+
     func statusJSON() -> String {
         let locked = controlLock.withLock { _ in (StatusReport.offline(store: store, cacheBytes: cacheBytes), messages) }
         var report = locked.0
@@ -577,7 +591,10 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.faults = faultInfos()
         for i in report.drives.indices where i < store.drives.count { report.drives[i].latency = .init(store.drives[i].latency) }
         for i in report.luns.indices {
-            if let file = frontEnd.file(lunID: report.luns[i].id) { report.luns[i].latency = .init(file.latency) }
+            if let file = frontEnd.file(lunID: report.luns[i].id) {
+                report.luns[i].latency = .init(file.latency)
+                report.luns[i].hostErrors = file.hostErrors.load(ordering: .relaxed)
+            }
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]

@@ -73,8 +73,10 @@ public struct StatusReport: Codable, Sendable {
         public var uniqueBytes: UInt64? = nil
         /// A linked clone: the LUN and snapshot it was linked to ("LUN@snapshot").
         public var linkedTo: String? = nil
-        /// Mounted: the host's latency of this LUN's reads, writes and fsyncs (front end to answer).
+        /// Mounted: the host's latency of this LUN's reads, writes and fsyncs (front end to answer), and how many of
+        /// them were answered with an error.
         public var latency: LatencyInfo? = nil
+        public var hostErrors: UInt64? = nil
     }
     /// A snapshot of a thin LUN (docs/POOL.md, "Snapshots, clones, restore").
     public struct SnapshotInfo: Codable, Sendable {

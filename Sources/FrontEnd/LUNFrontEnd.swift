@@ -27,6 +27,8 @@ public final class LUNFile: Sendable {
     /// The host's latency of this LUN's reads, writes (and zeroed ranges) and fsyncs, from the request's arrival in
     /// the front end to its answer (LatencyHistogram.swift).
     public let latency = IOLatency()
+    /// Reads, writes, zeroes and fsyncs answered with an error (what the host saw fail).
+    public let hostErrors = Atomic<UInt64>(0)
     /// Writes in flight, plus `held` while a snapshot is being taken: new writes wait then, so that every home's
     /// part of the snapshot is the same point in time (one acknowledged write in it means every earlier one is).
     private let writeGate = Atomic<Int>(0)
@@ -107,6 +109,9 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
             return true
         }
     }
+
+    /// Every LUN file the mount shows.
+    public var files: [LUNFile] { luns.withLock { Array($0.values) } }
 
     /// The LUN's file, if the mount shows it.
     public func file(lunID: UInt32) -> LUNFile? { luns.withLock { $0[lunID] } }
@@ -229,7 +234,10 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         let began = Posix.monotonicNanoseconds()
         let rc = port.read(lun: l.ref, offsetBytes: offset, count: length, into: buffer)
         l.latency.reads.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
-        if rc != 0 { return reply.error(rc) }
+        if rc != 0 {
+            l.hostErrors.add(1, ordering: .relaxed)
+            return reply.error(rc)
+        }
         reply.data(buffer, count: length)
     }
 
@@ -247,7 +255,10 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         if rc == 0 && flags & O_DSYNC != 0 { rc = port.flush(lun: l.ref) }
         l.leaveWrite()
         l.latency.writes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
-        if rc != 0 { return reply.error(rc) }
+        if rc != 0 {
+            l.hostErrors.add(1, ordering: .relaxed)
+            return reply.error(rc)
+        }
         reply.written(count)
     }
 
@@ -261,6 +272,7 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         let began = Posix.monotonicNanoseconds()
         let rc = port.flush(lun: l.ref)
         l.latency.flushes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
+        if rc != 0 { l.hostErrors.add(1, ordering: .relaxed) }
         rc == 0 ? reply.ok() : reply.error(rc)
     }
 
@@ -281,6 +293,7 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
             let rc = port.zero(lun: l.ref, offsetBytes: offset, count: min(end, size) - offset)
             l.leaveWrite()
             l.latency.writes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
+            if rc != 0 { l.hostErrors.add(1, ordering: .relaxed) }
             return rc == 0 ? reply.ok() : reply.error(rc)
         }
         if mode & ~keepSize != 0 { return reply.error(EOPNOTSUPP) }

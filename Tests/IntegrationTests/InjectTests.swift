@@ -184,4 +184,67 @@ final class InjectTests: FixtureTestCase {
         XCTAssertEqual(f.vsa("director restore '\(m)' 1a").status, 0)
         XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0)
     }
+
+    /// A scenario file runs end to end while fio runs (issue 14, item 3): its steps happen at their times, the report
+    /// has a phase per step with the host's operations and latency, the rebuild it caused with its duration, and no
+    /// host error. Bad scenario files are refused with one line before anything runs.
+    func testAScenarioRunsEndToEndAndReportsWhatTheArrayDid() throws {
+        let f = fixture!
+        let (m, r) = (f.mnt, f.root)
+        try f.create("--drives 5 --spares 1 --drive-size 64M --raid 5 --stripe-unit 16K")
+        XCTAssertEqual(f.vsa("lun create '\(f.dir)' l --size 96M").status, 0)
+        try f.mount("-o cache=16M")
+        defer { f.unmount() }
+        XCTAssertEqual(Harness.sh("head -c 96M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+
+        let bad = [
+            "not json", #"{"name": "x", "steps": []}"#, #"{"name": "x", "steps": [{"at": 0, "action": "melt"}]}"#,
+            #"{"name": "x", "steps": [{"at": 2, "action": "clear"}, {"at": 1, "action": "clear"}]}"#,
+            #"{"name": "x", "steps": [{"at": -1, "action": "clear"}]}"#, #"{"name": "x", "steps": [{"at": 0, "action": "inject"}]}"#,
+            #"{"name": "x", "steps": [{"at": 0, "action": "inject", "fault": "drive 1 latency abc"}]}"#,
+            #"{"name": "x", "steps": [{"at": 0, "action": "end"}, {"at": 1, "action": "clear"}]}"#,
+            #"{"name": "x", "steps": [{"at": 0, "action": "clear", "step": 0}]}"#, #"{"steps": [{"at": 0, "action": "clear"}]}"#,
+        ]
+        for (i, text) in bad.enumerated() {
+            try text.write(toFile: "\(r)/bad\(i).json", atomically: true, encoding: .utf8)
+            let out = f.vsa("scenario run '\(m)' '\(r)/bad\(i).json'")
+            XCTAssertNotEqual(out.status, 0, text)
+            XCTAssertEqual(out.stderrLines.count, 1, "\(text): \(out.stderr)")
+            XCTAssertEqual(out.stdout, "", text)
+        }
+        XCTAssertEqual(try faults().count, 0)
+
+        let scenario = #"""
+            {"name": "short", "steps": [
+              {"at": 0, "action": "inject", "fault": "drive 1 latency 10 --seed 4"},
+              {"at": 1.5, "action": "clear", "step": 0},
+              {"at": 2, "action": "fail-drive", "drive": "2"},
+              {"at": 2.5, "action": "wait-rebuild", "timeout": 120},
+              {"at": 4, "action": "end"}]}
+            """#
+        try scenario.write(toFile: "\(r)/short.json", atomically: true, encoding: .utf8)
+        XCTAssertEqual(f.vsa("scenario check '\(r)/short.json'").status, 0)
+        let run = Harness.sh(
+            """
+            fio --name=load --filename='\(m)/l' --rw=randrw --bs=4k --direct=1 --ioengine=io_uring --iodepth=4 --runtime=20 --time_based --fsync=16 --output-format=terse >/dev/null 2>&1 &
+            load=$!
+            "$VSA" scenario run '\(m)' '\(r)/short.json' --json; rc=$?
+            kill $load 2>/dev/null; wait $load 2>/dev/null
+            exit $rc
+            """, timeoutSeconds: 300)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any], run.stdout)
+        let phases = report["phases"] as? [[String: Any]] ?? []
+        XCTAssertEqual(phases.count, 4, "\(phases)")
+        let first = phases.first?["read"] as? [String: Any]
+        XCTAssertGreaterThan(first?["count"] as? Int ?? 0, 0, "host reads in the first phase")
+        XCTAssertGreaterThanOrEqual(first?["p99Micros"] as? Double ?? 0, 9_000, "10 ms on member 1 in the first phase")
+        let rebuilds = report["rebuilds"] as? [String] ?? []
+        XCTAssertTrue(rebuilds.first?.contains("complete") == true, "\(rebuilds)")
+        XCTAssertEqual(report["hostErrors"] as? Int, 0)
+        XCTAssertEqual(report["refusedSteps"] as? Int, 0)
+        let events = (report["events"] as? [[String: Any]] ?? []).compactMap { $0["what"] as? String }
+        XCTAssertTrue(events.contains { $0.contains("rebuild of member 2") && $0.contains("started") }, "\(events)")
+        XCTAssertTrue(run.stderr.contains("step 2: drive 2 failed"), "progress goes to stderr with --json: \(run.stderr)")
+    }
 }
