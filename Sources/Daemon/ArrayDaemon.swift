@@ -16,6 +16,7 @@ import FrontEnd
 import GlobalMemory
 import MemoryServices
 import Metadata
+import Pool
 import Synchronization
 import SysFuse
 import SysPosix
@@ -126,6 +127,9 @@ public final class ArrayDaemon: @unchecked Sendable {
     let rebuildTracker = RebuildTracker()
     /// Faults injected with `vsa inject` (Faults.swift).
     let faults = FaultRegistry()
+    /// The pool homes' counters as the pool thread last gathered them (about once a second): what status shows while
+    /// an injected hang keeps a director from answering (Pool.swift, `addPoolStatus`).
+    let lastPoolStats = Locked<[PoolHomeStats]?>(nil)
     let scrubTracker = ScrubTracker()
     let cleaner: CleanerControl
     /// The rate the queued rebuild asked for (it starts when the running one ends).

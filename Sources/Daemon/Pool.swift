@@ -249,6 +249,7 @@ extension ArrayDaemon {
         guard poolRuntime() != nil else { return }
         let stats: [PoolHomeStats]? = cleaner.gate.withLock { _ in shuttingDown.load(ordering: .relaxed) ? nil : poolStats() }
         guard let stats else { return }
+        lastPoolStats.withLock { $0 = stats }
         let thin = controlLock.withLock { _ in store.lunTable.entries.filter(\.thin).map(\.lunID) }
         for id in thin { frontEnd.file(lunID: id)?.allocatedBytes.store(ArrayDaemon.allocatedBytes(of: id, in: stats), ordering: .relaxed) }
     }
@@ -272,7 +273,11 @@ extension ArrayDaemon {
     /// The pool's part of `vsa status`: per thin LUN its allocated and unique bytes, and the pool's size and use.
     func addPoolStatus(_ report: inout StatusReport) {
         guard let runtime = poolRuntime() else { return }
-        let stats = poolStats() ?? []
+        // A director hung on purpose (`vsa inject ... director ID hang`) answers nothing until it is failed over: status
+        // must not wait for it, so it shows the counters the pool thread gathered last (at most a second before the
+        // hang).
+        let hung = engines.directors.contains { $0.state == .online && $0.faults.isHung }
+        let stats = (hung ? lastPoolStats.withLock { $0 } : poolStats()) ?? []
         let block = UInt64(PoolLayout.blockBytes)
         for i in report.luns.indices where report.luns[i].thin {
             let id = report.luns[i].id

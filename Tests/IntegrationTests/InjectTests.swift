@@ -167,6 +167,12 @@ final class InjectTests: FixtureTestCase {
         // Hung: 1a stops taking requests; the host's writes and reads wait for the director deadline, then go on
         // through 1b, which took 1a's stripes and replayed its mirrored write-pending data.
         XCTAssertEqual(f.vsa("inject '\(m)' director 1a hang").status, 0)
+        // Status does not wait for the hung director (its pool homes' counters come from the last gathering).
+        let during = Harness.sh("s=$(date +%s%N); \"$VSA\" status '\(m)' --json > '\(r)/during.json' || exit 9; e=$(date +%s%N); echo $(( (e - s) / 1000000 ))")
+        XCTAssertEqual(during.status, 0, during.stderr)
+        let statusMillis = Int(during.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        print("vsa status with director 1a hung: \(statusMillis) ms")
+        XCTAssertTrue((0..<1500).contains(statusMillis), "vsa status waited \(statusMillis) ms for a hung director")
         let start = Date()
         let io = Harness.sh(
             "dd if=\(r)/data of=\(m)/l bs=64k count=512 conv=notrunc status=none && cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data",
