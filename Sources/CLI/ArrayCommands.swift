@@ -240,9 +240,11 @@ struct Top: VSACommand {
         let dir = try mountedArray(target, "watch it")
         let tty = isatty(1) != 0
         var previous: StatusReport? = nil
+        var previousCounts: LatencyCounts? = nil
         var shown = 0
         while count.map({ shown < $0 }) ?? true {
             let report = try statusReport(dir)
+            let counts = try? JSONDecoder().decode(LatencyCounts.self, from: Data(try control(dir, .latencyCounts).utf8))
             var lines = ["vsa top  \(report.array.raidLevel)  \(report.array.state)  \(report.daemon?.mountpoint ?? dir)"]
             var rows = [
                 [
@@ -262,20 +264,29 @@ struct Top: VSACommand {
                 ])
             }
             lines.append(table(rows))
-            // LUNs: operations per second since the last refresh, and latency percentiles since the mount.
-            var lunRows = [["lun", "reads/s", "writes/s", "fsyncs/s", "read p50", "read p99", "write p50", "write p99", "fsync p99"]]
+            // LUNs: operations per second and latency percentiles of the last interval (since the mount, the first time),
+            // from the difference of two snapshots of their histograms' buckets.
+            var lunRows = [["lun", "reads/s", "writes/s", "fsyncs/s", "read p50", "read p99", "write p50", "write p99", "fsync p99", "errors"]]
             for l in report.luns {
-                guard let now = l.latency else { continue }
-                let then = previous?.luns.first { $0.id == l.id }?.latency
-                func rate(_ a: UInt64, _ b: UInt64?) -> String { b.map { String(a &- $0) } ?? "-" }
-                func ms(_ micros: Double, _ count: UInt64) -> String { count == 0 ? "-" : LatencySummary.format(micros) }
+                guard let now = counts?.luns[l.name] else { continue }
+                let then = previousCounts?.luns[l.name]
+                func interval(_ a: [[UInt64]], _ b: [[UInt64]]?) -> LatencySummary {
+                    let x = LatencyCounts.dense(a)
+                    let y = b.map(LatencyCounts.dense)
+                    return LatencySummary(counts: x.indices.map { x[$0] &- min(x[$0], y?[$0] ?? 0) })
+                }
+                let read = interval(now.read, then?.read)
+                let write = interval(now.write, then?.write)
+                let flush = interval(now.flush, then?.flush)
+                func rate(_ s: LatencySummary) -> String { then == nil ? "-" : String(s.count) }
+                func ms(_ micros: Double, _ s: LatencySummary) -> String { s.count == 0 ? "-" : LatencySummary.format(micros) }
                 lunRows.append([
-                    l.name, rate(now.read.count, then?.read.count), rate(now.write.count, then?.write.count), rate(now.flush.count, then?.flush.count),
-                    ms(now.read.p50Micros, now.read.count), ms(now.read.p99Micros, now.read.count), ms(now.write.p50Micros, now.write.count),
-                    ms(now.write.p99Micros, now.write.count), ms(now.flush.p99Micros, now.flush.count),
+                    l.name, rate(read), rate(write), rate(flush), ms(read.p50Micros, read), ms(read.p99Micros, read), ms(write.p50Micros, write),
+                    ms(write.p99Micros, write), ms(flush.p99Micros, flush), String(now.errors &- min(now.errors, then?.errors ?? 0)),
                 ])
             }
             if lunRows.count > 1 { lines.append(table(lunRows)) }
+            previousCounts = counts
             let c = report.cache
             lines.append("cache: used \(c.usedSlots)/\(c.slotCount) slots, dirty \(formatSize(c.dirtyBytes)), hit ratio \(Int((c.hitRatio * 100).rounded()))%")
             for m in report.messages.suffix(3) { lines.append("note: \(m)") }

@@ -82,6 +82,14 @@ final class InjectTests: FixtureTestCase {
         XCTAssertGreaterThanOrEqual(lunRead?["maxMicros"] as? Double ?? 0, 20_000, "\(lun ?? [:])")
         XCTAssertGreaterThan(lunRead?["count"] as? Int ?? 0, 10)
         XCTAssertTrue(f.vsa("inject list '\(m)'").stdout.contains("latency"))
+        // vsa top: the LUN's row shows the last second's read p99, in milliseconds now.
+        let top = Harness.sh(
+            "fio --name=t --filename='\(m)/l' --rw=randread --bs=4k --direct=1 --runtime=3 --time_based >/dev/null 2>&1 & sleep 0.3; \"$VSA\" top '\(m)' --count 2; wait",
+            timeoutSeconds: 60)
+        let lunRows = top.stdout.split(separator: "\n").filter { $0.hasPrefix("l ") }.map { $0.split(separator: " ").map(String.init) }
+        XCTAssertEqual(lunRows.count, 2, top.stdout)
+        XCTAssertEqual(lunRows.last?.count, 12, "lun, 3 rates, read p50 and p99 (value and unit), 3 write and fsync '-', errors: \(lunRows.last ?? [])")
+        XCTAssertEqual(lunRows.last?[7], "ms", "read p99 of the last second with 20 ms on member 1: \(lunRows.last ?? [])")
         XCTAssertEqual(f.vsa("inject clear '\(m)' 1").status, 0)
         XCTAssertEqual(try faults().count, 0)
         XCTAssertLessThan(p99Micros(seconds: 1), 15_000, "latency gone once cleared")
