@@ -270,11 +270,7 @@ struct Top: VSACommand {
             for l in report.luns {
                 guard let now = counts?.luns[l.name] else { continue }
                 let then = previousCounts?.luns[l.name]
-                func interval(_ a: [[UInt64]], _ b: [[UInt64]]?) -> LatencySummary {
-                    let x = LatencyCounts.dense(a)
-                    let y = b.map(LatencyCounts.dense)
-                    return LatencySummary(counts: x.indices.map { x[$0] &- min(x[$0], y?[$0] ?? 0) })
-                }
+                func interval(_ a: [[UInt64]], _ b: [[UInt64]]?) -> LatencySummary { LatencySummary(counts: LatencyCounts.delta(a, since: b)) }
                 let read = interval(now.read, then?.read)
                 let write = interval(now.write, then?.write)
                 let flush = interval(now.flush, then?.flush)

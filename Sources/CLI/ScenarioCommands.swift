@@ -204,9 +204,8 @@ struct ScenarioRunner {
         for (name, lun) in end.luns {
             let before = start.counts.luns[name]
             func add(_ into: inout [UInt64], _ now: [[UInt64]], _ then: [[UInt64]]?) {
-                let a = LatencyCounts.dense(now)
-                let b = then.map(LatencyCounts.dense)
-                for k in into.indices { into[k] &+= a[k] &- min(a[k], b?[k] ?? 0) }
+                let d = LatencyCounts.delta(now, since: then)
+                for k in into.indices { into[k] &+= d[k] }
             }
             add(&read, lun.read, before?.read)
             add(&write, lun.write, before?.write)
@@ -229,7 +228,9 @@ struct ScenarioRunner {
         } while now < time
     }
 
-    private mutating func look() throws(VSAError) {
+    /// Looks at the array's status once, notes what changed, and returns it.
+    @discardableResult
+    private mutating func look() throws(VSAError) -> StatusReport {
         let s = try statusReport(directory)
         for d in s.drives where driveStates[d.index] != d.state {
             if driveStates[d.index] != nil { event("drive \(d.index) (\(d.role), \(d.path)) \(driveStates[d.index]!) -> \(d.state)") }
@@ -257,6 +258,7 @@ struct ScenarioRunner {
             for m in s.messages[messagesSeen...] { event("note: \(m)") }
         }
         messagesSeen = s.messages.count
+        return s
     }
 
     private mutating func perform(_ i: Int, _ step: Scenario.Step) throws(VSAError) {
@@ -300,8 +302,7 @@ struct ScenarioRunner {
                 let deadline = now + (step.timeout ?? 600)
                 event("waiting for the rebuild", step: i)
                 while now < deadline {
-                    try look()
-                    let r = try statusReport(directory).rebuild
+                    let r = try look().rebuild
                     if r?.state != "running" && r?.queued == nil { break }
                     usleep(250_000)
                 }

@@ -439,6 +439,13 @@ public struct LatencyCounts: Codable, Sendable {
 
     static func sparse(_ counts: [UInt64]) -> [[UInt64]] { counts.indices.filter { counts[$0] > 0 }.map { [UInt64($0), counts[$0]] } }
 
+    /// The counts of what happened between two snapshots of one histogram (`then` nil: since the mount), dense.
+    public static func delta(_ now: [[UInt64]], since then: [[UInt64]]?) -> [UInt64] {
+        let a = dense(now)
+        let b = then.map(dense)
+        return a.indices.map { a[$0] &- min(a[$0], b?[$0] ?? 0) }
+    }
+
     /// Dense counts back from pairs (pairs out of range are ignored: this is input).
     public static func dense(_ pairs: [[UInt64]]) -> [UInt64] {
         var counts = [UInt64](repeating: 0, count: LatencyHistogram.bucketCount)

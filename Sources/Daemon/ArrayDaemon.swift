@@ -395,17 +395,19 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     /// Carries out one typed request (the control socket's, or anything else inside the daemon that drives the array).
     public func perform(_ request: ControlRequest) -> ControlReply {
-        guard request.changesArray else { return .done(request == .latencyCounts ? latencyCountsJSON() : statusJSON()) }
+        func run() -> ControlReply {
+            do throws(VSAError) { return .done(try command(request)) } catch { return .refused(error.message) }
+        }
+        guard request.changesArray else { return run() }
         return commandLock.withLock { _ in
-            let reply: ControlReply
-            do throws(VSAError) { reply = .done(try command(request)) } catch { reply = .refused(error.message) }
+            let reply = run()
             // Snapshots, clones and deletes change whether versions share blocks (PoolSpace.sharing).
             if request.changesSharing { noteSharing() }
             return reply
         }
     }
 
-    /// A request that changes the array: its payload, or one line of refusal.
+    /// One request: its payload, or one line of refusal.
     private func command(_ request: ControlRequest) throws(VSAError) -> String {
         switch request {
         case .status:

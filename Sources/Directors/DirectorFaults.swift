@@ -3,7 +3,7 @@
 // more, holding its executor role, so its queue fills and its hosts wait, as when a director's processor stops. It
 // is stopped at its safe point (between requests, nothing half done), so a failover can fence it there: the fault
 // lets go when the failover asks (`releaseForFailover`), the director ends its batch and gives its role up, and the
-// failover goes on as for any director. The array finds a hung director by itself (`Engines.stalledDirectors`, the
+// failover goes on as for any director. The array finds a hung director by itself (`DirectorWatchdog` below, on the
 // daemon's director deadline) and fails it over. A director with no fault costs one relaxed load per request.
 import Synchronization
 

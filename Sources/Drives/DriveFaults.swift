@@ -33,14 +33,8 @@ public final class DriveFaultInjector: @unchecked Sendable {
 
     public init(seed: UInt64) { state = seed }
 
-    /// SplitMix64: the simulation's seed decides every fault.
-    public func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    /// SplitMix64 (the injected faults' generator): the simulation's seed decides every fault.
+    public func next() -> UInt64 { DriveFaults.nextRandom(&state) }
 
     /// A write of `count` bytes at `offset` to `fd` (drive `path`) is about to happen. Returns how many of its bytes
     /// to write: all, some whole sectors (the torn write at the cut), or none (after the cut).

@@ -65,6 +65,8 @@ public final class DriveIO {
     /// adds to this batch. Used only while a drive has a fault rule.
     private var heldTags: [UInt64] = []
     private var driveDelayMicros: [UInt64]
+    /// The largest of them (0: no drive in the batch has latency injected; the batch does not look further).
+    private var batchDelayMicros: UInt64 = 0
     /// When the batch's first operation was queued, and which drives it reads, writes and flushes (bit per drive):
     /// each drive's latency histograms get the batch's time.
     private var batchBegan: UInt64 = 0
@@ -106,6 +108,7 @@ public final class DriveIO {
             case .proceed(let delay):
                 let d = Int(op.driveIndex)
                 driveDelayMicros[d] = max(driveDelayMicros[d], delay)
+                batchDelayMicros = max(batchDelayMicros, delay)
             case .fail:
                 pageCacheFailures |= 1 << UInt64(op.driveIndex)
                 return
@@ -237,9 +240,9 @@ public final class DriveIO {
     /// The latency injected into this batch's drives: the batch completes when the slowest of them would have. A
     /// drive whose latency reaches the drive deadline is failed after the deadline, as one that slow would be.
     private func sleepInjectedLatency() -> UInt64 {
-        var longest: UInt64 = 0
-        for d in driveDelayMicros.indices where driveDelayMicros[d] > longest { longest = driveDelayMicros[d] }
+        let longest = batchDelayMicros
         guard longest > 0 else { return 0 }
+        batchDelayMicros = 0
         let deadline = DriveIO.deadlineSeconds > 0 ? UInt64(DriveIO.deadlineSeconds * 1_000_000) : UInt64.max
         usleep(UInt32(min(longest, deadline, DriveFaultRule.maxMicros)))
         var failed: UInt64 = 0

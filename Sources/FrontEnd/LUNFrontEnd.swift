@@ -53,6 +53,12 @@ public final class LUNFile: Sendable {
 
     @inline(__always) func leaveWrite() { writeGate.subtract(1, ordering: .releasing) }
 
+    /// A request that began at `began` is answered with `rc`: its latency goes to `histogram`, an error is counted.
+    @inline(__always) func answered(_ histogram: LatencyHistogram, began: UInt64, rc: Int32) {
+        histogram.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
+        if rc != 0 { hostErrors.add(1, ordering: .relaxed) }
+    }
+
     /// Holds new writes and waits for those in flight (one holder at a time: the daemon's command lock).
     public func holdWrites() {
         writeGate.add(LUNFile.held, ordering: .acquiringAndReleasing)
@@ -233,11 +239,8 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         let buffer = readBuffer()
         let began = Posix.monotonicNanoseconds()
         let rc = port.read(lun: l.ref, offsetBytes: offset, count: length, into: buffer)
-        l.latency.reads.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
-        if rc != 0 {
-            l.hostErrors.add(1, ordering: .relaxed)
-            return reply.error(rc)
-        }
+        l.answered(l.latency.reads, began: began, rc: rc)
+        if rc != 0 { return reply.error(rc) }
         reply.data(buffer, count: length)
     }
 
@@ -254,11 +257,8 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         // O_SYNC / O_DSYNC (or RWF_DSYNC): durable before the answer.
         if rc == 0 && flags & O_DSYNC != 0 { rc = port.flush(lun: l.ref) }
         l.leaveWrite()
-        l.latency.writes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
-        if rc != 0 {
-            l.hostErrors.add(1, ordering: .relaxed)
-            return reply.error(rc)
-        }
+        l.answered(l.latency.writes, began: began, rc: rc)
+        if rc != 0 { return reply.error(rc) }
         reply.written(count)
     }
 
@@ -271,8 +271,7 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         let l = file(handle: handle)
         let began = Posix.monotonicNanoseconds()
         let rc = port.flush(lun: l.ref)
-        l.latency.flushes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
-        if rc != 0 { l.hostErrors.add(1, ordering: .relaxed) }
+        l.answered(l.latency.flushes, began: began, rc: rc)
         rc == 0 ? reply.ok() : reply.error(rc)
     }
 
@@ -292,8 +291,7 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
             l.enterWrite()
             let rc = port.zero(lun: l.ref, offsetBytes: offset, count: min(end, size) - offset)
             l.leaveWrite()
-            l.latency.writes.record(nanoseconds: Posix.monotonicNanoseconds() &- began)
-            if rc != 0 { l.hostErrors.add(1, ordering: .relaxed) }
+            l.answered(l.latency.writes, began: began, rc: rc)
             return rc == 0 ? reply.ok() : reply.error(rc)
         }
         if mode & ~keepSize != 0 { return reply.error(EOPNOTSUPP) }

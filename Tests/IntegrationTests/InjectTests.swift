@@ -16,6 +16,17 @@ final class InjectTests: FixtureTestCase {
         ((try status()["drives"] as? [[String: Any]]) ?? []).first { $0["index"] as? Int == index } ?? [:]
     }
 
+    /// Creates the array (`create`), a thin LUN `l` of `mib` MiB, mounts it with `options`, and fills the LUN with
+    /// random data, kept in ROOT/data. The caller unmounts.
+    private func mountFilled(_ create: String, mib: Int, options: String) throws {
+        let f = fixture!
+        try f.create(create)
+        XCTAssertEqual(f.vsa("lun create '\(f.dir)' l --size \(mib)M").status, 0)
+        try f.mount(options)
+        XCTAssertEqual(
+            Harness.sh("head -c \(mib)M /dev/urandom > \(f.root)/data && dd if=\(f.root)/data of=\(f.mnt)/l bs=1M conv=notrunc,fsync status=none").status, 0)
+    }
+
     /// fio 4 KiB random reads at QD1 for `seconds`: the 99th percentile completion latency in microseconds.
     private func p99Micros(seconds: Int) -> Double {
         let r = Harness.sh(
@@ -35,12 +46,9 @@ final class InjectTests: FixtureTestCase {
     func testDriveFaultsAreInjectedListedClearedAndSurvived() throws {
         let f = fixture!
         let (m, r) = (f.mnt, f.root)
-        try f.create("--drives 5 --spares 1 --drive-size 96M --raid 5 --stripe-unit 16K")
-        XCTAssertEqual(f.vsa("lun create '\(f.dir)' l --size 160M").status, 0)
         // A small cache, so reads reach the drives.
-        try f.mount("-o drive_timeout=2,cache=16M")
+        try mountFilled("--drives 5 --spares 1 --drive-size 96M --raid 5 --stripe-unit 16K", mib: 160, options: "-o drive_timeout=2,cache=16M")
         defer { f.unmount() }
-        XCTAssertEqual(Harness.sh("head -c 160M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
 
         // Bad input: one line each, and nothing injected.
         for bad in [
@@ -144,12 +152,9 @@ final class InjectTests: FixtureTestCase {
     func testASlowDirectorShowsAndAHungOneIsFailedOverByTheArray() throws {
         let f = fixture!
         let (m, r) = (f.mnt, f.root)
-        try f.create("--drives 4 --drive-size 64M --raid 5 --stripe-unit 16K")
-        XCTAssertEqual(f.vsa("lun create '\(f.dir)' l --size 96M").status, 0)
-        try f.mount("-o director_timeout=2,cache=16M")
+        try mountFilled("--drives 4 --drive-size 64M --raid 5 --stripe-unit 16K", mib: 96, options: "-o director_timeout=2,cache=16M")
         defer { f.unmount() }
         XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("deadlines: drive 30 s, director 2 s"))
-        XCTAssertEqual(Harness.sh("head -c 96M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
 
         for bad in [
             "director 9z hang", "director 3a hang", "director 1a melt", "director 1a slow 0", "director 1a slow", "director 1a hang --seed 3",
@@ -205,11 +210,8 @@ final class InjectTests: FixtureTestCase {
     func testAScenarioRunsEndToEndAndReportsWhatTheArrayDid() throws {
         let f = fixture!
         let (m, r) = (f.mnt, f.root)
-        try f.create("--drives 5 --spares 1 --drive-size 64M --raid 5 --stripe-unit 16K")
-        XCTAssertEqual(f.vsa("lun create '\(f.dir)' l --size 96M").status, 0)
-        try f.mount("-o cache=16M")
+        try mountFilled("--drives 5 --spares 1 --drive-size 64M --raid 5 --stripe-unit 16K", mib: 96, options: "-o cache=16M")
         defer { f.unmount() }
-        XCTAssertEqual(Harness.sh("head -c 96M /dev/urandom > \(r)/data && dd if=\(r)/data of=\(m)/l bs=1M conv=notrunc,fsync status=none").status, 0)
 
         let bad = [
             "not json", #"{"name": "x", "steps": []}"#, #"{"name": "x", "steps": [{"at": 0, "action": "melt"}]}"#,
