@@ -19,6 +19,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         // Allocation counters for the hot-path benchmarks (Benchmarks/HotPath); the interposer needs no system package.
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        // The service processor's HTTP side (metrics and the dashboard). No default traits: neither swift-configuration
+        // nor the Foundation extras are used, and each is build time on 2 cores.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C libraries at the edge: a modulemap and a shim header each.
@@ -63,10 +67,21 @@ let package = Package(
                 "Control", "FrontEnd", "Directors", "GlobalMemory", "Pool", "BackEnd", "Metadata", "Drives",
                 "MemoryServices", "ArrayModel", "Buffers", "SysFuse", "SysPosix",
             ], path: "Sources/Daemon"),
+        // The service processor (as the management PC beside a Symmetrix): the Prometheus endpoint and the live
+        // dashboard, over HTTP. It sits above the daemon and drives it through the typed control protocol; nothing
+        // below it learns about HTTP.
+        .target(
+            name: "ServiceProcessor",
+            dependencies: [
+                "Daemon", "Control", "ArrayModel", "SysPosix",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ], path: "Sources/ServiceProcessor"),
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Daemon", "Control", "ArrayModel", "Metadata", "SysPosix",
+                "Daemon", "ServiceProcessor", "Control", "ArrayModel", "Metadata", "SysPosix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/CLI"),

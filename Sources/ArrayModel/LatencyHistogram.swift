@@ -39,7 +39,7 @@ public final class LatencyHistogram: @unchecked Sendable {
     }
 
     /// The largest latency bucket `index` holds, in nanoseconds.
-    static func upperBound(_ index: Int) -> UInt64 {
+    public static func upperBound(_ index: Int) -> UInt64 {
         guard index > 0 else { return 1 << UInt64(firstPower) }
         let power = (index - 1) / (1 << subBits) + firstPower
         let sub = UInt64((index - 1) % (1 << subBits))

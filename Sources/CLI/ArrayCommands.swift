@@ -5,6 +5,7 @@ import Control
 import Daemon
 import Foundation
 import Metadata
+import ServiceProcessor
 import SysPosix
 
 #if canImport(Glibc)
@@ -49,7 +50,7 @@ struct Mount: VSACommand {
     @Option(
         name: .short,
         help:
-            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, director_timeout=SECONDS, cleaner_rate=SIZE per second or 0, read_realloc=on|off), comma-separated."
+            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, director_timeout=SECONDS, cleaner_rate=SIZE per second or 0, read_realloc=on|off, metrics[=HOST:PORT], dashboard[=HOST:PORT]), comma-separated."
     ) var o: [String] = []
     @Flag(help: .hidden) var daemonChild = false
 
@@ -63,8 +64,14 @@ struct Mount: VSACommand {
         var directorTimeout: Double? = nil
         var cleanerRate: UInt64? = nil
         var readReallocation = true
+        var metrics: ServiceAddress? = nil
+        var dashboard: ServiceAddress? = nil
         for item in o.flatMap({ $0.split(separator: ",").map(String.init) }) {
-            if item.hasPrefix("threads=") {
+            if item == "metrics" || item.hasPrefix("metrics=") {
+                metrics = try ServiceAddress(parsing: item == "metrics" ? "127.0.0.1:9580" : String(item.dropFirst(8)), option: "metrics")
+            } else if item == "dashboard" || item.hasPrefix("dashboard=") {
+                dashboard = try ServiceAddress(parsing: item == "dashboard" ? "127.0.0.1:9581" : String(item.dropFirst(10)), option: "dashboard")
+            } else if item.hasPrefix("threads=") {
                 guard let n = Int(item.dropFirst(8)), n >= 1, n <= 64 else {
                     throw VSAError("-o threads takes a number of FUSE worker threads from 1 to 64 (got '\(item.dropFirst(8))')")
                 }
@@ -116,12 +123,31 @@ struct Mount: VSACommand {
         if foreground || daemonChild {
             if daemonChild { setsid() }
             let daemon: ArrayDaemon
-            do { daemon = try ArrayDaemon(options: options) } catch {
+            var processor: ServiceProcessor? = nil
+            do throws(VSAError) {
+                // The service processor's ports first: one in use refuses the mount before the array is touched.
+                if metrics != nil || dashboard != nil { processor = try ServiceProcessor(metrics: metrics, dashboard: dashboard) }
+                do { daemon = try ArrayDaemon(options: options) } catch {
+                    processor?.stop()
+                    throw error
+                }
+            } catch {
                 if daemonChild { print("error \(error.message)"); fflush(nil) }
                 throw error
             }
+            var served: [String] = []
+            if let processor {
+                processor.attach(daemon)
+                daemon.serviceURLs.withLock { $0 = (processor.metricsURL, processor.dashboardURL) }
+                daemon.beforeShutdown = { processor.stop() }
+                if let url = processor.metricsURL { served.append("metrics: \(url)") }
+                if let url = processor.dashboardURL { served.append("dashboard: \(url)") }
+                for line in served { daemonLog(line.hasPrefix("dashboard") ? "dashboard served (its URL carries the token: vsa dashboard TARGET)" : line) }
+            }
+            if !daemonChild { for line in served { print(line) } }
             if daemonChild {
                 for w in daemon.warnings { print("warning \(w)") }
+                for line in served { print("info \(line)") }
                 print("ready")
                 fflush(nil)
                 // From here on, the parent is gone: stdout and stderr go to the log.
@@ -156,13 +182,15 @@ struct Mount: VSACommand {
         pipe.fileHandleForWriting.closeFile()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         var lines = output.split(separator: "\n").map(String.init)
-        while let w = lines.first, w.hasPrefix("warning ") {
-            printError("warning: \(w.dropFirst(8))")
+        var served: [String] = []
+        while let w = lines.first, w.hasPrefix("warning ") || w.hasPrefix("info ") {
+            if w.hasPrefix("info ") { served.append(String(w.dropFirst(5))) } else { printError("warning: \(w.dropFirst(8))") }
             lines.removeFirst()
         }
         let first = lines.first ?? ""
         if first == "ready" {
             print("mounted \(directory) at \(mountpoint)")
+            for line in served { print(line) }
             return
         }
         if first.hasPrefix("error ") { throw VSAError(String(first.dropFirst(6))) }

@@ -47,7 +47,7 @@ struct VSA: ParsableCommand {
         abstract: "A virtual enterprise storage array: LUNs as fixed-size files on a FUSE mount.",
         subcommands: [
             Create.self, LUN.self, Snap.self, DriveCommand.self, DirectorCommand.self, Inject.self, ScenarioCommand.self, Scrub.self, Mount.self, Unmount.self,
-            Status.self, Top.self,
+            Status.self, Top.self, DashboardCommand.self,
         ])
 }
 

@@ -422,6 +422,9 @@ public struct FaultAdded: Sendable, Equatable {
 /// [bucket, count] pairs.
 public struct LatencyCounts: Codable, Sendable {
     public var luns: [String: LUN]
+    /// Each member's histograms (the back end's batches), by member index; its errors are the drive's I/O errors.
+    public var drives: [String: LUN]? = nil
+    /// The histograms of one LUN or drive.
     public struct LUN: Codable, Sendable {
         public var read: [[UInt64]]
         public var write: [[UInt64]]
@@ -435,7 +438,10 @@ public struct LatencyCounts: Codable, Sendable {
             self.errors = errors
         }
     }
-    public init(luns: [String: LUN]) { self.luns = luns }
+    public init(luns: [String: LUN], drives: [String: LUN]? = nil) {
+        self.luns = luns
+        self.drives = drives
+    }
 
     static func sparse(_ counts: [UInt64]) -> [[UInt64]] { counts.indices.filter { counts[$0] > 0 }.map { [UInt64($0), counts[$0]] } }
 

@@ -141,6 +141,11 @@ public final class ArrayDaemon: @unchecked Sendable {
     /// What the mount should tell the user (a degraded array, stale drives), printed by `vsa mount`.
     public private(set) var warnings: [String] = []
     private let lock: ArrayLock
+    /// Where the service processor serves the metrics and the dashboard (set by whoever started it; status shows them).
+    public let serviceURLs = Locked<(metrics: String?, dashboard: String?)>((nil, nil))
+    /// Run when the file system is unmounted, before the array is destaged and stopped (the service processor stops
+    /// there, so nothing drives the array while it shuts down).
+    public var beforeShutdown: (@Sendable () -> Void)?
     /// Block checksums, shared by every director's back end (nil only with VSA_UNSAFE_NO_CHECKSUMS=1, a switch for
     /// measuring what they cost: reads are then not verified).
     let checksums: BlockChecksums?
@@ -284,6 +289,7 @@ public final class ArrayDaemon: @unchecked Sendable {
     }
 
     private func shutdown() -> Int32 {
+        beforeShutdown?()
         removeControlSocket()
         controlLock.withLock { _ in shuttingDown.store(true, ordering: .relaxed) }
         stopCleaner()
@@ -411,9 +417,9 @@ public final class ArrayDaemon: @unchecked Sendable {
     private func command(_ request: ControlRequest) throws(VSAError) -> String {
         switch request {
         case .status:
-            return statusJSON()
+            return ArrayDaemon.json(statusReport())
         case .latencyCounts:
-            return latencyCountsJSON()
+            return ArrayDaemon.json(latencyCounts())
         case .lunCreate(let name, let size, let thin):
             let entry = thin ? try createThinLUN(name: name, sizeBytes: size) : try createThickLUN(name: name, sizeBytes: size)
             let free = controlLock.withLock { _ in store.freeBytes }
@@ -503,19 +509,29 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
     }
 
-    /// Every LUN's latency histogram counts and host errors (`latencyCounts`).
-    func latencyCountsJSON() -> String {
+    /// Every LUN's and member's latency histogram counts, and their errors (`latencyCounts`).
+    public func latencyCounts() -> LatencyCounts {
         var luns: [String: LatencyCounts.LUN] = [:]
         for f in frontEnd.files {
             luns[f.name] = .init(
                 read: f.latency.reads.counts, write: f.latency.writes.counts, flush: f.latency.flushes.counts, errors: f.hostErrors.load(ordering: .relaxed))
         }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(LatencyCounts(luns: luns))) ?? Data(), as: UTF8.self)
+        var drives: [String: LatencyCounts.LUN] = [:]
+        for (i, d) in store.drives.prefix(store.memberCount).enumerated() {
+            drives[String(i)] = .init(
+                read: d.latency.reads.counts, write: d.latency.writes.counts, flush: d.latency.flushes.counts, errors: d.errorCount.load(ordering: .relaxed))
+        }
+        return LatencyCounts(luns: luns, drives: drives)
     }
 
-    func statusJSON() -> String {
+    static func json(_ value: some Encodable) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
+    }
+
+    /// The array as it is now: what `vsa status` shows.
+    public func statusReport() -> StatusReport {
         let locked = controlLock.withLock { _ in (StatusReport.offline(store: store, cacheBytes: cacheBytes), messages) }
         var report = locked.0
         let notes = locked.1
@@ -523,6 +539,9 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.daemon = .init(
             pid: getpid(), mountpoint: options.mountpoint, driveTimeoutSeconds: options.driveTimeoutSeconds,
             directorTimeoutSeconds: engines.directRouting ? 0 : options.directorDeadlineSeconds)
+        let urls = serviceURLs.withLock { $0 }
+        report.daemon?.metricsURL = urls.metrics
+        report.daemon?.dashboardURL = urls.dashboard
         var hits: UInt64 = 0, misses: UInt64 = 0, whits: UInt64 = 0, wmisses: UInt64 = 0
         var used = 0, pending = 0
         var destaged: UInt64 = 0, readAhead: UInt64 = 0, writeThrough: UInt64 = 0, deferred: UInt64 = 0
@@ -600,11 +619,11 @@ public final class ArrayDaemon: @unchecked Sendable {
             if let file = frontEnd.file(lunID: report.luns[i].id) {
                 report.luns[i].latency = .init(file.latency)
                 report.luns[i].hostErrors = file.hostErrors.load(ordering: .relaxed)
+                report.luns[i].readBytes = file.readBytes.load(ordering: .relaxed)
+                report.luns[i].writtenBytes = file.writtenBytes.load(ordering: .relaxed)
             }
         }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(report)) ?? Data(), as: UTF8.self)
+        return report
     }
 }
 

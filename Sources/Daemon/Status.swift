@@ -30,6 +30,9 @@ public struct StatusReport: Codable, Sendable {
         /// drive or a director may keep work waiting before the array fails it (0: never).
         public var driveTimeoutSeconds: Double? = nil
         public var directorTimeoutSeconds: Double? = nil
+        /// The service processor's addresses (`-o metrics=`, `-o dashboard`); the dashboard's carries its token.
+        public var metricsURL: String? = nil
+        public var dashboardURL: String? = nil
     }
     public struct DriveInfo: Codable, Sendable {
         public var index: Int
@@ -77,6 +80,9 @@ public struct StatusReport: Codable, Sendable {
         /// them were answered with an error.
         public var latency: LatencyInfo? = nil
         public var hostErrors: UInt64? = nil
+        /// Mounted: bytes the host read and wrote (zeroed ranges count as written) since the mount.
+        public var readBytes: UInt64? = nil
+        public var writtenBytes: UInt64? = nil
     }
     /// A snapshot of a thin LUN (docs/POOL.md, "Snapshots, clones, restore").
     public struct SnapshotInfo: Codable, Sendable {
@@ -382,6 +388,9 @@ public struct StatusReport: Codable, Sendable {
                 func deadline(_ s: Double) -> String { s == 0 ? "none" : s == s.rounded() ? "\(Int(s)) s" : "\(s) s" }
                 lines.append("  deadlines: drive \(deadline(drive)), director \(deadline(director))")
             }
+            if let url = d.metricsURL { lines.append("  metrics: \(url)") }
+            // The dashboard's URL carries its token: `vsa dashboard` prints it.
+            if d.dashboardURL != nil { lines.append("  dashboard: served (vsa dashboard TARGET prints its URL)") }
         } else {
             lines.append("  not mounted")
         }

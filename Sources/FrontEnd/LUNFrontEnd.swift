@@ -29,6 +29,9 @@ public final class LUNFile: Sendable {
     public let latency = IOLatency()
     /// Reads, writes, zeroes and fsyncs answered with an error (what the host saw fail).
     public let hostErrors = Atomic<UInt64>(0)
+    /// Bytes read and written (zeroed ranges included) by requests answered without an error.
+    public let readBytes = Atomic<UInt64>(0)
+    public let writtenBytes = Atomic<UInt64>(0)
     /// Writes in flight, plus `held` while a snapshot is being taken: new writes wait then, so that every home's
     /// part of the snapshot is the same point in time (one acknowledged write in it means every earlier one is).
     private let writeGate = Atomic<Int>(0)
@@ -241,6 +244,7 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         let rc = port.read(lun: l.ref, offsetBytes: offset, count: length, into: buffer)
         l.answered(l.latency.reads, began: began, rc: rc)
         if rc != 0 { return reply.error(rc) }
+        l.readBytes.add(UInt64(length), ordering: .relaxed)
         reply.data(buffer, count: length)
     }
 
@@ -259,6 +263,7 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
         l.leaveWrite()
         l.answered(l.latency.writes, began: began, rc: rc)
         if rc != 0 { return reply.error(rc) }
+        l.writtenBytes.add(UInt64(count), ordering: .relaxed)
         reply.written(count)
     }
 
@@ -292,7 +297,9 @@ public final class LUNFrontEnd: FuseHandler, @unchecked Sendable {
             let rc = port.zero(lun: l.ref, offsetBytes: offset, count: min(end, size) - offset)
             l.leaveWrite()
             l.answered(l.latency.writes, began: began, rc: rc)
-            return rc == 0 ? reply.ok() : reply.error(rc)
+            if rc != 0 { return reply.error(rc) }
+            l.writtenBytes.add(min(end, size) - offset, ordering: .relaxed)
+            return reply.ok()
         }
         if mode & ~keepSize != 0 { return reply.error(EOPNOTSUPP) }
         // Plain allocation: every byte of a LUN is already backed; growing it is not allowed.

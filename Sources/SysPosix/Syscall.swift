@@ -203,6 +203,18 @@ public enum Posix {
     }
 
     public static func errnoDescription(_ code: Int32) -> String { String(cString: strerror(code)) }
+
+    /// Whether `text` is a numeric IPv4 address (inet_pton: four decimal parts, nothing else).
+    public static func isIPv4Address(_ text: String) -> Bool {
+        var address = in_addr()
+        return inet_pton(AF_INET, text, &address) == 1
+    }
+
+    /// Whether `text` is a numeric IPv6 address, without brackets.
+    public static func isIPv6Address(_ text: String) -> Bool {
+        var address = in6_addr()
+        return inet_pton(AF_INET6, text, &address) == 1
+    }
 }
 
 /// O_DIRECT (0o40000 on x86-64 and arm64 Linux); Glibc hides it without _GNU_SOURCE.
