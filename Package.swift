@@ -98,7 +98,7 @@ let package = Package(
             name: "UnitTests",
             dependencies: [
                 "ArrayModel", "MemoryServices", "Metadata", "BackEnd", "Pool", "GlobalMemory",
-                "Directors", "Drives", "Buffers", "SysISAL", "Daemon", "Control",
+                "Directors", "Drives", "Buffers", "SysISAL", "Daemon", "Control", "ServiceProcessor",
             ], path: "Tests/UnitTests"),
         .testTarget(name: "IntegrationTests", dependencies: ["CLI"], path: "Tests/IntegrationTests"),
     ]

@@ -50,7 +50,7 @@ struct Mount: VSACommand {
     @Option(
         name: .short,
         help:
-            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, director_timeout=SECONDS, cleaner_rate=SIZE per second or 0, read_realloc=on|off, metrics[=HOST:PORT], dashboard[=HOST:PORT]), comma-separated."
+            "Mount options: FUSE's (allow_other, ...) and vsa's (cache=SIZE, threads=N, drive_timeout=SECONDS, director_timeout=SECONDS, cleaner_rate=SIZE per second or 0, read_realloc=on|off, metrics[=HOST:PORT], dashboard[=HOST:PORT], powercut[=SIZE]), comma-separated."
     ) var o: [String] = []
     @Flag(help: .hidden) var daemonChild = false
 
@@ -66,11 +66,18 @@ struct Mount: VSACommand {
         var readReallocation = true
         var metrics: ServiceAddress? = nil
         var dashboard: ServiceAddress? = nil
+        var powerCutBytes: UInt64? = nil
         for item in o.flatMap({ $0.split(separator: ",").map(String.init) }) {
             if item == "metrics" || item.hasPrefix("metrics=") {
                 metrics = try ServiceAddress(parsing: item == "metrics" ? "127.0.0.1:9580" : String(item.dropFirst(8)), option: "metrics")
             } else if item == "dashboard" || item.hasPrefix("dashboard=") {
                 dashboard = try ServiceAddress(parsing: item == "dashboard" ? "127.0.0.1:9581" : String(item.dropFirst(10)), option: "dashboard")
+            } else if item == "powercut" || item.hasPrefix("powercut=") {
+                let bytes = item == "powercut" ? UInt64(128 << 20) : try size(String(item.dropFirst(9)), "-o powercut")
+                guard bytes >= 1 << 20 && bytes <= 64 << 30 else {
+                    throw VSAError("-o powercut takes the size of the host's volatile write cache, from 1M to 64G (got '\(item.dropFirst(9))')")
+                }
+                powerCutBytes = bytes
             } else if item.hasPrefix("threads=") {
                 guard let n = Int(item.dropFirst(8)), n >= 1, n <= 64 else {
                     throw VSAError("-o threads takes a number of FUSE worker threads from 1 to 64 (got '\(item.dropFirst(8))')")
@@ -120,6 +127,7 @@ struct Mount: VSACommand {
         options.directorTimeoutSeconds = directorTimeout
         if let cleanerRate { options.cleanerRate = cleanerRate }
         options.readReallocation = readReallocation
+        options.powerCutCacheBytes = powerCutBytes
         if foreground || daemonChild {
             if daemonChild { setsid() }
             let daemon: ArrayDaemon

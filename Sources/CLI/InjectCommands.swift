@@ -167,3 +167,34 @@ struct InjectClear: VSACommand {
         print(id.map { "fault \($0) cleared" } ?? "\(cleared) fault\(cleared == "1" ? "" : "s") cleared")
     }
 }
+
+/// `vsa powercut`: the host's view loses what no flush made durable (FrontEnd/VolatileWriteCache.swift).
+struct PowerCutCommand: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "powercut",
+        abstract:
+            "Cut the power of the host's view of a mounted array (mounted with -o powercut): every write no fsync, O_SYNC/O_DSYNC write or flush made durable is dropped."
+    )
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Flag(help: "Tear the unsynced writes at 4 KiB: each block, at random, keeps its newest contents or rolls back.") var torn = false
+    @Option(help: "The seed of a torn cut's choices (default: the daemon picks one and prints it).") var seed: UInt64?
+
+    func execute() throws(VSAError) {
+        if seed != nil && !torn { throw VSAError("--seed chooses which blocks a torn cut keeps; give --torn too") }
+        let dir = try mountedArray(target, "cut its power")
+        let done = try cutPower(dir, torn: torn, seed: seed)
+        let luns = done.luns.isEmpty ? "" : " on \(done.luns.joined(separator: ", "))"
+        print(
+            "power cut: \(done.droppedBlocks) blocks of 4 KiB written since their LUN's last flush rolled back\(luns)"
+                + (torn ? "; torn: \(done.keptBlocks) kept their newest contents (seed \(done.seed))" : ""))
+    }
+}
+
+/// Cuts the power of a mounted array's host view (the daemon writes the kernel's dirty pages of the LUN files to the
+/// array first, then drops everything unsynced).
+func cutPower(_ dir: String, torn: Bool, seed: UInt64?) throws(VSAError) -> PowerCutDone {
+    guard let done = PowerCutDone(payload: try control(dir, .powerCut(torn: torn, seed: seed))) else {
+        throw VSAError("the daemon's answer could not be read; vsa status shows the power cuts")
+    }
+    return done
+}

@@ -298,6 +298,11 @@ struct ScenarioRunner {
             case "scrub":
                 _ = try control(directory, .scrub(repair: step.repair ?? false, rateBytes: 0))
                 event("scrub\(step.repair == true ? " --repair" : "") started", step: i)
+            case "powercut":
+                let done = try cutPower(directory, torn: step.torn ?? false, seed: nil)
+                event(
+                    "power cut: \(done.droppedBlocks) unsynced blocks of 4 KiB rolled back"
+                        + (step.torn == true ? ", \(done.keptBlocks) kept (torn, seed \(done.seed))" : ""), step: i)
             case "wait-rebuild":
                 let deadline = now + (step.timeout ?? 600)
                 event("waiting for the rebuild", step: i)

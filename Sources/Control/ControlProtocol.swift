@@ -36,6 +36,9 @@ public enum ControlRequest: Sendable, Equatable {
     /// Every LUN's latency histogram bucket counts now (JSON `LatencyCounts`): two of them give the percentiles of
     /// what happened in between (a scenario's phases).
     case latencyCounts
+    /// The host's view loses every write no flush made durable (`vsa powercut`; a mount with `-o powercut`); `torn`:
+    /// each 4 KiB block of them, at random from `seed` (nil: the daemon picks one), may keep its newest contents.
+    case powerCut(torn: Bool, seed: UInt64?)
 
     /// The request's verb on the wire.
     public var verb: String {
@@ -58,6 +61,7 @@ public enum ControlRequest: Sendable, Equatable {
         case .inject: "inject"
         case .injectClear: "inject-clear"
         case .latencyCounts: "latency-counts"
+        case .powerCut: "powercut"
         }
     }
 
@@ -78,6 +82,7 @@ public enum ControlRequest: Sendable, Equatable {
         case .directorFail(let director), .directorRestore(let director): [director]
         case .inject(let spec, let seed): spec.words + [seed.map(String.init) ?? ""]
         case .injectClear(let id): [id.map(String.init) ?? ""]
+        case .powerCut(let torn, let seed): [wireFlag(torn), seed.map(String.init) ?? ""]
         }
     }
 
@@ -173,6 +178,9 @@ public enum ControlRequest: Sendable, Equatable {
                 guard id <= UInt64(Int32.max) else { throw VSAError("no fault has id \(id)") }
                 self = .injectClear(id: Int(id))
             }
+        case "powercut":
+            try expect(2)
+            self = .powerCut(torn: try Self.parseFlag(args[0], "torn"), seed: args[1].isEmpty ? nil : try Self.number(args[1], "seed"))
         default:
             throw VSAError("unknown control request")
         }
@@ -271,6 +279,28 @@ public struct DirectorChanged: Sendable, Equatable {
     public init(notes: [String]) { self.notes = notes }
     public var payload: String { notes.joined(separator: "\n") }
     public init(payload: String) { notes = payload.split(separator: "\n").map(String.init).filter { !$0.isEmpty } }
+}
+
+/// The payload of `powercut`: what was rolled back, and the seed a torn cut drew from.
+public struct PowerCutDone: Sendable, Equatable {
+    public var droppedBlocks: Int
+    public var keptBlocks: Int
+    public var seed: UInt64
+    public var luns: [String]
+    public init(droppedBlocks: Int, keptBlocks: Int, seed: UInt64, luns: [String]) {
+        self.droppedBlocks = droppedBlocks
+        self.keptBlocks = keptBlocks
+        self.seed = seed
+        self.luns = luns
+    }
+    public var payload: String { (["\(droppedBlocks)", "\(keptBlocks)", "\(seed)"] + luns).joined(separator: "\t") }
+    public init?(payload: String) {
+        let parts = payload.trimmingWhitespace().split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count >= 3, let dropped = Int(parts[0]), dropped >= 0, let kept = Int(parts[1]), kept >= 0, let seed = UInt64(parts[2]) else {
+            return nil
+        }
+        self.init(droppedBlocks: dropped, keptBlocks: kept, seed: seed, luns: Array(parts.dropFirst(3)))
+    }
 }
 
 /// A fault to inject (docs/FAULTS.md). Drives are named as `vsa drive` names them: index, path or entry name.

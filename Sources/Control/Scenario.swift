@@ -31,12 +31,14 @@ public struct Scenario: Codable, Sendable, Equatable {
         public var director: String?
         /// scrub: repair what it finds.
         public var repair: Bool?
+        /// powercut: tear the unsynced writes at 4 KiB (`vsa powercut --torn`).
+        public var torn: Bool?
         /// wait-rebuild: the longest wait, in seconds (default 600).
         public var timeout: Double?
     }
 
     public static let actions = [
-        "inject", "clear", "fail-drive", "replace-drive", "fail-director", "restore-director", "scrub", "wait-rebuild", "end",
+        "inject", "clear", "fail-drive", "replace-drive", "fail-director", "restore-director", "scrub", "powercut", "wait-rebuild", "end",
     ]
     /// A day: a scenario is an experiment, not a service.
     public static let longestSeconds: Double = 86_400

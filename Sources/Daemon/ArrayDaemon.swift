@@ -49,6 +49,9 @@ public struct MountOptions: Sendable {
     /// Whether sequential reads of thin LUN pages scattered by random writes write them again in order
     /// (`-o read_realloc=off` turns it off; docs/POOL.md, "Read reallocation").
     public var readReallocation = true
+    /// `-o powercut[=SIZE]`: the host's view gets a volatile write cache of this many bytes, so `vsa powercut` can drop
+    /// what no flush made durable (FrontEnd/VolatileWriteCache.swift). nil: not armed, and nothing of it exists.
+    public var powerCutCacheBytes: UInt64? = nil
     public init(directory: String, mountpoint: String, fuseOptions: [String], cacheBytes: UInt64?) {
         self.directory = directory
         self.mountpoint = mountpoint
@@ -141,6 +144,9 @@ public final class ArrayDaemon: @unchecked Sendable {
     /// What the mount should tell the user (a degraded array, stale drives), printed by `vsa mount`.
     public private(set) var warnings: [String] = []
     private let lock: ArrayLock
+    /// The host's volatile write cache when armed (`-o powercut`), and the power cuts so far (PowerCut.swift).
+    let volatileCache: VolatileWriteCache?
+    let powerCuts = Locked<[StatusReport.PowerCutInfo.Cut]>([])
     /// Where the service processor serves the metrics and the dashboard (set by whoever started it; status shows them).
     public let serviceURLs = Locked<(metrics: String?, dashboard: String?)>((nil, nil))
     /// Run when the file system is unmounted, before the array is destaged and stopped (the service processor stops
@@ -172,6 +178,11 @@ public final class ArrayDaemon: @unchecked Sendable {
             throw VSAError(
                 "a cache of \(formatSize(cacheBytes)) does not fit: give -o cache=SIZE from 16M to \(formatSize(min(Layout.cacheBytesMax, max(Layout.cacheBytesMin, physicalBytes / 4)))) (the cache is all of global memory: slots, the partners' mirrors and the pool's map; at most a quarter of this machine's memory)"
             )
+        }
+        if let bytes = options.powerCutCacheBytes {
+            guard physicalBytes == 0 || bytes <= physicalBytes / 4 else {
+                throw VSAError("-o powercut=\(formatSize(bytes)) is more than a quarter of this machine's memory; give a smaller size")
+            }
         }
         let directorCount = sb.engineCount * 2
         let slotsPerDirector = Int(Layout.slotBytes(ofCache: cacheBytes) / UInt64(sb.stripUnitBytes)) / directorCount
@@ -235,7 +246,9 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
         let capacityBytes = geometry.capacityBytes
         let freeBox = FreeBytesBox()
-        frontEnd = LUNFrontEnd(port: engines, luns: files, userID: getuid(), groupID: getgid()) {
+        let port: HostIOPort = engines
+        volatileCache = options.powerCutCacheBytes.map { VolatileWriteCache(port: port, capacityBytes: $0) }
+        frontEnd = LUNFrontEnd(port: volatileCache ?? engines, luns: files, userID: getuid(), groupID: getgid()) {
             (capacityBytes, freeBox.value.load(ordering: .relaxed))
         }
         freeBox.value.store(store.freeBytes, ordering: .relaxed)
@@ -442,6 +455,7 @@ public final class ArrayDaemon: @unchecked Sendable {
                 throw VSAError("LUN \(name) is open; close it (and detach any loop device on it) first")
             }
             engines.discard(lun: entry.ref)
+            volatileCache?.drop(lunID: entry.lunID)
             let free = try controlLock.withLock { _ throws(VSAError) in
                 _ = try store.deleteLUN(name: name)
                 return store.freeBytes
@@ -465,6 +479,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             return ""
         case .snapRestore(let lun, let name):
             try restoreSnapshot(lun: lun, name: name)
+            forgetUnsynced(lun: lun)
             return ""
         case .snapLink(let lun, let name, let clone):
             let entry = try linkSnapshot(lun: lun, name: name, clone: clone)
@@ -475,6 +490,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             return ""
         case .snapRelink(let clone, let name):
             try relinkClone(clone, to: name)
+            forgetUnsynced(lun: clone)
             return ""
         case .driveFail(let drive, let force):
             let member = try controlLock.withLock { _ throws(VSAError) in try resolveMember(drive) }
@@ -506,6 +522,8 @@ public final class ArrayDaemon: @unchecked Sendable {
             return try injectFault(spec, seed: seed).payload
         case .injectClear(let id):
             return String(try clearFaults(id: id))
+        case .powerCut(let torn, let seed):
+            return try powerCut(torn: torn, seed: seed).payload
         }
     }
 
@@ -614,6 +632,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.scrub = scrubInfo()
         report.rebuild = rebuildInfo()
         report.faults = faultInfos()
+        report.powerCut = powerCutInfo()
         for i in report.drives.indices where i < store.drives.count { report.drives[i].latency = .init(store.drives[i].latency) }
         for i in report.luns.indices {
             if let file = frontEnd.file(lunID: report.luns[i].id) {

@@ -303,6 +303,32 @@ public struct StatusReport: Codable, Sendable {
     public var snapshots: [SnapshotInfo]? = nil
     /// Faults injected with `vsa inject` (mounted arrays only).
     public var faults: [FaultInfo]? = nil
+    /// Mounted with `-o powercut`: the host's volatile write cache and the power cuts so far.
+    public var powerCut: PowerCutInfo? = nil
+
+    /// The host's view with a volatile write cache (FrontEnd/VolatileWriteCache.swift, `vsa powercut`).
+    public struct PowerCutInfo: Codable, Sendable {
+        public var capacityBytes: UInt64
+        /// Written since their LUN's last flush: what a power cut now would drop.
+        public var unsyncedBytes: UInt64
+        /// Taken as written back because the cache was full (the oldest first), since the mount.
+        public var writtenBackBytes: UInt64
+        public var cuts: [Cut]
+        public struct Cut: Codable, Sendable {
+            /// Seconds since the epoch.
+            public var atSeconds: UInt64
+            public var torn: Bool
+            public var seed: UInt64
+            /// 4 KiB blocks rolled back to their last flushed contents, and (torn) those that kept their newest.
+            public var droppedBlocks: Int
+            public var keptBlocks: Int
+            public var luns: [String]
+            public var line: String {
+                "power cut\(torn ? " (torn, seed \(seed))" : ""): \(droppedBlocks) blocks of 4 KiB written since their LUN's last flush dropped"
+                    + (torn ? ", \(keptBlocks) kept" : "") + (luns.isEmpty ? "" : " (LUNs \(luns.joined(separator: ", ")))")
+            }
+        }
+    }
 
     /// One injected fault (docs/FAULTS.md).
     public struct FaultInfo: Codable, Sendable {
@@ -387,6 +413,12 @@ public struct StatusReport: Codable, Sendable {
             if let drive = d.driveTimeoutSeconds, let director = d.directorTimeoutSeconds {
                 func deadline(_ s: Double) -> String { s == 0 ? "none" : s == s.rounded() ? "\(Int(s)) s" : "\(s) s" }
                 lines.append("  deadlines: drive \(deadline(drive)), director \(deadline(director))")
+            }
+            if let p = powerCut {
+                lines.append(
+                    "  power-cut tracking (-o powercut): \(formatSize(p.unsyncedBytes)) unsynced of \(formatSize(p.capacityBytes)), \(p.cuts.count) power cut\(p.cuts.count == 1 ? "" : "s")"
+                )
+                for c in p.cuts.suffix(3) { lines.append("    \(c.line)") }
             }
             if let url = d.metricsURL { lines.append("  metrics: \(url)") }
             // The dashboard's URL carries its token: `vsa dashboard` prints it.

@@ -127,12 +127,7 @@ public final class DriveFaults: Sendable {
         }
     }
 
-    /// SplitMix64.
-    public static func nextRandom(_ state: inout UInt64) -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    /// SplitMix64 (ArrayModel).
+    @inline(__always)
+    public static func nextRandom(_ state: inout UInt64) -> UInt64 { SplitMix64.next(&state) }
 }

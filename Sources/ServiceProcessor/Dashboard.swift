@@ -110,7 +110,7 @@ enum DashboardRoutes {
     /// The verbs the dashboard's buttons may use.
     static func allowed(_ request: ControlRequest) -> Bool {
         switch request {
-        case .driveFail, .scrub, .directorFail, .directorRestore, .inject, .injectClear, .flush: true
+        case .driveFail, .scrub, .directorFail, .directorRestore, .inject, .injectClear, .flush, .powerCut: true
         // Onto a hot spare only: a page does not name files on this machine.
         case .driveReplace(_, let newDrive, _, _): newDrive == nil
         default: false

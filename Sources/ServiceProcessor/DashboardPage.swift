@@ -56,7 +56,7 @@ enum DashboardPage {
           <div><button data-action="scrub" data-words='["scrub","0","0"]'>scrub</button><button data-action="scrub-repair" data-words='["scrub","1","0"]'>scrub and repair</button><button data-words='["flush"]'>flush</button></div>
         </section>
         <section><h2>Injected faults</h2><table id="faults"><thead><tr><th>id</th><th>target</th><th>kind</th><th>state</th><th>hits</th><th>seed</th><th>detail</th><th></th></tr></thead><tbody></tbody></table>
-          <button data-action="clear-faults" data-words='["inject-clear",""]'>clear all</button></section>
+          <button data-action="clear-faults" data-words='["inject-clear",""]'>clear all</button><div id="powercut"></div></section>
         <section><h2>What happened</h2><div id="result"></div><div id="notes" class="notes"></div></section>
         </main>
         <script>
@@ -153,13 +153,20 @@ enum DashboardPage {
           $("faults").tBodies[0].innerHTML = (s.faults || []).map((x) => `<tr data-fault="${x.id}"><td>${x.id}</td><td>${x.member != null ? "member " + x.member : "director " + esc(x.director)}</td><td>${esc(x.kind)}</td><td>${esc(x.state)}</td><td>${x.hits}</td><td>${x.seed}</td><td>${esc(x.detail)}</td><td><button data-words='["inject-clear","${x.id}"]'>clear</button></td></tr>`).join("");
         }
 
+        function drawPowerCut(s) {
+          const p = s.powerCut;
+          $("powercut").innerHTML = p ? `<div class="kv" style="margin-top:8px">host's volatile write cache (-o powercut): <b id="unsynced">${size(p.unsyncedBytes)}</b> unsynced of ${size(p.capacityBytes)} · power cuts <b>${p.cuts.length}</b></div>
+            <button class="danger" data-action="powercut" data-words='["powercut","0",""]'>power cut</button><button class="danger" data-action="powercut-torn" data-words='["powercut","1",""]'>power cut (torn)</button>`
+            : `<div class="kv" style="margin-top:8px">power cut: mount with -o powercut to arm it</div>`;
+        }
+
         function draw(f) {
           const s = f.status;
           lastFrame = f;
           $("array-name").textContent = `${s.array.raidLevel} · ${s.array.memberCount} members, ${s.array.spareCount} spares · ${s.daemon ? s.daemon.mountpoint : s.array.directory}`;
           const st = $("array-state"); st.className = "badge s-" + s.array.state; st.textContent = s.array.state; st.dataset.state = s.array.state;
           $("capacity").textContent = `${size(s.array.capacityBytes)} capacity, ${size(s.array.freeBytes)} free`;
-          drawLUNs(s, f); drawEngines(s, f); drawMemory(s); drawServices(s, f); drawDrives(s, f); drawFaults(s);
+          drawLUNs(s, f); drawEngines(s, f); drawMemory(s); drawServices(s, f); drawDrives(s, f); drawFaults(s); drawPowerCut(s);
           $("notes").innerHTML = s.messages.slice(-12).reverse().map((m) => `<div>${esc(m)}</div>`).join("");
           $("conn").textContent = "live · " + new Date(f.seconds * 1000).toLocaleTimeString();
         }

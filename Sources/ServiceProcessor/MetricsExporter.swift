@@ -73,6 +73,11 @@ public final class MetricsExporter: Sendable {
             self.state = state
         }
 
+        /// `vsa_NAME`, its unit in the name already.
+        static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "vsa", metricName: name, unitName: "", helpText: help)
+        }
+
         static func key(_ name: String, _ labels: [(String, String)]) -> String {
             name + "{" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",") + "}"
         }
@@ -82,7 +87,7 @@ public final class MetricsExporter: Sendable {
             touched.insert(key)
             let gauge =
                 state.gauges[key]
-                ?? registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "vsa", metricName: name, helpText: help), labels: labels)
+                ?? registry.makeGauge(descriptor: Self.descriptor(name, help), labels: labels)
             state.gauges[key] = gauge
             gauge.set(value)
         }
@@ -103,7 +108,7 @@ public final class MetricsExporter: Sendable {
             touched.insert(key)
             let (counter, last) =
                 state.counters[key]
-                ?? (registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "vsa", metricName: name, helpText: help), labels: labels), 0)
+                ?? (registry.makeCounter(descriptor: Self.descriptor(name, help), labels: labels), 0)
             if value >= last {
                 if value > last { counter.increment(by: Int64(clamping: value - last)) }
             } else {
@@ -121,7 +126,7 @@ public final class MetricsExporter: Sendable {
                 state.histograms[key]
                 ?? (
                     registry.makeDurationHistogram(
-                        descriptor: MetricNameDescriptor(namespace: "vsa", metricName: name, helpText: help), labels: labels,
+                        descriptor: Self.descriptor(name, help), labels: labels,
                         buckets: MetricsExporter.latencyBuckets),
                     [UInt64](repeating: 0, count: LatencyHistogram.bucketCount)
                 )
@@ -251,6 +256,15 @@ public final class MetricsExporter: Sendable {
                 gauge("pool_reclaimable_bytes", "Dead blocks the cleaner can give back.", [], p.reclaimableBytes)
                 counter("pool_reallocated_bytes_total", "Scattered thin LUN pages written again in order by read reallocation.", [], p.reallocatedBytes)
                 if let cl = p.cleaner { counter("pool_cleaner_moved_bytes_total", "Live bytes the cleaner moved.", [], cl.movedBytes) }
+            }
+
+            if let p = report.powerCut {
+                gauge("powercut_cache_bytes", "The host's volatile write cache (-o powercut).", [], p.capacityBytes)
+                gauge("powercut_unsynced_bytes", "Bytes written since their LUN's last flush: what a power cut now would drop.", [], p.unsyncedBytes)
+                counter("power_cuts_total", "Power cuts of the host's view (vsa powercut).", [], UInt64(p.cuts.count))
+                counter(
+                    "powercut_dropped_blocks_total", "4 KiB blocks power cuts rolled back to their last flushed contents.", [],
+                    p.cuts.reduce(0) { $0 + UInt64($1.droppedBlocks) })
             }
 
             let faults = report.faults ?? []

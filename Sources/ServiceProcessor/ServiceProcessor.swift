@@ -97,7 +97,8 @@ public final class ServiceProcessor: Sendable {
             let started = DispatchSemaphore(value: 0)
             let outcome = Mutex<Result<Int, VSAError>?>(nil)
             var logger = Logger(label: "vsa.service-processor")
-            logger.logLevel = .error
+            // Its own notes (a stream cancelled at unmount) are not the array's; failures to bind are reported above.
+            logger.logLevel = .critical
             let app = Application(
                 router: router,
                 configuration: .init(

@@ -402,6 +402,12 @@ public final class FuseSession: @unchecked Sendable {
         handlerBox.release()
     }
 
+    /// Tells the kernel to drop what it caches of a file's data (its contents changed under it: a power cut).
+    public func invalidateData(inode: UInt64) {
+        guard let s = session else { return }
+        _ = fuse_lowlevel_notify_inval_inode(s, inode, 0, 0)
+    }
+
     /// Tells the kernel that a directory entry of the root changed (a LUN was created or deleted).
     public func invalidateEntry(name: String, inode: UInt64) {
         guard let s = session else { return }

@@ -204,6 +204,17 @@ public enum Posix {
 
     public static func errnoDescription(_ code: Int32) -> String { String(cString: strerror(code)) }
 
+    /// syncfs(2) on the file system holding `path`: the kernel writes back every dirty page it caches for it. Glibc
+    /// declares syncfs only under _GNU_SOURCE, so it is looked up by name. Returns 0 or an errno.
+    public static func syncFileSystem(path: String) -> Int32 {
+        typealias SyncFS = @convention(c) (Int32) -> Int32
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "syncfs") else { return ENOSYS }
+        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return errno }
+        defer { Glibc.close(fd) }
+        return unsafeBitCast(symbol, to: SyncFS.self)(fd) == 0 ? 0 : errno
+    }
+
     /// Whether `text` is a numeric IPv4 address (inet_pton: four decimal parts, nothing else).
     public static func isIPv4Address(_ text: String) -> Bool {
         var address = in_addr()

@@ -17,6 +17,7 @@ final class ControlProtocolTests: XCTestCase {
         .driveReplace(drive: "d1", newDrive: "/tmp/new drive", force: true, rateBytes: 0),
         .scrub(repair: true, rateBytes: 0), .scrub(repair: false, rateBytes: 1 << 30),
         .directorFail(director: "1a"), .directorRestore(director: "2b"),
+        .latencyCounts, .powerCut(torn: false, seed: nil), .powerCut(torn: true, seed: 18_446_744_073_709_551_615 / 2),
     ]
 
     func testEveryRequestCrossesTheWireUnchanged() throws {
@@ -35,7 +36,7 @@ final class ControlProtocolTests: XCTestCase {
             "lun-create\tx\t99999999999999999999999", "lun-create\tx\t1e9", "lun-create\tx\t 5", "lun-create\tx\t",
             "snap-create\tdb\ts", "snap-create\tdb\ts\tsoon", "drive-fail\t1\tyes", "drive-fail\t1", "drive-replace\t-1\t\t0",
             "drive-replace\t1\t\t2\t0", "scrub\t1\t-5", "scrub\ttrue\t0", "director-fail", "director-fail\t1a\t1b", "lun-delete",
-            "LUN-CREATE\tx\t10", "unknown",
+            "LUN-CREATE\tx\t10", "unknown", "powercut", "powercut\t2\t", "powercut\t1\tx", "powercut\t1\t1\t1",
         ]
         for line in refused {
             XCTAssertThrowsError(try ControlRequest(line: line), line.debugDescription) { error in
@@ -56,6 +57,9 @@ final class ControlProtocolTests: XCTestCase {
         XCTAssertNil(SnapshotTaken(payload: "-1"))
         XCTAssertEqual(CloneLinked(payload: CloneLinked(lunID: 7).payload), CloneLinked(lunID: 7))
         XCTAssertNil(CloneLinked(payload: "99999999999"))
+        let cut = PowerCutDone(droppedBlocks: 12, keptBlocks: 3, seed: 99, luns: ["db 1", "logs"])
+        XCTAssertEqual(PowerCutDone(payload: cut.payload), cut)
+        XCTAssertNil(PowerCutDone(payload: "-1\t0\t5"))
         for started in [ReplaceStarted(member: 2, newDrive: "/x y", queued: true), ReplaceStarted(member: 0, newDrive: "d4", queued: false)] {
             XCTAssertEqual(ReplaceStarted(payload: started.payload), started)
         }
