@@ -41,6 +41,8 @@ extension RAIDBackEnd {
             io.queueReadVector(drive: source, vectors: vectors, vectorCount: pagesPerStrip, count: count, offsetBytes: offset)
             strips += 1
         }
+        // A read error gives up here, its drive left online: `readStrips` reads again, and repairs it.
+        io.readErrors = .report
         guard io.submit() == 0 else { return false }
         marks.stripReads.add(strips, ordering: .relaxed)
         guard let checksums else { return true }
@@ -62,8 +64,10 @@ extension RAIDBackEnd {
         }
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         var remaining = stripMask
-        // Copies whose blocks failed their checksums in this call, and strips rebuilt from parity because of it.
+        // Copies whose blocks failed their checksums or their reads in this call (the latter also in `readFailed`), and
+        // strips rebuilt from parity because of a checksum.
         var badDrives: UInt64 = 0
+        var readFailed: UInt64 = 0
         var rebuilt: UInt64 = 0
         for _ in 0..<4 where remaining != 0 {
             var degradedMask: UInt64 = 0
@@ -78,7 +82,12 @@ extension RAIDBackEnd {
                 }
                 if !issued { degradedMask |= 1 << UInt64(strip) }
             }
+            // A failed read leaves its drive online while the drive is within its read-error budget: the strip comes
+            // from another copy or from parity, and goes back to the drive below (md's read-error repair).
+            io.readErrors = .count
             let failed = io.submit()
+            readFailed |= io.lastReadErrors
+            badDrives |= io.lastReadErrors
             marks.stripReads.add(UInt64(remaining.nonzeroBitCount), ordering: .relaxed)
             // Strips whose copy failed just now are tried again: another copy, or rebuilt.
             var retry: UInt64 = 0
@@ -122,7 +131,9 @@ extension RAIDBackEnd {
             return false
         }
         if badDrives != 0 {
-            return repairBlocks(stripe: stripe, stripMask: stripMask, offset: offset, count: count, targets: targets, badDrives: badDrives, rebuilt: rebuilt)
+            return repairBlocks(
+                stripe: stripe, stripMask: stripMask, offset: offset, count: count, targets: targets, badDrives: badDrives, rebuilt: rebuilt,
+                readFailed: readFailed)
         }
         return true
     }
@@ -134,9 +145,12 @@ extension RAIDBackEnd {
     /// across its checksum area and its data) is still the truth: it came from the other members, each verified
     /// against its own drive's checksums, so damage confined to one drive never costs data. The block and its entry
     /// are both rewritten.
+    /// Drives in `readFailed` gave a read error, not bad blocks: their strips are written back the same way (the drive
+    /// reallocates a bad sector on write), without counting a checksum repair. Without checksums nothing is
+    /// rewritten: the host got its data from redundancy, and the next read tries the drive again.
     func repairBlocks(
         stripe: UInt64, stripMask: UInt64, offset: UInt64, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>, badDrives: UInt64,
-        rebuilt: UInt64
+        rebuilt: UInt64, readFailed: UInt64 = 0
     ) -> Bool {
         guard let checksums else { return true }
         // Every checksum look-up first (a page miss reads through `io`, which must be idle), then the writes.
@@ -159,7 +173,7 @@ extension RAIDBackEnd {
             } else {
                 for drive in geometry.copyDrives(stripe: stripe, strip: strip) where badDrives & (1 << UInt64(drive)) != 0 && writable(drive) {
                     checksums.update(member: drive, driveOffset: offset, count: count, data: targets[strip]!, io: io, memory: memory)
-                    checksums.repairs.add(1, ordering: .relaxed)
+                    if readFailed & (1 << UInt64(drive)) == 0 { checksums.repairs.add(1, ordering: .relaxed) }
                 }
                 rewrite |= 1 << UInt64(strip)
             }

@@ -44,6 +44,9 @@ public struct StatusReport: Codable, Sendable {
         public var errors: UInt64
         /// Operations that outlived the drive deadline (`-o drive_timeout=`); the first one failed the drive.
         public var timeouts: UInt64 = 0
+        /// Reads that failed while redundancy could serve and rewrite their data (md's corrected read errors); past
+        /// 20 the drive is failed. Always present (0 when not mounted).
+        public var readErrors: UInt64 = 0
         /// Mounted: how long the batches of I/O this drive took part in took (the back end's view).
         public var latency: LatencyInfo? = nil
     }
@@ -371,7 +374,7 @@ public struct StatusReport: Codable, Sendable {
             DriveInfo(
                 index: i, path: store.drivePaths[i], role: i < sb.memberCount ? "member" : "spare", state: d.state.description,
                 sizeBytes: d.sizeBytes, directIO: d.usesDirectIO, errors: d.errorCount.load(ordering: .relaxed),
-                timeouts: d.timeouts.load(ordering: .relaxed))
+                timeouts: d.timeouts.load(ordering: .relaxed), readErrors: d.readErrors.load(ordering: .relaxed))
         }
         let luns = store.lunTable.entries.sorted { $0.name < $1.name }.map {
             LUNInfo(name: $0.name, sizeBytes: $0.sizeBytes, id: $0.lunID, startStripe: $0.startStripe, stripeCount: $0.stripeCount, thin: $0.thin)
@@ -440,7 +443,7 @@ public struct StatusReport: Codable, Sendable {
         lines.append("drives:")
         for d in drives {
             lines.append(
-                "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")\(d.timeouts > 0 ? "  timed out \(d.timeouts)" : "")"
+                "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")\(d.timeouts > 0 ? "  timed out \(d.timeouts)" : "")\(d.readErrors > 0 ? "  read errors repaired \(d.readErrors)" : "")"
             )
             lines += d.latency?.lines ?? []
         }

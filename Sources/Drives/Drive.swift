@@ -50,6 +50,9 @@ public final class Drive: Sendable {
     public let errorCount = Atomic<UInt64>(0)
     /// Operations that did not complete within the drive deadline (each failed the drive).
     public let timeouts = Atomic<UInt64>(0)
+    /// Reads that failed while the array could serve their data from redundancy and write it back (md's corrected read
+    /// errors, `DriveIO.ReadErrors`); past `DriveIO.readErrorBudget` of them the drive is failed.
+    public let readErrors = Atomic<UInt64>(0)
     /// Faults injected into this drive while it runs (`vsa inject`); none normally.
     public let faults = DriveFaults()
     /// How long the batches of I/O this drive took part in took, by kind (LatencyHistogram.swift): the back end's

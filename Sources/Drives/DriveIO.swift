@@ -61,6 +61,26 @@ public final class DriveIO {
     public private(set) var zeroUnsupportedDrives: UInt64 = 0
     /// Drives whose synchronous page-cache I/O failed since the last submit.
     private var pageCacheFailures: UInt64 = 0
+    /// What a failed read does to its drive in the next batch (one batch: `submit` puts it back to `.failDrive`).
+    /// The back end's data reads ask for `.count` when the data can come from redundancy and go back to the drive,
+    /// as md does with a read error: a bad sector is rewritten, and the drive is failed only when it keeps failing
+    /// (more than `readErrorBudget` such errors; md's max_read_errors is 20 too). Writes, flushes, a shrunk drive and
+    /// a drive that stopped answering fail it as before.
+    public enum ReadErrors: Sendable {
+        /// The drive is failed (every caller that cannot repair).
+        case failDrive
+        /// Reported in `lastReadErrors` (and in `submit`'s mask), the drive left online, nothing counted: a fast path
+        /// that only gives up, for a repairing read to follow.
+        case report
+        /// As `.report`, and counted on the drive; past the budget, the drive is failed.
+        case count
+    }
+    public var readErrors: ReadErrors = .failDrive
+    public static let readErrorBudget: UInt64 = 20
+    /// Drives whose reads failed in the last batch and were left online (`.report`, `.count`).
+    public private(set) var lastReadErrors: UInt64 = 0
+    /// Read operations that failed in this batch, by drive (before `submit` decides what becomes of their drives).
+    private var failedReads: UInt64 = 0
     /// Injected faults (`DriveFaults`): operations held by a drive that stopped answering, and the latency each drive
     /// adds to this batch. Used only while a drive has a fault rule.
     private var heldTags: [UInt64] = []
@@ -110,7 +130,7 @@ public final class DriveIO {
                 driveDelayMicros[d] = max(driveDelayMicros[d], delay)
                 batchDelayMicros = max(batchDelayMicros, delay)
             case .fail:
-                pageCacheFailures |= 1 << UInt64(op.driveIndex)
+                if op.kind == 0 || op.kind == 5 { failedReads |= 1 << UInt64(op.driveIndex) } else { pageCacheFailures |= 1 << UInt64(op.driveIndex) }
                 return
             case .hang:
                 heldTags.append(tag)
@@ -192,7 +212,7 @@ public final class DriveIO {
             }
             operations[Int(tag)].done = op.count
         } catch {
-            pageCacheFailures |= 1 << UInt64(op.driveIndex)
+            if op.kind == 0 || op.kind == 5 { failedReads |= 1 << UInt64(op.driveIndex) } else { pageCacheFailures |= 1 << UInt64(op.driveIndex) }
         }
     }
 
@@ -381,7 +401,7 @@ public final class DriveIO {
                         zeroUnsupportedDrives |= 1 << UInt64(op.driveIndex)
                         return
                     }
-                    failedDrives |= 1 << UInt64(op.driveIndex)
+                    if op.kind == 0 || op.kind == 5 { failedReads |= 1 << UInt64(op.driveIndex) } else { failedDrives |= 1 << UInt64(op.driveIndex) }
                     return
                 }
                 if op.kind <= 1 || op.kind >= 4 {
@@ -411,6 +431,21 @@ public final class DriveIO {
         recordBatchLatency()
         failedDrives |= pageCacheFailures
         pageCacheFailures = 0
+        // Failed reads: the drive fails, unless the caller repairs them and the drive is within its budget.
+        lastReadErrors = 0
+        if failedReads != 0 {
+            for i in 0..<drives.count where failedReads & ~failedDrives & (1 << UInt64(i)) != 0 {
+                let bit: UInt64 = 1 << UInt64(i)
+                switch readErrors {
+                case .failDrive: failedDrives |= bit
+                case .report: lastReadErrors |= bit
+                case .count:
+                    if drives[i].readErrors.add(1, ordering: .relaxed).newValue > DriveIO.readErrorBudget { failedDrives |= bit } else { lastReadErrors |= bit }
+                }
+            }
+            failedReads = 0
+        }
+        readErrors = .failDrive
         if ringless, let fresh = try? IORing(entries: ring.entries) {
             ring = fresh
             ringless = false
@@ -421,7 +456,7 @@ public final class DriveIO {
                 drives[i].transition(to: .failed)
             }
         }
-        return failedDrives
+        return failedDrives | lastReadErrors
     }
 }
 

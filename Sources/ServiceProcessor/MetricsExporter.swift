@@ -166,6 +166,9 @@ public final class MetricsExporter: Sendable {
                 gauge("drive_size_bytes", "Each drive's size.", labels, d.sizeBytes)
                 counter("drive_io_errors_total", "I/O errors each drive returned (the first one fails it).", labels, d.errors)
                 counter("drive_timeouts_total", "Operations that outlived the drive deadline.", labels, d.timeouts)
+                counter(
+                    "drive_read_errors_repaired_total", "Read errors served from redundancy and rewritten, the drive kept (past 20, it is failed).", labels,
+                    d.readErrors)
             }
             for (member, c) in counts.drives ?? [:] {
                 latency(

@@ -112,7 +112,34 @@ final class InjectTests: FixtureTestCase {
         XCTAssertEqual(try faults().first?["state"] as? String, "done")
         XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
 
-        // Read errors on member 2: survived (the member is failed, the spare takes its place and is rebuilt), counted.
+        // A bad sector: read errors on one block of member 1 that holds LUN data. The block comes from redundancy, is
+        // written back, and the member stays (md's read-error repair); the host sees nothing.
+        let block = Harness.sh(
+            """
+            python3 -c '
+            import sys
+            data = open(sys.argv[1], "rb").read()
+            blocks = {data[i:i + 4096] for i in range(0, len(data), 4096)}
+            drive = open(sys.argv[2], "rb").read()
+            print(next(o for o in range(0, len(drive), 4096) if drive[o:o + 4096] in blocks))
+            ' \(r)/data \(f.dir)/drive-1
+            """
+        ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertNotNil(UInt64(block), "no LUN block found on member 1: \(block)")
+        XCTAssertEqual(f.vsa("inject '\(m)' drive 1 errors --reads --offset \(block) --length 4K").status, 0)
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "read back with a bad block on member 1")
+        let repaired = try drive(1)
+        XCTAssertEqual(repaired["state"] as? String, "online", "\(repaired)")
+        XCTAssertGreaterThanOrEqual(repaired["readErrors"] as? Int ?? 0, 1, "\(repaired)")
+        XCTAssertLessThanOrEqual(repaired["readErrors"] as? Int ?? 0, 20, "\(repaired)")
+        XCTAssertEqual(try status()["array"].flatMap { ($0 as? [String: Any])?["state"] as? String }, "optimal")
+        XCTAssertGreaterThan(try faults().first?["hits"] as? Int ?? 0, 0)
+        XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("read errors repaired"))
+        XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
+        XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "read back after the repair")
+
+        // Read errors on all of member 2: each one is served from redundancy, and past 20 of them the member is
+        // failed as md fails it; the spare takes its place and is rebuilt. Counted.
         XCTAssertEqual(f.vsa("inject '\(m)' drive 2 errors --reads").status, 0)
         XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "read back with read errors on member 2")
         var rebuilt = false
@@ -143,7 +170,7 @@ final class InjectTests: FixtureTestCase {
         XCTAssertGreaterThan(member0["timeouts"] as? Int ?? 0, 0, "\(member0)")
         XCTAssertEqual(try faults().first?["state"] as? String, "active (drive failed)")
         XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
-        XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("fault 4 injected into member 0"))
+        XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("fault 5 injected into member 0"))
     }
 
     /// Director faults: a slow director shows in the latency of the stripes it serves; a hung one is found by the array

@@ -49,6 +49,34 @@ final class DriveFaultRuleTests: XCTestCase {
         }
     }
 
+    func testARepairingReadKeepsItsDriveWithinTheReadErrorBudget() throws {
+        for (kind, drive) in try drives {
+            let io = try DriveIO(drives: [drive])
+            let page = alignedBuffer(bytes: 4096)
+            drive.faults.add(DriveFaultRule(id: 1, effect: .errors(reads: true, writes: false, range: nil, perMillion: 1_000_000), seed: 1))
+            // A fast path that only gives up: reported, the drive kept, nothing counted.
+            io.readErrors = .report
+            io.queueRead(drive: 0, into: page.base, count: 4096, offsetBytes: 0)
+            XCTAssertEqual(io.submit(), 1, kind)
+            XCTAssertEqual(io.lastReadErrors, 1, kind)
+            XCTAssertEqual(drive.state, .online, kind)
+            XCTAssertEqual(drive.readErrors.load(ordering: .relaxed), 0, kind)
+            // A repairing read: counted, the drive kept up to the budget, and failed past it.
+            for n in 1...DriveIO.readErrorBudget {
+                io.readErrors = .count
+                io.queueRead(drive: 0, into: page.base, count: 4096, offsetBytes: 0)
+                XCTAssertEqual(io.submit(), 1, kind)
+                XCTAssertEqual(drive.state, .online, "\(kind): error \(n)")
+                XCTAssertEqual(drive.readErrors.load(ordering: .relaxed), n, kind)
+            }
+            // The mode lasts one batch: outside a repairing batch, a read error fails the drive at once.
+            io.queueRead(drive: 0, into: page.base, count: 4096, offsetBytes: 0)
+            XCTAssertEqual(io.submit(), 1, kind)
+            XCTAssertEqual(drive.state, .failed, "\(kind): a read error outside a repairing batch fails the drive")
+            XCTAssertEqual(io.lastReadErrors, 0, kind)
+        }
+    }
+
     func testLatencyHoldsTheBatchAndAHungDriveHoldsItsOperationsUntilCleared() throws {
         for (kind, drive) in try drives {
             let io = try DriveIO(drives: [drive])
