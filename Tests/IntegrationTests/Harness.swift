@@ -111,6 +111,19 @@ final class ArrayFixture {
         if r.status != 0 { throw NSError(domain: "mount", code: 1) }
     }
 
+    /// `vsa mount ARRAY MOUNTPOINT -o OPTIONS` (this fixture's by default) is refused with one line that contains
+    /// `expected`, and nothing is mounted.
+    func expectMountRefused(
+        _ options: String, _ expected: String, array: String? = nil, mountpoint: String? = nil, file: StaticString = #filePath, line: UInt = #line
+    ) {
+        let target = mountpoint ?? mnt
+        let r = vsa("mount '\(array ?? dir)' '\(target)' -o \(options)")
+        XCTAssertNotEqual(r.status, 0, options, file: file, line: line)
+        XCTAssertEqual(r.stderrLines.count, 1, "\(options): \(r.stderr)", file: file, line: line)
+        XCTAssertTrue(r.stderr.contains(expected), "\(options): \(r.stderr)", file: file, line: line)
+        XCTAssertNotEqual(Harness.sh("mountpoint -q '\(target)'").status, 0, "\(options): mounted", file: file, line: line)
+    }
+
     func unmount() {
         let r = vsa("unmount '\(mnt)'")
         XCTAssertEqual(r.status, 0, "unmount: \(r.stderr)")

@@ -113,11 +113,7 @@ final class ServiceProcessorTests: FixtureTestCase {
             ("dashboard=example.org:80", "is not an IPv4 address"),
             ("dashboard=[::g]:80", "is not an IPv6 address"),
         ] {
-            let r = f.vsa("mount '\(second)' '\(f.root)/mnt2' -o \(options)")
-            XCTAssertNotEqual(r.status, 0, options)
-            XCTAssertEqual(r.stderrLines.count, 1, "\(options): \(r.stderr)")
-            XCTAssertTrue(r.stderr.contains(expected), "\(options): \(r.stderr)")
-            XCTAssertNotEqual(Harness.sh("mountpoint -q '\(f.root)/mnt2'").status, 0, options)
+            f.expectMountRefused(options, expected, array: second, mountpoint: f.root + "/mnt2")
         }
         XCTAssertEqual(Harness.sh("md5sum '\(second)'/drive-*").stdout, before, "a refused mount changed the drives")
         // The first array still serves.
