@@ -30,6 +30,7 @@ extension RAIDBackEnd {
                 break
             }
             guard source >= 0 else {
+                io.readErrors = .report
                 _ = io.submit()  // what was queued goes (and is ignored): a batch is never left half built
                 return false
             }

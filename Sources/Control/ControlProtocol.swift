@@ -89,6 +89,11 @@ public enum ControlRequest: Sendable, Equatable {
     /// The request as it goes on the wire, newline included.
     public var line: String { ([verb] + arguments).joined(separator: "\t") + "\n" }
 
+    public var isPowerCut: Bool {
+        if case .powerCut = self { return true }
+        return false
+    }
+
     /// Whether the request changes the array (run one at a time); `status` only looks.
     public var changesArray: Bool { self != .status && self != .latencyCounts }
 

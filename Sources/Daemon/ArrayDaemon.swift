@@ -179,9 +179,11 @@ public final class ArrayDaemon: @unchecked Sendable {
                 "a cache of \(formatSize(cacheBytes)) does not fit: give -o cache=SIZE from 16M to \(formatSize(min(Layout.cacheBytesMax, max(Layout.cacheBytesMin, physicalBytes / 4)))) (the cache is all of global memory: slots, the partners' mirrors and the pool's map; at most a quarter of this machine's memory)"
             )
         }
-        if let bytes = options.powerCutCacheBytes {
+        if let cacheBytes = options.powerCutCacheBytes {
+            // The blocks, and about 64 bytes of bookkeeping for each.
+            let bytes = cacheBytes + cacheBytes / 4096 * 64
             guard physicalBytes == 0 || bytes <= physicalBytes / 4 else {
-                throw VSAError("-o powercut=\(formatSize(bytes)) is more than a quarter of this machine's memory; give a smaller size")
+                throw VSAError("-o powercut=\(formatSize(cacheBytes)) is more than a quarter of this machine's memory; give a smaller size")
             }
         }
         let directorCount = sb.engineCount * 2
@@ -384,9 +386,16 @@ public final class ArrayDaemon: @unchecked Sendable {
     private func startHealthMonitor() {
         let thread = Thread { [self] in
             var saidLost = false
+            var lastDecay = Posix.monotonicSeconds()
             while true {
                 usleep(500_000)
                 checkDrivesPresent()
+                // The read-error budget's count halves every hour, as md's does: only a drive that keeps failing reads is
+                // failed for them.
+                if Posix.monotonicSeconds() - lastDecay >= 3600 {
+                    lastDecay = Posix.monotonicSeconds()
+                    for drive in controlLock.withLock({ _ in store.drives }) { drive.decayReadErrors() }
+                }
                 controlLock.withLock { _ in
                     do {
                         let survives = try store.recordFailures()
@@ -417,7 +426,9 @@ public final class ArrayDaemon: @unchecked Sendable {
         func run() -> ControlReply {
             do throws(VSAError) { return .done(try command(request)) } catch { return .refused(error.message) }
         }
-        guard request.changesArray else { return run() }
+        // A power cut waits for the kernel's write-back and for writes in flight; it takes no part in the command lock,
+        // so that what could keep those waiting (an injected hang) can still be cleared meanwhile.
+        guard request.changesArray, !request.isPowerCut else { return run() }
         return commandLock.withLock { _ in
             let reply = run()
             // Snapshots, clones and deletes change whether versions share blocks (PoolSpace.sharing).
@@ -535,7 +546,8 @@ public final class ArrayDaemon: @unchecked Sendable {
                 read: f.latency.reads.counts, write: f.latency.writes.counts, flush: f.latency.flushes.counts, errors: f.hostErrors.load(ordering: .relaxed))
         }
         var drives: [String: LatencyCounts.LUN] = [:]
-        for (i, d) in store.drives.prefix(store.memberCount).enumerated() {
+        let members = controlLock.withLock { _ in Array(store.drives.prefix(store.memberCount)) }
+        for (i, d) in members.enumerated() {
             drives[String(i)] = .init(
                 read: d.latency.reads.counts, write: d.latency.writes.counts, flush: d.latency.flushes.counts, errors: d.errorCount.load(ordering: .relaxed))
         }
@@ -550,9 +562,11 @@ public final class ArrayDaemon: @unchecked Sendable {
 
     /// The array as it is now: what `vsa status` shows.
     public func statusReport() -> StatusReport {
-        let locked = controlLock.withLock { _ in (StatusReport.offline(store: store, cacheBytes: cacheBytes), messages) }
+        // The drives too: a replace or a spare taking over swaps the store's array of them under the control lock.
+        let locked = controlLock.withLock { _ in (StatusReport.offline(store: store, cacheBytes: cacheBytes), messages, store.drives) }
         var report = locked.0
         let notes = locked.1
+        let drives = locked.2
         report.array.clean = false
         report.daemon = .init(
             pid: getpid(), mountpoint: options.mountpoint, driveTimeoutSeconds: options.driveTimeoutSeconds,
@@ -633,7 +647,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.rebuild = rebuildInfo()
         report.faults = faultInfos()
         report.powerCut = powerCutInfo()
-        for i in report.drives.indices where i < store.drives.count { report.drives[i].latency = .init(store.drives[i].latency) }
+        for i in report.drives.indices where i < drives.count { report.drives[i].latency = .init(drives[i].latency) }
         for i in report.luns.indices {
             if let file = frontEnd.file(lunID: report.luns[i].id) {
                 report.luns[i].latency = .init(file.latency)

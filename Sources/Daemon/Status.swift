@@ -44,8 +44,8 @@ public struct StatusReport: Codable, Sendable {
         public var errors: UInt64
         /// Operations that outlived the drive deadline (`-o drive_timeout=`); the first one failed the drive.
         public var timeouts: UInt64 = 0
-        /// Reads that failed while redundancy could serve and rewrite their data (md's corrected read errors); past
-        /// 20 the drive is failed. Always present (0 when not mounted).
+        /// Reads that failed without failing the drive: served from redundancy and rewritten (md's corrected read
+        /// errors). Past 20 in about an hour the drive is failed. Always present (0 when not mounted).
         public var readErrors: UInt64 = 0
         /// Mounted: how long the batches of I/O this drive took part in took (the back end's view).
         public var latency: LatencyInfo? = nil
@@ -443,7 +443,7 @@ public struct StatusReport: Codable, Sendable {
         lines.append("drives:")
         for d in drives {
             lines.append(
-                "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")\(d.timeouts > 0 ? "  timed out \(d.timeouts)" : "")\(d.readErrors > 0 ? "  read errors repaired \(d.readErrors)" : "")"
+                "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")\(d.timeouts > 0 ? "  timed out \(d.timeouts)" : "")\(d.readErrors > 0 ? "  read errors \(d.readErrors) (served from redundancy, drive kept)" : "")"
             )
             lines += d.latency?.lines ?? []
         }

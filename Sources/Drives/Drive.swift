@@ -50,9 +50,21 @@ public final class Drive: Sendable {
     public let errorCount = Atomic<UInt64>(0)
     /// Operations that did not complete within the drive deadline (each failed the drive).
     public let timeouts = Atomic<UInt64>(0)
-    /// Reads that failed while the array could serve their data from redundancy and write it back (md's corrected read
-    /// errors, `DriveIO.ReadErrors`); past `DriveIO.readErrorBudget` of them the drive is failed.
+    /// Reads that failed without failing the drive (`DriveIO.ReadErrors`): served from redundancy and written back, as
+    /// md's corrected read errors. `recentReadErrors` is the same count halved every hour (`decayReadErrors`, as md
+    /// halves its own): past `DriveIO.readErrorBudget` the drive is failed.
     public let readErrors = Atomic<UInt64>(0)
+    public let recentReadErrors = Atomic<UInt64>(0)
+
+    /// Halves `recentReadErrors` (the daemon calls it once an hour).
+    public func decayReadErrors() {
+        var value = recentReadErrors.load(ordering: .relaxed)
+        while true {
+            let (exchanged, original) = recentReadErrors.compareExchange(expected: value, desired: value / 2, ordering: .relaxed)
+            if exchanged { return }
+            value = original
+        }
+    }
     /// Faults injected into this drive while it runs (`vsa inject`); none normally.
     public let faults = DriveFaults()
     /// How long the batches of I/O this drive took part in took, by kind (LatencyHistogram.swift): the back end's

@@ -64,7 +64,7 @@ public final class DriveIO {
     /// What a failed read does to its drive in the next batch (one batch: `submit` puts it back to `.failDrive`).
     /// The back end's data reads ask for `.count` when the data can come from redundancy and go back to the drive,
     /// as md does with a read error: a bad sector is rewritten, and the drive is failed only when it keeps failing
-    /// (more than `readErrorBudget` such errors; md's max_read_errors is 20 too). Writes, flushes, a shrunk drive and
+    /// (more than `readErrorBudget` such errors, a count halved every hour; md's max_read_errors is 20 too). Writes, flushes, a shrunk drive and
     /// a drive that stopped answering fail it as before.
     public enum ReadErrors: Sendable {
         /// The drive is failed (every caller that cannot repair).
@@ -440,7 +440,12 @@ public final class DriveIO {
                 case .failDrive: failedDrives |= bit
                 case .report: lastReadErrors |= bit
                 case .count:
-                    if drives[i].readErrors.add(1, ordering: .relaxed).newValue > DriveIO.readErrorBudget { failedDrives |= bit } else { lastReadErrors |= bit }
+                    drives[i].readErrors.add(1, ordering: .relaxed)
+                    if drives[i].recentReadErrors.add(1, ordering: .relaxed).newValue > DriveIO.readErrorBudget {
+                        failedDrives |= bit
+                    } else {
+                        lastReadErrors |= bit
+                    }
                 }
             }
             failedReads = 0

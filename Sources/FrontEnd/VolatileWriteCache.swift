@@ -73,15 +73,15 @@ public final class VolatileWriteCache: HostIOPort, @unchecked Sendable {
 
     public func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer) -> Int32 {
         state.withLock { s in
-            let rc = keepOldContents(&s, lun: lun, offsetBytes: offsetBytes, count: UInt64(count))
-            return rc != 0 ? rc : port.write(lun: lun, offsetBytes: offsetBytes, count: count, from: source)
+            keepOldContents(&s, lun: lun, offsetBytes: offsetBytes, count: UInt64(count))
+            return port.write(lun: lun, offsetBytes: offsetBytes, count: count, from: source)
         }
     }
 
     public func zero(lun: LUNRef, offsetBytes: UInt64, count: UInt64) -> Int32 {
         state.withLock { s in
-            let rc = keepOldContents(&s, lun: lun, offsetBytes: offsetBytes, count: count)
-            return rc != 0 ? rc : port.zero(lun: lun, offsetBytes: offsetBytes, count: count)
+            keepOldContents(&s, lun: lun, offsetBytes: offsetBytes, count: count)
+            return port.zero(lun: lun, offsetBytes: offsetBytes, count: count)
         }
     }
 
@@ -97,32 +97,39 @@ public final class VolatileWriteCache: HostIOPort, @unchecked Sendable {
     /// A LUN went away (deleted): what it held is nobody's.
     public func drop(lunID: UInt32) { state.withLock { forget(&$0, lunID: lunID) } }
 
-    /// Keeps each block of the range not yet kept since its LUN's last flush, as it is now.
-    private func keepOldContents(_ s: inout State, lun: LUNRef, offsetBytes: UInt64, count: UInt64) -> Int32 {
-        guard count > 0, offsetBytes < lun.sizeBytes else { return 0 }
+    /// Keeps each block of the range not yet kept since its LUN's last flush, as it is now. A range of more blocks than
+    /// the cache holds (a discard of a whole LUN) writes back everything held and keeps only its last blocks, as a
+    /// drive's cache would end up; a block that cannot be read is taken as written back, and the write goes ahead.
+    private func keepOldContents(_ s: inout State, lun: LUNRef, offsetBytes: UInt64, count: UInt64) {
+        guard count > 0, offsetBytes < lun.sizeBytes else { return }
         let end = min(lun.sizeBytes, offsetBytes + min(count, lun.sizeBytes))
         let bytes = UInt64(Self.blockBytes)
         var block = offsetBytes / bytes
-        while block * bytes < end {
+        let last = (end - 1) / bytes
+        if last - block + 1 >= UInt64(capacityBlocks) {
+            s.writtenBack += UInt64(s.slotOf.count)
+            forget(&s, lunID: nil)
+            block = last + 1 - UInt64(capacityBlocks)
+        }
+        while block <= last {
             let key = Self.key(lun.lunID, block)
             if s.slotOf[key] == nil {
                 if s.freeSlots.isEmpty { writeBackOldest(&s) }
                 let slot = s.freeSlots.removeLast()
                 let at = arena + slot * Self.blockBytes
                 let length = Int(min(bytes, lun.sizeBytes - block * bytes))
-                let rc = port.read(lun: lun, offsetBytes: block * bytes, count: length, into: at)
-                if rc != 0 {
+                if port.read(lun: lun, offsetBytes: block * bytes, count: length, into: at) == 0 {
+                    s.slotOf[key] = slot
+                    s.keyOf[slot] = key
+                    s.order.append(key)
+                    s.lunOfKey[lun.lunID] = lun
+                } else {
                     s.freeSlots.append(slot)
-                    return rc
+                    s.writtenBack += 1
                 }
-                s.slotOf[key] = slot
-                s.keyOf[slot] = key
-                s.order.append(key)
-                s.lunOfKey[lun.lunID] = lun
             }
             block += 1
         }
-        return 0
     }
 
     /// The oldest block kept is taken as written back to stable media: forgotten, as a full drive cache writes back.
@@ -184,7 +191,13 @@ public final class VolatileWriteCache: HostIOPort, @unchecked Sendable {
                 }
                 let offset = block * UInt64(Self.blockBytes)
                 let length = Int(min(UInt64(Self.blockBytes), lun.sizeBytes - offset))
-                let rc = port.write(lun: lun, offsetBytes: offset, count: length, from: arena + slot * Self.blockBytes)
+                let image = arena + slot * Self.blockBytes
+                // A block of zeroes goes back as a zeroed range: a thin LUN then frees it, rather than taking pool space.
+                let zeroes = (0..<length / 8).allSatisfy { image.load(fromByteOffset: $0 * 8, as: UInt64.self) == 0 }
+                let rc =
+                    zeroes && length % 8 == 0
+                    ? port.zero(lun: lun, offsetBytes: offset, count: UInt64(length))
+                    : port.write(lun: lun, offsetBytes: offset, count: length, from: image)
                 if rc != 0 && result.rc == 0 { result.rc = rc }
                 result.droppedBlocks += 1
                 result.luns[lun.lunID, default: 0] += 1

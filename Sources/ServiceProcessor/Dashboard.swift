@@ -22,6 +22,8 @@ struct DashboardFrame: Codable, Sendable {
     var luns: [String: Rates] = [:]
     var drives: [String: Rates] = [:]
     var directors: [String: DirectorRates] = [:]
+    /// The faults' seeds as text, by fault id: a seed may be above 2^53, past what a JavaScript number holds exactly.
+    var faultSeeds: [String: String] = [:]
 
     struct Rates: Codable, Sendable {
         var readsPerSecond: Double = 0
@@ -57,6 +59,7 @@ struct DashboardFrame: Codable, Sendable {
         let status = array.statusReport()
         let counts = array.latencyCounts()
         var frame = DashboardFrame(seconds: Date().timeIntervalSince1970, status: status)
+        for f in status.faults ?? [] { frame.faultSeeds[String(f.id)] = String(f.seed) }
         if let previous, now > previous.at {
             let span = now - previous.at
             func rates(_ a: LatencyCounts.LUN, _ b: LatencyCounts.LUN?) -> Rates {
@@ -132,9 +135,11 @@ enum DashboardRoutes {
     }
 
     /// The service processor and its array when the request carries the right token; otherwise the answer.
-    static func authorised(_ request: Request, _ box: ServiceBox) -> Result<(ServiceProcessor, any ManagedArray), Refusal> {
+    /// `inQuery`: the token may come in the query (the page's reads; an event stream cannot send headers). Requests that
+    /// change the array take it from the header only, which no other site's form or link can send.
+    static func authorised(_ request: Request, _ box: ServiceBox, inQuery: Bool = true) -> Result<(ServiceProcessor, any ManagedArray), Refusal> {
         guard let processor = box.value else { return .failure(Refusal(text(.serviceUnavailable, "the dashboard is starting"))) }
-        let given = request.headers[tokenHeader] ?? request.uri.queryParameters.get("token")
+        let given = request.headers[tokenHeader] ?? (inQuery ? request.uri.queryParameters.get("token") : nil)
         guard let given, !given.isEmpty else {
             return .failure(Refusal(text(.unauthorized, "this needs the dashboard's token: `vsa dashboard TARGET` prints the URL that carries it")))
         }
@@ -200,7 +205,7 @@ enum DashboardRoutes {
             }
         }
         router.post("api/request") { request, _ -> Response in
-            switch authorised(request, box) {
+            switch authorised(request, box, inQuery: false) {
             case .failure(let refusal): return refusal.response
             case .success(let (_, array)):
                 var request = request

@@ -149,8 +149,8 @@ enum DashboardPage {
           g.fillStyle = "#8a98a6"; g.font = "12px system-ui"; g.fillText(`${num(maxI)} IOPS · ${ms(maxL)} (top)`, 8, 14);
         }
 
-        function drawFaults(s) {
-          $("faults").tBodies[0].innerHTML = (s.faults || []).map((x) => `<tr data-fault="${x.id}"><td>${x.id}</td><td>${x.member != null ? "member " + x.member : "director " + esc(x.director)}</td><td>${esc(x.kind)}</td><td>${esc(x.state)}</td><td>${x.hits}</td><td>${x.seed}</td><td>${esc(x.detail)}</td><td><button data-words='["inject-clear","${x.id}"]'>clear</button></td></tr>`).join("");
+        function drawFaults(s, f) {
+          $("faults").tBodies[0].innerHTML = (s.faults || []).map((x) => `<tr data-fault="${x.id}"><td>${x.id}</td><td>${x.member != null ? "member " + x.member : "director " + esc(x.director)}</td><td>${esc(x.kind)}</td><td>${esc(x.state)}</td><td>${x.hits}</td><td>${esc(f.faultSeeds[String(x.id)] || x.seed)}</td><td>${esc(x.detail)}</td><td><button data-words='["inject-clear","${x.id}"]'>clear</button></td></tr>`).join("");
         }
 
         function drawPowerCut(s) {
@@ -166,7 +166,7 @@ enum DashboardPage {
           $("array-name").textContent = `${s.array.raidLevel} · ${s.array.memberCount} members, ${s.array.spareCount} spares · ${s.daemon ? s.daemon.mountpoint : s.array.directory}`;
           const st = $("array-state"); st.className = "badge s-" + s.array.state; st.textContent = s.array.state; st.dataset.state = s.array.state;
           $("capacity").textContent = `${size(s.array.capacityBytes)} capacity, ${size(s.array.freeBytes)} free`;
-          drawLUNs(s, f); drawEngines(s, f); drawMemory(s); drawServices(s, f); drawDrives(s, f); drawFaults(s); drawPowerCut(s);
+          drawLUNs(s, f); drawEngines(s, f); drawMemory(s); drawServices(s, f); drawDrives(s, f); drawFaults(s, f); drawPowerCut(s);
           $("notes").innerHTML = s.messages.slice(-12).reverse().map((m) => `<div>${esc(m)}</div>`).join("");
           $("conn").textContent = "live · " + new Date(f.seconds * 1000).toLocaleTimeString();
         }

@@ -46,9 +46,11 @@ public final class MetricsExporter: Sendable {
 
     /// Moves every metric to the array's state now.
     public func collect() {
-        let report = array.statusReport()
-        let counts = array.latencyCounts()
+        // One collection at a time, its readings taken inside it: a later reading is never applied before an earlier one
+        // (a counter would seem to go back, a histogram replay twice).
         state.withLock { state in
+            let report = array.statusReport()
+            let counts = array.latencyCounts()
             var c = Collection(registry: registry, state: state)
             c.record(report, counts)
             state = c.finish()
@@ -167,8 +169,9 @@ public final class MetricsExporter: Sendable {
                 counter("drive_io_errors_total", "I/O errors each drive returned (the first one fails it).", labels, d.errors)
                 counter("drive_timeouts_total", "Operations that outlived the drive deadline.", labels, d.timeouts)
                 counter(
-                    "drive_read_errors_repaired_total", "Read errors served from redundancy and rewritten, the drive kept (past 20, it is failed).", labels,
-                    d.readErrors)
+                    "drive_read_errors_total",
+                    "Read errors that did not fail the drive: served from redundancy and rewritten (past 20 in about an hour, it is failed).",
+                    labels, d.readErrors)
             }
             for (member, c) in counts.drives ?? [:] {
                 latency(

@@ -101,6 +101,9 @@ public final class ServiceProcessor: Sendable {
             logger.logLevel = .critical
             let app = Application(
                 router: router,
+                // Connections idle between requests for 30 s are closed (64 of them would otherwise shut everyone
+                // else out); an event stream is a request in progress, never idle.
+                server: .http1(configuration: .init(idleTimeout: .seconds(30))),
                 configuration: .init(
                     address: .hostname(plan.0.host, port: plan.0.port), serverName: "vsa",
                     availableConnectionsDelegate: MaximumAvailableConnections(64)),

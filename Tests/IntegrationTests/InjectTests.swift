@@ -134,7 +134,7 @@ final class InjectTests: FixtureTestCase {
         XCTAssertLessThanOrEqual(repaired["readErrors"] as? Int ?? 0, 20, "\(repaired)")
         XCTAssertEqual(try status()["array"].flatMap { ($0 as? [String: Any])?["state"] as? String }, "optimal")
         XCTAssertGreaterThan(try faults().first?["hits"] as? Int ?? 0, 0)
-        XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("read errors repaired"))
+        XCTAssertTrue(f.vsa("status '\(m)'").stdout.contains("(served from redundancy, drive kept)"))
         XCTAssertEqual(f.vsa("inject clear '\(m)'").status, 0)
         XCTAssertEqual(Harness.sh("cmp <(dd if=\(m)/l bs=1M iflag=direct status=none) \(r)/data").status, 0, "read back after the repair")
 

@@ -55,15 +55,18 @@ final class ServiceProcessorTests: FixtureTestCase {
         print("metrics: \(scraped.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
 
         // Requests without the token, with a wrong one, or for a verb the dashboard does not do change nothing.
-        let api = dashboard.replacingOccurrences(of: "/?token=", with: "/api/request?token=")
         let base = String(dashboard[..<dashboard.range(of: "/?token=")!.lowerBound])
+        let token = String(dashboard[dashboard.range(of: "/?token=")!.upperBound...])
+        let api = "-H 'X-VSA-Token: \(token)' '\(base)/api/request'"
         func code(_ curl: String) -> String { Harness.sh("curl -s -o /dev/null -w '%{http_code}' \(curl)").stdout }
         XCTAssertEqual(code("-X POST --data-binary $'drive-fail\\t0\\t0' '\(base)/api/request'"), "401")
         XCTAssertEqual(code("-X POST -H 'X-VSA-Token: 00' --data-binary $'drive-fail\\t0\\t0' '\(base)/api/request'"), "403")
         XCTAssertEqual(code("'\(base)/api/frame?token=nottheone'"), "403")
-        XCTAssertEqual(code("-X POST --data-binary $'lun-delete\\tl' '\(api)'"), "403")
-        XCTAssertEqual(code("-X POST --data-binary $'drive-fail\\t0' '\(api)'"), "400")
-        XCTAssertEqual(code("-X POST --data-binary $'drive-fail\\t7\\t0' '\(api)'"), "409")
+        // A request that changes the array takes its token from the header only: no other site's form can send it.
+        XCTAssertEqual(code("-X POST --data-binary $'drive-fail\\t0\\t0' '\(base)/api/request?token=\(token)'"), "401")
+        XCTAssertEqual(code("-X POST --data-binary $'lun-delete\\tl' \(api)"), "403")
+        XCTAssertEqual(code("-X POST --data-binary $'drive-fail\\t0' \(api)"), "400")
+        XCTAssertEqual(code("-X POST --data-binary $'drive-fail\\t7\\t0' \(api)"), "409")
         let drives = try f.json("status '\(f.mnt)' --json", as: [String: Any].self)["drives"] as? [[String: Any]] ?? []
         XCTAssertEqual(drives.filter { $0["state"] as? String == "online" }.count, 4, "a refused request changed a drive")
 

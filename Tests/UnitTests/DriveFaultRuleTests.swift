@@ -69,6 +69,15 @@ final class DriveFaultRuleTests: XCTestCase {
                 XCTAssertEqual(drive.state, .online, "\(kind): error \(n)")
                 XCTAssertEqual(drive.readErrors.load(ordering: .relaxed), n, kind)
             }
+            // The count that fails the drive halves every hour (the daemon's health thread), as md's does: then the next
+            // error is within the budget again.
+            drive.decayReadErrors()
+            XCTAssertEqual(drive.recentReadErrors.load(ordering: .relaxed), DriveIO.readErrorBudget / 2, kind)
+            io.readErrors = .count
+            io.queueRead(drive: 0, into: page.base, count: 4096, offsetBytes: 0)
+            XCTAssertEqual(io.submit(), 1, kind)
+            XCTAssertEqual(drive.state, .online, kind)
+            XCTAssertEqual(drive.readErrors.load(ordering: .relaxed), DriveIO.readErrorBudget + 1, kind)
             // The mode lasts one batch: outside a repairing batch, a read error fails the drive at once.
             io.queueRead(drive: 0, into: page.base, count: 4096, offsetBytes: 0)
             XCTAssertEqual(io.submit(), 1, kind)
