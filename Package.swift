@@ -35,10 +35,15 @@ let package = Package(
         .systemLibrary(
             name: "CISAL", path: "Sources/CISAL", pkgConfig: "libisal",
             providers: [.apt(["libisal-dev"])]),
+        .systemLibrary(
+            name: "CNBD", path: "Sources/CNBD", pkgConfig: "libnbd",
+            providers: [.apt(["libnbd-dev"])]),
         // Swift wrappers: the only code that calls C.
         .target(name: "SysPosix", path: "Sources/SysPosix"),
         .target(name: "SysURing", dependencies: ["CURing", "SysPosix"], path: "Sources/SysURing"),
         .target(name: "SysISAL", dependencies: ["CISAL"], path: "Sources/SysISAL"),
+        // The NBD client for remote drives (issue 15; docs/ROADMAP.md): not yet wired into Drives.
+        .target(name: "SysNBD", dependencies: ["CNBD", "SysPosix"], path: "Sources/SysNBD"),
         .target(name: "SysFuse", dependencies: ["CFuse3", "SysPosix"], path: "Sources/SysFuse", swiftSettings: hotPath),
         // The array, top to bottom.
         .target(name: "ArrayModel", path: "Sources/ArrayModel"),
@@ -98,7 +103,7 @@ let package = Package(
             name: "UnitTests",
             dependencies: [
                 "ArrayModel", "MemoryServices", "Metadata", "BackEnd", "Pool", "GlobalMemory",
-                "Directors", "Drives", "Buffers", "SysISAL", "Daemon", "Control", "ServiceProcessor",
+                "Directors", "Drives", "Buffers", "SysISAL", "SysNBD", "Daemon", "Control", "ServiceProcessor",
             ], path: "Tests/UnitTests"),
         .testTarget(name: "IntegrationTests", dependencies: ["CLI"], path: "Tests/IntegrationTests"),
     ]

@@ -1,0 +1,118 @@
+// SysNBD: a thin Swift face on libnbd, the NBD client library (remote drives, issue 15). One `NBDConnection` is one
+// connection to one export, owned by one thread at a time, like an `IORing`. Commands are asynchronous: a queue call
+// hands libnbd the command and returns its cookie; `wait` drives the connection (libnbd's own poll loop on its socket)
+// until every command given is done or a deadline passes; `result` says how each one ended. No callbacks, no thread,
+// and nothing allocated here per command (libnbd keeps its own small record of each command in flight).
+import CNBD
+import SysPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What libnbd said, in one line.
+public struct NBDError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    /// The errno libnbd reported (0: none).
+    public let errno: Int32
+    public var description: String { message }
+
+    /// libnbd's last error on this thread, with what was being done.
+    static func last(_ doing: String) -> NBDError {
+        let text = nbd_get_error().map { String(cString: $0) } ?? "unknown error"
+        return NBDError(message: "\(doing): \(text)", errno: nbd_get_errno())
+    }
+}
+
+public final class NBDConnection {
+    private let handle: OpaquePointer
+    public let uri: String
+    public let sizeBytes: UInt64
+    /// The server takes writes that are durable when they complete (FUA), flushes, and several connections to the
+    /// same export that see each other's writes (multi-conn).
+    public let canFUA: Bool
+    public let canFlush: Bool
+    public let canMultiConn: Bool
+    public let readOnly: Bool
+
+    /// Connects (blocking) to `uri`: `nbd://HOST[:PORT]/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`. Only those two
+    /// schemes are taken (no TLS, no URI that names a local file to run): a drive's URI is input.
+    public init(uri: String) throws(NBDError) {
+        guard uri.hasPrefix("nbd://") || uri.hasPrefix("nbd+unix://") else {
+            throw NBDError(message: "\(uri.prefix(200)) is not an NBD URI (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)", errno: EINVAL)
+        }
+        guard let h = nbd_create() else { throw NBDError.last("nbd_create") }
+        handle = h
+        self.uri = uri
+        func fail(_ doing: String) -> NBDError {
+            let error = NBDError.last(doing)
+            nbd_close(h)
+            return error
+        }
+        guard nbd_set_uri_allow_local_file(h, false) == 0, nbd_set_uri_allow_tls(h, LIBNBD_TLS_DISABLE) == 0 else {
+            throw fail("setting up the connection")
+        }
+        guard nbd_connect_uri(h, uri) == 0 else { throw fail("cannot connect to \(uri.prefix(200))") }
+        let size = nbd_get_size(h)
+        guard size >= 0 else { throw fail("cannot read the size of \(uri.prefix(200))") }
+        sizeBytes = UInt64(size)
+        canFUA = nbd_can_fua(h) == 1
+        canFlush = nbd_can_flush(h) == 1
+        canMultiConn = nbd_can_multi_conn(h) == 1
+        readOnly = nbd_is_read_only(h) == 1
+    }
+
+    deinit { nbd_close(handle) }
+
+    /// Queues a read of `count` bytes at `offsetBytes` into `pointer` (which must stay valid until it completes).
+    public func queueRead(into pointer: UnsafeMutableRawPointer, count: Int, offsetBytes: UInt64) throws(NBDError) -> Int64 {
+        let cookie = vsa_nbd_aio_pread(handle, pointer, count, offsetBytes)
+        guard cookie >= 0 else { throw NBDError.last("read of \(count) bytes at \(offsetBytes)") }
+        return cookie
+    }
+
+    /// Queues a write; `durable`: complete only once it is on stable storage (FUA; a flush after it where the server has
+    /// no FUA is the caller's to queue).
+    public func queueWrite(from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64, durable: Bool) throws(NBDError) -> Int64 {
+        let cookie = vsa_nbd_aio_pwrite(handle, pointer, count, offsetBytes, durable && canFUA ? vsa_nbd_flag_fua() : 0)
+        guard cookie >= 0 else { throw NBDError.last("write of \(count) bytes at \(offsetBytes)") }
+        return cookie
+    }
+
+    public func queueFlush() throws(NBDError) -> Int64 {
+        let cookie = vsa_nbd_aio_flush(handle)
+        guard cookie >= 0 else { throw NBDError.last("flush") }
+        return cookie
+    }
+
+    /// Commands still waiting for the server's answer.
+    public var inFlight: Int { Int(max(0, nbd_aio_in_flight(handle))) }
+
+    /// Drives the connection until no command waits for the server, or `deadlineSeconds` (monotonic; 0: none)
+    /// passes. Returns false when the deadline passed or the connection died first; `result` then says how each
+    /// command ended (ETIMEDOUT: not yet).
+    public func waitAll(deadlineSeconds: Double) -> Bool {
+        while nbd_aio_in_flight(handle) > 0 {
+            var timeout: Int32 = -1
+            if deadlineSeconds > 0 {
+                let left = deadlineSeconds - Posix.monotonicSeconds()
+                if left <= 0 { return false }
+                timeout = Int32(min(1000, max(1, left * 1000)))
+            }
+            if nbd_poll(handle, timeout) < 0 { return false }
+        }
+        return true
+    }
+
+    /// How command `cookie` ended: 0, or an errno (ENOTCONN when the connection died, ETIMEDOUT when it is not done).
+    /// Retires the command.
+    public func result(_ cookie: Int64) -> Int32 {
+        switch nbd_aio_command_completed(handle, UInt64(cookie)) {
+        case 1: return 0
+        case 0: return ETIMEDOUT
+        default:
+            let e = nbd_get_errno()
+            return e == 0 ? EIO : e
+        }
+    }
+}
