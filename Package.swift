@@ -42,14 +42,15 @@ let package = Package(
         .target(name: "SysPosix", path: "Sources/SysPosix"),
         .target(name: "SysURing", dependencies: ["CURing", "SysPosix"], path: "Sources/SysURing"),
         .target(name: "SysISAL", dependencies: ["CISAL"], path: "Sources/SysISAL"),
-        // The NBD client for remote drives (issue 15; docs/ROADMAP.md): not yet wired into Drives.
+        // The NBD client for remote drives (issue 15; docs/ROADMAP.md).
         .target(name: "SysNBD", dependencies: ["CNBD", "SysPosix"], path: "Sources/SysNBD"),
         .target(name: "SysFuse", dependencies: ["CFuse3", "SysPosix"], path: "Sources/SysFuse", swiftSettings: hotPath),
         // The array, top to bottom.
         .target(name: "ArrayModel", path: "Sources/ArrayModel"),
         .target(name: "Buffers", dependencies: ["SysPosix"], path: "Sources/Buffers"),
         .target(name: "MemoryServices", dependencies: ["SysISAL", "Buffers"], path: "Sources/MemoryServices", swiftSettings: hotPath),
-        .target(name: "Drives", dependencies: ["SysURing", "SysPosix", "ArrayModel", "Buffers"], path: "Sources/Drives", swiftSettings: hotPath),
+        .target(
+            name: "Drives", dependencies: ["SysURing", "SysNBD", "SysPosix", "ArrayModel", "Buffers"], path: "Sources/Drives", swiftSettings: hotPath),
         .target(name: "Metadata", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers", "SysPosix"], path: "Sources/Metadata"),
         .target(name: "BackEnd", dependencies: ["ArrayModel", "Drives", "MemoryServices", "Buffers"], path: "Sources/BackEnd", swiftSettings: hotPath),
         // The pool between LUN space and the RAID back end: thin LUNs, redirect-on-write, snapshots (docs/POOL.md).

@@ -16,4 +16,8 @@ static inline int64_t vsa_nbd_aio_flush(struct nbd_handle *h) {
     return nbd_aio_flush(h, NBD_NULL_COMPLETION, 0);
 }
 
+static inline int64_t vsa_nbd_aio_zero(struct nbd_handle *h, uint64_t count, uint64_t offset) {
+    return nbd_aio_zero(h, count, offset, NBD_NULL_COMPLETION, 0);
+}
+
 static inline const uint32_t vsa_nbd_flag_fua(void) { return LIBNBD_CMD_FLAG_FUA; }

@@ -13,6 +13,7 @@
 // is a placeholder drive, failed from the start.
 import ArrayModel
 import Synchronization
+import SysNBD
 import SysPosix
 import SysURing
 
@@ -76,7 +77,7 @@ public final class Drive: Sendable {
     /// Stripes [0, rebuiltStripes) of a rebuilding drive hold their data; above it the drive is write-only.
     public let rebuiltStripes = Atomic<UInt64>(0)
     /// No file behind it: a member missing at assembly.
-    public var isMissing: Bool { fd < 0 }
+    public var isMissing: Bool { fd < 0 && remoteURI == nil }
 
     /// Moves to `next` if that edge is legal from the current state; returns whether it did. Another thread may fail
     /// the drive at any moment (an I/O error), so the check and the move are one compare-exchange: a failure is never
@@ -109,9 +110,29 @@ public final class Drive: Sendable {
     @inline(__always)
     public var isWritable: Bool { state != .failed }
 
+    /// A drive on another machine, served over NBD (issue 15): its URI. Each `DriveIO` that uses it opens its own
+    /// connection (SysNBD), as each has its own ring; `fd` is -1.
+    public let remoteURI: String?
+
+    /// Connects once to a drive served over NBD, to learn its size and that it answers (`DriveIO` connects again for
+    /// its own I/O). A URI is input: only nbd:// and nbd+unix:// are taken.
+    public init(uri: String, readOnly: Bool = false) throws(NBDError) {
+        let connection = try NBDConnection(uri: uri)
+        guard readOnly || !connection.readOnly else { throw NBDError(message: "\(uri) is served read-only; a drive must take writes", errno: EROFS) }
+        self.path = uri
+        self.remoteURI = uri
+        self.fd = -1
+        self.sizeBytes = connection.sizeBytes
+        self.isBlockDevice = false
+        // Never the page-cache path: its I/O goes over the connection, under the drive deadline.
+        self.usesDirectIO = true
+        self.memoryBackedFile = false
+    }
+
     /// A member that is missing from the array folder: failed, never opened.
     public init(missingPath path: String) {
         self.path = path
+        self.remoteURI = nil
         self.fd = -1
         self.sizeBytes = 0
         self.isBlockDevice = false
@@ -125,6 +146,7 @@ public final class Drive: Sendable {
     /// aligned read).
     public init(path: String, readOnly: Bool = false, directIO: Bool = true) throws(SysError) {
         self.path = path
+        self.remoteURI = nil
         let access = readOnly ? O_RDONLY : O_RDWR
         var direct = directIO
         var fd: Int32

@@ -4,6 +4,7 @@
 // state). The operation table is preallocated: queuing allocates nothing.
 import ArrayModel
 import Foundation
+import SysNBD
 import SysPosix
 import SysURing
 
@@ -46,6 +47,8 @@ public final class DriveIO {
     public init(drives: [Drive], capacity: Int = 256) throws(SysError) {
         self.drives = drives
         self.capacity = capacity
+        self.connections = Array(repeating: nil, count: drives.count)
+        self.remoteCommands.reserveCapacity(capacity * 4)
         self.ring = try IORing(entries: UInt32(min(capacity, 4096)).nextPowerOfTwo)
         self.operations = Array(repeating: Operation(), count: capacity)
         self.driveDelayMicros = Array(repeating: 0, count: drives.count)
@@ -56,11 +59,24 @@ public final class DriveIO {
     public func replace(index: Int, with drive: Drive) {
         precondition(operationCount == 0, "DriveIO: drive replaced in the middle of a batch")
         drives[index] = drive
+        connections[index] = nil
     }
     /// Drives whose zero-range (hole punch) was refused in the last batch: the caller writes zeroes instead.
     public private(set) var zeroUnsupportedDrives: UInt64 = 0
     /// Drives whose synchronous page-cache I/O failed since the last submit.
     private var pageCacheFailures: UInt64 = 0
+    /// Remote drives (NBD, issue 15): this DriveIO's own connection to each, made at its first operation and again
+    /// after one failed; the commands of this batch on them (preallocated room: queuing allocates nothing); the drives
+    /// whose durable writes need a flush after them (a server without FUA).
+    private var connections: [NBDConnection?]
+    private struct RemoteCommand {
+        var connection: NBDConnection
+        var cookie: Int64
+        var driveIndex: Int32
+        var isRead: Bool
+    }
+    private var remoteCommands: [RemoteCommand] = []
+    private var flushAfter: UInt64 = 0
     /// What a failed read does to its drive in the next batch (one batch: `submit` puts it back to `.failDrive`).
     /// The back end's data reads ask for `.count` when the data can come from redundancy and go back to the drive,
     /// as md does with a read error: a bad sector is rewritten, and the drive is failed only when it keeps failing
@@ -137,6 +153,10 @@ public final class DriveIO {
                 return
             }
         }
+        if let uri = drive.remoteURI {
+            issueRemote(tag, uri: uri)
+            return
+        }
         if (op.kind <= 1 || op.kind >= 4) && drive.copiesSynchronously {
             copyThroughPageCache(tag)
             return
@@ -168,6 +188,81 @@ public final class DriveIO {
                 tag: tag)
         default: ring.queuePunchHole(fd: drive.fd, offsetBytes: op.offsetBytes, count: UInt64(op.count), tag: tag)
         }
+    }
+
+    /// An operation on a remote drive: one NBD command (a scatter read or gather write: one per buffer), sent at once
+    /// on this DriveIO's connection to it; `reapRemote` waits for them in `submit`. A connection that cannot be made
+    /// or taken fails the operation as a failed syscall would.
+    private func issueRemote(_ tag: UInt64, uri: String) {
+        let op = operations[Int(tag)]
+        let d = Int(op.driveIndex)
+        let bit: UInt64 = 1 << UInt64(d)
+        let isRead = op.kind == 0 || op.kind == 5
+        do throws(NBDError) {
+            if connections[d] == nil { connections[d] = try NBDConnection(uri: uri) }
+            let c = connections[d]!
+            func add(_ cookie: Int64) { remoteCommands.append(RemoteCommand(connection: c, cookie: cookie, driveIndex: op.driveIndex, isRead: isRead)) }
+            switch op.kind {
+            case 0: add(try c.queueRead(into: op.pointer!, count: op.count, offsetBytes: op.offsetBytes))
+            case 1, 4:
+                add(try c.queueWrite(from: op.pointer!, count: op.count, offsetBytes: op.offsetBytes, durable: op.kind == 4))
+                if op.kind == 4 && !c.canFUA { flushAfter |= bit }
+            case 2: if c.canFlush { add(try c.queueFlush()) }
+            case 3: add(try c.queueZero(count: UInt64(op.count), offsetBytes: op.offsetBytes))
+            default:
+                var at = op.offsetBytes
+                for v in 0..<op.vectorCount {
+                    let vector = op.vectors![v]
+                    if op.kind == 5 {
+                        add(try c.queueRead(into: vector.iov_base!, count: vector.iov_len, offsetBytes: at))
+                    } else {
+                        add(try c.queueWrite(from: vector.iov_base!, count: vector.iov_len, offsetBytes: at, durable: false))
+                    }
+                    at += UInt64(vector.iov_len)
+                }
+            }
+            operations[Int(tag)].done = op.count
+        } catch {
+            if isRead { failedReads |= bit } else { pageCacheFailures |= bit }
+            connections[d] = nil
+        }
+    }
+
+    /// Waits for this batch's commands on remote drives, under the drive deadline; a drive whose commands failed, or
+    /// did not finish in time (counted as a timeout), is failed as for a local drive (failed reads: as `readErrors`
+    /// says), and its connection dropped (the next operation connects again). Returns the drives to fail.
+    private func reapRemote() -> UInt64 {
+        var failed: UInt64 = 0
+        let deadline = DriveIO.deadlineSeconds > 0 ? Posix.monotonicSeconds() + DriveIO.deadlineSeconds : 0
+        var waited: UInt64 = 0
+        for command in remoteCommands {
+            let bit: UInt64 = 1 << UInt64(command.driveIndex)
+            if waited & bit != 0 { continue }
+            waited |= bit
+            if !command.connection.waitAll(deadlineSeconds: deadline) && deadline > 0 && Posix.monotonicSeconds() >= deadline {
+                drives[Int(command.driveIndex)].timeouts.add(1, ordering: .relaxed)
+                failed |= bit
+            }
+        }
+        var broken: UInt64 = failed
+        for command in remoteCommands where command.connection.result(command.cookie) != 0 {
+            let bit: UInt64 = 1 << UInt64(command.driveIndex)
+            broken |= bit
+            if command.isRead { failedReads |= bit } else { failed |= bit }
+        }
+        remoteCommands.removeAll(keepingCapacity: true)
+        // Durable writes to a server without FUA: a flush of each such drive, once its writes are done.
+        let flushes = flushAfter & ~broken
+        flushAfter = 0
+        for d in connections.indices where flushes & (1 << UInt64(d)) != 0 {
+            guard let c = connections[d], let cookie = try? c.queueFlush(), c.waitAll(deadlineSeconds: deadline), c.result(cookie) == 0 else {
+                failed |= 1 << UInt64(d)
+                broken |= 1 << UInt64(d)
+                continue
+            }
+        }
+        for d in connections.indices where broken & (1 << UInt64(d)) != 0 { connections[d] = nil }
+        return failed
     }
 
     /// Drives in memory (tmpfs; `Drive.copiesSynchronously`): io_uring cannot complete buffered I/O on them inline
@@ -427,6 +522,7 @@ public final class DriveIO {
             if !again { break }
         }
         operationCount = 0
+        if !remoteCommands.isEmpty || flushAfter != 0 { failedDrives |= reapRemote() }
         failedDrives |= sleepInjectedLatency()
         recordBatchLatency()
         failedDrives |= pageCacheFailures

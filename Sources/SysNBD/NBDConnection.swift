@@ -16,6 +16,10 @@ public struct NBDError: Error, CustomStringConvertible, Sendable {
     /// The errno libnbd reported (0: none).
     public let errno: Int32
     public var description: String { message }
+    public init(message: String, errno: Int32) {
+        self.message = message
+        self.errno = errno
+    }
 
     /// libnbd's last error on this thread, with what was being done.
     static func last(_ doing: String) -> NBDError {
@@ -76,6 +80,13 @@ public final class NBDConnection {
     public func queueWrite(from pointer: UnsafeRawPointer, count: Int, offsetBytes: UInt64, durable: Bool) throws(NBDError) -> Int64 {
         let cookie = vsa_nbd_aio_pwrite(handle, pointer, count, offsetBytes, durable && canFUA ? vsa_nbd_flag_fua() : 0)
         guard cookie >= 0 else { throw NBDError.last("write of \(count) bytes at \(offsetBytes)") }
+        return cookie
+    }
+
+    /// Queues a write of zeroes (the server may punch a hole), as a hole punched in a file drive.
+    public func queueZero(count: UInt64, offsetBytes: UInt64) throws(NBDError) -> Int64 {
+        let cookie = vsa_nbd_aio_zero(handle, count, offsetBytes)
+        guard cookie >= 0 else { throw NBDError.last("zero of \(count) bytes at \(offsetBytes)") }
         return cookie
     }
 

@@ -7,32 +7,48 @@ import SysNBD
 import SysPosix
 import XCTest
 
-final class NBDClientTests: XCTestCase {
-    private var server: Process?
-    private var folder = ""
+/// nbdkit's memory plugin on a Unix socket in a fresh folder, for as long as the test holds it.
+final class NBDKitServer {
+    let folder: String
+    let uri: String
+    private let process = Process()
 
-    /// nbdkit serving `size` of memory on a socket in a fresh folder; its URI.
-    private func startServer(size: String = "64M", filters: [String] = [], parameters: [String] = []) throws -> String {
+    init(size: String = "64M", filters: [String] = [], parameters: [String] = []) throws {
         folder = NSTemporaryDirectory() + "vsa-nbd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let socket = folder + "/nbd.sock"
-        let process = Process()
+        uri = "nbd+unix:///?socket=\(socket)"
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["nbdkit", "--foreground", "--exit-with-parent", "--unix", socket] + filters + ["memory", size] + parameters
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        server = process
         for _ in 0..<500 where !FileManager.default.fileExists(atPath: socket) { usleep(10_000) }
         XCTAssertTrue(FileManager.default.fileExists(atPath: socket), "nbdkit did not start")
-        return "nbd+unix:///?socket=\(socket)"
     }
 
-    override func tearDown() {
-        server?.terminate()
-        server?.waitUntilExit()
-        if !folder.isEmpty { try? FileManager.default.removeItem(atPath: folder) }
+    func stop() {
+        guard process.isRunning else { return }
+        process.terminate()
+        process.waitUntilExit()
     }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+}
+
+final class NBDClientTests: XCTestCase {
+    private var server: NBDKitServer?
+    private var folder: String { server?.folder ?? "/nonexistent" }
+
+    private func startServer(size: String = "64M", filters: [String] = [], parameters: [String] = []) throws -> String {
+        server = try NBDKitServer(size: size, filters: filters, parameters: parameters)
+        return server!.uri
+    }
+
+    override func tearDown() { server = nil }
 
     func testBatchesOfReadsWritesAndFlushesCompleteAndReadBack() throws {
         let connection = try NBDConnection(uri: try startServer())
@@ -97,8 +113,7 @@ final class NBDClientTests: XCTestCase {
         for i in 0..<16 { cookies.append(try connection.queueWrite(from: page, count: 1 << 20, offsetBytes: UInt64(i) << 20, durable: true)) }
         XCTAssertFalse(connection.waitAll(deadlineSeconds: Posix.monotonicSeconds() + 0.3), "done before the delay")
         let began = Date()
-        server?.terminate()
-        server?.waitUntilExit()
+        server?.stop()
         _ = connection.waitAll(deadlineSeconds: Posix.monotonicSeconds() + 5)
         XCTAssertLessThan(Date().timeIntervalSince(began), 6)
         for c in cookies { XCTAssertNotEqual(connection.result(c), 0, "a write to a dead server succeeded") }

@@ -1,0 +1,121 @@
+// A drive served over NBD is a Drive like any other (issue 15, step 2): one DriveIO batch reads, writes (durable
+// ones with FUA), gathers, scatters, zeroes and flushes a remote drive and a local one side by side, through the
+// same submit; a remote drive that stops answering is failed within the drive deadline, with the timeout counted; its
+// read errors follow the batch's read-error mode (kept within the budget when the back end repairs them); a URI that
+// is not NBD's is refused in one line.
+import Buffers
+import Drives
+import Foundation
+import SysPosix
+import XCTest
+
+final class RemoteDriveTests: XCTestCase {
+    private var servers: [NBDKitServer] = []
+    private var folder = ""
+
+    override func setUp() {
+        folder = NSTemporaryDirectory() + "vsa-remote-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() {
+        servers = []
+        DriveIO.deadlineSeconds = 30
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+
+    private func remote(_ filters: [String] = [], _ parameters: [String] = []) throws -> Drive {
+        let server = try NBDKitServer(size: "16M", filters: filters, parameters: parameters)
+        servers.append(server)
+        return try Drive(uri: server.uri)
+    }
+
+    private func local() throws -> Drive {
+        let path = folder + "/local-\(servers.count)"
+        try Drive.createFile(path: path, sizeBytes: 16 << 20)
+        return try Drive(path: path)
+    }
+
+    func testARemoteDriveAndALocalOneInOneBatch() throws {
+        let drives = [try local(), try remote()]
+        XCTAssertEqual(drives[1].sizeBytes, 16 << 20)
+        XCTAssertNotNil(drives[1].remoteURI)
+        XCTAssertFalse(drives[1].isMissing)
+        let io = try DriveIO(drives: drives)
+        let data = alignedBuffer(bytes: 8 * 4096)
+        for i in 0..<(8 * 4096) { data.base.storeBytes(of: UInt8(truncatingIfNeeded: i &* 7 &+ i >> 12), toByteOffset: i, as: UInt8.self) }
+        var gather = [iovec](repeating: iovec(), count: 4)
+        for d in 0..<2 {
+            io.queueWrite(drive: d, from: data.base, count: 4096, offsetBytes: 0)
+            io.queueDurableWrite(drive: d, from: data.base + 4096, count: 4096, offsetBytes: 1 << 20)
+            io.queueZeroRange(drive: d, offsetBytes: 2 << 20, count: 8192)
+        }
+        XCTAssertEqual(io.submit(), 0)
+        for k in 0..<4 { gather[k] = iovec(iov_base: data.base + (k + 2) * 4096, iov_len: 4096) }
+        gather.withUnsafeMutableBufferPointer { vectors in
+            for d in 0..<2 { io.queueWriteVector(drive: d, vectors: vectors.baseAddress!, vectorCount: 4, count: 4 * 4096, offsetBytes: 4 << 20) }
+            XCTAssertEqual(io.submit(), 0)
+        }
+        for d in 0..<2 { io.queueFlush(drive: d) }
+        XCTAssertEqual(io.submit(), 0)
+        // Read back on both: plain reads and a scatter read; the zeroed range reads as zeroes.
+        let back = alignedBuffer(bytes: 16 * 4096)
+        memset(back.base, 0xEE, 16 * 4096)
+        var scatter = [iovec](repeating: iovec(), count: 8)
+        scatter.withUnsafeMutableBufferPointer { vectors in
+            for d in 0..<2 {
+                let at = back.base + d * 8 * 4096
+                io.queueRead(drive: d, into: at, count: 4096, offsetBytes: 0)
+                io.queueRead(drive: d, into: at + 4096, count: 4096, offsetBytes: 1 << 20)
+                io.queueRead(drive: d, into: at + 6 * 4096, count: 8192, offsetBytes: 2 << 20)
+                for k in 0..<4 { vectors[d * 4 + k] = iovec(iov_base: at + (k + 2) * 4096, iov_len: 4096) }
+                io.queueReadVector(drive: d, vectors: vectors.baseAddress! + d * 4, vectorCount: 4, count: 4 * 4096, offsetBytes: 4 << 20)
+            }
+            XCTAssertEqual(io.submit(), 0)
+        }
+        for d in 0..<2 {
+            let at = back.base + d * 8 * 4096
+            XCTAssertEqual(memcmp(at, data.base, 6 * 4096), 0, "drive \(d)")
+            XCTAssertTrue((0..<8192).allSatisfy { at.load(fromByteOffset: 6 * 4096 + $0, as: UInt8.self) == 0 }, "drive \(d): zeroed range")
+        }
+        XCTAssertEqual(drives[1].state, .online)
+    }
+
+    func testARemoteDriveThatStopsAnsweringIsFailedWithinTheDeadline() throws {
+        // Reads take the server 30 s (nbdkit's delay filter): the 1 s deadline comes first.
+        let drive = try remote(["--filter=delay"], ["delay-read=30"])
+        DriveIO.deadlineSeconds = 1
+        let io = try DriveIO(drives: [drive])
+        let page = alignedBuffer(bytes: 1 * 4096)
+        let began = Date()
+        io.queueRead(drive: 0, into: page.base, count: 4096, offsetBytes: 0)
+        XCTAssertEqual(io.submit(), 1)
+        XCTAssertLessThan(Date().timeIntervalSince(began), 5)
+        XCTAssertEqual(drive.state, .failed)
+        XCTAssertEqual(drive.timeouts.load(ordering: .relaxed), 1)
+    }
+
+    func testRemoteReadErrorsFollowTheBatchsMode() throws {
+        let drive = try remote(["--filter=error"], ["error=EIO", "error-pread-rate=1"])
+        let io = try DriveIO(drives: [drive])
+        let page = alignedBuffer(bytes: 1 * 4096)
+        io.readErrors = .count
+        io.queueRead(drive: 0, into: page.base, count: 4096, offsetBytes: 0)
+        XCTAssertEqual(io.submit(), 1)
+        XCTAssertEqual(io.lastReadErrors, 1)
+        XCTAssertEqual(drive.state, .online, "a repairing read keeps its drive")
+        XCTAssertEqual(drive.readErrors.load(ordering: .relaxed), 1)
+        // The next batch connects again, and writes still work.
+        io.queueWrite(drive: 0, from: page.base, count: 4096, offsetBytes: 0)
+        XCTAssertEqual(io.submit(), 0)
+        io.queueRead(drive: 0, into: page.base, count: 4096, offsetBytes: 0)
+        XCTAssertEqual(io.submit(), 1)
+        XCTAssertEqual(drive.state, .failed, "outside a repairing batch a read error fails the drive")
+    }
+
+    func testAURIThatIsNotNBDsIsOneLine() {
+        for uri in ["nbds://host/x", "nbd+vsock:///x", "/dev/sda", "nbd+unix:///x?socket=/nonexistent"] {
+            XCTAssertThrowsError(try Drive(uri: uri), uri)
+        }
+    }
+}
