@@ -191,6 +191,9 @@ extension ArrayDaemon {
             let block = DriveFaults.nextRandom(&random) % areaBlocks
             guard chosen.insert(block).inserted else { continue }
             let offset = geometry.dataOffsetBytes + block * 4096
+            guard drive.remoteURI == nil else {
+                throw VSAError("rot flips bits in a drive file or device; member \(member) is served over NBD (\(drive.path)): inject errors there instead")
+            }
             do throws(SysError) {
                 guard try Posix.pread(drive.fd, buffer.base, count: 4096, offset: offset) == 4096 else { continue }
                 let words = buffer.base.assumingMemoryBound(to: UInt64.self)

@@ -401,7 +401,8 @@ extension ArrayDaemon {
                 while true {
                     usleep(500_000)
                     let target = controlLock.withLock { _ in (store.drives[i], store.drivePaths[i], store.superblock.driveBytesRequired) }
-                    guard target.0.state != .failed, !target.0.isMissing else { continue }
+                    // A remote drive has no path to look at: its connection's failures and the drive deadline fail it.
+                    guard target.0.state != .failed, !target.0.isMissing, target.0.remoteURI == nil else { continue }
                     probe.run(drive: target.0, path: target.1, requiredBytes: target.2)
                 }
             }

@@ -208,7 +208,13 @@ public final class DriveIO {
                 add(try c.queueWrite(from: op.pointer!, count: op.count, offsetBytes: op.offsetBytes, durable: op.kind == 4))
                 if op.kind == 4 && !c.canFUA { flushAfter |= bit }
             case 2: if c.canFlush { add(try c.queueFlush()) }
-            case 3: add(try c.queueZero(count: UInt64(op.count), offsetBytes: op.offsetBytes))
+            case 3:
+                // A server that cannot write zeroes is a file system that cannot punch holes: the caller writes them.
+                guard c.canZero else {
+                    zeroUnsupportedDrives |= bit
+                    return
+                }
+                add(try c.queueZero(count: UInt64(op.count), offsetBytes: op.offsetBytes))
             default:
                 var at = op.offsetBytes
                 for v in 0..<op.vectorCount {

@@ -36,6 +36,8 @@ public final class NBDConnection {
     /// same export that see each other's writes (multi-conn).
     public let canFUA: Bool
     public let canFlush: Bool
+    /// The server writes zeroes without data sent (NBD_CMD_WRITE_ZEROES).
+    public let canZero: Bool
     public let canMultiConn: Bool
     public let readOnly: Bool
 
@@ -62,6 +64,7 @@ public final class NBDConnection {
         sizeBytes = UInt64(size)
         canFUA = nbd_can_fua(h) == 1
         canFlush = nbd_can_flush(h) == 1
+        canZero = nbd_can_zero(h) == 1
         canMultiConn = nbd_can_multi_conn(h) == 1
         readOnly = nbd_is_read_only(h) == 1
     }

@@ -113,6 +113,15 @@ final class RemoteDriveTests: XCTestCase {
         XCTAssertEqual(drive.state, .failed, "outside a repairing batch a read error fails the drive")
     }
 
+    func testAServerThatCannotWriteZeroesIsAskedForZeroesWritten() throws {
+        let drive = try remote(["--filter=nozero"], ["zeromode=none"])
+        let io = try DriveIO(drives: [drive])
+        io.queueZeroRange(drive: 0, offsetBytes: 0, count: 8192)
+        XCTAssertEqual(io.submit(), 0)
+        XCTAssertEqual(io.zeroUnsupportedDrives, 1, "as a file system that cannot punch holes: the caller writes zeroes")
+        XCTAssertEqual(drive.state, .online)
+    }
+
     func testAURIThatIsNotNBDsIsOneLine() {
         for uri in ["nbds://host/x", "nbd+vsock:///x", "/dev/sda", "nbd+unix:///x?socket=/nonexistent"] {
             XCTAssertThrowsError(try Drive(uri: uri), uri)
