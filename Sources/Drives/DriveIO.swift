@@ -199,7 +199,14 @@ public final class DriveIO {
         let bit: UInt64 = 1 << UInt64(d)
         let isRead = op.kind == 0 || op.kind == 5
         do throws(NBDError) {
-            if connections[d] == nil { connections[d] = try NBDConnection(uri: uri) }
+            if connections[d] == nil {
+                // Connecting is bounded by the drive deadline too: the director's thread waits no longer for it.
+                let deadline = DriveIO.deadlineSeconds > 0 ? Posix.monotonicSeconds() + DriveIO.deadlineSeconds : 0
+                do { connections[d] = try NBDConnection(uri: uri, deadlineSeconds: deadline) } catch {
+                    if error.errno == ETIMEDOUT { drives[d].timeouts.add(1, ordering: .relaxed) }
+                    throw error
+                }
+            }
             let c = connections[d]!
             func add(_ cookie: Int64) { remoteCommands.append(RemoteCommand(connection: c, cookie: cookie, driveIndex: op.driveIndex, isRead: isRead)) }
             switch op.kind {

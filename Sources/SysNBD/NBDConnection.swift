@@ -41,9 +41,11 @@ public final class NBDConnection {
     public let canMultiConn: Bool
     public let readOnly: Bool
 
-    /// Connects (blocking) to `uri`: `nbd://HOST[:PORT]/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`. Only those two
-    /// schemes are taken (no TLS, no URI that names a local file to run): a drive's URI is input.
-    public init(uri: String) throws(NBDError) {
+    /// Connects to `uri`: `nbd://HOST[:PORT]/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`. Only those two schemes
+    /// are taken (no TLS, no URI that names a local file to run): a drive's URI is input. The connection and the
+    /// server's handshake are driven here until `deadlineSeconds` (monotonic; 0: none): a host that does not answer,
+    /// or a server that never greets, cannot hold the caller past it.
+    public init(uri: String, deadlineSeconds: Double = 0) throws(NBDError) {
         guard uri.hasPrefix("nbd://") || uri.hasPrefix("nbd+unix://") else {
             throw NBDError(message: "\(uri.prefix(200)) is not an NBD URI (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)", errno: EINVAL)
         }
@@ -58,7 +60,20 @@ public final class NBDConnection {
         guard nbd_set_uri_allow_local_file(h, false) == 0, nbd_set_uri_allow_tls(h, LIBNBD_TLS_DISABLE) == 0 else {
             throw fail("setting up the connection")
         }
-        guard nbd_connect_uri(h, uri) == 0 else { throw fail("cannot connect to \(uri.prefix(200))") }
+        guard nbd_aio_connect_uri(h, uri) == 0 else { throw fail("cannot connect to \(uri.prefix(200))") }
+        while nbd_aio_is_connecting(h) == 1 {
+            var timeout: Int32 = 1000
+            if deadlineSeconds > 0 {
+                let left = deadlineSeconds - Posix.monotonicSeconds()
+                guard left > 0 else {
+                    nbd_close(h)
+                    throw NBDError(message: "cannot connect to \(uri.prefix(200)): no answer within the deadline", errno: ETIMEDOUT)
+                }
+                timeout = Int32(min(1000, max(1, left * 1000)))
+            }
+            guard nbd_poll(h, timeout) >= 0 else { throw fail("cannot connect to \(uri.prefix(200))") }
+        }
+        guard nbd_aio_is_ready(h) == 1 else { throw fail("cannot connect to \(uri.prefix(200))") }
         let size = nbd_get_size(h)
         guard size >= 0 else { throw fail("cannot read the size of \(uri.prefix(200))") }
         sizeBytes = UInt64(size)

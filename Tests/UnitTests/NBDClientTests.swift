@@ -104,6 +104,30 @@ final class NBDClientTests: XCTestCase {
         }
     }
 
+    func testAServerThatNeverGreetsCannotHoldAConnectPastItsDeadline() throws {
+        // A socket that is listened on and never accepted: the connection is made, the NBD handshake never comes.
+        let folder = NSTemporaryDirectory() + "vsa-nbd-silent-\(getpid())"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let socket = folder + "/silent.sock"
+        let listener = Process()
+        listener.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        listener.arguments = [
+            "python3", "-c", "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\ntime.sleep(60)", socket,
+        ]
+        try listener.run()
+        defer {
+            listener.terminate()
+            listener.waitUntilExit()
+        }
+        for _ in 0..<500 where !FileManager.default.fileExists(atPath: socket) { usleep(10_000) }
+        let began = Date()
+        XCTAssertThrowsError(try NBDConnection(uri: "nbd+unix:///?socket=\(socket)", deadlineSeconds: Posix.monotonicSeconds() + 1)) { error in
+            XCTAssertEqual((error as? NBDError)?.errno, ETIMEDOUT, "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(began), 3)
+    }
+
     func testAServerThatDiesMidBatchFailsItsCommandsWithinTheDeadline() throws {
         // Every write takes the server 3 s (nbdkit's delay filter): the batch is surely in flight when it dies.
         let connection = try NBDConnection(uri: try startServer(filters: ["--filter=delay"], parameters: ["delay-write=3"]))
