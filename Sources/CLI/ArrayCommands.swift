@@ -262,7 +262,7 @@ struct Status: VSACommand {
 
     func execute() throws(VSAError) {
         let report = try statusReport(target)
-        print(json ? CLI.json(report) : report.text)
+        print(json ? encodeJSON(report) : report.text)
     }
 }
 
@@ -306,10 +306,7 @@ struct Top: VSACommand {
             for l in report.luns {
                 guard let now = counts?.luns[l.name] else { continue }
                 let then = previousCounts?.luns[l.name]
-                func interval(_ a: [[UInt64]], _ b: [[UInt64]]?) -> LatencySummary { LatencySummary(counts: LatencyCounts.delta(a, since: b)) }
-                let read = interval(now.read, then?.read)
-                let write = interval(now.write, then?.write)
-                let flush = interval(now.flush, then?.flush)
+                let (read, write, flush) = now.summaries(since: then)
                 func rate(_ s: LatencySummary) -> String { then == nil ? "-" : String(s.count) }
                 func ms(_ micros: Double, _ s: LatencySummary) -> String { s.count == 0 ? "-" : LatencySummary.format(micros) }
                 lunRows.append([

@@ -26,7 +26,7 @@ struct DirectorList: VSACommand {
     func execute() throws(VSAError) {
         let report = try statusReport(target)
         if json {
-            print(CLI.json(report.directors))
+            print(encodeJSON(report.directors))
             return
         }
         let header = [

@@ -146,7 +146,7 @@ struct InjectList: VSACommand {
         let faults = try statusReport(target).faults ?? []
         if json {
             struct Listing: Encodable { var faults: [StatusReport.FaultInfo] }
-            print(CLI.json(Listing(faults: faults)))
+            print(encodeJSON(Listing(faults: faults)))
             return
         }
         if faults.isEmpty { print("no faults injected; see `vsa inject --help`") }

@@ -81,7 +81,7 @@ struct LUNList: VSACommand {
         let report = try statusReport(target)
         if json {
             struct Listing: Encodable { var luns: [StatusReport.LUNInfo] }
-            print(CLI.json(Listing(luns: report.luns)))
+            print(encodeJSON(Listing(luns: report.luns)))
             return
         }
         if report.luns.isEmpty {

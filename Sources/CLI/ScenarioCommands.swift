@@ -65,7 +65,7 @@ struct ScenarioRun: VSACommand {
         var runner = ScenarioRunner(scenario: scenario, faults: faults, directory: dir, quiet: json)
         let report = try runner.run()
         if json {
-            print(CLI.json(report))
+            print(encodeJSON(report))
         } else {
             print(report.text)
         }

@@ -54,7 +54,7 @@ struct SnapList: VSACommand {
         let snapshots = (report.snapshots ?? []).filter { s in lun.map { s.lun == $0 } ?? true }
         if json {
             struct Listing: Encodable { var snapshots: [StatusReport.SnapshotInfo] }
-            print(CLI.json(Listing(snapshots: snapshots)))
+            print(encodeJSON(Listing(snapshots: snapshots)))
             return
         }
         if snapshots.isEmpty { print("no snapshots; take one with `vsa snap create \(target) LUN NAME`") }

@@ -27,12 +27,6 @@ func size(_ text: String, _ option: String) throws(VSAError) -> UInt64 {
     return v
 }
 
-func json<T: Encodable>(_ value: T) -> String {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys]
-    return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
-}
-
 protocol VSACommand: ParsableCommand {
     func execute() throws(VSAError)
 }

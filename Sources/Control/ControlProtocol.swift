@@ -7,6 +7,7 @@
 // arrives on the socket is input: `ControlRequest(line:)` checks the argument count and bounds every number before
 // anything acts on it, and refuses the rest with one line.
 import ArrayModel
+import Foundation
 
 public enum ControlRequest: Sendable, Equatable {
     /// The array's state as JSON (`StatusReport`). Answered at once, beside commands that change the array.
@@ -89,13 +90,15 @@ public enum ControlRequest: Sendable, Equatable {
     /// The request as it goes on the wire, newline included.
     public var line: String { ([verb] + arguments).joined(separator: "\t") + "\n" }
 
-    public var isPowerCut: Bool {
-        if case .powerCut = self { return true }
-        return false
+    /// Whether the daemon runs the request alone (one at a time, under its command lock). `status` and
+    /// `latency-counts` only look. A power cut changes the host's view, yet waits for the kernel's write-back and for
+    /// writes in flight: outside the lock, what could keep those waiting (an injected hang) can still be cleared.
+    public var runsAlone: Bool {
+        switch self {
+        case .status, .latencyCounts, .powerCut: false
+        default: true
+        }
     }
-
-    /// Whether the request changes the array (run one at a time); `status` only looks.
-    public var changesArray: Bool { self != .status && self != .latencyCounts }
 
     /// Whether the request can change which versions of the pool share blocks (snapshots, clones, deleted LUNs).
     public var changesSharing: Bool {
@@ -472,6 +475,20 @@ public struct LatencyCounts: Codable, Sendable {
             self.flush = LatencyCounts.sparse(flush)
             self.errors = errors
         }
+
+        /// A LUN's or drive's histograms as they are now.
+        public init(_ latency: IOLatency, errors: UInt64) {
+            self.init(read: latency.reads.counts, write: latency.writes.counts, flush: latency.flushes.counts, errors: errors)
+        }
+
+        /// What happened since `then` (nil: since the mount): the reads', writes' and flushes' percentiles.
+        public func summaries(since then: LUN?) -> (read: LatencySummary, write: LatencySummary, flush: LatencySummary) {
+            (
+                LatencySummary(counts: LatencyCounts.delta(read, since: then?.read)),
+                LatencySummary(counts: LatencyCounts.delta(write, since: then?.write)),
+                LatencySummary(counts: LatencyCounts.delta(flush, since: then?.flush))
+            )
+        }
     }
     public init(luns: [String: LUN], drives: [String: LUN]? = nil) {
         self.luns = luns
@@ -493,4 +510,12 @@ public struct LatencyCounts: Codable, Sendable {
         for p in pairs where p.count == 2 && p[0] < UInt64(counts.count) { counts[Int(p[0])] = p[1] }
         return counts
     }
+}
+
+/// JSON as vsa writes it everywhere (control payloads, `--json`, the dashboard's frames): keys sorted, so equal
+/// values read the same.
+public func encodeJSON(_ value: some Encodable) -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
 }

@@ -426,9 +426,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         func run() -> ControlReply {
             do throws(VSAError) { return .done(try command(request)) } catch { return .refused(error.message) }
         }
-        // A power cut waits for the kernel's write-back and for writes in flight; it takes no part in the command lock,
-        // so that what could keep those waiting (an injected hang) can still be cleared meanwhile.
-        guard request.changesArray, !request.isPowerCut else { return run() }
+        guard request.runsAlone else { return run() }
         return commandLock.withLock { _ in
             let reply = run()
             // Snapshots, clones and deletes change whether versions share blocks (PoolSpace.sharing).
@@ -441,9 +439,9 @@ public final class ArrayDaemon: @unchecked Sendable {
     private func command(_ request: ControlRequest) throws(VSAError) -> String {
         switch request {
         case .status:
-            return ArrayDaemon.json(statusReport())
+            return encodeJSON(statusReport())
         case .latencyCounts:
-            return ArrayDaemon.json(latencyCounts())
+            return encodeJSON(latencyCounts())
         case .lunCreate(let name, let size, let thin):
             let entry = thin ? try createThinLUN(name: name, sizeBytes: size) : try createThickLUN(name: name, sizeBytes: size)
             let free = controlLock.withLock { _ in store.freeBytes }
@@ -541,23 +539,11 @@ public final class ArrayDaemon: @unchecked Sendable {
     /// Every LUN's and member's latency histogram counts, and their errors (`latencyCounts`).
     public func latencyCounts() -> LatencyCounts {
         var luns: [String: LatencyCounts.LUN] = [:]
-        for f in frontEnd.files {
-            luns[f.name] = .init(
-                read: f.latency.reads.counts, write: f.latency.writes.counts, flush: f.latency.flushes.counts, errors: f.hostErrors.load(ordering: .relaxed))
-        }
+        for f in frontEnd.files { luns[f.name] = .init(f.latency, errors: f.hostErrors.load(ordering: .relaxed)) }
         var drives: [String: LatencyCounts.LUN] = [:]
         let members = controlLock.withLock { _ in Array(store.drives.prefix(store.memberCount)) }
-        for (i, d) in members.enumerated() {
-            drives[String(i)] = .init(
-                read: d.latency.reads.counts, write: d.latency.writes.counts, flush: d.latency.flushes.counts, errors: d.errorCount.load(ordering: .relaxed))
-        }
+        for (i, d) in members.enumerated() { drives[String(i)] = .init(d.latency, errors: d.errorCount.load(ordering: .relaxed)) }
         return LatencyCounts(luns: luns, drives: drives)
-    }
-
-    static func json(_ value: some Encodable) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
     }
 
     /// The array as it is now: what `vsa status` shows.

@@ -23,6 +23,7 @@ public final class DriveIO {
         var vectors: UnsafeMutablePointer<iovec>? = nil
         var vectorCount = 0
         var vectorFirst = 0
+        var isRead: Bool { kind == 0 || kind == 5 }
     }
 
     /// How long one batch may wait for a drive before the drives still owing completions are failed
@@ -146,7 +147,7 @@ public final class DriveIO {
                 driveDelayMicros[d] = max(driveDelayMicros[d], delay)
                 batchDelayMicros = max(batchDelayMicros, delay)
             case .fail:
-                if op.kind == 0 || op.kind == 5 { failedReads |= 1 << UInt64(op.driveIndex) } else { pageCacheFailures |= 1 << UInt64(op.driveIndex) }
+                failed(op)
                 return
             case .hang:
                 heldTags.append(tag)
@@ -190,6 +191,12 @@ public final class DriveIO {
         }
     }
 
+    /// An operation failed: a read is left to `readErrors` (`submit` decides its drive), anything else fails its drive
+    /// at the end of the batch.
+    private func failed(_ op: Operation) {
+        if op.isRead { failedReads |= 1 << UInt64(op.driveIndex) } else { pageCacheFailures |= 1 << UInt64(op.driveIndex) }
+    }
+
     /// An operation on a remote drive: one NBD command (a scatter read or gather write: one per buffer), sent at once
     /// on this DriveIO's connection to it; `reapRemote` waits for them in `submit`. A connection that cannot be made
     /// or taken fails the operation as a failed syscall would.
@@ -197,7 +204,6 @@ public final class DriveIO {
         let op = operations[Int(tag)]
         let d = Int(op.driveIndex)
         let bit: UInt64 = 1 << UInt64(d)
-        let isRead = op.kind == 0 || op.kind == 5
         do throws(NBDError) {
             if connections[d] == nil {
                 // Connecting is bounded by the drive deadline too: the director's thread waits no longer for it.
@@ -208,7 +214,7 @@ public final class DriveIO {
                 }
             }
             let c = connections[d]!
-            func add(_ cookie: Int64) { remoteCommands.append(RemoteCommand(connection: c, cookie: cookie, driveIndex: op.driveIndex, isRead: isRead)) }
+            func add(_ cookie: Int64) { remoteCommands.append(RemoteCommand(connection: c, cookie: cookie, driveIndex: op.driveIndex, isRead: op.isRead)) }
             switch op.kind {
             case 0: add(try c.queueRead(into: op.pointer!, count: op.count, offsetBytes: op.offsetBytes))
             case 1, 4:
@@ -236,7 +242,7 @@ public final class DriveIO {
             }
             operations[Int(tag)].done = op.count
         } catch {
-            if isRead { failedReads |= bit } else { pageCacheFailures |= bit }
+            failed(op)
             connections[d] = nil
         }
     }
@@ -320,7 +326,7 @@ public final class DriveIO {
             }
             operations[Int(tag)].done = op.count
         } catch {
-            if op.kind == 0 || op.kind == 5 { failedReads |= 1 << UInt64(op.driveIndex) } else { pageCacheFailures |= 1 << UInt64(op.driveIndex) }
+            failed(op)
         }
     }
 
@@ -509,7 +515,7 @@ public final class DriveIO {
                         zeroUnsupportedDrives |= 1 << UInt64(op.driveIndex)
                         return
                     }
-                    if op.kind == 0 || op.kind == 5 { failedReads |= 1 << UInt64(op.driveIndex) } else { failedDrives |= 1 << UInt64(op.driveIndex) }
+                    failed(op)
                     return
                 }
                 if op.kind <= 1 || op.kind >= 4 {

@@ -29,8 +29,6 @@ public final class VolatileWriteCache: HostIOPort, @unchecked Sendable {
     struct State {
         /// (LUN id << 40 | block) -> arena slot.
         var slotOf: [UInt64: Int] = [:]
-        /// Each slot's key, or nil when free.
-        var keyOf: [UInt64?]
         var freeSlots: [Int]
         /// Keys, oldest first from `head`: the order a full cache writes back in.
         var order: [UInt64] = []
@@ -53,7 +51,7 @@ public final class VolatileWriteCache: HostIOPort, @unchecked Sendable {
         self.port = port
         capacityBlocks = Int(max(1, capacityBytes / UInt64(Self.blockBytes)))
         arena = Posix.allocateAligned(bytes: capacityBlocks * Self.blockBytes)
-        var s = State(keyOf: [UInt64?](repeating: nil, count: capacityBlocks), freeSlots: Array((0..<capacityBlocks).reversed()))
+        var s = State(freeSlots: Array((0..<capacityBlocks).reversed()))
         s.slotOf.reserveCapacity(capacityBlocks)
         s.order.reserveCapacity(capacityBlocks)
         state = Locked(s)
@@ -120,7 +118,6 @@ public final class VolatileWriteCache: HostIOPort, @unchecked Sendable {
                 let length = Int(min(bytes, lun.sizeBytes - block * bytes))
                 if port.read(lun: lun, offsetBytes: block * bytes, count: length, into: at) == 0 {
                     s.slotOf[key] = slot
-                    s.keyOf[slot] = key
                     s.order.append(key)
                     s.lunOfKey[lun.lunID] = lun
                 } else {
@@ -138,7 +135,6 @@ public final class VolatileWriteCache: HostIOPort, @unchecked Sendable {
             let key = s.order[s.head]
             s.head += 1
             if let slot = s.slotOf.removeValue(forKey: key) {
-                s.keyOf[slot] = nil
                 s.freeSlots.append(slot)
                 s.writtenBack += 1
                 break
@@ -150,19 +146,18 @@ public final class VolatileWriteCache: HostIOPort, @unchecked Sendable {
     /// Forgets the blocks of one LUN (every LUN's for nil): they are durable now.
     private func forget(_ s: inout State, lunID: UInt32?) {
         if let lunID {
-            let kept = s.order[s.head...].filter { ($0 >> 40) != UInt64(lunID) }
-            for key in s.order[s.head...] where (key >> 40) == UInt64(lunID) {
-                if let slot = s.slotOf.removeValue(forKey: key) {
-                    s.keyOf[slot] = nil
+            var kept: [UInt64] = []
+            kept.reserveCapacity(s.order.count - s.head)
+            for key in s.order[s.head...] {
+                if key >> 40 != UInt64(lunID) {
+                    kept.append(key)
+                } else if let slot = s.slotOf.removeValue(forKey: key) {
                     s.freeSlots.append(slot)
                 }
             }
-            s.order = Array(kept)
+            s.order = kept
         } else {
-            for (_, slot) in s.slotOf {
-                s.keyOf[slot] = nil
-                s.freeSlots.append(slot)
-            }
+            for (_, slot) in s.slotOf { s.freeSlots.append(slot) }
             s.slotOf.removeAll(keepingCapacity: true)
             s.order.removeAll(keepingCapacity: true)
         }

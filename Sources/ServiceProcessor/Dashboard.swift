@@ -63,9 +63,7 @@ struct DashboardFrame: Codable, Sendable {
         if let previous, now > previous.at {
             let span = now - previous.at
             func rates(_ a: LatencyCounts.LUN, _ b: LatencyCounts.LUN?) -> Rates {
-                let read = LatencySummary(counts: LatencyCounts.delta(a.read, since: b?.read))
-                let write = LatencySummary(counts: LatencyCounts.delta(a.write, since: b?.write))
-                let flush = LatencySummary(counts: LatencyCounts.delta(a.flush, since: b?.flush))
+                let (read, write, flush) = a.summaries(since: b)
                 var r = Rates()
                 r.readsPerSecond = Double(read.count) / span
                 r.writesPerSecond = Double(write.count) / span
@@ -100,11 +98,7 @@ struct DashboardFrame: Codable, Sendable {
         return (frame, Mark(at: now, status: status, counts: counts))
     }
 
-    var json: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
-    }
+    var json: String { encodeJSON(self) }
 }
 
 enum DashboardRoutes {
@@ -157,7 +151,7 @@ enum DashboardRoutes {
     struct Done: Codable {
         var ok = true
         var reply: String
-        var json: String { String(decoding: (try? JSONEncoder().encode(self)) ?? Data(), as: UTF8.self) }
+        var json: String { encodeJSON(self) }
     }
 
     struct Refusal: Error {
