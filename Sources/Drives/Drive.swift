@@ -56,6 +56,8 @@ public final class Drive: Sendable {
     /// halves its own): past `DriveIO.readErrorBudget` the drive is failed.
     public let readErrors = Atomic<UInt64>(0)
     public let recentReadErrors = Atomic<UInt64>(0)
+    /// A remote drive's connections made again after one was lost (by any DriveIO).
+    public let reconnects = Atomic<UInt64>(0)
 
     /// Halves `recentReadErrors` (the daemon calls it once an hour).
     public func decayReadErrors() {

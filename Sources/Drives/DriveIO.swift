@@ -50,6 +50,8 @@ public final class DriveIO {
         self.capacity = capacity
         self.connections = Array(repeating: nil, count: drives.count)
         self.remoteCommands.reserveCapacity(capacity * 4)
+        self.retryTags.reserveCapacity(capacity)
+        self.retrying.reserveCapacity(capacity)
         self.ring = try IORing(entries: UInt32(min(capacity, 4096)).nextPowerOfTwo)
         self.operations = Array(repeating: Operation(), count: capacity)
         self.driveDelayMicros = Array(repeating: 0, count: drives.count)
@@ -73,10 +75,15 @@ public final class DriveIO {
     private struct RemoteCommand {
         var connection: NBDConnection
         var cookie: Int64
+        var tag: UInt64
         var driveIndex: Int32
         var isRead: Bool
     }
     private var remoteCommands: [RemoteCommand] = []
+    /// Operations whose connection was lost (or could not be made): sent again on a new connection, with backoff,
+    /// until the drive deadline. `retrying` is the list being worked through (two preallocated lists, swapped).
+    private var retryTags: [UInt64] = []
+    private var retrying: [UInt64] = []
     private var flushAfter: UInt64 = 0
     /// What a failed read does to its drive in the next batch (one batch: `submit` puts it back to `.failDrive`).
     /// The back end's data reads ask for `.count` when the data can come from redundancy and go back to the drive,
@@ -200,21 +207,24 @@ public final class DriveIO {
     /// An operation on a remote drive: one NBD command (a scatter read or gather write: one per buffer), sent at once
     /// on this DriveIO's connection to it; `reapRemote` waits for them in `submit`. A connection that cannot be made
     /// or taken fails the operation as a failed syscall would.
-    private func issueRemote(_ tag: UInt64, uri: String) {
+    private func issueRemote(_ tag: UInt64, uri: String, deadline given: Double? = nil, again: Bool = false) {
         let op = operations[Int(tag)]
         let d = Int(op.driveIndex)
         let bit: UInt64 = 1 << UInt64(d)
+        var lost = false
         do throws(NBDError) {
             if connections[d] == nil {
                 // Connecting is bounded by the drive deadline too: the director's thread waits no longer for it.
-                let deadline = DriveIO.deadlineSeconds > 0 ? Posix.monotonicSeconds() + DriveIO.deadlineSeconds : 0
-                do { connections[d] = try NBDConnection(uri: uri, deadlineSeconds: deadline) } catch {
-                    if error.errno == ETIMEDOUT { drives[d].timeouts.add(1, ordering: .relaxed) }
-                    throw error
-                }
+                let deadline = given ?? (DriveIO.deadlineSeconds > 0 ? Posix.monotonicSeconds() + DriveIO.deadlineSeconds : 0)
+                lost = true
+                connections[d] = try NBDConnection(uri: uri, deadlineSeconds: deadline)
+                lost = false
+                if again { drives[d].reconnects.add(1, ordering: .relaxed) }
             }
             let c = connections[d]!
-            func add(_ cookie: Int64) { remoteCommands.append(RemoteCommand(connection: c, cookie: cookie, driveIndex: op.driveIndex, isRead: op.isRead)) }
+            func add(_ cookie: Int64) {
+                remoteCommands.append(RemoteCommand(connection: c, cookie: cookie, tag: tag, driveIndex: op.driveIndex, isRead: op.isRead))
+            }
             switch op.kind {
             case 0: add(try c.queueRead(into: op.pointer!, count: op.count, offsetBytes: op.offsetBytes))
             case 1, 4:
@@ -242,34 +252,78 @@ public final class DriveIO {
             }
             operations[Int(tag)].done = op.count
         } catch {
-            failed(op)
+            // A connection that could not be made, or died under the command: tried again (`reapRemote`) until the
+            // deadline. A refused command on a live connection fails as a failed syscall would.
+            if lost || connections[d]?.isDead == true {
+                if retryTags.last != tag { retryTags.append(tag) }
+            } else {
+                failed(op)
+            }
             connections[d] = nil
         }
     }
 
-    /// Waits for this batch's commands on remote drives, under the drive deadline; a drive whose commands failed, or
-    /// did not finish in time (counted as a timeout), is failed as for a local drive (failed reads: as `readErrors`
-    /// says), and its connection dropped (the next operation connects again). Returns the drives to fail.
+    /// Waits for this batch's commands on remote drives, under the drive deadline. An operation whose connection
+    /// was lost is sent again on a new one, after a pause that doubles (50 ms to 1 s), until the deadline (none: for as
+    /// long as it takes, as a hung local drive is waited for). A drive whose commands failed otherwise, or that is not
+    /// back by the deadline (counted as a timeout), is failed as a local drive would be (failed reads: as `readErrors`
+    /// says), and its connection dropped. Returns the drives to fail.
     private func reapRemote() -> UInt64 {
         var failed: UInt64 = 0
+        var broken: UInt64 = 0
         let deadline = DriveIO.deadlineSeconds > 0 ? Posix.monotonicSeconds() + DriveIO.deadlineSeconds : 0
-        var waited: UInt64 = 0
-        for command in remoteCommands {
-            let bit: UInt64 = 1 << UInt64(command.driveIndex)
-            if waited & bit != 0 { continue }
-            waited |= bit
-            if !command.connection.waitAll(deadlineSeconds: deadline) && deadline > 0 && Posix.monotonicSeconds() >= deadline {
-                drives[Int(command.driveIndex)].timeouts.add(1, ordering: .relaxed)
-                failed |= bit
+        var pause: Double = 0.05
+        while true {
+            var waited: UInt64 = 0
+            for command in remoteCommands {
+                let bit: UInt64 = 1 << UInt64(command.driveIndex)
+                if waited & bit != 0 { continue }
+                waited |= bit
+                if !command.connection.waitAll(deadlineSeconds: deadline) && deadline > 0 && Posix.monotonicSeconds() >= deadline
+                    && !command.connection.isDead
+                {
+                    drives[Int(command.driveIndex)].timeouts.add(1, ordering: .relaxed)
+                    failed |= bit
+                    broken |= bit
+                }
             }
+            for command in remoteCommands where command.connection.result(command.cookie) != 0 {
+                let d = Int(command.driveIndex)
+                let bit: UInt64 = 1 << UInt64(d)
+                if command.connection.isDead && failed & bit == 0 {
+                    if retryTags.last != command.tag { retryTags.append(command.tag) }
+                    if connections[d] === command.connection { connections[d] = nil }
+                    continue
+                }
+                broken |= bit
+                if command.isRead { failedReads |= bit } else { failed |= bit }
+            }
+            remoteCommands.removeAll(keepingCapacity: true)
+            guard !retryTags.isEmpty else { break }
+            swap(&retryTags, &retrying)
+            if deadline > 0 && Posix.monotonicSeconds() + pause >= deadline {
+                // Not back in time: the drive is failed, as one that stopped answering.
+                for tag in retrying {
+                    let d = Int(operations[Int(tag)].driveIndex)
+                    if failed & (1 << UInt64(d)) == 0 { drives[d].timeouts.add(1, ordering: .relaxed) }
+                    failed |= 1 << UInt64(d)
+                    broken |= 1 << UInt64(d)
+                }
+                retrying.removeAll(keepingCapacity: true)
+                break
+            }
+            usleep(UInt32(pause * 1_000_000))
+            pause = min(1, pause * 2)
+            for tag in retrying {
+                let drive = drives[Int(operations[Int(tag)].driveIndex)]
+                guard drive.state != .failed, let uri = drive.remoteURI else {
+                    failed |= 1 << UInt64(operations[Int(tag)].driveIndex)
+                    continue
+                }
+                issueRemote(tag, uri: uri, deadline: deadline, again: true)
+            }
+            retrying.removeAll(keepingCapacity: true)
         }
-        var broken: UInt64 = failed
-        for command in remoteCommands where command.connection.result(command.cookie) != 0 {
-            let bit: UInt64 = 1 << UInt64(command.driveIndex)
-            broken |= bit
-            if command.isRead { failedReads |= bit } else { failed |= bit }
-        }
-        remoteCommands.removeAll(keepingCapacity: true)
         // Durable writes to a server without FUA: a flush of each such drive, once its writes are done.
         let flushes = flushAfter & ~broken
         flushAfter = 0
@@ -541,7 +595,7 @@ public final class DriveIO {
             if !again { break }
         }
         operationCount = 0
-        if !remoteCommands.isEmpty || flushAfter != 0 { failedDrives |= reapRemote() }
+        if !remoteCommands.isEmpty || flushAfter != 0 || !retryTags.isEmpty { failedDrives |= reapRemote() }
         failedDrives |= sleepInjectedLatency()
         recordBatchLatency()
         failedDrives |= pageCacheFailures

@@ -114,6 +114,9 @@ public final class NBDConnection {
         return cookie
     }
 
+    /// The connection is gone (the server closed it, or it broke): nothing more goes over it.
+    public var isDead: Bool { nbd_aio_is_dead(handle) == 1 || nbd_aio_is_closed(handle) == 1 }
+
     /// Commands still waiting for the server's answer.
     public var inFlight: Int { Int(max(0, nbd_aio_in_flight(handle))) }
 

@@ -13,13 +13,16 @@ final class NBDKitServer {
     let uri: String
     private let process = Process()
 
-    init(size: String = "64M", filters: [String] = [], parameters: [String] = []) throws {
+    /// `plugin`: nbdkit's plugin and its arguments (default: memory of `size`); `socket`: where to listen (default: a
+    /// fresh folder's).
+    init(size: String = "64M", filters: [String] = [], parameters: [String] = [], plugin: [String]? = nil, socket given: String? = nil) throws {
         folder = NSTemporaryDirectory() + "vsa-nbd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let socket = folder + "/nbd.sock"
+        let socket = given ?? folder + "/nbd.sock"
+        unlink(socket)
         uri = "nbd+unix:///?socket=\(socket)"
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["nbdkit", "--foreground", "--exit-with-parent", "--unix", socket] + filters + ["memory", size] + parameters
+        process.arguments = ["nbdkit", "--foreground", "--exit-with-parent", "--unix", socket] + filters + (plugin ?? ["memory", size]) + parameters
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -27,9 +30,11 @@ final class NBDKitServer {
         XCTAssertTrue(FileManager.default.fileExists(atPath: socket), "nbdkit did not start")
     }
 
+    /// Kills the server (SIGKILL: nbdkit waits for its clients to go on SIGTERM, and a server that dies is the
+    /// fault the tests want).
     func stop() {
         guard process.isRunning else { return }
-        process.terminate()
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
 

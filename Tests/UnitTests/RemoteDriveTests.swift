@@ -122,6 +122,53 @@ final class RemoteDriveTests: XCTestCase {
         XCTAssertEqual(drive.state, .online)
     }
 
+    func testALostConnectionIsMadeAgainWithinTheDeadlineAndTheDriveFailedPastIt() throws {
+        // The drive is a file served by nbdkit: the server can go and come back with the same data.
+        let disk = folder + "/disk"
+        try Drive.createFile(path: disk, sizeBytes: 16 << 20)
+        let socket = folder + "/nbd.sock"
+        servers.append(try NBDKitServer(plugin: ["file", disk], socket: socket))
+        let drive = try Drive(uri: "nbd+unix:///?socket=\(socket)")
+        DriveIO.deadlineSeconds = 5
+        let io = try DriveIO(drives: [drive])
+        let page = alignedBuffer(bytes: 2 * 4096)
+        memset(page.base, 0x5A, 4096)
+        io.queueWrite(drive: 0, from: page.base, count: 4096, offsetBytes: 0)
+        XCTAssertEqual(io.submit(), 0)
+        // The server goes; another comes up on the same socket half a second later, while the write waits for it.
+        // (The servers are started and stopped on this thread: Foundation's Process waits on the thread that ran it.)
+        servers[0].stop()
+        memset(page.base + 4096, 0xA5, 4096)
+        nonisolated(unsafe) var failedDrives: UInt64 = 99
+        let written = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) let writerIO = io
+        let writer = Thread {
+            writerIO.queueWrite(drive: 0, from: page.base + 4096, count: 4096, offsetBytes: 4096)
+            failedDrives = writerIO.submit()
+            written.signal()
+        }
+        writer.start()
+        usleep(500_000)
+        servers.append(try NBDKitServer(plugin: ["file", disk], socket: socket))
+        XCTAssertEqual(written.wait(timeout: .now() + 10), .success, "the write never finished")
+        XCTAssertEqual(failedDrives, 0, "the write waits for the server to come back, then goes")
+        XCTAssertGreaterThanOrEqual(drive.reconnects.load(ordering: .relaxed), 1)
+        XCTAssertEqual(drive.state, .online)
+        let back = alignedBuffer(bytes: 2 * 4096)
+        io.queueRead(drive: 0, into: back.base, count: 2 * 4096, offsetBytes: 0)
+        XCTAssertEqual(io.submit(), 0)
+        XCTAssertEqual(memcmp(back.base, page.base, 2 * 4096), 0)
+        // It goes for good: past the deadline the drive is failed, as one that stopped answering.
+        servers[1].stop()
+        DriveIO.deadlineSeconds = 1
+        let began = Date()
+        io.queueRead(drive: 0, into: back.base, count: 4096, offsetBytes: 0)
+        XCTAssertEqual(io.submit(), 1)
+        XCTAssertLessThan(Date().timeIntervalSince(began), 4)
+        XCTAssertEqual(drive.state, .failed)
+        XCTAssertGreaterThanOrEqual(drive.timeouts.load(ordering: .relaxed), 1)
+    }
+
     func testAURIThatIsNotNBDsIsOneLine() {
         for uri in ["nbds://host/x", "nbd+vsock:///x", "/dev/sda", "nbd+unix:///x?socket=/nonexistent"] {
             XCTAssertThrowsError(try Drive(uri: uri), uri)
