@@ -17,7 +17,10 @@ struct Create: VSACommand {
     @Argument(help: "The array folder.") var dir: String
     @Option(help: "Number of drive files to create in DIR.") var drives: Int?
     @Option(help: "Size of each drive file (K, M, G, T).") var driveSize: String?
-    @Option(name: .customLong("drive"), help: "An existing file or block device to use as a drive (repeat).") var drivePaths: [String] = []
+    @Option(
+        name: .customLong("drive"),
+        help: "A drive: an existing file or block device, or an NBD export (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); repeat.")
+    var drivePaths: [String] = []
     @Option(help: "RAID level: 0, 1, 5, 6 or 10.") var raid: String = "5"
     @Option(help: "How many of the drives are hot spares.") var spares: Int = 0
     @Option(help: "Stripe unit (strip) size.") var stripeUnit: String = "64K"

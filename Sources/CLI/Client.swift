@@ -12,6 +12,9 @@ import SysPosix
     import Glibc
 #endif
 
+/// A drive given on the command line: an NBD URI as it is, a path made absolute (the daemon runs elsewhere).
+func driveArgument(_ argument: String) -> String { argument.contains("://") ? argument : absolutePath(argument) }
+
 func absolutePath(_ path: String) -> String {
     if let real = realpath(path, nil) {
         defer { free(real) }

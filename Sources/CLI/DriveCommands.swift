@@ -36,7 +36,8 @@ struct DriveReplace: VSACommand {
         commandName: "replace", abstract: "Rebuild a member onto a hot spare or onto a new file or device, online.")
     @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
     @Argument(help: "The member: its index, its path or its name in the array folder (see vsa status).") var drive: String
-    @Option(name: .customLong("with"), help: "The new drive: a file (created if absent) or a block device. Default: a hot spare.") var with: String?
+    @Option(name: .customLong("with"), help: "The new drive: a file (created if absent), a block device, or an NBD URI. Default: a hot spare.")
+    var with: String?
     @Option(help: "Rebuild rate limit per drive (K, M, G per second; 0 = none).") var rate: String = "200M"
     @Flag(help: "Overwrite a drive that holds foreign data.") var force = false
     @Flag(help: "Show a progress bar and return when the rebuild ends.") var wait = false
@@ -44,7 +45,7 @@ struct DriveReplace: VSACommand {
     func execute() throws(VSAError) {
         let bytes = try size(rate, "--rate")
         let dir = try mountedArray(target, "replace a drive")
-        let payload = try control(dir, .driveReplace(drive: drive, newDrive: with.map(absolutePath), force: force, rateBytes: bytes))
+        let payload = try control(dir, .driveReplace(drive: drive, newDrive: with.map(driveArgument), force: force, rateBytes: bytes))
         guard let started = ReplaceStarted(payload: payload) else {
             throw VSAError("the daemon's answer to the replace could not be read; vsa status shows what it did")
         }

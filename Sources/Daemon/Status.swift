@@ -49,6 +49,18 @@ public struct StatusReport: Codable, Sendable {
         public var readErrors: UInt64 = 0
         /// Mounted: how long the batches of I/O this drive took part in took (the back end's view).
         public var latency: LatencyInfo? = nil
+        /// A remote drive (NBD): what it is and how its link is.
+        public var remote: RemoteInfo? = nil
+    }
+    /// A drive on another machine: its URI, its link (connected, reconnecting within the drive deadline, lost), the
+    /// round trip of its commands (smoothed, microseconds), connections made again, and what its server offers.
+    public struct RemoteInfo: Codable, Sendable {
+        public var uri: String
+        public var link: String
+        public var roundTripMicros: UInt64
+        public var reconnects: UInt64
+        public var multiConn: Bool
+        public var fua: Bool
     }
     /// Latency summaries (LatencyHistogram.swift) of reads, writes and flushes, in microseconds.
     public struct LatencyInfo: Codable, Sendable {
@@ -374,7 +386,13 @@ public struct StatusReport: Codable, Sendable {
             DriveInfo(
                 index: i, path: store.drivePaths[i], role: i < sb.memberCount ? "member" : "spare", state: d.state.description,
                 sizeBytes: d.sizeBytes, directIO: d.usesDirectIO, errors: d.errorCount.load(ordering: .relaxed),
-                timeouts: d.timeouts.load(ordering: .relaxed), readErrors: d.readErrors.load(ordering: .relaxed))
+                timeouts: d.timeouts.load(ordering: .relaxed), readErrors: d.readErrors.load(ordering: .relaxed),
+                remote: d.remoteURI.map { uri in
+                    RemoteInfo(
+                        uri: uri, link: d.state == .failed ? "lost" : (d.link ?? .connected).description,
+                        roundTripMicros: d.roundTripMicros.load(ordering: .relaxed), reconnects: d.reconnects.load(ordering: .relaxed),
+                        multiConn: d.serverMultiConn, fua: d.serverFUA)
+                })
         }
         let luns = store.lunTable.entries.sorted { $0.name < $1.name }.map {
             LUNInfo(name: $0.name, sizeBytes: $0.sizeBytes, id: $0.lunID, startStripe: $0.startStripe, stripeCount: $0.stripeCount, thin: $0.thin)
@@ -445,6 +463,11 @@ public struct StatusReport: Codable, Sendable {
             lines.append(
                 "  \(d.index)  \(d.role)  \(d.state)  \(formatSize(d.sizeBytes))  \(d.path)\(d.directIO ? "" : "  (buffered I/O)")\(d.errors > 0 ? "  errors \(d.errors)" : "")\(d.timeouts > 0 ? "  timed out \(d.timeouts)" : "")\(d.readErrors > 0 ? "  read errors \(d.readErrors) (served from redundancy, drive kept)" : "")"
             )
+            if let r = d.remote {
+                lines.append(
+                    "       remote \(r.uri)  \(r.link)\(r.roundTripMicros > 0 ? "  round trip \(LatencySummary.format(Double(r.roundTripMicros)))" : "")  reconnects \(r.reconnects)\(r.multiConn ? "" : "  (no multi-conn: every write durable)")"
+                )
+            }
             lines += d.latency?.lines ?? []
         }
         lines.append("luns:")

@@ -21,6 +21,23 @@ import SysURing
     import Glibc
 #endif
 
+/// Why a drive could not be opened or read for a probe: one line.
+public struct DriveOpenError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+}
+
+/// The state of a remote drive's link: answering, being connected again (within the drive deadline), or given up on.
+public enum RemoteLink: UInt8, Sendable, CustomStringConvertible {
+    case connected = 0, reconnecting = 1, lost = 2
+    public var description: String {
+        switch self {
+        case .connected: return "connected"
+        case .reconnecting: return "reconnecting"
+        case .lost: return "lost"
+        }
+    }
+}
+
 public enum DriveState: UInt8, Sendable, CustomStringConvertible {
     case online = 0, failed = 1, rebuilding = 2
     public var description: String {
@@ -58,6 +75,16 @@ public final class Drive: Sendable {
     public let recentReadErrors = Atomic<UInt64>(0)
     /// A remote drive's connections made again after one was lost (by any DriveIO).
     public let reconnects = Atomic<UInt64>(0)
+    /// A remote drive's link as the last DriveIO to use it found it (`RemoteLink`; local drives: none).
+    let linkRaw = Atomic<UInt8>(RemoteLink.connected.rawValue)
+    public var link: RemoteLink? { remoteURI == nil ? nil : RemoteLink(rawValue: linkRaw.load(ordering: .relaxed)) }
+    /// A remote drive's round trip: how long its commands in a batch took to be answered, smoothed (1/8 of each new
+    /// batch), in microseconds; 0 before the first.
+    public let roundTripMicros = Atomic<UInt64>(0)
+    /// What the server offered at the first connection: several connections may share the export's cache
+    /// (multi-conn; without it every write is made durable on its own connection), and FUA.
+    public let serverMultiConn: Bool
+    public let serverFUA: Bool
 
     /// Halves `recentReadErrors` (the daemon calls it once an hour).
     public func decayReadErrors() {
@@ -119,7 +146,7 @@ public final class Drive: Sendable {
     /// Connects once to a drive served over NBD, to learn its size and that it answers (`DriveIO` connects again for
     /// its own I/O). A URI is input: only nbd:// and nbd+unix:// are taken.
     public init(uri: String, readOnly: Bool = false) throws(NBDError) {
-        let connection = try NBDConnection(uri: uri)
+        let connection = try NBDConnection(uri: uri, deadlineSeconds: Drive.connectDeadline())
         guard readOnly || !connection.readOnly else { throw NBDError(message: "\(uri) is served read-only; a drive must take writes", errno: EROFS) }
         self.path = uri
         self.remoteURI = uri
@@ -129,6 +156,60 @@ public final class Drive: Sendable {
         // Never the page-cache path: its I/O goes over the connection, under the drive deadline.
         self.usesDirectIO = true
         self.memoryBackedFile = false
+        self.serverMultiConn = connection.canMultiConn
+        self.serverFUA = connection.canFUA
+    }
+
+    /// When connecting to a remote drive outside DriveIO (opening it, probing its superblock) gives up: the drive
+    /// deadline, or 10 s where none is set. An unreachable server must not hold `vsa create` or an assembly forever.
+    static func connectDeadline() -> Double {
+        Posix.monotonicSeconds() + (DriveIO.deadlineSeconds > 0 ? DriveIO.deadlineSeconds : 10)
+    }
+
+    /// Whether a drive argument, or the target of an array folder's drive-N entry, names an NBD export rather than a
+    /// file. Anything with a scheme is taken as a URI, so that one vsa cannot speak is refused by name (NBDConnection)
+    /// instead of looked for as a file.
+    public static func isURI(_ locator: String) -> Bool { locator.contains("://") }
+
+    /// Opens the drive `locator` names: a file, a block device, or an NBD export. The error is one line.
+    public static func open(_ locator: String) throws(DriveOpenError) -> Drive {
+        if isURI(locator) {
+            do { return try Drive(uri: locator) } catch { throw DriveOpenError(description: error.message) }
+        }
+        do { return try Drive(path: locator) } catch { throw DriveOpenError(description: "\(error)") }
+    }
+
+    /// The first `count` bytes of the drive `locator` names, read without opening it for I/O (superblock probes of
+    /// drives that may belong to someone else). A file shorter than `count` gives what it has.
+    public static func readHead(_ locator: String, count: Int) throws(DriveOpenError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        if isURI(locator) {
+            let connection: NBDConnection
+            do { connection = try NBDConnection(uri: locator, deadlineSeconds: connectDeadline()) } catch {
+                throw DriveOpenError(description: error.message)
+            }
+            let n = Int(min(UInt64(count), connection.sizeBytes))
+            guard n > 0 else { return [] }
+            let buffer = Posix.allocateAligned(bytes: (n + 4095) & ~4095)
+            defer { Posix.free(buffer) }
+            let cookie: Int64
+            do { cookie = try connection.queueRead(into: buffer, count: n, offsetBytes: 0) } catch { throw DriveOpenError(description: error.message) }
+            guard connection.waitAll(deadlineSeconds: connectDeadline()) else {
+                throw DriveOpenError(description: "\(locator): no answer to a read within the deadline")
+            }
+            let rc = connection.result(cookie)
+            guard rc == 0 else { throw DriveOpenError(description: "\(locator): read failed: \(String(cString: strerror(rc)))") }
+            bytes.withUnsafeMutableBytes { _ = memcpy($0.baseAddress!, buffer, n) }
+            return Array(bytes[0..<n])
+        }
+        let fd: Int32
+        do { fd = try Posix.open(locator, flags: O_RDONLY | O_CLOEXEC) } catch { throw DriveOpenError(description: "\(error)") }
+        defer { Posix.close(fd) }
+        let n: Int
+        do { n = try bytes.withUnsafeMutableBytes { raw throws(SysError) in try Posix.pread(fd, raw.baseAddress!, count: raw.count, offset: 0) } } catch {
+            throw DriveOpenError(description: "\(error)")
+        }
+        return Array(bytes[0..<n])
     }
 
     /// A member that is missing from the array folder: failed, never opened.
@@ -138,6 +219,8 @@ public final class Drive: Sendable {
         self.fd = -1
         self.sizeBytes = 0
         self.isBlockDevice = false
+        self.serverMultiConn = false
+        self.serverFUA = false
         self.usesDirectIO = false
         self.memoryBackedFile = false
         stateRaw.store(DriveState.failed.rawValue, ordering: .releasing)
@@ -178,6 +261,8 @@ public final class Drive: Sendable {
         // its I/O inline either way, so memory-backed drives are treated as buffered (DriveIO copies synchronously).
         // A block device's node lives on devtmpfs, which says nothing about the device itself.
         self.memoryBackedFile = !info.isBlockDevice && IORing.isMemoryBacked(fd: fd)
+        self.serverMultiConn = false
+        self.serverFUA = false
         self.usesDirectIO = direct && !memoryBackedFile
         self.sizeBytes = info.sizeBytes
         self.isBlockDevice = info.isBlockDevice

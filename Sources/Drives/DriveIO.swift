@@ -85,6 +85,9 @@ public final class DriveIO {
     private var retryTags: [UInt64] = []
     private var retrying: [UInt64] = []
     private var flushAfter: UInt64 = 0
+    /// When this batch's first remote command was sent (monotonic seconds; 0: none yet): each remote drive's round
+    /// trip is measured from it to its last answer.
+    private var remoteBatchStart: Double = 0
     /// What a failed read does to its drive in the next batch (one batch: `submit` puts it back to `.failDrive`).
     /// The back end's data reads ask for `.count` when the data can come from redundancy and go back to the drive,
     /// as md does with a read error: a bad sector is rewritten, and the drive is failed only when it keeps failing
@@ -220,16 +223,22 @@ public final class DriveIO {
                 connections[d] = try NBDConnection(uri: uri, deadlineSeconds: deadline)
                 lost = false
                 if again { drives[d].reconnects.add(1, ordering: .relaxed) }
+                drives[d].linkRaw.store(RemoteLink.connected.rawValue, ordering: .relaxed)
             }
             let c = connections[d]!
+            if remoteBatchStart == 0 { remoteBatchStart = Posix.monotonicSeconds() }
             func add(_ cookie: Int64) {
                 remoteCommands.append(RemoteCommand(connection: c, cookie: cookie, tag: tag, driveIndex: op.driveIndex, isRead: op.isRead))
             }
             switch op.kind {
             case 0: add(try c.queueRead(into: op.pointer!, count: op.count, offsetBytes: op.offsetBytes))
             case 1, 4:
-                add(try c.queueWrite(from: op.pointer!, count: op.count, offsetBytes: op.offsetBytes, durable: op.kind == 4))
-                if op.kind == 4 && !c.canFUA { flushAfter |= bit }
+                // Each DriveIO has its own connection to the drive. A server without multi-conn promises a flush only
+                // for writes on the same connection, and another director's flush must cover this one's writes: so
+                // every write to such a server is durable when it completes (FUA, or a flush on this connection).
+                let durable = op.kind == 4 || !c.canMultiConn
+                add(try c.queueWrite(from: op.pointer!, count: op.count, offsetBytes: op.offsetBytes, durable: durable))
+                if durable && !c.canFUA { flushAfter |= bit }
             case 2: if c.canFlush { add(try c.queueFlush()) }
             case 3:
                 // A server that cannot write zeroes is a file system that cannot punch holes: the caller writes them.
@@ -245,7 +254,8 @@ public final class DriveIO {
                     if op.kind == 5 {
                         add(try c.queueRead(into: vector.iov_base!, count: vector.iov_len, offsetBytes: at))
                     } else {
-                        add(try c.queueWrite(from: vector.iov_base!, count: vector.iov_len, offsetBytes: at, durable: false))
+                        add(try c.queueWrite(from: vector.iov_base!, count: vector.iov_len, offsetBytes: at, durable: !c.canMultiConn))
+                        if !c.canMultiConn && !c.canFUA { flushAfter |= bit }
                     }
                     at += UInt64(vector.iov_len)
                 }
@@ -256,6 +266,7 @@ public final class DriveIO {
             // deadline. A refused command on a live connection fails as a failed syscall would.
             if lost || connections[d]?.isDead == true {
                 if retryTags.last != tag { retryTags.append(tag) }
+                drives[d].linkRaw.store(RemoteLink.reconnecting.rawValue, ordering: .relaxed)
             } else {
                 failed(op)
             }
@@ -279,10 +290,16 @@ public final class DriveIO {
                 let bit: UInt64 = 1 << UInt64(command.driveIndex)
                 if waited & bit != 0 { continue }
                 waited |= bit
-                if !command.connection.waitAll(deadlineSeconds: deadline) && deadline > 0 && Posix.monotonicSeconds() >= deadline
-                    && !command.connection.isDead
-                {
-                    drives[Int(command.driveIndex)].timeouts.add(1, ordering: .relaxed)
+                let drive = drives[Int(command.driveIndex)]
+                if command.connection.waitAll(deadlineSeconds: deadline) {
+                    guard pause == 0.05 else { continue }  // a round trip, not a reconnection
+                    // An upper bound where several remote drives share a batch (they are waited for in turn).
+                    let micros = UInt64(max(0, (Posix.monotonicSeconds() - remoteBatchStart) * 1_000_000))
+                    let before = drive.roundTripMicros.load(ordering: .relaxed)
+                    drive.roundTripMicros.store(before == 0 ? micros : (before * 7 + micros) / 8, ordering: .relaxed)
+                } else if deadline > 0 && Posix.monotonicSeconds() >= deadline && !command.connection.isDead {
+                    drive.timeouts.add(1, ordering: .relaxed)
+                    drive.linkRaw.store(RemoteLink.lost.rawValue, ordering: .relaxed)
                     failed |= bit
                     broken |= bit
                 }
@@ -306,6 +323,7 @@ public final class DriveIO {
                 for tag in retrying {
                     let d = Int(operations[Int(tag)].driveIndex)
                     if failed & (1 << UInt64(d)) == 0 { drives[d].timeouts.add(1, ordering: .relaxed) }
+                    drives[d].linkRaw.store(RemoteLink.lost.rawValue, ordering: .relaxed)
                     failed |= 1 << UInt64(d)
                     broken |= 1 << UInt64(d)
                 }
@@ -596,6 +614,7 @@ public final class DriveIO {
         }
         operationCount = 0
         if !remoteCommands.isEmpty || flushAfter != 0 || !retryTags.isEmpty { failedDrives |= reapRemote() }
+        remoteBatchStart = 0
         failedDrives |= sleepInjectedLatency()
         recordBatchLatency()
         failedDrives |= pageCacheFailures

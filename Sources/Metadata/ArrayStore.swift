@@ -105,19 +105,39 @@ public final class ArrayStore: @unchecked Sendable {
 
     // MARK: Reading records
 
-    /// Reads both superblock copies of one drive with plain reads (used for probing foreign devices too).
-    static func readSuperblockCopies(path: String) -> (valid: Superblock?, sawMagic: Bool, firstBytesNonZero: Bool, problem: String?) {
-        let fd: Int32
-        do { fd = try Posix.open(path, flags: O_RDONLY | O_CLOEXEC) } catch { return (nil, false, false, "\(error)") }
-        defer { Posix.close(fd) }
+    /// What a drive-N entry names: the NBD URI a symlink to one holds (a remote drive's entry is a symlink whose
+    /// target is its URI, so `ls -l` shows it), or else the entry itself (a file, or a symlink to a file or device).
+    public static func locator(ofEntry entry: String) -> String {
+        var target = [CChar](repeating: 0, count: 4097)
+        let n = readlink(entry, &target, 4096)
+        guard n > 0 else { return entry }
+        let text = String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return Drive.isURI(text) ? text : entry
+    }
+
+    /// An entry as messages name it: its path, and the URI of a remote drive.
+    static func describe(entry: String) -> String {
+        let locator = locator(ofEntry: entry)
+        return locator == entry ? entry : "\(entry) (\(locator))"
+    }
+
+    /// Whether two drive locators name the same drive: the same URI, or the same file or device.
+    static func sameDrive(_ a: String, _ b: String) -> Bool {
+        if Drive.isURI(a) || Drive.isURI(b) { return a == b }
+        guard let x = identity(a), let y = identity(b) else { return false }
+        return x == y
+    }
+
+    /// Reads both superblock copies of one drive (a path or a URI) with plain reads (used for probing foreign devices
+    /// too).
+    static func readSuperblockCopies(path locator: String) -> (valid: Superblock?, sawMagic: Bool, firstBytesNonZero: Bool, problem: String?) {
+        let block: [UInt8]
+        do { block = try Drive.readHead(locator, count: 64 << 10) } catch { return (nil, false, false, error.description) }
         var best: Superblock? = nil
         var sawMagic = false
         var problem: String? = nil
-        var nonZero = false
-        var block = [UInt8](repeating: 0, count: 64 << 10)
-        let n = (try? block.withUnsafeMutableBytes { raw in try Posix.pread(fd, raw.baseAddress!, count: raw.count, offset: 0) }) ?? 0
-        nonZero = block[0..<n].contains { $0 != 0 }
-        for offset in Layout.superblockCopyOffsets {
+        let nonZero = block.contains { $0 != 0 }
+        for offset in Layout.superblockCopyOffsets where Int(offset) + Layout.superblockRecordBytes <= block.count {
             let bytes = Array(block[Int(offset)..<(Int(offset) + Layout.superblockRecordBytes)])
             if Superblock.hasMagic(bytes) { sawMagic = true }
             do {
@@ -186,8 +206,14 @@ public final class ArrayStore: @unchecked Sendable {
         // Entries not used, and why (one line each): a refusal names the first, a degraded assembly warns of each.
         var leftOut: [(path: String, reason: String)] = []
         for path in entries {
-            let probe = readSuperblockCopies(path: path)
+            let locator = locator(ofEntry: path)
+            let probe = readSuperblockCopies(path: locator)
             guard let sb = probe.valid else {
+                if locator != path && !probe.sawMagic && !probe.firstBytesNonZero {
+                    // A remote drive that does not answer (or answers with nothing): out, as a missing member is.
+                    leftOut.append((path, "\(path) (\(locator)): \(probe.problem ?? "no vsa superblock")"))
+                    continue
+                }
                 leftOut.append(
                     probe.sawMagic
                         ? (path, "\(path): vsa superblock damaged in both copies (\(probe.problem ?? "unreadable"))")
@@ -267,8 +293,8 @@ public final class ArrayStore: @unchecked Sendable {
                 }
                 continue
             }
-            do { drives.append(try Drive(path: entry.path)) } catch {
-                throw VSAError("cannot open drive \(entry.path): \(error); check its permissions")
+            do { drives.append(try Drive.open(locator(ofEntry: entry.path))) } catch {
+                throw VSAError("cannot open drive \(describe(entry: entry.path)): \(error); check its permissions or its server")
             }
             paths.append(entry.path)
         }
@@ -449,12 +475,13 @@ public final class ArrayStore: @unchecked Sendable {
 
     public func prepareReplacement(member: Int, path: String, force: Bool) throws(VSAError) -> Replacement {
         let required = superblock.driveBytesRequired
-        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        let remote = Drive.isURI(path)
+        let absolute = remote || path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         var created = false
-        if let id = ArrayStore.identity(absolute) {
+        if remote || ArrayStore.identity(absolute) != nil {
             // Only the member's own drive may be given back; any other drive of the array (even a failed one, whose
             // entry a later replace would retire) is refused.
-            for (i, d) in drives.enumerated() where i != member && !d.isMissing && ArrayStore.identity(drivePaths[i]).map({ $0 == id }) == true {
+            for (i, d) in drives.enumerated() where i != member && !d.isMissing && ArrayStore.sameDrive(d.remoteURI ?? drivePaths[i], absolute) {
                 throw VSAError("\(path) is already drive \(i) of this array; give a new file or device")
             }
             let probe = ArrayStore.readSuperblockCopies(path: absolute)
@@ -472,7 +499,7 @@ public final class ArrayStore: @unchecked Sendable {
             created = true
         }
         let drive: Drive
-        do { drive = try Drive(path: absolute) } catch {
+        do { drive = try Drive.open(absolute) } catch {
             if created { unlink(absolute) }
             throw VSAError("cannot open \(path): \(error)")
         }
@@ -492,12 +519,13 @@ public final class ArrayStore: @unchecked Sendable {
         let file = created ? absolute : nil
         if entries.contains(absolute) { return Replacement(drive: drive, entry: absolute, createdFile: file, createdEntry: false) }
         // The same file or device behind an existing entry (a failed member given back): that entry serves.
-        if let id = ArrayStore.identity(absolute), let existing = entries.first(where: { ArrayStore.identity($0).map { $0 == id } == true }) {
+        if let existing = entries.first(where: { ArrayStore.sameDrive(ArrayStore.locator(ofEntry: $0), absolute) }) {
             return Replacement(drive: drive, entry: existing, createdFile: file, createdEntry: false)
         }
         var next = 0
         for e in entries { if let n = Int(e.split(separator: "/").last!.dropFirst(6)), n >= next { next = n + 1 } }
-        while ArrayStore.identity(ArrayStore.drivePath(directory: directory, index: next)) != nil { next += 1 }
+        var st = stat()
+        while lstat(ArrayStore.drivePath(directory: directory, index: next), &st) == 0 { next += 1 }
         let entry = ArrayStore.drivePath(directory: directory, index: next)
         guard symlink(absolute, entry) == 0 else {
             if created { unlink(absolute) }
@@ -532,8 +560,9 @@ public final class ArrayStore: @unchecked Sendable {
     /// Takes a replaced member's entry out of the folder's drive list (renamed to `drive-N.failed`), unless it is
     /// the replacement itself (the same file given back with --with).
     public func retire(entry: String, keeping replacement: String) {
-        guard entry.hasPrefix(directory + "/drive-"), !drivePaths.contains(entry), let id = ArrayStore.identity(entry),
-            ArrayStore.identity(replacement).map({ $0 == id }) != true
+        var st = stat()
+        guard entry.hasPrefix(directory + "/drive-"), !drivePaths.contains(entry), lstat(entry, &st) == 0,
+            !ArrayStore.sameDrive(ArrayStore.locator(ofEntry: entry), ArrayStore.locator(ofEntry: replacement))
         else {
             return
         }

@@ -70,11 +70,24 @@ extension ArrayStore {
         if usingPaths {
             driveSize = UInt64.max
             for path in options.drivePaths {
-                guard let real = realpath(path, nil) else { throw VSAError("drive \(path) does not exist; create the file or attach the device first") }
-                let resolved = String(cString: real)
-                free(real)
+                let resolved: String
+                if Drive.isURI(path) {
+                    // A remote drive (NBD): the URI is what the folder keeps; the server is asked below.
+                    resolved = path
+                } else {
+                    guard let real = realpath(path, nil) else {
+                        throw VSAError("drive \(path) does not exist; create the file or attach the device first")
+                    }
+                    resolved = String(cString: real)
+                    free(real)
+                }
                 if resolvedPaths.contains(resolved) { throw VSAError("drive \(path) is named twice") }
                 resolvedPaths.append(resolved)
+                // A server that cannot be reached, or serves the export read-only, is refused before its contents are.
+                var remoteSize: UInt64 = 0
+                if Drive.isURI(path) {
+                    do { remoteSize = try Drive.open(resolved).sizeBytes } catch { throw VSAError("cannot use drive \(path): \(error)") }
+                }
                 let probe = readSuperblockCopies(path: resolved)
                 if let sb = probe.valid, !options.force {
                     throw VSAError("\(path) belongs to vsa array \(sb.arrayUUID); use --force to overwrite it")
@@ -83,11 +96,15 @@ extension ArrayStore {
                     throw VSAError("\(path) holds data that is not a vsa superblock; refusing to overwrite it (use --force if you are sure)")
                 }
                 let size: UInt64
-                do {
-                    let fd = try Posix.open(resolved, flags: O_RDONLY | O_CLOEXEC)
-                    defer { Posix.close(fd) }
-                    size = try Posix.fileSize(fd: fd).sizeBytes
-                } catch { throw VSAError("cannot open drive \(path): \(error)") }
+                if Drive.isURI(path) {
+                    size = remoteSize
+                } else {
+                    do {
+                        let fd = try Posix.open(resolved, flags: O_RDONLY | O_CLOEXEC)
+                        defer { Posix.close(fd) }
+                        size = try Posix.fileSize(fd: fd).sizeBytes
+                    } catch { throw VSAError("cannot open drive \(path): \(error)") }
+                }
                 // Past 1 PiB a drive's tail is not used (capacities and offsets stay far from 64-bit limits).
                 driveSize = min(driveSize, size, Layout.driveBytesMax)
             }
@@ -131,8 +148,8 @@ extension ArrayStore {
 
         var drives: [Drive] = []
         for i in 0..<total {
-            do { drives.append(try Drive(path: drivePath(directory: dir, index: i))) } catch {
-                throw VSAError("cannot open drive \(drivePath(directory: dir, index: i)): \(error)")
+            do { drives.append(try Drive.open(usingPaths ? resolvedPaths[i] : drivePath(directory: dir, index: i))) } catch {
+                throw VSAError("cannot open drive \(usingPaths ? options.drivePaths[i] : drivePath(directory: dir, index: i)): \(error)")
             }
         }
         let store: ArrayStore

@@ -172,6 +172,16 @@ public final class MetricsExporter: Sendable {
                     "drive_read_errors_total",
                     "Read errors that did not fail the drive: served from redundancy and rewritten (past 20 in about an hour, it is failed).",
                     labels, d.readErrors)
+                if let r = d.remote {
+                    let remote = labels + [("uri", r.uri)]
+                    stateSet(
+                        "drive_link_state", "A remote drive's link: 1 for the state it is in.", remote, states: ["connected", "reconnecting", "lost"],
+                        current: r.link)
+                    counter("drive_reconnects_total", "Connections to a remote drive made again after one was lost.", remote, r.reconnects)
+                    gauge(
+                        "drive_round_trip_seconds", "A remote drive's round trip: its commands in a batch sent to answered, smoothed.", remote,
+                        Double(r.roundTripMicros) / 1_000_000)
+                }
             }
             for (member, c) in counts.drives ?? [:] {
                 latency(

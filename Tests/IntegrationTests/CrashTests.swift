@@ -77,6 +77,20 @@ final class CrashTests: FixtureTestCase {
         try killRounds()
     }
 
+    /// Every drive remote (issue 15): four NBD exports on two servers (nbdkit's file plugin) in another network
+    /// namespace, over TCP. What an fsync acknowledged is on the servers' files, round after round.
+    func testAcknowledgedWritesSurviveSIGKILLWithEveryDriveRemote() throws {
+        let lab = try NBDLab()
+        let r = fixture.root
+        XCTAssertEqual(Harness.sh("mkdir -p \(r)/s1 \(r)/s2 && truncate -s 48M \(r)/s1/a \(r)/s1/b \(r)/s2/a \(r)/s2/b").status, 0)
+        let one = try lab.serve(port: 10809, "file dir=\(r)/s1")
+        let two = try lab.serve(port: 10810, "file dir=\(r)/s2")
+        try fixture.create("--raid 5 --stripe-unit 16K --drive '\(one)a' --drive '\(two)a' --drive '\(one)b' --drive '\(two)b'")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' l --size 32M --thick").status, 0)
+        try killRounds()
+        withExtendedLifetime(lab) {}
+    }
+
     /// The same on a thin LUN: its blocks go to new places in the pool, and what was fsync'd comes back from the
     /// pool's checkpoint and the log of commits after it (docs/POOL.md).
     func testAcknowledgedWritesSurviveSIGKILLOnAThinLUN() throws {
@@ -121,7 +135,7 @@ final class CrashTests: FixtureTestCase {
         XCTAssertGreaterThan(moved, 0, "the cleaner moved blocks during the rounds")
     }
 
-    private func killRounds(
+    func killRounds(
         mountOptions: String = "", beforeKill: (Int) throws -> Void = { _ in }, afterRestart: (Int) throws -> Void = { _ in }
     ) throws {
         let r = fixture.root

@@ -188,3 +188,41 @@ class FixtureTestCase: XCTestCase {
         fixture?.cleanUp()
     }
 }
+
+/// A second machine for remote drives (scripts/nbd-lab): a network namespace joined by a veth pair, nbdkit servers in
+/// it. Taken down (servers killed, namespace removed) when the test lets go of it.
+final class NBDLab {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("scripts/nbd-lab").path
+    let name: String
+    let address: String
+
+    init() throws {
+        name = "t\(getpid() % 1_000_000)"
+        Harness.sh("'\(Self.script)' down \(name)")
+        let r = Harness.sh("'\(Self.script)' up \(name)")
+        guard r.status == 0 else {
+            XCTFail("nbd-lab up: \(r.stderr)")
+            throw NSError(domain: "nbd-lab", code: 1)
+        }
+        address = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Starts nbdkit on `port` with `arguments` (filters, plugin, parameters); returns its URI (export "").
+    @discardableResult
+    func serve(port: Int, _ arguments: String) throws -> String {
+        let r = Harness.sh("'\(Self.script)' serve \(name) \(port) \(arguments)")
+        guard r.status == 0 else {
+            XCTFail("nbd-lab serve \(port) \(arguments): \(r.stderr)")
+            throw NSError(domain: "nbd-lab", code: 1)
+        }
+        return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func stop(port: Int) { Harness.sh("'\(Self.script)' stop \(name) \(port)") }
+    /// A partition: the link goes down; `heal` brings it back.
+    func cut() { XCTAssertEqual(Harness.sh("'\(Self.script)' cut \(name)").status, 0) }
+    func heal() { XCTAssertEqual(Harness.sh("'\(Self.script)' heal \(name)").status, 0) }
+
+    deinit { Harness.sh("'\(Self.script)' down \(name)") }
+}
