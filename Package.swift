@@ -64,13 +64,18 @@ let package = Package(
         .target(
             name: "FrontEnd", dependencies: ["SysFuse", "SysPosix", "Directors", "GlobalMemory", "ArrayModel", "Buffers"], path: "Sources/FrontEnd",
             swiftSettings: hotPath),
+        // The replica layer (issue 15): LUNs copied to NBD exports on other machines, SRDF-style. A HostIOPort between
+        // the front end and the directors.
+        .target(
+            name: "Replication", dependencies: ["Directors", "SysNBD", "SysPosix", "ArrayModel"], path: "Sources/Replication",
+            swiftSettings: hotPath),
         // The control protocol (requests and replies, typed) and the socket's client end: shared by the daemon, the
         // `vsa` command and what else drives the array.
         .target(name: "Control", dependencies: ["ArrayModel", "Metadata", "SysPosix"], path: "Sources/Control"),
         .target(
             name: "Daemon",
             dependencies: [
-                "Control", "FrontEnd", "Directors", "GlobalMemory", "Pool", "BackEnd", "Metadata", "Drives",
+                "Control", "FrontEnd", "Replication", "Directors", "GlobalMemory", "Pool", "BackEnd", "Metadata", "Drives",
                 "MemoryServices", "ArrayModel", "Buffers", "SysFuse", "SysPosix",
             ], path: "Sources/Daemon"),
         // The service processor (as the management PC beside a Symmetrix): the Prometheus endpoint and the live
@@ -87,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Daemon", "ServiceProcessor", "Control", "ArrayModel", "Metadata", "SysPosix",
+                "Daemon", "ServiceProcessor", "Control", "Replication", "ArrayModel", "Metadata", "SysPosix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/CLI"),

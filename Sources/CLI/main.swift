@@ -40,7 +40,8 @@ struct VSA: ParsableCommand {
         commandName: "vsa",
         abstract: "A virtual enterprise storage array: LUNs as fixed-size files on a FUSE mount.",
         subcommands: [
-            Create.self, LUN.self, Snap.self, DriveCommand.self, DirectorCommand.self, Inject.self, PowerCutCommand.self, ScenarioCommand.self, Scrub.self,
+            Create.self, LUN.self, Snap.self, ReplicaCommand.self, DriveCommand.self, DirectorCommand.self, Inject.self, PowerCutCommand.self,
+            ScenarioCommand.self, Scrub.self,
             Mount.self, Unmount.self,
             Status.self, Top.self, DashboardCommand.self,
         ])

@@ -40,6 +40,11 @@ public enum ControlRequest: Sendable, Equatable {
     /// The host's view loses every write no flush made durable (`vsa powercut`; a mount with `-o powercut`); `torn`:
     /// each 4 KiB block of them, at random from `seed` (nil: the daemon picks one), may keep its newest contents.
     case powerCut(torn: Bool, seed: UInt64?)
+    /// `vsa replica create`: LUNs copied to NBD exports elsewhere, one URI per LUN, in order.
+    case replicaCreate(name: String, luns: [String], uris: [String], mode: String, cycleSeconds: UInt64)
+    case replicaSuspend(name: String)
+    case replicaResume(name: String)
+    case replicaDelete(name: String)
 
     /// The request's verb on the wire.
     public var verb: String {
@@ -63,6 +68,10 @@ public enum ControlRequest: Sendable, Equatable {
         case .injectClear: "inject-clear"
         case .latencyCounts: "latency-counts"
         case .powerCut: "powercut"
+        case .replicaCreate: "replica-create"
+        case .replicaSuspend: "replica-suspend"
+        case .replicaResume: "replica-resume"
+        case .replicaDelete: "replica-delete"
         }
     }
 
@@ -84,6 +93,8 @@ public enum ControlRequest: Sendable, Equatable {
         case .inject(let spec, let seed): spec.words + [seed.map(String.init) ?? ""]
         case .injectClear(let id): [id.map(String.init) ?? ""]
         case .powerCut(let torn, let seed): [wireFlag(torn), seed.map(String.init) ?? ""]
+        case .replicaCreate(let name, let luns, let uris, let mode, let cycle): [name, mode, String(cycle), String(luns.count)] + luns + uris
+        case .replicaSuspend(let name), .replicaResume(let name), .replicaDelete(let name): [name]
         }
     }
 
@@ -189,6 +200,25 @@ public enum ControlRequest: Sendable, Equatable {
         case "powercut":
             try expect(2)
             self = .powerCut(torn: try Self.parseFlag(args[0], "torn"), seed: args[1].isEmpty ? nil : try Self.number(args[1], "seed"))
+        case "replica-create":
+            guard args.count >= 4 else { throw VSAError("replica-create takes a name, a mode, a cycle, a count and its LUNs and URIs") }
+            let count = try Self.number(args[3], "LUN count")
+            guard count >= 1, count <= 256, args.count == 4 + 2 * Int(count) else {
+                throw VSAError("replica-create: \(args.count - 4) LUNs and URIs do not make \(count) pairs (1 to 256)")
+            }
+            let n = Int(count)
+            self = .replicaCreate(
+                name: args[0], luns: Array(args[4..<(4 + n)]), uris: Array(args[(4 + n)...]), mode: args[1],
+                cycleSeconds: try Self.number(args[2], "cycle"))
+        case "replica-suspend":
+            try expect(1)
+            self = .replicaSuspend(name: args[0])
+        case "replica-resume":
+            try expect(1)
+            self = .replicaResume(name: args[0])
+        case "replica-delete":
+            try expect(1)
+            self = .replicaDelete(name: args[0])
         default:
             throw VSAError("unknown control request")
         }

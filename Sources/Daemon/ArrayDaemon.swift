@@ -17,6 +17,7 @@ import GlobalMemory
 import MemoryServices
 import Metadata
 import Pool
+import Replication
 import Synchronization
 import SysFuse
 import SysPosix
@@ -146,6 +147,9 @@ public final class ArrayDaemon: @unchecked Sendable {
     private let lock: ArrayLock
     /// The host's volatile write cache when armed (`-o powercut`), and the power cuts so far (PowerCut.swift).
     let volatileCache: VolatileWriteCache?
+    /// The replica layer (Replication/): always between the front end and the directors, so groups can be made while
+    /// the array runs; a LUN in no group passes straight through.
+    let replicator: Replicator
     let powerCuts = Locked<[StatusReport.PowerCutInfo.Cut]>([])
     /// Where the service processor serves the metrics and the dashboard (set by whoever started it; status shows them).
     public let serviceURLs = Locked<(metrics: String?, dashboard: String?)>((nil, nil))
@@ -248,9 +252,11 @@ public final class ArrayDaemon: @unchecked Sendable {
         }
         let capacityBytes = geometry.capacityBytes
         let freeBox = FreeBytesBox()
-        let port: HostIOPort = engines
+        let replication = ReplicationPort(port: engines, lunIDMax: Layout.lunCountMax)
+        replicator = Replicator(port: replication, directory: options.directory, deadlineSeconds: options.driveTimeoutSeconds)
+        let port: HostIOPort = replication
         volatileCache = options.powerCutCacheBytes.map { VolatileWriteCache(port: port, capacityBytes: $0) }
-        frontEnd = LUNFrontEnd(port: volatileCache ?? engines, luns: files, userID: getuid(), groupID: getgid()) {
+        frontEnd = LUNFrontEnd(port: volatileCache ?? port, luns: files, userID: getuid(), groupID: getgid()) {
             (capacityBytes, freeBox.value.load(ordering: .relaxed))
         }
         freeBox.value.store(store.freeBytes, ordering: .relaxed)
@@ -281,6 +287,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             throw VSAError("cannot mount \(options.mountpoint): \(error)")
         }
         startControlSocket(listener: listener)
+        startReplicas()
         startDriveProbes()
         startHealthMonitor()
         startDirectorWatch()
@@ -310,6 +317,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         stopCleaner()
         pauseRebuild()
         stopScrub()
+        // No host write comes any more: each group's changed tracks are all it needs to send after the next mount.
+        replicator.stop(clean: true)
         // Failed directors come back for the stop: the array shuts down whole, and the next mount starts them all.
         for note in engines.restoreAll() { daemonLog("stopping: \(note)") }
         var flushed = engines.flush(lun: nil)
@@ -451,6 +460,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             daemonLog("LUN \(entry.name) created, \(entry.sizeBytes) bytes")
             return ""
         case .lunDelete(let name):
+            try refuseIfReplicated(lun: name, "deleted")
             guard let entry = controlLock.withLock({ _ in store.lunTable.entries.first(where: { $0.name == name }) }) else {
                 throw VSAError("no LUN named \(name); `vsa lun list` shows the LUNs")
             }
@@ -487,6 +497,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             try deleteSnapshot(lun: lun, name: name)
             return ""
         case .snapRestore(let lun, let name):
+            try refuseIfReplicated(lun: lun, "restored")
             try restoreSnapshot(lun: lun, name: name)
             forgetUnsynced(lun: lun)
             return ""
@@ -498,6 +509,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             try unlinkClone(clone)
             return ""
         case .snapRelink(let clone, let name):
+            try refuseIfReplicated(lun: clone, "relinked")
             try relinkClone(clone, to: name)
             forgetUnsynced(lun: clone)
             return ""
@@ -533,6 +545,8 @@ public final class ArrayDaemon: @unchecked Sendable {
             return String(try clearFaults(id: id))
         case .powerCut(let torn, let seed):
             return try powerCut(torn: torn, seed: seed).payload
+        case .replicaCreate, .replicaSuspend, .replicaResume, .replicaDelete:
+            return try replicaCommand(request)
         }
     }
 
@@ -633,6 +647,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.rebuild = rebuildInfo()
         report.faults = faultInfos()
         report.powerCut = powerCutInfo()
+        report.replicas = replicator.reports()
         for i in report.drives.indices where i < drives.count { report.drives[i].latency = .init(drives[i].latency) }
         for i in report.luns.indices {
             if let file = frontEnd.file(lunID: report.luns[i].id) {

@@ -4,6 +4,7 @@ import ArrayModel
 import Drives
 import MemoryServices
 import Metadata
+import Replication
 
 #if canImport(Glibc)
     import Glibc
@@ -61,6 +62,8 @@ public struct StatusReport: Codable, Sendable {
         public var reconnects: UInt64
         public var multiConn: Bool
         public var fua: Bool
+        /// New connections that found another disk behind the URI (blank, or not this array's): each failed the drive.
+        public var identityMismatches: UInt64 = 0
     }
     /// Latency summaries (LatencyHistogram.swift) of reads, writes and flushes, in microseconds.
     public struct LatencyInfo: Codable, Sendable {
@@ -320,6 +323,8 @@ public struct StatusReport: Codable, Sendable {
     public var faults: [FaultInfo]? = nil
     /// Mounted with `-o powercut`: the host's volatile write cache and the power cuts so far.
     public var powerCut: PowerCutInfo? = nil
+    /// Replica groups (`vsa replica`), mounted arrays only: state, lag, what went across.
+    public var replicas: [ReplicaReport]? = nil
 
     /// The host's view with a volatile write cache (FrontEnd/VolatileWriteCache.swift, `vsa powercut`).
     public struct PowerCutInfo: Codable, Sendable {
@@ -391,7 +396,7 @@ public struct StatusReport: Codable, Sendable {
                     RemoteInfo(
                         uri: uri, link: d.state == .failed ? "lost" : (d.link ?? .connected).description,
                         roundTripMicros: d.roundTripMicros.load(ordering: .relaxed), reconnects: d.reconnects.load(ordering: .relaxed),
-                        multiConn: d.serverMultiConn, fua: d.serverFUA)
+                        multiConn: d.serverMultiConn, fua: d.serverFUA, identityMismatches: d.identityMismatches.load(ordering: .relaxed))
                 })
         }
         let luns = store.lunTable.entries.sorted { $0.name < $1.name }.map {
@@ -441,6 +446,7 @@ public struct StatusReport: Codable, Sendable {
                 )
                 for c in p.cuts.suffix(3) { lines.append("    \(c.line)") }
             }
+            for r in replicas ?? [] { lines += r.lines }
             if let url = d.metricsURL { lines.append("  metrics: \(url)") }
             // The dashboard's URL carries its token: `vsa dashboard` prints it.
             if d.dashboardURL != nil { lines.append("  dashboard: served (vsa dashboard TARGET prints its URL)") }
@@ -465,7 +471,7 @@ public struct StatusReport: Codable, Sendable {
             )
             if let r = d.remote {
                 lines.append(
-                    "       remote \(r.uri)  \(r.link)\(r.roundTripMicros > 0 ? "  round trip \(LatencySummary.format(Double(r.roundTripMicros)))" : "")  reconnects \(r.reconnects)\(r.multiConn ? "" : "  (no multi-conn: every write durable)")"
+                    "       remote \(r.uri)  \(r.link)\(r.roundTripMicros > 0 ? "  round trip \(LatencySummary.format(Double(r.roundTripMicros)))" : "")  reconnects \(r.reconnects)\(r.multiConn ? "" : "  (no multi-conn: every write durable)")\(r.identityMismatches > 0 ? "  another disk behind the URI (\(r.identityMismatches)): failed, not written" : "")"
                 )
             }
             lines += d.latency?.lines ?? []
@@ -564,4 +570,18 @@ public func utcTime(_ seconds: UInt64) -> String {
     gmtime_r(&t, &parts)
     func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
     return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) UTC"
+}
+
+extension ReplicaReport {
+    /// The group in `vsa status` and `vsa replica list`.
+    public var lines: [String] {
+        let lag = lagBytes == 0 && state == "synchronized" ? "no lag" : "lag \(formatSize(lagBytes)), \((lagSeconds * 10).rounded() / 10) s"
+        var out = [
+            "  replica group \(name) (\(mode))  \(state)  \(lag)  sent \(writesSent) writes (\(formatSize(bytesSent))), resynced \(formatSize(resyncedBytes))\(partitions > 0 ? ", partitioned \(partitions) time\(partitions == 1 ? "" : "s")" : "")"
+        ]
+        for m in members {
+            out.append("    \(m.lun) -> \(m.uri)\(m.invalidTracks > 0 ? "  \(m.invalidTracks) changed track\(m.invalidTracks == 1 ? "" : "s")" : "")")
+        }
+        return out
+    }
 }

@@ -81,6 +81,22 @@ public final class Drive: Sendable {
     /// A remote drive's round trip: how long its commands in a batch took to be answered, smoothed (1/8 of each new
     /// batch), in microseconds; 0 before the first.
     public let roundTripMicros = Atomic<UInt64>(0)
+    /// What a remote drive must hold to be used over a new connection: `bytes` at one of `offsets` (Metadata sets the
+    /// array's UUID in either superblock copy once the superblocks are written). A server that comes back blank, or
+    /// serving another disk, is not this drive: `DriveIO` fails it instead of writing to it.
+    private let identity = Mutex<Identity?>(nil)
+    public struct Identity: Sendable {
+        public let offsets: [UInt64]
+        public let bytes: [UInt8]
+        public init(offsets: [UInt64], bytes: [UInt8]) {
+            self.offsets = offsets
+            self.bytes = bytes
+        }
+    }
+    public func expect(_ expected: Identity) { identity.withLock { $0 = expected } }
+    public var expectedIdentity: Identity? { identity.withLock { $0 } }
+    /// New connections to this remote drive that found another disk behind its URI (the drive was failed each time).
+    public let identityMismatches = Atomic<UInt64>(0)
     /// What the server offered at the first connection: several connections may share the export's cache
     /// (multi-conn; without it every write is made durable on its own connection), and FUA.
     public let serverMultiConn: Bool

@@ -88,6 +88,10 @@ public final class DriveIO {
     /// When this batch's first remote command was sent (monotonic seconds; 0: none yet): each remote drive's round
     /// trip is measured from it to its last answer.
     private var remoteBatchStart: Double = 0
+    /// Where a new connection's identity check reads (`holds`), allocated at the first one.
+    private var identityBuffer: UnsafeMutableRawPointer? = nil
+
+    deinit { if let identityBuffer { Posix.free(identityBuffer) } }
     /// What a failed read does to its drive in the next batch (one batch: `submit` puts it back to `.failDrive`).
     /// The back end's data reads ask for `.count` when the data can come from redundancy and go back to the drive,
     /// as md does with a read error: a bad sector is rewritten, and the drive is failed only when it keeps failing
@@ -220,8 +224,17 @@ public final class DriveIO {
                 // Connecting is bounded by the drive deadline too: the director's thread waits no longer for it.
                 let deadline = given ?? (DriveIO.deadlineSeconds > 0 ? Posix.monotonicSeconds() + DriveIO.deadlineSeconds : 0)
                 lost = true
-                connections[d] = try NBDConnection(uri: uri, deadlineSeconds: deadline)
+                let connection = try NBDConnection(uri: uri, deadlineSeconds: deadline)
                 lost = false
+                if let expected = drives[d].expectedIdentity, !holds(expected, on: connection, deadline: deadline) {
+                    // Not this drive any more (a server restarted blank, another disk behind the URI): failed, never
+                    // written; a rebuild onto it (vsa drive replace --with) is the way back.
+                    drives[d].identityMismatches.add(1, ordering: .relaxed)
+                    drives[d].linkRaw.store(RemoteLink.lost.rawValue, ordering: .relaxed)
+                    pageCacheFailures |= bit
+                    return
+                }
+                connections[d] = connection
                 if again { drives[d].reconnects.add(1, ordering: .relaxed) }
                 drives[d].linkRaw.store(RemoteLink.connected.rawValue, ordering: .relaxed)
             }
@@ -271,6 +284,21 @@ public final class DriveIO {
                 failed(op)
             }
             connections[d] = nil
+        }
+    }
+
+    /// Whether a new connection's drive holds `expected`: its first 8 KiB (both superblock copies) read once, into a
+    /// buffer kept for it (connecting is not per I/O). False also when the read fails or does not finish in time.
+    private func holds(_ expected: Drive.Identity, on connection: NBDConnection, deadline: Double) -> Bool {
+        let span = 8192
+        if identityBuffer == nil { identityBuffer = Posix.allocateAligned(bytes: span) }
+        let buffer = identityBuffer!
+        guard connection.sizeBytes >= UInt64(span), let cookie = try? connection.queueRead(into: buffer, count: span, offsetBytes: 0),
+            connection.waitAll(deadlineSeconds: deadline), connection.result(cookie) == 0
+        else { return false }
+        return expected.offsets.contains { offset in
+            guard offset + UInt64(expected.bytes.count) <= UInt64(span) else { return false }
+            return expected.bytes.withUnsafeBytes { memcmp(buffer + Int(offset), $0.baseAddress!, $0.count) == 0 }
         }
     }
 

@@ -338,10 +338,21 @@ public final class ArrayStore: @unchecked Sendable {
         }
         store.lunTable = table
         store.assemblyWarnings = warnings
+        store.expectIdentities()
         return store
     }
 
     // MARK: Writing records
+
+    /// Tells each remote drive what a new connection must find on it: this array's UUID in a superblock copy (the
+    /// array's superblocks are on it by now). A server that comes back blank or with another disk is then failed,
+    /// never written (DriveIO).
+    func expectIdentities() {
+        let at = Superblock.arrayUUIDOffset
+        let uuid = Array(superblock.encode()[at..<(at + 16)])
+        let identity = Drive.Identity(offsets: Layout.superblockCopyOffsets.map { $0 + UInt64(at) }, bytes: uuid)
+        for drive in drives where drive.remoteURI != nil { drive.expect(identity) }
+    }
 
     private func writeCopies(offsets: [UInt64], record: (Int) -> [UInt8]) throws(VSAError) {
         for copy in offsets {
@@ -390,6 +401,7 @@ public final class ArrayStore: @unchecked Sendable {
             sb.driveUUID = ArrayStore.driveUUID(array: base.arrayUUID, index: i)
             return sb.encode()
         }
+        expectIdentities()
     }
 
     public func writeLUNTable(_ table: LUNTable) throws(VSAError) {

@@ -143,7 +143,7 @@ public struct Superblock: Equatable, Sendable {
         w.put(UInt32(Layout.superblockRecordBytes), at: 12)
         w.put(UInt32(clean ? 1 : 0), at: 20)
         w.put(generation, at: 24)
-        w.put(uuid: arrayUUID, at: 32)
+        w.put(uuid: arrayUUID, at: Superblock.arrayUUIDOffset)
         w.put(uuid: driveUUID, at: 48)
         w.put(UInt32(driveIndex), at: 64)
         w.put(UInt32(memberCount), at: 68)
@@ -165,6 +165,9 @@ public struct Superblock: Equatable, Sendable {
         w.put(recordCRC(w.bytes, crcOffset: Superblock.crcOffset), at: Superblock.crcOffset)
         return w.bytes
     }
+
+    /// Where the array's UUID sits in the record (what a remote drive is recognised by after a new connection).
+    public static let arrayUUIDOffset = 32
 
     /// Whether the bytes begin with a vsa superblock magic (used to tell "foreign" from "damaged vsa").
     public static func hasMagic(_ bytes: [UInt8]) -> Bool {

@@ -160,6 +160,17 @@ public final class MetricsExporter: Sendable {
             gauge("array_spares", "Hot spares.", [], a.spareCount)
             gauge("array_members_out", "Members failed or still being rebuilt.", [], report.drives.filter { $0.role == "member" && $0.state != "online" }.count)
 
+            for g in report.replicas ?? [] {
+                let labels = [("group", g.name), ("mode", g.mode)]
+                stateSet(
+                    "replica_state", "Each replica group's state: 1 for the one it is in.", labels,
+                    states: ["synchronized", "syncing", "partitioned", "suspended"], current: g.state)
+                gauge("replica_lag_bytes", "Changed tracks not yet on the remote (64 KiB each).", labels, g.lagBytes)
+                gauge("replica_lag_seconds", "How long the group has not been synchronized (0 when it is).", labels, g.lagSeconds)
+                counter("replica_sent_bytes_total", "Bytes of host writes sent to the remote as they happened.", labels, g.bytesSent)
+                counter("replica_resynced_bytes_total", "Bytes of changed tracks sent by resyncs.", labels, g.resyncedBytes)
+                counter("replica_partitions_total", "Times the group's link was found down.", labels, g.partitions)
+            }
             for d in report.drives {
                 let labels = [("drive", String(d.index)), ("path", d.path), ("role", d.role)]
                 stateSet(

@@ -6,6 +6,7 @@
 import Buffers
 import Drives
 import Foundation
+import SysNBD
 import SysPosix
 import XCTest
 
@@ -167,6 +168,36 @@ final class RemoteDriveTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(began), 4)
         XCTAssertEqual(drive.state, .failed)
         XCTAssertGreaterThanOrEqual(drive.timeouts.load(ordering: .relaxed), 1)
+    }
+
+    /// A server that comes back blank on the same socket within the deadline is not the drive it was: the new
+    /// connection finds no identity on it, the drive is failed and nothing is written to the newcomer.
+    func testAServerBackBlankWithinTheDeadlineIsNotTakenForTheDrive() throws {
+        let socket = folder + "/nbd.sock"
+        servers.append(try NBDKitServer(size: "16M", socket: socket))
+        let drive = try Drive(uri: "nbd+unix:///?socket=\(socket)")
+        DriveIO.deadlineSeconds = 5
+        let io = try DriveIO(drives: [drive])
+        let page = alignedBuffer(bytes: 8192)
+        memset(page.base, 0, 8192)
+        memcpy(page.base + 32, "this-array-uuid!", 16)
+        io.queueWrite(drive: 0, from: page.base, count: 8192, offsetBytes: 0)
+        XCTAssertEqual(io.submit(), 0)
+        drive.expect(Drive.Identity(offsets: [32, 4096 + 32], bytes: Array("this-array-uuid!".utf8)))
+        // The server dies and another, blank, comes up on the same socket.
+        servers[0].stop()
+        servers.append(try NBDKitServer(size: "16M", plugin: ["memory", "16M"], socket: socket))
+        io.queueWrite(drive: 0, from: page.base, count: 4096, offsetBytes: 65536)
+        XCTAssertEqual(io.submit(), 1, "a blank server is not the drive")
+        XCTAssertEqual(drive.identityMismatches.load(ordering: .relaxed), 1)
+        XCTAssertEqual(drive.link, .lost)
+        let check = try NBDConnection(uri: "nbd+unix:///?socket=\(socket)")
+        let back = alignedBuffer(bytes: 4096)
+        memset(back.base, 0xEE, 4096)
+        let cookie = try check.queueRead(into: back.base, count: 4096, offsetBytes: 65536)
+        XCTAssertTrue(check.waitAll(deadlineSeconds: 0))
+        XCTAssertEqual(check.result(cookie), 0)
+        XCTAssertEqual((0..<4096).allSatisfy { back.base.load(fromByteOffset: $0, as: UInt8.self) == 0 }, true, "the newcomer was written")
     }
 
     func testAURIThatIsNotNBDsIsOneLine() {

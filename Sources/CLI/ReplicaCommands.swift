@@ -1,0 +1,112 @@
+// `vsa replica create|list|suspend|resume|delete`: LUNs copied to NBD exports on other machines, SRDF-style
+// (Replication/; mounted arrays).
+import ArgumentParser
+import ArrayModel
+import Control
+import Daemon
+import Foundation
+import Replication
+
+struct ReplicaCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replica", abstract: "Replicate LUNs to NBD exports on other machines (another vsa's LUN files). Needs the array mounted.",
+        subcommands: [ReplicaCreate.self, ReplicaList.self, ReplicaSuspend.self, ReplicaResume.self, ReplicaDelete.self])
+}
+
+struct ReplicaCreate: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Start replicating LUNs, each to an NBD export of its exact size; the first sync sends every track.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The group's name (letters, digits, '-', '_', '.').") var name: String
+    @Option(help: "The LUNs, comma-separated.") var luns: String
+    @Option(help: "Their targets, comma-separated, one per LUN in order: nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH.")
+    var to: String
+    @Option(help: "sync: a write is acknowledged once the remote has it.") var mode: String = "sync"
+    @Option(help: "async only: the delta set cycle (e.g. 30s, 2m).") var cycle: String = "30s"
+
+    func execute() throws(VSAError) {
+        let lunNames = luns.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let uris = to.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard !lunNames.contains(where: \.isEmpty), !uris.contains(where: \.isEmpty) else {
+            throw VSAError("--luns and --to take comma-separated lists with nothing empty")
+        }
+        guard lunNames.count == uris.count else {
+            throw VSAError("give one --to URI per LUN (\(lunNames.count) LUN\(lunNames.count == 1 ? "" : "s"), \(uris.count) URI\(uris.count == 1 ? "" : "s"))")
+        }
+        guard mode == "sync" || mode == "async" else { throw VSAError("--mode must be sync or async (got '\(mode.prefix(40))')") }
+        let seconds = try cycleSeconds(cycle)
+        let dir = try mountedArray(target, "replicate its LUNs")
+        _ = try control(dir, .replicaCreate(name: name, luns: lunNames, uris: uris, mode: mode, cycleSeconds: seconds))
+        print("replica group \(name) created (\(mode)): syncing; `vsa replica list \(target)` shows its progress")
+    }
+
+    /// "30s", "2m", "1h" or plain seconds; 1 s to 24 h.
+    func cycleSeconds(_ text: String) throws(VSAError) -> UInt64 {
+        var digits = Substring(text)
+        var unit: UInt64 = 1
+        if let last = digits.last, "smh".contains(last) {
+            unit = last == "s" ? 1 : last == "m" ? 60 : 3600
+            digits = digits.dropLast()
+        }
+        guard digits.count <= 6, let n = UInt64(digits), n * unit >= 1, n * unit <= 86_400 else {
+            throw VSAError("--cycle takes 1s to 24h, as 30s, 2m or 1h (got '\(text.prefix(40))')")
+        }
+        return n * unit
+    }
+}
+
+struct ReplicaList: VSACommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "The replica groups: state, lag, what went across.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "Only this group.") var name: String?
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func execute() throws(VSAError) {
+        _ = try mountedArray(target, "list its replica groups")
+        let groups = (try statusReport(target).replicas ?? []).filter { g in name.map { g.name == $0 } ?? true }
+        if let name, groups.isEmpty { throw VSAError("no replica group named \(name); `vsa replica list \(target)` shows them") }
+        if json {
+            struct Listing: Encodable { var replicas: [ReplicaReport] }
+            print(encodeJSON(Listing(replicas: groups)))
+            return
+        }
+        if groups.isEmpty { print("no replica groups; make one with `vsa replica create \(target) NAME --luns L --to URI`") }
+        for g in groups { print(g.lines.map { String($0.dropFirst(2)) }.joined(separator: "\n")) }
+    }
+}
+
+struct ReplicaSuspend: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "suspend", abstract: "Stop sending to the remote; changed tracks are remembered for the resume.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The group.") var name: String
+
+    func execute() throws(VSAError) {
+        _ = try control(try mountedArray(target, "suspend a replica group"), .replicaSuspend(name: name))
+        print("replica group \(name) suspended")
+    }
+}
+
+struct ReplicaResume: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resume", abstract: "Send the tracks changed while suspended, then replicate as before.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The group.") var name: String
+
+    func execute() throws(VSAError) {
+        _ = try control(try mountedArray(target, "resume a replica group"), .replicaResume(name: name))
+        print("replica group \(name) resumed: syncing")
+    }
+}
+
+struct ReplicaDelete: VSACommand {
+    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Stop replicating; the remote keeps what it has.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The group.") var name: String
+
+    func execute() throws(VSAError) {
+        _ = try control(try mountedArray(target, "delete a replica group"), .replicaDelete(name: name))
+        print("replica group \(name) deleted")
+    }
+}

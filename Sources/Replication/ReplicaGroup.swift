@@ -1,0 +1,159 @@
+// A replica group: LUNs of this array (R1) copied to NBD exports elsewhere (R2), as SRDF copies devices in groups.
+//
+// Synchronous: a host write is acknowledged once the local array and the remote both have it (the remote by a FUA
+// write). While the link is down, or the group is suspended, writes are acknowledged on the local array alone and
+// the tracks they changed are remembered (`TrackBitmap`: SRDF's invalid tracks); resuming sends only those.
+//
+// States (`ReplicaState`):
+//   syncing       -> synchronized   the resync found no changed track left (under the group lock)
+//   synchronized  -> partitioned    a remote write failed or timed out: the link is taken as down
+//   syncing       -> partitioned    the same, during a resync
+//   partitioned   -> syncing        the link monitor found the remote answering again
+//   any           -> suspended      `vsa replica suspend`; only `resume` leaves it (-> syncing)
+//   synchronized  -> syncing        a write that began in another state marked a track after the group got here
+import ArrayModel
+import Foundation
+import Synchronization
+
+public enum ReplicaState: UInt8, Sendable, CustomStringConvertible, Codable {
+    case synchronized = 0, syncing = 1, partitioned = 2, suspended = 3
+    public var description: String {
+        switch self {
+        case .synchronized: return "synchronized"
+        case .syncing: return "syncing"
+        case .partitioned: return "partitioned"
+        case .suspended: return "suspended"
+        }
+    }
+}
+
+/// Changed tracks of one LUN, one bit per `trackBytes`. Guarded by its group's lock.
+public struct TrackBitmap: Sendable {
+    public static let trackBytes: UInt64 = 64 << 10
+    public private(set) var words: [UInt64]
+    public let trackCount: Int
+    public private(set) var setCount = 0
+
+    public init(sizeBytes: UInt64, allSet: Bool = false) {
+        trackCount = Int((sizeBytes + Self.trackBytes - 1) / Self.trackBytes)
+        words = Array(repeating: 0, count: (trackCount + 63) / 64)
+        if allSet { for t in 0..<trackCount { set(t) } }
+    }
+
+    /// A saved bitmap (the folder's replicas.json), if it fits a LUN of `sizeBytes`.
+    public init?(sizeBytes: UInt64, words saved: [UInt64]) {
+        self.init(sizeBytes: sizeBytes)
+        guard saved.count == words.count else { return nil }
+        for t in 0..<trackCount where saved[t >> 6] & (1 << UInt64(t & 63)) != 0 { set(t) }
+    }
+
+    public mutating func set(_ track: Int) {
+        let bit: UInt64 = 1 << UInt64(track & 63)
+        if words[track >> 6] & bit == 0 {
+            words[track >> 6] |= bit
+            setCount += 1
+        }
+    }
+
+    public mutating func clear(_ track: Int) {
+        let bit: UInt64 = 1 << UInt64(track & 63)
+        if words[track >> 6] & bit != 0 {
+            words[track >> 6] &= ~bit
+            setCount -= 1
+        }
+    }
+
+    public func isSet(_ track: Int) -> Bool { words[track >> 6] & (1 << UInt64(track & 63)) != 0 }
+
+    /// Marks the tracks a byte range touches (the range is within the LUN: the front end checked it).
+    public mutating func mark(offsetBytes: UInt64, count: UInt64) {
+        guard count > 0 else { return }
+        let first = Int(offsetBytes / Self.trackBytes)
+        let last = min(trackCount - 1, Int((offsetBytes + count - 1) / Self.trackBytes))
+        guard first <= last else { return }
+        for t in first...last { set(t) }
+    }
+
+    /// The first set track at or after `from`, wrapping around; nil when none is set.
+    public func firstSet(from: Int) -> Int? {
+        guard setCount > 0, trackCount > 0 else { return nil }
+        for step in 0..<trackCount {
+            let t = (from + step) % trackCount
+            if words[t >> 6] == 0 {
+                continue
+            }
+            if isSet(t) { return t }
+        }
+        return nil
+    }
+}
+
+/// One replicated LUN: its id and size here, and its R2.
+final class ReplicaLUN: @unchecked Sendable {
+    let name: String
+    let lun: LUNRef
+    let image: RemoteImage
+    init(name: String, lun: LUNRef, image: RemoteImage) {
+        self.name = name
+        self.lun = lun
+        self.image = image
+    }
+}
+
+/// A group at run time: its LUNs, state, changed tracks and counters. The lock guards `bitmaps`, `inFlight` and the
+/// state's changes; the state is also an atomic, so a synchronized group's writes read it without the lock.
+public final class ReplicaGroup: @unchecked Sendable {
+    public let name: String
+    public let mode: String
+    let luns: [ReplicaLUN]
+    let stateRaw = Atomic<UInt8>(ReplicaState.syncing.rawValue)
+    /// lunID -> changed tracks; (lunID, track) pairs a resync is sending now.
+    let tracks: Locked<Tracks>
+    struct Tracks {
+        var bitmaps: [UInt32: TrackBitmap]
+        var inFlight: Set<UInt64> = []
+    }
+    /// When the group was last synchronized (monotonic seconds; 0: never since mount).
+    let synchronizedSince = Atomic<UInt64>(0)
+    let lastSynchronizedMicros = Atomic<UInt64>(0)
+    public let writesSent = Atomic<UInt64>(0)
+    public let bytesSent = Atomic<UInt64>(0)
+    public let resyncedBytes = Atomic<UInt64>(0)
+    public let partitions = Atomic<UInt64>(0)
+    /// Set by delete and unmount: its resync thread ends.
+    let stopping = Atomic<Bool>(false)
+
+    public var state: ReplicaState { ReplicaState(rawValue: stateRaw.load(ordering: .acquiring))! }
+
+    init(name: String, mode: String, luns: [ReplicaLUN], bitmaps: [UInt32: TrackBitmap], state: ReplicaState) {
+        self.name = name
+        self.mode = mode
+        self.luns = luns
+        self.tracks = Locked(Tracks(bitmaps: bitmaps))
+        stateRaw.store(state.rawValue, ordering: .releasing)
+    }
+
+    /// Changed tracks in all, and their bytes (the lag a resync must send).
+    public var invalidTracks: Int { tracks.withLock { t in t.bitmaps.values.reduce(0) { $0 + $1.setCount } + t.inFlight.count } }
+
+    func moveState(to next: ReplicaState, holdingLock: Bool = true) {
+        let before = ReplicaState(rawValue: stateRaw.exchange(next.rawValue, ordering: .acquiringAndReleasing))!
+        if next == .partitioned && before != .partitioned { partitions.add(1, ordering: .relaxed) }
+        if next == .synchronized {
+            lastSynchronizedMicros.store(UInt64(Date().timeIntervalSince1970 * 1_000_000), ordering: .relaxed)
+        }
+    }
+
+    /// A write's tracks could not go to the remote (or the group does not send them now): remembered for the resync.
+    /// A group that got to synchronized since the write began goes back to syncing, so the resync sends them.
+    func remember(lun: UInt32, offsetBytes: UInt64, count: UInt64, linkDown: Bool) {
+        tracks.withLock { t in
+            t.bitmaps[lun]?.mark(offsetBytes: offsetBytes, count: count)
+            if linkDown {
+                if state != .suspended { moveState(to: .partitioned) }
+            } else if state == .synchronized {
+                moveState(to: .syncing)
+            }
+        }
+    }
+}

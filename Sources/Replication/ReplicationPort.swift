@@ -1,0 +1,220 @@
+// The replica layer: a HostIOPort between the front end and the directors (beside `VolatileWriteCache`), present on
+// every mount so groups can be made and deleted while the array runs. A LUN in no group costs one atomic load per
+// write; reads and flushes pass straight through (a synchronous replica's remote writes are FUA already).
+//
+// A synchronized group's write holds the locks of the tracks it touches (striped: `trackLockCount` mutexes, taken in
+// order) from sending to the remote until both sides answered, and the resync holds the same lock while it reads a
+// track here and writes it there: the two sides see one order of the writes to a track, so R2 ends equal to R1
+// byte for byte.
+import ArrayModel
+import Directors
+import Foundation
+import Synchronization
+import SysPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+public final class ReplicationPort: HostIOPort, @unchecked Sendable {
+    private let port: HostIOPort
+    /// Indexed by LUN id (1...lunCountMax): the group replicating it, published with `active`.
+    private let slots: [Slot]
+    private static let trackLockCount = 256
+    private let trackLocks: UnsafeMutablePointer<pthread_mutex_t>
+
+    final class Slot: @unchecked Sendable {
+        let active = Atomic<Bool>(false)
+        /// Writes that read `active` as true and may still use `group` (delete waits for them).
+        let users = Atomic<Int>(0)
+        var group: ReplicaGroup?
+        var lun: ReplicaLUN?
+    }
+
+    public init(port: HostIOPort, lunIDMax: Int) {
+        self.port = port
+        slots = (0...max(1, lunIDMax)).map { _ in Slot() }
+        trackLocks = .allocate(capacity: Self.trackLockCount)
+        for i in 0..<Self.trackLockCount { pthread_mutex_init(trackLocks + i, nil) }
+    }
+
+    deinit {
+        for i in 0..<Self.trackLockCount { pthread_mutex_destroy(trackLocks + i) }
+        trackLocks.deallocate()
+    }
+
+    /// The port below: what a resync reads a track through.
+    var local: HostIOPort { port }
+
+    // MARK: Groups
+
+    /// Starts replicating the group's LUNs (its writes from now on go through the group).
+    func activate(_ group: ReplicaGroup) {
+        for l in group.luns {
+            let slot = slots[Int(l.lun.lunID)]
+            slot.group = group
+            slot.lun = l
+            slot.active.store(true, ordering: .sequentiallyConsistent)
+        }
+    }
+
+    /// Stops replicating the group's LUNs; returns once no write uses the group any more.
+    func deactivate(_ group: ReplicaGroup) {
+        for l in group.luns {
+            let slot = slots[Int(l.lun.lunID)]
+            guard slot.group === group else { continue }
+            slot.active.store(false, ordering: .sequentiallyConsistent)
+            while slot.users.load(ordering: .sequentiallyConsistent) > 0 { usleep(1000) }
+            slot.group = nil
+            slot.lun = nil
+        }
+    }
+
+    func isReplicated(lunID: UInt32) -> Bool {
+        Int(lunID) < slots.count && slots[Int(lunID)].active.load(ordering: .acquiring)
+    }
+
+    // MARK: Track locks
+
+    /// The striped locks of the tracks `[offset, offset + count)` of `lun` touches, ascending and each once, taken
+    /// (or released) in that order.
+    private func withTrackLocks<R>(lun: UInt32, offsetBytes: UInt64, count: UInt64, _ body: () -> R) -> R {
+        let first = offsetBytes / TrackBitmap.trackBytes
+        let last = (offsetBytes + max(count, 1) - 1) / TrackBitmap.trackBytes
+        // Which of the 256 locks, as a bit set on the stack (no allocation per write); past 256 tracks, all of them.
+        var mask: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        if last - first + 1 >= UInt64(Self.trackLockCount) {
+            mask = (~0, ~0, ~0, ~0)
+        } else {
+            for t in first...last {
+                let i = Self.lockIndex(lun: lun, track: t)
+                let bit: UInt64 = 1 << UInt64(i & 63)
+                switch i >> 6 {
+                case 0: mask.0 |= bit
+                case 1: mask.1 |= bit
+                case 2: mask.2 |= bit
+                default: mask.3 |= bit
+                }
+            }
+        }
+        func each(_ action: (Int) -> Void) {
+            withUnsafeBytes(of: mask) { raw in
+                for w in 0..<4 {
+                    var bits = raw.load(fromByteOffset: w * 8, as: UInt64.self)
+                    while bits != 0 {
+                        action(w << 6 | bits.trailingZeroBitCount)
+                        bits &= bits - 1
+                    }
+                }
+            }
+        }
+        each { pthread_mutex_lock(trackLocks + $0) }
+        defer { each { pthread_mutex_unlock(trackLocks + $0) } }
+        return body()
+    }
+
+    private static func lockIndex(lun: UInt32, track: UInt64) -> Int {
+        Int((track &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(lun) &* 0xBF58_476D_1CE4_E5B9) >> 56) % trackLockCount
+    }
+
+    // MARK: HostIOPort
+
+    public func read(lun: LUNRef, offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Int32 {
+        port.read(lun: lun, offsetBytes: offsetBytes, count: count, into: target)
+    }
+
+    public func flush(lun: LUNRef?) -> Int32 { port.flush(lun: lun) }
+
+    public func write(lun: LUNRef, offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer) -> Int32 {
+        replicated(lun: lun, offsetBytes: offsetBytes, count: UInt64(count), source: source) {
+            port.write(lun: lun, offsetBytes: offsetBytes, count: count, from: source)
+        }
+    }
+
+    public func zero(lun: LUNRef, offsetBytes: UInt64, count: UInt64) -> Int32 {
+        replicated(lun: lun, offsetBytes: offsetBytes, count: count, source: nil) {
+            port.zero(lun: lun, offsetBytes: offsetBytes, count: count)
+        }
+    }
+
+    /// A write (or zeroed range: `source` nil) of a LUN: straight down when it is in no group; else to both sides
+    /// when its group is synchronized (the remote's answer awaited before the host's), or down with its tracks
+    /// remembered.
+    @inline(__always)
+    private func replicated(lun: LUNRef, offsetBytes: UInt64, count: UInt64, source: UnsafeRawPointer?, local: () -> Int32) -> Int32 {
+        let id = Int(lun.lunID)
+        guard id < slots.count else { return local() }
+        let slot = slots[id]
+        guard slot.active.load(ordering: .acquiring) else { return local() }
+        slot.users.add(1, ordering: .sequentiallyConsistent)
+        defer { slot.users.subtract(1, ordering: .sequentiallyConsistent) }
+        guard slot.active.load(ordering: .sequentiallyConsistent), let group = slot.group, let replica = slot.lun else { return local() }
+        if group.state != .synchronized {
+            // Tracks are marked after the local write: a resync that reads the track before it lands sends it again.
+            let rc = local()
+            group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
+            return rc
+        }
+        // Zeroed ranges larger than a request go as one NBD zero; writes as one FUA write.
+        return withTrackLocks(lun: lun.lunID, offsetBytes: offsetBytes, count: count) {
+            let pending = replica.image.send(offsetBytes: offsetBytes, count: Int(count), from: source)
+            let rc = local()
+            let sent = pending.map { replica.image.finish($0) } ?? false
+            if !sent {
+                group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: true)
+            } else if rc != 0 {
+                // The remote took what the array here refused: the tracks go across again from here.
+                group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
+            } else {
+                group.writesSent.add(1, ordering: .relaxed)
+                group.bytesSent.add(count, ordering: .relaxed)
+            }
+            return rc
+        }
+    }
+
+    // MARK: Resync
+
+    /// Sends one changed track of the group to its remote: taken off the bitmap, read here and written there under
+    /// its track lock. Returns false when nothing was left to send, or the link failed (the track is marked again).
+    func resyncOne(_ group: ReplicaGroup, buffer: UnsafeMutableRawPointer, cursor: inout Int) -> Bool {
+        // The next changed track, any LUN of the group.
+        let picked: (ReplicaLUN, Int)? = group.tracks.withLock { t in
+            for l in group.luns {
+                guard let track = t.bitmaps[l.lun.lunID]?.firstSet(from: cursor) else { continue }
+                t.bitmaps[l.lun.lunID]!.clear(track)
+                t.inFlight.insert(UInt64(l.lun.lunID) << 40 | UInt64(track))
+                return (l, track)
+            }
+            return nil
+        }
+        guard let picked else { return false }
+        let (replica, track) = picked
+        cursor = track + 1
+        let offset = UInt64(track) * TrackBitmap.trackBytes
+        let count = Int(min(TrackBitmap.trackBytes, replica.lun.sizeBytes - offset))
+        let sent = withTrackLocks(lun: replica.lun.lunID, offsetBytes: offset, count: UInt64(count)) { () -> Bool in
+            guard port.read(lun: replica.lun, offsetBytes: offset, count: count, into: buffer) == 0 else { return false }
+            return replica.image.write(offsetBytes: offset, count: count, from: buffer)
+        }
+        group.tracks.withLock { t in
+            t.inFlight.remove(UInt64(replica.lun.lunID) << 40 | UInt64(track))
+            if !sent {
+                t.bitmaps[replica.lun.lunID]?.set(track)
+                if group.state != .suspended { group.moveState(to: .partitioned) }
+            }
+        }
+        if sent { group.resyncedBytes.add(UInt64(count), ordering: .relaxed) }
+        return sent
+    }
+
+    /// Moves a syncing group to synchronized when nothing is left to send (under its lock, so no write marks a
+    /// track in between).
+    func finishResync(_ group: ReplicaGroup) -> Bool {
+        group.tracks.withLock { t in
+            guard group.state == .syncing, t.inFlight.isEmpty, t.bitmaps.values.allSatisfy({ $0.setCount == 0 }) else { return false }
+            group.moveState(to: .synchronized)
+            return true
+        }
+    }
+}
