@@ -87,6 +87,12 @@ uninstall:
 bench: release
 	@scripts/bench-deps
 	VSA_BIN=.build/release/vsa ROUNDS="$(ROUNDS)" RUNTIME="$(RUNTIME)" TARGETS="$(TARGETS)" Benchmarks/run $(BENCH_ARGS)
+	VSA_BIN=.build/release/vsa Benchmarks/remote-drives $(RUNTIME)
+
+# Only the remote-drive section (issue 15): RAID-5 over 4 NBD drives in another network namespace against nbdfuse.
+bench-remote: release
+	@scripts/bench-deps
+	VSA_BIN=.build/release/vsa Benchmarks/remote-drives $(RUNTIME)
 
 clean:
 	rm -rf .build

@@ -10,7 +10,10 @@ import Replication
 struct ReplicaCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "replica", abstract: "Replicate LUNs to NBD exports on other machines (another vsa's LUN files). Needs the array mounted.",
-        subcommands: [ReplicaCreate.self, ReplicaList.self, ReplicaSuspend.self, ReplicaResume.self, ReplicaDelete.self])
+        subcommands: [
+            ReplicaCreate.self, ReplicaList.self, ReplicaSuspend.self, ReplicaResume.self, ReplicaFailover.self, ReplicaFailback.self,
+            ReplicaDelete.self,
+        ])
 }
 
 struct ReplicaCreate: VSACommand {
@@ -76,37 +79,67 @@ struct ReplicaList: VSACommand {
     }
 }
 
-struct ReplicaSuspend: VSACommand {
+/// suspend, resume and delete: one group, one request, one line.
+protocol ReplicaGroupVerb: VSACommand {
+    var target: String { get }
+    var name: String { get }
+    static var doing: String { get }
+    static var done: String { get }
+    static func request(_ name: String) -> ControlRequest
+}
+
+extension ReplicaGroupVerb {
+    func execute() throws(VSAError) {
+        _ = try control(try mountedArray(target, Self.doing), Self.request(name))
+        print("replica group \(name) \(Self.done)")
+    }
+}
+
+struct ReplicaSuspend: ReplicaGroupVerb {
     static let configuration = CommandConfiguration(
         commandName: "suspend", abstract: "Stop sending to the remote; changed tracks are remembered for the resume.")
     @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
     @Argument(help: "The group.") var name: String
-
-    func execute() throws(VSAError) {
-        _ = try control(try mountedArray(target, "suspend a replica group"), .replicaSuspend(name: name))
-        print("replica group \(name) suspended")
-    }
+    static let doing = "suspend a replica group"
+    static let done = "suspended"
+    static func request(_ name: String) -> ControlRequest { .replicaSuspend(name: name) }
 }
 
-struct ReplicaResume: VSACommand {
+struct ReplicaResume: ReplicaGroupVerb {
     static let configuration = CommandConfiguration(
         commandName: "resume", abstract: "Send the tracks changed while suspended, then replicate as before.")
     @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
     @Argument(help: "The group.") var name: String
-
-    func execute() throws(VSAError) {
-        _ = try control(try mountedArray(target, "resume a replica group"), .replicaResume(name: name))
-        print("replica group \(name) resumed: syncing")
-    }
+    static let doing = "resume a replica group"
+    static let done = "resumed: syncing"
+    static func request(_ name: String) -> ControlRequest { .replicaResume(name: name) }
 }
 
-struct ReplicaDelete: VSACommand {
+struct ReplicaDelete: ReplicaGroupVerb {
     static let configuration = CommandConfiguration(commandName: "delete", abstract: "Stop replicating; the remote keeps what it has.")
     @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
     @Argument(help: "The group.") var name: String
+    static let doing = "delete a replica group"
+    static let done = "deleted"
+    static func request(_ name: String) -> ControlRequest { .replicaDelete(name: name) }
+}
 
-    func execute() throws(VSAError) {
-        _ = try control(try mountedArray(target, "delete a replica group"), .replicaDelete(name: name))
-        print("replica group \(name) deleted")
-    }
+struct ReplicaFailover: ReplicaGroupVerb {
+    static let configuration = CommandConfiguration(
+        commandName: "failover", abstract: "Make R2 the one written to (a second vsa mounts it); the LUNs here take no writes until failback.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The group.") var name: String
+    static let doing = "fail a replica group over"
+    static let done = "failed over: R2 is the one written to; its LUNs here refuse writes"
+    static func request(_ name: String) -> ControlRequest { .replicaFailover(name: name) }
+}
+
+struct ReplicaFailback: ReplicaGroupVerb {
+    static let configuration = CommandConfiguration(
+        commandName: "failback", abstract: "Bring R2's changes back (only the tracks that differ are copied), then replicate as before.")
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The group.") var name: String
+    static let doing = "fail a replica group back"
+    static let done = "failing back: `vsa replica list` shows the progress"
+    static func request(_ name: String) -> ControlRequest { .replicaFailback(name: name) }
 }

@@ -45,6 +45,8 @@ public enum ControlRequest: Sendable, Equatable {
     case replicaSuspend(name: String)
     case replicaResume(name: String)
     case replicaDelete(name: String)
+    case replicaFailover(name: String)
+    case replicaFailback(name: String)
 
     /// The request's verb on the wire.
     public var verb: String {
@@ -72,6 +74,8 @@ public enum ControlRequest: Sendable, Equatable {
         case .replicaSuspend: "replica-suspend"
         case .replicaResume: "replica-resume"
         case .replicaDelete: "replica-delete"
+        case .replicaFailover: "replica-failover"
+        case .replicaFailback: "replica-failback"
         }
     }
 
@@ -94,7 +98,8 @@ public enum ControlRequest: Sendable, Equatable {
         case .injectClear(let id): [id.map(String.init) ?? ""]
         case .powerCut(let torn, let seed): [wireFlag(torn), seed.map(String.init) ?? ""]
         case .replicaCreate(let name, let luns, let uris, let mode, let cycle): [name, mode, String(cycle), String(luns.count)] + luns + uris
-        case .replicaSuspend(let name), .replicaResume(let name), .replicaDelete(let name): [name]
+        case .replicaSuspend(let name), .replicaResume(let name), .replicaDelete(let name), .replicaFailover(let name), .replicaFailback(let name):
+            [name]
         }
     }
 
@@ -219,6 +224,12 @@ public enum ControlRequest: Sendable, Equatable {
         case "replica-delete":
             try expect(1)
             self = .replicaDelete(name: args[0])
+        case "replica-failover":
+            try expect(1)
+            self = .replicaFailover(name: args[0])
+        case "replica-failback":
+            try expect(1)
+            self = .replicaFailback(name: args[0])
         default:
             throw VSAError("unknown control request")
         }

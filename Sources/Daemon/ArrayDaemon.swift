@@ -545,7 +545,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             return String(try clearFaults(id: id))
         case .powerCut(let torn, let seed):
             return try powerCut(torn: torn, seed: seed).payload
-        case .replicaCreate, .replicaSuspend, .replicaResume, .replicaDelete:
+        case .replicaCreate, .replicaSuspend, .replicaResume, .replicaDelete, .replicaFailover, .replicaFailback:
             return try replicaCommand(request)
         }
     }

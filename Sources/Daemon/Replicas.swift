@@ -45,6 +45,14 @@ extension ArrayDaemon {
         case .replicaDelete(let name):
             try replicator.delete(name: name)
             daemonLog("replica group \(name) deleted")
+        case .replicaFailover(let name):
+            try replicator.failover(name: name)
+            let line = "replica group \(name) failed over: its LUNs here take no writes until `vsa replica failback`"
+            controlLock.withLock { _ in messages.append(line) }
+            daemonLog(line)
+        case .replicaFailback(let name):
+            try replicator.failback(name: name)
+            daemonLog("replica group \(name) failing back: R2's changed tracks come back")
         default:
             break
         }

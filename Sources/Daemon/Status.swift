@@ -579,6 +579,9 @@ extension ReplicaReport {
         var out = [
             "  replica group \(name) (\(mode))  \(state)  \(lag)  sent \(writesSent) writes (\(formatSize(bytesSent))), resynced \(formatSize(resyncedBytes))\(partitions > 0 ? ", partitioned \(partitions) time\(partitions == 1 ? "" : "s")" : "")"
         ]
+        if failbackComparedTracks > 0 {
+            out.append("    failback: \(failbackComparedTracks) tracks compared, \(formatSize(failbackCopiedBytes)) copied back from R2")
+        }
         for m in members {
             out.append("    \(m.lun) -> \(m.uri)\(m.invalidTracks > 0 ? "  \(m.invalidTracks) changed track\(m.invalidTracks == 1 ? "" : "s")" : "")")
         }

@@ -11,20 +11,28 @@
 //   partitioned   -> syncing        the link monitor found the remote answering again
 //   any           -> suspended      `vsa replica suspend`; only `resume` leaves it (-> syncing)
 //   synchronized  -> syncing        a write that began in another state marked a track after the group got here
+//   any           -> failed-over    `vsa replica failover`: R2 is the one written to; the LUNs here refuse writes
+//   failed-over   -> failing-back   `vsa replica failback`: every track of R2 compared with the one here, and the
+//                                   ones that differ (changed on either side) copied back
+//   failing-back  -> synchronized   all compared; the LUNs here take writes again
 import ArrayModel
 import Foundation
 import Synchronization
 
 public enum ReplicaState: UInt8, Sendable, CustomStringConvertible, Codable {
-    case synchronized = 0, syncing = 1, partitioned = 2, suspended = 3
+    case synchronized = 0, syncing = 1, partitioned = 2, suspended = 3, failedOver = 4, failingBack = 5
     public var description: String {
         switch self {
         case .synchronized: return "synchronized"
         case .syncing: return "syncing"
         case .partitioned: return "partitioned"
         case .suspended: return "suspended"
+        case .failedOver: return "failed-over"
+        case .failingBack: return "failing-back"
         }
     }
+    /// R2 is the one written to: the LUNs here take no writes.
+    public var writesRefused: Bool { self == .failedOver || self == .failingBack }
 }
 
 /// Changed tracks of one LUN, one bit per `trackBytes`. Guarded by its group's lock.
@@ -120,6 +128,9 @@ public final class ReplicaGroup: @unchecked Sendable {
     public let bytesSent = Atomic<UInt64>(0)
     public let resyncedBytes = Atomic<UInt64>(0)
     public let partitions = Atomic<UInt64>(0)
+    /// Failback: tracks compared, and bytes copied back from R2 (the tracks that differed).
+    public let failbackComparedTracks = Atomic<UInt64>(0)
+    public let failbackCopiedBytes = Atomic<UInt64>(0)
     /// Set by delete and unmount: its resync thread ends.
     let stopping = Atomic<Bool>(false)
 
@@ -149,6 +160,7 @@ public final class ReplicaGroup: @unchecked Sendable {
     func remember(lun: UInt32, offsetBytes: UInt64, count: UInt64, linkDown: Bool) {
         tracks.withLock { t in
             t.bitmaps[lun]?.mark(offsetBytes: offsetBytes, count: count)
+            if state.writesRefused { return }
             if linkDown {
                 if state != .suspended { moveState(to: .partitioned) }
             } else if state == .synchronized {

@@ -149,7 +149,10 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
         slot.users.add(1, ordering: .sequentiallyConsistent)
         defer { slot.users.subtract(1, ordering: .sequentiallyConsistent) }
         guard slot.active.load(ordering: .sequentiallyConsistent), let group = slot.group, let replica = slot.lun else { return local() }
-        if group.state != .synchronized {
+        let state = group.state
+        // Failed over: R2 is the one written to, and a write here would be lost at failback (or undo R2's).
+        if state.writesRefused { return EROFS }
+        if state != .synchronized {
             // Tracks are marked after the local write: a resync that reads the track before it lands sends it again.
             let rc = local()
             group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
@@ -201,11 +204,29 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
             t.inFlight.remove(UInt64(replica.lun.lunID) << 40 | UInt64(track))
             if !sent {
                 t.bitmaps[replica.lun.lunID]?.set(track)
-                if group.state != .suspended { group.moveState(to: .partitioned) }
+                if group.state != .suspended && !group.state.writesRefused { group.moveState(to: .partitioned) }
             }
         }
         if sent { group.resyncedBytes.add(UInt64(count), ordering: .relaxed) }
         return sent
+    }
+
+    /// Failback, one track: R2's copy read and compared with the one here; when they differ (written on either side
+    /// since they last matched) R2's is written here, below the replica layer. Returns false when R2 could not be
+    /// read or the write here failed (the failback waits and tries the track again).
+    func failBackOne(_ replica: ReplicaLUN, track: Int, group: ReplicaGroup, remote: UnsafeMutableRawPointer, here: UnsafeMutableRawPointer) -> Bool {
+        let offset = UInt64(track) * TrackBitmap.trackBytes
+        let count = Int(min(TrackBitmap.trackBytes, replica.lun.sizeBytes - offset))
+        return withTrackLocks(lun: replica.lun.lunID, offsetBytes: offset, count: UInt64(count)) { () -> Bool in
+            guard replica.image.read(offsetBytes: offset, count: count, into: remote),
+                port.read(lun: replica.lun, offsetBytes: offset, count: count, into: here) == 0
+            else { return false }
+            group.failbackComparedTracks.add(1, ordering: .relaxed)
+            guard memcmp(remote, here, count) != 0 else { return true }
+            guard port.write(lun: replica.lun, offsetBytes: offset, count: count, from: remote) == 0 else { return false }
+            group.failbackCopiedBytes.add(UInt64(count), ordering: .relaxed)
+            return true
+        }
     }
 
     /// Moves a syncing group to synchronized when nothing is left to send (under its lock, so no write marks a

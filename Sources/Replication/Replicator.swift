@@ -21,6 +21,8 @@ public struct ReplicaConfig: Codable, Sendable {
     public var cycleSeconds: Double
     public var members: [Member]
     public var suspended: Bool
+    /// `vsa replica failover` was run and no failback has finished: R2 is the one written to.
+    public var failedOver: Bool?
     /// Changed tracks per LUN name at a clean stop (words of `TrackBitmap`); nil: unknown (send everything).
     public var invalid: [String: [UInt64]]?
 }
@@ -48,6 +50,9 @@ public struct ReplicaReport: Codable, Sendable {
     public var bytesSent: UInt64
     public var resyncedBytes: UInt64
     public var partitions: UInt64
+    /// Failback: tracks of R2 compared with the ones here, and bytes copied back (the tracks that differed).
+    public var failbackComparedTracks: UInt64 = 0
+    public var failbackCopiedBytes: UInt64 = 0
 }
 
 public final class Replicator: @unchecked Sendable {
@@ -99,7 +104,8 @@ public final class Replicator: @unchecked Sendable {
                 bitmaps[lun.lunID] = saved ?? TrackBitmap(sizeBytes: lun.sizeBytes, allSet: true)
             }
             guard members.count == config.members.count else { continue }
-            let state: ReplicaState = config.suspended ? .suspended : (reachable ? .syncing : .partitioned)
+            let state: ReplicaState =
+                config.failedOver == true ? .failedOver : config.suspended ? .suspended : (reachable ? .syncing : .partitioned)
             start(config, ReplicaGroup(name: config.name, mode: config.mode, luns: members, bitmaps: bitmaps, state: state))
         }
         save(withBitmaps: false)
@@ -162,13 +168,38 @@ public final class Replicator: @unchecked Sendable {
         for m in members { bitmaps[m.lun.lunID] = TrackBitmap(sizeBytes: m.lun.sizeBytes, allSet: true) }
         let config = ReplicaConfig(
             name: name, mode: mode, cycleSeconds: cycleSeconds, members: zip(luns, uris).map { .init(lun: $0.name, uri: $1) }, suspended: false,
-            invalid: nil)
+            failedOver: nil, invalid: nil)
         start(config, ReplicaGroup(name: name, mode: mode, luns: members, bitmaps: bitmaps, state: .syncing))
         save(withBitmaps: false)
     }
 
+    /// `vsa replica failover`: R2 becomes the one written to (a second vsa mounts it); the LUNs here refuse writes
+    /// until a failback has brought R2's changes back.
+    public func failover(name: String) throws(VSAError) {
+        let group = try find(name)
+        guard !group.state.writesRefused else { throw VSAError("replica group \(name) is already failed over; `vsa replica failback` brings it back") }
+        group.tracks.withLock { _ in group.moveState(to: .failedOver) }
+        markOutOfSync(name)
+        update(name) { $0.failedOver = true }
+    }
+
+    /// `vsa replica failback`: every track of R2 is compared with the one here and the ones that differ are copied
+    /// back (the group's thread does it; status shows the progress); then the group is synchronized and the LUNs
+    /// here take writes again.
+    public func failback(name: String) throws(VSAError) {
+        let group = try find(name)
+        guard group.state == .failedOver else {
+            throw VSAError("replica group \(name) is \(group.state), not failed over; `vsa replica failover` comes first")
+        }
+        guard group.luns.allSatisfy({ $0.image.answers() }) else {
+            throw VSAError("a target of replica group \(name) does not answer; failback needs R2 (nothing was changed)")
+        }
+        group.tracks.withLock { _ in group.moveState(to: .failingBack) }
+    }
+
     public func suspend(name: String) throws(VSAError) {
         let group = try find(name)
+        guard !group.state.writesRefused else { throw VSAError("replica group \(name) is failed over; fail it back first") }
         group.tracks.withLock { _ in group.moveState(to: .suspended) }
         markOutOfSync(name)
         setSuspended(name, true)
@@ -176,6 +207,7 @@ public final class Replicator: @unchecked Sendable {
 
     public func resume(name: String) throws(VSAError) {
         let group = try find(name)
+        guard !group.state.writesRefused else { throw VSAError("replica group \(name) is failed over; `vsa replica failback` brings it back") }
         group.tracks.withLock { _ in if group.state == .suspended { group.moveState(to: .syncing) } }
         setSuspended(name, false)
     }
@@ -214,7 +246,9 @@ public final class Replicator: @unchecked Sendable {
                 lagBytes: UInt64(invalid) * TrackBitmap.trackBytes,
                 lagSeconds: state == .synchronized ? 0 : max(0, now - (since[g.name] ?? now)),
                 writesSent: g.writesSent.load(ordering: .relaxed), bytesSent: g.bytesSent.load(ordering: .relaxed),
-                resyncedBytes: g.resyncedBytes.load(ordering: .relaxed), partitions: g.partitions.load(ordering: .relaxed))
+                resyncedBytes: g.resyncedBytes.load(ordering: .relaxed), partitions: g.partitions.load(ordering: .relaxed),
+                failbackComparedTracks: g.failbackComparedTracks.load(ordering: .relaxed),
+                failbackCopiedBytes: g.failbackCopiedBytes.load(ordering: .relaxed))
         }
     }
 
@@ -269,7 +303,11 @@ public final class Replicator: @unchecked Sendable {
     private func start(_ config: ReplicaConfig, _ group: ReplicaGroup) {
         port.activate(group)
         if group.state != .synchronized { markOutOfSync(group.name) }
-        let thread = Thread { [port, weak self] in Replicator.run(group, port: port, outOfSync: { self?.markOutOfSync(group.name) }) }
+        let thread = Thread { [port, weak self] in
+            Replicator.run(
+                group, port: port, outOfSync: { self?.markOutOfSync(group.name) },
+                failedBack: { self?.update(group.name) { $0.failedOver = nil } })
+        }
         thread.name = "replica-\(group.name.prefix(7))"
         groups.withLock { $0.append((config, group, thread)) }
         thread.start()
@@ -281,9 +319,13 @@ public final class Replicator: @unchecked Sendable {
 
     /// The group's thread: sends changed tracks while syncing; while partitioned, probes the remote (every 0.2 s,
     /// doubling to 2 s) and starts a resync when it answers; otherwise waits.
-    private static func run(_ group: ReplicaGroup, port: ReplicationPort, outOfSync: @escaping () -> Void) {
+    private static func run(_ group: ReplicaGroup, port: ReplicationPort, outOfSync: @escaping () -> Void, failedBack: @escaping () -> Void) {
         let buffer = Posix.allocateAligned(bytes: Int(TrackBitmap.trackBytes))
-        defer { Posix.free(buffer) }
+        let other = Posix.allocateAligned(bytes: Int(TrackBitmap.trackBytes))
+        defer {
+            Posix.free(buffer)
+            Posix.free(other)
+        }
         var cursor = 0
         var pause = 0.2
         var wasSynchronized = group.state == .synchronized
@@ -302,15 +344,40 @@ public final class Replicator: @unchecked Sendable {
                 if group.luns.allSatisfy({ $0.image.answers() }) {
                     group.tracks.withLock { _ in if group.state == .partitioned { group.moveState(to: .syncing) } }
                 }
-            case .synchronized, .suspended:
+            case .synchronized, .suspended, .failedOver:
                 usleep(50_000)
+            case .failingBack:
+                if failBack(group, port: port, remote: buffer, here: other) { failedBack() }
             }
         }
     }
 
-    private func setSuspended(_ name: String, _ suspended: Bool) {
+    /// Every track of every LUN of the group, compared and copied back where it differs; a track that cannot be
+    /// done now is tried again after a pause. Then the LUNs here are flushed, nothing is left to send, and the group
+    /// is synchronized. False if the group was stopped first.
+    private static func failBack(_ group: ReplicaGroup, port: ReplicationPort, remote: UnsafeMutableRawPointer, here: UnsafeMutableRawPointer) -> Bool {
+        for l in group.luns {
+            let tracks = Int((l.lun.sizeBytes + TrackBitmap.trackBytes - 1) / TrackBitmap.trackBytes)
+            var track = 0
+            while track < tracks {
+                if group.stopping.load(ordering: .acquiring) { return false }
+                if port.failBackOne(l, track: track, group: group, remote: remote, here: here) { track += 1 } else { usleep(500_000) }
+            }
+            guard port.local.flush(lun: l.lun) == 0 else { return false }
+        }
+        group.tracks.withLock { t in
+            for l in group.luns { t.bitmaps[l.lun.lunID] = TrackBitmap(sizeBytes: l.lun.sizeBytes) }
+            group.moveState(to: .synchronized)
+        }
+        return true
+    }
+
+    private func setSuspended(_ name: String, _ suspended: Bool) { update(name) { $0.suspended = suspended } }
+
+    /// Changes a group's saved configuration and writes replicas.json.
+    private func update(_ name: String, _ change: (inout ReplicaConfig) -> Void) {
         groups.withLock { list in
-            for i in list.indices where list[i].config.name == name { list[i].config.suspended = suspended }
+            for i in list.indices where list[i].config.name == name { change(&list[i].config) }
         }
         save(withBitmaps: false)
     }

@@ -164,7 +164,7 @@ public final class MetricsExporter: Sendable {
                 let labels = [("group", g.name), ("mode", g.mode)]
                 stateSet(
                     "replica_state", "Each replica group's state: 1 for the one it is in.", labels,
-                    states: ["synchronized", "syncing", "partitioned", "suspended"], current: g.state)
+                    states: ["synchronized", "syncing", "partitioned", "suspended", "failed-over", "failing-back"], current: g.state)
                 gauge("replica_lag_bytes", "Changed tracks not yet on the remote (64 KiB each).", labels, g.lagBytes)
                 gauge("replica_lag_seconds", "How long the group has not been synchronized (0 when it is).", labels, g.lagSeconds)
                 counter("replica_sent_bytes_total", "Bytes of host writes sent to the remote as they happened.", labels, g.bytesSent)

@@ -135,6 +135,55 @@ final class ReplicationTests: FixtureTestCase {
         XCTAssertEqual(fixture.vsa("lun delete '\(m)' a").status, 0, "a LUN out of its group can go")
     }
 
+    /// Failover to a second vsa whose LUN file is R2 (served by nbdkit's file plugin from the other machine): the LUN
+    /// here refuses writes, the second array's is written; failback copies back only the tracks that differ, and the
+    /// group replicates as before.
+    func testFailoverToASecondVSAAndFailbackCopiesOnlyWhatChanged() throws {
+        let second = ArrayFixture(name: "R2", base: "/dev/shm")
+        defer { second.cleanUp() }
+        try second.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
+        XCTAssertEqual(second.vsa("lun create '\(second.dir)' r2 --size 16M --thick").status, 0)
+        try second.mount()
+        try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' a --size 16M --thick").status, 0)
+        try fixture.mount()
+        let m = fixture.mnt
+        let r2 = "\(second.mnt)/r2"
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/a bs=1M count=16 oflag=direct conv=notrunc,fsync status=none").status, 0)
+        let uri = try lab.serve(port: 10809, "file '\(r2)'")
+        defer { lab.stop(port: 10809) }
+        func equal() -> Bool {
+            Harness.sh("cmp <(dd if=\(m)/a bs=1M iflag=direct status=none) <(dd if=\(r2) bs=1M iflag=direct status=none)").status == 0
+        }
+        XCTAssertEqual(fixture.vsa("replica create '\(m)' g --luns a --to '\(uri)'").status, 0)
+        try waitFor("synchronized")
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/a bs=64k count=4 seek=40 oflag=direct conv=notrunc status=none").status, 0)
+        XCTAssertTrue(equal(), "the second vsa's LUN is not R1's copy")
+
+        let back = fixture.vsa("replica failback '\(m)' g")
+        XCTAssertTrue(back.status == 1 && back.stderr.contains("not failed over"), back.stderr)
+        XCTAssertEqual(fixture.vsa("replica failover '\(m)' g").status, 0)
+        XCTAssertEqual(try group()?["state"] as? String, "failed-over")
+        XCTAssertNotEqual(
+            Harness.sh("dd if=/dev/zero of=\(m)/a bs=4k count=1 oflag=direct conv=notrunc status=none").status, 0, "R1 took a write after failover")
+        let twice = fixture.vsa("replica failover '\(m)' g")
+        XCTAssertTrue(twice.status == 1 && twice.stderr.contains("already failed over"), twice.stderr)
+        // The second vsa's host writes its LUN: two tracks change there.
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(r2) bs=64k count=1 seek=10 oflag=direct conv=notrunc status=none").status, 0)
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(r2) bs=64k count=1 seek=200 oflag=direct conv=notrunc status=none").status, 0)
+        XCTAssertFalse(equal())
+
+        XCTAssertEqual(fixture.vsa("replica failback '\(m)' g").status, 0)
+        let done = try waitFor("synchronized")
+        XCTAssertEqual(done["failbackComparedTracks"] as? Int, 256)
+        XCTAssertEqual(done["failbackCopiedBytes"] as? Int, 2 * 65536, "only the tracks written on R2 came back")
+        XCTAssertTrue(equal(), "R1 is not R2 after failback")
+        // Writable again, and replicated as before.
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/a bs=64k count=2 seek=90 oflag=direct conv=notrunc status=none").status, 0)
+        XCTAssertTrue(equal(), "a write after failback did not reach R2")
+        XCTAssertEqual(fixture.vsa("replica delete '\(m)' g").status, 0)
+    }
+
     /// The source daemon killed while a writer fsyncs: every acknowledged block is on R2.
     func testNoAcknowledgedWriteIsMissingOnR2AfterTheSourceIsKilled() throws {
         try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
