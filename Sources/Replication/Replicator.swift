@@ -82,6 +82,18 @@ public final class Replicator: @unchecked Sendable {
         }
         var notes: [String] = []
         for config in file.groups {
+            // The file is input like any other: a group it describes wrongly is dropped with a line, never guessed at.
+            if let problem = Replicator.problem(with: config) {
+                notes.append("replicas.json: \(problem); the group is dropped")
+                continue
+            }
+            let taken = groups.withLock { list in list.flatMap { $0.config.members.map(\.lun) } + list.map { "group \($0.config.name)" } }
+            if taken.contains("group \(config.name)") || config.members.contains(where: { m in taken.contains(m.lun) })
+                || Set(config.members.map(\.lun)).count != config.members.count
+            {
+                notes.append("replicas.json: group \(config.name) repeats a group or a LUN another group has; the group is dropped")
+                continue
+            }
             var members: [ReplicaLUN] = []
             var bitmaps: [UInt32: TrackBitmap] = [:]
             var reachable = true
@@ -253,6 +265,17 @@ public final class Replicator: @unchecked Sendable {
     }
 
     // MARK: Inside
+
+    /// What is wrong with a group read from replicas.json, if anything.
+    static func problem(with config: ReplicaConfig) -> String? {
+        do { try validateName(config.name) } catch { return error.message }
+        guard config.mode == "sync" else { return "group \(config.name): mode '\(config.mode.prefix(16))' is not one this vsa runs" }
+        guard !config.members.isEmpty, config.members.count <= 256 else { return "group \(config.name): \(config.members.count) LUNs" }
+        for m in config.members where !(m.uri.hasPrefix("nbd://") || m.uri.hasPrefix("nbd+unix://")) || m.uri.utf8.count > 4096 {
+            return "group \(config.name): \(m.uri.prefix(64)) is not an NBD URI"
+        }
+        return nil
+    }
 
     static func validateName(_ name: String) throws(VSAError) {
         guard !name.isEmpty, name.utf8.count <= 64,

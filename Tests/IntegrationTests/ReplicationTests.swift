@@ -184,6 +184,34 @@ final class ReplicationTests: FixtureTestCase {
         XCTAssertEqual(fixture.vsa("replica delete '\(m)' g").status, 0)
     }
 
+    /// replicas.json is input: a damaged or hostile one starts no group it describes wrongly, and the mount goes on.
+    func testAHostileReplicasFileStartsNothingItDescribesWrongly() throws {
+        try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
+        XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' a --size 8M --thick").status, 0)
+        let path = "\(fixture.dir)/replicas.json"
+        func group(_ name: String, mode: String = "sync", luns: [String] = ["a"], uri: String = "nbd://127.0.0.1:1/") -> String {
+            let members = luns.map { #"{"lun":"\#($0)","uri":"\#(uri)"}"# }.joined(separator: ",")
+            return #"{"name":"\#(name)","mode":"\#(mode)","cycleSeconds":30,"suspended":false,"members":[\#(members)]}"#
+        }
+        let files = [
+            "{not json",
+            #"{"version":7,"groups":[]}"#,
+            #"{"version":1,"groups":["# + group("x", mode: "async") + "]}",
+            #"{"version":1,"groups":["# + group("../../etc") + "]}",
+            #"{"version":1,"groups":["# + group("x", uri: "file:///etc/passwd") + "]}",
+            #"{"version":1,"groups":["# + group("x", luns: ["a", "a"]) + "]}",
+            #"{"version":1,"groups":["# + group("x", luns: ["nope"]) + "]}",
+        ]
+        for text in files {
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            try fixture.mount()
+            XCTAssertNil(try self.group("x"), text)
+            let notes = fixture.vsa("status '\(fixture.mnt)'").stdout
+            XCTAssertTrue(notes.contains("replicas.json") || notes.contains("dropped") || notes.contains("gone"), "\(text): \(notes)")
+            fixture.unmount()
+        }
+    }
+
     /// The source daemon killed while a writer fsyncs: every acknowledged block is on R2.
     func testNoAcknowledgedWriteIsMissingOnR2AfterTheSourceIsKilled() throws {
         try fixture.create("--drives 4 --drive-size 48M --raid 5 --stripe-unit 16K")
