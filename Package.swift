@@ -109,7 +109,7 @@ let package = Package(
             name: "UnitTests",
             dependencies: [
                 "ArrayModel", "MemoryServices", "Metadata", "BackEnd", "Pool", "GlobalMemory",
-                "Directors", "Drives", "Buffers", "SysISAL", "SysNBD", "Daemon", "Control", "ServiceProcessor",
+                "Directors", "Drives", "Buffers", "SysISAL", "SysNBD", "Daemon", "Control", "ServiceProcessor", "Replication",
             ], path: "Tests/UnitTests"),
         .testTarget(name: "IntegrationTests", dependencies: ["CLI"], path: "Tests/IntegrationTests"),
     ]
