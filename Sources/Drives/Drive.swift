@@ -206,16 +206,12 @@ public final class Drive: Sendable {
             }
             let n = Int(min(UInt64(count), connection.sizeBytes))
             guard n > 0 else { return [] }
-            let buffer = Posix.allocateAligned(bytes: (n + 4095) & ~4095)
-            defer { Posix.free(buffer) }
-            let cookie: Int64
-            do { cookie = try connection.queueRead(into: buffer, count: n, offsetBytes: 0) } catch { throw DriveOpenError(description: error.message) }
-            guard connection.waitAll(deadlineSeconds: connectDeadline()) else {
-                throw DriveOpenError(description: "\(locator): no answer to a read within the deadline")
+            let rc = bytes.withUnsafeMutableBytes { connection.read(into: $0.baseAddress!, count: n, offsetBytes: 0, deadlineSeconds: connectDeadline()) }
+            guard rc == 0 else {
+                throw DriveOpenError(
+                    description: rc == ETIMEDOUT
+                        ? "\(locator): no answer to a read within the deadline" : "\(locator): read failed: \(String(cString: strerror(rc)))")
             }
-            let rc = connection.result(cookie)
-            guard rc == 0 else { throw DriveOpenError(description: "\(locator): read failed: \(String(cString: strerror(rc)))") }
-            bytes.withUnsafeMutableBytes { _ = memcpy($0.baseAddress!, buffer, n) }
             return Array(bytes[0..<n])
         }
         let fd: Int32

@@ -29,6 +29,8 @@ public final class DriveIO {
     /// How long one batch may wait for a drive before the drives still owing completions are failed
     /// (`-o drive_timeout=SECONDS`, default 30; 0 waits forever). Set once at mount, before any I/O.
     nonisolated(unsafe) public static var deadlineSeconds: Double = 30
+    /// The drive deadline from now, as a monotonic time (0: none), for waits on remote drives.
+    static func deadlineFromNow() -> Double { deadlineSeconds > 0 ? Posix.monotonicSeconds() + deadlineSeconds : 0 }
     /// Rings given up on with operations still in the kernel: kept (never torn down) so nothing the kernel still
     /// holds goes away under it.
     nonisolated(unsafe) private static var abandonedRings: [IORing] = []
@@ -222,7 +224,7 @@ public final class DriveIO {
         do throws(NBDError) {
             if connections[d] == nil {
                 // Connecting is bounded by the drive deadline too: the director's thread waits no longer for it.
-                let deadline = given ?? (DriveIO.deadlineSeconds > 0 ? Posix.monotonicSeconds() + DriveIO.deadlineSeconds : 0)
+                let deadline = given ?? DriveIO.deadlineFromNow()
                 lost = true
                 let connection = try NBDConnection(uri: uri, deadlineSeconds: deadline)
                 lost = false
@@ -293,8 +295,7 @@ public final class DriveIO {
         let span = 8192
         if identityBuffer == nil { identityBuffer = Posix.allocateAligned(bytes: span) }
         let buffer = identityBuffer!
-        guard connection.sizeBytes >= UInt64(span), let cookie = try? connection.queueRead(into: buffer, count: span, offsetBytes: 0),
-            connection.waitAll(deadlineSeconds: deadline), connection.result(cookie) == 0
+        guard connection.sizeBytes >= UInt64(span), connection.read(into: buffer, count: span, offsetBytes: 0, deadlineSeconds: deadline) == 0
         else { return false }
         return expected.offsets.contains { offset in
             guard offset + UInt64(expected.bytes.count) <= UInt64(span) else { return false }
@@ -310,7 +311,7 @@ public final class DriveIO {
     private func reapRemote() -> UInt64 {
         var failed: UInt64 = 0
         var broken: UInt64 = 0
-        let deadline = DriveIO.deadlineSeconds > 0 ? Posix.monotonicSeconds() + DriveIO.deadlineSeconds : 0
+        let deadline = DriveIO.deadlineFromNow()
         var pause: Double = 0.05
         while true {
             var waited: UInt64 = 0

@@ -67,11 +67,14 @@ extension ArrayStore {
         // Probe the given drives before writing anything.
         var driveSize: UInt64
         var resolvedPaths: [String] = []
+        // Remote drives, opened once here (connected, sized, known to take writes) and kept for the new array.
+        var remoteDrives: [String: Drive] = [:]
         if usingPaths {
             driveSize = UInt64.max
             for path in options.drivePaths {
                 let resolved: String
-                if Drive.isURI(path) {
+                let remote = Drive.isURI(path)
+                if remote {
                     // A remote drive (NBD): the URI is what the folder keeps; the server is asked below.
                     resolved = path
                 } else {
@@ -84,9 +87,8 @@ extension ArrayStore {
                 if resolvedPaths.contains(resolved) { throw VSAError("drive \(path) is named twice") }
                 resolvedPaths.append(resolved)
                 // A server that cannot be reached, or serves the export read-only, is refused before its contents are.
-                var remoteSize: UInt64 = 0
-                if Drive.isURI(path) {
-                    do { remoteSize = try Drive.open(resolved).sizeBytes } catch { throw VSAError("cannot use drive \(path): \(error)") }
+                if remote {
+                    do { remoteDrives[resolved] = try Drive.open(resolved) } catch { throw VSAError("cannot use drive \(path): \(error)") }
                 }
                 let probe = readSuperblockCopies(path: resolved)
                 if let sb = probe.valid, !options.force {
@@ -96,8 +98,8 @@ extension ArrayStore {
                     throw VSAError("\(path) holds data that is not a vsa superblock; refusing to overwrite it (use --force if you are sure)")
                 }
                 let size: UInt64
-                if Drive.isURI(path) {
-                    size = remoteSize
+                if let drive = remoteDrives[resolved] {
+                    size = drive.sizeBytes
                 } else {
                     do {
                         let fd = try Posix.open(resolved, flags: O_RDONLY | O_CLOEXEC)
@@ -148,6 +150,10 @@ extension ArrayStore {
 
         var drives: [Drive] = []
         for i in 0..<total {
+            if usingPaths, let drive = remoteDrives[resolvedPaths[i]] {
+                drives.append(drive)
+                continue
+            }
             do { drives.append(try Drive.open(usingPaths ? resolvedPaths[i] : drivePath(directory: dir, index: i))) } catch {
                 throw VSAError("cannot open drive \(usingPaths ? options.drivePaths[i] : drivePath(directory: dir, index: i)): \(error)")
             }

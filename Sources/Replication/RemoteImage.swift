@@ -23,6 +23,13 @@ final class RemoteImage: @unchecked Sendable {
     /// One connection and the lock of the writer using it (held from `send` to `finish`).
     private final class ConnectionSlot: @unchecked Sendable {
         var connection: NBDConnection?
+        /// The slot's connection, made again if there is none or it died (nil when it cannot be made). Held: the lock.
+        func live(uri: String, deadlineSeconds: Double) -> NBDConnection? {
+            if connection == nil || connection!.isDead {
+                connection = try? NBDConnection(uri: uri, deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds)
+            }
+            return connection
+        }
         private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         init(_ connection: NBDConnection?) {
             self.connection = connection
@@ -50,9 +57,8 @@ final class RemoteImage: @unchecked Sendable {
     }
 
     /// A target that does not answer now (a mount while the link is down): it must come back with `sizeBytes`
-    /// (`answers`), and connections are made when it does. nil for a URI that is not NBD's.
-    init?(unreachable uri: String, sizeBytes: UInt64, deadlineSeconds: Double, connectionCount: Int = 4) {
-        guard uri.hasPrefix("nbd://") || uri.hasPrefix("nbd+unix://") else { return nil }
+    /// (`answers`), and connections are made when it does (a URI that is not NBD's never connects).
+    init(unreachable uri: String, sizeBytes: UInt64, deadlineSeconds: Double, connectionCount: Int = 4) {
         self.uri = uri
         self.deadlineSeconds = deadlineSeconds
         self.sizeBytes = sizeBytes
@@ -73,12 +79,7 @@ final class RemoteImage: @unchecked Sendable {
     func send(offsetBytes: UInt64, count: Int, from source: UnsafeRawPointer?) -> Pending? {
         let slot = pick()
         connections[slot].lock()
-        var made: NBDConnection? = connections[slot].connection
-        if made == nil || made!.isDead {
-            made = try? NBDConnection(uri: uri, deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds)
-            connections[slot].connection = made
-        }
-        guard let c = made else {
+        guard let c = connections[slot].live(uri: uri, deadlineSeconds: deadlineSeconds) else {
             connections[slot].unlock()
             return nil
         }
@@ -148,11 +149,8 @@ final class RemoteImage: @unchecked Sendable {
         let slot = connections[pick()]
         slot.lock()
         defer { slot.unlock() }
-        if slot.connection == nil || slot.connection!.isDead {
-            slot.connection = try? NBDConnection(uri: uri, deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds)
-        }
-        guard let c = slot.connection, let cookie = try? c.queueRead(into: target, count: count, offsetBytes: offsetBytes) else { return false }
-        let ok = c.waitAll(deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds) && c.result(cookie) == 0
+        guard let c = slot.live(uri: uri, deadlineSeconds: deadlineSeconds) else { return false }
+        let ok = c.read(into: target, count: count, offsetBytes: offsetBytes, deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds) == 0
         if !ok { slot.connection = nil }
         return ok
     }

@@ -16,8 +16,8 @@
 //                                   ones that differ (changed on either side) copied back
 //   failing-back  -> synchronized   all compared; the LUNs here take writes again
 import ArrayModel
-import Foundation
 import Synchronization
+import SysPosix
 
 public enum ReplicaState: UInt8, Sendable, CustomStringConvertible, Codable {
     case synchronized = 0, syncing = 1, partitioned = 2, suspended = 3, failedOver = 4, failingBack = 5
@@ -121,9 +121,9 @@ public final class ReplicaGroup: @unchecked Sendable {
         var bitmaps: [UInt32: TrackBitmap]
         var inFlight: Set<UInt64> = []
     }
-    /// When the group was last synchronized (monotonic seconds; 0: never since mount).
-    let synchronizedSince = Atomic<UInt64>(0)
-    let lastSynchronizedMicros = Atomic<UInt64>(0)
+    /// Since when the group has not been synchronized (the bits of monotonic seconds), set as it leaves
+    /// synchronized (or starts elsewhere): the lag in seconds.
+    private let outOfSyncSince = Atomic<UInt64>(0)
     public let writesSent = Atomic<UInt64>(0)
     public let bytesSent = Atomic<UInt64>(0)
     public let resyncedBytes = Atomic<UInt64>(0)
@@ -142,16 +142,19 @@ public final class ReplicaGroup: @unchecked Sendable {
         self.luns = luns
         self.tracks = Locked(Tracks(bitmaps: bitmaps))
         stateRaw.store(state.rawValue, ordering: .releasing)
+        outOfSyncSince.store(Posix.monotonicSeconds().bitPattern, ordering: .relaxed)
     }
 
-    /// Changed tracks in all, and their bytes (the lag a resync must send).
-    public var invalidTracks: Int { tracks.withLock { t in t.bitmaps.values.reduce(0) { $0 + $1.setCount } + t.inFlight.count } }
+    /// How long the group has not been synchronized, in seconds (0 when it is).
+    public var lagSeconds: Double {
+        state == .synchronized ? 0 : max(0, Posix.monotonicSeconds() - Double(bitPattern: outOfSyncSince.load(ordering: .relaxed)))
+    }
 
-    func moveState(to next: ReplicaState, holdingLock: Bool = true) {
+    func moveState(to next: ReplicaState) {
         let before = ReplicaState(rawValue: stateRaw.exchange(next.rawValue, ordering: .acquiringAndReleasing))!
         if next == .partitioned && before != .partitioned { partitions.add(1, ordering: .relaxed) }
-        if next == .synchronized {
-            lastSynchronizedMicros.store(UInt64(Date().timeIntervalSince1970 * 1_000_000), ordering: .relaxed)
+        if before == .synchronized && next != .synchronized {
+            outOfSyncSince.store(Posix.monotonicSeconds().bitPattern, ordering: .relaxed)
         }
     }
 

@@ -70,10 +70,6 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
         }
     }
 
-    func isReplicated(lunID: UInt32) -> Bool {
-        Int(lunID) < slots.count && slots[Int(lunID)].active.load(ordering: .acquiring)
-    }
-
     // MARK: Track locks
 
     /// The striped locks of the tracks `[offset, offset + count)` of `lun` touches, ascending and each once, taken

@@ -4,6 +4,7 @@
 // the writes that were in flight may have reached one side only, so every track of every group is sent again.
 import ArrayModel
 import Foundation
+import SysNBD
 import SysPosix
 
 #if canImport(Glibc)
@@ -60,8 +61,6 @@ public final class Replicator: @unchecked Sendable {
     private let path: String
     private let deadlineSeconds: Double
     private let groups = Locked<[(config: ReplicaConfig, group: ReplicaGroup, thread: Thread)]>([])
-    /// When each group last left synchronized (monotonic), by name.
-    private let outOfSync = Locked<[String: Double]>([:])
 
     public static func filePath(directory: String) -> String { "\(directory)/replicas.json" }
 
@@ -87,8 +86,8 @@ public final class Replicator: @unchecked Sendable {
                 notes.append("replicas.json: \(problem); the group is dropped")
                 continue
             }
-            let taken = groups.withLock { list in list.flatMap { $0.config.members.map(\.lun) } + list.map { "group \($0.config.name)" } }
-            if taken.contains("group \(config.name)") || config.members.contains(where: { m in taken.contains(m.lun) })
+            let (names, lunsTaken) = groups.withLock { list in (Set(list.map(\.config.name)), Set(list.flatMap { $0.config.members.map(\.lun) })) }
+            if names.contains(config.name) || config.members.contains(where: { lunsTaken.contains($0.lun) })
                 || Set(config.members.map(\.lun)).count != config.members.count
             {
                 notes.append("replicas.json: group \(config.name) repeats a group or a LUN another group has; the group is dropped")
@@ -106,8 +105,7 @@ public final class Replicator: @unchecked Sendable {
                 let image: RemoteImage
                 do { image = try RemoteImage(uri: m.uri, deadlineSeconds: deadlineSeconds) } catch {
                     // Unreachable now: the group starts partitioned and the link monitor waits for it.
-                    guard let lazy = RemoteImage(unreachable: m.uri, sizeBytes: lun.sizeBytes, deadlineSeconds: deadlineSeconds) else { continue }
-                    image = lazy
+                    image = RemoteImage(unreachable: m.uri, sizeBytes: lun.sizeBytes, deadlineSeconds: deadlineSeconds)
                     reachable = false
                     notes.append("replica group \(config.name): \(m.uri) does not answer (\(error.message)); partitioned")
                 }
@@ -166,9 +164,7 @@ public final class Replicator: @unchecked Sendable {
         }
         var members: [ReplicaLUN] = []
         for (l, uri) in zip(luns, uris) {
-            guard uri.hasPrefix("nbd://") || uri.hasPrefix("nbd+unix://") else {
-                throw VSAError("\(uri.prefix(200)) is not an NBD URI (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)")
-            }
+            // NBDConnection refuses a URI that is not NBD's, in its own words.
             let image = try RemoteImage(uri: uri, deadlineSeconds: deadlineSeconds)
             guard image.sizeBytes == l.ref.sizeBytes else {
                 throw VSAError("\(uri) is \(image.sizeBytes) bytes; LUN \(l.name) is \(l.ref.sizeBytes): a replica's target must be the same size")
@@ -191,7 +187,6 @@ public final class Replicator: @unchecked Sendable {
         let group = try find(name)
         guard !group.state.writesRefused else { throw VSAError("replica group \(name) is already failed over; `vsa replica failback` brings it back") }
         group.tracks.withLock { _ in group.moveState(to: .failedOver) }
-        markOutOfSync(name)
         update(name) { $0.failedOver = true }
     }
 
@@ -213,7 +208,6 @@ public final class Replicator: @unchecked Sendable {
         let group = try find(name)
         guard !group.state.writesRefused else { throw VSAError("replica group \(name) is failed over; fail it back first") }
         group.tracks.withLock { _ in group.moveState(to: .suspended) }
-        markOutOfSync(name)
         setSuspended(name, true)
     }
 
@@ -243,20 +237,17 @@ public final class Replicator: @unchecked Sendable {
     }
 
     public func reports() -> [ReplicaReport] {
-        let now = Posix.monotonicSeconds()
-        let since = outOfSync.withLock { $0 }
         return groups.withLock { $0 }.map { entry in
             let g = entry.group
             let perLUN = g.tracks.withLock { t in
                 g.luns.map { l in t.bitmaps[l.lun.lunID]?.setCount ?? 0 }
             }
             let invalid = perLUN.reduce(0, +)
-            let state = g.state
             return ReplicaReport(
-                name: g.name, mode: g.mode, state: state.description,
+                name: g.name, mode: g.mode, state: g.state.description,
                 members: zip(g.luns, perLUN).map { .init(lun: $0.name, uri: $0.image.uri, invalidTracks: $1) },
                 lagBytes: UInt64(invalid) * TrackBitmap.trackBytes,
-                lagSeconds: state == .synchronized ? 0 : max(0, now - (since[g.name] ?? now)),
+                lagSeconds: g.lagSeconds,
                 writesSent: g.writesSent.load(ordering: .relaxed), bytesSent: g.bytesSent.load(ordering: .relaxed),
                 resyncedBytes: g.resyncedBytes.load(ordering: .relaxed), partitions: g.partitions.load(ordering: .relaxed),
                 failbackComparedTracks: g.failbackComparedTracks.load(ordering: .relaxed),
@@ -271,7 +262,7 @@ public final class Replicator: @unchecked Sendable {
         do { try validateName(config.name) } catch { return error.message }
         guard config.mode == "sync" else { return "group \(config.name): mode '\(config.mode.prefix(16))' is not one this vsa runs" }
         guard !config.members.isEmpty, config.members.count <= 256 else { return "group \(config.name): \(config.members.count) LUNs" }
-        for m in config.members where !(m.uri.hasPrefix("nbd://") || m.uri.hasPrefix("nbd+unix://")) || m.uri.utf8.count > 4096 {
+        for m in config.members where !NBDConnection.isNBDURI(m.uri) || m.uri.utf8.count > 4096 {
             return "group \(config.name): \(m.uri.prefix(64)) is not an NBD URI"
         }
         return nil
@@ -325,24 +316,17 @@ public final class Replicator: @unchecked Sendable {
 
     private func start(_ config: ReplicaConfig, _ group: ReplicaGroup) {
         port.activate(group)
-        if group.state != .synchronized { markOutOfSync(group.name) }
         let thread = Thread { [port, weak self] in
-            Replicator.run(
-                group, port: port, outOfSync: { self?.markOutOfSync(group.name) },
-                failedBack: { self?.update(group.name) { $0.failedOver = nil } })
+            Replicator.run(group, port: port, failedBack: { self?.update(group.name) { $0.failedOver = nil } })
         }
         thread.name = "replica-\(group.name.prefix(7))"
         groups.withLock { $0.append((config, group, thread)) }
         thread.start()
     }
 
-    private func markOutOfSync(_ name: String) {
-        outOfSync.withLock { if $0[name] == nil { $0[name] = Posix.monotonicSeconds() } }
-    }
-
     /// The group's thread: sends changed tracks while syncing; while partitioned, probes the remote (every 0.2 s,
     /// doubling to 2 s) and starts a resync when it answers; otherwise waits.
-    private static func run(_ group: ReplicaGroup, port: ReplicationPort, outOfSync: @escaping () -> Void, failedBack: @escaping () -> Void) {
+    private static func run(_ group: ReplicaGroup, port: ReplicationPort, failedBack: @escaping () -> Void) {
         let buffer = Posix.allocateAligned(bytes: Int(TrackBitmap.trackBytes))
         let other = Posix.allocateAligned(bytes: Int(TrackBitmap.trackBytes))
         defer {
@@ -351,12 +335,8 @@ public final class Replicator: @unchecked Sendable {
         }
         var cursor = 0
         var pause = 0.2
-        var wasSynchronized = group.state == .synchronized
         while !group.stopping.load(ordering: .acquiring) {
-            let state = group.state
-            if wasSynchronized && state != .synchronized { outOfSync() }
-            wasSynchronized = state == .synchronized
-            switch state {
+            switch group.state {
             case .syncing:
                 if !port.resyncOne(group, buffer: buffer, cursor: &cursor) {
                     if port.finishResync(group) { pause = 0.2 } else if group.state == .syncing { usleep(10_000) }

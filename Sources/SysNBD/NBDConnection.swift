@@ -46,7 +46,7 @@ public final class NBDConnection {
     /// server's handshake are driven here until `deadlineSeconds` (monotonic; 0: none): a host that does not answer,
     /// or a server that never greets, cannot hold the caller past it.
     public init(uri: String, deadlineSeconds: Double = 0) throws(NBDError) {
-        guard uri.hasPrefix("nbd://") || uri.hasPrefix("nbd+unix://") else {
+        guard NBDConnection.isNBDURI(uri) else {
             throw NBDError(message: "\(uri.prefix(200)) is not an NBD URI (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)", errno: EINVAL)
         }
         guard let h = nbd_create() else { throw NBDError.last("nbd_create") }
@@ -134,6 +134,20 @@ public final class NBDConnection {
             if nbd_poll(handle, timeout) < 0 { return false }
         }
         return true
+    }
+
+    /// The schemes a connection is made to: `nbd://` and `nbd+unix://` (no TLS, nothing that names a program to run).
+    public static func isNBDURI(_ uri: String) -> Bool { uri.hasPrefix("nbd://") || uri.hasPrefix("nbd+unix://") }
+
+    /// Reads `count` bytes at `offsetBytes` into `target` and waits for them until `deadlineSeconds` (monotonic; 0:
+    /// none): 0, or an errno (ETIMEDOUT when the answer did not come in time). For probes and checks, not the data
+    /// path (that queues many and waits once). After a failure the connection is to be dropped: an answer that comes
+    /// late would still land in `target`.
+    public func read(into target: UnsafeMutableRawPointer, count: Int, offsetBytes: UInt64, deadlineSeconds: Double) -> Int32 {
+        let cookie: Int64
+        do { cookie = try queueRead(into: target, count: count, offsetBytes: offsetBytes) } catch { return error.errno == 0 ? EIO : error.errno }
+        guard waitAll(deadlineSeconds: deadlineSeconds) else { return isDead ? ENOTCONN : ETIMEDOUT }
+        return result(cookie)
     }
 
     /// How command `cookie` ended: 0, or an errno (ENOTCONN when the connection died, ETIMEDOUT when it is not done).
