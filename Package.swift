@@ -67,7 +67,7 @@ let package = Package(
         // The replica layer (issue 15): LUNs copied to NBD exports on other machines, SRDF-style. A HostIOPort between
         // the front end and the directors.
         .target(
-            name: "Replication", dependencies: ["Directors", "SysNBD", "SysPosix", "ArrayModel"], path: "Sources/Replication",
+            name: "Replication", dependencies: ["Directors", "MemoryServices", "SysNBD", "SysPosix", "ArrayModel"], path: "Sources/Replication",
             swiftSettings: hotPath),
         // The control protocol (requests and replies, typed) and the socket's client end: shared by the daemon, the
         // `vsa` command and what else drives the array.

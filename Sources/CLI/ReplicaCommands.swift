@@ -12,7 +12,7 @@ struct ReplicaCommand: ParsableCommand {
         commandName: "replica", abstract: "Replicate LUNs to NBD exports on other machines (another vsa's LUN files). Needs the array mounted.",
         subcommands: [
             ReplicaCreate.self, ReplicaList.self, ReplicaSuspend.self, ReplicaResume.self, ReplicaFailover.self, ReplicaFailback.self,
-            ReplicaDelete.self,
+            ReplicaDelete.self, ReplicaRecover.self,
         ])
 }
 
@@ -25,8 +25,16 @@ struct ReplicaCreate: VSACommand {
     @Option(help: "The LUNs, comma-separated.") var luns: String
     @Option(help: "Their targets, comma-separated, one per LUN in order: nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH.")
     var to: String
-    @Option(help: "sync: a write is acknowledged once the remote has it.") var mode: String = "sync"
+    @Option(
+        help:
+            "sync: a write is acknowledged once the remote has it. async: writes go in consistent delta sets, one per cycle; R2 is always the source at a cycle boundary."
+    ) var mode: String = "sync"
     @Option(help: "async only: the delta set cycle (e.g. 30s, 2m).") var cycle: String = "30s"
+    @Option(
+        help:
+            "async only: an NBD export on R2's side where each delta set lands whole before it is applied (at least the cache's size plus 0.4%; the error says how much)."
+    ) var journal: String?
+    @Option(help: "async only: memory for the delta sets here, preallocated (1M to 4G; default 64M).") var cache: String?
 
     func execute() throws(VSAError) {
         let lunNames = luns.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -39,8 +47,14 @@ struct ReplicaCreate: VSACommand {
         }
         guard mode == "sync" || mode == "async" else { throw VSAError("--mode must be sync or async (got '\(mode.prefix(40))')") }
         let seconds = try cycleSeconds(cycle)
+        let cacheBytes = try cache.map { s throws(VSAError) in try size(s, "--cache") } ?? Replicator.cacheBytesDefault
+        if mode == "sync" && (journal != nil || cache != nil) {
+            throw VSAError("--journal and --cache are for --mode async (a synchronous group writes R2 as the host writes)")
+        }
+        if let journal, journal.isEmpty || journal.contains("\t") || journal.contains("\n") { throw VSAError("--journal takes one NBD URI") }
         let dir = try mountedArray(target, "replicate its LUNs")
-        _ = try control(dir, .replicaCreate(name: name, luns: lunNames, uris: uris, mode: mode, cycleSeconds: seconds))
+        _ = try control(
+            dir, .replicaCreate(name: name, luns: lunNames, uris: uris, mode: mode, cycleSeconds: seconds, journal: journal ?? "", cacheBytes: cacheBytes))
         print("replica group \(name) created (\(mode)): syncing; `vsa replica list \(target)` shows its progress")
     }
 
@@ -90,8 +104,8 @@ protocol ReplicaGroupVerb: VSACommand {
 
 extension ReplicaGroupVerb {
     func execute() throws(VSAError) {
-        _ = try control(try mountedArray(target, Self.doing), Self.request(name))
-        print("replica group \(name) \(Self.done)")
+        let reply = try control(try mountedArray(target, Self.doing), Self.request(name))
+        print(reply.isEmpty ? "replica group \(name) \(Self.done)" : reply)
     }
 }
 
@@ -142,4 +156,20 @@ struct ReplicaFailback: ReplicaGroupVerb {
     static let doing = "fail a replica group back"
     static let done = "failing back: `vsa replica list` shows the progress"
     static func request(_ name: String) -> ControlRequest { .replicaFailback(name: name) }
+}
+
+struct ReplicaRecover: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "recover",
+        abstract:
+            "On R2's side, without R1: bring an asynchronous group's images to their last whole cycle (a delta set pending in the journal is applied), or say why they are not consistent.",
+        discussion: "Run it before a second vsa mounts R2 after R1 was lost. Nothing on R1 is needed or touched.")
+    @Option(help: "The group's journal export (as given to `vsa replica create --journal`).") var journal: String
+    @Option(help: "The group's targets, comma-separated, in the order of `--to` at create.") var to: String
+
+    func execute() throws(VSAError) {
+        let uris = to.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard !uris.isEmpty, !uris.contains(where: \.isEmpty), uris.count <= 256 else { throw VSAError("--to takes 1 to 256 comma-separated URIs") }
+        print(try Replicator.recover(journal: journal, images: uris))
+    }
 }

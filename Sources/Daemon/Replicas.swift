@@ -21,7 +21,7 @@ extension ArrayDaemon {
 
     func replicaCommand(_ request: ControlRequest) throws(VSAError) -> String {
         switch request {
-        case .replicaCreate(let name, let lunNames, let uris, let mode, let cycle):
+        case .replicaCreate(let name, let lunNames, let uris, let mode, let cycle, let journal, let cache):
             guard cycle >= 1, cycle <= 86_400 else { throw VSAError("--cycle must be 1 s to 24 h (got \(cycle) s)") }
             let (luns, inUse) = try controlLock.withLock { _ throws(VSAError) in
                 let luns = try lunNames.map { n throws(VSAError) -> (name: String, ref: LUNRef) in
@@ -32,7 +32,9 @@ extension ArrayDaemon {
                 }
                 return (luns, Set(store.drives.compactMap(\.remoteURI)))
             }
-            try replicator.create(name: name, luns: luns, uris: uris, mode: mode, cycleSeconds: Double(cycle), urisInUse: inUse)
+            try replicator.create(
+                name: name, luns: luns, uris: uris, mode: mode, cycleSeconds: Double(cycle), urisInUse: inUse, journal: journal.isEmpty ? nil : journal,
+                cacheBytes: cache == 0 ? Replicator.cacheBytesDefault : cache)
             let line = "replica group \(name) created (\(mode)): \(zip(lunNames, uris).map { "\($0) -> \($1)" }.joined(separator: ", ")); syncing"
             controlLock.withLock { _ in messages.append(line) }
             daemonLog(line)
@@ -46,10 +48,12 @@ extension ArrayDaemon {
             try replicator.delete(name: name)
             daemonLog("replica group \(name) deleted")
         case .replicaFailover(let name):
-            try replicator.failover(name: name)
-            let line = "replica group \(name) failed over: its LUNs here take no writes until `vsa replica failback`"
+            let whereR2Is = try replicator.failover(name: name)
+            let line =
+                "replica group \(name) failed over: its LUNs here take no writes until `vsa replica failback`" + (whereR2Is.isEmpty ? "" : "; \(whereR2Is)")
             controlLock.withLock { _ in messages.append(line) }
             daemonLog(line)
+            return line
         case .replicaFailback(let name):
             try replicator.failback(name: name)
             daemonLog("replica group \(name) failing back: R2's changed tracks come back")

@@ -575,10 +575,17 @@ public func utcTime(_ seconds: UInt64) -> String {
 extension ReplicaReport {
     /// The group in `vsa status` and `vsa replica list`.
     public var lines: [String] {
-        let lag = lagBytes == 0 && state == "synchronized" ? "no lag" : "lag \(formatSize(lagBytes)), \((lagSeconds * 10).rounded() / 10) s"
+        let lag =
+            lagBytes == 0 && (state == "synchronized" || state == "consistent")
+            ? "no lag" : "lag \(formatSize(lagBytes)), \((lagSeconds * 10).rounded() / 10) s"
         var out = [
             "  replica group \(name) (\(mode))  \(state)  \(lag)  sent \(writesSent) writes (\(formatSize(bytesSent))), resynced \(formatSize(resyncedBytes))\(partitions > 0 ? ", partitioned \(partitions) time\(partitions == 1 ? "" : "s")" : "")"
         ]
+        if let cycle, let r2Cycle, let journal {
+            out.append(
+                "    cycle \(cycle) capturing, R2 at the boundary of cycle \(r2Cycle); delta sets \(formatSize(deltaSetBytes ?? 0)) of \(formatSize(cacheBytes ?? 0))\((overflows ?? 0) > 0 ? ", filled \(overflows!) time\(overflows == 1 ? "" : "s")" : ""); journal \(journal)"
+            )
+        }
         if failbackComparedTracks > 0 {
             out.append("    failback: \(failbackComparedTracks) tracks compared, \(formatSize(failbackCopiedBytes)) copied back from R2")
         }

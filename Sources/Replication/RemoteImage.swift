@@ -15,6 +15,8 @@ import SysPosix
 final class RemoteImage: @unchecked Sendable {
     let uri: String
     let sizeBytes: UInt64
+    /// The export must be at least `sizeBytes` (a journal), not exactly (an image).
+    private var sizeIsMinimum = false
     /// How long one remote write (or a connect) may take before the link is taken as down.
     let deadlineSeconds: Double
     private let connections: [ConnectionSlot]
@@ -58,10 +60,12 @@ final class RemoteImage: @unchecked Sendable {
 
     /// A target that does not answer now (a mount while the link is down): it must come back with `sizeBytes`
     /// (`answers`), and connections are made when it does (a URI that is not NBD's never connects).
-    init(unreachable uri: String, sizeBytes: UInt64, deadlineSeconds: Double, connectionCount: Int = 4) {
+    /// `atLeast`: a journal, which may be larger than it needs.
+    init(unreachable uri: String, sizeBytes: UInt64, deadlineSeconds: Double, connectionCount: Int = 4, atLeast: Bool = false) {
         self.uri = uri
         self.deadlineSeconds = deadlineSeconds
         self.sizeBytes = sizeBytes
+        sizeIsMinimum = atLeast
         connections = (0..<max(1, connectionCount)).map { _ in ConnectionSlot(nil) }
     }
 
@@ -144,6 +148,55 @@ final class RemoteImage: @unchecked Sendable {
         return finish(pending)
     }
 
+    /// Writes runs `next` gives (offset, bytes, from) on one connection held throughout, up to 64 commands of at
+    /// most 4 MiB in flight, then flushes that connection: true when they are all on the remote's stable storage.
+    /// An asynchronous group's delta sets go this way (not FUA each: one flush covers a set).
+    func writeRuns(_ next: () -> (UInt64, Int, UnsafeRawPointer)?) -> Bool {
+        let slot = connections[pick()]
+        slot.lock()
+        defer { slot.unlock() }
+        guard let c = slot.live(uri: uri, deadlineSeconds: deadlineSeconds) else { return false }
+        var first: Int64 = -1
+        var last: Int64 = -1
+        /// Waits for the commands queued since the last wait; false if one failed or the deadline passed.
+        func drain() -> Bool {
+            guard first >= 0 else { return true }
+            var ok = c.waitAll(deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds)
+            for cookie in first...last where c.result(cookie) != 0 { ok = false }
+            first = -1
+            return ok
+        }
+        func queue(_ cookie: Int64) {
+            if first < 0 { first = cookie }
+            last = cookie
+        }
+        var ok = true
+        do throws(NBDError) {
+            runs: while let (offset, bytes, from) = next() {
+                var done = 0
+                while done < bytes {
+                    let step = min(4 << 20, bytes - done)
+                    queue(try c.queueWrite(from: from + done, count: step, offsetBytes: offset + UInt64(done), durable: false))
+                    done += step
+                    if c.inFlight >= 64, !drain() {
+                        ok = false
+                        break runs
+                    }
+                }
+            }
+            if ok { ok = drain() }
+            if ok && c.canFlush {
+                queue(try c.queueFlush())
+                ok = drain()
+            }
+        } catch {
+            ok = false
+        }
+        // A connection that failed a command is not used again: the next user makes a new one.
+        if !ok { slot.connection = nil }
+        return ok
+    }
+
     /// Reads from the remote (a check, not a data path: failover and tests); false if it failed.
     func read(offsetBytes: UInt64, count: Int, into target: UnsafeMutableRawPointer) -> Bool {
         let slot = connections[pick()]
@@ -158,7 +211,7 @@ final class RemoteImage: @unchecked Sendable {
     /// Whether the remote answers now (a new connection made and dropped): the link monitor's probe.
     func answers() -> Bool {
         guard let c = try? NBDConnection(uri: uri, deadlineSeconds: Posix.monotonicSeconds() + min(deadlineSeconds, 5)) else { return false }
-        return c.sizeBytes == sizeBytes && !c.readOnly
+        return (c.sizeBytes == sizeBytes || (sizeIsMinimum && c.sizeBytes > sizeBytes)) && !c.readOnly
     }
 
     /// Connections are taken round robin: a writer waits for the one it is given, so writers spread over all of

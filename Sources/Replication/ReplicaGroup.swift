@@ -101,11 +101,26 @@ final class ReplicaLUN: @unchecked Sendable {
     let name: String
     let lun: LUNRef
     let image: RemoteImage
+    /// Its place in the group (the member number in an asynchronous group's journal records).
+    var member = 0
     init(name: String, lun: LUNRef, image: RemoteImage) {
         self.name = name
         self.lun = lun
         self.image = image
     }
+}
+
+/// What an asynchronous group has besides: its delta sets, its journal on R2's side, its cycle.
+final class AsyncCycle: @unchecked Sendable {
+    let sets: DeltaSets
+    let journal: Journal
+    let cycleSeconds: Double
+    init(sets: DeltaSets, journal: Journal, cycleSeconds: Double) {
+        self.sets = sets
+        self.journal = journal
+        self.cycleSeconds = cycleSeconds
+    }
+    deinit { journal.release() }
 }
 
 /// A group at run time: its LUNs, state, changed tracks and counters. The lock guards `bitmaps`, `inFlight` and the
@@ -114,6 +129,8 @@ public final class ReplicaGroup: @unchecked Sendable {
     public let name: String
     public let mode: String
     let luns: [ReplicaLUN]
+    /// Asynchronous groups only (SRDF/A): writes go to delta sets, not straight to R2.
+    let async: AsyncCycle?
     let stateRaw = Atomic<UInt8>(ReplicaState.syncing.rawValue)
     /// lunID -> changed tracks; (lunID, track) pairs a resync is sending now.
     let tracks: Locked<Tracks>
@@ -128,6 +145,8 @@ public final class ReplicaGroup: @unchecked Sendable {
     public let bytesSent = Atomic<UInt64>(0)
     public let resyncedBytes = Atomic<UInt64>(0)
     public let partitions = Atomic<UInt64>(0)
+    /// Asynchronous: times the capture set filled and the group dropped to changed tracks.
+    public let deltaSetOverflows = Atomic<UInt64>(0)
     /// Failback: tracks compared, and bytes copied back from R2 (the tracks that differed).
     public let failbackComparedTracks = Atomic<UInt64>(0)
     public let failbackCopiedBytes = Atomic<UInt64>(0)
@@ -136,25 +155,51 @@ public final class ReplicaGroup: @unchecked Sendable {
 
     public var state: ReplicaState { ReplicaState(rawValue: stateRaw.load(ordering: .acquiring))! }
 
-    init(name: String, mode: String, luns: [ReplicaLUN], bitmaps: [UInt32: TrackBitmap], state: ReplicaState) {
+    init(name: String, mode: String, luns: [ReplicaLUN], bitmaps: [UInt32: TrackBitmap], state: ReplicaState, async: AsyncCycle? = nil) {
         self.name = name
         self.mode = mode
         self.luns = luns
+        self.async = async
+        for (i, l) in luns.enumerated() { l.member = i }
         self.tracks = Locked(Tracks(bitmaps: bitmaps))
         stateRaw.store(state.rawValue, ordering: .releasing)
         outOfSyncSince.store(Posix.monotonicSeconds().bitPattern, ordering: .relaxed)
     }
 
-    /// How long the group has not been synchronized, in seconds (0 when it is).
+    /// How long the group has not been synchronized, in seconds (0 when it is); an asynchronous group that is
+    /// consistent: how far R2's cycle boundary is behind (0 when no delta set waits).
     public var lagSeconds: Double {
-        state == .synchronized ? 0 : max(0, Posix.monotonicSeconds() - Double(bitPattern: outOfSyncSince.load(ordering: .relaxed)))
+        if state == .synchronized { return async?.sets.lag.seconds ?? 0 }
+        return max(0, Posix.monotonicSeconds() - Double(bitPattern: outOfSyncSince.load(ordering: .relaxed)))
     }
 
-    func moveState(to next: ReplicaState) {
+    /// The state as status names it: an asynchronous group that is synchronized is "consistent" (R2 is the source
+    /// at a cycle boundary, not at this instant).
+    public var stateName: String { async != nil && state == .synchronized ? "consistent" : state.description }
+
+    /// Changes the state (the group's lock held: `t`). An asynchronous group opens its delta sets as it becomes
+    /// consistent and closes them as it leaves: their blocks become changed tracks, except on the way to
+    /// failed-over, where the group's thread still sends them (a planned failover leaves R2 equal to R1).
+    func moveState(to next: ReplicaState, _ t: inout Tracks) {
         let before = ReplicaState(rawValue: stateRaw.exchange(next.rawValue, ordering: .acquiringAndReleasing))!
         if next == .partitioned && before != .partitioned { partitions.add(1, ordering: .relaxed) }
         if before == .synchronized && next != .synchronized {
             outOfSyncSince.store(Posix.monotonicSeconds().bitPattern, ordering: .relaxed)
+        }
+        guard let sets = async?.sets, before != next else { return }
+        if next == .synchronized {
+            sets.open()
+        } else {
+            dropDeltaSets(keep: next == .failedOver, &t)
+        }
+    }
+
+    /// Closes the delta sets; unless `keep`, their blocks become changed tracks (the group's lock held: `t`).
+    func dropDeltaSets(keep: Bool, _ t: inout Tracks) {
+        guard let sets = async?.sets else { return }
+        sets.close(drop: !keep) { member, block in
+            guard member < luns.count else { return }
+            t.bitmaps[luns[member].lun.lunID]?.mark(offsetBytes: block * UInt64(DeltaSets.blockBytes), count: UInt64(DeltaSets.blockBytes))
         }
     }
 
@@ -165,9 +210,9 @@ public final class ReplicaGroup: @unchecked Sendable {
             t.bitmaps[lun]?.mark(offsetBytes: offsetBytes, count: count)
             if state.writesRefused { return }
             if linkDown {
-                if state != .suspended { moveState(to: .partitioned) }
+                if state != .suspended { moveState(to: .partitioned, &t) }
             } else if state == .synchronized {
-                moveState(to: .syncing)
+                moveState(to: .syncing, &t)
             }
         }
     }

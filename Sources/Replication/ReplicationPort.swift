@@ -148,6 +148,30 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
         let state = group.state
         // Failed over: R2 is the one written to, and a write here would be lost at failback (or undo R2's).
         if state.writesRefused { return EROFS }
+        if let cycle = group.async, state == .synchronized {
+            // Asynchronous and consistent: written here, then copied into the capture set, under the track locks
+            // (the array and the capture see one order of the writes to a block).
+            return withTrackLocks(lun: lun.lunID, offsetBytes: offsetBytes, count: count) {
+                let rc = local()
+                guard rc == 0 else {
+                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
+                    return rc
+                }
+                switch capture(cycle.sets, replica, offsetBytes: offsetBytes, count: count, source: source) {
+                case .captured:
+                    group.writesSent.add(1, ordering: .relaxed)
+                    group.bytesSent.add(count, ordering: .relaxed)
+                case .closed:
+                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
+                case .full:
+                    // The capture set cannot hold the cycle's writes (the link is slower than they come): the group
+                    // drops to changed tracks, as SRDF/A does when its cache fills.
+                    group.deltaSetOverflows.add(1, ordering: .relaxed)
+                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: true)
+                }
+                return rc
+            }
+        }
         if state != .synchronized {
             // Tracks are marked after the local write: a resync that reads the track before it lands sends it again.
             let rc = local()
@@ -169,6 +193,40 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
                 group.bytesSent.add(count, ordering: .relaxed)
             }
             return rc
+        }
+    }
+
+    /// Copies the blocks a write (or zeroed range: `source` nil) touched into the capture set, whole: the ones it
+    /// covers from its data (or zeroes), the ones it covers in part read back from the array (it is written there
+    /// already, and the track locks keep others off it).
+    private func capture(_ sets: DeltaSets, _ replica: ReplicaLUN, offsetBytes: UInt64, count: UInt64, source: UnsafeRawPointer?) -> DeltaSets.Capture {
+        let blockBytes = UInt64(DeltaSets.blockBytes)
+        guard count > 0 else { return .captured }
+        let first = offsetBytes / blockBytes
+        let blocks = Int((offsetBytes + count - 1) / blockBytes - first + 1)
+        let headPartial = offsetBytes % blockBytes != 0 || count < blockBytes
+        let tailPartial = (offsetBytes + count) % blockBytes != 0
+        if !headPartial && !tailPartial {
+            return sets.capture(member: replica.member, firstBlock: first, count: blocks) { i in
+                source.map { $0 + i * DeltaSets.blockBytes } ?? DeltaSets.zeroBlock
+            }
+        }
+        // A write that is not whole blocks (rare: the kernel sends pages): its first and last blocks read back.
+        return withUnsafeTemporaryAllocation(byteCount: 2 * DeltaSets.blockBytes, alignment: 4096) { edges -> DeltaSets.Capture in
+            let head = edges.baseAddress!
+            let tail = head + DeltaSets.blockBytes
+            if headPartial, port.read(lun: replica.lun, offsetBytes: first * blockBytes, count: DeltaSets.blockBytes, into: head) != 0 { return .closed }
+            if tailPartial, blocks > 1 || !headPartial,
+                port.read(lun: replica.lun, offsetBytes: (first + UInt64(blocks) - 1) * blockBytes, count: DeltaSets.blockBytes, into: tail) != 0
+            {
+                return .closed
+            }
+            return sets.capture(member: replica.member, firstBlock: first, count: blocks) { i in
+                if i == 0 && headPartial { return UnsafeRawPointer(head) }
+                if i == blocks - 1 && tailPartial { return UnsafeRawPointer(blocks == 1 && headPartial ? head : tail) }
+                let at = (first + UInt64(i)) * blockBytes - offsetBytes
+                return source.map { $0 + Int(at) } ?? DeltaSets.zeroBlock
+            }
         }
     }
 
@@ -200,7 +258,7 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
             t.inFlight.remove(UInt64(replica.lun.lunID) << 40 | UInt64(track))
             if !sent {
                 t.bitmaps[replica.lun.lunID]?.set(track)
-                if group.state != .suspended && !group.state.writesRefused { group.moveState(to: .partitioned) }
+                if group.state != .suspended && !group.state.writesRefused { group.moveState(to: .partitioned, &t) }
             }
         }
         if sent { group.resyncedBytes.add(UInt64(count), ordering: .relaxed) }
@@ -230,7 +288,7 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
     func finishResync(_ group: ReplicaGroup) -> Bool {
         group.tracks.withLock { t in
             guard group.state == .syncing, t.inFlight.isEmpty, t.bitmaps.values.allSatisfy({ $0.setCount == 0 }) else { return false }
-            group.moveState(to: .synchronized)
+            group.moveState(to: .synchronized, &t)
             return true
         }
     }

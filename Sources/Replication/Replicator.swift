@@ -26,6 +26,9 @@ public struct ReplicaConfig: Codable, Sendable {
     public var failedOver: Bool?
     /// Changed tracks per LUN name at a clean stop (words of `TrackBitmap`); nil: unknown (send everything).
     public var invalid: [String: [UInt64]]?
+    /// Asynchronous groups: the journal export on R2's side, and the bytes of delta sets kept here (`--cache`).
+    public var journal: String?
+    public var cacheBytes: UInt64?
 }
 
 struct ReplicasFile: Codable {
@@ -54,6 +57,15 @@ public struct ReplicaReport: Codable, Sendable {
     /// Failback: tracks of R2 compared with the ones here, and bytes copied back (the tracks that differed).
     public var failbackComparedTracks: UInt64 = 0
     public var failbackCopiedBytes: UInt64 = 0
+    /// Asynchronous groups: the journal, the delta set cache, the cycle being captured and the one R2 is at, the
+    /// bytes in the capture and transmit sets (and in the transmit set alone), and times the capture set filled.
+    public var journal: String?
+    public var cacheBytes: UInt64?
+    public var cycle: UInt64?
+    public var r2Cycle: UInt64?
+    public var deltaSetBytes: UInt64?
+    public var transmitBytes: UInt64?
+    public var overflows: UInt64?
 }
 
 public final class Replicator: @unchecked Sendable {
@@ -96,6 +108,15 @@ public final class Replicator: @unchecked Sendable {
             var members: [ReplicaLUN] = []
             var bitmaps: [UInt32: TrackBitmap] = [:]
             var reachable = true
+            var journal: RemoteImage?
+            if let uri = config.journal {
+                do { journal = try RemoteImage(uri: uri, deadlineSeconds: deadlineSeconds) } catch {
+                    let slots = min(max(config.cacheBytes ?? Replicator.cacheBytesDefault, Replicator.cacheBytesMin), Replicator.cacheBytesMax) / 4096
+                    journal = RemoteImage(unreachable: uri, sizeBytes: JournalHeader.bytes(slotCount: slots), deadlineSeconds: deadlineSeconds, atLeast: true)
+                    reachable = false
+                    notes.append("replica group \(config.name): its journal \(uri) does not answer (\(error.message)); partitioned")
+                }
+            }
             for m in config.members {
                 guard let lun = luns[m.lun] else {
                     notes.append("replica group \(config.name): LUN \(m.lun) is gone; the group is dropped")
@@ -116,7 +137,8 @@ public final class Replicator: @unchecked Sendable {
             guard members.count == config.members.count else { continue }
             let state: ReplicaState =
                 config.failedOver == true ? .failedOver : config.suspended ? .suspended : (reachable ? .syncing : .partitioned)
-            start(config, ReplicaGroup(name: config.name, mode: config.mode, luns: members, bitmaps: bitmaps, state: state))
+            let async = journal.map { Replicator.asyncCycle(config, members: members, journal: $0) }
+            start(config, ReplicaGroup(name: config.name, mode: config.mode, luns: members, bitmaps: bitmaps, state: state, async: async))
         }
         save(withBitmaps: false)
         return notes
@@ -130,6 +152,8 @@ public final class Replicator: @unchecked Sendable {
             port.deactivate(entry.group)
         }
         for entry in all { while !entry.thread.isFinished { usleep(1000) } }
+        // Delta sets not on R2 yet are kept as changed tracks: the next mount resyncs them.
+        for entry in all { entry.group.tracks.withLock { t in entry.group.dropDeltaSets(keep: false, &t) } }
         save(withBitmaps: clean)
     }
 
@@ -138,12 +162,23 @@ public final class Replicator: @unchecked Sendable {
     /// `vsa replica create`: every check first (names, LUNs, URIs, sizes, a URI in use, a LUN copied onto
     /// itself), then the group starts syncing all its tracks.
     public func create(
-        name: String, luns: [(name: String, ref: LUNRef)], uris: [String], mode: String, cycleSeconds: Double, urisInUse: Set<String>
+        name: String, luns: [(name: String, ref: LUNRef)], uris: [String], mode: String, cycleSeconds: Double, urisInUse: Set<String>,
+        journal journalURI: String? = nil, cacheBytes: UInt64 = Replicator.cacheBytesDefault
     ) throws(VSAError) {
-        guard mode == "sync" else {
-            throw VSAError("--mode \(mode): only sync is built so far (async delta sets are next: docs/ROADMAP.md, issue 15)")
-        }
+        guard mode == "sync" || mode == "async" else { throw VSAError("--mode must be sync or async (got '\(mode.prefix(40))')") }
         try Replicator.validateName(name)
+        if mode == "async" {
+            guard let journalURI, !journalURI.isEmpty else {
+                throw VSAError(
+                    "--mode async needs --journal URI: an NBD export on R2's side of at least \(JournalHeader.bytes(slotCount: cacheBytes / 4096)) bytes, where each delta set lands whole before it is applied"
+                )
+            }
+            guard cacheBytes >= Replicator.cacheBytesMin, cacheBytes <= Replicator.cacheBytesMax, cacheBytes % 4096 == 0 else {
+                throw VSAError("--cache must be 1 MiB to 4 GiB in whole 4 KiB blocks (got \(cacheBytes) bytes)")
+            }
+        } else if journalURI != nil {
+            throw VSAError("--journal is for --mode async (a synchronous group writes R2 as the host writes)")
+        }
         guard !luns.isEmpty, luns.count == uris.count else {
             throw VSAError("give one --to URI per LUN (\(luns.count) LUN\(luns.count == 1 ? "" : "s"), \(uris.count) URI\(uris.count == 1 ? "" : "s"))")
         }
@@ -155,8 +190,9 @@ public final class Replicator: @unchecked Sendable {
                 throw VSAError("LUN \(l.name) is already replicated by group \(other.name)")
             }
         }
-        for (i, uri) in uris.enumerated() {
-            if uris[..<i].contains(uri) { throw VSAError("\(uri) is named twice") }
+        for (i, uri) in (uris + (journalURI.map { [$0] } ?? [])).enumerated() {
+            if uris[..<min(i, uris.count)].contains(uri) { throw VSAError("\(uri) is named twice") }
+            if existing.contains(where: { $0.journal == uri }) { throw VSAError("\(uri) is already the journal of another replica group") }
             if urisInUse.contains(uri) { throw VSAError("\(uri) is a drive of this array; a replica needs an export of its own") }
             if let other = existing.first(where: { $0.members.contains { $0.uri == uri } }) {
                 throw VSAError("\(uri) is already the target of replica group \(other.name)")
@@ -174,20 +210,61 @@ public final class Replicator: @unchecked Sendable {
         }
         var bitmaps: [UInt32: TrackBitmap] = [:]
         for m in members { bitmaps[m.lun.lunID] = TrackBitmap(sizeBytes: m.lun.sizeBytes, allSet: true) }
-        let config = ReplicaConfig(
+        var config = ReplicaConfig(
             name: name, mode: mode, cycleSeconds: cycleSeconds, members: zip(luns, uris).map { .init(lun: $0.name, uri: $1) }, suspended: false,
             failedOver: nil, invalid: nil)
-        start(config, ReplicaGroup(name: name, mode: mode, luns: members, bitmaps: bitmaps, state: .syncing))
+        var async: AsyncCycle?
+        if let journalURI, mode == "async" {
+            let journal = try RemoteImage(uri: journalURI, deadlineSeconds: deadlineSeconds)
+            let needed = JournalHeader.bytes(slotCount: cacheBytes / 4096)
+            guard journal.sizeBytes >= needed else {
+                throw VSAError("journal \(journalURI) is \(journal.sizeBytes) bytes; a --cache of \(cacheBytes) bytes needs at least \(needed)")
+            }
+            config.journal = journalURI
+            config.cacheBytes = cacheBytes
+            async = Replicator.asyncCycle(config, members: members, journal: journal)
+            // R2 is about to be a mix (the first sync): its journal says so before any track goes.
+            guard async!.journal.mark(.resyncing, cycle: 0, slotCount: async!.sets.slotCount) else {
+                throw VSAError("journal \(journalURI) did not take a write within \(Int(deadlineSeconds)) s; nothing was changed")
+            }
+        }
+        start(config, ReplicaGroup(name: name, mode: mode, luns: members, bitmaps: bitmaps, state: .syncing, async: async))
         save(withBitmaps: false)
+    }
+
+    public static let cacheBytesDefault: UInt64 = 64 << 20
+    public static let cacheBytesMin: UInt64 = 1 << 20
+    public static let cacheBytesMax: UInt64 = 4 << 30
+
+    /// An asynchronous group's delta sets (the arena preallocated now) and journal.
+    static func asyncCycle(_ config: ReplicaConfig, members: [ReplicaLUN], journal: RemoteImage) -> AsyncCycle {
+        let bytes = min(max(config.cacheBytes ?? cacheBytesDefault, cacheBytesMin), cacheBytesMax)
+        return AsyncCycle(
+            sets: DeltaSets(bytes: bytes), journal: Journal(journal: journal, images: members.map(\.image), group: config.name),
+            cycleSeconds: config.cycleSeconds)
     }
 
     /// `vsa replica failover`: R2 becomes the one written to (a second vsa mounts it); the LUNs here refuse writes
     /// until a failback has brought R2's changes back.
-    public func failover(name: String) throws(VSAError) {
+    /// An asynchronous group that was consistent sends its delta sets first (waited for up to the deadline): R2
+    /// then equals R1. Returns a line saying where R2 is.
+    public func failover(name: String) throws(VSAError) -> String {
         let group = try find(name)
         guard !group.state.writesRefused else { throw VSAError("replica group \(name) is already failed over; `vsa replica failback` brings it back") }
-        group.tracks.withLock { _ in group.moveState(to: .failedOver) }
+        let was = group.state
+        group.tracks.withLock { t in group.moveState(to: .failedOver, &t) }
         update(name) { $0.failedOver = true }
+        guard let sets = group.async?.sets else { return "" }
+        guard was == .synchronized else {
+            return "R2 was \(was) (not at a cycle boundary); it is consistent only once a resync ends: failback, or treat R2 as a mix"
+        }
+        let deadline = Posix.monotonicSeconds() + 2 * deadlineSeconds
+        let drops = sets.drops
+        while !sets.isEmpty && Posix.monotonicSeconds() < deadline { usleep(20_000) }
+        let (_, applied) = sets.cycles
+        return sets.isEmpty && sets.drops == drops
+            ? "every delta set is on R2: it equals the LUNs here (cycle \(applied))"
+            : "the link did not take the last delta sets: R2 is at the boundary of cycle \(applied) (run `vsa replica recover` on its side if a set is pending)"
     }
 
     /// `vsa replica failback`: every track of R2 is compared with the one here and the ones that differ are copied
@@ -201,20 +278,45 @@ public final class Replicator: @unchecked Sendable {
         guard group.luns.allSatisfy({ $0.image.answers() }) else {
             throw VSAError("a target of replica group \(name) does not answer; failback needs R2 (nothing was changed)")
         }
-        group.tracks.withLock { _ in group.moveState(to: .failingBack) }
+        group.tracks.withLock { t in group.moveState(to: .failingBack, &t) }
+    }
+
+    /// `vsa replica recover`: on R2's side, R1 gone. A set pending in the journal is applied (every record and the
+    /// set's checksum checked first); a resync that was under way means the images are a mix, said as an error.
+    public static func recover(journal journalURI: String, images uris: [String]) throws(VSAError) -> String {
+        let journalImage = try RemoteImage(uri: journalURI, deadlineSeconds: 30)
+        let images = try uris.map { u throws(VSAError) in try RemoteImage(uri: u, deadlineSeconds: 30) }
+        let journal = Journal(journal: journalImage, images: images, group: "")
+        defer { journal.release() }
+        let (header, applied) = try journal.replay()
+        guard Int(header.memberCount) == images.count else {
+            throw VSAError("\(journalURI) is the journal of a group of \(header.memberCount) LUNs; --to gives \(images.count)")
+        }
+        switch header.state {
+        case .resyncing:
+            throw VSAError(
+                "group \(header.group)'s images were being resynced when R1 stopped sending: they are a mix of two points in time, not a cycle boundary (cycle \(header.cycle) was the last whole one)"
+            )
+        case .pending:
+            throw VSAError("\(journalURI) still holds a pending set")
+        case .consistent:
+            return applied > 0
+                ? "group \(header.group): applied the pending delta set of cycle \(header.cycle) (\(applied) blocks); R2 is the source as of that cycle's boundary"
+                : "group \(header.group): nothing pending; R2 is the source as of the boundary of cycle \(header.cycle)"
+        }
     }
 
     public func suspend(name: String) throws(VSAError) {
         let group = try find(name)
         guard !group.state.writesRefused else { throw VSAError("replica group \(name) is failed over; fail it back first") }
-        group.tracks.withLock { _ in group.moveState(to: .suspended) }
+        group.tracks.withLock { t in group.moveState(to: .suspended, &t) }
         setSuspended(name, true)
     }
 
     public func resume(name: String) throws(VSAError) {
         let group = try find(name)
         guard !group.state.writesRefused else { throw VSAError("replica group \(name) is failed over; `vsa replica failback` brings it back") }
-        group.tracks.withLock { _ in if group.state == .suspended { group.moveState(to: .syncing) } }
+        group.tracks.withLock { t in if group.state == .suspended { group.moveState(to: .syncing, &t) } }
         setSuspended(name, false)
     }
 
@@ -243,15 +345,27 @@ public final class Replicator: @unchecked Sendable {
                 g.luns.map { l in t.bitmaps[l.lun.lunID]?.setCount ?? 0 }
             }
             let invalid = perLUN.reduce(0, +)
-            return ReplicaReport(
-                name: g.name, mode: g.mode, state: g.state.description,
+            let waiting = g.async?.sets.lag.bytes ?? 0
+            var report = ReplicaReport(
+                name: g.name, mode: g.mode, state: g.stateName,
                 members: zip(g.luns, perLUN).map { .init(lun: $0.name, uri: $0.image.uri, invalidTracks: $1) },
-                lagBytes: UInt64(invalid) * TrackBitmap.trackBytes,
+                lagBytes: UInt64(invalid) * TrackBitmap.trackBytes + waiting,
                 lagSeconds: g.lagSeconds,
                 writesSent: g.writesSent.load(ordering: .relaxed), bytesSent: g.bytesSent.load(ordering: .relaxed),
                 resyncedBytes: g.resyncedBytes.load(ordering: .relaxed), partitions: g.partitions.load(ordering: .relaxed),
                 failbackComparedTracks: g.failbackComparedTracks.load(ordering: .relaxed),
                 failbackCopiedBytes: g.failbackCopiedBytes.load(ordering: .relaxed))
+            if let a = g.async {
+                let (capture, applied) = a.sets.cycles
+                report.journal = a.journal.journal.uri
+                report.cacheBytes = UInt64(a.sets.slotCount * DeltaSets.blockBytes)
+                report.cycle = capture
+                report.r2Cycle = applied
+                report.deltaSetBytes = waiting
+                report.transmitBytes = a.sets.transmitBytes
+                report.overflows = g.deltaSetOverflows.load(ordering: .relaxed)
+            }
+            return report
         }
     }
 
@@ -260,7 +374,20 @@ public final class Replicator: @unchecked Sendable {
     /// What is wrong with a group read from replicas.json, if anything.
     static func problem(with config: ReplicaConfig) -> String? {
         do { try validateName(config.name) } catch { return error.message }
-        guard config.mode == "sync" else { return "group \(config.name): mode '\(config.mode.prefix(16))' is not one this vsa runs" }
+        guard config.mode == "sync" || config.mode == "async" else {
+            return "group \(config.name): mode '\(config.mode.prefix(16))' is not one this vsa runs"
+        }
+        guard config.cycleSeconds >= 1, config.cycleSeconds <= 86_400 else { return "group \(config.name): a cycle of \(config.cycleSeconds) s" }
+        if config.mode == "async" {
+            guard let journal = config.journal, NBDConnection.isNBDURI(journal), journal.utf8.count <= 4096 else {
+                return "group \(config.name): an asynchronous group without an NBD journal"
+            }
+            guard let cache = config.cacheBytes, cache >= cacheBytesMin, cache <= cacheBytesMax else {
+                return "group \(config.name): a delta set cache of \(config.cacheBytes ?? 0) bytes"
+            }
+        } else if config.journal != nil {
+            return "group \(config.name): a synchronous group with a journal"
+        }
         guard !config.members.isEmpty, config.members.count <= 256 else { return "group \(config.name): \(config.members.count) LUNs" }
         for m in config.members where !NBDConnection.isNBDURI(m.uri) || m.uri.utf8.count > 4096 {
             return "group \(config.name): \(m.uri.prefix(64)) is not an NBD URI"
@@ -335,24 +462,81 @@ public final class Replicator: @unchecked Sendable {
         }
         var cursor = 0
         var pause = 0.2
+        // What this thread last wrote to an asynchronous group's journal header (nil: unknown, after a failure).
+        var journalSays: JournalHeader.State?
+        /// The link failed under an asynchronous group's journal or sets: partitioned (its sets become tracks).
+        func linkFailed() {
+            journalSays = nil
+            group.tracks.withLock { t in
+                if group.state == .failedOver {
+                    group.dropDeltaSets(keep: false, &t)
+                } else if group.state != .suspended && !group.state.writesRefused {
+                    group.moveState(to: .partitioned, &t)
+                }
+            }
+        }
         while !group.stopping.load(ordering: .acquiring) {
             switch group.state {
             case .syncing:
+                // R2 is about to be a mix: its journal says so before the first track goes.
+                if let a = group.async, journalSays != .resyncing {
+                    if a.journal.mark(.resyncing, cycle: a.sets.cycles.applied, slotCount: a.sets.slotCount) { journalSays = .resyncing } else { linkFailed() }
+                    continue
+                }
                 if !port.resyncOne(group, buffer: buffer, cursor: &cursor) {
                     if port.finishResync(group) { pause = 0.2 } else if group.state == .syncing { usleep(10_000) }
                 }
             case .partitioned:
                 usleep(UInt32(pause * 1_000_000))
                 pause = min(2, pause * 2)
-                if group.luns.allSatisfy({ $0.image.answers() }) {
-                    group.tracks.withLock { _ in if group.state == .partitioned { group.moveState(to: .syncing) } }
+                if group.luns.allSatisfy({ $0.image.answers() }) && group.async?.journal.journal.answers() != false {
+                    group.tracks.withLock { t in if group.state == .partitioned { group.moveState(to: .syncing, &t) } }
                 }
-            case .synchronized, .suspended, .failedOver:
+            case .synchronized:
+                guard let a = group.async else {
+                    usleep(50_000)
+                    continue
+                }
+                // Consistent: R2 at a boundary (said in its journal first), then one set after another.
+                if journalSays != .consistent {
+                    if a.journal.mark(.consistent, cycle: a.sets.cycles.applied, slotCount: a.sets.slotCount) {
+                        journalSays = .consistent
+                    } else {
+                        linkFailed()
+                    }
+                } else if !sendDeltaSet(a, switchAfter: a.cycleSeconds) {
+                    linkFailed()
+                }
+            case .failedOver:
+                // A planned failover: the delta sets left go across (R2 then equals R1); no new ones come. Sets that
+                // cannot go (the link, or a journal in an unknown state) become changed tracks.
+                if let a = group.async, !a.sets.isEmpty {
+                    if journalSays != .consistent || !sendDeltaSet(a, switchAfter: 0) { linkFailed() }
+                } else {
+                    usleep(50_000)
+                }
+            case .suspended:
                 usleep(50_000)
             case .failingBack:
+                journalSays = nil
                 if failBack(group, port: port, remote: buffer, here: other) { failedBack() }
             }
         }
+    }
+
+    /// One step of an asynchronous group's cycle: the transmit set sent whole (journal, then images) if there is
+    /// one; else the cycle switched once the capture set is `switchAfter` seconds old; else a short wait. False when
+    /// the link failed.
+    private static func sendDeltaSet(_ a: AsyncCycle, switchAfter: Double) -> Bool {
+        if let set = a.sets.transmitting {
+            guard a.journal.send(set, from: a.sets) else { return false }
+            a.sets.transmitted(cycle: set.cycle)
+        } else if a.sets.captureAge >= switchAfter {
+            a.sets.switchCycle()
+        } else {
+            usleep(UInt32(min(0.01, max(0.001, switchAfter - a.sets.captureAge)) * 1_000_000))
+        }
+        return true
     }
 
     /// Every track of every LUN of the group, compared and copied back where it differs; a track that cannot be
@@ -370,7 +554,7 @@ public final class Replicator: @unchecked Sendable {
         }
         group.tracks.withLock { t in
             for l in group.luns { t.bitmaps[l.lun.lunID] = TrackBitmap(sizeBytes: l.lun.sizeBytes) }
-            group.moveState(to: .synchronized)
+            group.moveState(to: .synchronized, &t)
         }
         return true
     }

@@ -164,12 +164,20 @@ public final class MetricsExporter: Sendable {
                 let labels = [("group", g.name), ("mode", g.mode)]
                 stateSet(
                     "replica_state", "Each replica group's state: 1 for the one it is in.", labels,
-                    states: ["synchronized", "syncing", "partitioned", "suspended", "failed-over", "failing-back"], current: g.state)
+                    states: ["synchronized", "consistent", "syncing", "partitioned", "suspended", "failed-over", "failing-back"], current: g.state)
                 gauge("replica_lag_bytes", "Changed tracks not yet on the remote (64 KiB each).", labels, g.lagBytes)
                 gauge("replica_lag_seconds", "How long the group has not been synchronized (0 when it is).", labels, g.lagSeconds)
                 counter("replica_sent_bytes_total", "Bytes of host writes sent to the remote as they happened.", labels, g.bytesSent)
                 counter("replica_resynced_bytes_total", "Bytes of changed tracks sent by resyncs.", labels, g.resyncedBytes)
                 counter("replica_partitions_total", "Times the group's link was found down.", labels, g.partitions)
+                if let cycle = g.cycle, let r2Cycle = g.r2Cycle {
+                    gauge("replica_cycle", "Asynchronous groups: the delta set cycle being captured.", labels, cycle)
+                    gauge("replica_r2_cycle", "Asynchronous groups: the cycle whose boundary R2 is at.", labels, r2Cycle)
+                    gauge("replica_delta_set_bytes", "Asynchronous groups: bytes in the capture and transmit sets.", labels, g.deltaSetBytes ?? 0)
+                    counter(
+                        "replica_delta_set_overflows_total", "Asynchronous groups: times the capture set filled (the group dropped to tracks).", labels,
+                        g.overflows ?? 0)
+                }
             }
             for d in report.drives {
                 let labels = [("drive", String(d.index)), ("path", d.path), ("role", d.role)]

@@ -6,10 +6,11 @@
 import Foundation
 import XCTest
 
-final class ReplicationTests: FixtureTestCase {
+/// What replication tests share: a lab (a second network namespace), and the group as `vsa replica list` has it.
+class ReplicaTestCase: FixtureTestCase {
     override class var rootReason: String? { "network namespaces and FUSE mounts need root" }
     override class var fixtureBase: String { "/dev/shm" }
-    private var lab: NBDLab!
+    var lab: NBDLab!
 
     override func setUpWithError() throws {
         try super.setUpWithError()
@@ -21,17 +22,17 @@ final class ReplicationTests: FixtureTestCase {
         lab = nil
     }
 
-    private func group(_ name: String = "g") throws -> [String: Any]? {
+    func group(_ name: String = "g") throws -> [String: Any]? {
         let list = try fixture.json("replica list '\(fixture.mnt)' --json", as: [String: Any].self)
         return (list["replicas"] as? [[String: Any]])?.first { $0["name"] as? String == name }
     }
 
     /// Waits for the group to reach `state`; returns the group as it was then.
     @discardableResult
-    private func waitFor(_ state: String, seconds: Int = 60, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+    func waitFor(_ state: String, _ name: String = "g", seconds: Int = 60, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
         var last: [String: Any] = [:]
         for _ in 0..<(seconds * 10) {
-            last = try group() ?? [:]
+            last = try group(name) ?? [:]
             if last["state"] as? String == state { return last }
             usleep(100_000)
         }
@@ -40,9 +41,12 @@ final class ReplicationTests: FixtureTestCase {
     }
 
     /// Whether the LUN file and its R2 hold the same bytes.
-    private func same(_ lun: String, _ uri: String) -> Bool {
+    func same(_ lun: String, _ uri: String) -> Bool {
         Harness.sh("cmp <(dd if='\(fixture.mnt)/\(lun)' bs=1M iflag=direct status=none) <(nbdcopy '\(uri)' -)").status == 0
     }
+}
+
+final class ReplicationTests: ReplicaTestCase {
 
     func testASynchronousGroupRidesOutAPartitionAndASuspendAndEndsByteForByte() throws {
         try fixture.create("--drives 4 --drive-size 64M --raid 5 --stripe-unit 16K")

@@ -1,0 +1,284 @@
+// Asynchronous replication (issue 15, SRDF/A): delta sets, one per cycle, across the group's LUNs, each landed whole
+// in a journal on R2's side before it is applied. The oracle: one writer writes both LUNs in one order, each block
+// stamped with a global generation; R2, frozen at any moment (the link cut) and recovered on its own side (`vsa
+// replica recover` on copies of its exports), must be the source after some prefix of those writes: every block
+// holds the last generation written to it up to the newest generation R2 holds, never a newer one beside an older.
+import Foundation
+import XCTest
+
+final class AsyncReplicationTests: ReplicaTestCase {
+    static let oracle = #"""
+        import hashlib, os, mmap, random, struct, sys
+
+        BLOCK = 4096
+        MAGIC = b"VSAORDER"
+
+        def content(f, i, g):
+            body = b""
+            n = 0
+            while len(body) < BLOCK - 32:
+                body += hashlib.sha256(struct.pack("<QQQQ", f, i, g, n)).digest()
+                n += 1
+            return MAGIC + struct.pack("<QQQ", f, i, g) + body[: BLOCK - 32]
+
+        def write(paths, log, blocks, seed):
+            # One writer, one write at a time (O_DIRECT, each returned before the next starts): a total order.
+            rng = random.Random(seed)
+            fds = [os.open(p, os.O_RDWR | os.O_DIRECT) for p in paths]
+            buf = mmap.mmap(-1, BLOCK)
+            out = open(log, "a")
+            g = 1
+            while True:
+                f = rng.randrange(len(paths))
+                i = rng.randrange(blocks)
+                buf.seek(0)
+                buf.write(content(f, i, g))
+                try:
+                    os.pwrite(fds[f], buf, i * BLOCK)
+                except OSError:
+                    return
+                out.write("%d %d %d\n" % (g, f, i))
+                out.flush()
+                g += 1
+
+        def check(paths, log, blocks):
+            history = {}
+            for line in open(log):
+                parts = line.split()
+                if len(parts) == 3:
+                    g, f, i = map(int, parts)
+                    history.setdefault((f, i), []).append(g)
+            seen = {}
+            for f, p in enumerate(paths):
+                data = open(p, "rb").read(blocks * BLOCK)
+                for i in range(blocks):
+                    block = data[i * BLOCK : (i + 1) * BLOCK]
+                    if block == bytes(BLOCK):
+                        seen[(f, i)] = 0
+                        continue
+                    magic, bf, bi, g = block[:8], *struct.unpack("<QQQ", block[8:32])
+                    if magic != MAGIC or bf != f or bi != i or block != content(f, i, g):
+                        print("LUN %d block %d: torn or foreign content" % (f, i))
+                        return 1
+                    seen[(f, i)] = g
+            newest = max(seen.values())
+            bad = 0
+            for key, g in seen.items():
+                expected = max([x for x in history.get(key, []) if x <= newest], default=0)
+                if g != expected:
+                    bad += 1
+                    if bad <= 5:
+                        print("LUN %d block %d: generation %d, but after write %d it was %d" % (key[0], key[1], g, newest, expected))
+            print("R2 is the source after write %d of %d; %d blocks out of order" % (newest, sum(map(len, history.values())), bad))
+            return 1 if bad else 0
+
+        if __name__ == "__main__":
+            if sys.argv[1] == "write":
+                write(sys.argv[2].split(","), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+            else:
+                sys.exit(check(sys.argv[2].split(","), sys.argv[3], int(sys.argv[4])))
+        """#
+
+    func testAnAsynchronousGroupKeepsR2AtACycleBoundaryThroughPartitionsAndEndsByteForByte() throws {
+        try fixture.create("--drives 4 --drive-size 64M --raid 5 --stripe-unit 16K")
+        for l in ["a", "b"] { XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' \(l) --size 8M --thick").status, 0) }
+        try fixture.mount("-o drive_timeout=3")
+        let m = fixture.mnt
+        let r = fixture.root
+        // R2: two images and a journal, files served by nbdkit in the lab (the test reads them while the link is cut).
+        // Each write to the images takes 10 ms more (a slow array on R2's side), so applying a set takes a while and
+        // a cut can land in the middle of it.
+        XCTAssertEqual(
+            Harness.sh(
+                "mkdir -p \(r)/r2 \(r)/r2j \(r)/snap && truncate -s 8M \(r)/r2/a \(r)/r2/b && truncate -s 33M \(r)/r2j/journal && truncate -s 4M \(r)/r2j/small"
+            )
+            .status, 0)
+        let server = try lab.serve(port: 10809, "--filter=delay file dir=\(r)/r2 delay-write=10ms")
+        let journalServer = try lab.serve(port: 10810, "file dir=\(r)/r2j")
+        let (uriA, uriB, journal) = ("\(server)a", "\(server)b", "\(journalServer)journal")
+
+        // Bad input: one line each, no group made.
+        let refusals: [(String, String)] = [
+            ("g --luns a,b --to '\(uriA),\(uriB)' --mode async", "needs --journal"),
+            ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal '\(journalServer)small' --cache 32M", "needs at least"),
+            ("g --luns a,b --to '\(uriA),\(uriB)' --journal '\(journal)'", "are for --mode async"),
+            ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal '\(journal)' --cache 100", "--cache must be 1 MiB to 4 GiB"),
+            ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal '\(uriA)'", "named twice"),
+            ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal 'nbd://\(lab.address):1/j'", "cannot connect"),
+        ]
+        for (arguments, expected) in refusals {
+            let c = fixture.vsa("replica create '\(m)' \(arguments)")
+            XCTAssertEqual(c.status, 1, arguments)
+            XCTAssertEqual(c.stderrLines.count, 1, "\(arguments): \(c.stderr)")
+            XCTAssertTrue(c.stderr.contains(expected), "\(arguments): \(c.stderr)")
+        }
+        XCTAssertNil(try group(), "a refused create left a group")
+
+        // 32 MiB of delta sets: more than both LUNs' blocks twice over, so the sets never fill here.
+        let made = fixture.vsa("replica create '\(m)' g --luns a,b --to '\(uriA),\(uriB)' --mode async --cycle 1s --journal '\(journal)' --cache 32M")
+        XCTAssertEqual(made.status, 0, made.stderr)
+        try waitFor("consistent")
+        XCTAssertTrue(fixture.vsa("status '\(m)'").stdout.contains("R2 at the boundary of cycle"))
+
+        try Self.oracle.write(toFile: "\(r)/oracle.py", atomically: true, encoding: .utf8)
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        writer.arguments = ["python3", "\(r)/oracle.py", "write", "\(m)/a,\(m)/b", "\(r)/log", "2048", "11"]
+        writer.standardOutput = FileHandle.nullDevice
+        writer.standardError = FileHandle.nullDevice
+        try writer.run()
+        defer { if writer.isRunning { writer.terminate() } }
+
+        /// R2 as copied to snap/, recovered on its own side (a pending set applied) and checked against the writer's
+        /// order; whether a pending set was applied.
+        @discardableResult
+        func recoverAndCheck(_ what: String) throws -> Bool {
+            let socket = "/tmp/vsa-snap-\(getpid()).sock"
+            let serve = Harness.sh(
+                "for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ $fd -gt 2 ] && eval \"exec $fd>&-\"; done; nbdkit --unix \(socket) --pidfile \(r)/snap.pid file dir=\(r)/snap </dev/null >/dev/null 2>&1; sleep 0.3"
+            )
+            XCTAssertEqual(serve.status, 0)
+            let recover = fixture.vsa(
+                "replica recover --journal 'nbd+unix:///journal?socket=\(socket)' --to 'nbd+unix:///a?socket=\(socket),nbd+unix:///b?socket=\(socket)'")
+            Harness.sh("kill $(cat \(r)/snap.pid); rm -f \(socket)")
+            XCTAssertEqual(recover.status, 0, "\(what): \(recover.stderr)")
+            let check = Harness.sh("python3 \(r)/oracle.py check \(r)/snap/a,\(r)/snap/b \(r)/log 2048", timeoutSeconds: 120)
+            XCTAssertEqual(check.status, 0, "\(what): \(check.stdout)\(check.stderr)")
+            return recover.stdout.contains("applied the pending delta set")
+        }
+
+        // Rounds: the link cut at a moment of no one's choosing (mid-journal, mid-apply, between cycles), R2 copied
+        // as it is, recovered on its own side, and checked against the writer's order.
+        var rng = SystemRandomNumberGenerator()
+        var checked = 0
+        var applied = 0
+        for round in 0..<5 {
+            usleep(UInt32.random(in: 300_000...1_500_000, using: &rng))
+            // Mostly while a set is on its way (journal or images), sometimes between sets.
+            for _ in 0..<(round == 4 ? 0 : 250) {
+                if try group()?["transmitBytes"] as? Int ?? 0 > 0 { break }
+                usleep(20_000)
+            }
+            guard try group()?["state"] as? String == "consistent" else {
+                try waitFor("consistent")
+                continue
+            }
+            lab.cut()
+            usleep(300_000)
+            XCTAssertEqual(Harness.sh("cp \(r)/r2/a \(r)/r2/b \(r)/r2j/journal \(r)/snap/").status, 0)
+            lab.heal()
+            if try recoverAndCheck("round \(round)") { applied += 1 }
+            checked += 1
+            try waitFor("consistent")
+        }
+        // A partition longer than the deadline: the set on its way fails, the group drops to changed tracks, and R2
+        // stays at a boundary (its journal may hold the set pending) until the link heals and the resync starts.
+        lab.cut()
+        try waitFor("partitioned")
+        XCTAssertEqual(Harness.sh("cp \(r)/r2/a \(r)/r2/b \(r)/r2j/journal \(r)/snap/").status, 0)
+        let partitioned = try XCTUnwrap(try group())
+        XCTAssertEqual(partitioned["deltaSetBytes"] as? Int, 0, "a partitioned group keeps no delta sets")
+        XCTAssertGreaterThan(partitioned["lagBytes"] as? Int ?? 0, 0, "the sets' blocks are changed tracks now")
+        lab.heal()
+        try recoverAndCheck("the partition")
+        try waitFor("syncing")
+        XCTAssertGreaterThanOrEqual(checked, 3, "too few rounds found the group consistent")
+        XCTAssertGreaterThanOrEqual(applied, 1, "no cut landed while a set was being applied")
+        print("async oracle: \(checked) rounds checked, \(applied) with a pending set applied on R2's side")
+
+        // The writer stops (the resync copies a track at a time and cannot outrun a writer that dirties every track of
+        // the LUNs many times a second over this slow R2); the changed tracks go, then the last sets; R2 equals R1
+        // byte for byte.
+        writer.terminate()
+        writer.waitUntilExit()
+        try waitFor("consistent")
+        var last: [String: Any] = [:]
+        for _ in 0..<300 {
+            last = try group() ?? [:]
+            if last["state"] as? String == "consistent" && last["lagBytes"] as? Int == 0 { break }
+            usleep(100_000)
+        }
+        XCTAssertEqual(last["lagBytes"] as? Int, 0, "\(last)")
+        XCTAssertGreaterThan(last["r2Cycle"] as? Int ?? 0, 2, "\(last)")
+        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 differs after the last delta set")
+
+        // A planned failover sends what is left first; failback brings the group back to consistent.
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/a bs=64k count=4 seek=20 oflag=direct conv=notrunc status=none").status, 0)
+        let over = fixture.vsa("replica failover '\(m)' g")
+        XCTAssertEqual(over.status, 0, over.stderr)
+        XCTAssertTrue(over.stdout.contains("every delta set is on R2"), over.stdout)
+        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 is not R1 after a planned failover")
+        XCTAssertEqual(fixture.vsa("replica failback '\(m)' g").status, 0)
+        try waitFor("consistent")
+        XCTAssertEqual(fixture.vsa("replica delete '\(m)' g").status, 0)
+
+        // A cache too small for a cycle's writes: the group drops to changed tracks, resyncs, and is consistent again.
+        let small = fixture.vsa("replica create '\(m)' h --luns a --to '\(uriA)' --mode async --cycle 5s --journal '\(journal)' --cache 1M")
+        XCTAssertEqual(small.status, 0, small.stderr)
+        try waitFor("consistent", "h")
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/a bs=1M count=4 oflag=direct conv=notrunc status=none").status, 0)
+        let overflowed = try XCTUnwrap(try group("h"))
+        XCTAssertGreaterThanOrEqual(overflowed["overflows"] as? Int ?? 0, 1, "\(overflowed)")
+        try waitFor("consistent", "h")
+        for _ in 0..<100 where try group("h")?["lagBytes"] as? Int != 0 { usleep(100_000) }
+        XCTAssertTrue(same("a", uriA), "R2 differs after an overflow and its resync")
+    }
+
+    /// The journal is input on R2's side: `vsa replica recover` refuses one that is damaged, foreign or for another
+    /// group shape, in one line, and writes nothing.
+    func testRecoverRefusesAHostileJournalAndWritesNothing() throws {
+        let r = fixture.root
+        XCTAssertEqual(Harness.sh("mkdir -p \(r)/j && truncate -s 1M \(r)/j/a && truncate -s 5M \(r)/j/journal").status, 0)
+        XCTAssertEqual(Harness.sh("head -c 1M /dev/urandom > \(r)/j/a && cp \(r)/j/a \(r)/a.before").status, 0)
+        let socket = "/tmp/vsa-journal-\(getpid()).sock"
+        let serve = Harness.sh(
+            "for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ $fd -gt 2 ] && eval \"exec $fd>&-\"; done; nbdkit --unix \(socket) --pidfile \(r)/j.pid file dir=\(r)/j </dev/null >/dev/null 2>&1; sleep 0.3"
+        )
+        XCTAssertEqual(serve.status, 0)
+        defer { Harness.sh("kill $(cat \(r)/j.pid); rm -f \(socket)") }
+        let recover = "replica recover --journal 'nbd+unix:///journal?socket=\(socket)' --to 'nbd+unix:///a?socket=\(socket)'"
+        // A header with a pending set, written by Python: every field a hostile image could set.
+        let header = #"""
+            import struct, sys, zlib
+            def crc32c(data):
+                crc = 0xFFFFFFFF
+                for b in data:
+                    crc ^= b
+                    for _ in range(8):
+                        crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+                return crc ^ 0xFFFFFFFF
+            state, members, cycle, start, count, slots, good = map(int, sys.argv[2:9])
+            h = bytearray(4096)
+            struct.pack_into("<QIIIIQQQQ", h, 0, 0x31494E524A415356, 1, state, members, 0, cycle, start, count, slots)
+            struct.pack_into("<I", h, 56, 1); h[60] = ord("g")
+            struct.pack_into("<I", h, 4092, crc32c(bytes(h[:4092])) ^ (0 if good else 1))
+            with open(sys.argv[1], "r+b") as f:
+                f.write(h)
+                # One record: member 0, block 10**12 (past the end).
+                f.seek(4096); f.write(struct.pack("<IIQ", 0, 0, 10**12))
+            """#
+        try header.write(toFile: "\(r)/header.py", atomically: true, encoding: .utf8)
+        let cases: [(String, String)] = [
+            ("", "holds no vsa journal"),
+            ("1 1 7 0 1 256 0", "fails its checksum"),
+            ("9 1 7 0 1 256 1", "no known state"),
+            ("1 1 7 0 1 4000000000 1", "do not fit"),
+            ("1 1 7 300 1 256 1", "out of bounds"),
+            ("1 2 7 0 1 256 1", "2 LUNs"),
+            ("1 1 7 0 1 256 1", "past its LUN's end"),
+            ("2 1 7 0 0 256 1", "a mix of two points in time"),
+        ]
+        for (fields, expected) in cases {
+            if !fields.isEmpty { XCTAssertEqual(Harness.sh("python3 \(r)/header.py \(r)/j/journal \(fields)").status, 0) }
+            let c = fixture.vsa(recover)
+            XCTAssertEqual(c.status, 1, fields)
+            XCTAssertEqual(c.stderrLines.count, 1, "\(fields): \(c.stderr)")
+            XCTAssertTrue(c.stderr.contains(expected), "\(fields): \(c.stderr)")
+            XCTAssertEqual(Harness.sh("cmp \(r)/j/a \(r)/a.before").status, 0, "\(fields): the image changed")
+        }
+        XCTAssertEqual(Harness.sh("python3 \(r)/header.py \(r)/j/journal 0 1 7 0 0 256 1").status, 0)
+        let fine = fixture.vsa(recover)
+        XCTAssertEqual(fine.status, 0, fine.stderr)
+        XCTAssertTrue(fine.stdout.contains("nothing pending; R2 is the source as of the boundary of cycle 7"), fine.stdout)
+    }
+}
