@@ -91,6 +91,8 @@ final class DeltaSets: @unchecked Sendable {
     func capture(member: Int, firstBlock: UInt64, count: Int, block: (Int) -> UnsafeRawPointer) -> Capture {
         withLock {
             guard isOpen else { return .closed }
+            // More blocks than the ring has room for even if all fold (a large zeroed range): full at once.
+            if UInt64(count) > UInt64(slotCount) - transmitCount { return .full }
             // Room for the worst case (no block folds), checked before anything is copied.
             let used = captureCount + transmitCount
             if used + UInt64(count) > UInt64(slotCount) {
@@ -117,8 +119,14 @@ final class DeltaSets: @unchecked Sendable {
 
     @inline(__always) private func key(_ member: Int, _ block: UInt64) -> UInt64 { UInt64(member) << 48 | block }
 
+    /// Where a key's probe starts: its bits mixed (the member's high bits into the low ones), then the product's high
+    /// half.
+    @inline(__always) private func home(_ key: UInt64) -> Int {
+        Int(truncatingIfNeeded: ((key ^ key >> 29) &* 0x9E37_79B9_7F4A_7C15) >> 32) & tableMask
+    }
+
     private func find(_ key: UInt64) -> Int? {
-        var i = Int(truncatingIfNeeded: key &* 0x9E37_79B9_7F4A_7C15 >> 20) & tableMask
+        var i = home(key)
         while table[i].cycle == cycle {
             if table[i].key == key { return table[i].slot }
             i = (i + 1) & tableMask
@@ -127,7 +135,7 @@ final class DeltaSets: @unchecked Sendable {
     }
 
     private func insert(_ key: UInt64, slot: Int) {
-        var i = Int(truncatingIfNeeded: key &* 0x9E37_79B9_7F4A_7C15 >> 20) & tableMask
+        var i = home(key)
         while table[i].cycle == cycle { i = (i + 1) & tableMask }
         table[i] = Entry(key: key, cycle: cycle, slot: slot)
     }

@@ -6,8 +6,8 @@
 //
 // Layout (little-endian):
 //   0       header, 4 KiB: magic "VSAJRNL1", version 1, state, member count, cycle, first slot, count, slot count,
-//           CRC32C of the set (its records, then its blocks), the group's name; CRC32C of the header in its last
-//           4 bytes
+//           CRC32C of the set (its records, then its blocks), the group's name, each member image's size (at 128,
+//           so `recover` can tell images given in the wrong order); CRC32C of the header in its last 4 bytes
 //   4096    records, 16 bytes per slot (member, block): `slotCount` of them, rounded up to 4 KiB
 //   after   blocks, 4 KiB per slot
 // A set is an arc of slots (DeltaSets' ring), so it is written as at most two runs of records and two of blocks.
@@ -49,6 +49,8 @@ public struct JournalHeader: Equatable, Sendable {
     public var memberCount: UInt32
     public var setCRC: UInt32 = 0
     public var group: String
+    /// Each member image's size, in the group's order.
+    public var memberBytes: [UInt64] = []
 
     static let magic: UInt64 = 0x3149_4E52_4A41_5356  // "VSAJRNL1"
     static let headerBytes = 4096
@@ -76,6 +78,7 @@ public struct JournalHeader: Equatable, Sendable {
         let name = Array(group.utf8.prefix(64))
         put(UInt32(name.count), 56)
         for (i, b) in name.enumerated() { buffer.storeBytes(of: b, toByteOffset: 60 + i, as: UInt8.self) }
+        for (i, size) in memberBytes.prefix(256).enumerated() { put(size, 128 + 8 * i) }
         put(crc32c(buffer, count: Self.headerBytes - 4), Self.headerBytes - 4)
     }
 
@@ -101,7 +104,7 @@ public struct JournalHeader: Equatable, Sendable {
         let name = String(decoding: UnsafeRawBufferPointer(start: buffer + 60, count: nameCount), as: UTF8.self)
         return JournalHeader(
             state: state, cycle: get(24, UInt64.self), start: start, count: count, slotCount: slotCount, memberCount: members,
-            setCRC: get(20, UInt32.self), group: name)
+            setCRC: get(20, UInt32.self), group: name, memberBytes: (0..<Int(members)).map { get(128 + 8 * $0, UInt64.self) })
     }
 }
 
@@ -131,7 +134,10 @@ struct Journal {
 
     /// Writes the header (FUA): R2's images are `state` as of `cycle`.
     func mark(_ state: JournalHeader.State, cycle: UInt64, slotCount: Int) -> Bool {
-        write(JournalHeader(state: state, cycle: cycle, slotCount: UInt64(slotCount), memberCount: UInt32(images.count), group: group))
+        write(
+            JournalHeader(
+                state: state, cycle: cycle, slotCount: UInt64(slotCount), memberCount: UInt32(images.count), group: group,
+                memberBytes: images.map(\.sizeBytes)))
     }
 
     private func write(_ h: JournalHeader) -> Bool {
@@ -166,7 +172,7 @@ struct Journal {
         else { return false }
         JournalHeader(
             state: .pending, cycle: set.cycle, start: UInt64(set.start), count: UInt64(set.count), slotCount: UInt64(slots),
-            memberCount: UInt32(images.count), setCRC: crc, group: group
+            memberCount: UInt32(images.count), setCRC: crc, group: group, memberBytes: images.map(\.sizeBytes)
         ).encode(into: header)
         guard journal.write(offsetBytes: 0, count: JournalHeader.headerBytes, from: header) else { return false }
         // The images: each member's blocks in ring order, neighbours in one write.
@@ -204,13 +210,18 @@ struct Journal {
 
     /// Applies a pending set from the journal to the images (again, if it was partly applied) and marks them
     /// consistent at its cycle. Every record and the set's checksum are checked before anything is written: a set
-    /// that fails them is not applied (the images stay as they are). Returns the header as it is afterwards.
+    /// that fails them is not applied (the images stay as they are). The images must be the group's, in its order
+    /// (their sizes, as the header keeps them). Returns the header as it is afterwards.
     func replay() throws(VSAError) -> (header: JournalHeader, appliedBlocks: Int) {
         let h = try readHeader()
-        guard h.state == .pending else { return (h, 0) }
         guard Int(h.memberCount) == images.count else {
-            throw VSAError("\(journal.uri) holds a set for \(h.memberCount) LUNs; \(images.count) targets were given")
+            throw VSAError("\(journal.uri) is the journal of a group of \(h.memberCount) LUNs; \(images.count) targets were given")
         }
+        for (i, image) in images.enumerated() where image.sizeBytes != h.memberBytes[i] {
+            throw VSAError(
+                "\(image.uri) is \(image.sizeBytes) bytes, but the group's LUN \(i + 1) is \(h.memberBytes[i]): give the targets in the order create had them")
+        }
+        guard h.state == .pending else { return (h, 0) }
         let slots = Int(h.slotCount)
         let count = Int(h.count)
         let start = Int(h.start)
@@ -232,9 +243,11 @@ struct Journal {
                 position += n
             }
         }
-        // Pass 1: the checksum over records then blocks, and every record in bounds.
+        // Pass 1: the checksum over records then blocks, every record in bounds, and kept (16 bytes a slot, at most
+        // 16 MiB: pass 2 uses these, not a second reading); each chunk of blocks' own checksum kept too.
         var crc: UInt32 = 0
-        try each(records: true) { (_, n, p) throws(VSAError) in
+        var records = [JournalRecord](repeating: JournalRecord(member: 0, block: 0), count: count)
+        try each(records: true) { (position, n, p) throws(VSAError) in
             crc = crc32c(p, count: n * JournalHeader.recordBytes, seed: crc)
             for i in 0..<n {
                 let r = p.loadUnaligned(fromByteOffset: i * JournalHeader.recordBytes, as: JournalRecord.self)
@@ -242,16 +255,23 @@ struct Journal {
                 guard member < images.count, r.block < images[member].sizeBytes / UInt64(DeltaSets.blockBytes) else {
                     throw VSAError("\(journal.uri) holds a record past its LUN's end (LUN \(member), block \(r.block)); nothing applied")
                 }
+                records[position + i] = r
             }
         }
-        try each(records: false) { (_, n, p) throws(VSAError) in crc = crc32c(p, count: n * DeltaSets.blockBytes, seed: crc) }
-        guard crc == h.setCRC else { throw VSAError("\(journal.uri) holds a set that fails its checksum; nothing applied") }
-        // Pass 2: the records (kept: 16 bytes a slot, at most 16 MiB), then the blocks written where they say.
-        var records = [JournalRecord](repeating: JournalRecord(member: 0, block: 0), count: count)
-        try each(records: true) { (position, n, p) throws(VSAError) in
-            for i in 0..<n { records[position + i] = p.loadUnaligned(fromByteOffset: i * JournalHeader.recordBytes, as: JournalRecord.self) }
+        var chunkCRCs: [UInt32] = []
+        try each(records: false) { (_, n, p) throws(VSAError) in
+            crc = crc32c(p, count: n * DeltaSets.blockBytes, seed: crc)
+            chunkCRCs.append(crc32c(p, count: n * DeltaSets.blockBytes))
         }
+        guard crc == h.setCRC else { throw VSAError("\(journal.uri) holds a set that fails its checksum; nothing applied") }
+        // Pass 2: the blocks read again, each chunk written only if it is what pass 1 checked (an export that changes
+        // under us writes nothing it did not show the first time; the set stays pending).
+        var chunkIndex = 0
         try each(records: false) { (position, n, p) throws(VSAError) in
+            guard chunkIndex < chunkCRCs.count, crc32c(p, count: n * DeltaSets.blockBytes) == chunkCRCs[chunkIndex] else {
+                throw VSAError("\(journal.uri) changed while it was read; the set stays pending")
+            }
+            chunkIndex += 1
             for i in 0..<n {
                 let r = records[position + i]
                 let image = images[Int(r.member)]

@@ -148,9 +148,10 @@ final class RemoteImage: @unchecked Sendable {
         return finish(pending)
     }
 
-    /// Writes runs `next` gives (offset, bytes, from) on one connection held throughout, up to 64 commands of at
-    /// most 4 MiB in flight, then flushes that connection: true when they are all on the remote's stable storage.
-    /// An asynchronous group's delta sets go this way (not FUA each: one flush covers a set).
+    /// Writes runs `next` gives (offset, bytes, from) on one connection held throughout, at most 64 commands and
+    /// 8 MiB in flight (each wait is for those, under the deadline: a slow link that moves 8 MiB per deadline keeps
+    /// going), then flushes that connection: true when they are all on the remote's stable storage. An asynchronous
+    /// group's delta sets go this way (not FUA each: one flush covers a set).
     func writeRuns(_ next: () -> (UInt64, Int, UnsafeRawPointer)?) -> Bool {
         let slot = connections[pick()]
         slot.lock()
@@ -158,8 +159,10 @@ final class RemoteImage: @unchecked Sendable {
         guard let c = slot.live(uri: uri, deadlineSeconds: deadlineSeconds) else { return false }
         var first: Int64 = -1
         var last: Int64 = -1
+        var bytesInFlight = 0
         /// Waits for the commands queued since the last wait; false if one failed or the deadline passed.
         func drain() -> Bool {
+            bytesInFlight = 0
             guard first >= 0 else { return true }
             var ok = c.waitAll(deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds)
             for cookie in first...last where c.result(cookie) != 0 { ok = false }
@@ -178,7 +181,8 @@ final class RemoteImage: @unchecked Sendable {
                     let step = min(4 << 20, bytes - done)
                     queue(try c.queueWrite(from: from + done, count: step, offsetBytes: offset + UInt64(done), durable: false))
                     done += step
-                    if c.inFlight >= 64, !drain() {
+                    bytesInFlight += step
+                    if c.inFlight >= 64 || bytesInFlight >= 8 << 20, !drain() {
                         ok = false
                         break runs
                     }

@@ -181,17 +181,15 @@ public final class ReplicaGroup: @unchecked Sendable {
     /// consistent and closes them as it leaves: their blocks become changed tracks, except on the way to
     /// failed-over, where the group's thread still sends them (a planned failover leaves R2 equal to R1).
     func moveState(to next: ReplicaState, _ t: inout Tracks) {
+        // Captures are taken before the state says consistent, so no write sees it and finds the sets closed.
+        if next == .synchronized && state != .synchronized { async?.sets.open() }
         let before = ReplicaState(rawValue: stateRaw.exchange(next.rawValue, ordering: .acquiringAndReleasing))!
         if next == .partitioned && before != .partitioned { partitions.add(1, ordering: .relaxed) }
         if before == .synchronized && next != .synchronized {
             outOfSyncSince.store(Posix.monotonicSeconds().bitPattern, ordering: .relaxed)
         }
-        guard let sets = async?.sets, before != next else { return }
-        if next == .synchronized {
-            sets.open()
-        } else {
-            dropDeltaSets(keep: next == .failedOver, &t)
-        }
+        guard async != nil, before != next, next != .synchronized else { return }
+        dropDeltaSets(keep: next == .failedOver, &t)
     }
 
     /// Closes the delta sets; unless `keep`, their blocks become changed tracks (the group's lock held: `t`).

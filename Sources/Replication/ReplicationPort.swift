@@ -70,6 +70,15 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
         }
     }
 
+    /// Returns once every write that read the group's state before now is done (a write counts itself a user
+    /// before it reads the state, so seeing none after a change means none still acts on the old state).
+    func quiesce(_ group: ReplicaGroup) {
+        for l in group.luns {
+            let slot = slots[Int(l.lun.lunID)]
+            while slot.users.load(ordering: .sequentiallyConsistent) > 0 { usleep(200) }
+        }
+    }
+
     // MARK: Track locks
 
     /// The striped locks of the tracks `[offset, offset + count)` of `lun` touches, ascending and each once, taken
@@ -165,9 +174,9 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
                     group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
                 case .full:
                     // The capture set cannot hold the cycle's writes (the link is slower than they come): the group
-                    // drops to changed tracks, as SRDF/A does when its cache fills.
+                    // drops to changed tracks and resyncs, as SRDF/A does when its cache fills.
                     group.deltaSetOverflows.add(1, ordering: .relaxed)
-                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: true)
+                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
                 }
                 return rc
             }

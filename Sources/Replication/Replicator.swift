@@ -110,16 +110,23 @@ public final class Replicator: @unchecked Sendable {
             var reachable = true
             var journal: RemoteImage?
             if let uri = config.journal {
-                do { journal = try RemoteImage(uri: uri, deadlineSeconds: deadlineSeconds) } catch {
-                    let slots = min(max(config.cacheBytes ?? Replicator.cacheBytesDefault, Replicator.cacheBytesMin), Replicator.cacheBytesMax) / 4096
-                    journal = RemoteImage(unreachable: uri, sizeBytes: JournalHeader.bytes(slotCount: slots), deadlineSeconds: deadlineSeconds, atLeast: true)
+                let slots = min(max(config.cacheBytes ?? Replicator.cacheBytesDefault, Replicator.cacheBytesMin), Replicator.cacheBytesMax) / 4096
+                let needed = JournalHeader.bytes(slotCount: slots)
+                do throws(VSAError) {
+                    journal = try RemoteImage(uri: uri, deadlineSeconds: deadlineSeconds)
+                    if journal!.sizeBytes < needed {
+                        throw VSAError("it is \(journal!.sizeBytes) bytes, and the group's cache needs \(needed)")
+                    }
+                } catch {
+                    // Partitioned until an export that is large enough answers there.
+                    journal = RemoteImage(unreachable: uri, sizeBytes: needed, deadlineSeconds: deadlineSeconds, atLeast: true)
                     reachable = false
-                    notes.append("replica group \(config.name): its journal \(uri) does not answer (\(error.message)); partitioned")
+                    notes.append("replica group \(config.name): its journal \(uri) cannot be used (\(error.message)); partitioned")
                 }
             }
             for m in config.members {
-                guard let lun = luns[m.lun] else {
-                    notes.append("replica group \(config.name): LUN \(m.lun) is gone; the group is dropped")
+                guard let lun = luns[m.lun], config.journal == nil || lun.sizeBytes % 4096 == 0 else {
+                    notes.append("replica group \(config.name): LUN \(m.lun) is gone (or not whole 4 KiB blocks); the group is dropped")
                     members = []
                     break
                 }
@@ -168,13 +175,16 @@ public final class Replicator: @unchecked Sendable {
         guard mode == "sync" || mode == "async" else { throw VSAError("--mode must be sync or async (got '\(mode.prefix(40))')") }
         try Replicator.validateName(name)
         if mode == "async" {
+            guard cacheBytes >= Replicator.cacheBytesMin, cacheBytes <= Replicator.cacheBytesMax, cacheBytes % 4096 == 0 else {
+                throw VSAError("--cache must be 1 MiB to 4 GiB in whole 4 KiB blocks (got \(cacheBytes) bytes)")
+            }
             guard let journalURI, !journalURI.isEmpty else {
                 throw VSAError(
                     "--mode async needs --journal URI: an NBD export on R2's side of at least \(JournalHeader.bytes(slotCount: cacheBytes / 4096)) bytes, where each delta set lands whole before it is applied"
                 )
             }
-            guard cacheBytes >= Replicator.cacheBytesMin, cacheBytes <= Replicator.cacheBytesMax, cacheBytes % 4096 == 0 else {
-                throw VSAError("--cache must be 1 MiB to 4 GiB in whole 4 KiB blocks (got \(cacheBytes) bytes)")
+            if let odd = luns.first(where: { $0.ref.sizeBytes % 4096 != 0 }) {
+                throw VSAError("LUN \(odd.name) is \(odd.ref.sizeBytes) bytes; an asynchronous group's LUNs are whole 4 KiB blocks")
             }
         } else if journalURI != nil {
             throw VSAError("--journal is for --mode async (a synchronous group writes R2 as the host writes)")
@@ -251,20 +261,26 @@ public final class Replicator: @unchecked Sendable {
     public func failover(name: String) throws(VSAError) -> String {
         let group = try find(name)
         guard !group.state.writesRefused else { throw VSAError("replica group \(name) is already failed over; `vsa replica failback` brings it back") }
-        let was = group.state
-        group.tracks.withLock { t in group.moveState(to: .failedOver, &t) }
+        let (was, drops) = group.tracks.withLock { t in
+            let before = (group.state, group.async?.sets.drops ?? 0)
+            group.moveState(to: .failedOver, &t)
+            return before
+        }
         update(name) { $0.failedOver = true }
         guard let sets = group.async?.sets else { return "" }
+        // Writes that read the state before it changed are done (captured, or their tracks remembered) ...
+        port.quiesce(group)
         guard was == .synchronized else {
-            return "R2 was \(was) (not at a cycle boundary); it is consistent only once a resync ends: failback, or treat R2 as a mix"
+            return "R2 was \(was.description), not at a cycle boundary: run `vsa replica recover` on its side to see what it is"
         }
-        let deadline = Posix.monotonicSeconds() + 2 * deadlineSeconds
-        let drops = sets.drops
-        while !sets.isEmpty && Posix.monotonicSeconds() < deadline { usleep(20_000) }
+        // ... and the group's thread sends the sets left, as long as the link takes them (each command under the
+        // drive deadline); a link that fails turns them into changed tracks. Nothing is sent after this returns.
+        while !sets.isEmpty && !group.stopping.load(ordering: .acquiring) { usleep(20_000) }
+        let changed = group.tracks.withLock { t in t.bitmaps.values.reduce(0) { $0 + $1.setCount } }
         let (_, applied) = sets.cycles
-        return sets.isEmpty && sets.drops == drops
+        return sets.isEmpty && sets.drops == drops && changed == 0
             ? "every delta set is on R2: it equals the LUNs here (cycle \(applied))"
-            : "the link did not take the last delta sets: R2 is at the boundary of cycle \(applied) (run `vsa replica recover` on its side if a set is pending)"
+            : "not every write here reached R2 (\(changed) changed tracks): run `vsa replica recover` on its side; it says which cycle boundary R2 is at, or that it is a mix"
     }
 
     /// `vsa replica failback`: every track of R2 is compared with the one here and the ones that differ are copied
@@ -274,6 +290,9 @@ public final class Replicator: @unchecked Sendable {
         let group = try find(name)
         guard group.state == .failedOver else {
             throw VSAError("replica group \(name) is \(group.state), not failed over; `vsa replica failover` comes first")
+        }
+        guard group.async?.sets.isEmpty != false else {
+            throw VSAError("replica group \(name) is still sending its last delta sets to R2; fail back once `vsa replica failover` returns")
         }
         guard group.luns.allSatisfy({ $0.image.answers() }) else {
             throw VSAError("a target of replica group \(name) does not answer; failback needs R2 (nothing was changed)")
@@ -289,9 +308,6 @@ public final class Replicator: @unchecked Sendable {
         let journal = Journal(journal: journalImage, images: images, group: "")
         defer { journal.release() }
         let (header, applied) = try journal.replay()
-        guard Int(header.memberCount) == images.count else {
-            throw VSAError("\(journalURI) is the journal of a group of \(header.memberCount) LUNs; --to gives \(images.count)")
-        }
         switch header.state {
         case .resyncing:
             throw VSAError(

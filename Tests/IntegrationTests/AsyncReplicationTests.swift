@@ -103,6 +103,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
             ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal '\(journalServer)small' --cache 32M", "needs at least"),
             ("g --luns a,b --to '\(uriA),\(uriB)' --journal '\(journal)'", "are for --mode async"),
             ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal '\(journal)' --cache 100", "--cache must be 1 MiB to 4 GiB"),
+            ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --cache 4T", "--cache must be 1 MiB to 4 GiB"),
             ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal '\(uriA)'", "named twice"),
             ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal 'nbd://\(lab.address):1/j'", "cannot connect"),
         ]
@@ -248,9 +249,11 @@ final class AsyncReplicationTests: ReplicaTestCase {
                         crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
                 return crc ^ 0xFFFFFFFF
             state, members, cycle, start, count, slots, good = map(int, sys.argv[2:9])
+            size = int(sys.argv[9]) if len(sys.argv) > 9 else 1 << 20
             h = bytearray(4096)
             struct.pack_into("<QIIIIQQQQ", h, 0, 0x31494E524A415356, 1, state, members, 0, cycle, start, count, slots)
             struct.pack_into("<I", h, 56, 1); h[60] = ord("g")
+            struct.pack_into("<QQ", h, 128, size, size)
             struct.pack_into("<I", h, 4092, crc32c(bytes(h[:4092])) ^ (0 if good else 1))
             with open(sys.argv[1], "r+b") as f:
                 f.write(h)
@@ -265,6 +268,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
             ("1 1 7 0 1 4000000000 1", "do not fit"),
             ("1 1 7 300 1 256 1", "out of bounds"),
             ("1 2 7 0 1 256 1", "2 LUNs"),
+            ("1 1 7 0 1 256 1 2097152", "in the order create had them"),
             ("1 1 7 0 1 256 1", "past its LUN's end"),
             ("2 1 7 0 0 256 1", "a mix of two points in time"),
         ]
