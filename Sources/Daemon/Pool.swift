@@ -107,6 +107,9 @@ extension ArrayDaemon {
             }
         }
         try checkSnapshots(store: store, homes: opened, log: log)
+        // Whether versions share blocks, known now (the pool thread looks again once a second): until it is known,
+        // no overwrite counts as owned, and a full pool would refuse the overwrites it has room for.
+        space.sharing.store(opened.contains { h in h.versions.values.contains { $0.kind != .live || $0.origin != 0 } }, ordering: .relaxed)
         let runtime = PoolRuntime(layout: layout, space: space, homes: opened)
         guard engines.attachPool(layout: layout, homes: opened) == 0 else { throw VSAError("the pool could not be attached to the directors") }
         return runtime
@@ -197,6 +200,9 @@ extension ArrayDaemon {
         }
         let runtime = PoolRuntime(layout: layout, space: space, homes: made)
         space.readReallocation.store(options.readReallocation, ordering: .relaxed)
+        // A new pool shares nothing (its one version is the LUN being made): overwrites count as owned from the
+        // first, not from the pool thread's first look, which a loaded machine can put after the pool is full.
+        space.sharing.store(false, ordering: .relaxed)
         pool.withLock { $0 = runtime }
         daemonLog(
             "pool made: area at stripe \(start) (\(stripes) stripes), \(space.poolSegments) segments of \(formatSize(UInt64(layout.blocksPerSegment) * 4096))")
