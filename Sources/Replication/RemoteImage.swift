@@ -45,12 +45,13 @@ final class RemoteImage: @unchecked Sendable {
         func unlock() { pthread_mutex_unlock(mutex) }
     }
 
-    /// Connects once (the size and that it takes writes); the other connections are made as needed.
-    init(uri: String, deadlineSeconds: Double, connectionCount: Int = 4) throws(VSAError) {
+    /// Connects once (the size and that it takes writes), waiting `connectSeconds` (default: the deadline); the other
+    /// connections are made as needed.
+    init(uri: String, deadlineSeconds: Double, connectSeconds: Double? = nil, connectionCount: Int = 4) throws(VSAError) {
         self.uri = uri
         self.deadlineSeconds = deadlineSeconds
         let first: NBDConnection
-        do { first = try NBDConnection(uri: uri, deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds) } catch {
+        do { first = try NBDConnection(uri: uri, deadlineSeconds: Posix.monotonicSeconds() + min(deadlineSeconds, connectSeconds ?? deadlineSeconds)) } catch {
             throw VSAError(error.message)
         }
         guard !first.readOnly else { throw VSAError("\(uri) is served read-only; a replica's target must take writes") }

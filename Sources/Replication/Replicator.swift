@@ -113,7 +113,7 @@ public final class Replicator: @unchecked Sendable {
                 let slots = min(max(config.cacheBytes ?? Replicator.cacheBytesDefault, Replicator.cacheBytesMin), Replicator.cacheBytesMax) / 4096
                 let needed = JournalHeader.bytes(slotCount: slots)
                 do throws(VSAError) {
-                    journal = try RemoteImage(uri: uri, deadlineSeconds: deadlineSeconds)
+                    journal = try RemoteImage(uri: uri, deadlineSeconds: deadlineSeconds, connectSeconds: Replicator.mountConnectSeconds)
                     if journal!.sizeBytes < needed {
                         throw VSAError("it is \(journal!.sizeBytes) bytes, and the group's cache needs \(needed)")
                     }
@@ -130,12 +130,14 @@ public final class Replicator: @unchecked Sendable {
                     members = []
                     break
                 }
-                let image: RemoteImage
-                do { image = try RemoteImage(uri: m.uri, deadlineSeconds: deadlineSeconds) } catch {
-                    // Unreachable now: the group starts partitioned and the link monitor waits for it.
-                    image = RemoteImage(unreachable: m.uri, sizeBytes: lun.sizeBytes, deadlineSeconds: deadlineSeconds)
-                    reachable = false
-                    notes.append("replica group \(config.name): \(m.uri) does not answer (\(error.message)); partitioned")
+                // The mount waits for a target a few seconds at most, and for none once one of the group's did not
+                // answer: the group starts partitioned and its thread waits for the link.
+                var image = RemoteImage(unreachable: m.uri, sizeBytes: lun.sizeBytes, deadlineSeconds: deadlineSeconds)
+                if reachable {
+                    do { image = try RemoteImage(uri: m.uri, deadlineSeconds: deadlineSeconds, connectSeconds: Replicator.mountConnectSeconds) } catch {
+                        reachable = false
+                        notes.append("replica group \(config.name): \(m.uri) does not answer (\(error.message)); partitioned")
+                    }
                 }
                 members.append(ReplicaLUN(name: m.lun, lun: lun, image: image))
                 let saved = arrayWasClean ? config.invalid?[m.lun].flatMap { TrackBitmap(sizeBytes: lun.sizeBytes, words: $0) } : nil
@@ -241,6 +243,9 @@ public final class Replicator: @unchecked Sendable {
         start(config, ReplicaGroup(name: name, mode: mode, luns: members, bitmaps: bitmaps, state: .syncing, async: async))
         save(withBitmaps: false)
     }
+
+    /// How long a mount waits for a replica target to answer.
+    static let mountConnectSeconds = 3.0
 
     public static let cacheBytesDefault: UInt64 = 64 << 20
     public static let cacheBytesMin: UInt64 = 1 << 20

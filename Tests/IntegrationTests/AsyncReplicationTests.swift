@@ -223,6 +223,18 @@ final class AsyncReplicationTests: ReplicaTestCase {
         try waitFor("consistent", "h")
         for _ in 0..<100 where try group("h")?["lagBytes"] as? Int != 0 { usleep(100_000) }
         XCTAssertTrue(same("a", uriA), "R2 differs after an overflow and its resync")
+
+        // A mount while R2's machine does not answer waits a few seconds for it, not the drive deadline per target:
+        // the group starts partitioned, and is consistent again once the link is back.
+        fixture.unmount()
+        lab.cut()
+        let began = Date()
+        try fixture.mount("-o drive_timeout=30")
+        XCTAssertLessThan(Date().timeIntervalSince(began), 15, "the mount waited on an unreachable replica target")
+        XCTAssertEqual(try group("h")?["state"] as? String, "partitioned")
+        lab.heal()
+        try waitFor("consistent", "h")
+        XCTAssertTrue(same("a", uriA), "R2 differs after a mount with the link down")
     }
 
     /// The journal is input on R2's side: `vsa replica recover` refuses one that is damaged, foreign or for another
