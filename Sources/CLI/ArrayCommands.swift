@@ -25,7 +25,11 @@ struct Create: VSACommand {
     @Option(help: "How many of the drives are hot spares.") var spares: Int = 0
     @Option(help: "Stripe unit (strip) size.") var stripeUnit: String = "64K"
     @Option(help: "Global memory size used when mounting: cache slots, the partners' mirrors and the pool's map.") var cache: String = "512M"
-    @Option(help: "Number of engines (two directors each).") var engines: Int = 1
+    @Option(
+        help:
+            "Number of engines (two directors each), 1 to 8; default 1, or 8 when a drive is an NBD URI (a director runs one request's drive I/O at a time: over a network, requests in flight need directors)."
+    )
+    var engines: Int?
     @Flag(help: "Destroy an existing array in DIR or on the drives.") var force = false
 
     func execute() throws(VSAError) {
@@ -35,7 +39,7 @@ struct Create: VSACommand {
         let options = CreateOptions(
             directory: absolutePath(dir), driveCount: drives, driveSizeBytes: try driveSize.map { s throws(VSAError) in try size(s, "--drive-size") },
             drivePaths: drivePaths, raidLevel: level, spareCount: spares, stripUnitBytes: Int(su),
-            cacheBytes: try size(cache, "--cache"), engineCount: engines, force: force)
+            cacheBytes: try size(cache, "--cache"), engineCount: engines ?? (drivePaths.contains { $0.contains("://") } ? 8 : 1), force: force)
         if let n = drives, n < 1 { throw VSAError("--drives must be at least 1") }
         let store = try ArrayStore.create(options)
         let sb = store.superblock
@@ -62,7 +66,7 @@ struct Mount: VSACommand {
         let mp = absolutePath(mountpoint)
         var fuseOptions: [String] = []
         var cacheBytes: UInt64? = nil
-        var fuseThreads = 4
+        var fuseThreads = 0  // the daemon's choice: 4, or 16 for an array with remote drives
         var driveTimeout: Double = 30
         var directorTimeout: Double? = nil
         var cleanerRate: UInt64? = nil
