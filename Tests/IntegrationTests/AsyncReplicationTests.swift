@@ -107,13 +107,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
             ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal '\(uriA)'", "named twice"),
             ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal 'nbd://\(lab.address):1/j'", "cannot connect"),
         ]
-        for (arguments, expected) in refusals {
-            let c = fixture.vsa("replica create '\(m)' \(arguments)")
-            XCTAssertEqual(c.status, 1, arguments)
-            XCTAssertEqual(c.stderrLines.count, 1, "\(arguments): \(c.stderr)")
-            XCTAssertTrue(c.stderr.contains(expected), "\(arguments): \(c.stderr)")
-        }
-        XCTAssertNil(try group(), "a refused create left a group")
+        try refuseCreates(refusals)
 
         // 32 MiB of delta sets: more than both LUNs' blocks twice over, so the sets never fill here.
         let made = fixture.vsa("replica create '\(m)' g --luns a,b --to '\(uriA),\(uriB)' --mode async --cycle 1s --journal '\(journal)' --cache 32M")

@@ -41,6 +41,18 @@ class ReplicaTestCase: FixtureTestCase {
     }
 
     /// Whether the LUN file and its R2 hold the same bytes.
+    /// Each `vsa replica create` (its arguments after the mount point) fails with one line holding the expected
+    /// words, and no group is left behind.
+    func refuseCreates(_ refusals: [(String, String)], file: StaticString = #filePath, line: UInt = #line) throws {
+        for (arguments, expected) in refusals {
+            let c = fixture.vsa("replica create '\(fixture.mnt)' \(arguments)")
+            XCTAssertEqual(c.status, 1, arguments, file: file, line: line)
+            XCTAssertEqual(c.stderrLines.count, 1, "\(arguments): \(c.stderr)", file: file, line: line)
+            XCTAssertTrue(c.stderr.contains(expected), "\(arguments): \(c.stderr)", file: file, line: line)
+        }
+        XCTAssertNil(try group(), "a refused create left a group", file: file, line: line)
+    }
+
     func same(_ lun: String, _ uri: String) -> Bool {
         Harness.sh("cmp <(dd if='\(fixture.mnt)/\(lun)' bs=1M iflag=direct status=none) <(nbdcopy '\(uri)' -)").status == 0
     }
@@ -70,13 +82,7 @@ final class ReplicationTests: ReplicaTestCase {
             ("'bad name' --luns a --to '\(uriA)'", "replica group name"),
             ("g --luns a --to '\(uriA)' --mode sideways", "--mode must be sync or async"),
         ]
-        for (arguments, expected) in refusals {
-            let c = fixture.vsa("replica create '\(m)' \(arguments)")
-            XCTAssertEqual(c.status, 1, arguments)
-            XCTAssertEqual(c.stderrLines.count, 1, "\(arguments): \(c.stderr)")
-            XCTAssertTrue(c.stderr.contains(expected), "\(arguments): \(c.stderr)")
-        }
-        XCTAssertNil(try group(), "a refused create left a group")
+        try refuseCreates(refusals)
         // A LUN replicated to itself: its own file on this mount, served back by nbdkit.
         let socket = "/tmp/vsa-own-\(getpid()).sock"
         // (The server keeps none of our descriptors: the test's Process would otherwise wait for it to exit.)
