@@ -33,4 +33,12 @@ public final class Locked<Value>: @unchecked Sendable {
         defer { pthread_mutex_unlock(mutex) }
         return try body(&storage.pointee)
     }
+
+    /// `body` under the lock if no one holds it now; nil (and `body` not run) if someone does.
+    @inline(__always)
+    public func withLockIfAvailable<Result>(_ body: (inout Value) -> Result) -> Result? {
+        guard pthread_mutex_trylock(mutex) == 0 else { return nil }
+        defer { pthread_mutex_unlock(mutex) }
+        return body(&storage.pointee)
+    }
 }

@@ -242,6 +242,8 @@ public final class ArrayDaemon: @unchecked Sendable {
         spec.mirroring = environment["VSA_UNSAFE_NO_MIRROR"] != "1"
         spec.directRouting = environment["VSA_DIRECT_ROUTING"] == "1"
         engines = try Engines.build(spec)
+        // Remote drives: a request's pieces wait on the network in parallel, each on its director's thread.
+        engines.handOffPieces = store.drives.contains { $0.remoteURI != nil }
         let directors = engines.directors
         // The pool, before any director runs: its homes are recovered on the directors' back ends from this thread.
         let openedPool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: cacheBytes, log: { daemonLog($0) })

@@ -45,7 +45,9 @@ extension ArrayDaemon {
                 tick += 1
                 if tick % 20 == 1 {
                     countAllocated()
-                    noteSharing()
+                    // Under the command lock, or not this time: a look that began before a snapshot was made must not
+                    // store "not sharing" after it (a command that changes sharing looks again itself).
+                    _ = commandLock.withLockIfAvailable { _ in noteSharing() }
                 }
                 let now = Posix.monotonicSeconds()
                 let elapsed = now - last

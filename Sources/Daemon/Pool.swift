@@ -213,7 +213,8 @@ extension ArrayDaemon {
 
     /// Looks at whether some version shares blocks (a snapshot, a clone, a zombie) and tells the pool's promises
     /// (PoolSpace.sharing). The pool thread calls it once a second, and the control socket after every snapshot
-    /// command; a snapshot or clone being made sets it first. When the homes do not answer, it stays as it was.
+    /// command, both under the command lock; a snapshot or clone being made sets it first. When the homes do not
+    /// answer, it stays as it was.
     func noteSharing() {
         guard let runtime = poolRuntime(), let stats = poolStats() else { return }
         let sharing = stats.contains { $0.records.values.contains { $0.kind != .live || $0.origin != 0 } }

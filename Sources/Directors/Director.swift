@@ -202,10 +202,10 @@ public final class ChannelAdapter: Sendable {
     /// Puts `piece` on `target`'s ring over the switch (a message: the request and its data descriptor; the data
     /// moves later by the target's memory services, straight between the host buffer and its slots).
     @inline(__always)
-    func send(_ piece: SubRequest, to target: Director) {
+    func send(_ piece: SubRequest, to target: Director, handOff: Bool = false) {
         messagesSent.add(1, ordering: .relaxed)
         target.channel.messagesReceived.add(1, ordering: .relaxed)
-        target.submit(piece)
+        target.submit(piece, handOff: handOff)
     }
 
     /// Pieces this director's front-end adapter received from the host and sent over the virtual switch to another.
@@ -297,7 +297,9 @@ public final class Director: @unchecked Sendable {
     /// caller takes it and runs the queue itself (no thread hand-off at low load); otherwise the request waits in
     /// the ring for the holder. Spins, then sleeps briefly, while the ring is full (backpressure). A failed
     /// director bounces the request.
-    public func submit(_ request: SubRequest) {
+    /// `handOff`: the request is left on the ring for the director's thread (woken for it), so the caller can go on
+    /// to its other pieces (Engines.handOffPieces).
+    public func submit(_ request: SubRequest, handOff: Bool = false) {
         if state == .failed {
             bounce(request, roleHeld: false)
             return
@@ -315,6 +317,11 @@ public final class Director: @unchecked Sendable {
             }
             spins += 1
             if spins < 64 { sched_yield() } else { usleep(50) }
+        }
+        if handOff {
+            // Whoever holds the role drains the ring to the end, and the thread takes the role when nobody does.
+            wake.signal()
+            return
         }
         // A director fenced meanwhile still drains its ring once more: the request comes back bounced.
         if tryAcquireRole() { drain(batchesMax: 4) }

@@ -92,6 +92,11 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     /// Called after each piece is sent (tests only: the simulation fails or restores a director there, in the middle
     /// of a request). Set before any I/O; nil in the daemon.
     public var afterEachPiece: (() -> Void)?
+    /// A request of several pieces hands all but its last to the directors' own threads instead of running each in
+    /// turn on the caller's: set at mount for an array with remote drives, where a piece's miss waits a network round
+    /// trip and pieces on different directors should wait at the same time. Local drives answer faster than a thread
+    /// hand-off, so the caller runs them all there.
+    public var handOffPieces = false
     /// Called inside a failover with every executor role held, after the quiesce and again after the new routes are
     /// in place (tests only: the simulation's scheduler may switch threads there). Nil in the daemon.
     public var duringFailover: (() -> Void)?
@@ -182,7 +187,9 @@ public final class Engines: HostIOPort, @unchecked Sendable {
         for i in 0..<n {
             let piece = ctx.pieces[i]
             piece.bounced = false
-            deliver(piece, to: piece.work.isRoutedByHome ? routing.acting(piece.home) : directors[piece.home], from: frontEnd)
+            deliver(
+                piece, to: piece.work.isRoutedByHome ? routing.acting(piece.home) : directors[piece.home], from: frontEnd,
+                handOff: handOffPieces && i < n - 1)
             afterEachPiece?()
         }
         var error = ctx.group.wait()
@@ -210,15 +217,15 @@ public final class Engines: HostIOPort, @unchecked Sendable {
     /// One piece to `target`: a local enqueue when that is the front end's own director, else a message over the
     /// switch. No director to take it: EIO.
     @inline(__always)
-    private func deliver(_ piece: SubRequest, to target: Director?, from frontEnd: Director?) {
+    private func deliver(_ piece: SubRequest, to target: Director?, from frontEnd: Director?, handOff: Bool = false) {
         guard let target else {
             piece.group.complete(error: EIO)
             return
         }
         if let frontEnd, frontEnd !== target {
-            frontEnd.channel.send(piece, to: target)
+            frontEnd.channel.send(piece, to: target, handOff: handOff)
         } else {
-            target.submit(piece)
+            target.submit(piece, handOff: handOff)
         }
     }
 
