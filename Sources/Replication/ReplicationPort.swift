@@ -81,27 +81,36 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
 
     // MARK: Track locks
 
+    /// Which of the striped locks, as a bit set on the stack (no allocation per write).
+    typealias LockMask = (UInt64, UInt64, UInt64, UInt64)
+
+    private static func add(_ i: Int, to mask: inout LockMask) {
+        let bit: UInt64 = 1 << UInt64(i & 63)
+        switch i >> 6 {
+        case 0: mask.0 |= bit
+        case 1: mask.1 |= bit
+        case 2: mask.2 |= bit
+        default: mask.3 |= bit
+        }
+    }
+
     /// The striped locks of the tracks `[offset, offset + count)` of `lun` touches, ascending and each once, taken
     /// (or released) in that order.
     private func withTrackLocks<R>(lun: UInt32, offsetBytes: UInt64, count: UInt64, _ body: () -> R) -> R {
         let first = offsetBytes / TrackBitmap.trackBytes
         let last = (offsetBytes + max(count, 1) - 1) / TrackBitmap.trackBytes
-        // Which of the 256 locks, as a bit set on the stack (no allocation per write); past 256 tracks, all of them.
-        var mask: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        var mask: LockMask = (0, 0, 0, 0)
         if last - first + 1 >= UInt64(Self.trackLockCount) {
-            mask = (~0, ~0, ~0, ~0)
+            mask = (~0, ~0, ~0, ~0)  // past 256 tracks, all of them
         } else {
-            for t in first...last {
-                let i = Self.lockIndex(lun: lun, track: t)
-                let bit: UInt64 = 1 << UInt64(i & 63)
-                switch i >> 6 {
-                case 0: mask.0 |= bit
-                case 1: mask.1 |= bit
-                case 2: mask.2 |= bit
-                default: mask.3 |= bit
-                }
-            }
+            for t in first...last { Self.add(Self.lockIndex(lun: lun, track: t), to: &mask) }
         }
+        return withLocks(mask, body)
+    }
+
+    /// Takes the locks `mask` names in ascending order (every holder of several takes them so: no deadlock), runs
+    /// `body`, and lets them go.
+    private func withLocks<R>(_ mask: LockMask, _ body: () -> R) -> R {
         func each(_ action: (Int) -> Void) {
             withUnsafeBytes(of: mask) { raw in
                 for w in 0..<4 {
@@ -241,36 +250,66 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
 
     // MARK: Resync
 
-    /// Sends one changed track of the group to its remote: taken off the bitmap, read here and written there under
-    /// its track lock. Returns false when nothing was left to send, or the link failed (the track is marked again).
-    func resyncOne(_ group: ReplicaGroup, buffer: UnsafeMutableRawPointer, cursor: inout Int) -> Bool {
-        // The next changed track, any LUN of the group.
-        let picked: (ReplicaLUN, Int)? = group.tracks.withLock { t in
+    /// Tracks a resync keeps in flight: read here, then written there together (one flush per image), under all
+    /// their track locks. One at a time, a resync could not outrun writes that dirty more than a track per round trip.
+    static let resyncTracksMax = 16
+
+    /// Sends up to `resyncTracksMax` changed tracks of the group to its remote: taken off the bitmap (noted in
+    /// flight), read here and written there under their track locks (`buffer` holds them all). Returns false when
+    /// nothing was left to send, or the link failed (the tracks are marked again).
+    func resyncSome(_ group: ReplicaGroup, buffer: UnsafeMutableRawPointer, cursor: inout Int) -> Bool {
+        // The next changed tracks, any LUN of the group (a small list once per batch: the group's thread, not a write).
+        var picked: [(replica: ReplicaLUN, track: Int)] = []
+        group.tracks.withLock { t in
             for l in group.luns {
-                guard let track = t.bitmaps[l.lun.lunID]?.firstSet(from: cursor) else { continue }
-                t.bitmaps[l.lun.lunID]!.clear(track)
-                t.inFlight.insert(UInt64(l.lun.lunID) << 40 | UInt64(track))
-                return (l, track)
+                var from = cursor
+                while picked.count < Self.resyncTracksMax, let track = t.bitmaps[l.lun.lunID]?.firstSet(from: from) {
+                    t.bitmaps[l.lun.lunID]!.clear(track)
+                    t.inFlight.insert(UInt64(l.lun.lunID) << 40 | UInt64(track))
+                    picked.append((l, track))
+                    from = track + 1
+                }
             }
-            return nil
         }
-        guard let picked else { return false }
-        let (replica, track) = picked
-        cursor = track + 1
-        let offset = UInt64(track) * TrackBitmap.trackBytes
-        let count = Int(min(TrackBitmap.trackBytes, replica.lun.sizeBytes - offset))
-        let sent = withTrackLocks(lun: replica.lun.lunID, offsetBytes: offset, count: UInt64(count)) { () -> Bool in
-            guard port.read(lun: replica.lun, offsetBytes: offset, count: count, into: buffer) == 0 else { return false }
-            return replica.image.write(offsetBytes: offset, count: count, from: buffer)
+        guard let lastPicked = picked.last else { return false }
+        cursor = lastPicked.track + 1
+        func span(_ p: (replica: ReplicaLUN, track: Int)) -> (offset: UInt64, count: Int) {
+            let offset = UInt64(p.track) * TrackBitmap.trackBytes
+            return (offset, Int(min(TrackBitmap.trackBytes, p.replica.lun.sizeBytes - offset)))
+        }
+        var mask: LockMask = (0, 0, 0, 0)
+        for p in picked { Self.add(Self.lockIndex(lun: p.replica.lun.lunID, track: UInt64(p.track)), to: &mask) }
+        let sent = withLocks(mask) { () -> Bool in
+            for (i, p) in picked.enumerated() {
+                let (offset, count) = span(p)
+                guard port.read(lun: p.replica.lun, offsetBytes: offset, count: count, into: buffer + i * Int(TrackBitmap.trackBytes)) == 0 else {
+                    return false
+                }
+            }
+            // Each image's tracks on one connection, then one flush there.
+            for image in Set(picked.map { ObjectIdentifier($0.replica.image) }) {
+                var i = 0
+                let ok = picked.first { ObjectIdentifier($0.replica.image) == image }!.replica.image.writeRuns { () -> (UInt64, Int, UnsafeRawPointer)? in
+                    while i < picked.count {
+                        defer { i += 1 }
+                        guard ObjectIdentifier(picked[i].replica.image) == image else { continue }
+                        let (offset, count) = span(picked[i])
+                        return (offset, count, UnsafeRawPointer(buffer + i * Int(TrackBitmap.trackBytes)))
+                    }
+                    return nil
+                }
+                guard ok else { return false }
+            }
+            return true
         }
         group.tracks.withLock { t in
-            t.inFlight.remove(UInt64(replica.lun.lunID) << 40 | UInt64(track))
-            if !sent {
-                t.bitmaps[replica.lun.lunID]?.set(track)
-                if group.state != .suspended && !group.state.writesRefused { group.moveState(to: .partitioned, &t) }
+            for p in picked {
+                t.inFlight.remove(UInt64(p.replica.lun.lunID) << 40 | UInt64(p.track))
+                if !sent { t.bitmaps[p.replica.lun.lunID]?.set(p.track) }
             }
+            if !sent && group.state != .suspended && !group.state.writesRefused { group.moveState(to: .partitioned, &t) }
         }
-        if sent { group.resyncedBytes.add(UInt64(count), ordering: .relaxed) }
+        if sent { group.resyncedBytes.add(picked.reduce(0) { $0 + UInt64(span($1).count) }, ordering: .relaxed) }
         return sent
     }
 

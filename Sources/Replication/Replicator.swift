@@ -477,9 +477,11 @@ public final class Replicator: @unchecked Sendable {
     private static func run(_ group: ReplicaGroup, port: ReplicationPort, failedBack: @escaping () -> Void) {
         let buffer = Posix.allocateAligned(bytes: Int(TrackBitmap.trackBytes))
         let other = Posix.allocateAligned(bytes: Int(TrackBitmap.trackBytes))
+        let resyncBuffer = Posix.allocateAligned(bytes: ReplicationPort.resyncTracksMax * Int(TrackBitmap.trackBytes))
         defer {
             Posix.free(buffer)
             Posix.free(other)
+            Posix.free(resyncBuffer)
         }
         var cursor = 0
         var pause = 0.2
@@ -504,7 +506,7 @@ public final class Replicator: @unchecked Sendable {
                     if a.journal.mark(.resyncing, cycle: a.sets.cycles.applied, slotCount: a.sets.slotCount) { journalSays = .resyncing } else { linkFailed() }
                     continue
                 }
-                if !port.resyncOne(group, buffer: buffer, cursor: &cursor) {
+                if !port.resyncSome(group, buffer: resyncBuffer, cursor: &cursor) {
                     if port.finishResync(group) { pause = 0.2 } else if group.state == .syncing { usleep(10_000) }
                 }
             case .partitioned:
