@@ -93,10 +93,15 @@ struct ReplicaList: VSACommand {
     }
 }
 
-/// suspend, resume and delete: one group, one request, one line.
+/// What suspend, resume, delete, failover and failback take: a mounted array and one of its groups.
+struct ReplicaGroupArguments: ParsableArguments {
+    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
+    @Argument(help: "The group.") var name: String
+}
+
+/// suspend, resume, delete, failover and failback: one group, one request, one line.
 protocol ReplicaGroupVerb: VSACommand {
-    var target: String { get }
-    var name: String { get }
+    var group: ReplicaGroupArguments { get }
     static var doing: String { get }
     static var done: String { get }
     static func request(_ name: String) -> ControlRequest
@@ -104,16 +109,15 @@ protocol ReplicaGroupVerb: VSACommand {
 
 extension ReplicaGroupVerb {
     func execute() throws(VSAError) {
-        let reply = try control(try mountedArray(target, Self.doing), Self.request(name))
-        print(reply.isEmpty ? "replica group \(name) \(Self.done)" : reply)
+        let reply = try control(try mountedArray(group.target, Self.doing), Self.request(group.name))
+        print(reply.isEmpty ? "replica group \(group.name) \(Self.done)" : reply)
     }
 }
 
 struct ReplicaSuspend: ReplicaGroupVerb {
     static let configuration = CommandConfiguration(
         commandName: "suspend", abstract: "Stop sending to the remote; changed tracks are remembered for the resume.")
-    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
-    @Argument(help: "The group.") var name: String
+    @OptionGroup var group: ReplicaGroupArguments
     static let doing = "suspend a replica group"
     static let done = "suspended"
     static func request(_ name: String) -> ControlRequest { .replicaSuspend(name: name) }
@@ -122,8 +126,7 @@ struct ReplicaSuspend: ReplicaGroupVerb {
 struct ReplicaResume: ReplicaGroupVerb {
     static let configuration = CommandConfiguration(
         commandName: "resume", abstract: "Send the tracks changed while suspended, then replicate as before.")
-    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
-    @Argument(help: "The group.") var name: String
+    @OptionGroup var group: ReplicaGroupArguments
     static let doing = "resume a replica group"
     static let done = "resumed: syncing"
     static func request(_ name: String) -> ControlRequest { .replicaResume(name: name) }
@@ -131,8 +134,7 @@ struct ReplicaResume: ReplicaGroupVerb {
 
 struct ReplicaDelete: ReplicaGroupVerb {
     static let configuration = CommandConfiguration(commandName: "delete", abstract: "Stop replicating; the remote keeps what it has.")
-    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
-    @Argument(help: "The group.") var name: String
+    @OptionGroup var group: ReplicaGroupArguments
     static let doing = "delete a replica group"
     static let done = "deleted"
     static func request(_ name: String) -> ControlRequest { .replicaDelete(name: name) }
@@ -141,8 +143,7 @@ struct ReplicaDelete: ReplicaGroupVerb {
 struct ReplicaFailover: ReplicaGroupVerb {
     static let configuration = CommandConfiguration(
         commandName: "failover", abstract: "Make R2 the one written to (a second vsa mounts it); the LUNs here take no writes until failback.")
-    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
-    @Argument(help: "The group.") var name: String
+    @OptionGroup var group: ReplicaGroupArguments
     static let doing = "fail a replica group over"
     static let done = "failed over: R2 is the one written to; its LUNs here refuse writes"
     static func request(_ name: String) -> ControlRequest { .replicaFailover(name: name) }
@@ -151,8 +152,7 @@ struct ReplicaFailover: ReplicaGroupVerb {
 struct ReplicaFailback: ReplicaGroupVerb {
     static let configuration = CommandConfiguration(
         commandName: "failback", abstract: "Bring R2's changes back (only the tracks that differ are copied), then replicate as before.")
-    @Argument(help: "The mount point (or array folder) of a mounted array.") var target: String
-    @Argument(help: "The group.") var name: String
+    @OptionGroup var group: ReplicaGroupArguments
     static let doing = "fail a replica group back"
     static let done = "failing back: `vsa replica list` shows the progress"
     static func request(_ name: String) -> ControlRequest { .replicaFailback(name: name) }

@@ -243,7 +243,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         spec.directRouting = environment["VSA_DIRECT_ROUTING"] == "1"
         engines = try Engines.build(spec)
         // Remote drives: a request's pieces wait on the network in parallel, each on its director's thread.
-        engines.handOffPieces = store.drives.contains { $0.remoteURI != nil }
+        engines.handOffPieces = store.hasRemoteDrive
         let directors = engines.directors
         // The pool, before any director runs: its homes are recovered on the directors' back ends from this thread.
         let openedPool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: cacheBytes, log: { daemonLog($0) })
@@ -310,7 +310,7 @@ public final class ArrayDaemon: @unchecked Sendable {
     public func serve() -> Int32 {
         // Remote drives are latency-bound: requests in flight need threads to carry them (on 2 cores, 4 serve local
         // drives best).
-        let threads = options.fuseThreads > 0 ? options.fuseThreads : store.drives.contains { $0.remoteURI != nil } ? 16 : 4
+        let threads = options.fuseThreads > 0 ? options.fuseThreads : store.hasRemoteDrive ? 16 : 4
         let rc = session!.run(threadsMax: threads)
         daemonLog("file system unmounted (loop status \(rc)); destaging")
         return shutdown()

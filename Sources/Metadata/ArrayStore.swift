@@ -46,6 +46,8 @@ public final class ArrayStore: @unchecked Sendable {
     public let directory: String
     /// Members in member order, then spares. A member missing from the folder is a placeholder (failed).
     public private(set) var drives: [Drive]
+    /// Whether a drive is an NBD export elsewhere (latency-bound: the mount keeps more requests in flight).
+    public var hasRemoteDrive: Bool { drives.contains { $0.remoteURI != nil } }
     public private(set) var drivePaths: [String]
     /// What assembly noticed and the mount should say: missing members, stale drives left alone.
     public private(set) var assemblyWarnings: [String] = []

@@ -170,34 +170,45 @@ struct Journal {
                 return next < pieces.count ? pieces[next] : nil
             })
         else { return false }
-        JournalHeader(
-            state: .pending, cycle: set.cycle, start: UInt64(set.start), count: UInt64(set.count), slotCount: UInt64(slots),
-            memberCount: UInt32(images.count), setCRC: crc, group: group, memberBytes: images.map(\.sizeBytes)
-        ).encode(into: header)
-        guard journal.write(offsetBytes: 0, count: JournalHeader.headerBytes, from: header) else { return false }
-        // The images: each member's blocks in ring order, neighbours in one write.
+        guard
+            write(
+                JournalHeader(
+                    state: .pending, cycle: set.cycle, start: UInt64(set.start), count: UInt64(set.count), slotCount: UInt64(slots),
+                    memberCount: UInt32(images.count), setCRC: crc, group: group, memberBytes: images.map(\.sizeBytes)))
+        else { return false }
+        // The images, from the arena in ring order.
+        let refused = apply(
+            count: set.count, record: { sets.records[(set.start + $0) % slots] },
+            block: { UnsafeRawPointer(sets.arena + (set.start + $0) % slots * DeltaSets.blockBytes) })
+        guard refused == nil else { return false }
+        return mark(.consistent, cycle: set.cycle, slotCount: slots)
+    }
+
+    /// Writes blocks `0..<count` (block i is `record(i)`'s, its data at `block(i)`) to the images and flushes them:
+    /// each member's blocks on one connection, neighbours (the next block of the LUN, its data right after in
+    /// memory) in one write. The image that did not take them, if one did not.
+    private func apply(count: Int, record: (Int) -> JournalRecord, block: (Int) -> UnsafeRawPointer) -> RemoteImage? {
+        let bytes = DeltaSets.blockBytes
         for (member, image) in images.enumerated() {
-            var position = 0
+            var i = 0
             let sent = image.writeRuns { () -> (UInt64, Int, UnsafeRawPointer)? in
-                while position < set.count {
-                    let slot = (set.start + position) % slots
-                    position += 1
-                    let r = sets.records[slot]
+                while i < count {
+                    let r = record(i)
+                    let start = block(i)
+                    i += 1
                     guard Int(r.member) == member else { continue }
                     var n = 1
-                    while position < set.count, (set.start + position) % slots == slot + n {
-                        let q = sets.records[slot + n]
-                        guard Int(q.member) == member, q.block == r.block + UInt64(n) else { break }
+                    while i < count, record(i).member == r.member, record(i).block == r.block + UInt64(n), block(i) == start + n * bytes {
                         n += 1
-                        position += 1
+                        i += 1
                     }
-                    return (r.block * UInt64(DeltaSets.blockBytes), n * DeltaSets.blockBytes, UnsafeRawPointer(sets.arena + slot * DeltaSets.blockBytes))
+                    return (r.block * UInt64(bytes), n * bytes, start)
                 }
                 return nil
             }
-            guard sent else { return false }
+            guard sent else { return image }
         }
-        return mark(.consistent, cycle: set.cycle, slotCount: slots)
+        return nil
     }
 
     /// Reads the header: what state R2's images are in.
@@ -272,11 +283,8 @@ struct Journal {
                 throw VSAError("\(journal.uri) changed while it was read; the set stays pending")
             }
             chunkIndex += 1
-            for i in 0..<n {
-                let r = records[position + i]
-                let image = images[Int(r.member)]
-                guard image.write(offsetBytes: r.block * UInt64(DeltaSets.blockBytes), count: DeltaSets.blockBytes, from: p + i * DeltaSets.blockBytes)
-                else { throw VSAError("\(image.uri) did not take a write; the set stays pending in the journal") }
+            if let image = apply(count: n, record: { records[position + $0] }, block: { UnsafeRawPointer(p + $0 * DeltaSets.blockBytes) }) {
+                throw VSAError("\(image.uri) did not take a write; the set stays pending in the journal")
             }
         }
         var after = h

@@ -131,10 +131,7 @@ final class RemoteImage: @unchecked Sendable {
         defer { connections[slot].unlock() }
         guard let c = connections[slot].connection else { return false }
         let deadline = Posix.monotonicSeconds() + deadlineSeconds
-        var ok = c.waitAll(deadlineSeconds: deadline)
-        if pending.first >= 0 {
-            for cookie in pending.first...pending.last where c.result(cookie) != 0 { ok = false }
-        }
+        var ok = c.waitFor(pending.first, through: pending.last, deadlineSeconds: deadline)
         if ok && !c.canFUA, let flush = try? c.queueFlush() {
             ok = c.waitAll(deadlineSeconds: deadline) && c.result(flush) == 0
         }
@@ -165,10 +162,8 @@ final class RemoteImage: @unchecked Sendable {
         func drain() -> Bool {
             bytesInFlight = 0
             guard first >= 0 else { return true }
-            var ok = c.waitAll(deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds)
-            for cookie in first...last where c.result(cookie) != 0 { ok = false }
-            first = -1
-            return ok
+            defer { first = -1 }
+            return c.waitFor(first, through: last, deadlineSeconds: Posix.monotonicSeconds() + deadlineSeconds)
         }
         func queue(_ cookie: Int64) {
             if first < 0 { first = cookie }

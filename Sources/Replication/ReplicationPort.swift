@@ -286,13 +286,13 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
                     return false
                 }
             }
-            // Each image's tracks on one connection, then one flush there.
-            for image in Set(picked.map { ObjectIdentifier($0.replica.image) }) {
+            // Each LUN's tracks to its image on one connection, then one flush there.
+            for l in group.luns where picked.contains(where: { $0.replica === l }) {
                 var i = 0
-                let ok = picked.first { ObjectIdentifier($0.replica.image) == image }!.replica.image.writeRuns { () -> (UInt64, Int, UnsafeRawPointer)? in
+                let ok = l.image.writeRuns { () -> (UInt64, Int, UnsafeRawPointer)? in
                     while i < picked.count {
                         defer { i += 1 }
-                        guard ObjectIdentifier(picked[i].replica.image) == image else { continue }
+                        guard picked[i].replica === l else { continue }
                         let (offset, count) = span(picked[i])
                         return (offset, count, UnsafeRawPointer(buffer + i * Int(TrackBitmap.trackBytes)))
                     }

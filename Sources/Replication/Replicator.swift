@@ -110,8 +110,7 @@ public final class Replicator: @unchecked Sendable {
             var reachable = true
             var journal: RemoteImage?
             if let uri = config.journal {
-                let slots = min(max(config.cacheBytes ?? Replicator.cacheBytesDefault, Replicator.cacheBytesMin), Replicator.cacheBytesMax) / 4096
-                let needed = JournalHeader.bytes(slotCount: slots)
+                let needed = JournalHeader.bytes(slotCount: Replicator.deltaSetBytes(config) / UInt64(DeltaSets.blockBytes))
                 do throws(VSAError) {
                     journal = try RemoteImage(uri: uri, deadlineSeconds: deadlineSeconds, connectSeconds: Replicator.mountConnectSeconds)
                     if journal!.sizeBytes < needed {
@@ -251,11 +250,15 @@ public final class Replicator: @unchecked Sendable {
     public static let cacheBytesMin: UInt64 = 1 << 20
     public static let cacheBytesMax: UInt64 = 4 << 30
 
+    /// The bytes of an asynchronous group's delta sets, as its configuration says (kept within the bounds).
+    static func deltaSetBytes(_ config: ReplicaConfig) -> UInt64 {
+        min(max(config.cacheBytes ?? cacheBytesDefault, cacheBytesMin), cacheBytesMax)
+    }
+
     /// An asynchronous group's delta sets (the arena preallocated now) and journal.
     static func asyncCycle(_ config: ReplicaConfig, members: [ReplicaLUN], journal: RemoteImage) -> AsyncCycle {
-        let bytes = min(max(config.cacheBytes ?? cacheBytesDefault, cacheBytesMin), cacheBytesMax)
-        return AsyncCycle(
-            sets: DeltaSets(bytes: bytes), journal: Journal(journal: journal, images: members.map(\.image), group: config.name),
+        AsyncCycle(
+            sets: DeltaSets(bytes: deltaSetBytes(config)), journal: Journal(journal: journal, images: members.map(\.image), group: config.name),
             cycleSeconds: config.cycleSeconds)
     }
 

@@ -136,6 +136,16 @@ public final class NBDConnection {
         return true
     }
 
+    /// Waits (as `waitAll`) for commands `first...last` (libnbd numbers a handle's commands in order; `first` < 0:
+    /// none) and retires them: true when every one succeeded in time.
+    public func waitFor(_ first: Int64, through last: Int64, deadlineSeconds: Double) -> Bool {
+        var ok = waitAll(deadlineSeconds: deadlineSeconds)
+        if first >= 0 {
+            for cookie in first...last where result(cookie) != 0 { ok = false }
+        }
+        return ok
+    }
+
     /// The schemes a connection is made to: `nbd://` and `nbd+unix://` (no TLS, nothing that names a program to run).
     public static func isNBDURI(_ uri: String) -> Bool { uri.hasPrefix("nbd://") || uri.hasPrefix("nbd+unix://") }
 

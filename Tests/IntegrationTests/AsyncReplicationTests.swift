@@ -129,10 +129,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
         @discardableResult
         func recoverAndCheck(_ what: String) throws -> Bool {
             let socket = "/tmp/vsa-snap-\(getpid()).sock"
-            let serve = Harness.sh(
-                "for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ $fd -gt 2 ] && eval \"exec $fd>&-\"; done; nbdkit --unix \(socket) --pidfile \(r)/snap.pid file dir=\(r)/snap </dev/null >/dev/null 2>&1; sleep 0.3"
-            )
-            XCTAssertEqual(serve.status, 0)
+            serveHere(socket: socket, pidfile: "\(r)/snap.pid", "file dir=\(r)/snap")
             let recover = fixture.vsa(
                 "replica recover --journal 'nbd+unix:///journal?socket=\(socket)' --to 'nbd+unix:///a?socket=\(socket),nbd+unix:///b?socket=\(socket)'")
             Harness.sh("kill $(cat \(r)/snap.pid); rm -f \(socket)")
@@ -238,10 +235,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
         XCTAssertEqual(Harness.sh("mkdir -p \(r)/j && truncate -s 1M \(r)/j/a && truncate -s 5M \(r)/j/journal").status, 0)
         XCTAssertEqual(Harness.sh("head -c 1M /dev/urandom > \(r)/j/a && cp \(r)/j/a \(r)/a.before").status, 0)
         let socket = "/tmp/vsa-journal-\(getpid()).sock"
-        let serve = Harness.sh(
-            "for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ $fd -gt 2 ] && eval \"exec $fd>&-\"; done; nbdkit --unix \(socket) --pidfile \(r)/j.pid file dir=\(r)/j </dev/null >/dev/null 2>&1; sleep 0.3"
-        )
-        XCTAssertEqual(serve.status, 0)
+        serveHere(socket: socket, pidfile: "\(r)/j.pid", "file dir=\(r)/j")
         defer { Harness.sh("kill $(cat \(r)/j.pid); rm -f \(socket)") }
         let recover = "replica recover --journal 'nbd+unix:///journal?socket=\(socket)' --to 'nbd+unix:///a?socket=\(socket)'"
         // A header with a pending set, written by Python: every field a hostile image could set.

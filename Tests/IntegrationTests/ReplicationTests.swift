@@ -53,6 +53,15 @@ class ReplicaTestCase: FixtureTestCase {
         XCTAssertNil(try group(), "a refused create left a group", file: file, line: line)
     }
 
+    /// Starts nbdkit here (not in the lab) on a unix socket, with `arguments` (plugin and its parameters), its pid in
+    /// `pidfile`. The server keeps none of our descriptors: the test's Process would otherwise wait for it to exit.
+    func serveHere(socket: String, pidfile: String, _ arguments: String, file: StaticString = #filePath, line: UInt = #line) {
+        let serve = Harness.sh(
+            "for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ $fd -gt 2 ] && eval \"exec $fd>&-\"; done; nbdkit --unix \(socket) --pidfile \(pidfile) \(arguments) </dev/null >/dev/null 2>&1; sleep 0.3"
+        )
+        XCTAssertEqual(serve.status, 0, serve.stderr, file: file, line: line)
+    }
+
     func same(_ lun: String, _ uri: String) -> Bool {
         Harness.sh("cmp <(dd if='\(fixture.mnt)/\(lun)' bs=1M iflag=direct status=none) <(nbdcopy '\(uri)' -)").status == 0
     }
@@ -85,11 +94,7 @@ final class ReplicationTests: ReplicaTestCase {
         try refuseCreates(refusals)
         // A LUN replicated to itself: its own file on this mount, served back by nbdkit.
         let socket = "/tmp/vsa-own-\(getpid()).sock"
-        // (The server keeps none of our descriptors: the test's Process would otherwise wait for it to exit.)
-        let own = Harness.sh(
-            "for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ $fd -gt 2 ] && eval \"exec $fd>&-\"; done; nbdkit --unix \(socket) --pidfile \(r)/own.pid file '\(m)/a' </dev/null >/dev/null 2>&1; sleep 0.3"
-        )
-        XCTAssertEqual(own.status, 0)
+        serveHere(socket: socket, pidfile: "\(r)/own.pid", "file '\(m)/a'")
         let itself = fixture.vsa("replica create '\(m)' g --luns a --to 'nbd+unix:///?socket=\(socket)'")
         Harness.sh("kill $(cat \(r)/own.pid); rm -f \(socket)")
         XCTAssertEqual(itself.status, 1)
