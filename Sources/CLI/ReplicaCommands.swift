@@ -6,13 +6,14 @@ import Control
 import Daemon
 import Foundation
 import Replication
+import SysPosix
 
 struct ReplicaCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "replica", abstract: "Replicate LUNs to NBD exports on other machines (another vsa's LUN files). Needs the array mounted.",
         subcommands: [
             ReplicaCreate.self, ReplicaList.self, ReplicaSuspend.self, ReplicaResume.self, ReplicaFailover.self, ReplicaFailback.self,
-            ReplicaDelete.self, ReplicaRecover.self,
+            ReplicaDelete.self, ReplicaRecover.self, ReplicaReceive.self,
         ])
 }
 
@@ -35,6 +36,10 @@ struct ReplicaCreate: VSACommand {
             "async only: an NBD export on R2's side where each delta set lands whole before it is applied (at least the cache's size plus 0.4%; the error says how much)."
     ) var journal: String?
     @Option(help: "async only: memory for the delta sets here, preallocated (1M to 4G; default 64M).") var cache: String?
+    @Option(
+        help:
+            "async only: who writes each delta set to R2's images. r1: this array (each byte crosses the link twice: journal, then image). r2: a `vsa replica receive` running on R2's side (each byte crosses once)."
+    ) var apply: String = "r1"
 
     func execute() throws(VSAError) {
         let lunNames = luns.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -48,13 +53,17 @@ struct ReplicaCreate: VSACommand {
         guard mode == "sync" || mode == "async" else { throw VSAError("--mode must be sync or async (got '\(mode.prefix(40))')") }
         let seconds = try cycleSeconds(cycle)
         let cacheBytes = try cache.map { s throws(VSAError) in try size(s, "--cache") } ?? Replicator.cacheBytesDefault
-        if mode == "sync" && (journal != nil || cache != nil) {
-            throw VSAError("--journal and --cache are for --mode async (a synchronous group writes R2 as the host writes)")
+        if mode == "sync" && (journal != nil || cache != nil || apply != "r1") {
+            throw VSAError("--journal, --cache and --apply are for --mode async (a synchronous group writes R2 as the host writes)")
         }
+        guard apply == "r1" || apply == "r2" else { throw VSAError("--apply must be r1 or r2 (got '\(apply.prefix(40))')") }
         if let journal, journal.isEmpty || journal.contains("\t") || journal.contains("\n") { throw VSAError("--journal takes one NBD URI") }
         let dir = try mountedArray(target, "replicate its LUNs")
         _ = try control(
-            dir, .replicaCreate(name: name, luns: lunNames, uris: uris, mode: mode, cycleSeconds: seconds, journal: journal ?? "", cacheBytes: cacheBytes))
+            dir,
+            .replicaCreate(
+                name: name, luns: lunNames, uris: uris, mode: mode, cycleSeconds: seconds, journal: journal ?? "", cacheBytes: cacheBytes,
+                apply: apply))
         print("replica group \(name) created (\(mode)): syncing; `vsa replica list \(target)` shows its progress")
     }
 
@@ -171,5 +180,30 @@ struct ReplicaRecover: VSACommand {
         let uris = to.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         guard !uris.isEmpty, !uris.contains(where: \.isEmpty), uris.count <= 256 else { throw VSAError("--to takes 1 to 256 comma-separated URIs") }
         print(try Replicator.recover(journal: journal, images: uris))
+    }
+}
+
+struct ReplicaReceive: VSACommand {
+    static let configuration = CommandConfiguration(
+        commandName: "receive",
+        abstract:
+            "On R2's side: apply the delta sets of an asynchronous group made with --apply r2 as they arrive in its journal (runs until SIGINT or SIGTERM).",
+        discussion:
+            "Run it next to R2's images (their exports on this machine, for example nbdkit on a unix socket), so a set crosses the link once. One receiver per group. Stop it before running `vsa replica recover` or mounting R2 elsewhere."
+    )
+    @Option(help: "The group's journal export, as reachable from here.") var journal: String
+    @Option(help: "The group's targets as reachable from here, comma-separated, in the order of `--to` at create.") var to: String
+
+    func execute() throws(VSAError) {
+        let uris = to.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard !uris.isEmpty, !uris.contains(where: \.isEmpty), uris.count <= 256 else { throw VSAError("--to takes 1 to 256 comma-separated URIs") }
+        Posix.blockStopSignals()
+        try Receiver.run(
+            journal: journal, images: uris, wait: { !Posix.awaitStopSignal(seconds: $0) },
+            say: { line in
+                print(line)
+                fflush(nil)
+            })
+        print("receiver stopped")
     }
 }

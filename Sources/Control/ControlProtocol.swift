@@ -41,7 +41,9 @@ public enum ControlRequest: Sendable, Equatable {
     /// each 4 KiB block of them, at random from `seed` (nil: the daemon picks one), may keep its newest contents.
     case powerCut(torn: Bool, seed: UInt64?)
     /// `vsa replica create`: LUNs copied to NBD exports elsewhere, one URI per LUN, in order.
-    case replicaCreate(name: String, luns: [String], uris: [String], mode: String, cycleSeconds: UInt64, journal: String = "", cacheBytes: UInt64 = 0)
+    case replicaCreate(
+        name: String, luns: [String], uris: [String], mode: String, cycleSeconds: UInt64, journal: String = "", cacheBytes: UInt64 = 0,
+        apply: String = "r1")
     case replicaSuspend(name: String)
     case replicaResume(name: String)
     case replicaDelete(name: String)
@@ -97,8 +99,8 @@ public enum ControlRequest: Sendable, Equatable {
         case .inject(let spec, let seed): spec.words + [seed.map(String.init) ?? ""]
         case .injectClear(let id): [id.map(String.init) ?? ""]
         case .powerCut(let torn, let seed): [wireFlag(torn), seed.map(String.init) ?? ""]
-        case .replicaCreate(let name, let luns, let uris, let mode, let cycle, let journal, let cache):
-            [name, mode, String(cycle), journal, String(cache), String(luns.count)] + luns + uris
+        case .replicaCreate(let name, let luns, let uris, let mode, let cycle, let journal, let cache, let apply):
+            [name, mode, String(cycle), journal, String(cache), apply, String(luns.count)] + luns + uris
         case .replicaSuspend(let name), .replicaResume(let name), .replicaDelete(let name), .replicaFailover(let name), .replicaFailback(let name):
             [name]
         }
@@ -207,17 +209,17 @@ public enum ControlRequest: Sendable, Equatable {
             try expect(2)
             self = .powerCut(torn: try Self.parseFlag(args[0], "torn"), seed: args[1].isEmpty ? nil : try Self.number(args[1], "seed"))
         case "replica-create":
-            guard args.count >= 6 else {
-                throw VSAError("replica-create takes a name, a mode, a cycle, a journal, a cache size, a count and its LUNs and URIs")
+            guard args.count >= 7 else {
+                throw VSAError("replica-create takes a name, a mode, a cycle, a journal, a cache size, an applier, a count and its LUNs and URIs")
             }
-            let count = try Self.number(args[5], "LUN count")
-            guard count >= 1, count <= 256, args.count == 6 + 2 * Int(count) else {
-                throw VSAError("replica-create: \(args.count - 6) LUNs and URIs do not make \(count) pairs (1 to 256)")
+            let count = try Self.number(args[6], "LUN count")
+            guard count >= 1, count <= 256, args.count == 7 + 2 * Int(count) else {
+                throw VSAError("replica-create: \(args.count - 7) LUNs and URIs do not make \(count) pairs (1 to 256)")
             }
             let n = Int(count)
             self = .replicaCreate(
-                name: args[0], luns: Array(args[6..<(6 + n)]), uris: Array(args[(6 + n)...]), mode: args[1],
-                cycleSeconds: try Self.number(args[2], "cycle"), journal: args[3], cacheBytes: try Self.number(args[4], "cache size"))
+                name: args[0], luns: Array(args[7..<(7 + n)]), uris: Array(args[(7 + n)...]), mode: args[1],
+                cycleSeconds: try Self.number(args[2], "cycle"), journal: args[3], cacheBytes: try Self.number(args[4], "cache size"), apply: args[5])
         case "replica-suspend":
             try expect(1)
             self = .replicaSuspend(name: args[0])

@@ -21,7 +21,7 @@ extension ArrayDaemon {
 
     func replicaCommand(_ request: ControlRequest) throws(VSAError) -> String {
         switch request {
-        case .replicaCreate(let name, let lunNames, let uris, let mode, let cycle, let journal, let cache):
+        case .replicaCreate(let name, let lunNames, let uris, let mode, let cycle, let journal, let cache, let apply):
             guard cycle >= 1, cycle <= 86_400 else { throw VSAError("--cycle must be 1 s to 24 h (got \(cycle) s)") }
             let (luns, inUse) = try controlLock.withLock { _ throws(VSAError) in
                 let luns = try lunNames.map { n throws(VSAError) -> (name: String, ref: LUNRef) in
@@ -34,7 +34,7 @@ extension ArrayDaemon {
             }
             try replicator.create(
                 name: name, luns: luns, uris: uris, mode: mode, cycleSeconds: Double(cycle), urisInUse: inUse, journal: journal.isEmpty ? nil : journal,
-                cacheBytes: cache == 0 ? Replicator.cacheBytesDefault : cache)
+                cacheBytes: cache == 0 ? Replicator.cacheBytesDefault : cache, apply: apply)
             let line = "replica group \(name) created (\(mode)): \(zip(lunNames, uris).map { "\($0) -> \($1)" }.joined(separator: ", ")); syncing"
             controlLock.withLock { _ in messages.append(line) }
             daemonLog(line)

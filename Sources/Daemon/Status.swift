@@ -583,8 +583,11 @@ extension ReplicaReport {
         ]
         if let cycle, let r2Cycle, let journal {
             out.append(
-                "    cycle \(cycle) capturing, R2 at the boundary of cycle \(r2Cycle); delta sets \(formatSize(deltaSetBytes ?? 0)) of \(formatSize(cacheBytes ?? 0))\((overflows ?? 0) > 0 ? ", filled \(overflows!) time\(overflows == 1 ? "" : "s")" : ""); journal \(journal)"
+                "    cycle \(cycle) capturing, R2 at the boundary of cycle \(r2Cycle); delta sets \(formatSize(deltaSetBytes ?? 0)) of \(formatSize(cacheBytes ?? 0))\((overflows ?? 0) > 0 ? ", filled \(overflows!) time\(overflows == 1 ? "" : "s")" : ""); journal \(journal)\(apply == "r2" ? ", sets applied by R2's receiver" : "")"
             )
+        }
+        if let silent = receiverSilentSeconds, silent >= 1 {
+            out.append("    waiting for R2's receiver (`vsa replica receive` on R2's side): silent for \(Int(silent)) s")
         }
         if failbackComparedTracks > 0 {
             out.append("    failback: \(failbackComparedTracks) tracks compared, \(formatSize(failbackCopiedBytes)) copied back from R2")

@@ -115,12 +115,68 @@ final class AsyncCycle: @unchecked Sendable {
     let sets: DeltaSets
     let journal: Journal
     let cycleSeconds: Double
+    /// `--apply r2`: what the group's thread waits for R2's receiver to stamp (its thread only).
+    var waiting: ReceiverWait?
+    /// Since when the receiver has been silent while the group waits for it (bits of monotonic seconds; 0: not
+    /// waiting), for status.
+    let receiverSilentSince = Atomic<UInt64>(0)
     init(sets: DeltaSets, journal: Journal, cycleSeconds: Double) {
         self.sets = sets
         self.journal = journal
         self.cycleSeconds = cycleSeconds
     }
     deinit { journal.release() }
+
+    /// Starts waiting for R2's receiver to stamp `nonce` (the group's thread).
+    func wait(for nonce: UInt64, applied: Bool, forSet: Bool) {
+        let now = Posix.monotonicSeconds()
+        waiting = ReceiverWait(nonce: nonce, applied: applied, forSet: forSet, heard: nil, since: now)
+        receiverSilentSince.store(now.bitPattern, ordering: .relaxed)
+    }
+
+    func stopWaiting() {
+        waiting = nil
+        receiverSilentSince.store(0, ordering: .relaxed)
+    }
+
+    enum Heard { case done, waiting, silent }
+
+    /// Reads the receiver's stamp once: `done` when it names what the group waits for, `silent` when it has not
+    /// changed for the journal's deadline, nil when the journal cannot be read (the link).
+    func hearReceiver() -> Heard? {
+        guard var w = waiting else { return .done }
+        let stamp: ReceiverStamp?
+        do { stamp = try journal.readStamp() } catch { return nil }
+        if let stamp, (w.applied ? stamp.applied : stamp.saw) == w.nonce {
+            stopWaiting()
+            return .done
+        }
+        let now = Posix.monotonicSeconds()
+        if stamp != w.heard {
+            w.heard = stamp
+            w.since = now
+            waiting = w
+            receiverSilentSince.store(now.bitPattern, ordering: .relaxed)
+        }
+        return now - w.since > journal.journal.deadlineSeconds ? .silent : .waiting
+    }
+
+    /// Seconds R2's receiver has said nothing while the group waits for it (nil when it is not waiting).
+    var receiverSilentSeconds: Double? {
+        let since = receiverSilentSince.load(ordering: .relaxed)
+        return since == 0 ? nil : max(0, Posix.monotonicSeconds() - Double(bitPattern: since))
+    }
+}
+
+/// R1 waiting for R2's receiver: for its stamp to name `nonce` as applied (a set R1 staged, `forSet`, or a pending
+/// header written again) or as seen (a header written again before R1 writes the images itself). `heard` is the
+/// stamp as last read, `since` when it last changed: a receiver that says nothing for the deadline is taken as gone.
+struct ReceiverWait {
+    let nonce: UInt64
+    let applied: Bool
+    let forSet: Bool
+    var heard: ReceiverStamp?
+    var since: Double
 }
 
 /// A group at run time: its LUNs, state, changed tracks and counters. The lock guards `bitmaps`, `inFlight` and the

@@ -29,6 +29,9 @@ public struct ReplicaConfig: Codable, Sendable {
     /// Asynchronous groups: the journal export on R2's side, and the bytes of delta sets kept here (`--cache`).
     public var journal: String?
     public var cacheBytes: UInt64?
+    /// Asynchronous groups: "r2" when a receiver on R2's side (`vsa replica receive`) applies the sets; nil or "r1":
+    /// R1 writes them to the images itself.
+    public var apply: String?
 }
 
 struct ReplicasFile: Codable {
@@ -66,6 +69,10 @@ public struct ReplicaReport: Codable, Sendable {
     public var deltaSetBytes: UInt64?
     public var transmitBytes: UInt64?
     public var overflows: UInt64?
+    /// Asynchronous groups: who applies the sets (r1 or r2), and how long R2's receiver has said nothing while the
+    /// group waits for it (absent when it is not waiting).
+    public var apply: String?
+    public var receiverSilentSeconds: Double?
 }
 
 public final class Replicator: @unchecked Sendable {
@@ -171,10 +178,14 @@ public final class Replicator: @unchecked Sendable {
     /// itself), then the group starts syncing all its tracks.
     public func create(
         name: String, luns: [(name: String, ref: LUNRef)], uris: [String], mode: String, cycleSeconds: Double, urisInUse: Set<String>,
-        journal journalURI: String? = nil, cacheBytes: UInt64 = Replicator.cacheBytesDefault
+        journal journalURI: String? = nil, cacheBytes: UInt64 = Replicator.cacheBytesDefault, apply: String = "r1"
     ) throws(VSAError) {
         guard mode == "sync" || mode == "async" else { throw VSAError("--mode must be sync or async (got '\(mode.prefix(40))')") }
         try Replicator.validateName(name)
+        guard apply == "r1" || apply == "r2" else { throw VSAError("--apply must be r1 or r2 (got '\(apply.prefix(40))')") }
+        guard apply == "r1" || mode == "async" else {
+            throw VSAError("--apply is for --mode async (a synchronous group writes R2 as the host writes)")
+        }
         if mode == "async" {
             guard cacheBytes >= Replicator.cacheBytesMin, cacheBytes <= Replicator.cacheBytesMax, cacheBytes % 4096 == 0 else {
                 throw VSAError("--cache must be 1 MiB to 4 GiB in whole 4 KiB blocks (got \(cacheBytes) bytes)")
@@ -233,9 +244,10 @@ public final class Replicator: @unchecked Sendable {
             }
             config.journal = journalURI
             config.cacheBytes = cacheBytes
+            config.apply = apply == "r2" ? "r2" : nil
             async = Replicator.asyncCycle(config, members: members, journal: journal)
             // R2 is about to be a mix (the first sync): its journal says so before any track goes.
-            guard async!.journal.mark(.resyncing, cycle: 0, slotCount: async!.sets.slotCount) else {
+            guard async!.journal.mark(.resyncing, cycle: 0, slotCount: async!.sets.slotCount) != nil else {
                 throw VSAError("journal \(journalURI) did not take a write within \(Int(deadlineSeconds)) s; nothing was changed")
             }
         }
@@ -258,7 +270,8 @@ public final class Replicator: @unchecked Sendable {
     /// An asynchronous group's delta sets (the arena preallocated now) and journal.
     static func asyncCycle(_ config: ReplicaConfig, members: [ReplicaLUN], journal: RemoteImage) -> AsyncCycle {
         AsyncCycle(
-            sets: DeltaSets(bytes: deltaSetBytes(config)), journal: Journal(journal: journal, images: members.map(\.image), group: config.name),
+            sets: DeltaSets(bytes: deltaSetBytes(config)),
+            journal: Journal(journal: journal, images: members.map(\.image), group: config.name, applier: config.apply == "r2" ? .r2 : .r1),
             cycleSeconds: config.cycleSeconds)
     }
 
@@ -388,6 +401,8 @@ public final class Replicator: @unchecked Sendable {
                 report.deltaSetBytes = waiting
                 report.transmitBytes = a.sets.transmitBytes
                 report.overflows = g.deltaSetOverflows.load(ordering: .relaxed)
+                report.apply = a.journal.applier == .r2 ? "r2" : "r1"
+                report.receiverSilentSeconds = a.receiverSilentSeconds
             }
             return report
         }
@@ -409,7 +424,10 @@ public final class Replicator: @unchecked Sendable {
             guard let cache = config.cacheBytes, cache >= cacheBytesMin, cache <= cacheBytesMax else {
                 return "group \(config.name): a delta set cache of \(config.cacheBytes ?? 0) bytes"
             }
-        } else if config.journal != nil {
+            guard config.apply == nil || config.apply == "r1" || config.apply == "r2" else {
+                return "group \(config.name): sets applied by '\(config.apply!.prefix(16))' (r1 or r2)"
+            }
+        } else if config.journal != nil || config.apply != nil {
             return "group \(config.name): a synchronous group with a journal"
         }
         guard !config.members.isEmpty, config.members.count <= 256 else { return "group \(config.name): \(config.members.count) LUNs" }
@@ -493,6 +511,7 @@ public final class Replicator: @unchecked Sendable {
         /// The link failed under an asynchronous group's journal or sets: partitioned (its sets become tracks).
         func linkFailed() {
             journalSays = nil
+            group.async?.stopWaiting()
             group.tracks.withLock { t in
                 if group.state == .failedOver {
                     group.dropDeltaSets(keep: false, &t)
@@ -504,9 +523,39 @@ public final class Replicator: @unchecked Sendable {
         while !group.stopping.load(ordering: .acquiring) {
             switch group.state {
             case .syncing:
-                // R2 is about to be a mix: its journal says so before the first track goes.
+                // R2 is about to be a mix: its journal says so before the first track goes. If R2's receiver applies
+                // sets, it first says it stands aside: R1 writes the header as it is again (a new nonce), and waits
+                // for the receiver to stamp it (applying the set again if it is a pending one). Until then nothing
+                // on R2 changes, so a receiver that is gone leaves R2 recoverable at its last boundary.
                 if let a = group.async, journalSays != .resyncing {
-                    if a.journal.mark(.resyncing, cycle: a.sets.cycles.applied, slotCount: a.sets.slotCount) { journalSays = .resyncing } else { linkFailed() }
+                    if a.journal.applier == .r2 && a.waiting?.forSet != false {
+                        a.stopWaiting()
+                        switch a.journal.ping() {
+                        case .wait(let nonce, let applied):
+                            a.wait(for: nonce, applied: applied, forSet: false)
+                        case .nothing:
+                            break
+                        case .linkFailed:
+                            linkFailed()
+                            continue
+                        }
+                    }
+                    if a.waiting != nil {
+                        switch a.hearReceiver() {
+                        case .done?: break
+                        case .waiting?:
+                            usleep(2000)
+                            continue
+                        case .silent?, nil:
+                            linkFailed()
+                            continue
+                        }
+                    }
+                    if a.journal.mark(.resyncing, cycle: a.sets.cycles.applied, slotCount: a.sets.slotCount) != nil {
+                        journalSays = .resyncing
+                    } else {
+                        linkFailed()
+                    }
                     continue
                 }
                 if !port.resyncSome(group, buffer: resyncBuffer, cursor: &cursor) {
@@ -525,7 +574,7 @@ public final class Replicator: @unchecked Sendable {
                 }
                 // Consistent: R2 at a boundary (said in its journal first), then one set after another.
                 if journalSays != .consistent {
-                    if a.journal.mark(.consistent, cycle: a.sets.cycles.applied, slotCount: a.sets.slotCount) {
+                    if a.journal.mark(.consistent, cycle: a.sets.cycles.applied, slotCount: a.sets.slotCount) != nil {
                         journalSays = .consistent
                     } else {
                         linkFailed()
@@ -545,6 +594,7 @@ public final class Replicator: @unchecked Sendable {
                 usleep(50_000)
             case .failingBack:
                 journalSays = nil
+                group.async?.stopWaiting()
                 if failBack(group, port: port, remote: buffer, here: other) { failedBack() }
             }
         }
@@ -555,8 +605,25 @@ public final class Replicator: @unchecked Sendable {
     /// the link failed.
     private static func sendDeltaSet(_ a: AsyncCycle, switchAfter: Double) -> Bool {
         if let set = a.sets.transmitting {
-            guard a.journal.send(set, from: a.sets) else { return false }
-            a.sets.transmitted(cycle: set.cycle)
+            guard a.journal.applier == .r2 else {
+                guard a.journal.send(set, from: a.sets) else { return false }
+                a.sets.transmitted(cycle: set.cycle)
+                return true
+            }
+            // R2's receiver applies it: staged in the journal, then waited for (a poll per call), then the header
+            // says consistent before the set's slots are used again.
+            if a.waiting == nil {
+                guard let nonce = a.journal.stage(set, from: a.sets) else { return false }
+                a.wait(for: nonce, applied: true, forSet: true)
+            }
+            switch a.hearReceiver() {
+            case .done?:
+                a.stopWaiting()
+                guard a.journal.mark(.consistent, cycle: set.cycle, slotCount: a.sets.slotCount) != nil else { return false }
+                a.sets.transmitted(cycle: set.cycle)
+            case .waiting?: usleep(2000)
+            case .silent?, nil: return false
+            }
         } else if a.sets.captureAge >= switchAfter {
             a.sets.switchCycle()
         } else {

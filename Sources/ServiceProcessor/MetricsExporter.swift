@@ -177,6 +177,10 @@ public final class MetricsExporter: Sendable {
                     counter(
                         "replica_delta_set_overflows_total", "Asynchronous groups: times the capture set filled (the group dropped to tracks).", labels,
                         g.overflows ?? 0)
+                    gauge(
+                        "replica_receiver_silent_seconds",
+                        "Asynchronous groups applied on R2's side: how long the receiver has said nothing while the group waits for it (0: not waiting).",
+                        labels, g.receiverSilentSeconds ?? 0)
                 }
             }
             for d in report.drives {

@@ -202,6 +202,28 @@ public enum Posix {
         kill(pid, 0) == 0 || Glibc.errno == EPERM
     }
 
+    /// Blocks SIGINT, SIGTERM and SIGHUP for this thread and the threads it starts, so that `awaitStopSignal` takes
+    /// them (a foreground loop that ends cleanly between two steps, not in the middle of one).
+    public static func blockStopSignals() {
+        var set = stopSignals()
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Waits up to `seconds` for SIGINT, SIGTERM or SIGHUP (blocked first with `blockStopSignals`): true if one came.
+    public static func awaitStopSignal(seconds: Double) -> Bool {
+        var set = stopSignals()
+        let bounded = min(max(seconds, 0), 3600)
+        var timeout = timespec(tv_sec: Int(bounded), tv_nsec: Int((bounded - bounded.rounded(.down)) * 1e9))
+        return sigtimedwait(&set, nil, &timeout) > 0
+    }
+
+    private static func stopSignals() -> sigset_t {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, signal) }
+        return set
+    }
+
     public static func errnoDescription(_ code: Int32) -> String { String(cString: strerror(code)) }
 
     /// syncfs(2) on the file system holding `path`: the kernel writes back every dirty page it caches for it. Glibc

@@ -228,6 +228,143 @@ final class AsyncReplicationTests: ReplicaTestCase {
         XCTAssertTrue(same("a", uriA), "R2 differs after a mount with the link down")
     }
 
+    /// `--apply r2`: a receiver on R2's side (`vsa replica receive`, reaching R2's files over a unix socket there)
+    /// applies each set, so a set crosses the link once. R2 is checked against the writer's order at cuts of the link
+    /// and at SIGKILLs of the receiver at moments of no one's choosing (R2's files copied journal first, as they
+    /// are, and recovered on their own side); R1 never writes R2's images while the receiver might (a resync waits
+    /// for the receiver to say it saw "resyncing"); a receiver that is gone holds the group back, never R2 in a mix.
+    func testAReceiverOnR2SideAppliesTheSetsAndStandsAsideForAResync() throws {
+        try fixture.create("--drives 4 --drive-size 64M --raid 5 --stripe-unit 16K")
+        for l in ["a", "b"] { XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' \(l) --size 8M --thick").status, 0) }
+        try fixture.mount("-o drive_timeout=3")
+        let m = fixture.mnt
+        let r = fixture.root
+        XCTAssertEqual(Harness.sh("mkdir -p \(r)/r2 \(r)/snap && truncate -s 8M \(r)/r2/a \(r)/r2/b && truncate -s 33M \(r)/r2/journal").status, 0)
+        // R1 reaches R2's files across the link; the receiver reaches the same files on R2's side.
+        let server = try lab.serve(port: 10809, "file dir=\(r)/r2")
+        let (uriA, uriB, journal) = ("\(server)a", "\(server)b", "\(server)journal")
+        let socket = "/tmp/vsa-r2-\(getpid()).sock"
+        serveHere(socket: socket, pidfile: "\(r)/r2.pid", "file dir=\(r)/r2")
+        defer { Harness.sh("kill $(cat \(r)/r2.pid); rm -f \(socket)") }
+        let here = { (name: String) in "nbd+unix:///\(name)?socket=\(socket)" }
+        let receive = "replica receive --journal '\(here("journal"))' --to '\(here("a")),\(here("b"))'"
+        var receivers = 0
+        /// Starts a receiver in the background (its output in receiver-N.log); its pid.
+        func startReceiver() -> Int32 {
+            receivers += 1
+            let started = Harness.sh(
+                "for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ $fd -gt 2 ] && eval \"exec $fd>&-\"; done; \"$VSA\" \(receive) </dev/null >\(r)/receiver-\(receivers).log 2>&1 & echo $!"
+            )
+            return Int32(started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        }
+
+        try refuseCreates([
+            ("g --luns a,b --to '\(uriA),\(uriB)' --mode async --journal '\(journal)' --apply r3", "--apply must be r1 or r2"),
+            ("g --luns a,b --to '\(uriA),\(uriB)' --apply r2", "are for --mode async"),
+        ])
+        // A receiver refuses, in one line, a journal that is not one yet.
+        let early = fixture.vsa(receive)
+        XCTAssertEqual(early.status, 1)
+        XCTAssertEqual(early.stderrLines.count, 1, early.stderr)
+        XCTAssertTrue(early.stderr.contains("holds no vsa journal"), early.stderr)
+
+        let made = fixture.vsa(
+            "replica create '\(m)' g --luns a,b --to '\(uriA),\(uriB)' --mode async --cycle 1s --journal '\(journal)' --cache 32M --apply r2")
+        XCTAssertEqual(made.status, 0, made.stderr)
+        // No receiver yet: R1 does not write R2's images (the first sync waits for the receiver to say it saw
+        // "resyncing"), and status says what it waits for.
+        sleep(2)
+        let waiting = try XCTUnwrap(try group())
+        XCTAssertEqual(waiting["resyncedBytes"] as? Int, 0, "\(waiting)")
+        XCTAssertGreaterThanOrEqual(waiting["receiverSilentSeconds"] as? Double ?? 0, 1, "\(waiting)")
+        XCTAssertTrue(fixture.vsa("replica list '\(m)'").stdout.contains("waiting for R2's receiver"))
+        // Targets in the wrong order: one line, nothing written.
+        let swapped = fixture.vsa("replica receive --journal '\(here("journal"))' --to '\(here("b"))'")
+        XCTAssertEqual(swapped.status, 1)
+        XCTAssertTrue(swapped.stderr.contains("group of 2 LUNs"), swapped.stderr)
+        var receiver = startReceiver()
+        try waitFor("consistent")
+        XCTAssertEqual(try group()?["apply"] as? String, "r2")
+
+        try Self.oracle.write(toFile: "\(r)/oracle.py", atomically: true, encoding: .utf8)
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        writer.arguments = ["python3", "\(r)/oracle.py", "write", "\(m)/a,\(m)/b", "\(r)/log", "2048", "12"]
+        writer.standardOutput = FileHandle.nullDevice
+        writer.standardError = FileHandle.nullDevice
+        try writer.run()
+        defer { if writer.isRunning { writer.terminate() } }
+
+        /// R2's files copied as they are (the journal first: a stamp that says a set is applied was written after
+        /// its blocks), recovered on their own side and checked against the writer's order.
+        func copyRecoverAndCheck(_ what: String) throws {
+            XCTAssertEqual(Harness.sh("cp \(r)/r2/journal \(r)/snap/ && cp \(r)/r2/a \(r)/r2/b \(r)/snap/").status, 0)
+            let snapSocket = "/tmp/vsa-snap-\(getpid()).sock"
+            serveHere(socket: snapSocket, pidfile: "\(r)/snap.pid", "file dir=\(r)/snap")
+            let recover = fixture.vsa(
+                "replica recover --journal 'nbd+unix:///journal?socket=\(snapSocket)' --to 'nbd+unix:///a?socket=\(snapSocket),nbd+unix:///b?socket=\(snapSocket)'"
+            )
+            Harness.sh("kill $(cat \(r)/snap.pid); rm -f \(snapSocket)")
+            XCTAssertEqual(recover.status, 0, "\(what): \(recover.stderr)")
+            let check = Harness.sh("python3 \(r)/oracle.py check \(r)/snap/a,\(r)/snap/b \(r)/log 2048", timeoutSeconds: 120)
+            XCTAssertEqual(check.status, 0, "\(what): \(check.stdout)\(check.stderr)")
+        }
+        var rng = SystemRandomNumberGenerator()
+        for round in 0..<4 {
+            usleep(UInt32.random(in: 300_000...1_200_000, using: &rng))
+            for _ in 0..<250 where try group()?["transmitBytes"] as? Int ?? 0 == 0 { usleep(10_000) }
+            if round % 2 == 0 {
+                // The link cut: the receiver goes on applying what it has.
+                lab.cut()
+                usleep(200_000)
+                try copyRecoverAndCheck("cut \(round)")
+                lab.heal()
+            } else {
+                // The receiver killed mid-set; a new one applies the set again.
+                kill(receiver, SIGKILL)
+                try copyRecoverAndCheck("receiver killed \(round)")
+                receiver = startReceiver()
+            }
+            try waitFor("consistent")
+        }
+        // A receiver gone past the deadline: the group leaves consistent, and resyncs only once a receiver says it
+        // stands aside; R2 meanwhile stays at a boundary.
+        kill(receiver, SIGKILL)
+        for _ in 0..<100 where try group()?["state"] as? String == "consistent" { usleep(100_000) }
+        XCTAssertNotEqual(try group()?["state"] as? String, "consistent", "the group waited forever for a receiver that is gone")
+        usleep(1_000_000)
+        XCTAssertNotEqual(try group()?["state"] as? String, "consistent")
+        try copyRecoverAndCheck("receiver gone")
+        receiver = startReceiver()
+        try waitFor("consistent")
+
+        // The writer stops; the last sets go; R2 equals R1 byte for byte.
+        writer.terminate()
+        writer.waitUntilExit()
+        var last: [String: Any] = [:]
+        for _ in 0..<300 {
+            last = try group() ?? [:]
+            if last["state"] as? String == "consistent" && last["lagBytes"] as? Int == 0 { break }
+            usleep(100_000)
+        }
+        XCTAssertEqual(last["lagBytes"] as? Int, 0, "\(last)")
+        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 differs after the last delta set")
+        // A planned failover leaves R2 equal (the receiver applies what is left); failback; delete.
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/b bs=64k count=4 seek=30 oflag=direct conv=notrunc status=none").status, 0)
+        let over = fixture.vsa("replica failover '\(m)' g")
+        XCTAssertEqual(over.status, 0, over.stderr)
+        XCTAssertTrue(over.stdout.contains("every delta set is on R2"), over.stdout)
+        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 is not R1 after a planned failover")
+        XCTAssertEqual(fixture.vsa("replica failback '\(m)' g").status, 0)
+        try waitFor("consistent")
+        XCTAssertEqual(fixture.vsa("replica delete '\(m)' g").status, 0)
+        kill(receiver, SIGTERM)
+        usleep(300_000)
+        let logs = Harness.sh("cat \(r)/receiver-*.log").stdout
+        XCTAssertTrue(logs.contains("applied the delta set of cycle"), logs)
+        XCTAssertTrue(logs.contains("receiver stopped"), logs)
+    }
+
     /// The journal is input on R2's side: `vsa replica recover` refuses one that is damaged, foreign or for another
     /// group shape, in one line, and writes nothing.
     func testRecoverRefusesAHostileJournalAndWritesNothing() throws {
@@ -250,15 +387,17 @@ final class AsyncReplicationTests: ReplicaTestCase {
                 return crc ^ 0xFFFFFFFF
             state, members, cycle, start, count, slots, good = map(int, sys.argv[2:9])
             size = int(sys.argv[9]) if len(sys.argv) > 9 else 1 << 20
+            applier = int(sys.argv[10]) if len(sys.argv) > 10 else 0
             h = bytearray(4096)
-            struct.pack_into("<QIIIIQQQQ", h, 0, 0x31494E524A415356, 1, state, members, 0, cycle, start, count, slots)
+            struct.pack_into("<QIIIIQQQQ", h, 0, 0x31494E524A415356, 2, state, members, 0, cycle, start, count, slots)
             struct.pack_into("<I", h, 56, 1); h[60] = ord("g")
-            struct.pack_into("<QQ", h, 128, size, size)
+            struct.pack_into("<QI", h, 128, 12345, applier)
+            struct.pack_into("<QQ", h, 192, size, size)
             struct.pack_into("<I", h, 4092, crc32c(bytes(h[:4092])) ^ (0 if good else 1))
             with open(sys.argv[1], "r+b") as f:
                 f.write(h)
                 # One record: member 0, block 10**12 (past the end).
-                f.seek(4096); f.write(struct.pack("<IIQ", 0, 0, 10**12))
+                f.seek(8192); f.write(struct.pack("<IIQ", 0, 0, 10**12))
             """#
         try header.write(toFile: "\(r)/header.py", atomically: true, encoding: .utf8)
         let cases: [(String, String)] = [
@@ -269,6 +408,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
             ("1 1 7 300 1 256 1", "out of bounds"),
             ("1 2 7 0 1 256 1", "2 LUNs"),
             ("1 1 7 0 1 256 1 2097152", "in the order create had them"),
+            ("1 1 7 0 1 256 1 1048576 7", "no known applier"),
             ("1 1 7 0 1 256 1", "past its LUN's end"),
             ("2 1 7 0 0 256 1", "a mix of two points in time"),
         ]

@@ -216,6 +216,9 @@ final class ReplicationTests: ReplicaTestCase {
             #"{"version":1,"groups":["# + group("x", uri: "file:///etc/passwd") + "]}",
             #"{"version":1,"groups":["# + group("x", luns: ["a", "a"]) + "]}",
             #"{"version":1,"groups":["# + group("x", luns: ["nope"]) + "]}",
+            // An asynchronous group whose sets someone unknown applies, and a synchronous one that names an applier.
+            #"{"version":1,"groups":["# + group("x", mode: "async").dropLast() + #","journal":"nbd://h/j","cacheBytes":1048576,"apply":"r9"}]}"#,
+            #"{"version":1,"groups":["# + group("x").dropLast() + #","apply":"r2"}]}"#,
         ]
         for text in files {
             try text.write(toFile: path, atomically: true, encoding: .utf8)

@@ -22,6 +22,7 @@ final class ControlProtocolTests: XCTestCase {
         .replicaCreate(
             name: "g.2", luns: ["a", "b", "c"], uris: ["nbd+unix:///a?socket=/run/a.sock", "nbd://h/b", "nbd://h/c"], mode: "async",
             cycleSeconds: 86_400, journal: "nbd://h/journal", cacheBytes: 64 << 20),
+        .replicaCreate(name: "g3", luns: ["a"], uris: ["nbd://h/a"], mode: "async", cycleSeconds: 2, journal: "nbd://h/j", cacheBytes: 1 << 20, apply: "r2"),
         .replicaSuspend(name: "dr"), .replicaResume(name: "dr"), .replicaFailover(name: "dr"), .replicaFailback(name: "dr"),
         .replicaDelete(name: "dr"),
     ]
@@ -43,10 +44,11 @@ final class ControlProtocolTests: XCTestCase {
             "snap-create\tdb\ts", "snap-create\tdb\ts\tsoon", "drive-fail\t1\tyes", "drive-fail\t1", "drive-replace\t-1\t\t0",
             "drive-replace\t1\t\t2\t0", "scrub\t1\t-5", "scrub\ttrue\t0", "director-fail", "director-fail\t1a\t1b", "lun-delete",
             "LUN-CREATE\tx\t10", "unknown", "powercut", "powercut\t2\t", "powercut\t1\tx", "powercut\t1\t1\t1",
-            "replica-create", "replica-create\tg\tsync\t30", "replica-create\tg\tsync\t30\t\t0\t1\ta",
-            "replica-create\tg\tsync\t30\t\t0\t2\ta\tnbd://h/a", "replica-create\tg\tsync\t30\t\t0\t0", "replica-create\tg\tsync\t-1\t\t0\t1\ta\tu",
-            "replica-create\tg\tsync\t30\t\t0\t99999999999999999999\ta\tu", "replica-create\tg\tsync\t30\t\t0\t257",
-            "replica-create\tg\tasync\t30\tnbd://h/j\t-5\t1\ta\tu",
+            "replica-create", "replica-create\tg\tsync\t30", "replica-create\tg\tsync\t30\t\t0\tr1\t1\ta",
+            "replica-create\tg\tsync\t30\t\t0\tr1\t2\ta\tnbd://h/a", "replica-create\tg\tsync\t30\t\t0\tr1\t0",
+            "replica-create\tg\tsync\t-1\t\t0\tr1\t1\ta\tu", "replica-create\tg\tsync\t30\t\t0\tr1\t99999999999999999999\ta\tu",
+            "replica-create\tg\tsync\t30\t\t0\tr1\t257", "replica-create\tg\tasync\t30\tnbd://h/j\t-5\tr1\t1\ta\tu",
+            "replica-create\tg\tasync\t30\tnbd://h/j\t0\t1\ta\tu",
             "replica-suspend", "replica-resume\ta\tb", "replica-failover", "replica-failback\ta\tb", "replica-delete",
         ]
         for line in refused {
