@@ -226,6 +226,10 @@ struct Journal {
             return journal.read(offsetBytes: 0, count: JournalHeader.headerBytes, into: header) ? .nothing : .linkFailed
         }
         guard h.group == group, Int(h.memberCount) == images.count, h.memberBytes == images.map(\.sizeBytes) else { return .nothing }
+        // The receiver has answered this very header already (applied its set, or seen it while idle): it is idle.
+        let stamp: ReceiverStamp?
+        do { stamp = try readStamp() } catch { return .linkFailed }
+        if let stamp, h.state == .pending && h.applier == .r2 ? stamp.applied == h.nonce : stamp.saw == h.nonce { return .nothing }
         guard let nonce = write(h) else { return .linkFailed }
         return .wait(nonce: nonce, applied: h.state == .pending && h.applier == .r2)
     }
