@@ -57,7 +57,11 @@ public final class NBDConnection {
             nbd_close(h)
             return error
         }
-        guard nbd_set_uri_allow_local_file(h, false) == 0, nbd_set_uri_allow_tls(h, LIBNBD_TLS_DISABLE) == 0 else {
+        // libnbd zeroes every read buffer before the read by default (a guard for callers that use a failed read's
+        // buffer): a memset of every byte read, 7% of the daemon's time in 1M reads. A failed read's buffer is never
+        // used here (the strip comes from another copy or parity, or the host gets EIO).
+        guard nbd_set_uri_allow_local_file(h, false) == 0, nbd_set_uri_allow_tls(h, LIBNBD_TLS_DISABLE) == 0, nbd_set_pread_initialize(h, false) == 0
+        else {
             throw fail("setting up the connection")
         }
         guard nbd_aio_connect_uri(h, uri) == 0 else { throw fail("cannot connect to \(uri.prefix(200))") }
