@@ -57,6 +57,45 @@ extension RAIDBackEnd {
         return true
     }
 
+    public var readBatchMax: Int { min(64, io.capacity) }
+
+    /// `StripeStore.readBatch`: every stripe's open journal batch down first (a commit submits, and nothing of the
+    /// reads is queued yet), then a read per range from its strip's first readable copy, one submit for all, then
+    /// each range checked against its checksums. A range whose drive failed, gave a read error or holds a block
+    /// that disagrees is left out of the answer, its drive left online: `readStrips` reads it again and repairs it.
+    public func readBatch(_ reads: UnsafeMutablePointer<BatchRead>, count n: Int) -> UInt64 {
+        precondition(n >= 0 && n <= readBatchMax, "readBatch: \(n) reads, at most \(readBatchMax)")
+        for i in 0..<n {
+            checkRange(reads[i].offsetBytes, reads[i].count)
+            settle(reads[i].stripe)
+        }
+        var queued: UInt64 = 0
+        for i in 0..<n {
+            let r = reads[i]
+            guard r.offsetBytes % 4096 == 0, r.count % 4096 == 0, r.strip >= 0, r.strip < geometry.dataStripsPerStripe else { continue }
+            for drive in geometry.copyDrives(stripe: r.stripe, strip: r.strip) where readable(drive, r.stripe) {
+                reads[i].source = drive
+                io.queueRead(drive: drive, into: r.target, count: r.count, offsetBytes: geometry.driveOffset(stripe: r.stripe) + UInt64(r.offsetBytes))
+                queued |= 1 << UInt64(i)
+                break
+            }
+        }
+        guard queued != 0 else { return 0 }
+        io.readErrors = .report
+        let failed = io.submit() | io.lastReadErrors
+        marks.stripReads.add(UInt64(queued.nonzeroBitCount), ordering: .relaxed)
+        var done: UInt64 = 0
+        for i in 0..<n where queued & (1 << UInt64(i)) != 0 && failed & (1 << UInt64(reads[i].source)) == 0 {
+            let r = reads[i]
+            if let checksums {
+                let at = geometry.driveOffset(stripe: r.stripe) + UInt64(r.offsetBytes)
+                guard checksums.verify(member: r.source, driveOffset: at, count: r.count, data: r.target, io: io, memory: memory) == nil else { continue }
+            }
+            done |= 1 << UInt64(i)
+        }
+        return done
+    }
+
     public func readStrips(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, targets: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool {
         checkRange(offsetBytes, count)
         settle(stripe)

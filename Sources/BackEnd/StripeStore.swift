@@ -43,6 +43,13 @@ public protocol StripeStore: AnyObject {
     /// be done so (a strip's copy out, a drive failed, a checksum disagrees): nothing is repaired, and the caller
     /// reads with `readStrips`, which knows every other way.
     func readPages(stripe: UInt64, stripMask: UInt64, offsetBytes: Int, count: Int, pages: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Bool
+    /// Several reads of one data strip's range each, in one submit (a director's batch of random read misses, which
+    /// would otherwise wait for the drives one after another): done as `readPages` does one (the first readable copy,
+    /// checksums verified, nothing repaired). Returns a bit per read done so (bit i: `reads[i]`); what the others
+    /// read is not to be used, and `readStrips` reads them again, knowing every other way. At most `readBatchMax`.
+    func readBatch(_ reads: UnsafeMutablePointer<BatchRead>, count: Int) -> UInt64
+    /// The most reads `readBatch` takes at once (0: it takes none).
+    var readBatchMax: Int { get }
     /// Reconstruct-write: writes the range of the strips in `dirtyMask` to every copy, and P/Q computed from all `strips`.
     /// `allNew`: every byte of every data strip's range is new host data (nothing older rides along), so a torn write
     /// can only garble data that was in flight, and the write needs no journal, only a write intent.
@@ -121,6 +128,31 @@ public final class BackEndMarks: Sendable {
     public let journalIntents = Atomic<UInt64>(0)
     public let journalEpochs = Atomic<UInt64>(0)
     public init() {}
+}
+
+/// One read of `readBatch`: `count` bytes at `offsetBytes` of data strip `strip` of `stripe`, into `target` (4 KiB
+/// aligned ranges).
+public struct BatchRead {
+    public var stripe: UInt64
+    public var strip: Int
+    public var offsetBytes: Int
+    public var count: Int
+    public var target: UnsafeMutableRawPointer
+    /// The drive it was read from (the back end's own).
+    var source = -1
+    public init(stripe: UInt64, strip: Int, offsetBytes: Int, count: Int, target: UnsafeMutableRawPointer) {
+        self.stripe = stripe
+        self.strip = strip
+        self.offsetBytes = offsetBytes
+        self.count = count
+        self.target = target
+    }
+}
+
+extension StripeStore {
+    /// Stores that read one range at a time take no batches.
+    public func readBatch(_ reads: UnsafeMutablePointer<BatchRead>, count: Int) -> UInt64 { 0 }
+    public var readBatchMax: Int { 0 }
 }
 
 public final class RAIDBackEnd: StripeStore {

@@ -244,6 +244,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         engines = try Engines.build(spec)
         // Remote drives: a request's pieces wait on the network in parallel, each on its director's thread.
         engines.handOffPieces = store.hasRemoteDrive
+        for director in engines.directors { director.batchesMisses = store.hasRemoteDrive }
         let directors = engines.directors
         // The pool, before any director runs: its homes are recovered on the directors' back ends from this thread.
         let openedPool = try ArrayDaemon.openPool(store: store, engines: engines, cacheBytes: cacheBytes, log: { daemonLog($0) })
@@ -582,7 +583,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.daemon?.dashboardURL = urls.dashboard
         var hits: UInt64 = 0, misses: UInt64 = 0, whits: UInt64 = 0, wmisses: UInt64 = 0
         var used = 0, pending = 0
-        var destaged: UInt64 = 0, readAhead: UInt64 = 0, writeThrough: UInt64 = 0, deferred: UInt64 = 0
+        var destaged: UInt64 = 0, readAhead: UInt64 = 0, batched: UInt64 = 0, writeThrough: UInt64 = 0, deferred: UInt64 = 0
         var memory = MemoryServices.Counters()
         var backEnd = StatusReport.BackEndInfo(
             fullStripeWrites: 0, reconstructWrites: 0, readModifyWrites: 0, degradedReads: 0, degradedWrites: 0, stripReads: 0, stripWrites: 0,
@@ -601,6 +602,7 @@ public final class ArrayDaemon: @unchecked Sendable {
             pending += dp
             destaged += c.destagedStripes.load(ordering: .relaxed)
             readAhead += c.readAheadTracks.load(ordering: .relaxed)
+            batched += c.batchedMisses.load(ordering: .relaxed)
             writeThrough += c.writeThroughStripes.load(ordering: .relaxed)
             deferred += c.writeThroughDeferred.load(ordering: .relaxed)
             memory = memory + d.memory.counters
@@ -643,6 +645,7 @@ public final class ArrayDaemon: @unchecked Sendable {
         report.cache.hitRatio = lookups == 0 ? 0 : Double(hits + whits) / Double(lookups)
         report.cache.destagedStripes = destaged
         report.cache.readAheadTracks = readAhead
+        report.cache.batchedMisses = batched
         report.cache.writeThroughStripes = writeThrough
         report.cache.writeThroughDeferred = deferred
         report.memoryServices = .init(memory)

@@ -243,6 +243,9 @@ public final class Director: @unchecked Sendable {
     public let requestsServed = Atomic<UInt64>(0)
     /// Faults injected into this director (`vsa inject`; DirectorFaults.swift); none normally.
     public let faults = DirectorFaults()
+    /// A batch's random read misses are fetched together before it runs (`TrackCache.prefetchMisses`): set for
+    /// arrays with a remote drive, where a director would otherwise wait a round trip per miss.
+    public var batchesMisses = false
 
     // Channel adapter, receive side: this director's front-end queue is a lock-free ring on the virtual switch.
     private let ring: MessageRing
@@ -323,8 +326,10 @@ public final class Director: @unchecked Sendable {
             wake.signal()
             return
         }
-        // A director fenced meanwhile still drains its ring once more: the request comes back bounced.
-        if tryAcquireRole() { drain(batchesMax: 4) }
+        // A director fenced meanwhile still drains its ring once more: the request comes back bounced. Over a network
+        // one batch only: every further batch is a round trip the caller's own host request would wait through before
+        // its answer goes back (4k random reads at QD16 with 1 ms per read: 7,700 IOPS with 4, 9,300 with 1).
+        if tryAcquireRole() { drain(batchesMax: batchesMisses ? 1 : 4) }
     }
 
     @inline(__always)
@@ -356,6 +361,7 @@ public final class Director: @unchecked Sendable {
                 return
             }
             let fenced = state == .failed
+            if batchesMisses && taken >= 2 && !fenced && !faults.isArmed { prefetchMisses(taken) }
             for i in 0..<taken {
                 let request = batch[i]!
                 batch[i] = nil
@@ -514,6 +520,15 @@ public final class Director: @unchecked Sendable {
             if !cache.destageStripe(lunID: range.lun.lunID, offsetBytes: range.offsetBytes) { return EIO }
         }
         return 0
+    }
+
+    /// The batch's reads that would miss, fetched together (each then runs in turn and finds its pages). Only reads
+    /// this director serves (one it would bounce is left alone).
+    private func prefetchMisses(_ taken: Int) {
+        cache.prefetchMisses(count: taken) { i in
+            guard let request = batch[i], case .read(let range, _) = request.work, routing.acting(request.home) === self else { return nil }
+            return (range.lun, range.offsetBytes, range.count)
+        }
     }
 
     private func execute(_ request: SubRequest) {

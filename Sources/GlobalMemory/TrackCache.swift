@@ -59,6 +59,8 @@ public final class CacheCounters: Sendable {
     public let usedSlots = Atomic<Int>(0)
     public let destagedStripes = Atomic<UInt64>(0)
     public let readAheadTracks = Atomic<UInt64>(0)
+    /// Read misses fetched together with others of a director's batch, one submit for all (`prefetchMisses`).
+    public let batchedMisses = Atomic<UInt64>(0)
     public let writeThroughStripes = Atomic<UInt64>(0)
     /// Whole-stripe writes of thin LUNs that found no pool segment at hand and went through the cache instead.
     public let writeThroughDeferred = Atomic<UInt64>(0)
@@ -132,6 +134,13 @@ public final class TrackCache {
     let destageTable: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     var destageSlots: [Int32]
     var slotPinned: [Bool]
+    /// Slots `prefetchMisses` filled that no read has found yet: the read that finds one counts a miss, as it would
+    /// have been without the batch.
+    var slotPrefetched: [Bool]
+    /// `prefetchMisses`' reads and the slot and sectors of each.
+    let batchReads: UnsafeMutablePointer<BatchRead>
+    var batchSlots: [Int32]
+    var batchSectors: [(first: Int32, last: Int32)]
     // Recent read streams: where each expects its next read (LUN id, byte offset), replaced round-robin. Guessing
     // "sequential" from cached neighbours misfires once random reads have warmed the cache, and a wrong guess costs
     // a whole stripe of reads for a 4 KiB request (and, on a thin LUN, read reallocation of the stripe). A read is
@@ -190,6 +199,10 @@ public final class TrackCache {
         destageTable.initialize(repeating: nil, count: d + 2)
         destageSlots = Array(repeating: -1, count: d)
         slotPinned = Array(repeating: false, count: slotCount)
+        slotPrefetched = Array(repeating: false, count: slotCount)
+        batchReads = .allocate(capacity: 64)
+        batchSlots = Array(repeating: -1, count: 64)
+        batchSectors = Array(repeating: (0, 0), count: 64)
         streamLUN = Array(repeating: 0, count: TrackCache.streamCount)
         streamNext = Array(repeating: UInt64.max, count: TrackCache.streamCount)
         streamStart = Array(repeating: 0, count: TrackCache.streamCount)
@@ -212,6 +225,7 @@ public final class TrackCache {
     }
 
     deinit {
+        batchReads.deallocate()
         stripTable.deallocate()
         destageTable.deallocate()
     }
@@ -273,6 +287,7 @@ public final class TrackCache {
         slotInUse[slot] = true
         slotDirty[slot] = false
         slotReferenced[slot] = true
+        slotPrefetched[slot] = false
         for w in 0..<wordsPerSlot {
             validBits[slot * wordsPerSlot + w] = 0
             dirtyBits[slot * wordsPerSlot + w] = 0

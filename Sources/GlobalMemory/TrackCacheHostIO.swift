@@ -32,7 +32,12 @@ extension TrackCache {
             let (track, inTrack, length, first, last) = span(offsetBytes + UInt64(done), count - done)
             var slot = lookup(lun: lun.lunID, track: track)
             if let s = slot, allValid(s, first, last) {
-                counters.readHits.add(1, ordering: .relaxed)
+                if slotPrefetched[s] {
+                    slotPrefetched[s] = false
+                    counters.readMisses.add(1, ordering: .relaxed)
+                } else {
+                    counters.readHits.add(1, ordering: .relaxed)
+                }
                 slotReferenced[s] = true
             } else {
                 counters.readMisses.add(1, ordering: .relaxed)
@@ -50,6 +55,58 @@ extension TrackCache {
             done += length
         }
         return true
+    }
+
+    /// A director's batch of host reads, before they run one after another: the tracks they miss entirely (random
+    /// reads of a thick LUN within one track that have no slot at all) are installed and read together, one submit
+    /// for all (`StripeStore.readBatch`), so a director with several misses waits for the drives once, not once per
+    /// read: over a network, the round trips overlap. Each read then runs as it would have and finds its pages.
+    /// Order is kept: a track with no slot holds nothing newer than the drives, and every request of the batch
+    /// still runs in turn on the slots. A range the batch could not read (a drive out, an error, a checksum) is
+    /// given back, and its read goes the usual way. `read(i)` is request i's range, nil when it is not such a read.
+    public func prefetchMisses(count n: Int, read: (Int) -> (lun: LUNRef, offsetBytes: UInt64, count: Int)?) {
+        let most = min(store.readBatchMax, 64)
+        guard most >= 2 else { return }
+        let d = UInt64(dataStripsPerStripe)
+        var items = 0
+        for i in 0..<n where items < most {
+            guard let r = read(i), !r.lun.thin, r.count > 0 else { continue }
+            let (track, inTrack, length, first, last) = span(r.offsetBytes, r.count)
+            // Within one track, not the next read of a stream (those read ahead their way), no slot yet.
+            guard length == r.count, !streamWants(lun: r.lun.lunID, offsetBytes: r.offsetBytes), lookup(lun: r.lun.lunID, track: track) == nil else {
+                continue
+            }
+            _ = inTrack
+            guard let slot = install(lun: r.lun.lunID, track: track, stripe: r.lun.startStripe + track / d, thin: false) else { break }
+            slotPinned[slot] = true
+            let range = pageAlignedRange(first, last)
+            batchReads[items] = BatchRead(
+                stripe: slotStripe[slot], strip: Int(track % d), offsetBytes: range.first * sectorBytes,
+                count: (range.last - range.first + 1) * sectorBytes, target: slotData(slot) + range.first * sectorBytes)
+            batchSlots[items] = Int32(slot)
+            batchSectors[items] = (Int32(range.first), Int32(range.last))
+            items += 1
+        }
+        let done = items >= 2 ? store.readBatch(batchReads, count: items) : 0
+        for k in 0..<items {
+            let slot = Int(batchSlots[k])
+            slotPinned[slot] = false
+            if done & (1 << UInt64(k)) != 0 {
+                setBits(&validBits, slot, Int(batchSectors[k].first), Int(batchSectors[k].last))
+                slotPrefetched[slot] = true
+            } else {
+                evict(slot)
+            }
+        }
+        if done != 0 { counters.batchedMisses.add(UInt64(done.nonzeroBitCount), ordering: .relaxed) }
+    }
+
+    /// Whether a read at `offsetBytes` would continue a recent read stream (as `continuesStream` sees it, recording
+    /// nothing).
+    @inline(__always)
+    func streamWants(lun: UInt32, offsetBytes: UInt64) -> Bool {
+        for i in 0..<TrackCache.streamCount where streamNext[i] == offsetBytes && streamLUN[i] == lun { return true }
+        return false
     }
 
     /// Fetches what a read missed. A random read fetches just its pages; a sequential one (it continues a read stream,

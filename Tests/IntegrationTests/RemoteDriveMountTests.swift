@@ -54,6 +54,16 @@ final class RemoteDriveMountTests: FixtureTestCase {
         XCTAssertEqual(first.status, 0, "fio verify with a remote member: \(first.stdout) \(first.stderr)")
         let text = fixture.vsa("status '\(m)'").stdout
         XCTAssertTrue(text.contains("remote \(uri)  connected"), text)
+        // Cold (mounted again), read back at random by many at once: a director's batch of misses is read together
+        // (one submit, the round trips overlapping), and every block is what fio wrote.
+        fixture.unmount()
+        try fixture.mount("-o drive_timeout=3")
+        let cold = Harness.sh(
+            "fio --name=v --filename=\(m)/l --size=96M --rw=randread --bs=4k --ioengine=io_uring --iodepth=64 --direct=1 --io_size=24M --output-format=terse >/dev/null && fio --name=v --filename=\(m)/l --size=96M --rw=randwrite --bs=16k --ioengine=io_uring --iodepth=32 --direct=1 --verify=crc32c --verify_only=1 --verify_state_save=0 --output-format=terse",
+            timeoutSeconds: 300)
+        XCTAssertEqual(cold.status, 0, "fio verify, cold, with a remote member: \(cold.stdout) \(cold.stderr)")
+        let cache = try XCTUnwrap(try fixture.json("status '\(m)' --json", as: [String: Any].self)["cache"] as? [String: Any])
+        XCTAssertGreaterThan(cache["batchedMisses"] as? Int ?? 0, 0, "no director read a batch of misses together: \(cache)")
 
         // The link goes down while fio writes (fsyncs make the writes reach the drives): past the 3 s deadline the
         // member is failed, the local spare takes its place and is rebuilt, and fio verifies what it wrote.

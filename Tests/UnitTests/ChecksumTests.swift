@@ -93,6 +93,45 @@ final class ChecksumTests: XCTestCase {
         }
     }
 
+    /// A director's batch of random read misses (TrackCache.prefetchMisses, on for arrays with a remote drive) goes
+    /// to the drives in one submit; a range that fails its checksum is given back, and the read of it goes the usual
+    /// way (rebuilt through parity and repaired), never the damaged bytes.
+    func testABatchOfReadMissesIsReadTogetherAndGivesBackWhatFailsItsChecksum() throws {
+        let bed = try makeBed(.raid5, drives: 4)
+        let g = bed.store.geometry
+        let stripe = bed.ref.startStripe + 2
+        let member = g.dataDrive(stripe: stripe, strip: 0)
+        let at = g.driveOffset(stripe: stripe) + 4096
+        let garbage = alignedBuffer(bytes: 4096)
+        memset(garbage.base, 0xEE, 4096)
+        bed.damage(member: member, offset: at, with: garbage.base, count: 4096)
+        let damagedOffset = 2 * Int(g.stripeDataBytes) + 4096
+        let counters = CacheCounters()
+        let cache = TrackCache(slotCount: 64, store: bed.backEnd, memory: bed.memory, counters: counters)
+        // Five tracks missed whole (one holds the damaged block), a second read of one of them, one read across two
+        // tracks: the first five go in the batch, the damaged one is given back.
+        let reads: [(Int, Int)] = [
+            (0, 4096), (5 * 16384 + 8192, 4096), (9 * 16384, 8192), (damagedOffset, 4096), (20 * 16384, 4096),
+            (5 * 16384 + 8192, 4096), (16384 - 2048, 4096),
+        ]
+        cache.prefetchMisses(count: reads.count) { i in (bed.ref, UInt64(reads[i].0), reads[i].1) }
+        XCTAssertEqual(counters.batchedMisses.load(ordering: .relaxed), 4)
+        XCTAssertEqual(bed.checksums.mismatches.load(ordering: .relaxed), 0, "the batch repairs nothing: the read does")
+        let back = alignedBuffer(bytes: 8192)
+        for (offset, count) in reads {
+            XCTAssertTrue(cache.read(lun: bed.ref, offsetBytes: UInt64(offset), count: count, into: back.base))
+            XCTAssertEqual(memcmp(back.base, bed.original.base + offset, count), 0, "offset \(offset)")
+        }
+        XCTAssertEqual(bed.checksums.mismatches.load(ordering: .relaxed), 1)
+        XCTAssertEqual(bed.checksums.repairs.load(ordering: .relaxed), 1)
+        // Each batched track counts one miss (as it would have without the batch), the second read of one a hit; the
+        // read across two tracks misses both (the batch read only the pages asked for).
+        XCTAssertEqual(counters.readHits.load(ordering: .relaxed), 1)
+        XCTAssertEqual(counters.readMisses.load(ordering: .relaxed), 7)
+        bed.rawRead(member: member, offset: at, count: 4096, into: garbage.base)
+        XCTAssertEqual(memcmp(garbage.base, bed.original.base + damagedOffset, 4096), 0, "the damaged block was not rewritten")
+    }
+
     func testRAID0CorruptionIsAnErrorNeverWrongData() throws {
         let bed = try makeBed(.raid0, drives: 2)
         let g = bed.store.geometry
