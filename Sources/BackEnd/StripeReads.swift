@@ -73,6 +73,8 @@ extension RAIDBackEnd {
         for i in 0..<n {
             let r = reads[i]
             guard r.offsetBytes % 4096 == 0, r.count % 4096 == 0, r.strip >= 0, r.strip < geometry.dataStripsPerStripe else { continue }
+            // A journal batch that could not go down still holds the stripe: the drives are older than it.
+            if let journal, journal.hasOpenBatch, journal.isPending(r.stripe) { continue }
             for drive in geometry.copyDrives(stripe: r.stripe, strip: r.strip) where readable(drive, r.stripe) {
                 reads[i].source = drive
                 io.queueRead(drive: drive, into: r.target, count: r.count, offsetBytes: geometry.driveOffset(stripe: r.stripe) + UInt64(r.offsetBytes))

@@ -33,7 +33,7 @@ struct ReplicaCreate: VSACommand {
     @Option(help: "async only: the delta set cycle (e.g. 30s, 2m).") var cycle: String = "30s"
     @Option(
         help:
-            "async only: an NBD export on R2's side where each delta set lands whole before it is applied (at least the cache's size plus 0.4%; the error says how much)."
+            "async only: an NBD export on R2's side where each delta set lands whole before it is applied (at least the cache's size plus 0.4% and 8 KiB; the error says how much)."
     ) var journal: String?
     @Option(help: "async only: memory for the delta sets here, preallocated (1M to 4G; default 64M).") var cache: String?
     @Option(

@@ -68,6 +68,16 @@ extension TrackCache {
         let most = min(store.readBatchMax, 64)
         guard most >= 2 else { return }
         let d = UInt64(dataStripsPerStripe)
+        // Two at least, or there is nothing to overlap (and an install may cost a clean slot, or a destage).
+        var candidates = 0
+        for i in 0..<n where candidates < 2 {
+            guard let r = read(i), !r.lun.thin, r.count > 0 else { continue }
+            let (track, _, length, _, _) = span(r.offsetBytes, r.count)
+            if length == r.count && !streamWants(lun: r.lun.lunID, offsetBytes: r.offsetBytes) && lookup(lun: r.lun.lunID, track: track) == nil {
+                candidates += 1
+            }
+        }
+        guard candidates >= 2 else { return }
         var items = 0
         for i in 0..<n where items < most {
             guard let r = read(i), !r.lun.thin, r.count > 0 else { continue }
@@ -186,6 +196,7 @@ extension TrackCache {
             if let s = lookup(lun: lun.lunID, track: track) {
                 slot = s
                 counters.writeHits.add(1, ordering: .relaxed)
+                slotPrefetched[s] = false
                 slotReferenced[s] = true
             } else {
                 counters.writeMisses.add(1, ordering: .relaxed)

@@ -213,25 +213,32 @@ struct Journal {
     enum Ping {
         /// Wait for the receiver's stamp to name `nonce` (as applied: the header is a pending set's).
         case wait(nonce: UInt64, applied: Bool)
-        /// The header is not this group's (or not a journal yet): no receiver applies anything from it.
+        /// The receiver has answered the header as it is: it is idle, and stays so until R1 writes "pending".
         case nothing
         case linkFailed
     }
 
-    /// R1, before it writes R2's images itself: the header written again as it is with a new nonce, for the receiver
-    /// to stamp once it is idle (after applying the set again, if the header is a pending one).
-    func ping() -> Ping {
+    /// R1, before it writes R2's images itself: what the receiver must say first. A pending set must be applied
+    /// (the stamp's `applied` names its header), any other header seen while idle (`saw`). Nothing is rewritten, so a
+    /// pending set stays in the journal for `recover` for as long as the receiver is gone. A header that is not this
+    /// group's, or does not decode, is replaced by "resyncing" and the receiver must have seen that.
+    func ping(cycle: UInt64, slotCount: Int) -> Ping {
+        guard journal.read(offsetBytes: 0, count: JournalHeader.headerBytes, into: header) else { return .linkFailed }
         let h: JournalHeader
-        do { h = try readHeader() } catch {
-            return journal.read(offsetBytes: 0, count: JournalHeader.headerBytes, into: header) ? .nothing : .linkFailed
+        do {
+            h = try JournalHeader.decode(header, journalBytes: journal.sizeBytes)
+            guard h.group == group, Int(h.memberCount) == images.count, h.memberBytes == images.map(\.sizeBytes) else {
+                throw VSAError("another group's")
+            }
+        } catch {
+            guard let nonce = mark(.resyncing, cycle: cycle, slotCount: slotCount) else { return .linkFailed }
+            return .wait(nonce: nonce, applied: false)
         }
-        guard h.group == group, Int(h.memberCount) == images.count, h.memberBytes == images.map(\.sizeBytes) else { return .nothing }
-        // The receiver has answered this very header already (applied its set, or seen it while idle): it is idle.
         let stamp: ReceiverStamp?
         do { stamp = try readStamp() } catch { return .linkFailed }
-        if let stamp, h.state == .pending && h.applier == .r2 ? stamp.applied == h.nonce : stamp.saw == h.nonce { return .nothing }
-        guard let nonce = write(h) else { return .linkFailed }
-        return .wait(nonce: nonce, applied: h.state == .pending && h.applier == .r2)
+        let applied = h.state == .pending && h.applier == .r2
+        if let stamp, applied ? stamp.applied == h.nonce : stamp.saw == h.nonce { return .nothing }
+        return .wait(nonce: h.nonce, applied: applied)
     }
 
     /// The receiver's stamp: nil when none is there (or it is torn); throws when the journal cannot be read.
@@ -332,7 +339,7 @@ struct Journal {
     /// `markConsistent`, marks them consistent at its cycle. Every record and the set's checksum are checked before
     /// anything is written: a set that fails them is not applied (the images stay as they are). A set the
     /// receiver's stamp says it applied is not applied again. The images must be the group's, in its order (their
-    /// sizes, as the header keeps them). `beat` is called after each 4 MiB applied. Returns the header as it was read
+    /// sizes, as the header keeps them). `beat` is called after each 4 MiB checked or applied. Returns the header as it was read
     /// (its state consistent if it was pending and is now applied) and the blocks written.
     func replay(markConsistent: Bool = true, beat: () -> Void = {}) throws(VSAError) -> (header: JournalHeader, appliedBlocks: Int) {
         try replay(try readHeader(), markConsistent: markConsistent, beat: beat)
@@ -399,11 +406,13 @@ struct Journal {
                 }
                 records[position + i] = r
             }
+            beat()
         }
         var chunkCRCs: [UInt32] = []
         try each(records: false) { (_, n, p) throws(VSAError) in
             crc = crc32c(p, count: n * DeltaSets.blockBytes, seed: crc)
             chunkCRCs.append(crc32c(p, count: n * DeltaSets.blockBytes))
+            beat()
         }
         guard crc == h.setCRC else { throw VSAError("\(journal.uri) holds a set that fails its checksum; nothing applied") }
         // Pass 2: the blocks read again, each chunk written only if it is what pass 1 checked (an export that changes

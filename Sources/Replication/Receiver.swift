@@ -23,7 +23,14 @@ public enum Receiver {
         let images = try uris.map { u throws(VSAError) in try RemoteImage(uri: u, deadlineSeconds: 30) }
         let journal = Journal(journal: journalImage, images: images, group: "")
         defer { journal.release() }
-        let first = try journal.readHeader()
+        // The first header: a read that races R1's write of it fails its checksum, so a few polls are allowed.
+        var first: JournalHeader?
+        for attempt in 1...3 where first == nil {
+            do { first = try journal.readHeader() } catch {
+                guard attempt < 3, wait(pollSeconds * 10) else { throw error }
+            }
+        }
+        guard let first else { return }
         try journal.checkShape(first)
         var stamp = try journal.readStamp() ?? ReceiverStamp()
         say(
@@ -43,14 +50,16 @@ public enum Receiver {
                     && (failed?.nonce != h.nonce || Posix.monotonicSeconds() >= failed!.retryAt)
                 {
                     if stamp.saw != h.nonce {
-                        stamp.saw = h.nonce
-                        try beat(&stamp, journal)
+                        var next = stamp
+                        next.saw = h.nonce
+                        try write(next, over: &stamp, journal)
                     }
                     do throws(VSAError) {
-                        let (_, blocks) = try journal.replay(h, markConsistent: false, beat: { try? beat(&stamp, journal) })
-                        stamp.applied = h.nonce
-                        stamp.appliedCycle = h.cycle
-                        try beat(&stamp, journal)
+                        let (_, blocks) = try journal.replay(h, markConsistent: false, beat: { try? write(stamp, over: &stamp, journal) })
+                        var next = stamp
+                        next.applied = h.nonce
+                        next.appliedCycle = h.cycle
+                        try write(next, over: &stamp, journal)
                         say("applied the delta set of cycle \(h.cycle) (\(blocks) blocks): R2 is the source as of its boundary")
                     } catch {
                         let pause = failed?.nonce == h.nonce ? min(30, failed!.pause * 2) : 1
@@ -63,8 +72,9 @@ public enum Receiver {
                     continue
                 }
                 if stamp.saw != h.nonce {
-                    stamp.saw = h.nonce
-                    try beat(&stamp, journal)
+                    var next = stamp
+                    next.saw = h.nonce
+                    try write(next, over: &stamp, journal)
                 }
                 problem = nil
             } catch {
@@ -79,9 +89,12 @@ public enum Receiver {
         }
     }
 
-    /// Writes the stamp with its progress counted up (FUA on the journal).
-    private static func beat(_ stamp: inout ReceiverStamp, _ journal: Journal) throws(VSAError) {
-        stamp.progress &+= 1
-        guard journal.writeStamp(stamp) else { throw VSAError("\(journal.journal.uri) did not take the receiver's stamp") }
+    /// Writes `next` as the stamp with its progress counted up (FUA on the journal), and only once the journal took
+    /// it makes it the stamp here: a stamp that did not reach the journal is written again at the next poll.
+    private static func write(_ next: ReceiverStamp, over stamp: inout ReceiverStamp, _ journal: Journal) throws(VSAError) {
+        var next = next
+        next.progress = stamp.progress &+ 1
+        guard journal.writeStamp(next) else { throw VSAError("\(journal.journal.uri) did not take the receiver's stamp") }
+        stamp = next
     }
 }

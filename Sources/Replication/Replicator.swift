@@ -524,13 +524,13 @@ public final class Replicator: @unchecked Sendable {
             switch group.state {
             case .syncing:
                 // R2 is about to be a mix: its journal says so before the first track goes. If R2's receiver applies
-                // sets, it first says it stands aside: R1 writes the header as it is again (a new nonce), and waits
-                // for the receiver to stamp it (applying the set again if it is a pending one). Until then nothing
-                // on R2 changes, so a receiver that is gone leaves R2 recoverable at its last boundary.
+                // sets, it first says it stands aside: its stamp names the header as it is (applied, if a pending
+                // set's). Until then nothing on R2 changes, so a receiver that is gone leaves R2 recoverable at its
+                // last boundary, its pending set still in the journal.
                 if let a = group.async, journalSays != .resyncing {
                     if a.journal.applier == .r2 && a.waiting?.forSet != false {
                         a.stopWaiting()
-                        switch a.journal.ping() {
+                        switch a.journal.ping(cycle: a.sets.cycles.applied, slotCount: a.sets.slotCount) {
                         case .wait(let nonce, let applied):
                             a.wait(for: nonce, applied: applied, forSet: false)
                         case .nothing:
@@ -591,6 +591,7 @@ public final class Replicator: @unchecked Sendable {
                     usleep(50_000)
                 }
             case .suspended:
+                group.async?.stopWaiting()
                 usleep(50_000)
             case .failingBack:
                 journalSays = nil

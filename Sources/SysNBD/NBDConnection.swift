@@ -88,7 +88,20 @@ public final class NBDConnection {
         readOnly = nbd_is_read_only(h) == 1
     }
 
-    deinit { nbd_close(handle) }
+    deinit {
+        // A connection given up with commands still unanswered (a timeout, a partition) is closed abortively: its
+        // socket is reset and what it still holds to send is dropped. A plain close would leave the kernel sending
+        // it once the link is back: a write the caller already took as failed (and did again, or superseded, on
+        // another connection) would land late over newer data.
+        if nbd_aio_in_flight(handle) > 0 || nbd_aio_is_dead(handle) == 1 {
+            let fd = nbd_aio_get_fd(handle)
+            if fd >= 0 {
+                var abort = linger(l_onoff: 1, l_linger: 0)
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, socklen_t(MemoryLayout<linger>.size))
+            }
+        }
+        nbd_close(handle)
+    }
 
     /// Queues a read of `count` bytes at `offsetBytes` into `pointer` (which must stay valid until it completes).
     public func queueRead(into pointer: UnsafeMutableRawPointer, count: Int, offsetBytes: UInt64) throws(NBDError) -> Int64 {
