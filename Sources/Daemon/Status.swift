@@ -182,8 +182,9 @@ public struct StatusReport: Codable, Sendable {
         public var writeMisses: UInt64
         public var destagedStripes: UInt64
         public var readAheadTracks: UInt64
-        /// Read misses fetched together with others of a director's batch (one submit for all).
-        public var batchedMisses: UInt64 = 0
+        /// Read misses fetched together with others of a director's batch (one submit for all); absent from a daemon
+        /// older than the count.
+        public var batchedMisses: UInt64?
         public var writeThroughStripes: UInt64
         /// Write-through stripes of thin LUNs cached instead (no pool segment at hand: the cleaners were behind).
         public var writeThroughDeferred: UInt64 = 0

@@ -242,7 +242,7 @@ public final class MetricsExporter: Sendable {
             counter("cache_write_misses_total", "Writes that took a new slot.", [], cache.writeMisses)
             counter("cache_destaged_stripes_total", "Stripes destaged from global memory to the drives.", [], cache.destagedStripes)
             counter("cache_read_ahead_tracks_total", "Tracks staged ahead of sequential reads.", [], cache.readAheadTracks)
-            counter("cache_batched_misses_total", "Random read misses fetched together with others of a director's batch.", [], cache.batchedMisses)
+            counter("cache_batched_misses_total", "Random read misses fetched together with others of a director's batch.", [], cache.batchedMisses ?? 0)
             counter("cache_write_through_stripes_total", "Stripes written straight through (large writes).", [], cache.writeThroughStripes)
 
             for d in report.directors {
