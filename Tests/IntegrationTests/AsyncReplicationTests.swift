@@ -79,6 +79,60 @@ final class AsyncReplicationTests: ReplicaTestCase {
                 sys.exit(check(sys.argv[2].split(","), sys.argv[3], int(sys.argv[4])))
         """#
 
+    /// Starts the oracle's writer on LUNs a and b of the mount (its log in the fixture's root).
+    func startWriter(seed: Int) throws -> Process {
+        let r = fixture.root
+        try Self.oracle.write(toFile: "\(r)/oracle.py", atomically: true, encoding: .utf8)
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        writer.arguments = ["python3", "\(r)/oracle.py", "write", "\(fixture.mnt)/a,\(fixture.mnt)/b", "\(r)/log", "2048", String(seed)]
+        writer.standardOutput = FileHandle.nullDevice
+        writer.standardError = FileHandle.nullDevice
+        try writer.run()
+        return writer
+    }
+
+    /// R2 as copied to snap/ (journal, a, b), recovered on its own side (a pending set applied) and checked against
+    /// the writer's order; whether a pending set was applied.
+    @discardableResult
+    func recoverSnapAndCheck(_ what: String) -> Bool {
+        let r = fixture.root
+        let socket = "/tmp/vsa-snap-\(getpid()).sock"
+        serveHere(socket: socket, pidfile: "\(r)/snap.pid", "file dir=\(r)/snap")
+        let recover = fixture.vsa(
+            "replica recover --journal 'nbd+unix:///journal?socket=\(socket)' --to 'nbd+unix:///a?socket=\(socket),nbd+unix:///b?socket=\(socket)'")
+        Harness.sh("kill $(cat \(r)/snap.pid); rm -f \(socket)")
+        XCTAssertEqual(recover.status, 0, "\(what): \(recover.stderr)")
+        let check = Harness.sh("python3 \(r)/oracle.py check \(r)/snap/a,\(r)/snap/b \(r)/log 2048", timeoutSeconds: 120)
+        XCTAssertEqual(check.status, 0, "\(what): \(check.stdout)\(check.stderr)")
+        return recover.stdout.contains("applied the pending delta set")
+    }
+
+    /// With the writer stopped: the last sets go and R2 equals R1 byte for byte; then a planned failover (after one
+    /// more write to `lun`) leaves R2 equal, failback brings the group back to consistent, and it is deleted.
+    /// Returns the group as it was once nothing was left to send.
+    @discardableResult
+    func endByteForByteThenFailOverAndBack(_ uriA: String, _ uriB: String, writeTo lun: String) throws -> [String: Any] {
+        let m = fixture.mnt
+        var last: [String: Any] = [:]
+        for _ in 0..<300 {
+            last = try group() ?? [:]
+            if last["state"] as? String == "consistent" && last["lagBytes"] as? Int == 0 { break }
+            usleep(100_000)
+        }
+        XCTAssertEqual(last["lagBytes"] as? Int, 0, "\(last)")
+        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 differs after the last delta set")
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/\(lun) bs=64k count=4 seek=20 oflag=direct conv=notrunc status=none").status, 0)
+        let over = fixture.vsa("replica failover '\(m)' g")
+        XCTAssertEqual(over.status, 0, over.stderr)
+        XCTAssertTrue(over.stdout.contains("every delta set is on R2"), over.stdout)
+        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 is not R1 after a planned failover")
+        XCTAssertEqual(fixture.vsa("replica failback '\(m)' g").status, 0)
+        try waitFor("consistent")
+        XCTAssertEqual(fixture.vsa("replica delete '\(m)' g").status, 0)
+        return last
+    }
+
     func testAnAsynchronousGroupKeepsR2AtACycleBoundaryThroughPartitionsAndEndsByteForByte() throws {
         try fixture.create("--drives 4 --drive-size 64M --raid 5 --stripe-unit 16K")
         for l in ["a", "b"] { XCTAssertEqual(fixture.vsa("lun create '\(fixture.dir)' \(l) --size 8M --thick").status, 0) }
@@ -115,29 +169,8 @@ final class AsyncReplicationTests: ReplicaTestCase {
         try waitFor("consistent")
         XCTAssertTrue(fixture.vsa("status '\(m)'").stdout.contains("R2 at the boundary of cycle"))
 
-        try Self.oracle.write(toFile: "\(r)/oracle.py", atomically: true, encoding: .utf8)
-        let writer = Process()
-        writer.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        writer.arguments = ["python3", "\(r)/oracle.py", "write", "\(m)/a,\(m)/b", "\(r)/log", "2048", "11"]
-        writer.standardOutput = FileHandle.nullDevice
-        writer.standardError = FileHandle.nullDevice
-        try writer.run()
+        let writer = try startWriter(seed: 11)
         defer { if writer.isRunning { writer.terminate() } }
-
-        /// R2 as copied to snap/, recovered on its own side (a pending set applied) and checked against the writer's
-        /// order; whether a pending set was applied.
-        @discardableResult
-        func recoverAndCheck(_ what: String) throws -> Bool {
-            let socket = "/tmp/vsa-snap-\(getpid()).sock"
-            serveHere(socket: socket, pidfile: "\(r)/snap.pid", "file dir=\(r)/snap")
-            let recover = fixture.vsa(
-                "replica recover --journal 'nbd+unix:///journal?socket=\(socket)' --to 'nbd+unix:///a?socket=\(socket),nbd+unix:///b?socket=\(socket)'")
-            Harness.sh("kill $(cat \(r)/snap.pid); rm -f \(socket)")
-            XCTAssertEqual(recover.status, 0, "\(what): \(recover.stderr)")
-            let check = Harness.sh("python3 \(r)/oracle.py check \(r)/snap/a,\(r)/snap/b \(r)/log 2048", timeoutSeconds: 120)
-            XCTAssertEqual(check.status, 0, "\(what): \(check.stdout)\(check.stderr)")
-            return recover.stdout.contains("applied the pending delta set")
-        }
 
         // Rounds: the link cut at a moment of no one's choosing (mid-journal, mid-apply, between cycles), R2 copied
         // as it is, recovered on its own side, and checked against the writer's order.
@@ -159,7 +192,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
             usleep(300_000)
             XCTAssertEqual(Harness.sh("cp \(r)/r2/a \(r)/r2/b \(r)/r2j/journal \(r)/snap/").status, 0)
             lab.heal()
-            if try recoverAndCheck("round \(round)") { applied += 1 }
+            if recoverSnapAndCheck("round \(round)") { applied += 1 }
             checked += 1
             try waitFor("consistent")
         }
@@ -172,7 +205,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
         XCTAssertEqual(partitioned["deltaSetBytes"] as? Int, 0, "a partitioned group keeps no delta sets")
         XCTAssertGreaterThan(partitioned["lagBytes"] as? Int ?? 0, 0, "the sets' blocks are changed tracks now")
         lab.heal()
-        try recoverAndCheck("the partition")
+        recoverSnapAndCheck("the partition")
         try waitFor("syncing")
         XCTAssertGreaterThanOrEqual(checked, 3, "too few rounds found the group consistent")
         XCTAssertGreaterThanOrEqual(applied, 1, "no cut landed while a set was being applied")
@@ -184,25 +217,9 @@ final class AsyncReplicationTests: ReplicaTestCase {
         writer.terminate()
         writer.waitUntilExit()
         try waitFor("consistent")
-        var last: [String: Any] = [:]
-        for _ in 0..<300 {
-            last = try group() ?? [:]
-            if last["state"] as? String == "consistent" && last["lagBytes"] as? Int == 0 { break }
-            usleep(100_000)
-        }
-        XCTAssertEqual(last["lagBytes"] as? Int, 0, "\(last)")
-        XCTAssertGreaterThan(last["r2Cycle"] as? Int ?? 0, 2, "\(last)")
-        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 differs after the last delta set")
-
         // A planned failover sends what is left first; failback brings the group back to consistent.
-        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/a bs=64k count=4 seek=20 oflag=direct conv=notrunc status=none").status, 0)
-        let over = fixture.vsa("replica failover '\(m)' g")
-        XCTAssertEqual(over.status, 0, over.stderr)
-        XCTAssertTrue(over.stdout.contains("every delta set is on R2"), over.stdout)
-        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 is not R1 after a planned failover")
-        XCTAssertEqual(fixture.vsa("replica failback '\(m)' g").status, 0)
-        try waitFor("consistent")
-        XCTAssertEqual(fixture.vsa("replica delete '\(m)' g").status, 0)
+        let last = try endByteForByteThenFailOverAndBack(uriA, uriB, writeTo: "a")
+        XCTAssertGreaterThan(last["r2Cycle"] as? Int ?? 0, 2, "\(last)")
 
         // A cache too small for a cycle's writes: the group drops to changed tracks, resyncs, and is consistent again.
         let small = fixture.vsa("replica create '\(m)' h --luns a --to '\(uriA)' --mode async --cycle 5s --journal '\(journal)' --cache 1M")
@@ -286,28 +303,14 @@ final class AsyncReplicationTests: ReplicaTestCase {
         try waitFor("consistent")
         XCTAssertEqual(try group()?["apply"] as? String, "r2")
 
-        try Self.oracle.write(toFile: "\(r)/oracle.py", atomically: true, encoding: .utf8)
-        let writer = Process()
-        writer.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        writer.arguments = ["python3", "\(r)/oracle.py", "write", "\(m)/a,\(m)/b", "\(r)/log", "2048", "12"]
-        writer.standardOutput = FileHandle.nullDevice
-        writer.standardError = FileHandle.nullDevice
-        try writer.run()
+        let writer = try startWriter(seed: 12)
         defer { if writer.isRunning { writer.terminate() } }
 
         /// R2's files copied as they are (the journal first: a stamp that says a set is applied was written after
         /// its blocks), recovered on their own side and checked against the writer's order.
-        func copyRecoverAndCheck(_ what: String) throws {
+        func copyRecoverAndCheck(_ what: String) {
             XCTAssertEqual(Harness.sh("cp \(r)/r2/journal \(r)/snap/ && cp \(r)/r2/a \(r)/r2/b \(r)/snap/").status, 0)
-            let snapSocket = "/tmp/vsa-snap-\(getpid()).sock"
-            serveHere(socket: snapSocket, pidfile: "\(r)/snap.pid", "file dir=\(r)/snap")
-            let recover = fixture.vsa(
-                "replica recover --journal 'nbd+unix:///journal?socket=\(snapSocket)' --to 'nbd+unix:///a?socket=\(snapSocket),nbd+unix:///b?socket=\(snapSocket)'"
-            )
-            Harness.sh("kill $(cat \(r)/snap.pid); rm -f \(snapSocket)")
-            XCTAssertEqual(recover.status, 0, "\(what): \(recover.stderr)")
-            let check = Harness.sh("python3 \(r)/oracle.py check \(r)/snap/a,\(r)/snap/b \(r)/log 2048", timeoutSeconds: 120)
-            XCTAssertEqual(check.status, 0, "\(what): \(check.stdout)\(check.stderr)")
+            recoverSnapAndCheck(what)
         }
         var rng = SystemRandomNumberGenerator()
         for round in 0..<4 {
@@ -317,12 +320,12 @@ final class AsyncReplicationTests: ReplicaTestCase {
                 // The link cut: the receiver goes on applying what it has.
                 lab.cut()
                 usleep(200_000)
-                try copyRecoverAndCheck("cut \(round)")
+                copyRecoverAndCheck("cut \(round)")
                 lab.heal()
             } else {
                 // The receiver killed mid-set; a new one applies the set again.
                 kill(receiver, SIGKILL)
-                try copyRecoverAndCheck("receiver killed \(round)")
+                copyRecoverAndCheck("receiver killed \(round)")
                 receiver = startReceiver()
             }
             try waitFor("consistent")
@@ -334,30 +337,15 @@ final class AsyncReplicationTests: ReplicaTestCase {
         XCTAssertNotEqual(try group()?["state"] as? String, "consistent", "the group waited forever for a receiver that is gone")
         usleep(1_000_000)
         XCTAssertNotEqual(try group()?["state"] as? String, "consistent")
-        try copyRecoverAndCheck("receiver gone")
+        copyRecoverAndCheck("receiver gone")
         receiver = startReceiver()
         try waitFor("consistent")
 
         // The writer stops; the last sets go; R2 equals R1 byte for byte.
         writer.terminate()
         writer.waitUntilExit()
-        var last: [String: Any] = [:]
-        for _ in 0..<300 {
-            last = try group() ?? [:]
-            if last["state"] as? String == "consistent" && last["lagBytes"] as? Int == 0 { break }
-            usleep(100_000)
-        }
-        XCTAssertEqual(last["lagBytes"] as? Int, 0, "\(last)")
-        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 differs after the last delta set")
         // A planned failover leaves R2 equal (the receiver applies what is left); failback; delete.
-        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/b bs=64k count=4 seek=30 oflag=direct conv=notrunc status=none").status, 0)
-        let over = fixture.vsa("replica failover '\(m)' g")
-        XCTAssertEqual(over.status, 0, over.stderr)
-        XCTAssertTrue(over.stdout.contains("every delta set is on R2"), over.stdout)
-        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 is not R1 after a planned failover")
-        XCTAssertEqual(fixture.vsa("replica failback '\(m)' g").status, 0)
-        try waitFor("consistent")
-        XCTAssertEqual(fixture.vsa("replica delete '\(m)' g").status, 0)
+        try endByteForByteThenFailOverAndBack(uriA, uriB, writeTo: "b")
         kill(receiver, SIGTERM)
         usleep(300_000)
         let logs = Harness.sh("cat \(r)/receiver-*.log").stdout

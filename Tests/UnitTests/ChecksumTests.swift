@@ -39,6 +39,19 @@ final class ChecksumTests: XCTestCase {
             close(fd)
         }
 
+        /// Garbage over the second block of data strip 0 of the LUN's third stripe, on its (first) drive: that drive,
+        /// the block's place on it, and the block's offset in the LUN.
+        func damageABlock() -> (member: Int, at: UInt64, lunOffset: Int) {
+            let g = store.geometry
+            let stripe = ref.startStripe + 2
+            let member = g.dataDrive(stripe: stripe, strip: 0)
+            let at = g.driveOffset(stripe: stripe) + 4096
+            let garbage = alignedBuffer(bytes: 4096)
+            memset(garbage.base, 0xEE, 4096)
+            damage(member: member, offset: at, with: garbage.base, count: 4096)
+            return (member, at, 2 * Int(g.stripeDataBytes) + 4096)
+        }
+
         func rawRead(member: Int, offset: UInt64, count: Int, into buffer: UnsafeMutableRawPointer) {
             let fd = open(store.drivePaths[member], O_RDONLY)
             precondition(pread(fd, buffer, count, off_t(offset)) == count)
@@ -73,14 +86,8 @@ final class ChecksumTests: XCTestCase {
         for (level, drives) in [(RAIDLevel.raid5, 4), (.raid6, 5), (.raid1, 2), (.raid10, 4)] {
             try? FileManager.default.removeItem(atPath: directory)
             let bed = try makeBed(level, drives: drives)
-            let g = bed.store.geometry
-            // The second block of data strip 0 of the LUN's third stripe, on its (first) drive, gets garbage.
-            let stripe = bed.ref.startStripe + 2
-            let member = g.dataDrive(stripe: stripe, strip: 0)
-            let at = g.driveOffset(stripe: stripe) + 4096
+            let (member, at, lunOffset) = bed.damageABlock()
             let garbage = alignedBuffer(bytes: 4096)
-            memset(garbage.base, 0xEE, 4096)
-            bed.damage(member: member, offset: at, with: garbage.base, count: 4096)
             let back = alignedBuffer(bytes: 1 << 20)
             XCTAssertTrue(bed.readAll(into: back), "\(level)")
             XCTAssertEqual(memcmp(back.base, bed.original.base, 1 << 20), 0, "\(level): the host got the damaged bytes")
@@ -88,7 +95,6 @@ final class ChecksumTests: XCTestCase {
             XCTAssertEqual(bed.checksums.repairs.load(ordering: .relaxed), 1, "\(level)")
             // The drive holds the right block again.
             bed.rawRead(member: member, offset: at, count: 4096, into: garbage.base)
-            let lunOffset = Int(stripe - bed.ref.startStripe) * Int(g.stripeDataBytes) + 4096
             XCTAssertEqual(memcmp(garbage.base, bed.original.base + lunOffset, 4096), 0, "\(level): not rewritten")
         }
     }
@@ -98,14 +104,8 @@ final class ChecksumTests: XCTestCase {
     /// way (rebuilt through parity and repaired), never the damaged bytes.
     func testABatchOfReadMissesIsReadTogetherAndGivesBackWhatFailsItsChecksum() throws {
         let bed = try makeBed(.raid5, drives: 4)
-        let g = bed.store.geometry
-        let stripe = bed.ref.startStripe + 2
-        let member = g.dataDrive(stripe: stripe, strip: 0)
-        let at = g.driveOffset(stripe: stripe) + 4096
+        let (member, at, damagedOffset) = bed.damageABlock()
         let garbage = alignedBuffer(bytes: 4096)
-        memset(garbage.base, 0xEE, 4096)
-        bed.damage(member: member, offset: at, with: garbage.base, count: 4096)
-        let damagedOffset = 2 * Int(g.stripeDataBytes) + 4096
         let counters = CacheCounters()
         let cache = TrackCache(slotCount: 64, store: bed.backEnd, memory: bed.memory, counters: counters)
         // Five tracks missed whole (one holds the damaged block), a second read of one of them, one read across two
