@@ -24,12 +24,7 @@ extension RAIDBackEnd {
         let offset = geometry.driveOffset(stripe: stripe) + UInt64(offsetBytes)
         var strips: UInt64 = 0
         for strip in 0..<geometry.dataStripsPerStripe where stripMask & (1 << UInt64(strip)) != 0 {
-            var source = -1
-            for drive in geometry.copyDrives(stripe: stripe, strip: strip) where readable(drive, stripe) {
-                source = drive
-                break
-            }
-            guard source >= 0 else {
+            guard let source = firstReadableCopy(stripe: stripe, strip: strip) else {
                 io.readErrors = .report
                 _ = io.submit()  // what was queued goes (and is ignored): a batch is never left half built
                 return false
@@ -57,6 +52,13 @@ extension RAIDBackEnd {
         return true
     }
 
+    /// The drive the healthy reads of a strip go to: its first copy that is readable at `stripe`.
+    @inline(__always)
+    func firstReadableCopy(stripe: UInt64, strip: Int) -> Int? {
+        for drive in geometry.copyDrives(stripe: stripe, strip: strip) where readable(drive, stripe) { return drive }
+        return nil
+    }
+
     public var readBatchMax: Int { min(64, io.capacity) }
 
     /// `StripeStore.readBatch`: every stripe's open journal batch down first (a commit submits, and nothing of the
@@ -75,12 +77,10 @@ extension RAIDBackEnd {
             guard r.offsetBytes % 4096 == 0, r.count % 4096 == 0, r.strip >= 0, r.strip < geometry.dataStripsPerStripe else { continue }
             // A journal batch that could not go down still holds the stripe: the drives are older than it.
             if let journal, journal.hasOpenBatch, journal.isPending(r.stripe) { continue }
-            for drive in geometry.copyDrives(stripe: r.stripe, strip: r.strip) where readable(drive, r.stripe) {
-                reads[i].source = drive
-                io.queueRead(drive: drive, into: r.target, count: r.count, offsetBytes: geometry.driveOffset(stripe: r.stripe) + UInt64(r.offsetBytes))
-                queued |= 1 << UInt64(i)
-                break
-            }
+            guard let source = firstReadableCopy(stripe: r.stripe, strip: r.strip) else { continue }
+            reads[i].source = source
+            io.queueRead(drive: source, into: r.target, count: r.count, offsetBytes: geometry.driveOffset(stripe: r.stripe) + UInt64(r.offsetBytes))
+            queued |= 1 << UInt64(i)
         }
         guard queued != 0 else { return 0 }
         io.readErrors = .report

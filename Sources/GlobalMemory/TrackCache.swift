@@ -137,10 +137,9 @@ public final class TrackCache {
     /// Slots `prefetchMisses` filled that no read has found yet: the read that finds one counts a miss, as it would
     /// have been without the batch.
     var slotPrefetched: [Bool]
-    /// `prefetchMisses`' reads and the slot and sectors of each.
+    /// `prefetchMisses`' reads and the slot of each.
     let batchReads: UnsafeMutablePointer<BatchRead>
     var batchSlots: [Int32]
-    var batchSectors: [(first: Int32, last: Int32)]
     // Recent read streams: where each expects its next read (LUN id, byte offset), replaced round-robin. Guessing
     // "sequential" from cached neighbours misfires once random reads have warmed the cache, and a wrong guess costs
     // a whole stripe of reads for a 4 KiB request (and, on a thin LUN, read reallocation of the stripe). A read is
@@ -202,7 +201,6 @@ public final class TrackCache {
         slotPrefetched = Array(repeating: false, count: slotCount)
         batchReads = .allocate(capacity: 64)
         batchSlots = Array(repeating: -1, count: 64)
-        batchSectors = Array(repeating: (0, 0), count: 64)
         streamLUN = Array(repeating: 0, count: TrackCache.streamCount)
         streamNext = Array(repeating: UInt64.max, count: TrackCache.streamCount)
         streamStart = Array(repeating: 0, count: TrackCache.streamCount)
@@ -213,7 +211,7 @@ public final class TrackCache {
     @inline(__always)
     func continuesStream(lun: UInt32, offsetBytes: UInt64, count: Int) -> Bool {
         let end = offsetBytes + UInt64(count)
-        for i in 0..<TrackCache.streamCount where streamNext[i] == offsetBytes && streamLUN[i] == lun {
+        if let i = stream(expecting: offsetBytes, lun: lun) {
             streamNext[i] = end
             return offsetBytes - streamStart[i] >= TrackCache.streamConfirmBytes
         }
@@ -222,6 +220,13 @@ public final class TrackCache {
         streamStart[streamVictim] = offsetBytes
         streamVictim = (streamVictim + 1) % TrackCache.streamCount
         return false
+    }
+
+    /// The recent read stream of `lun` whose next read starts at `offsetBytes`, if any (nothing recorded).
+    @inline(__always)
+    func stream(expecting offsetBytes: UInt64, lun: UInt32) -> Int? {
+        for i in 0..<TrackCache.streamCount where streamNext[i] == offsetBytes && streamLUN[i] == lun { return i }
+        return nil
     }
 
     deinit {

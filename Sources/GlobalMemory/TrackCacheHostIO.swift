@@ -68,33 +68,31 @@ extension TrackCache {
         let most = min(store.readBatchMax, 64)
         guard most >= 2 else { return }
         let d = UInt64(dataStripsPerStripe)
+        /// Request i's track, when it is such a read: a thick LUN's, within one track, not the next read of a stream
+        /// (those read ahead their way), and no slot for the track yet.
+        func missedTrack(_ i: Int) -> (lun: LUNRef, track: UInt64, first: Int, last: Int)? {
+            guard let r = read(i), !r.lun.thin, r.count > 0 else { return nil }
+            let (track, _, length, first, last) = span(r.offsetBytes, r.count)
+            guard length == r.count, stream(expecting: r.offsetBytes, lun: r.lun.lunID) == nil, lookup(lun: r.lun.lunID, track: track) == nil else {
+                return nil
+            }
+            return (r.lun, track, first, last)
+        }
         // Two at least, or there is nothing to overlap (and an install may cost a clean slot, or a destage).
         var candidates = 0
-        for i in 0..<n where candidates < 2 {
-            guard let r = read(i), !r.lun.thin, r.count > 0 else { continue }
-            let (track, _, length, _, _) = span(r.offsetBytes, r.count)
-            if length == r.count && !streamWants(lun: r.lun.lunID, offsetBytes: r.offsetBytes) && lookup(lun: r.lun.lunID, track: track) == nil {
-                candidates += 1
-            }
-        }
+        for i in 0..<n where candidates < 2 && missedTrack(i) != nil { candidates += 1 }
         guard candidates >= 2 else { return }
         var items = 0
         for i in 0..<n where items < most {
-            guard let r = read(i), !r.lun.thin, r.count > 0 else { continue }
-            let (track, inTrack, length, first, last) = span(r.offsetBytes, r.count)
-            // Within one track, not the next read of a stream (those read ahead their way), no slot yet.
-            guard length == r.count, !streamWants(lun: r.lun.lunID, offsetBytes: r.offsetBytes), lookup(lun: r.lun.lunID, track: track) == nil else {
-                continue
-            }
-            _ = inTrack
-            guard let slot = install(lun: r.lun.lunID, track: track, stripe: r.lun.startStripe + track / d, thin: false) else { break }
+            // A second read of a track finds the first one's slot, and goes the usual way.
+            guard let (lun, track, first, last) = missedTrack(i) else { continue }
+            guard let slot = install(lun: lun.lunID, track: track, stripe: lun.startStripe + track / d, thin: false) else { break }
             slotPinned[slot] = true
             let range = pageAlignedRange(first, last)
             batchReads[items] = BatchRead(
                 stripe: slotStripe[slot], strip: Int(track % d), offsetBytes: range.first * sectorBytes,
                 count: (range.last - range.first + 1) * sectorBytes, target: slotData(slot) + range.first * sectorBytes)
             batchSlots[items] = Int32(slot)
-            batchSectors[items] = (Int32(range.first), Int32(range.last))
             items += 1
         }
         let done = items >= 2 ? store.readBatch(batchReads, count: items) : 0
@@ -102,21 +100,14 @@ extension TrackCache {
             let slot = Int(batchSlots[k])
             slotPinned[slot] = false
             if done & (1 << UInt64(k)) != 0 {
-                setBits(&validBits, slot, Int(batchSectors[k].first), Int(batchSectors[k].last))
+                let first = batchReads[k].offsetBytes / sectorBytes
+                setBits(&validBits, slot, first, first + batchReads[k].count / sectorBytes - 1)
                 slotPrefetched[slot] = true
             } else {
                 evict(slot)
             }
         }
         if done != 0 { counters.batchedMisses.add(UInt64(done.nonzeroBitCount), ordering: .relaxed) }
-    }
-
-    /// Whether a read at `offsetBytes` would continue a recent read stream (as `continuesStream` sees it, recording
-    /// nothing).
-    @inline(__always)
-    func streamWants(lun: UInt32, offsetBytes: UInt64) -> Bool {
-        for i in 0..<TrackCache.streamCount where streamNext[i] == offsetBytes && streamLUN[i] == lun { return true }
-        return false
     }
 
     /// Fetches what a read missed. A random read fetches just its pages; a sequential one (it continues a read stream,

@@ -227,9 +227,8 @@ struct Journal {
         let h: JournalHeader
         do {
             h = try JournalHeader.decode(header, journalBytes: journal.sizeBytes)
-            guard h.group == group, Int(h.memberCount) == images.count, h.memberBytes == images.map(\.sizeBytes) else {
-                throw VSAError("another group's")
-            }
+            try checkShape(h)
+            guard h.group == group else { throw VSAError("another group's") }
         } catch {
             guard let nonce = mark(.resyncing, cycle: cycle, slotCount: slotCount) else { return .linkFailed }
             return .wait(nonce: nonce, applied: false)

@@ -46,14 +46,15 @@ public enum Receiver {
             do throws(VSAError) {
                 let h = try journal.readHeader()
                 try journal.checkShape(h)
+                // Seen (idle: between sets), before a pending set of it is applied.
+                if stamp.saw != h.nonce {
+                    var next = stamp
+                    next.saw = h.nonce
+                    try write(next, over: &stamp, journal)
+                }
                 if h.applier == .r2 && h.state == .pending && stamp.applied != h.nonce
                     && (failed?.nonce != h.nonce || Posix.monotonicSeconds() >= failed!.retryAt)
                 {
-                    if stamp.saw != h.nonce {
-                        var next = stamp
-                        next.saw = h.nonce
-                        try write(next, over: &stamp, journal)
-                    }
                     do throws(VSAError) {
                         let (_, blocks) = try journal.replay(h, markConsistent: false, beat: { try? write(stamp, over: &stamp, journal) })
                         var next = stamp
@@ -70,11 +71,6 @@ public enum Receiver {
                     problem = nil
                     said = nil
                     continue
-                }
-                if stamp.saw != h.nonce {
-                    var next = stamp
-                    next.saw = h.nonce
-                    try write(next, over: &stamp, journal)
                 }
                 problem = nil
             } catch {

@@ -168,9 +168,9 @@ final class AsyncCycle: @unchecked Sendable {
     }
 }
 
-/// R1 waiting for R2's receiver: for its stamp to name `nonce` as applied (a set R1 staged, `forSet`, or a pending
-/// header written again) or as seen (a header written again before R1 writes the images itself). `heard` is the
-/// stamp as last read, `since` when it last changed: a receiver that says nothing for the deadline is taken as gone.
+/// R1 waiting for R2's receiver: for its stamp to name `nonce` as applied (a set R1 staged, `forSet`, or the pending
+/// set the journal holds) or as seen (the header as it is, before R1 writes the images itself). `heard` is the stamp
+/// as last read, `since` when it last changed: a receiver that says nothing for the deadline is taken as gone.
 struct ReceiverWait {
     let nonce: UInt64
     let applied: Bool

@@ -619,7 +619,6 @@ public final class Replicator: @unchecked Sendable {
             }
             switch a.hearReceiver() {
             case .done?:
-                a.stopWaiting()
                 guard a.journal.mark(.consistent, cycle: set.cycle, slotCount: a.sets.slotCount) != nil else { return false }
                 a.sets.transmitted(cycle: set.cycle)
             case .waiting?: usleep(2000)
