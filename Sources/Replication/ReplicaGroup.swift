@@ -2,7 +2,8 @@
 //
 // Synchronous: a host write is acknowledged once the local array and the remote both have it (the remote by a FUA
 // write). While the link is down, or the group is suspended, writes are acknowledged on the local array alone and
-// the tracks they changed are remembered (`TrackBitmap`: SRDF's invalid tracks); resuming sends only those.
+// the tracks they changed are remembered (`TrackBitmap`: SRDF's invalid tracks); resuming sends only those. While a
+// synchronous group resyncs, a write to tracks already sent goes to both sides, so writes cannot outrun the resync.
 //
 // States (`ReplicaState`):
 //   syncing       -> synchronized   the resync found no changed track left (under the group lock)
@@ -72,6 +73,14 @@ public struct TrackBitmap: Sendable {
     }
 
     public func isSet(_ track: Int) -> Bool { words[track >> 6] & (1 << UInt64(track & 63)) != 0 }
+
+    /// Whether any track a byte range touches is set (the range is within the LUN: the front end checked it).
+    public func anySet(offsetBytes: UInt64, count: UInt64) -> Bool {
+        let first = Int(offsetBytes / Self.trackBytes)
+        let last = min(trackCount - 1, Int((offsetBytes + max(count, 1) - 1) / Self.trackBytes))
+        guard first <= last else { return false }
+        return (first...last).contains { isSet($0) }
+    }
 
     /// Marks the tracks a byte range touches (the range is within the LUN: the front end checked it).
     public mutating func mark(offsetBytes: UInt64, count: UInt64) {
@@ -254,6 +263,19 @@ public final class ReplicaGroup: @unchecked Sendable {
         sets.close(drop: !keep) { member, block in
             guard member < luns.count else { return }
             t.bitmaps[luns[member].lun.lunID]?.mark(offsetBytes: block * UInt64(DeltaSets.blockBytes), count: UInt64(DeltaSets.blockBytes))
+        }
+    }
+
+    /// Whether a resync has nothing left to send of the tracks a write touches (none is changed or on its way): the
+    /// write can go to both sides, as when synchronized. Called with the write's track locks held, so no resync sends
+    /// these tracks until the write is done.
+    func tracksSent(lun: UInt32, offsetBytes: UInt64, count: UInt64) -> Bool {
+        tracks.withLock { t in
+            guard let bitmap = t.bitmaps[lun], !bitmap.anySet(offsetBytes: offsetBytes, count: count) else { return false }
+            guard !t.inFlight.isEmpty else { return true }
+            let first = offsetBytes / TrackBitmap.trackBytes
+            let last = (offsetBytes + max(count, 1) - 1) / TrackBitmap.trackBytes
+            return !(first...last).contains { t.inFlight.contains(UInt64(lun) << 40 | $0) }
         }
     }
 

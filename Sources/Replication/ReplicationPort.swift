@@ -190,28 +190,50 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
                 return rc
             }
         }
+        if state == .syncing && group.async == nil {
+            // A synchronous group's resync: a write to tracks it has already sent (or never had to) goes to both
+            // sides, as when synchronized. Writes that never stop then cannot outrun the resync: they add no track
+            // to what it has left, and it ends while they go on (SRDF/S sends new writes while it copies invalid
+            // tracks). A write to a track still to be sent only marks it again.
+            return withTrackLocks(lun: lun.lunID, offsetBytes: offsetBytes, count: count) {
+                guard group.tracksSent(lun: lun.lunID, offsetBytes: offsetBytes, count: count) else {
+                    let rc = local()
+                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
+                    return rc
+                }
+                return mirrored(group, replica, offsetBytes: offsetBytes, count: count, source: source, local: local)
+            }
+        }
         if state != .synchronized {
             // Tracks are marked after the local write: a resync that reads the track before it lands sends it again.
             let rc = local()
             group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
             return rc
         }
-        // Zeroed ranges larger than a request go as one NBD zero; writes as one FUA write.
         return withTrackLocks(lun: lun.lunID, offsetBytes: offsetBytes, count: count) {
-            let pending = replica.image.send(offsetBytes: offsetBytes, count: Int(count), from: source)
-            let rc = local()
-            let sent = pending.map { replica.image.finish($0) } ?? false
-            if !sent {
-                group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: true)
-            } else if rc != 0 {
-                // The remote took what the array here refused: the tracks go across again from here.
-                group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
-            } else {
-                group.writesSent.add(1, ordering: .relaxed)
-                group.bytesSent.add(count, ordering: .relaxed)
-            }
-            return rc
+            mirrored(group, replica, offsetBytes: offsetBytes, count: count, source: source, local: local)
         }
+    }
+
+    /// A synchronous write to both sides (its track locks held): sent to the remote, written here, and answered once
+    /// both have it. Zeroed ranges larger than a request go as one NBD zero; writes as one FUA write.
+    @inline(__always)
+    private func mirrored(
+        _ group: ReplicaGroup, _ replica: ReplicaLUN, offsetBytes: UInt64, count: UInt64, source: UnsafeRawPointer?, local: () -> Int32
+    ) -> Int32 {
+        let pending = replica.image.send(offsetBytes: offsetBytes, count: Int(count), from: source)
+        let rc = local()
+        let sent = pending.map { replica.image.finish($0) } ?? false
+        if !sent {
+            group.remember(lun: replica.lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: true)
+        } else if rc != 0 {
+            // The remote took what the array here refused: the tracks go across again from here.
+            group.remember(lun: replica.lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
+        } else {
+            group.writesSent.add(1, ordering: .relaxed)
+            group.bytesSent.add(count, ordering: .relaxed)
+        }
+        return rc
     }
 
     /// Copies the blocks a write (or zeroed range: `source` nil) touched into the capture set, whole: the ones it

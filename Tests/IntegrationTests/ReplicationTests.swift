@@ -145,6 +145,29 @@ final class ReplicationTests: ReplicaTestCase {
         XCTAssertEqual(fixture.vsa("replica resume '\(m)' g").status, 0)
         try waitFor("synchronized")
         XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 differs after the resume")
+
+        // A resync under writes that do not stop: every track changed while suspended, then fio writes both LUNs at
+        // random, as fast as it can, while the resync runs. Writes to tracks already sent go to both sides, so the
+        // resync ends while fio still writes (writes that only marked tracks would keep it syncing for good).
+        XCTAssertEqual(fixture.vsa("replica suspend '\(m)' g").status, 0)
+        XCTAssertEqual(Harness.sh("dd if=/dev/urandom of=\(m)/a bs=1M count=32 oflag=direct conv=notrunc status=none").status, 0)
+        let busy = Process()
+        busy.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        busy.arguments = [
+            "fio", "--name=a", "--filename=\(m)/a", "--name=b", "--filename=\(m)/b", "--size=32M", "--rw=randwrite", "--bs=4k",
+            "--ioengine=io_uring", "--iodepth=8", "--direct=1", "--time_based", "--runtime=25", "--output-format=terse",
+        ]
+        busy.standardOutput = FileHandle.nullDevice
+        busy.standardError = FileHandle.nullDevice
+        try busy.run()
+        usleep(500_000)
+        XCTAssertEqual(fixture.vsa("replica resume '\(m)' g").status, 0)
+        let underWrites = try waitFor("synchronized", seconds: 20)
+        XCTAssertTrue(busy.isRunning, "the resync ended only once the writes stopped: \(underWrites)")
+        busy.waitUntilExit()
+        XCTAssertEqual(busy.terminationStatus, 0, "fio failed")
+        XCTAssertEqual(try group()?["state"] as? String, "synchronized")
+        XCTAssertTrue(same("a", uriA) && same("b", uriB), "R2 differs after a resync under writes")
         XCTAssertEqual(fixture.vsa("replica delete '\(m)' g").status, 0)
         XCTAssertNil(try group())
         XCTAssertEqual(fixture.vsa("lun delete '\(m)' a").status, 0, "a LUN out of its group can go")
