@@ -200,15 +200,29 @@ final class DeltaSets: @unchecked Sendable {
         }
     }
 
-    /// Captures are taken from now (the group is consistent: R2 is at a cycle boundary with nothing pending).
+    /// Captures are taken from now (the group is consistent: R2 is at a cycle boundary with nothing pending). Sets
+    /// a resync opened stay as they are: the catch-up set was sent, and what was captured since is the next cycle's.
     func open() {
         withLock {
+            guard !isOpen else { return }
             isOpen = true
             captureBegan = Posix.monotonicSeconds()
             appliedBoundary = captureBegan
             // R2 is the source as of now: the boundary of a cycle of its own.
             appliedCycle = cycle
             cycle += 1
+        }
+    }
+
+    /// Captures are taken from now, while a resync runs (R2 a mix): the writes to tracks it has sent, or never had
+    /// to, make its catch-up set, switched when the resync has nothing left and applied after it. R2's boundary is
+    /// left as it is: R2 is at none until then.
+    func openForResync() {
+        withLock {
+            guard !isOpen else { return }
+            isOpen = true
+            captureBegan = Posix.monotonicSeconds()
+            cycle += 1  // a cycle of its own: no table entry of an older set is taken for one of it
         }
     }
 

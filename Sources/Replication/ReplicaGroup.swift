@@ -4,9 +4,12 @@
 // write). While the link is down, or the group is suspended, writes are acknowledged on the local array alone and
 // the tracks they changed are remembered (`TrackBitmap`: SRDF's invalid tracks); resuming sends only those. While a
 // synchronous group resyncs, a write to tracks already sent goes to both sides, so writes cannot outrun the resync.
+// An asynchronous group's (SRDF/A: delta sets, `AsyncCycle`) is captured into a catch-up set instead, applied once
+// the resync ends (`captureOrRemember`).
 //
 // States (`ReplicaState`):
-//   syncing       -> synchronized   the resync found no changed track left (under the group lock)
+//   syncing       -> synchronized   the resync found no changed track left (under the group lock); asynchronous:
+//                                   and its catch-up set, switched then, is applied on R2
 //   synchronized  -> partitioned    a remote write failed or timed out: the link is taken as down
 //   syncing       -> partitioned    the same, during a resync
 //   partitioned   -> syncing        the link monitor found the remote answering again
@@ -242,9 +245,10 @@ public final class ReplicaGroup: @unchecked Sendable {
     /// at a cycle boundary, not at this instant).
     public var stateName: String { async != nil && state == .synchronized ? "consistent" : state.description }
 
-    /// Changes the state (the group's lock held: `t`). An asynchronous group opens its delta sets as it becomes
-    /// consistent and closes them as it leaves: their blocks become changed tracks, except on the way to
-    /// failed-over, where the group's thread still sends them (a planned failover leaves R2 equal to R1).
+    /// Changes the state (the group's lock held: `t`). An asynchronous group's delta sets are open while it is
+    /// consistent (and while it resyncs, once its thread has opened them: `openForResync`) and closed as it leaves:
+    /// their blocks become changed tracks, except on the way from consistent to failed-over, where the group's thread
+    /// still sends them (a planned failover leaves R2 equal to R1).
     func moveState(to next: ReplicaState, _ t: inout Tracks) {
         // Captures are taken before the state says consistent, so no write sees it and finds the sets closed.
         if next == .synchronized && state != .synchronized { async?.sets.open() }
@@ -254,7 +258,8 @@ public final class ReplicaGroup: @unchecked Sendable {
             outOfSyncSince.store(Posix.monotonicSeconds().bitPattern, ordering: .relaxed)
         }
         guard async != nil, before != next, next != .synchronized else { return }
-        dropDeltaSets(keep: next == .failedOver, &t)
+        // A resync's catch-up set is not kept: R2 is a mix until the resync ends.
+        dropDeltaSets(keep: next == .failedOver && before == .synchronized, &t)
     }
 
     /// Closes the delta sets; unless `keep`, their blocks become changed tracks (the group's lock held: `t`).
@@ -270,12 +275,48 @@ public final class ReplicaGroup: @unchecked Sendable {
     /// write can go to both sides, as when synchronized. Called with the write's track locks held, so no resync sends
     /// these tracks until the write is done.
     func tracksSent(lun: UInt32, offsetBytes: UInt64, count: UInt64) -> Bool {
+        tracks.withLock { t in Self.tracksSent(t, lun: lun, offsetBytes: offsetBytes, count: count) }
+    }
+
+    private static func tracksSent(_ t: Tracks, lun: UInt32, offsetBytes: UInt64, count: UInt64) -> Bool {
+        guard let bitmap = t.bitmaps[lun], !bitmap.anySet(offsetBytes: offsetBytes, count: count) else { return false }
+        guard !t.inFlight.isEmpty else { return true }
+        let first = offsetBytes / TrackBitmap.trackBytes
+        let last = (offsetBytes + max(count, 1) - 1) / TrackBitmap.trackBytes
+        return !(first...last).contains { t.inFlight.contains(UInt64(lun) << 40 | $0) }
+    }
+
+    /// An asynchronous group's write, done here (`wrote`: it succeeded), under its track locks: captured into the
+    /// delta sets (`capture`) when R2 is to get it from them, else its tracks remembered. R2 gets it from the sets
+    /// when the group is consistent, or resyncing and none of the write's tracks is left to send (the resync's
+    /// catch-up set: applied once the resync ends, it brings R2 to a cycle boundary). Decided and captured under the
+    /// group's lock, so no state change, and no opening or dropping of the sets, comes between.
+    ///
+    /// Invariant: the sets never hold a block of a track the resync has still to send. Such a block, applied after
+    /// the resync, would put older data over the newer copy the resync sent. So a track is marked only while it is
+    /// marked already (a write to it before the resync sent it), or together with dropping every set (the blocks
+    /// turn into their tracks): a capture that found the sets full, or a write that failed here.
+    func captureOrRemember(lun: UInt32, offsetBytes: UInt64, count: UInt64, wrote: Bool, capture: () -> DeltaSets.Capture) {
         tracks.withLock { t in
-            guard let bitmap = t.bitmaps[lun], !bitmap.anySet(offsetBytes: offsetBytes, count: count) else { return false }
-            guard !t.inFlight.isEmpty else { return true }
-            let first = offsetBytes / TrackBitmap.trackBytes
-            let last = (offsetBytes + max(count, 1) - 1) / TrackBitmap.trackBytes
-            return !(first...last).contains { t.inFlight.contains(UInt64(lun) << 40 | $0) }
+            let now = state
+            var result = DeltaSets.Capture.closed
+            if wrote && (now == .synchronized || (now == .syncing && Self.tracksSent(t, lun: lun, offsetBytes: offsetBytes, count: count))) {
+                result = capture()
+                if result == .captured {
+                    writesSent.add(1, ordering: .relaxed)
+                    bytesSent.add(count, ordering: .relaxed)
+                    return
+                }
+            }
+            t.bitmaps[lun]?.mark(offsetBytes: offsetBytes, count: count)
+            // The capture set cannot hold the cycle's writes (the link is slower than they come): the group drops to
+            // changed tracks and resyncs, as SRDF/A does when its cache fills.
+            if result == .full { deltaSetOverflows.add(1, ordering: .relaxed) }
+            if now == .synchronized {
+                moveState(to: .syncing, &t)  // drops the sets
+            } else if now == .syncing && (result == .full || !wrote) {
+                dropDeltaSets(keep: false, &t)
+            }
         }
     }
 
@@ -285,6 +326,9 @@ public final class ReplicaGroup: @unchecked Sendable {
         tracks.withLock { t in
             t.bitmaps[lun]?.mark(offsetBytes: offsetBytes, count: count)
             if state.writesRefused { return }
+            // An asynchronous group's writes come here only when they read another state before it resynced (its
+            // own writes go through `captureOrRemember`): the catch-up set may hold a block of a track marked now.
+            if async != nil && state == .syncing { dropDeltaSets(keep: false, &t) }
             if linkDown {
                 if state != .suspended { moveState(to: .partitioned, &t) }
             } else if state == .synchronized {

@@ -166,31 +166,19 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
         let state = group.state
         // Failed over: R2 is the one written to, and a write here would be lost at failback (or undo R2's).
         if state.writesRefused { return EROFS }
-        if let cycle = group.async, state == .synchronized {
-            // Asynchronous and consistent: written here, then copied into the capture set, under the track locks
-            // (the array and the capture see one order of the writes to a block).
+        if let cycle = group.async, state == .synchronized || state == .syncing {
+            // Asynchronous, consistent or resyncing: written here, then copied into the capture set if R2 is to get
+            // it from there (else its tracks remembered), under the track locks (the array and the capture see one
+            // order of the writes to a block).
             return withTrackLocks(lun: lun.lunID, offsetBytes: offsetBytes, count: count) {
                 let rc = local()
-                guard rc == 0 else {
-                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
-                    return rc
-                }
-                switch capture(cycle.sets, replica, offsetBytes: offsetBytes, count: count, source: source) {
-                case .captured:
-                    group.writesSent.add(1, ordering: .relaxed)
-                    group.bytesSent.add(count, ordering: .relaxed)
-                case .closed:
-                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
-                case .full:
-                    // The capture set cannot hold the cycle's writes (the link is slower than they come): the group
-                    // drops to changed tracks and resyncs, as SRDF/A does when its cache fills.
-                    group.deltaSetOverflows.add(1, ordering: .relaxed)
-                    group.remember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, linkDown: false)
+                group.captureOrRemember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, wrote: rc == 0) {
+                    capture(cycle.sets, replica, offsetBytes: offsetBytes, count: count, source: source)
                 }
                 return rc
             }
         }
-        if state == .syncing && group.async == nil {
+        if state == .syncing {
             // A synchronous group's resync: a write to tracks it has already sent (or never had to) goes to both
             // sides, as when synchronized. Writes that never stop then cannot outrun the resync: they add no track
             // to what it has left, and it ends while they go on (SRDF/S sends new writes while it copies invalid
@@ -349,6 +337,17 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
             guard memcmp(remote, here, count) != 0 else { return true }
             guard port.write(lun: replica.lun, offsetBytes: offset, count: count, from: remote) == 0 else { return false }
             group.failbackCopiedBytes.add(UInt64(count), ordering: .relaxed)
+            return true
+        }
+    }
+
+    /// An asynchronous group's resync with nothing left to send (no track marked or in flight): its catch-up set
+    /// is switched, under the group's lock so that no write marks a track in between. R2 plus that set is then the
+    /// source at the switch (an empty one: R2 is the source as of now). False when something is left.
+    func drainedResync(_ group: ReplicaGroup, switching sets: DeltaSets) -> Bool {
+        group.tracks.withLock { t in
+            guard group.state == .syncing, t.inFlight.isEmpty, t.bitmaps.values.allSatisfy({ $0.setCount == 0 }) else { return false }
+            sets.switchCycle()
             return true
         }
     }

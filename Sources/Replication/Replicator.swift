@@ -523,6 +523,23 @@ public final class Replicator: @unchecked Sendable {
         while !group.stopping.load(ordering: .acquiring) {
             switch group.state {
             case .syncing:
+                // The resync's catch-up set (below) on its way: R2 plus it is the source at its boundary. Once it is
+                // applied the journal says consistent, and the group is, unless tracks were marked meanwhile (a
+                // capture set that filled drops the sets into tracks; the header is then made `resyncing` again,
+                // after R2's receiver has applied what it was given).
+                if let a = group.async, journalSays == .resyncing || journalSays == .pending, a.sets.transmitting != nil {
+                    var sent = SetProgress.none
+                    guard sendDeltaSet(a, switchAfter: .infinity, progress: &sent) else {
+                        linkFailed()
+                        continue
+                    }
+                    if sent == .staged { journalSays = .pending }
+                    if sent == .applied {
+                        journalSays = .consistent
+                        if port.finishResync(group) { pause = 0.2 }
+                    }
+                    continue
+                }
                 // R2 is about to be a mix: its journal says so before the first track goes. If R2's receiver applies
                 // sets, it first says it stands aside: its stamp names the header as it is (applied, if a pending
                 // set's). Until then nothing on R2 changes, so a receiver that is gone leaves R2 recoverable at its
@@ -558,8 +575,23 @@ public final class Replicator: @unchecked Sendable {
                     }
                     continue
                 }
+                // The journal says resyncing: writes to tracks already sent (or never to be) are captured from now,
+                // so writes that never stop cannot outrun the resync (they add no track to what it has left).
+                if let a = group.async { group.tracks.withLock { _ in if group.state == .syncing { a.sets.openForResync() } } }
                 if !port.resyncSome(group, buffer: resyncBuffer, cursor: &cursor) {
-                    if port.finishResync(group) { pause = 0.2 } else if group.state == .syncing { usleep(10_000) }
+                    if let a = group.async {
+                        // Nothing left to send: the catch-up set is switched (it goes above), or if it is empty R2 is
+                        // the source as of now.
+                        if port.drainedResync(group, switching: a.sets), a.sets.transmitting == nil, port.finishResync(group) {
+                            pause = 0.2
+                        } else if a.sets.transmitting == nil && group.state == .syncing {
+                            usleep(10_000)
+                        }
+                    } else if port.finishResync(group) {
+                        pause = 0.2
+                    } else if group.state == .syncing {
+                        usleep(10_000)
+                    }
                 }
             case .partitioned:
                 usleep(UInt32(pause * 1_000_000))
@@ -605,15 +637,27 @@ public final class Replicator: @unchecked Sendable {
     /// one; else the cycle switched once the capture set is `switchAfter` seconds old; else a short wait. False when
     /// the link failed.
     private static func sendDeltaSet(_ a: AsyncCycle, switchAfter: Double) -> Bool {
+        var progress = SetProgress.none
+        return sendDeltaSet(a, switchAfter: switchAfter, progress: &progress)
+    }
+
+    /// How far a call of `sendDeltaSet` took the transmit set: its journal header made pending, or the set applied
+    /// and the header made consistent at its cycle.
+    private enum SetProgress { case none, staged, applied }
+
+    private static func sendDeltaSet(_ a: AsyncCycle, switchAfter: Double, progress: inout SetProgress) -> Bool {
         if let set = a.sets.transmitting {
             guard a.journal.applier == .r2 else {
+                progress = .staged
                 guard a.journal.send(set, from: a.sets) else { return false }
+                progress = .applied
                 a.sets.transmitted(cycle: set.cycle)
                 return true
             }
             // R2's receiver applies it: staged in the journal, then waited for (a poll per call), then the header
             // says consistent before the set's slots are used again.
             if a.waiting == nil {
+                progress = .staged
                 guard let nonce = a.journal.stage(set, from: a.sets) else { return false }
                 a.wait(for: nonce, applied: true, forSet: true)
             }
@@ -621,6 +665,7 @@ public final class Replicator: @unchecked Sendable {
             case .done?:
                 guard a.journal.mark(.consistent, cycle: set.cycle, slotCount: a.sets.slotCount) != nil else { return false }
                 a.sets.transmitted(cycle: set.cycle)
+                progress = .applied
             case .waiting?: usleep(2000)
             case .silent?, nil: return false
             }
