@@ -17,9 +17,9 @@
 // Destage works a stripe at a time, over the page-aligned range that covers the stripe's dirty sectors: all its dirty
 // tracks go down together. With every data strip's range in cache the write needs no reads (full-stripe write when
 // all were dirty); otherwise levels with parity pick read-modify-write (old data + old P/Q of the dirty strips) or
-// reconstruct-write (the missing strips), whichever reads fewer strips. A random read miss fetches just its pages;
-// a sequential one (it starts where a recent read of the same LUN ended) fetches whole tracks through the rest of
-// the stripe in one batch (read-ahead).
+// reconstruct-write (the missing strips), whichever reads fewer strips. A random read miss fetches just its pages
+// (one that spans tracks: its tracks, in one batch); a sequential one (it starts where a recent read of the same LUN
+// ended) fetches whole tracks through the rest of the stripe in one batch (read-ahead).
 import ArrayModel
 import BackEnd
 import Buffers

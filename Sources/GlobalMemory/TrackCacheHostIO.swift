@@ -45,7 +45,10 @@ extension TrackCache {
                 // this one, in one batch (a thin LUN's pages of neighbouring tracks are one run: a read per drive,
                 // not one per drive and track).
                 let runsOn = count - done >= length + trackBytes
-                guard let filled = readMiss(lun: lun, track: track, existing: slot, first: first, last: last, sequential: sequential || done > 0 || runsOn)
+                guard
+                    let filled = readMiss(
+                        lun: lun, track: track, existing: slot, first: first, last: last, sequential: sequential || done > 0 || runsOn,
+                        readsThrough: (offsetBytes + UInt64(count) - 1) / UInt64(trackBytes))
                 else {
                     return false
                 }
@@ -110,14 +113,16 @@ extension TrackCache {
         if done != 0 { counters.batchedMisses.add(UInt64(done.nonzeroBitCount), ordering: .relaxed) }
     }
 
-    /// Fetches what a read missed. A random read fetches just its pages; a sequential one (it continues a read stream,
-    /// or it is the second track of a read that spans tracks) fetches the rest of its track and the following tracks
-    /// of its stripe in one batch (read-ahead).
-    func readMiss(lun: LUNRef, track: UInt64, existing: Int?, first: Int, last: Int, sequential: Bool) -> Int? {
+    /// Fetches what a read missed. A random read fetches just its pages; one that goes on into the next track fetches
+    /// its tracks (through `readsThrough`, the read's last) in one batch, not a round trip each; a sequential one (it
+    /// continues a read stream, or runs on through a whole track more, or it is the second track of a read that
+    /// spans tracks) fetches the rest of its track and the following tracks of its stripe in one batch (read-ahead:
+    /// the tracks past the read's last).
+    func readMiss(lun: LUNRef, track: UInt64, existing: Int?, first: Int, last: Int, sequential: Bool, readsThrough: UInt64) -> Int? {
         let d = UInt64(dataStripsPerStripe)
         let stripe = lun.startStripe + track / d
         let firstStrip = Int(track % d)
-        if !sequential {
+        if !sequential && readsThrough <= track {
             // Random: only the pages asked for.
             var slot = existing
             if slot == nil { slot = install(lun: lun.lunID, track: track, stripe: stripe, thin: lun.thin) }
@@ -128,7 +133,8 @@ extension TrackCache {
             }
             return slot
         }
-        let lastStrip = dataStripsPerStripe - 1
+        // A read that only spans tracks fetches its own; a sequential one the rest of the stripe.
+        let lastStrip = sequential ? dataStripsPerStripe - 1 : min(dataStripsPerStripe - 1, firstStrip + Int(min(readsThrough - track, d)))
         let lunTracks = (lun.sizeBytes + UInt64(trackBytes) - 1) / UInt64(trackBytes)
         var mask: UInt64 = 0
         var merge: UInt64 = 0
@@ -158,7 +164,10 @@ extension TrackCache {
             stripTable[strip] = partial ? staging.slice(strip) : slotData(slot)
             if partial { merge |= 1 << UInt64(strip) }
         }
-        if mask.nonzeroBitCount > 1 { counters.readAheadTracks.add(UInt64(mask.nonzeroBitCount - 1), ordering: .relaxed) }
+        // Read-ahead: the tracks fetched past the read's last.
+        var ahead = 0
+        for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 && track - UInt64(firstStrip) + UInt64(strip) > readsThrough { ahead += 1 }
+        if ahead > 0 { counters.readAheadTracks.add(UInt64(ahead), ordering: .relaxed) }
         let ok = readStrips(lun: lun.lunID, thin: lun.thin, stripe: stripe, stripMask: mask, 0, trackBytes, stripTable)
         for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 {
             let slot = Int(stripeSlots[strip])

@@ -79,6 +79,18 @@ final class CacheTests: XCTestCase {
         XCTAssertLessThan(counters.readMisses.load(ordering: .relaxed), 8)
     }
 
+    func testARandomReadThatSpansTwoTracksFetchesBothTogetherAndNothingMore() throws {
+        // 8 KiB across the boundary of tracks 0 and 1 (16 KiB tracks): one miss fetches both tracks in one batch (over a
+        // network, one round trip, not two), and nothing past the read's last track.
+        let (ref, cache, counters) = try makeFourMiBLUNCache(slots: 64)
+        let buffer = alignedBuffer(bytes: 8192)
+        XCTAssertTrue(cache.read(lun: ref, offsetBytes: 12288, count: 8192, into: buffer.base))
+        XCTAssertEqual(counters.readMisses.load(ordering: .relaxed), 1)
+        XCTAssertEqual(counters.readHits.load(ordering: .relaxed), 1, "the second track was fetched with the first")
+        XCTAssertEqual(counters.readAheadTracks.load(ordering: .relaxed), 0)
+        XCTAssertEqual(counters.usedSlots.load(ordering: .relaxed), 2)
+    }
+
     func testRandomReadsDoNotReadAhead() throws {
         // Random 4 KiB reads over a warm cache: neighbours are often cached, but no read continues another, so none
         // may fetch the rest of a stripe.
