@@ -220,6 +220,9 @@ public final class ReplicaGroup: @unchecked Sendable {
     public let failbackCopiedBytes = Atomic<UInt64>(0)
     /// Set by delete and unmount: its resync thread ends.
     let stopping = Atomic<Bool>(false)
+    /// Passes of the group's thread through its loop (each looks at the state once): a failover waits for two, so
+    /// that nothing the thread was writing to R2 before (a resync's batch, a catch-up set) lands after it returns.
+    let threadPasses = Atomic<UInt64>(0)
 
     public var state: ReplicaState { ReplicaState(rawValue: stateRaw.load(ordering: .acquiring))! }
 
@@ -271,51 +274,89 @@ public final class ReplicaGroup: @unchecked Sendable {
         }
     }
 
-    /// Whether a resync has nothing left to send of the tracks a write touches (none is changed or on its way): the
-    /// write can go to both sides, as when synchronized. Called with the write's track locks held, so no resync sends
-    /// these tracks until the write is done.
+    /// Whether a synchronous group's resync has nothing left to send of the tracks a write touches (none is changed
+    /// or on its way), the group still syncing (or synchronized since): the write can go to both sides, as when synchronized. Called with
+    /// the write's track locks held, so no resync sends these tracks until the write is done.
     func tracksSent(lun: UInt32, offsetBytes: UInt64, count: UInt64) -> Bool {
-        tracks.withLock { t in Self.tracksSent(t, lun: lun, offsetBytes: offsetBytes, count: count) }
+        tracks.withLock { t in
+            guard state == .syncing || state == .synchronized, let bitmap = t.bitmaps[lun], !bitmap.anySet(offsetBytes: offsetBytes, count: count)
+            else { return false }
+            guard !t.inFlight.isEmpty else { return true }
+            let first = offsetBytes / TrackBitmap.trackBytes
+            let last = (offsetBytes + max(count, 1) - 1) / TrackBitmap.trackBytes
+            return !(first...last).contains { t.inFlight.contains(UInt64(lun) << 40 | $0) }
+        }
     }
 
-    private static func tracksSent(_ t: Tracks, lun: UInt32, offsetBytes: UInt64, count: UInt64) -> Bool {
-        guard let bitmap = t.bitmaps[lun], !bitmap.anySet(offsetBytes: offsetBytes, count: count) else { return false }
-        guard !t.inFlight.isEmpty else { return true }
-        let first = offsetBytes / TrackBitmap.trackBytes
-        let last = (offsetBytes + max(count, 1) - 1) / TrackBitmap.trackBytes
-        return !(first...last).contains { t.inFlight.contains(UInt64(lun) << 40 | $0) }
+    /// Whether the resync has nothing left to send of one track (not changed, not on its way).
+    private static func trackSent(_ t: Tracks, lun: UInt32, track: UInt64) -> Bool {
+        guard let bitmap = t.bitmaps[lun], track < UInt64(bitmap.trackCount), !bitmap.isSet(Int(track)) else { return false }
+        return t.inFlight.isEmpty || !t.inFlight.contains(UInt64(lun) << 40 | track)
     }
 
     /// An asynchronous group's write, done here (`wrote`: it succeeded), under its track locks: captured into the
-    /// delta sets (`capture`) when R2 is to get it from them, else its tracks remembered. R2 gets it from the sets
-    /// when the group is consistent, or resyncing and none of the write's tracks is left to send (the resync's
-    /// catch-up set: applied once the resync ends, it brings R2 to a cycle boundary). Decided and captured under the
-    /// group's lock, so no state change, and no opening or dropping of the sets, comes between.
+    /// delta sets (`capture(offset, count)`, a part of the write) where R2 is to get it from them, else its tracks
+    /// remembered. R2 gets it from the sets when the group is consistent, or, while it resyncs, for the tracks the
+    /// resync has sent (the resync's catch-up set: applied once the resync ends, it brings R2 to a cycle boundary);
+    /// the write's part on tracks still to send only marks them. Decided and captured under the group's lock, so no
+    /// state change, and no opening or dropping of the sets, comes between.
     ///
     /// Invariant: the sets never hold a block of a track the resync has still to send. Such a block, applied after
     /// the resync, would put older data over the newer copy the resync sent. So a track is marked only while it is
-    /// marked already (a write to it before the resync sent it), or together with dropping every set (the blocks
-    /// turn into their tracks): a capture that found the sets full, or a write that failed here.
-    func captureOrRemember(lun: UInt32, offsetBytes: UInt64, count: UInt64, wrote: Bool, capture: () -> DeltaSets.Capture) {
+    /// marked (or on its way) already, or together with dropping every set (the blocks turn into their tracks): a
+    /// capture that did not take (the sets full, an edge block that could not be read back), or a write that failed
+    /// here.
+    func captureOrRemember(lun: UInt32, offsetBytes: UInt64, count: UInt64, wrote: Bool, capture: (UInt64, UInt64) -> DeltaSets.Capture) {
         tracks.withLock { t in
             let now = state
             var result = DeltaSets.Capture.closed
-            if wrote && (now == .synchronized || (now == .syncing && Self.tracksSent(t, lun: lun, offsetBytes: offsetBytes, count: count))) {
-                result = capture()
+            if wrote && now == .synchronized {
+                result = capture(offsetBytes, count)
                 if result == .captured {
                     writesSent.add(1, ordering: .relaxed)
                     bytesSent.add(count, ordering: .relaxed)
                     return
                 }
             }
-            t.bitmaps[lun]?.mark(offsetBytes: offsetBytes, count: count)
-            // The capture set cannot hold the cycle's writes (the link is slower than they come): the group drops to
-            // changed tracks and resyncs, as SRDF/A does when its cache fills.
-            if result == .full { deltaSetOverflows.add(1, ordering: .relaxed) }
-            if now == .synchronized {
-                moveState(to: .syncing, &t)  // drops the sets
-            } else if now == .syncing && (result == .full || !wrote) {
-                dropDeltaSets(keep: false, &t)
+            if !wrote || now != .syncing {
+                t.bitmaps[lun]?.mark(offsetBytes: offsetBytes, count: count)
+                // The capture set cannot hold the cycle's writes (the link is slower than they come): the group drops
+                // to changed tracks and resyncs, as SRDF/A does when its cache fills.
+                if result == .full { deltaSetOverflows.add(1, ordering: .relaxed) }
+                if now == .synchronized {
+                    moveState(to: .syncing, &t)  // drops the sets
+                } else if now == .syncing {
+                    dropDeltaSets(keep: false, &t)
+                }
+                return
+            }
+            // Resyncing: the write in runs of tracks, each sent already (captured) or not (marked).
+            let trackBytes = TrackBitmap.trackBytes
+            let end = offsetBytes + count
+            var position = offsetBytes
+            var captured: UInt64 = 0
+            var drop = false
+            while position < end {
+                let sent = Self.trackSent(t, lun: lun, track: position / trackBytes)
+                var runEnd = min(end, (position / trackBytes + 1) * trackBytes)
+                while runEnd < end && Self.trackSent(t, lun: lun, track: runEnd / trackBytes) == sent { runEnd = min(end, runEnd + trackBytes) }
+                let outcome = sent ? capture(position, runEnd - position) : .closed
+                if outcome == .captured {
+                    captured += runEnd - position
+                } else {
+                    t.bitmaps[lun]?.mark(offsetBytes: position, count: runEnd - position)
+                    if sent {
+                        // A track the resync had sent is marked again: the sets may hold older blocks of it.
+                        drop = true
+                        if outcome == .full { deltaSetOverflows.add(1, ordering: .relaxed) }
+                    }
+                }
+                position = runEnd
+            }
+            if drop { dropDeltaSets(keep: false, &t) }
+            if captured > 0 {
+                writesSent.add(1, ordering: .relaxed)
+                bytesSent.add(captured, ordering: .relaxed)
             }
         }
     }

@@ -172,8 +172,8 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
             // order of the writes to a block).
             return withTrackLocks(lun: lun.lunID, offsetBytes: offsetBytes, count: count) {
                 let rc = local()
-                group.captureOrRemember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, wrote: rc == 0) {
-                    capture(cycle.sets, replica, offsetBytes: offsetBytes, count: count, source: source)
+                group.captureOrRemember(lun: lun.lunID, offsetBytes: offsetBytes, count: count, wrote: rc == 0) { at, bytes in
+                    capture(cycle.sets, replica, offsetBytes: at, count: bytes, source: source.map { $0 + Int(at - offsetBytes) })
                 }
                 return rc
             }

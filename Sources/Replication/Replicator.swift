@@ -288,9 +288,13 @@ public final class Replicator: @unchecked Sendable {
             return before
         }
         update(name) { $0.failedOver = true }
-        guard let sets = group.async?.sets else { return "" }
-        // Writes that read the state before it changed are done (captured, or their tracks remembered) ...
+        // Writes that read the state before it changed are done (sent, captured, or their tracks remembered), and
+        // the group's thread has looked at the state since: what it was writing to R2 (a resync's batch, or a
+        // catch-up set, which can be large) is there, and it writes nothing more but the sets below ...
         port.quiesce(group)
+        let passes = group.threadPasses.load(ordering: .acquiring)
+        while group.threadPasses.load(ordering: .acquiring) < passes + 2 && !group.stopping.load(ordering: .acquiring) { usleep(2_000) }
+        guard let sets = group.async?.sets else { return "" }
         guard was == .synchronized else {
             return "R2 was \(was.description), not at a cycle boundary: run `vsa replica recover` on its side to see what it is"
         }
@@ -521,6 +525,7 @@ public final class Replicator: @unchecked Sendable {
             }
         }
         while !group.stopping.load(ordering: .acquiring) {
+            group.threadPasses.add(1, ordering: .releasing)
             switch group.state {
             case .syncing:
                 // The resync's catch-up set (below) on its way: R2 plus it is the source at its boundary. Once it is

@@ -28,16 +28,26 @@ final class AsyncReplicationTests: ReplicaTestCase {
             buf = mmap.mmap(-1, BLOCK)
             out = open(log, "a")
             g = 1
+            pair = mmap.mmap(-1, 2 * BLOCK)
             while True:
                 f = rng.randrange(len(paths))
-                i = rng.randrange(blocks)
-                buf.seek(0)
-                buf.write(content(f, i, g))
+                if rng.randrange(4) == 0:
+                    # One write in four: two blocks across a 64 KiB track boundary (a write that spans tracks).
+                    i = rng.randrange(blocks // 16 - 1) * 16 + 15
+                    pair.seek(0)
+                    pair.write(content(f, i, g) + content(f, i + 1, g))
+                    written, data = [i, i + 1], pair
+                else:
+                    i = rng.randrange(blocks)
+                    buf.seek(0)
+                    buf.write(content(f, i, g))
+                    written, data = [i], buf
                 try:
-                    os.pwrite(fds[f], buf, i * BLOCK)
+                    os.pwrite(fds[f], data, i * BLOCK)
                 except OSError:
                     return
-                out.write("%d %d %d\n" % (g, f, i))
+                for b in written:
+                    out.write("%d %d %d\n" % (g, f, b))
                 out.flush()
                 g += 1
 
