@@ -4,8 +4,9 @@
 // put older data over the newer copy the resync sent). R2's image and journal are nbdkit memory exports; nothing is
 // sent to them here.
 import ArrayModel
-@testable import Replication
 import XCTest
+
+@testable import Replication
 
 final class CatchUpSetTests: XCTestCase {
     let track = TrackBitmap.trackBytes
