@@ -120,6 +120,19 @@ final class AsyncReplicationTests: ReplicaTestCase {
         return recover.stdout.contains("applied the pending delta set")
     }
 
+    /// The link cut (R1 sends nothing more), R2's journal and images (the first test's r2j/ and r2/) copied to snap/
+    /// as they are, the link healed; then R2's copy recovered on its own side and checked against the writer's order.
+    /// Whether a pending set was applied.
+    @discardableResult
+    func cutCopyAndCheck(_ what: String, mixAllowed: Bool = false) -> Bool {
+        let r = fixture.root
+        lab.cut()
+        usleep(300_000)
+        XCTAssertEqual(Harness.sh("cp \(r)/r2j/journal \(r)/r2/a \(r)/r2/b \(r)/snap/").status, 0)
+        lab.heal()
+        return recoverSnapAndCheck(what, mixAllowed: mixAllowed)
+    }
+
     /// With the writer stopped: the last sets go and R2 equals R1 byte for byte; then a planned failover (after one
     /// more write to `lun`) leaves R2 equal, failback brings the group back to consistent, and it is deleted.
     /// Returns the group as it was once nothing was left to send.
@@ -200,11 +213,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
                 try waitFor("consistent")
                 continue
             }
-            lab.cut()
-            usleep(300_000)
-            XCTAssertEqual(Harness.sh("cp \(r)/r2/a \(r)/r2/b \(r)/r2j/journal \(r)/snap/").status, 0)
-            lab.heal()
-            if recoverSnapAndCheck("round \(round)") { applied += 1 }
+            if cutCopyAndCheck("round \(round)") { applied += 1 }
             checked += 1
             try waitFor("consistent")
         }
@@ -230,11 +239,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
         XCTAssertTrue(writer.isRunning, "the resync ended only once the writer stopped")
         XCTAssertGreaterThan(caughtUp["r2Cycle"] as? Int ?? 0, partitioned["r2Cycle"] as? Int ?? 0, "\(caughtUp)")
         usleep(500_000)
-        lab.cut()
-        usleep(300_000)
-        XCTAssertEqual(Harness.sh("cp \(r)/r2/a \(r)/r2/b \(r)/r2j/journal \(r)/snap/").status, 0)
-        lab.heal()
-        recoverSnapAndCheck("after a resync under writes")
+        cutCopyAndCheck("after a resync under writes")
         // Partitions again, and the link cut once more while the catch-up set is on its way (the resync has nothing
         // left, the set is switched): R2, recovered on its own side, is at a boundary by the writer's order.
         var catchUps = 0
@@ -257,11 +262,7 @@ final class AsyncReplicationTests: ReplicaTestCase {
                 try waitFor("consistent")
                 continue
             }
-            lab.cut()
-            usleep(300_000)
-            XCTAssertEqual(Harness.sh("cp \(r)/r2j/journal \(r)/r2/a \(r)/r2/b \(r)/snap/").status, 0)
-            lab.heal()
-            if recoverSnapAndCheck("a catch-up set on its way (attempt \(attempt))", mixAllowed: true) { catchUps += 1 }
+            if cutCopyAndCheck("a catch-up set on its way (attempt \(attempt))", mixAllowed: true) { catchUps += 1 }
             try waitFor("consistent", seconds: 60)
         }
         print("async oracle: \(catchUps) cuts with a catch-up set on its way applied on R2's side")
