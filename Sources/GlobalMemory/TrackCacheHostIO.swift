@@ -133,8 +133,10 @@ extension TrackCache {
             }
             return slot
         }
-        // A read that only spans tracks fetches its own; a sequential one the rest of the stripe.
-        let lastStrip = sequential ? dataStripsPerStripe - 1 : min(dataStripsPerStripe - 1, firstStrip + Int(min(readsThrough - track, d)))
+        // The strip of the read's last track in this stripe (past the stripe's end when the read goes on into the
+        // next). A read that only spans tracks fetches through it; a sequential one the rest of the stripe.
+        let readsToStrip = firstStrip + Int(min(readsThrough >= track ? readsThrough - track : 0, d))
+        let lastStrip = sequential ? dataStripsPerStripe - 1 : min(dataStripsPerStripe - 1, readsToStrip)
         let lunTracks = (lun.sizeBytes + UInt64(trackBytes) - 1) / UInt64(trackBytes)
         var mask: UInt64 = 0
         var merge: UInt64 = 0
@@ -165,8 +167,7 @@ extension TrackCache {
             if partial { merge |= 1 << UInt64(strip) }
         }
         // Read-ahead: the tracks fetched past the read's last.
-        var ahead = 0
-        for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 && track - UInt64(firstStrip) + UInt64(strip) > readsThrough { ahead += 1 }
+        let ahead = (mask >> UInt64(readsToStrip + 1)).nonzeroBitCount
         if ahead > 0 { counters.readAheadTracks.add(UInt64(ahead), ordering: .relaxed) }
         let ok = readStrips(lun: lun.lunID, thin: lun.thin, stripe: stripe, stripMask: mask, 0, trackBytes, stripTable)
         for strip in firstStrip...lastStrip where mask & (1 << UInt64(strip)) != 0 {

@@ -77,14 +77,6 @@ public struct TrackBitmap: Sendable {
 
     public func isSet(_ track: Int) -> Bool { words[track >> 6] & (1 << UInt64(track & 63)) != 0 }
 
-    /// Whether any track a byte range touches is set (the range is within the LUN: the front end checked it).
-    public func anySet(offsetBytes: UInt64, count: UInt64) -> Bool {
-        let first = Int(offsetBytes / Self.trackBytes)
-        let last = min(trackCount - 1, Int((offsetBytes + max(count, 1) - 1) / Self.trackBytes))
-        guard first <= last else { return false }
-        return (first...last).contains { isSet($0) }
-    }
-
     /// Marks the tracks a byte range touches (the range is within the LUN: the front end checked it).
     public mutating func mark(offsetBytes: UInt64, count: UInt64) {
         guard count > 0 else { return }
@@ -205,6 +197,8 @@ public final class ReplicaGroup: @unchecked Sendable {
     struct Tracks {
         var bitmaps: [UInt32: TrackBitmap]
         var inFlight: Set<UInt64> = []
+        /// A resync has nothing left to send: no track marked, none on its way.
+        var nothingToSend: Bool { inFlight.isEmpty && bitmaps.values.allSatisfy { $0.setCount == 0 } }
     }
     /// Since when the group has not been synchronized (the bits of monotonic seconds), set as it leaves
     /// synchronized (or starts elsewhere): the lag in seconds.
@@ -279,12 +273,10 @@ public final class ReplicaGroup: @unchecked Sendable {
     /// the write's track locks held, so no resync sends these tracks until the write is done.
     func tracksSent(lun: UInt32, offsetBytes: UInt64, count: UInt64) -> Bool {
         tracks.withLock { t in
-            guard state == .syncing || state == .synchronized, let bitmap = t.bitmaps[lun], !bitmap.anySet(offsetBytes: offsetBytes, count: count)
-            else { return false }
-            guard !t.inFlight.isEmpty else { return true }
+            guard state == .syncing || state == .synchronized else { return false }
             let first = offsetBytes / TrackBitmap.trackBytes
             let last = (offsetBytes + max(count, 1) - 1) / TrackBitmap.trackBytes
-            return !(first...last).contains { t.inFlight.contains(UInt64(lun) << 40 | $0) }
+            return (first...last).allSatisfy { Self.trackSent(t, lun: lun, track: $0) }
         }
     }
 

@@ -346,7 +346,7 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
     /// source at the switch (an empty one: R2 is the source as of now). False when something is left.
     func drainedResync(_ group: ReplicaGroup, switching sets: DeltaSets) -> Bool {
         group.tracks.withLock { t in
-            guard group.state == .syncing, t.inFlight.isEmpty, t.bitmaps.values.allSatisfy({ $0.setCount == 0 }) else { return false }
+            guard group.state == .syncing, t.nothingToSend else { return false }
             sets.switchCycle()
             return true
         }
@@ -356,7 +356,7 @@ public final class ReplicationPort: HostIOPort, @unchecked Sendable {
     /// track in between).
     func finishResync(_ group: ReplicaGroup) -> Bool {
         group.tracks.withLock { t in
-            guard group.state == .syncing, t.inFlight.isEmpty, t.bitmaps.values.allSatisfy({ $0.setCount == 0 }) else { return false }
+            guard group.state == .syncing, t.nothingToSend else { return false }
             group.moveState(to: .synchronized, &t)
             return true
         }
